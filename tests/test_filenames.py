@@ -1,0 +1,51 @@
+import math
+
+import pytest
+
+import filenames
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("20180187", 1, 0, 1, 44, 25.03404305), "20180187_1_0-1-44-25.03404305.png"),
+    (("p7", 2, 1, 0, 71.5, None), "p7_2_1-0-71.5-NA.png"),
+    (("x", 1, 1, None, None, math.nan, ".npy"), "x_1_1-NA-NA-NA.npy"),
+])
+def test_encode_matches_original_format(args, expected):
+    assert filenames.encode(*args) == expected
+
+
+@pytest.mark.parametrize("bmi", [25.03404305, 18.0, 31.123456789012345, 22.1])
+def test_round_trip_keeps_bmi_unrounded(bmi):
+    info = filenames.decode(filenames.encode("id_with_underscore", 3, 1, 1, 60, bmi))
+    assert info.patient == "id_with_underscore"
+    assert (info.crop, info.label, info.sex, info.age) == (3, 1, 1.0, 60.0)
+    assert info.bmi == bmi
+
+
+def test_decode_missing_values_are_nan_and_directory_ignored():
+    info = filenames.decode("data/train/42_1_0-NA-55-NA.npy")
+    assert info.patient == "42" and math.isnan(info.sex) and info.age == 55 and math.isnan(info.bmi)
+
+
+@pytest.mark.parametrize("name", [
+    "20180187_1_2-1-44-25.0.png",     # label outside 0/1
+    "20180187_1_0-3-44-25.0.png",     # sex outside 0/1
+    "20180187_0-1-44-25.0.png",       # no crop
+    "20180187_1_0-1-44.png",          # missing bmi
+    "20180187_1_0-1-abc-25.0.png",    # non-numeric age
+    "20180187_1_0-1-44-25.0.jpg",     # unsupported extension
+    "20180187_1_0-1-44-25.0",         # no extension
+])
+def test_malformed_names_name_the_file_and_the_pattern(name):
+    with pytest.raises(filenames.FileNameError) as err:
+        filenames.decode("some/dir/" + name)
+    assert name in str(err.value)
+    assert "<patient>_<crop>_<label>-<sex>-<age>-<bmi>" in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs", [dict(label=2), dict(sex=2), dict(patient="a/b"), dict(ext=".jpg"), dict(age=-1)])
+def test_encode_refuses_bad_values(kwargs):
+    base = dict(patient="p", crop=1, label=0, sex=1, age=50, bmi=22.5)
+    base.update(kwargs)
+    with pytest.raises(ValueError):
+        filenames.encode(**base)
