@@ -1,0 +1,29 @@
+# Two commands for a fresh machine:  make demo  (data -> train -> test -> Grad-CAM)  and  make test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+DEMO_DATA ?= data
+DEMO_RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
+# Demo settings that finish in a few minutes on 2 CPU cores (quarter resolution, stride-4 stem).
+DEMO_FLAGS ?= --data_dir $(DEMO_DATA) --image_size 176 102 --epoch 15 --batch_size 16 --workers 1 --save_dir $(DEMO_RUN)
+
+.PHONY: demo test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(BIN)/python synthetic.py --out $(DEMO_DATA) --n 500 --seed 0
+	$(BIN)/python main.py --model dense_net --fold _Dense_LF --augment cat_elastic --late_fuse True $(DEMO_FLAGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

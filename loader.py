@@ -1,0 +1,203 @@
+"""Hip radiographs -> network-ready samples.
+
+A sample is a dict ``image``, ``clinical``, ``label``, ``path``:
+
+* ``image`` - float32 (C, H, W). Channel 0 is the radiograph scaled to [0, 1]; channel 1 its
+  contrast-enhanced copy (CLAHE plus an edge map: the original work's "concatenated image").
+  For early fusion three more constant channels hold the normalised sex, age and BMI.
+* ``clinical`` - float32 (3,): sex, age, BMI normalised with statistics of the training split
+  only; a missing value is imputed with the training mean (0 after normalisation).
+* ``label`` - float32 scalar, 1 = osteoporosis.
+
+Decoding, resizing and enhancement happen once per image (kept in memory as uint8 when it fits
+in ``cache_gb``); augmentation runs on the fly, for training samples only.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+import filenames
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CLINICAL_NAMES = ("sex", "age", "bmi")
+IMAGE_CHANNELS = 2  # original + enhanced
+FULL_SIZE = (704, 407)  # (height, width) of the original work
+
+# CLAHE on 8x8 tiles with clip limit 2 is the common radiograph setting (Pizer et al. 1987);
+# the edge map (Sobel magnitude) makes the cortical rims stand out. Weights: mostly CLAHE.
+CLAHE_CLIP, CLAHE_TILES, EDGE_WEIGHT = 2.0, (8, 8), 0.3
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode a ``.png`` (8 or 16 bit, grey or colour) or ``.npy`` (2-D) file to float32 [0, 1]."""
+    path = os.fspath(path)
+    if path.lower().endswith(".npy"):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+            raise ValueError(f"{path}: cannot read .npy file ({exc})") from exc
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{path}: expected a 2-D numeric array, got shape {array.shape} dtype {array.dtype}")
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{path}: array contains NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        if array.dtype == np.uint8 or hi > 1.0 or lo < 0.0:
+            # integer-valued images: scale by the type's range when it looks like 8 bit, else min-max
+            array = array / 255.0 if (lo >= 0 and hi <= 255) else (array - lo) / max(hi - lo, 1e-12)
+        return np.clip(array, 0.0, 1.0)
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{path}: cannot decode image (missing, corrupt or not an image)")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    scale = 65535.0 if image.dtype == np.uint16 else 255.0
+    return image.astype(np.float32) / scale
+
+
+def enhance(gray: np.ndarray) -> np.ndarray:
+    """Contrast-enhanced copy of a [0, 1] radiograph: CLAHE blended with a Sobel edge map."""
+    u8 = np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=CLAHE_TILES).apply(u8).astype(np.float32) / 255.0
+    smooth = cv2.GaussianBlur(clahe, (3, 3), 0)
+    edges = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    edges /= max(float(np.percentile(edges, 99)), 1e-6)
+    return np.clip((1 - EDGE_WEIGHT) * clahe + EDGE_WEIGHT * np.minimum(edges, 1.0), 0.0, 1.0)
+
+
+def prepare(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (H, W) and stack original + enhanced: float32 (2, H, W) in [0, 1]."""
+    h, w = size
+    if gray.shape != (h, w):
+        interp = cv2.INTER_AREA if gray.shape[0] > h else cv2.INTER_LINEAR
+        gray = cv2.resize(gray, (w, h), interpolation=interp)
+    gray = np.clip(gray, 0.0, 1.0).astype(np.float32)
+    return np.stack([gray, enhance(gray)])
+
+
+def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """Sorted image files of one split, with every file name checked."""
+    folder = Path(data_dir) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
+            f"{filenames.PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in filenames.EXTENSIONS)
+    if not files:
+        raise ValueError(f"{folder} holds no .png or .npy images; expected files named {filenames.PATTERN}")
+    for p in files:
+        filenames.decode(p)  # fail early, naming the file
+    return files
+
+
+@dataclass
+class ClinicalStats:
+    """Mean and standard deviation of (sex, age, bmi) on the training split."""
+
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, infos: Sequence[filenames.SampleInfo]) -> "ClinicalStats":
+        values = np.array([i.clinical for i in infos], dtype=np.float64).reshape(-1, len(CLINICAL_NAMES))
+        mean, std = [], []
+        for j, name in enumerate(CLINICAL_NAMES):
+            col = values[:, j][np.isfinite(values[:, j])]
+            if col.size == 0:
+                logger.warning("clinical value %r is missing for every training image; it will be constant", name)
+                mean.append(0.0), std.append(1.0)
+                continue
+            mean.append(float(col.mean()))
+            sd = float(col.std())
+            std.append(sd if sd > 1e-8 else 1.0)
+        return cls(mean, std)
+
+    def normalise(self, clinical: Sequence[float]) -> np.ndarray:
+        """(value - train mean) / train std; missing (NaN) -> 0, i.e. imputed with the train mean."""
+        z = (np.asarray(clinical, dtype=np.float64) - self.mean) / self.std
+        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"names": list(CLINICAL_NAMES), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClinicalStats":
+        return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]])
+
+
+class HipDataset(Dataset):
+    """Images of one split. ``augment`` (train only) is called as ``augment(image, rng)`` with a
+    generator seeded from (seed, epoch, index), so a run is reproducible whatever the number of
+    workers and each epoch draws afresh (call :meth:`set_epoch`)."""
+
+    def __init__(self, files: Sequence[str | os.PathLike], stats: ClinicalStats,
+                 image_size: tuple[int, int] = FULL_SIZE, early_fuse: bool = False,
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 seed: int = 0, cache_gb: float = 4.0, desc: str = "") -> None:
+        self.files = [str(f) for f in files]
+        self.infos = [filenames.decode(f) for f in self.files]
+        self.labels = np.array([i.label for i in self.infos], dtype=np.int64)
+        self.clinical = np.stack([stats.normalise(i.clinical) for i in self.infos]) if self.infos \
+            else np.zeros((0, len(CLINICAL_NAMES)), np.float32)
+        self.image_size = tuple(image_size)
+        self.early_fuse = early_fuse
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.cache: np.ndarray | None = None
+        need_gb = len(self.files) * IMAGE_CHANNELS * math.prod(self.image_size) / 1e9
+        if need_gb <= cache_gb:
+            self._fill_cache(desc)
+        else:
+            logger.info("%s: %.1f GB needed to cache decoded images > --cache_gb %.1f; decoding on every read",
+                        desc or "dataset", need_gb, cache_gb)
+
+    @property
+    def channels(self) -> int:
+        return IMAGE_CHANNELS + (len(CLINICAL_NAMES) if self.early_fuse else 0)
+
+    def _fill_cache(self, desc: str) -> None:
+        # one contiguous uint8 block: forked DataLoader workers share it without copying
+        cache = np.empty((len(self.files), IMAGE_CHANNELS, *self.image_size), dtype=np.uint8)
+        for i, path in enumerate(tqdm(self.files, desc=f"decode {desc}".strip(), leave=False,
+                                      disable=len(self.files) < 50)):
+            cache[i] = np.round(prepare(read_image(path), self.image_size) * 255.0)
+        self.cache = cache
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, index: int) -> np.ndarray:
+        """Image channels (2, H, W) float32 in [0, 1], before augmentation."""
+        if self.cache is not None:
+            return self.cache[index].astype(np.float32) / 255.0
+        return prepare(read_image(self.files[index]), self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.load(index)
+        if self.augment is not None:
+            image = self.augment(image, np.random.default_rng([self.seed, self.epoch, index]))
+        clinical = self.clinical[index]
+        if self.early_fuse:
+            planes = np.broadcast_to(clinical[:, None, None], (len(clinical), *image.shape[1:]))
+            image = np.concatenate([image, planes], axis=0)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                "clinical": torch.from_numpy(clinical.copy()),
+                "label": torch.tensor(float(self.labels[index])),
+                "path": self.files[index]}

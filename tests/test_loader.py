@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+
+import filenames
+import loader
+
+
+def test_read_png_and_npy_agree(tmp_path):
+    img = (np.arange(64 * 37) % 256).astype(np.uint8).reshape(64, 37)
+    import cv2
+    cv2.imwrite(str(tmp_path / "a_1_0-1-50-20.png"), img)
+    np.save(tmp_path / "a_1_0-1-50-20.npy", img)
+    png = loader.read_image(tmp_path / "a_1_0-1-50-20.png")
+    npy = loader.read_image(tmp_path / "a_1_0-1-50-20.npy")
+    assert png.dtype == np.float32 and png.min() >= 0 and png.max() <= 1
+    np.testing.assert_allclose(png, npy, atol=1e-6)
+
+
+@pytest.mark.parametrize("content", [b"not an image", b""])
+def test_corrupt_image_names_the_file(tmp_path, content):
+    path = tmp_path / "a_1_0-1-50-20.png"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="a_1_0-1-50-20.png"):
+        loader.read_image(path)
+
+
+def test_npy_must_be_2d(tmp_path):
+    np.save(tmp_path / "a_1_0-1-50-20.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="2-D"):
+        loader.read_image(tmp_path / "a_1_0-1-50-20.npy")
+
+
+def test_enhance_is_bounded_and_differs_from_input():
+    rng = np.random.default_rng(0)
+    gray = np.clip(0.4 + 0.1 * rng.standard_normal((64, 37)), 0, 1).astype(np.float32)
+    out = loader.enhance(gray)
+    assert out.shape == gray.shape and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1 and not np.allclose(out, gray)
+
+
+def test_clinical_stats_from_train_only_applied_to_val(tiny_data):
+    train = [filenames.decode(p) for p in loader.list_split(tiny_data, "train")]
+    stats = loader.ClinicalStats.fit(train)
+    ages = np.array([i.age for i in train])
+    assert stats.mean[1] == pytest.approx(ages.mean()) and stats.std[1] == pytest.approx(ages.std())
+    val = loader.HipDataset(loader.list_split(tiny_data, "val"), stats, (32, 20))
+    for i, info in enumerate(val.infos):
+        expected_age = (info.age - stats.mean[1]) / stats.std[1]
+        assert val[i]["clinical"][1].item() == pytest.approx(expected_age, rel=1e-5)
+        if np.isnan(info.bmi):  # missing -> imputed with the train mean -> 0 after normalisation
+            assert val[i]["clinical"][2].item() == 0.0
+
+
+def test_stats_round_trip():
+    stats = loader.ClinicalStats([0.7, 60.0, 25.0], [0.4, 10.0, 4.0])
+    assert loader.ClinicalStats.from_dict(stats.to_dict()) == stats
+
+
+@pytest.mark.parametrize("early_fuse", [False, True])
+def test_sample_channels(tiny_data, early_fuse):
+    files = loader.list_split(tiny_data, "train")
+    stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
+    ds = loader.HipDataset(files, stats, (40, 24), early_fuse=early_fuse)
+    sample = ds[3]
+    assert set(sample) == {"image", "clinical", "label", "path"}
+    assert sample["image"].shape == (5 if early_fuse else 2, 40, 24) and ds.channels == sample["image"].shape[0]
+    assert sample["label"].item() == filenames.decode(files[3]).label
+    image = sample["image"].numpy()
+    original = loader.prepare(loader.read_image(files[3]), (40, 24))
+    np.testing.assert_allclose(image[:2], original, atol=1 / 255 + 1e-6)  # cache is uint8
+    if early_fuse:
+        for c in range(3):  # constant planes holding the normalised clinical values
+            assert np.all(image[2 + c] == sample["clinical"][c].item())
+
+
+def test_cache_matches_decoding_on_every_read(tiny_data):
+    files = loader.list_split(tiny_data, "val")
+    stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
+    cached = loader.HipDataset(files, stats, (32, 20))
+    direct = loader.HipDataset(files, stats, (32, 20), cache_gb=0)
+    assert cached.cache is not None and direct.cache is None
+    for i in range(len(files)):
+        np.testing.assert_allclose(cached[i]["image"], direct[i]["image"], atol=1 / 255 + 1e-6)
+
+
+def test_augment_seeded_by_epoch_and_index(tiny_data):
+    files = loader.list_split(tiny_data, "train")
+    stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
+    calls = []
+    ds = loader.HipDataset(files, stats, (32, 20), augment=lambda img, rng: calls.append(rng.random()) or img)
+    ds[0], ds[0]
+    ds.set_epoch(1)
+    ds[0]
+    assert calls[0] == calls[1] != calls[2]
+
+
+def test_missing_and_empty_splits_say_how_to_fix(tmp_path, tiny_data):
+    with pytest.raises(FileNotFoundError, match="synthetic.py"):
+        loader.list_split(tmp_path / "nothing", "train")
+    (tmp_path / "empty" / "val").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no .png or .npy"):
+        loader.list_split(tmp_path / "empty", "val")
+    (tiny_data / "val" / "badname.png").write_bytes(b"")
+    with pytest.raises(filenames.FileNameError, match="badname.png"):
+        loader.list_split(tiny_data, "val")
