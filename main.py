@@ -1,0 +1,264 @@
+"""Train, validate and test an osteoporosis classifier on hip X-rays.
+
+    python3 main.py --model dense_net --fold _Dense_LF --augment cat_elastic --late_fuse True
+
+Data: ``--data_dir`` (default ``data/``) holds ``train/ val/ test/`` with images named
+``<patient>_<crop>_<label>-<sex>-<age>-<bmi>.png`` (see ``filenames.py``); make the demo set with
+``python3 synthetic.py --out data``. Every epoch is validated on all of val; the best epoch by
+``--select_metric`` is kept in ``outs/<save_dir>/fold<fold>/best.pth`` and only that checkpoint is
+scored on test, at the threshold chosen on validation.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import augment
+import loader
+import losses
+import runfiles
+import runtime
+from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
+from LateFuseClassifyTrainer import LateFuseClassifyTrainer
+from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model
+
+logger = logging.getLogger("main")
+
+SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", "balanced_accuracy", "mcc")
+# settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
+MODEL_KEYS = ("model", "late_fuse", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
+
+
+def str2bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("yes", "true", "t", "y", "1"):
+        return True
+    if value in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes/no/true/false/1/0, got {text!r}")
+
+
+def positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data_dir", default="data", help="folder with train/ val/ test/ (default: %(default)s)")
+    g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(loader.FULL_SIZE),
+                   help="resize to H x W for the network (default: %(default)s, the original size)")
+    g.add_argument("--augment", default="", help="augmentation(s) for training, comma-separated from: "
+                   f"{', '.join(augment.AUGMENTATIONS)}; empty = none (default)")
+    g.add_argument("--augment_p", type=float, default=0.3, help="share of training samples augmented, drawn "
+                   "afresh every epoch (default: %(default)s)")
+    g.add_argument("--sampler", choices=("none", "weight"), default="none",
+                   help="weight = class-balanced sampling of training images (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
+    g.add_argument("--cache_gb", type=float, default=4.0, help="keep decoded images in memory up to this size "
+                   "per split (default: %(default)s)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
+    g.add_argument("--late_fuse", type=str2bool, default=False, metavar="BOOL",
+                   help="True: clinical vector joined to pooled image features; False (default): clinical data "
+                   "added to the image as constant channels (early fusion)")
+    g.add_argument("--depth", type=int, default=40, help="DenseNet-BC depth, (depth-4) %% 6 == 0 (dense_net only)")
+    g.add_argument("--growthRate", type=positive(int), default=12, help="DenseNet-BC growth rate (dense_net only)")
+    g.add_argument("--norm", choices=NORMS, default="bn", help="batch, instance or batch-instance norm")
+    g.add_argument("--act", choices=ACTS, default="relu", help="activation (default: %(default)s)")
+    g.add_argument("--stem", choices=STEMS, default="downsample", help="dense_net stem: 'downsample' (stride-4, "
+                   "default) or 'original' (full-resolution 3x3 conv of the original work: a GPU workload)")
+    g.add_argument("--drop_rate", type=float, default=0.0, help="dropout before the classifier")
+    g.add_argument("--pretrained", default=None, metavar="PATH", help="local state dict to start from "
+                   "(never downloaded)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epoch", type=positive(int), default=50, help="epochs (default: %(default)s)")
+    g.add_argument("--batch_size", type=positive(int), default=12, help="(default: %(default)s)")
+    g.add_argument("--lrG", type=positive(float), default=1e-3, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--beta", type=float, default=0.9, help="Adam beta1 (default: %(default)s)")
+    g.add_argument("--loss", choices=losses.LOSSES, default="bce", help="binary cross-entropy or focal loss")
+    g.add_argument("--focal_gamma", type=float, default=None, help="focal loss gamma (--loss focal; default 2)")
+    g.add_argument("--t_alpha", type=float, default=None, help="weight of the osteoporosis class in the loss, "
+                   "in (0, 1); the normal class gets 1 - t_alpha (default: unweighted)")
+    g.add_argument("--select_metric", choices=SELECT_METRICS, default="roc_auc", help="validation metric that "
+                   "picks the best epoch (default: %(default)s; f2acc = 1.5*F2 + accuracy, the original's)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--save_dir", default=None, help="run group under outs/ (default: a new timestamp)")
+    g.add_argument("--fold", default="", help="run name; files go to outs/<save_dir>/fold<fold>/")
+    g.add_argument("--out_root", default="outs", help="(default: %(default)s)")
+    g.add_argument("--test", nargs="?", const=True, default=False, type=str2bool, metavar="BOOL",
+                   help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
+    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
+    g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch")
+    g.add_argument("--dtype", choices=("auto", "float", "half"), default="auto", help="auto: fp16/bf16 autocast "
+                   "on CUDA, fp32 on CPU; float: always fp32; half: reduced precision")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flag combinations that make no sense, naming the flag."""
+    if args.model == "dense_net" and (args.depth < 10 or (args.depth - 4) % 6):
+        raise SystemExit(f"--depth {args.depth}: DenseNet-BC needs depth >= 10 with (depth - 4) divisible by 6, "
+                         "e.g. 40, 100, 190")
+    if args.model != "dense_net" and args.stem != "downsample":
+        raise SystemExit(f"--stem {args.stem}: only dense_net has a choice of stem")
+    if not 0.0 <= args.augment_p <= 1.0:
+        raise SystemExit(f"--augment_p {args.augment_p}: must be within [0, 1]")
+    if not 0.0 <= args.beta < 1.0:
+        raise SystemExit(f"--beta {args.beta}: Adam beta1 must be within [0, 1)")
+    if args.t_alpha is not None and not 0.0 < args.t_alpha < 1.0:
+        raise SystemExit(f"--t_alpha {args.t_alpha}: must be within (0, 1)")
+    if args.focal_gamma is not None and args.loss != "focal":
+        raise SystemExit("--focal_gamma only applies with --loss focal")
+    if args.focal_gamma is None:
+        args.focal_gamma = 2.0
+    if args.focal_gamma < 0:
+        raise SystemExit(f"--focal_gamma {args.focal_gamma}: must be >= 0")
+    if args.workers < 0:
+        raise SystemExit(f"--workers {args.workers}: must be >= 0")
+    if not 0.0 <= args.drop_rate < 1.0:
+        raise SystemExit(f"--drop_rate {args.drop_rate}: must be within [0, 1)")
+    if args.test and args.save_dir is None:
+        raise SystemExit("--test needs the run to score: give its --save_dir (and --fold)")
+    try:
+        args.augment = ",".join(augment.parse_augment(args.augment))
+    except ValueError as exc:
+        raise SystemExit(f"--augment: {exc}") from None
+
+
+def build_model_from_config(config: dict, pretrained: str | None = None):
+    return build_model(config["model"], in_chans=config["in_chans"], late_fuse=config["late_fuse"],
+                       depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
+                       act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
+                       pretrained=pretrained)
+
+
+def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: bool) -> dict[str, DataLoader]:
+    names = augment.parse_augment(args.augment)
+    augmenter = augment.Augmenter(names, p=args.augment_p, enhance=loader.enhance) if names else None
+    size = tuple(args.image_size)
+    out = {}
+    for split in loader.SPLITS:
+        ds = loader.HipDataset(files[split], stats, size, early_fuse=early_fuse,
+                               augment=augmenter if split == "train" else None, seed=args.seed,
+                               cache_gb=args.cache_gb, desc=split)
+        kwargs = dict(batch_size=args.batch_size, num_workers=args.workers, pin_memory=torch.cuda.is_available())
+        if split != "train":  # every image exactly once, in order
+            out[split] = DataLoader(ds, shuffle=False, drop_last=False, **kwargs)
+            continue
+        generator = torch.Generator().manual_seed(args.seed)
+        if args.sampler == "weight":
+            counts = torch.bincount(torch.as_tensor(ds.labels), minlength=2).double()
+            weights = (1.0 / counts.clamp(min=1))[torch.as_tensor(ds.labels)]
+            sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True, generator=generator)
+            out[split] = DataLoader(ds, sampler=sampler, drop_last=len(ds) > args.batch_size, **kwargs)
+        else:
+            out[split] = DataLoader(ds, shuffle=True, generator=generator, drop_last=len(ds) > args.batch_size,
+                                    **kwargs)
+    return out
+
+
+def describe(files: dict) -> str:
+    parts = []
+    for split in loader.SPLITS:
+        labels = [loader.filenames.decode(f).label for f in files[split]]
+        parts.append(f"{split} {len(labels)} images ({sum(labels)} osteoporosis)")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    defaults = vars(parser.parse_args([]))
+    check_args(args)
+    runtime.setup_logging()
+    if args.cpus:
+        torch.set_num_threads(args.cpus)
+    save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
+    out = runfiles.run_dir(save_dir, args.fold, args.out_root)
+    device = runtime.select_device(args.device, args.gpus)
+    precision = runtime.select_precision(args.dtype, device)
+
+    if args.test:
+        state = runfiles.load_checkpoint(out / runfiles.BEST)
+        config = dict(state["config"])
+        for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
+            if key in config and getattr(args, key) not in (config[key], defaults[key]):
+                logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
+            setattr(args, key, config[key])
+        stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise SystemExit(f"{out} already holds a run; nothing was changed. Choose another --save_dir or --fold, "
+                             f"or score it with: python3 main.py --test --save_dir {save_dir} --fold '{args.fold}'")
+        config = None
+
+    files = {split: loader.list_split(args.data_dir, split) for split in loader.SPLITS}
+    if not args.test:
+        stats = loader.ClinicalStats.fit([loader.filenames.decode(f) for f in files["train"]])
+        out.mkdir(parents=True, exist_ok=True)
+    runtime.setup_logging(out / "train.log")
+    runtime.seed_everything(args.seed)
+    logger.info("run folder %s; device %s; precision %s", out, device, precision.name)
+    logger.info("data %s: %s", args.data_dir, describe(files))
+
+    early_fuse = not args.late_fuse
+    loaders = make_loaders(args, stats, files, early_fuse)
+    if config is None:
+        config = {**vars(args), "save_dir": save_dir, "in_chans": loaders["train"].dataset.channels,
+                  "trainer": "LateFuseClassifyTrainer" if args.late_fuse else "ClassifyTrainer",
+                  "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__}
+        runfiles.write_json(out / "config.json", config)
+    model = build_model_from_config(config, pretrained=None if args.test else args.pretrained)
+    logger.info("model %s (%s fusion, %d input channels, %.2f M parameters)", config["model"],
+                "late" if config["late_fuse"] else "early", config["in_chans"],
+                sum(p.numel() for p in model.parameters()) / 1e6)
+
+    trainer_cls = LateFuseClassifyTrainer if config["late_fuse"] else ClassifyTrainer
+    optimizer = None if args.test else torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
+    trainer = trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
+                          device, out, config, stats.to_dict(), precision, args.select_metric)
+    with logging_redirect_tqdm():
+        if not args.test:
+            try:
+                best = trainer.fit(args.epoch)
+            except NonFiniteLossError as exc:
+                logger.error("%s", exc)
+                raise SystemExit(1) from None
+            logger.info("best epoch %d (val %s %.4f); scoring its checkpoint on test", best["epoch"],
+                        args.select_metric, best["value"])
+        result = trainer.test()
+    runtime.close_log_file()
+    summary(result, out)
+    return result
+
+
+def summary(result: dict, out: Path) -> None:
+    m = result["at_threshold"]
+    print(f"test set ({result['n_images']} images), best epoch {result['epoch']}, "
+          f"threshold {result['threshold']:.3f} from validation:")
+    keys = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "f0_5", "f1", "f2", "brier")
+    print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys))
+    print(f"files in {out}")
+
+
+if __name__ == "__main__":
+    main()

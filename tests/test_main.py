@@ -1,0 +1,104 @@
+"""End to end: main.py exactly as a user runs it, on a tiny generated set."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import main
+import runfiles
+
+
+def run_args(data, out_root, *extra):
+    return ["--model", "dense_net", "--depth", "10", "--data_dir", str(data), "--image_size", "64", "37",
+            "--epoch", "3", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--save_dir", "r",
+            "--out_root", str(out_root), *extra]
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("late_fuse,fold", [("True", "_Dense_LF"), ("no", "_Dense_EF")])
+def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path, late_fuse, fold):
+    outs = tmp_path / "outs"
+    result = main.main(run_args(tiny_data, outs, "--fold", fold, "--late_fuse", late_fuse,
+                                "--augment", "cat_elastic", "--augment_p", "0.5"))
+    run = outs / "r" / f"fold{fold}"
+    for name in ("config.json", "train.log", "history.csv", "best.pth", "test_metrics.json",
+                 "test_predictions.csv", "val_predictions.csv"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["late_fuse"] is (late_fuse == "True") and config["in_chans"] == (2 if late_fuse == "True" else 5)
+
+    history = read_csv(run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    aucs = [float(r["val_roc_auc"]) for r in history]
+    best_epoch = 1 + max(range(3), key=lambda i: (aucs[i], -i))  # first epoch with the highest AUC
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["epoch"] == best_epoch == result["epoch"]
+    state = runfiles.load_checkpoint(run / "best.pth")
+    assert state["epoch"] == best_epoch and state["threshold"] == metrics["threshold"]
+    assert state["clinical_stats"]["names"] == ["sex", "age", "bmi"]
+
+    # every test image scored exactly once, with the checkpoint's threshold
+    preds = read_csv(run / "test_predictions.csv")
+    test_files = sorted(p.name for p in (tiny_data / "test").iterdir())
+    assert sorted(r["file"] for r in preds) == test_files
+    assert all(int(r["prediction"]) == (float(r["probability"]) >= metrics["threshold"]) for r in preds)
+    assert metrics["n_images"] == len(test_files)
+
+    # --test re-scores the same best checkpoint and reproduces the metrics
+    again = main.main(["--test", "--save_dir", "r", "--fold", fold, "--out_root", str(outs), "--data_dir",
+                       str(tiny_data), "--workers", "0", "--device", "cpu"])
+    for key in ("roc_auc", "accuracy", "f2", "brier"):
+        a, b = again["at_threshold"][key], metrics["at_threshold"][key]
+        assert (math.isnan(a) and b is None) or a == pytest.approx(b, abs=1e-6)
+
+    # the best checkpoint reproduces the predictions file
+    model = main.build_model_from_config(state["config"])
+    model.load_state_dict(state["model"])
+    assert not any(k.startswith("module.") for k in state["model"])
+
+
+def test_existing_run_is_refused_not_overwritten(tiny_data, tmp_path):
+    outs = tmp_path / "outs"
+    main.main(run_args(tiny_data, outs, "--fold", "a", "--epoch", "1"))
+    before = (outs / "r" / "folda" / "best.pth").read_bytes()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main.main(run_args(tiny_data, outs, "--fold", "a", "--epoch", "1"))
+    assert (outs / "r" / "folda" / "best.pth").read_bytes() == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--depth", "41"], "--depth 41"),
+    (["--augment", "cat_elastic,sideways"], "unknown augmentation"),
+    (["--augment_p", "1.5"], "--augment_p"),
+    (["--focal_gamma", "3"], "--focal_gamma only applies"),
+    (["--t_alpha", "1.0"], "--t_alpha"),
+    (["--model", "densenet121", "--stem", "original"], "--stem"),
+])
+def test_flags_that_make_no_sense_are_refused(tiny_data, tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        main.main(run_args(tiny_data, tmp_path / "outs", *flags))
+
+
+def test_bad_flag_values_rejected_by_parser(capsys):
+    for argv in (["--late_fuse", "maybe"], ["--model", "resnet"], ["--epoch", "0"]):
+        with pytest.raises(SystemExit):
+            main.build_parser().parse_args(argv)
+    assert "expected yes/no/true/false/1/0" in capsys.readouterr().err
+
+
+def test_no_data_says_how_to_make_the_demo_set(tmp_path):
+    with pytest.raises(FileNotFoundError, match="synthetic.py"):
+        main.main(run_args(tmp_path / "nodata", tmp_path / "outs", "--fold", "x"))
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "best.pth"
+    torch.save({"format": runfiles.CHECKPOINT_FORMAT, "model": {}, "obj": main.argparse.Namespace(a=1)}, path)
+    with pytest.raises(ValueError, match="pickled"):
+        runfiles.load_checkpoint(path)
