@@ -1,0 +1,80 @@
+"""Networks: :func:`build_model` turns ``--model``, ``--norm``, ``--act``, ``--stem``... into a :class:`Classifier`.
+
+    model = build_model("dense_net", in_chans=2, late_fuse=True)      # DenseNet-BC, depth 40, k 12
+    logits = model(image, clinical)                                   # (B,): one logit per image
+
+Every model is a :class:`Classifier` around a DenseNet ``features`` Sequential; Grad-CAM should hook
+``model.default_cam_layer`` (the last dense block, e.g. ``"features.denseblock4"``) or
+``"features.norm5"``.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .classifier import Classifier
+from .densenet import STEMS, TORCHVISION_DENSENETS, densenet_bc_features, last_dense_block, torchvision_features
+from .layers import ACTS, NORMS, BatchInstanceNorm2d, convert_norm_act
+from .pretrained import load_pretrained
+
+__all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstanceNorm2d", "build_model",
+           "count_parameters", "load_pretrained"]
+
+MODEL_NAMES = ("dense_net", *TORCHVISION_DENSENETS)
+
+
+def _check_choice(value: str, accepted: tuple[str, ...], what: str) -> None:
+    if value not in accepted:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(accepted)}")
+
+
+def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, depth: int = 40,
+                growth_rate: int = 12, norm: str = "bn", act: str = "relu", stem: str = "downsample",
+                pretrained: str | None = None, drop_rate: float = 0.0,
+                memory_efficient: bool = False) -> Classifier:
+    """Build a binary classifier (one logit per image).
+
+    Args:
+        name: one of :data:`MODEL_NAMES`. ``dense_net`` is DenseNet-BC with 3 dense blocks;
+            ``densenet121/169/201`` are torchvision's (random weights unless ``pretrained``).
+        in_chans: image channels the network receives (for early fusion: image + clinical channels).
+        late_fuse: join an MLP embedding of the ``(B, n_clinical)`` clinical vector to the pooled features.
+        n_clinical: length of the clinical vector (late fusion only).
+        depth, growth_rate: DenseNet-BC depth (``(depth - 4) % 6 == 0``) and growth rate k;
+            ``dense_net`` only, ignored by the torchvision families.
+        norm: one of :data:`NORMS` (batch, instance, batch-instance normalisation).
+        act: one of :data:`ACTS`, used throughout (dense layers, final activation, clinical MLP).
+        stem: one of :data:`STEMS`; ``original`` (full resolution, very memory-hungry) exists for
+            ``dense_net`` only, the torchvision families always downsample by 4.
+        pretrained: path of a local weights file, see :mod:`models.pretrained`.
+        drop_rate: dropout before the final linear layer.
+        memory_efficient: recompute the dense layers' bottleneck inputs in backward (torch
+            checkpointing) instead of storing them: less memory, slower.
+    """
+    _check_choice(name, MODEL_NAMES, "model")
+    _check_choice(norm, NORMS, "norm")
+    _check_choice(act, ACTS, "act")
+    _check_choice(stem, STEMS, "stem")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer; got {in_chans!r}")
+    if late_fuse and (not isinstance(n_clinical, int) or n_clinical < 1):
+        raise ValueError(f"late fusion needs n_clinical >= 1 clinical values; got {n_clinical!r}")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1); got {drop_rate!r}")
+
+    if name == "dense_net":
+        features, num_features = densenet_bc_features(in_chans, depth, growth_rate, stem, memory_efficient)
+    else:
+        if stem != "downsample":
+            raise ValueError(f"stem {stem!r} exists for dense_net only; {name} always uses the 'downsample' stem")
+        features, num_features = torchvision_features(name, in_chans, memory_efficient)
+    convert_norm_act(features, norm, act)
+    model = Classifier(features, num_features, in_chans, late_fuse, n_clinical, act, drop_rate,
+                       cam_layer=f"features.{last_dense_block(features)}")
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

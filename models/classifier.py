@@ -1,0 +1,83 @@
+"""The classifier every network family shares: a feature extractor, a pooled head, optional late fusion.
+
+Early fusion needs nothing here: the clinical values arrive as extra constant image channels and
+the network only sees ``in_chans`` channels. Late fusion joins a small MLP embedding of the clinical
+vector to the globally pooled image features, right before the final linear layer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import make_act
+
+CLINICAL_HIDDEN = 16
+
+
+class Classifier(nn.Module):
+    """Binary osteoporosis classifier returning one logit per image, shape ``(B,)``.
+
+    Attributes: ``features`` (layers named ``conv0``, ``denseblock1``, ``transition1``, ...,
+    ``norm5``), ``num_features``, ``in_chans``, ``late_fuse``, ``n_clinical``, ``default_cam_layer``
+    (e.g. ``"features.denseblock4"``, the module path Grad-CAM should hook), ``final_act`` (applied
+    after ``features.norm5``), ``clinical_mlp`` (late fusion only, else None), ``classifier``.
+    """
+
+    def __init__(self, features: nn.Sequential, num_features: int, in_chans: int, late_fuse: bool,
+                 n_clinical: int = 3, act: str = "relu", drop_rate: float = 0.0, cam_layer: str = "") -> None:
+        super().__init__()
+        self.features = features
+        self.num_features = num_features
+        self.in_chans = in_chans
+        self.late_fuse = bool(late_fuse)
+        self.n_clinical = n_clinical if late_fuse else 0
+        self.default_cam_layer = cam_layer
+        # Not in-place: a Grad-CAM hook on features.norm5 must see its output unmodified.
+        self.final_act = make_act(act, num_features)
+        if self.late_fuse:
+            self.clinical_mlp = nn.Sequential(
+                nn.Linear(n_clinical, CLINICAL_HIDDEN), make_act(act, CLINICAL_HIDDEN),
+                nn.Linear(CLINICAL_HIDDEN, CLINICAL_HIDDEN), make_act(act, CLINICAL_HIDDEN),
+            )
+            head_in = num_features + CLINICAL_HIDDEN
+        else:
+            self.clinical_mlp = None
+            head_in = num_features
+        self.drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(head_in, 1)
+        for m in [self.classifier, *(self.clinical_mlp or [])]:
+            if isinstance(m, nn.Linear):
+                nn.init.constant_(m.bias, 0)
+
+    def forward_features(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> ``(B, num_features, h, w)``, after the final norm and activation."""
+        if image.dim() != 4 or image.shape[1] != self.in_chans:
+            raise ValueError(f"expected an image batch of shape (B, {self.in_chans}, H, W)"
+                             f"{' (image + clinical channels)' if not self.late_fuse else ''}; "
+                             f"got {tuple(image.shape)}")
+        return self.final_act(self.features(image))
+
+    def forward_head(self, feats: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        """Global average pool, late fusion with ``clinical`` ``(B, n_clinical)`` if enabled -> logits ``(B,)``."""
+        self._check_clinical(clinical, feats.shape[0])
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(feats, 1), 1)
+        if self.late_fuse:
+            x = torch.cat([x, self.clinical_mlp(clinical.to(x.dtype))], dim=1)
+        return self.classifier(self.drop(x)).squeeze(1)
+
+    def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit (osteoporosis) per image: ``(B,)``. ``clinical`` is required iff ``late_fuse``."""
+        self._check_clinical(clinical, image.shape[0])
+        return self.forward_head(self.forward_features(image), clinical)
+
+    def _check_clinical(self, clinical: torch.Tensor | None, batch: int) -> None:
+        if not self.late_fuse:
+            if clinical is not None:
+                raise ValueError("this early-fusion model takes the clinical data as image channels; "
+                                 "call it without a clinical vector (or build it with late_fuse=True)")
+            return
+        if clinical is None:
+            raise ValueError(f"this late-fusion model needs the clinical vector, shape (B, {self.n_clinical}); "
+                             "call model(image, clinical)")
+        if tuple(clinical.shape) != (batch, self.n_clinical):
+            raise ValueError(f"expected clinical of shape ({batch}, {self.n_clinical}); got {tuple(clinical.shape)}")

@@ -1,0 +1,117 @@
+"""Initialise a model from a LOCAL weights file (``--pretrained PATH``); nothing is ever downloaded.
+
+Accepted: a state dict, or a dict holding one under ``"model"`` or ``"state_dict"``, saved with
+``torch.save`` and readable with ``weights_only=True`` (tensors and plain Python values only; a file
+with pickled objects is refused, since unpickling it could run arbitrary code). Keys may carry
+``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefixes and may be torchvision's (``features.*``,
+``classifier.*``, including the old ``norm.1`` spelling of its published DenseNet files).
+
+Tensors whose shape does not fit are skipped, except the first convolution ``features.conv0.weight``
+trained on another number of channels (e.g. RGB ImageNet weights for 2 or 5 input channels): its
+kernel is averaged over the input channels and repeated for every channel of the model, scaled by
+``old_channels / new_channels`` so an image of constant intensity gives the same response.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FIRST_CONV = "features.conv0.weight"
+HEAD_PREFIXES = ("classifier.", "clinical_mlp.", "final_act.")
+_PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
+# torchvision's published DenseNet files spell 'denselayer1.norm.1.weight' for 'denselayer1.norm1.weight'
+_OLD_TV_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the tensors of a weights file, with keys cleaned up (prefixes stripped, old names renamed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"refusing to load {path}: it contains pickled Python objects, not only tensors "
+                         "(loading them could run arbitrary code). Save just the weights, e.g. "
+                         f"torch.save(model.state_dict(), path). torch said: {str(exc).splitlines()[-1]}") from exc
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError... for files that are not its own
+        raise ValueError(f"cannot read {path} as a torch weights file: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"{path} holds no state dict (a dict of tensor names to tensors, "
+                         f"possibly under 'model' or 'state_dict'); got {type(obj).__name__}")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{path} is not a state dict: entries {not_tensors[:5]} are not tensors; expected a "
+                         "dict of tensors, possibly under a 'model' or 'state_dict' key")
+    state = {}
+    for key, value in obj.items():
+        key = _PREFIX.sub("", key)
+        match = _OLD_TV_KEY.match(key)
+        state[match.group(1) + match.group(2) if match else key] = value
+    return state
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """``(O, C, kh, kw)`` kernel -> ``(O, in_chans, kh, kw)``: channel mean, repeated, scaled by ``C / in_chans``."""
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_chans, 1, 1) * (weight.shape[1] / in_chans)
+
+
+def _summary(keys: list[str]) -> str:
+    return f"{len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
+    """Copy the fitting tensors of ``path`` into ``model``; returns the keys per outcome.
+
+    Outcomes: ``loaded``, ``adapted`` (first conv, other channel count), ``skipped`` (shape mismatch),
+    ``missing`` (in the model, not in the file), ``unexpected`` (in the file, not in the model).
+    Raises ValueError when nothing at all fits: that is the wrong file, not a partial match.
+    """
+    source = read_state_dict(path)
+    target = model.state_dict()
+    new_state: dict[str, torch.Tensor] = {}
+    report: dict[str, list[str]] = {"loaded": [], "adapted": [], "skipped": [], "missing": [], "unexpected": []}
+    for key, tensor in source.items():
+        if key not in target:
+            report["unexpected"].append(key)
+        elif tensor.shape == target[key].shape:
+            new_state[key] = tensor
+            report["loaded"].append(key)
+        elif (key == FIRST_CONV and tensor.dim() == 4
+              and tensor.shape[:1] + tensor.shape[2:] == target[key].shape[:1] + target[key].shape[2:]):
+            new_state[key] = adapt_first_conv(tensor, target[key].shape[1])
+            report["adapted"].append(key)
+            logger.info("%s: %s %s adapted to %d input channels (channel mean x %d/%d)", path, key,
+                        tuple(tensor.shape), target[key].shape[1], tensor.shape[1], target[key].shape[1])
+        else:
+            report["skipped"].append(key)
+    report["missing"] = [k for k in target if k not in source]
+    # counters such as BatchNorm's num_batches_tracked fit any network: they prove nothing
+    if not [k for k in report["loaded"] + report["adapted"] if not k.endswith("num_batches_tracked")]:
+        raise ValueError(f"no tensor of {path} fits this model (e.g. file keys {list(source)[:3]}, "
+                         f"model keys {list(target)[:3]}): is it weights for another network?")
+    model.load_state_dict(new_state, strict=False)
+
+    logger.info("%s: loaded %d tensors, adapted %d", path, len(report["loaded"]), len(report["adapted"]))
+    for outcome, why in (("skipped", "shape mismatch"), ("missing", "not in the file, kept at initialisation"),
+                         ("unexpected", "not in the model")):
+        body = [k for k in report[outcome] if not k.startswith(HEAD_PREFIXES)]
+        head = [k for k in report[outcome] if k.startswith(HEAD_PREFIXES)]
+        if body:
+            logger.warning("%s: %s (%s): %s", path, outcome, why, _summary(body))
+        if head:  # a new head for the binary task is expected
+            logger.info("%s: head %s (%s): %s", path, outcome, why, _summary(head))
+    return report
