@@ -3,7 +3,9 @@ test of the best checkpoint.
 
 ``ClassifyTrainer`` feeds the network one tensor (the image, with clinical channels for early
 fusion); ``LateFuseClassifyTrainer`` (its own file) overrides :meth:`model_inputs` to add the
-clinical vector. Everything else is shared.
+clinical vector. Everything else is shared, including torchrun (DDP) runs: each rank trains on its
+share of every epoch, validation and test predictions are gathered from all ranks so metrics equal
+the single-process ones, and only rank 0 logs and writes files.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import metrics
 import runfiles
-from runtime import Precision
+from runtime import Dist, Precision
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +33,22 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DistributedDataParallel wrapper (checkpoints never carry ``module.``)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 class ClassifyTrainer:
     """Train ``model`` on ``loaders['train']``, validate every epoch on ``loaders['val']``, keep the
-    best epoch by ``select_metric`` in ``run_dir/best.pth`` and score only that checkpoint on test."""
+    best epoch by ``select_metric`` in ``run_dir/best.pth`` (and every epoch in ``last.pth`` for
+    ``--resume``) and score only the best checkpoint on test."""
 
     def __init__(self, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
-                 select_metric: str = "roc_auc") -> None:
-        self.model = model.to(device)
+                 select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
+                 dist_info: Dist = Dist()) -> None:
+        self.model = model
         self.loaders = loaders
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -48,13 +58,19 @@ class ClassifyTrainer:
         self.clinical_stats = clinical_stats
         self.precision = precision
         self.select_metric = select_metric
+        self.seed = seed
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.dist = dist_info
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
         self.history: list[dict] = []
         self.best: dict | None = None
 
     # -- how a batch reaches the network: the one thing subclasses change -------------------------
+    def image(self, batch: dict) -> torch.Tensor:
+        return batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+
     def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        return (batch["image"].to(self.device, non_blocking=True),)
+        return (self.image(batch),)
 
     def forward(self, batch: dict) -> torch.Tensor:
         autocast = (torch.autocast(self.device.type, dtype=self.precision.dtype)
@@ -62,17 +78,20 @@ class ClassifyTrainer:
         with autocast:
             return self.model(*self.model_inputs(batch)).float()
 
+    def bar(self, iterable, **kwargs):
+        return tqdm(iterable, dynamic_ncols=True, disable=not self.dist.is_main, **kwargs)
+
     # -- epochs ------------------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict:
         """One pass over the training loader; returns the mean loss and timing."""
         loader = self.loaders["train"]
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(epoch)  # fresh augmentation draws every epoch
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+        for part in (loader.dataset, loader.sampler):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)  # fresh order and augmentation draws every epoch
+        torch.manual_seed(self.seed * 100003 + epoch)  # dropout etc.: a resumed epoch draws the same
         self.model.train()
         total, count, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, dynamic_ncols=True)
+        bar = self.bar(loader, desc=f"epoch {epoch} train", leave=False)
         for step, batch in enumerate(bar):
             target = batch["label"].to(self.device, non_blocking=True)
             loss = self.loss_fn(self.forward(batch), target)
@@ -89,24 +108,46 @@ class ClassifyTrainer:
             count += len(target)
             bar.set_postfix(loss=f"{total / count:.4f}")
         seconds = time.perf_counter() - start
+        total, count = self.all_reduce_sum(total, count)
         return {"train_loss": total / max(count, 1), "train_seconds": seconds,
                 "train_images_per_s": count / max(seconds, 1e-9)}
 
+    def all_reduce_sum(self, *values: float) -> list[float]:
+        if not self.dist.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.tolist()
+
     @torch.no_grad()
     def predict(self, split: str) -> dict:
-        """Probabilities for every image of a split, in loader order (no shuffling, no dropping)."""
+        """Probabilities for every image of a split, in file order; under torchrun each rank scores
+        its shard and the shards are gathered, so every rank holds all predictions."""
         self.model.eval()
-        labels, probs, paths, total = [], [], [], 0.0
-        for batch in tqdm(self.loaders[split], desc=f"{split}", leave=False, dynamic_ncols=True):
+        loader = self.loaders[split]
+        indices = list(iter(loader.sampler))
+        probs, total = [], 0.0
+        for batch in self.bar(loader, desc=split, leave=False):
             logits = self.forward(batch)
-            target = batch["label"].to(self.device)
-            total += self.loss_fn(logits, target).item() * len(target)
+            total += self.loss_fn(logits, batch["label"].to(self.device)).item() * len(logits)
             probs.append(torch.sigmoid(logits).cpu().numpy())
-            labels.append(batch["label"].numpy())
-            paths.extend(batch["path"])
-        labels = np.concatenate(labels).astype(int)
-        probs = np.concatenate(probs).astype(np.float64)
-        return {"labels": labels, "probs": probs, "paths": paths, "loss": total / max(len(labels), 1)}
+        probs = np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
+        part = (indices, probs.tolist(), total)
+        parts = [part]
+        if self.dist.enabled:
+            parts = [None] * self.dist.world
+            dist.all_gather_object(parts, part)
+        n = len(loader.dataset)
+        out = np.full(n, np.nan)
+        total = 0.0
+        for idx, p, t in parts:
+            out[idx] = p
+            total += t
+        if np.isnan(out).any():
+            raise RuntimeError(f"{split}: {int(np.isnan(out).sum())} images were not scored")
+        ds = loader.dataset
+        return {"labels": np.asarray(ds.labels, dtype=int), "probs": out, "paths": list(ds.files),
+                "loss": total / max(n, 1)}
 
     def validate(self) -> tuple[dict, dict]:
         """Validation metrics (threshold-dependent ones at 0.5) and the predictions."""
@@ -121,9 +162,11 @@ class ClassifyTrainer:
             return False
         return self.best is None or value > self.best["value"]
 
-    def fit(self, epochs: int, start_epoch: int = 1) -> dict:
-        """Train for ``epochs`` epochs; returns the best epoch's record."""
-        for epoch in tqdm(range(start_epoch, epochs + 1), desc="epochs", dynamic_ncols=True):
+    def fit(self, epochs: int) -> dict:
+        """Train until epoch ``epochs`` (continuing after the history a resumed run restored);
+        returns the best epoch's record."""
+        start = len(self.history) + 1
+        for epoch in self.bar(range(start, epochs + 1), desc="epochs", initial=start - 1, total=epochs):
             row = {"epoch": epoch, **self.train_one_epoch(epoch)}
             val, pred = self.validate()
             row.update({f"val_{k}": v for k, v in val.items()})
@@ -131,12 +174,15 @@ class ClassifyTrainer:
             value = val[self.select_metric]
             improved = self.is_better(value)
             row["best"] = int(improved)
+            self.history.append(row)
             if improved:
                 self.best = {"epoch": epoch, "value": value, "threshold": val["youden_threshold"]}
-                self.save(runfiles.BEST, epoch, val["youden_threshold"], val)
-                self.write_predictions("val_predictions.csv", pred, val["youden_threshold"])
-            self.history.append(row)
-            runfiles.write_csv(self.run_dir / "history.csv", self.history)
+            if self.dist.is_main:
+                if improved:
+                    self.save(runfiles.BEST, epoch, val["youden_threshold"], val)
+                    self.write_predictions("val_predictions.csv", pred, val["youden_threshold"])
+                runfiles.write_csv(self.run_dir / "history.csv", self.history)
+                self.save_last(epoch)
             logger.info("epoch %d  train loss %.4f  val loss %.4f  val AUC %.4f  val F2 %.4f  val acc %.4f  "
                         "%s %.4f%s", epoch, row["train_loss"], val["loss"], val["roc_auc"], val["f2"],
                         val["accuracy"], self.select_metric, value, "  (best)" if improved else "")
@@ -146,11 +192,30 @@ class ClassifyTrainer:
         return self.best
 
     # -- checkpoints and test ------------------------------------------------------------------------
-    def save(self, name: str, epoch: int, threshold: float, val_metrics: dict) -> None:
-        runfiles.save_checkpoint(self.run_dir / name, self.model.state_dict(), self.config,
+    def save(self, name: str, epoch: int, threshold: float, val_metrics: dict, **extra) -> None:
+        runfiles.save_checkpoint(self.run_dir / name, unwrap(self.model).state_dict(), self.config,
                                  self.clinical_stats, threshold, epoch,
                                  val_metrics={k: float(v) for k, v in val_metrics.items()},
-                                 select_metric=self.select_metric)
+                                 select_metric=self.select_metric, **extra)
+
+    def save_last(self, epoch: int) -> None:
+        """Everything ``--resume`` needs to continue exactly after ``epoch``."""
+        val = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
+        self.save(runfiles.LAST, epoch, val["youden_threshold"], val,
+                  optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                  history=[{k: float(v) for k, v in row.items()} for row in self.history],
+                  best=dict(self.best) if self.best else None)
+
+    def restore(self, state: dict) -> None:
+        """Continue from a ``last.pth`` written by :meth:`save_last`."""
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = [{k: (int(v) if k in ("epoch", "best") else v) for k, v in row.items()}
+                        for row in state["history"]]
+        self.best = dict(state["best"]) if state["best"] else None
+        if self.best:
+            self.best["epoch"] = int(self.best["epoch"])
 
     def write_predictions(self, name: str, pred: dict, threshold: float) -> None:
         rows = [{"file": Path(p).name, "label": int(y), "probability": f"{prob:.6f}",
@@ -160,8 +225,10 @@ class ClassifyTrainer:
 
     def test(self) -> dict:
         """Load ``best.pth`` (never the last epoch's weights) and score it once on test."""
+        if self.dist.enabled:
+            dist.barrier()  # rank 0 has finished writing best.pth
         state = runfiles.load_checkpoint(self.run_dir / runfiles.BEST)
-        self.model.load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         threshold = float(state["threshold"])
         pred = self.predict("test")
         result = {
@@ -175,6 +242,7 @@ class ClassifyTrainer:
             "at_threshold": metrics.compute_metrics(pred["labels"], pred["probs"], threshold=threshold),
             "at_0.5": metrics.compute_metrics(pred["labels"], pred["probs"], threshold=0.5),
         }
-        runfiles.write_json(self.run_dir / "test_metrics.json", result)
-        self.write_predictions("test_predictions.csv", pred, threshold)
+        if self.dist.is_main:
+            runfiles.write_json(self.run_dir / "test_metrics.json", result)
+            self.write_predictions("test_predictions.csv", pred, threshold)
         return result

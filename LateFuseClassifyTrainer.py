@@ -9,5 +9,4 @@ from ClassifyTrainer import ClassifyTrainer
 
 class LateFuseClassifyTrainer(ClassifyTrainer):
     def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        return (batch["image"].to(self.device, non_blocking=True),
-                batch["clinical"].to(self.device, non_blocking=True))
+        return (self.image(batch), batch["clinical"].to(self.device, non_blocking=True))

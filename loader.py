@@ -201,3 +201,49 @@ class HipDataset(Dataset):
                 "clinical": torch.from_numpy(clinical.copy()),
                 "label": torch.tensor(float(self.labels[index])),
                 "path": self.files[index]}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Training order for one epoch, the same in one process and under torchrun.
+
+    Every rank draws the same global order from a generator seeded by (seed, epoch) -- a
+    permutation, or with ``weighted`` a class-balanced draw with replacement -- and takes every
+    ``world``-th index from ``rank`` on. The order depends only on (seed, epoch), so a resumed run
+    sees exactly the epochs an uninterrupted one would.
+    """
+
+    def __init__(self, labels: Sequence[int], seed: int = 0, weighted: bool = False,
+                 rank: int = 0, world: int = 1) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.seed, self.weighted, self.rank, self.world = seed, weighted, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.world  # equal share per rank (DDP needs equal step counts)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, 7919])
+        n = len(self.labels)
+        if self.weighted:
+            counts = np.bincount(self.labels, minlength=2).astype(np.float64)
+            weights = 1.0 / np.maximum(counts, 1)[self.labels]
+            order = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+        else:
+            order = rng.permutation(n)
+        return iter(order[self.rank: len(self) * self.world: self.world].tolist())
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation: rank r sees indices r, r + world, ...; together the ranks see every image once."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import augment
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch")
     g.add_argument("--dtype", choices=("auto", "float", "half"), default="auto", help="auto: fp16/bf16 autocast "
                    "on CUDA, fp32 on CPU; float: always fp32; half: reduced precision")
+    g.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto",
+                   help="NHWC memory layout; auto: on for CUDA and for large images on CPU")
+    g.add_argument("--resume", action="store_true", help="continue the run --save_dir/--fold from its last.pth")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly reproducible, "
+                   "slower)")
+    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across torchrun processes")
     return p
 
 
@@ -136,8 +143,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--workers {args.workers}: must be >= 0")
     if not 0.0 <= args.drop_rate < 1.0:
         raise SystemExit(f"--drop_rate {args.drop_rate}: must be within [0, 1)")
-    if args.test and args.save_dir is None:
-        raise SystemExit("--test needs the run to score: give its --save_dir (and --fold)")
+    if (args.test or args.resume) and args.save_dir is None:
+        raise SystemExit(f"--{'test' if args.test else 'resume'} needs an existing run: give its --save_dir "
+                         "(and --fold)")
+    if args.test and args.resume:
+        raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
+    if args.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise SystemExit("--sync_bn only applies to torchrun runs with several processes")
     try:
         args.augment = ",".join(augment.parse_augment(args.augment))
     except ValueError as exc:
@@ -151,28 +163,27 @@ def build_model_from_config(config: dict, pretrained: str | None = None):
                        pretrained=pretrained)
 
 
-def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: bool) -> dict[str, DataLoader]:
+def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: bool,
+                 dist_info: runtime.Dist = runtime.Dist()) -> dict[str, DataLoader]:
+    """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
+    Validation and test: every image exactly once, in file order (sharded over ranks and gathered)."""
     names = augment.parse_augment(args.augment)
     augmenter = augment.Augmenter(names, p=args.augment_p, enhance=loader.enhance) if names else None
-    size = tuple(args.image_size)
     out = {}
     for split in loader.SPLITS:
-        ds = loader.HipDataset(files[split], stats, size, early_fuse=early_fuse,
-                               augment=augmenter if split == "train" else None, seed=args.seed,
-                               cache_gb=args.cache_gb, desc=split)
-        kwargs = dict(batch_size=args.batch_size, num_workers=args.workers, pin_memory=torch.cuda.is_available())
-        if split != "train":  # every image exactly once, in order
-            out[split] = DataLoader(ds, shuffle=False, drop_last=False, **kwargs)
-            continue
-        generator = torch.Generator().manual_seed(args.seed)
-        if args.sampler == "weight":
-            counts = torch.bincount(torch.as_tensor(ds.labels), minlength=2).double()
-            weights = (1.0 / counts.clamp(min=1))[torch.as_tensor(ds.labels)]
-            sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True, generator=generator)
-            out[split] = DataLoader(ds, sampler=sampler, drop_last=len(ds) > args.batch_size, **kwargs)
+        train = split == "train"
+        ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=early_fuse,
+                               augment=augmenter if train else None, seed=args.seed, cache_gb=args.cache_gb,
+                               desc=split)
+        if train:
+            sampler = loader.EpochSampler(ds.labels, args.seed, args.sampler == "weight", dist_info.rank,
+                                          dist_info.world)
         else:
-            out[split] = DataLoader(ds, shuffle=True, generator=generator, drop_last=len(ds) > args.batch_size,
-                                    **kwargs)
+            sampler = loader.ShardSampler(len(ds), dist_info.rank, dist_info.world)
+        # a last training batch of one image would make BatchNorm's statistics meaningless
+        out[split] = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                                pin_memory=torch.cuda.is_available(),
+                                drop_last=train and len(sampler) % args.batch_size == 1)
     return out
 
 
@@ -184,60 +195,87 @@ def describe(files: dict) -> str:
     return ", ".join(parts)
 
 
+def prepare_run(args, defaults: dict, save_dir: str, out: Path, dist_info: runtime.Dist):
+    """Config and clinical statistics of this run: new, or read back from an existing run for
+    ``--test`` (best.pth) and ``--resume`` (last.pth). Returns (config, stats, resume_state)."""
+    if not (args.test or args.resume):
+        if out.exists() and any(out.iterdir()):
+            raise SystemExit(f"{out} already holds a run; nothing was changed. Continue it with --resume, score "
+                             f"it with --test, or choose another --save_dir / --fold "
+                             f"(e.g. python3 main.py --test --save_dir {save_dir} --fold '{args.fold}')")
+        return None, None, None
+    state = runfiles.load_checkpoint(out / (runfiles.BEST if args.test else runfiles.LAST))
+    config = dict(state["config"])
+    for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
+        if key in config and getattr(args, key) not in (config[key], defaults[key]):
+            logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
+        setattr(args, key, config[key])
+    if args.resume:
+        for key in ("augment", "augment_p", "sampler", "batch_size", "lrG", "beta", "loss", "seed", "data_dir"):
+            setattr(args, key, config[key])  # the rest of the recipe too, so the run continues unchanged
+    return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state if args.resume else None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     defaults = vars(parser.parse_args([]))
     check_args(args)
-    runtime.setup_logging()
+    dist_info = runtime.init_distributed(args.device)
+    runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
     if args.cpus:
         torch.set_num_threads(args.cpus)
+    if args.deterministic:
+        runtime.make_deterministic()
     save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
     out = runfiles.run_dir(save_dir, args.fold, args.out_root)
-    device = runtime.select_device(args.device, args.gpus)
+    device = runtime.select_device_for(dist_info, args.device, args.gpus)
     precision = runtime.select_precision(args.dtype, device)
 
-    if args.test:
-        state = runfiles.load_checkpoint(out / runfiles.BEST)
-        config = dict(state["config"])
-        for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
-            if key in config and getattr(args, key) not in (config[key], defaults[key]):
-                logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
-            setattr(args, key, config[key])
-        stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise SystemExit(f"{out} already holds a run; nothing was changed. Choose another --save_dir or --fold, "
-                             f"or score it with: python3 main.py --test --save_dir {save_dir} --fold '{args.fold}'")
-        config = None
-
+    config, stats, resume_state = prepare_run(args, defaults, save_dir, out, dist_info)
     files = {split: loader.list_split(args.data_dir, split) for split in loader.SPLITS}
-    if not args.test:
+    if stats is None:
         stats = loader.ClinicalStats.fit([loader.filenames.decode(f) for f in files["train"]])
+    if dist_info.enabled:
+        torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
+    if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    runtime.setup_logging(out / "train.log")
-    runtime.seed_everything(args.seed)
-    logger.info("run folder %s; device %s; precision %s", out, device, precision.name)
+        runtime.setup_logging(out / "train.log")
+    runtime.seed_everything(args.seed, dist_info.rank)
+    channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
+    logger.info("run folder %s; device %s%s; precision %s; channels_last %s", out, device,
+                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last)
     logger.info("data %s: %s", args.data_dir, describe(files))
 
-    early_fuse = not args.late_fuse
-    loaders = make_loaders(args, stats, files, early_fuse)
+    loaders = make_loaders(args, stats, files, not args.late_fuse, dist_info)
     if config is None:
         config = {**vars(args), "save_dir": save_dir, "in_chans": loaders["train"].dataset.channels,
                   "trainer": "LateFuseClassifyTrainer" if args.late_fuse else "ClassifyTrainer",
-                  "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__}
-        runfiles.write_json(out / "config.json", config)
-    model = build_model_from_config(config, pretrained=None if args.test else args.pretrained)
+                  "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
+                  "world_size": dist_info.world}
+        if dist_info.is_main:
+            runfiles.write_json(out / "config.json", config)
+    model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
     logger.info("model %s (%s fusion, %d input channels, %.2f M parameters)", config["model"],
                 "late" if config["late_fuse"] else "early", config["in_chans"],
                 sum(p.numel() for p in model.parameters()) / 1e6)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if dist_info.enabled:
+        if args.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     trainer_cls = LateFuseClassifyTrainer if config["late_fuse"] else ClassifyTrainer
     optimizer = None if args.test else torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
     trainer = trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
-                          device, out, config, stats.to_dict(), precision, args.select_metric)
+                          device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
+                          channels_last, dist_info)
     with logging_redirect_tqdm():
         if not args.test:
+            if resume_state is not None:
+                trainer.restore(resume_state)
+                logger.info("resuming after epoch %d of %d", len(trainer.history), args.epoch)
             try:
                 best = trainer.fit(args.epoch)
             except NonFiniteLossError as exc:
@@ -247,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
                         args.select_metric, best["value"])
         result = trainer.test()
     runtime.close_log_file()
-    summary(result, out)
+    if dist_info.is_main:
+        summary(result, out)
     return result
 
 
