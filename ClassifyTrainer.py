@@ -47,11 +47,12 @@ class ClassifyTrainer:
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
-                 dist_info: Dist = Dist()) -> None:
+                 dist_info: Dist = Dist(), scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
         self.model = model
         self.loaders = loaders
         self.loss_fn = loss_fn
         self.optimizer = optimizer
+        self.scheduler = scheduler
         self.device = device
         self.run_dir = Path(run_dir)
         self.config = config
@@ -171,6 +172,8 @@ class ClassifyTrainer:
             val, pred = self.validate()
             row.update({f"val_{k}": v for k, v in val.items()})
             row["lr"] = self.optimizer.param_groups[0]["lr"]
+            if self.scheduler is not None:
+                self.scheduler.step()
             value = val[self.select_metric]
             improved = self.is_better(value)
             row["best"] = int(improved)
@@ -203,6 +206,7 @@ class ClassifyTrainer:
         val = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
         self.save(runfiles.LAST, epoch, val["youden_threshold"], val,
                   optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                  scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
                   history=[{k: float(v) for k, v in row.items()} for row in self.history],
                   best=dict(self.best) if self.best else None)
 
@@ -211,6 +215,8 @@ class ClassifyTrainer:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
         self.history = [{k: (int(v) if k in ("epoch", "best") else v) for k, v in row.items()}
                         for row in state["history"]]
         self.best = dict(state["best"]) if state["best"] else None

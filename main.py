@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=positive(int), default=12, help="(default: %(default)s)")
     g.add_argument("--lrG", type=positive(float), default=1e-3, help="Adam learning rate (default: %(default)s)")
     g.add_argument("--beta", type=float, default=0.9, help="Adam beta1 (default: %(default)s)")
+    g.add_argument("--sched", choices=("cosine", "none"), default="cosine", help="learning-rate schedule over "
+                   "the epochs: cosine decay to 0 (default) or constant --lrG")
     g.add_argument("--loss", choices=losses.LOSSES, default="bce", help="binary cross-entropy or focal loss")
     g.add_argument("--focal_gamma", type=float, default=None, help="focal loss gamma (--loss focal; default 2)")
     g.add_argument("--t_alpha", type=float, default=None, help="weight of the osteoporosis class in the loss, "
@@ -211,7 +213,8 @@ def prepare_run(args, defaults: dict, save_dir: str, out: Path, dist_info: runti
             logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
         setattr(args, key, config[key])
     if args.resume:
-        for key in ("augment", "augment_p", "sampler", "batch_size", "lrG", "beta", "loss", "seed", "data_dir"):
+        for key in ("augment", "augment_p", "sampler", "batch_size", "lrG", "beta", "loss", "seed", "data_dir",
+                    "sched"):
             setattr(args, key, config[key])  # the rest of the recipe too, so the run continues unchanged
     return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state if args.resume else None
 
@@ -267,10 +270,14 @@ def main(argv: list[str] | None = None) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     trainer_cls = LateFuseClassifyTrainer if config["late_fuse"] else ClassifyTrainer
-    optimizer = None if args.test else torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
+    optimizer = scheduler = None
+    if not args.test:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
+        if args.sched == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epoch)
     trainer = trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
                           device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
-                          channels_last, dist_info)
+                          channels_last, dist_info, scheduler)
     with logging_redirect_tqdm():
         if not args.test:
             if resume_state is not None:
