@@ -1,0 +1,621 @@
+"""python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png]
+
+The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known
+cause of osteoporosis, so the whole suite can be run and checked without patient data.
+
+Data model. Each patient has sex (1 female, ~75 %), age (50-90) and BMI (17-38). A latent bone
+density ``z`` is a linear function of them (lower with age, for women and for low BMI) plus a
+patient term that the clinical data do not see. Label 1 (osteoporosis) when ``z`` is below a fixed
+cut-off (about 35 % prevalence). Both hips of a patient share ``z``; each hip draws its own picture
+parameters ``trabecular_density``, ``trabecular_contrast`` and ``cortical_thickness`` from the
+*apparent* density (``z`` washed out by the soft tissue of heavier patients) plus per-image noise,
+and its own pose and exposure. The signal is global (brightness and contrast of the cancellous
+bone, width of the cortex), so a small CNN sees it at a quarter of full size (176 x 102).
+
+How much each source tells about the label: test ROC-AUC of a logistic regression on
+standardised inputs fitted on the train rows (:func:`oracle_auc`), n=500 patients (1000 images):
+
+    ==================================  ==============  ==============
+    inputs                              seed 0          seed 1
+    ==================================  ==============  ==============
+    sex, age, BMI (clinical only)       0.723           0.782
+    picture parameters only             0.888           0.877
+    both (the oracle)                   0.925           0.932
+    ==================================  ==============  ==============
+
+(on 20000 patients: 0.771 / 0.878 / 0.931). The clinical data see part of ``z``, the picture sees
+``z`` through per-image noise and the BMI wash-out, so only both together come near the oracle.
+1000 images at 704 x 407 take about 35 s of one CPU core.
+
+Output (``DIR``): ``train|val|test/<name>.png`` (8-bit grey, names from ``filenames.encode``,
+crop 1 = right hip, 2 = left hip drawn mirrored into the same orientation), split ~70/15/15 by
+patient and stratified by label; ``masks/<split>/<name>.png`` (255 on the femur, where the
+disease signal is drawn; see :func:`region_mask`); ``manifest.csv`` (one row per image with the
+drawing parameters); ``synthetic.json`` (n, seed, size: a re-run with the same values is a no-op).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+import filenames
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+DEFAULT_SIZE = (704, 407)  # (height, width) of the original work's hip crops
+VERSION = 1  # bump when the pictures or the data model change: old folders are then refused
+METADATA = "synthetic.json"
+MANIFEST = "manifest.csv"
+MASK_DIR = "masks"
+
+CLINICAL_COLUMNS = ("sex", "age", "bmi")
+PICTURE_COLUMNS = ("trabecular_density", "trabecular_contrast", "cortical_thickness")
+ORACLE_COLUMNS = PICTURE_COLUMNS + CLINICAL_COLUMNS
+
+# Data model. Slopes in z units per year / for women / per kg/m^2, the direction of the known risk
+# factors (Kanis et al. 2008, FRAX). The picture shows the *apparent* bone: the soft tissue of
+# heavier patients washes it out (scatter), against the true effect of BMI, so the picture alone
+# is confounded and clinical data plus picture is clearly best. The unseen patient term, the
+# per-image noise (independent for each picture parameter) and the wash-out are tuned for
+# ROC-AUCs of about 0.77 / 0.88 / 0.93 for clinical only / picture only / both (table above).
+AGE_SLOPE, FEMALE_SHIFT, BMI_SLOPE = -0.045, -0.6, 0.08
+PATIENT_SD, IMAGE_SD, BMI_WASHOUT = 1.0, 1.2, 0.11
+Z_CUTOFF = -0.92  # 35 % quantile of z in the population
+Z_CENTRE, Z_SCALE = -0.45, 1.5  # maps z + noise through a logistic onto each parameter's range
+
+# Reference frame of the drawing: width 1, height 704/407 (the default aspect); x to the right,
+# y down. A right hip as seen on an AP radiograph: head up right (medial), trochanter up left.
+REF_H = DEFAULT_SIZE[0] / DEFAULT_SIZE[1]
+HEAD = (0.64, 0.42, 0.15)  # centre x, y, radius
+
+
+# ---------------------------------------------------------------------------------------------
+# Data model
+
+def draw_patient(rng: np.random.Generator) -> dict:
+    """Clinical values and latent bone density of one patient."""
+    sex = int(rng.random() < 0.75)
+    age = int(rng.integers(50, 91))
+    bmi = round(float(np.clip(rng.normal(26.0, 4.5), 17.0, 38.0)), 2)
+    z = (AGE_SLOPE * (age - 70) + FEMALE_SHIFT * sex + BMI_SLOPE * (bmi - 26.0)
+         + PATIENT_SD * rng.normal())
+    return dict(sex=sex, age=age, bmi=bmi, z=float(z), label=int(z < Z_CUTOFF))
+
+
+def draw_picture(patient: dict, rng: np.random.Generator) -> dict:
+    """Parameters of one picture of ``patient`` (from :func:`draw_patient`): its apparent bone
+    density through noisy bone parameters, plus pose and exposure."""
+    apparent = patient["z"] - BMI_WASHOUT * (patient["bmi"] - 26.0)
+
+    def from_z(lo: float, hi: float) -> float:
+        t = (apparent + IMAGE_SD * rng.normal() - Z_CENTRE) / Z_SCALE
+        return lo + (hi - lo) / (1.0 + math.exp(-t))
+
+    return dict(
+        trabecular_density=from_z(0.15, 0.95),   # mean attenuation of cancellous bone
+        trabecular_contrast=from_z(0.15, 0.75),  # amplitude of the trabecular streaks
+        cortical_thickness=from_z(0.012, 0.06),  # shaft cortex, in image widths (before scale)
+        rotation_deg=float(rng.uniform(-4.0, 4.0)),
+        shift_x=float(rng.uniform(-0.04, 0.04)),
+        shift_y=float(rng.uniform(-0.04, 0.04)),
+        scale=float(rng.uniform(0.93, 1.07)),
+        gamma=float(rng.uniform(0.85, 1.15)),
+        brightness=float(rng.uniform(-0.05, 0.05)),
+        contrast=float(rng.uniform(0.88, 1.12)),
+        marker_corner=int(rng.integers(0, 2)),  # 0 top left, 1 top right
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+
+def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Smooth union of two signed distances (polynomial smooth minimum, Quilez 2013)."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b + (a - b) * h - k * h * (1.0 - h)
+
+
+def _circle(x, y, cx, cy, r):
+    return np.hypot(x - cx, y - cy) - r
+
+
+def _capsule(x, y, a, b, ra, rb):
+    """Signed distance to a segment a-b with radius tapering from ra to rb."""
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    h = np.clip(((x - a[0]) * dx + (y - a[1]) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    return np.hypot(x - a[0] - dx * h, y - a[1] - dy * h) - (ra + (rb - ra) * h)
+
+
+def _ellipse(x, y, cx, cy, a, b, angle_deg=0.0):
+    """Approximate signed distance to an ellipse (first-order, good near the outline)."""
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    u = (x - cx) * c + (y - cy) * s
+    v = -(x - cx) * s + (y - cy) * c
+    k0 = np.hypot(u / a, v / b)
+    k1 = np.hypot(u / (a * a), v / (b * b))
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
+
+
+def _femur_sdf(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Signed distance (reference units, < 0 inside) of the proximal femur."""
+    hx, hy, hr = HEAD
+    head = _circle(x, y, hx, hy, hr)
+    neck = _capsule(x, y, (hx, hy), (0.36, 0.67), 0.082, 0.10)
+    greater = _ellipse(x, y, 0.25, 0.62, 0.115, 0.17, -12.0)
+    inter = _ellipse(x, y, 0.35, 0.78, 0.16, 0.15, 0.0)
+    lesser = _ellipse(x, y, 0.48, 0.91, 0.06, 0.04, 30.0)
+    shaft = _capsule(x, y, (0.33, 0.85), (0.43, 2.2), 0.125, 0.115)
+    d = _smin(head, neck, 0.03)
+    d = _smin(d, greater, 0.05)
+    d = _smin(d, inter, 0.09)
+    d = _smin(d, shaft, 0.06)
+    return _smin(d, lesser, 0.06)
+
+
+def _pelvis_sdf(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Signed distance of the pelvis near the hip: ilium above the acetabular roof, the medial
+    wall and the ischium around the obturator foramen, with the acetabular cup carved out."""
+    hx, hy, hr = HEAD
+    ilium = _ellipse(x, y, 0.86, -0.02, 0.56, 0.33, 12.0)
+    medial = _ellipse(x, y, 1.06, 0.86, 0.34, 0.78, 0.0)
+    body = _smin(ilium, medial, 0.10)
+    foramen = _ellipse(x, y, 1.01, 1.16, 0.10, 0.19, -10.0)
+    cup = _circle(x, y, hx, hy, hr + 0.02)  # head plus joint space
+    return np.maximum(body, -np.minimum(foramen, cup))
+
+
+def _streak_table(bounds: tuple[float, float], spacing: float, pixel: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
+    """1-D noise (unit variance) for parallel streaks across a coordinate in ``bounds``: streaks
+    run where the coordinate is constant. Blurred to the pixel size so small images get averaged
+    texture, not aliasing. Returns (table, first coordinate, step); see :func:`_streaks`."""
+    lo, hi = bounds
+    step = spacing / 3.0
+    n = int((hi - lo) / step) + 2
+    sigma = max(1.0, 0.5 * pixel / step)
+    radius = int(3 * sigma) + 1
+    line = rng.standard_normal(n + 2 * radius).astype(np.float32)
+    kernel = np.exp(-0.5 * np.square(np.arange(-radius, radius + 1) / sigma))
+    line = np.convolve(line, kernel / kernel.sum(), mode="valid").astype(np.float32)
+    return line / max(float(line.std()), 1e-6), lo, step
+
+
+def _streaks(table: tuple[np.ndarray, float, float], coord: np.ndarray) -> np.ndarray:
+    line, lo, step = table
+    index = ((coord - lo) * (1.0 / step)).astype(np.int32)  # nearest sample: step << streak width
+    return line[np.clip(index, 0, line.size - 1)]
+
+
+COARSE = 4  # smooth fields (distances, weights) are computed on a 4x coarser grid, then upsampled
+_GRIDS: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, float]] = {}
+
+
+def _grid(size: tuple[int, int], step: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+    """Reference coordinates (before pose) of the pixel centres of a (H, W) image, or of the
+    centres of a grid ``step`` times coarser that :func:`_up` maps back onto it; and the size
+    of one full-resolution pixel in reference units."""
+    key = (size[0], size[1], step)
+    if key not in _GRIDS:
+        h, w = size
+        hc, wc = max(2, -(-h // step)), max(2, -(-w // step))
+        unit = min(w / 1.0, h / REF_H)  # pixels per reference unit: the frame fits the image
+        # centre of coarse cell j in full-resolution pixel coordinates (half-pixel convention)
+        cols = (np.arange(wc, dtype=np.float64) + 0.5) * (w / wc)
+        rows = (np.arange(hc, dtype=np.float64) + 0.5) * (h / hc)
+        gx, gy = np.meshgrid(((cols - w / 2) / unit + 0.5).astype(np.float32),
+                             ((rows - h / 2) / unit + REF_H / 2).astype(np.float32))
+        _GRIDS[key] = (gx, gy, 1.0 / unit)
+    return _GRIDS[key]
+
+
+def _posed(size: tuple[int, int], p: dict, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Reference coordinates seen at each pixel once the patient is rotated, shifted and scaled."""
+    gx, gy, _ = _grid(size, step)
+    cx, cy = 0.5 + p["shift_x"], REF_H / 2 + p["shift_y"]
+    t = math.radians(p["rotation_deg"])
+    c, s = math.cos(t) / p["scale"], math.sin(t) / p["scale"]
+    dx, dy = gx - cx, gy - cy
+    return 0.5 + c * dx + s * dy, REF_H / 2 - s * dx + c * dy
+
+
+def _up(field: np.ndarray, size: tuple[int, int], cubic: bool = False) -> np.ndarray:
+    """``field`` stretched over a (H, W) image, pixel centres on pixel centres."""
+    return cv2.resize(field, (size[1], size[0]), interpolation=cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR)
+
+
+def region_mask_from_params(size: tuple[int, int], params: dict) -> np.ndarray:
+    """Boolean (H, W) mask of the femur drawn with these pose parameters (a manifest row will do):
+    the region whose cortex and trabeculae carry the disease signal."""
+    x, y = _posed(size, params, COARSE)
+    return _up(_femur_sdf(x, y), size) < 0
+
+
+def _layout(size: tuple[int, int], params: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The smooth fields of one picture, on the coarse grid: distances, texture coordinates and
+    weights, soft tissue."""
+    hx, hy, hr = HEAD
+    x, y = _posed(size, params, COARSE)
+    gx, gy, _ = _grid(size, COARSE)
+    fan_x, fan_y, arc_x, arc_y = 0.53, 0.95, 0.47, 0.92
+    arc_r = np.hypot(x - arc_x, y - arc_y)
+    shaft = _smoothstep(0.72, 0.98, y)
+    # Trabecular groups (Singh et al. 1970): principal compressive (a fan from the head's dome
+    # down to the calcar), principal tensile (arcs from below the greater trochanter over the
+    # neck into the head; they fade first with bone loss), longitudinal in trochanter and shaft.
+    w_fan = np.exp(-(np.square(x - hx) + np.square(y - hy - 0.05)) * (1 / (2 * 0.13 ** 2)))
+    w_fan += 0.7 * np.exp(-np.square((x - 0.52) / 0.06)) * _smoothstep(0.5, 0.6, y) * _smoothstep(0.9, 0.75, y)
+    tensile = float(np.clip((params["trabecular_density"] - 0.2) / 0.5, 0.25, 1.0))
+    w_arc = (0.6 * tensile * _smoothstep(0.25, 0.29, arc_r) * _smoothstep(0.44, 0.38, arc_r)
+             * _smoothstep(0.12, 0.25, x) * _smoothstep(arc_y - 0.1, arc_y - 0.25, y))
+    w_along = _smoothstep(0.5, 0.9, y) * (1.0 - 0.5 * w_fan) * (1.0 - 0.6 * shaft)
+    # soft tissue: the lateral skin line on the left, thicker towards the medial side
+    skin = 0.03 + 0.06 * np.square(gy / REF_H) + 0.015 * np.sin(3.0 * gy + params["shift_y"] * 20)
+    soft = _smoothstep(-0.015, 0.03, gx - skin) * (0.22 + 0.14 * _smoothstep(0.0, 1.0, gx) - 0.05 * gy / REF_H)
+    # the pelvis is densest above the acetabulum and thin in the iliac wing and the ischium
+    p_dense = 0.12 * np.exp(-(np.square(x - 0.72) + np.square(y - 0.2)) * (1 / (2 * 0.12 ** 2)))
+    p_dense += 0.1 - 0.06 * _smoothstep(0.6, 1.2, y) + 0.03 * cv2.GaussianBlur(
+        rng.standard_normal(x.shape).astype(np.float32), (0, 0), 3.0) * 6.0
+    # trabeculae are not ruled lines: bend each group's coordinate with a smooth random warp
+    warp = [cv2.GaussianBlur(rng.standard_normal(x.shape).astype(np.float32), (0, 0), 2.0) for _ in range(3)]
+    return dict(sdf=_femur_sdf(x, y), pelvis=_pelvis_sdf(x, y),
+                fan=np.arctan2(x - fan_x, fan_y - y) * 0.55 + 0.03 * warp[0],
+                arc=arc_r + 0.05 * warp[1], along=x - 0.08 * y + 0.03 * warp[2],
+                shaft=shaft, w_fan=w_fan, w_arc=w_arc, w_along=w_along, soft=soft, p_dense=p_dense)
+
+
+def _attenuation(f: dict[str, np.ndarray], params: dict, pixel: float) -> np.ndarray:
+    """Attenuation of soft tissue, pelvis and femur from full-resolution fields ``f``."""
+    # Femur. Cortex: a shell as wide as the drawn parameter in the shaft and a third of it in the
+    # head and neck; seen edge-on it is brightest towards its inner border. Cancellous bone
+    # fills the rest, thicker towards the middle (the chord through a cylinder); the shaft's
+    # medullary canal holds little of it.
+    depth, shaft = -f["sdf"], f["shaft"]
+    inside = np.clip(depth * (1.0 / pixel) + 0.5, 0.0, 1.0)  # anti-aliased edge
+    rel = depth / (params["cortical_thickness"] * (0.35 + 0.65 * shaft))
+    cortex = np.clip(np.minimum(0.55 + 0.45 * rel, (1.35 - rel) * (1 / 0.35)), 0.0, 1.0) * inside
+    cancel = (1.0 - 0.7 * shaft) * np.sqrt(np.clip(depth * 10.0, 0.0, 1.0)) * np.clip(rel * 2.5 - 1.5, 0.0, 1.0)
+    texture = (f["w_fan"] * f["fan"] + f["w_arc"] * f["arc"] + f["w_along"] * f["along"]) * (0.6 + 0.4 * f["breaks"])
+    texture += (0.3 - 0.15 * shaft) * f["grain"]
+    trab = np.maximum(params["trabecular_density"] * (1.0 + params["trabecular_contrast"] * texture), 0.0)
+    femur = 0.2 * inside + 0.65 * cortex + 0.6 * cancel * trab
+    # Pelvis: flat bone with a bright cortical outline (the acetabular roof over the head).
+    p_depth = -f["pelvis"]
+    p_inside = np.clip(p_depth * (1.0 / pixel) + 0.5, 0.0, 1.0)
+    p_cortex = np.exp(-np.square((p_depth - 0.008) * (1 / 0.007)))
+    pelvis = p_inside * (0.06 + f["p_dense"] + 0.08 * np.sqrt(np.clip(p_depth * 8.0, 0.0, 1.0)) + 0.25 * p_cortex)
+    return f["soft"] * (1.0 + 0.04 * f["lumps"]) + pelvis + femur
+
+
+def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one hip: uint8 (H, W) radiograph and uint8 (H, W) region mask (255 on the femur).
+
+    ``params`` as from :func:`draw_picture`; ``side`` is the burned-in marker letter; ``rng``
+    draws the texture and noise.
+    """
+    h, w = size
+    pixel = _grid(size)[2] / params["scale"]
+    coarse = _layout(size, params, rng)
+    spacing = 0.012  # trabecular streaks about 5 px apart at full size
+    tables = {k: _streak_table((float(coarse[k].min()), float(coarse[k].max())), spacing * s, pixel, rng)
+              for k, s in (("fan", 1.0), ("arc", 1.0), ("along", 1.2))}
+    # smooth random fields with about 30, 60 and 3 blobs across: streaks come and go (breaks),
+    # the fine grain of cancellous bone, lumps of soft tissue
+    smooth = {k: rng.standard_normal((int(cells * REF_H) + 3, cells + 3)).astype(np.float32)
+              for k, cells in (("breaks", 30), ("grain", 60), ("lumps", 3))}
+    f = {k: _up(v, size) for k, v in coarse.items()}
+    f.update({k: _streaks(tables[k], f[k]) for k in tables})
+    f.update({k: _up(v, size, cubic=True) for k, v in smooth.items()})
+    attenuation = _attenuation(f, params, pixel)
+    mask = np.where(f["sdf"] < 0, 255, 0).astype(np.uint8)
+
+    image = 1.0 - cv2.exp(-1.4 * attenuation)
+    image = cv2.GaussianBlur(image, (0, 0), 0.7)  # detector blur
+    image = cv2.pow(np.clip(image, 1e-6, 1.0), params["gamma"])
+    image = (image - 0.5) * params["contrast"] + (0.5 + params["brightness"])
+    # quantum noise: fewer photons behind bone, so more noise where the image is bright
+    image += (0.012 + 0.025 * np.clip(image, 0.0, 1.0)) * rng.standard_normal(size, dtype=np.float32)
+    out = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    # burned-in side marker (a lead letter, so white) in a top corner
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 1.6 * max(h, w) / 700.0
+    thick = max(1, round(3 * max(h, w) / 700.0))
+    (tw, th), _ = cv2.getTextSize(side, font, scale, thick)
+    margin = max(2, round(0.04 * w))
+    org_x = margin if params["marker_corner"] == 0 else w - margin - tw
+    cv2.putText(out, side, (org_x, margin + th), font, scale, 245, thick, cv2.LINE_AA)
+    return out, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Data set on disk
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a PNG")
+    return buf.tobytes()
+
+
+def _split_patients(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Split of each patient: about 70/15/15 within each label, so prevalence matches."""
+    split = np.empty(labels.size, dtype=object)
+    for value in (0, 1):
+        idx = np.flatnonzero(labels == value)
+        idx = idx[rng.permutation(idx.size)]
+        # at least one of each label in val and test once there are three, so AUCs are defined
+        n_val = n_test = max(math.floor(SPLIT_FRACTIONS[1] * idx.size + 0.5), int(idx.size >= 3))
+        n_train = idx.size - n_val - n_test
+        split[idx[:n_train]] = "train"
+        split[idx[n_train:n_train + n_val]] = "val"
+        split[idx[n_train + n_val:]] = "test"
+    return split
+
+
+def _existing(out: Path, meta: dict) -> pd.DataFrame | None:
+    """Manifest of an identical earlier run in ``out``; None if ``out`` is new or empty.
+
+    Refuses (FileExistsError) a folder holding anything else, so no data is mixed or lost.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    if not any(out.iterdir()):
+        return None
+    meta_path = out / METADATA
+    if not meta_path.is_file():
+        raise FileExistsError(
+            f"--out {out} is not empty and holds no {METADATA}: it is not a synthetic data set (or an "
+            f"interrupted run). Refusing to write into it; choose a new or empty folder, or remove it.")
+    try:
+        found = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise FileExistsError(f"{meta_path} is not valid JSON ({exc}); remove {out} and run again") from exc
+    keys = ("version", "n", "seed", "size")
+    if any(found.get(k) != meta[k] for k in keys):
+        have = ", ".join(f"{k}={found.get(k)}" for k in keys)
+        want = ", ".join(f"{k}={meta[k]}" for k in keys)
+        raise FileExistsError(
+            f"--out {out} holds a synthetic data set made with {have}; asked for {want}. "
+            f"Remove it or choose another folder.")
+    manifest = read_manifest(out)
+    missing = [f for f in manifest["file"].tolist() + manifest["mask"].tolist() if not (out / f).is_file()]
+    if missing:
+        raise FileExistsError(f"{out} was made with the same parameters but {len(missing)} files listed in "
+                              f"{MANIFEST} are missing (first: {missing[0]}); remove {out} and run again")
+    logger.info("%s already holds the synthetic data set with %s; nothing to do", out,
+                ", ".join(f"{k}={meta[k]}" for k in keys))
+    return manifest
+
+
+def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """The manifest of a synthetic data set (patient ids kept as text, numbers exactly as drawn)."""
+    return pd.read_csv(Path(out_dir) / MANIFEST, dtype={"patient": str, "split": str, "file": str, "mask": str},
+                       float_precision="round_trip")
+
+
+def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
+             size: tuple[int, int] = DEFAULT_SIZE) -> pd.DataFrame:
+    """Write the data set for ``n_patients`` patients (two images each) and return its manifest.
+
+    A folder already holding the same data set (same n, seed, size) is left as it is.
+    """
+    out = Path(out_dir)
+    size = (int(size[0]), int(size[1]))
+    if n_patients < 1:
+        raise ValueError(f"the number of patients must be at least 1, got {n_patients}")
+    if min(size) < 16:
+        raise ValueError(f"image size (H, W) must be at least 16 x 16 pixels, got {size}")
+    meta = dict(generator="synthetic.py", version=VERSION, n=int(n_patients), seed=int(seed), size=list(size))
+    existing = _existing(out, meta)
+    if existing is not None:
+        return existing
+
+    # One child seed per patient (and per hip below): a patient's images do not depend on n.
+    seqs = np.random.SeedSequence(seed).spawn(n_patients)
+    hips = [seq.spawn(3) for seq in seqs]  # clinical, right hip, left hip
+    patients = [draw_patient(np.random.default_rng(h[0])) for h in hips]
+    labels = np.array([p["label"] for p in patients])
+    splits = _split_patients(labels, np.random.default_rng(seed))
+    width = max(5, len(str(n_patients - 1)))
+
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        (out / MASK_DIR / split).mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tqdm(total=2 * n_patients, desc="synthetic", unit="img") as bar:
+        for i, (patient, hip_seqs, split) in enumerate(zip(patients, hips, splits)):
+            pid = f"P{i:0{width}d}"
+            for crop, side in ((1, "R"), (2, "L")):
+                rng = np.random.default_rng(hip_seqs[crop])
+                params = draw_picture(patient, rng)
+                image, mask = render(size, params, side, rng)
+                name = filenames.encode(pid, crop, patient["label"], patient["sex"], patient["age"], patient["bmi"])
+                _write_atomic(out / split / name, _png(image))
+                _write_atomic(out / MASK_DIR / split / name, _png(mask))
+                rows.append(dict(file=f"{split}/{name}", split=split, patient=pid, crop=crop, side=side,
+                                 label=patient["label"], sex=patient["sex"], age=patient["age"],
+                                 bmi=patient["bmi"], z=patient["z"], **params,
+                                 mask=f"{MASK_DIR}/{split}/{name}"))
+                bar.update()
+    manifest = pd.DataFrame(rows)
+    _write_atomic(out / MANIFEST, manifest.to_csv(index=False).encode())
+    # written last: its presence says the folder is complete
+    _write_atomic(out / METADATA, (json.dumps(meta, indent=1) + "\n").encode())
+    logger.info("wrote %d images of %d patients to %s", len(manifest), n_patients, out)
+    return manifest
+
+
+def mask_path(image_path: str | os.PathLike) -> Path:
+    """Where the region mask of ``DIR/<split>/<name>`` lies: ``DIR/masks/<split>/<name>``."""
+    path = Path(image_path)
+    return path.parent.parent / MASK_DIR / path.parent.name / path.name
+
+
+def region_mask(image_path: str | os.PathLike) -> np.ndarray:
+    """Boolean (H, W) mask of where the disease signal is drawn (the femur) in a synthetic image.
+
+    Read from :func:`mask_path`; for Grad-CAM checks (how much of the heat map falls on the bone).
+    """
+    path = mask_path(image_path)
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise FileNotFoundError(f"no region mask {path} for {image_path}; masks exist only for images "
+                                f"made by synthetic.py, under <DIR>/{MASK_DIR}/<split>/")
+    return mask > 127
+
+
+# ---------------------------------------------------------------------------------------------
+# How much the label can be known
+
+def oracle_auc(manifest: pd.DataFrame, columns: Sequence[str] = ORACLE_COLUMNS) -> float:
+    """ROC-AUC on the test rows of a logistic regression on ``columns`` (standardised), fitted on
+    the train rows. The default, picture parameters plus sex, age and BMI, is the best a model
+    of the images and clinical data can hope for; ``CLINICAL_COLUMNS`` or ``PICTURE_COLUMNS``
+    give the share of each source. NaN (with a warning) when the test rows hold one class."""
+    # scikit-learn is needed only here; importing it at the top would slow every import
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    columns = list(columns)
+    missing = [c for c in columns + ["split", "label"] if c not in manifest.columns]
+    if missing:
+        raise KeyError(f"manifest lacks columns {missing}; expected a manifest from synthetic.generate")
+    train, test = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "test"]
+    for name, part in (("train", train), ("test", test)):
+        if part["label"].nunique() < 2:
+            warnings.warn(f"the {name} rows hold {part['label'].nunique()} class(es); ROC-AUC is undefined")
+            return math.nan
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(train[columns].to_numpy(float), train["label"].to_numpy())
+    return float(roc_auc_score(test["label"].to_numpy(), model.predict_proba(test[columns].to_numpy(float))[:, 1]))
+
+
+def plot_examples(out_dir: str | os.PathLike, manifest: pd.DataFrame, path: str | os.PathLike,
+                  per_label: int = 2) -> None:
+    """Grid of ``per_label`` normal and osteoporosis images: full size on top, and below at the
+    demo network's quarter resolution (176 x 102), where the signal must still show. Typical
+    cases: per label, the right hips whose picture parameters are nearest the label's median."""
+    import matplotlib  # only for this picture
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    cols = list(PICTURE_COLUMNS)
+    score = ((manifest[cols] - manifest[cols].mean()) / manifest[cols].std()).mean(axis=1)
+    picks = []
+    for value in (0, 1):
+        rows = (manifest["label"] == value) & (manifest["crop"] == 1)
+        distance = (score[rows] - score[rows].median()).abs().sort_values(kind="stable")
+        picks.append(manifest.loc[distance.index[:per_label]])
+    picks = pd.concat(picks)
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.3 * len(picks), 8.4), squeeze=False,
+                             gridspec_kw=dict(hspace=0.12, wspace=0.05))
+    for col, (_, row) in enumerate(picks.iterrows()):
+        image = cv2.imread(str(Path(out_dir) / row["file"]), cv2.IMREAD_GRAYSCALE)
+        small = cv2.resize(image, (102, 176), interpolation=cv2.INTER_AREA)
+        title = (f"{'osteoporosis' if row['label'] else 'normal'}\n"
+                 f"{'F' if row['sex'] else 'M'}, {row['age']} y, BMI {row['bmi']:.1f}")
+        for ax, img in zip(axes[:, col], (image, small)):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="antialiased")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, col].set_title(title, fontsize=9)
+    axes[0, 0].set_ylabel(f"{image.shape[0]} x {image.shape[1]}")
+    axes[1, 0].set_ylabel("176 x 102 (demo input)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write the synthetic hip radiograph demo data set.")
+    data = parser.add_argument_group("data set")
+    data.add_argument("--out", required=True, help="output folder (new or empty; or an identical earlier run)")
+    data.add_argument("--n", type=int, default=500, help="number of patients, two hips (images) each")
+    data.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    data.add_argument("--size", type=int, nargs=2, default=list(DEFAULT_SIZE), metavar=("H", "W"),
+                      help="image height and width in pixels")
+    extra = parser.add_argument_group("pictures")
+    extra.add_argument("--examples", metavar="PATH",
+                       help="also draw 2 normal and 2 osteoporosis examples into this PNG")
+    return parser
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed image-sized buffers instead of handing each back to the system:
+    otherwise every numpy temporary page-faults afresh, and drawing takes twice as long (the
+    effect of MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, see mallopt(3)). No-op elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be at least 1, got {args.n}")
+    if min(args.size) < 16:
+        parser.error(f"--size must be at least 16 16, got {args.size[0]} {args.size[1]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _keep_freed_memory()
+    try:
+        manifest = generate(args.out, args.n, args.seed, tuple(args.size))
+    except (FileExistsError, NotADirectoryError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.examples:
+        plot_examples(args.out, manifest, args.examples)
+        logger.info("examples drawn to %s", args.examples)
+    aucs = {name: oracle_auc(manifest, cols) for name, cols in
+            (("clinical", CLINICAL_COLUMNS), ("picture", PICTURE_COLUMNS), ("oracle", ORACLE_COLUMNS))}
+    print(f"{args.out}: {len(manifest)} images of {args.n} patients; test ROC-AUC of a logistic regression on "
+          + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+import filenames
+import synthetic
+
+SIZE = (128, 74)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    manifest = synthetic.generate(out, 40, seed=3, size=SIZE)
+    return out, manifest
+
+
+def test_names_decode_to_the_manifest_values(small):
+    out, manifest = small
+    assert len(manifest) == 80 and set(manifest["crop"]) == {1, 2}
+    for row in manifest.itertuples():
+        info = filenames.decode(row.file)
+        assert (info.patient, info.crop, info.label) == (row.patient, row.crop, row.label)
+        assert (info.sex, info.age, info.bmi) == (row.sex, row.age, row.bmi)
+        assert row.file.startswith(row.split + "/") and (out / row.file).is_file()
+    assert manifest.equals(synthetic.read_manifest(out))
+
+
+def test_images_are_8bit_grey_of_the_asked_size(small):
+    out, manifest = small
+    for file in manifest["file"][:10]:
+        image = cv2.imread(str(out / file), cv2.IMREAD_UNCHANGED)
+        assert image.dtype == np.uint8 and image.shape == SIZE
+        assert image.std() > 10  # a picture, not a blank
+
+
+def test_split_by_patient_stratified_with_both_hips_together(small):
+    _, manifest = small
+    assert (manifest.groupby("patient")["split"].nunique() == 1).all()
+    assert (manifest.groupby("patient").size() == 2).all()
+    patients = manifest.drop_duplicates("patient")
+    fractions = patients["split"].value_counts(normalize=True)
+    assert 0.6 <= fractions["train"] <= 0.8 and fractions["val"] > 0.05 and fractions["test"] > 0.05
+    for split, part in patients.groupby("split"):
+        assert part["label"].nunique() == 2, split  # stratified: both classes everywhere
+
+
+def test_generation_parameters_recorded(small):
+    out, _ = small
+    meta = json.loads((out / synthetic.METADATA).read_text())
+    assert (meta["n"], meta["seed"], meta["size"]) == (40, 3, list(SIZE))
+
+
+def _generated_bytes(out, seed, n=6):
+    synthetic.generate(out, n, seed=seed, size=(64, 37))
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = _generated_bytes(tmp_path / "a", seed=5)
+    b = _generated_bytes(tmp_path / "b", seed=5)
+    c = _generated_bytes(tmp_path / "c", seed=6)
+    assert a == b
+    assert a.keys() != c.keys() or any(a[k] != c[k] for k in a)
+
+
+def test_a_patients_pictures_do_not_depend_on_n(tmp_path):
+    few = synthetic.generate(tmp_path / "few", 4, seed=2, size=(64, 37))
+    many = synthetic.generate(tmp_path / "many", 9, seed=2, size=(64, 37))
+    for row in few.itertuples():
+        other = many[(many["patient"] == row.patient) & (many["crop"] == row.crop)].iloc[0]
+        assert (tmp_path / "few" / row.file).read_bytes() == (tmp_path / "many" / other["file"]).read_bytes()
+
+
+def test_masks_mark_the_femur(small):
+    out, manifest = small
+    for row in manifest.head(8).to_dict("records"):
+        stored = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
+        assert stored.shape == SIZE and set(np.unique(stored)) == {0, 255}
+        assert 0.05 < (stored > 0).mean() < 0.6
+        mask = synthetic.region_mask(out / row["file"])
+        assert mask.dtype == bool and np.array_equal(mask, stored > 0)
+        assert np.array_equal(synthetic.region_mask_from_params(SIZE, row), mask)
+        image = cv2.imread(str(out / row["file"]), cv2.IMREAD_GRAYSCALE)
+        assert image[mask].mean() > np.median(image[~mask])  # bone is brighter than its surroundings
+
+
+def test_region_mask_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="masks"):
+        synthetic.region_mask(tmp_path / "train" / "x_1_0-1-60-22.5.png")
+
+
+def test_picture_shows_the_bone_density(small):
+    # denser cancellous bone draws a brighter femur relative to the soft tissue beside it
+    out, manifest = small
+    contrast = []
+    for row in manifest.itertuples():
+        image = cv2.imread(str(out / row.file), cv2.IMREAD_GRAYSCALE).astype(float)
+        mask = synthetic.region_mask(out / row.file)
+        contrast.append(image[mask].mean() - image[~mask].mean())
+    rho = pd.Series(contrast).corr(manifest["trabecular_density"], method="spearman")
+    assert rho > 0.5
+
+
+def test_oracle_beats_clinical_and_picture_alone(tmp_path):
+    manifest = synthetic.generate(tmp_path / "d", 300, seed=0, size=(32, 19))
+    assert 0.25 < manifest["label"].mean() < 0.45
+    oracle = synthetic.oracle_auc(manifest)
+    clinical = synthetic.oracle_auc(manifest, synthetic.CLINICAL_COLUMNS)
+    picture = synthetic.oracle_auc(manifest, synthetic.PICTURE_COLUMNS)
+    assert 0.88 < oracle < 0.98
+    assert 0.6 < clinical < oracle and 0.75 < picture < oracle
+
+
+def test_oracle_with_one_class_is_nan_with_warning(small):
+    _, manifest = small
+    with pytest.warns(UserWarning, match="class"):
+        assert np.isnan(synthetic.oracle_auc(manifest.assign(label=0)))
+
+
+def test_foreign_folder_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        synthetic.generate(tmp_path, 4, seed=0, size=(64, 37))
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic.main(["--out", str(tmp_path), "--n", "4", "--size", "64", "37"])
+    assert exit_info.value.code == 2 and "not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_rerun_identical_is_a_no_op_and_other_parameters_refused(tmp_path, capsys):
+    out = tmp_path / "d"
+    argv = ["--out", str(out), "--n", "20", "--seed", "1", "--size", "64", "37",
+            "--examples", str(tmp_path / "examples.png")]
+    assert synthetic.main(argv) == 0
+    assert (tmp_path / "examples.png").stat().st_size > 1000
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert synthetic.main(argv[:-2]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+    printed = capsys.readouterr().out
+    assert "40 images of 20 patients" in printed and "nan" not in printed
+    with pytest.raises(FileExistsError, match="n=20.*n=21"):
+        synthetic.generate(out, 21, seed=1, size=(64, 37))
