@@ -1,0 +1,380 @@
+"""Class activation maps (cam.py) and the picture-writing script (visualize_gradcam.py), train-free:
+tiny random networks saved as runs of main.py over a tiny generated data set."""
+import math
+from collections import OrderedDict
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cam
+import filenames
+import loader
+import runfiles
+import visualize_gradcam as vg
+from models import build_model
+
+torch.set_num_threads(1)
+
+H, W = 64, 37
+
+
+def make_run(root, data, name="dense_net", late_fuse=True, seed=0, threshold=0.5):
+    """A run folder as main.py leaves it: config.json and best.pth with the configuration."""
+    torch.manual_seed(seed)
+    in_chans = loader.IMAGE_CHANNELS + (0 if late_fuse else len(loader.CLINICAL_NAMES))
+    model = build_model(name, in_chans=in_chans, late_fuse=late_fuse, depth=10, growth_rate=4)
+    config = {"model": name, "late_fuse": late_fuse, "in_chans": in_chans, "depth": 10, "growthRate": 4,
+              "norm": "bn", "act": "relu", "stem": "downsample", "image_size": [H, W], "drop_rate": 0.0,
+              "data_dir": str(data), "seed": seed}
+    stats = loader.ClinicalStats.fit([filenames.decode(p) for p in loader.list_split(data, "train")])
+    run = root / "outs" / "r" / f"fold_{name}_{'LF' if late_fuse else 'EF'}"
+    runfiles.write_json(run / "config.json", config)
+    runfiles.save_checkpoint(run / runfiles.BEST, model.state_dict(), config, stats.to_dict(), threshold, 1)
+    return run
+
+
+def first_test_sample(run):
+    model, state, config = vg.load_run(run)
+    files = vg.test_files(config)
+    sample = vg.make_dataset(files[:1], state, len(files))[0]
+    return model, sample["image"], sample["clinical"] if config["late_fuse"] else None
+
+
+def no_hooks_left(model):
+    return all(not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
+               and not m._backward_pre_hooks for m in model.modules())
+
+
+@pytest.fixture
+def lf_run(tiny_data, tmp_path):
+    return make_run(tmp_path, tiny_data, late_fuse=True)
+
+
+# -- the maps ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
+@pytest.mark.parametrize("name", ["dense_net", "densenet121"])
+def test_gradcam_map_for_both_families_and_fusion_modes(tiny_data, tmp_path, name, late_fuse):
+    model, image, clinical = first_test_sample(make_run(tmp_path, tiny_data, name, late_fuse))
+    assert image.shape == (model.in_chans, H, W)
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()  # the caller's mode must come back
+    heat = cam.compute_cam(model, image, clinical)
+    assert heat.shape == (H, W) and heat.dtype == np.float32
+    assert np.isfinite(heat).all() and heat.min() >= 0.0 and heat.max() <= 1.0
+    assert heat.max() in (0.0, 1.0)  # normalised by its peak
+    assert no_hooks_left(model)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())  # eval: BN stats untouched
+    assert np.array_equal(cam.compute_cam(model, image, clinical), heat)
+
+
+@pytest.mark.parametrize("method", cam.METHODS)
+@pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
+def test_every_method_gives_a_normalised_map_and_releases_hooks(tiny_data, tmp_path, method, late_fuse):
+    model, image, clinical = first_test_sample(make_run(tmp_path, tiny_data, late_fuse=late_fuse))
+    heat = cam.compute_cam(model, image, clinical, method, window=8, batch_size=64)
+    assert heat.shape == (H, W) and np.isfinite(heat).all() and 0.0 <= heat.min() <= heat.max() <= 1.0
+    assert no_hooks_left(model) and all(p.grad is None for p in model.parameters())
+
+
+def cut_at_block(model, block):
+    """(activation, rest): the network cut after ``features.<block>``."""
+    k = [n for n, _ in model.features.named_children()].index(block)
+    return (lambda x: model.features[:k + 1](x)), (lambda a: model.features[k + 1:](a))
+
+
+def cut_at_transition_norm(model, transition="transition2"):
+    """Cut inside a transition, after its norm (which torchvision follows by an in-place ReLU)."""
+    k = [n for n, _ in model.features.named_children()].index(transition)
+    t = getattr(model.features, transition)
+    return (lambda x: t.norm(model.features[:k](x))), \
+        (lambda a: model.features[k + 1:](t.pool(t.conv(torch.relu(a)))))
+
+
+def reference_gradcam(model, image, clinical, cut, plus=False):
+    """Grad-CAM(++) without hooks: the network cut in two and differentiated with autograd."""
+    head, rest = cut
+    with torch.enable_grad():
+        a = head(image[None]).detach().requires_grad_(True)
+        logit = model.forward_head(model.final_act(rest(a)), None if clinical is None else clinical[None])
+        (g,) = torch.autograd.grad(logit.sum(), a)
+    a, g = a[0].detach().double().numpy(), g[0].double().numpy()
+    if plus:  # Chattopadhay et al. 2018, Eq. 19 with the exponential of the logit
+        denom = 2 * g ** 2 + a.sum(axis=(1, 2), keepdims=True) * g ** 3
+        alpha = np.divide(g ** 2, denom, out=np.zeros_like(g), where=denom != 0)
+        weights = (alpha * np.maximum(g, 0)).sum(axis=(1, 2))
+    else:
+        weights = g.mean(axis=(1, 2))
+    raw = np.maximum(np.tensordot(weights, a, axes=1), 0)
+    up = F.interpolate(torch.from_numpy(raw)[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+    up = up.numpy()
+    return up / up.max() if up.max() > 0 else up
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
+def test_gradcam_matches_hand_computation(tiny_data, tmp_path, method, late_fuse):
+    model, image, clinical = first_test_sample(make_run(tmp_path, tiny_data, late_fuse=late_fuse))
+    # the last block (default), an earlier one, and a layer followed by torchvision's in-place ReLU:
+    # the map must use that layer's own output, not the ReLU's
+    for layer, cut in (("features.denseblock3", cut_at_block(model, "denseblock3")),
+                       ("features.denseblock2", cut_at_block(model, "denseblock2")),
+                       ("features.transition2.norm", cut_at_transition_norm(model))):
+        expected = reference_gradcam(model, image, clinical, cut, plus=method == "gradcam++")
+        got = cam.compute_cam(model, image, clinical, method, layer=None if layer.endswith("3") else layer)
+        assert expected.max() == 1.0, layer  # a map with something in it
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=layer)
+
+
+class RegionModel(nn.Module):
+    """logit = sum of channel 0 over a fixed region: the evidence lies exactly there."""
+
+    def __init__(self, region):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict(conv=nn.Conv2d(2, 1, 1, bias=False)))
+        nn.init.constant_(self.features.conv.weight, 0.0)
+        with torch.no_grad():
+            self.features.conv.weight[0, 0] = 1.0
+        self.register_buffer("region", torch.as_tensor(region, dtype=torch.float32))
+        self.default_cam_layer = "features.conv"
+
+    def forward(self, image):
+        return (self.features(image)[:, 0] * self.region).sum(dim=(1, 2))
+
+
+def test_occlusion_and_scorecam_find_the_region_the_logit_depends_on():
+    region = np.zeros((H, W), np.float32)
+    region[20:36, 10:22] = 1
+    image = torch.zeros(2, H, W)
+    image[0] = torch.from_numpy(region)
+    model = RegionModel(region)
+    heat = cam.compute_cam(model, image, method="occlusion", window=4)
+    assert heat[region > 0].min() > 0 and heat.max() == 1.0
+    assert heat[:12].max() == 0 and heat[48:].max() == 0  # no window there touches the region
+    assert vg.localisation_ratio(heat, region) > 0.5 / region.mean()
+    scored = cam.compute_cam(model, image, method="scorecam")
+    assert vg.localisation_ratio(scored, region) == pytest.approx(1 / region.mean(), rel=0.05)
+
+
+def test_localisation_ratio_by_hand():
+    mask = np.zeros((4, 5))
+    mask[:2, :2] = 1  # 4 of 20 pixels: share 0.2
+    assert vg.localisation_ratio(np.ones((4, 5)), mask) == pytest.approx(1.0)  # flat map: chance
+    only_inside = mask * 0.7
+    assert vg.localisation_ratio(only_inside, mask) == pytest.approx(5.0)  # all mass on the region
+    half = np.where(mask > 0, 1.0, 0.25)  # 4 inside of 4 + 16 * 0.25 = 8 in all
+    assert vg.localisation_ratio(half, mask) == pytest.approx(0.5 / 0.2)
+    assert math.isnan(vg.localisation_ratio(np.zeros((4, 5)), mask))
+    assert math.isnan(vg.localisation_ratio(np.ones((4, 5)), np.zeros((4, 5))))
+
+
+def test_all_zero_map_stays_zero():
+    heat = cam.to_heatmap(torch.zeros(3, 2), (H, W))
+    assert heat.shape == (H, W) and not heat.any()
+    heat = cam.to_heatmap(torch.tensor([[float("nan"), 1.0], [-2.0, 4.0]]), (8, 8))
+    assert np.isfinite(heat).all() and heat.max() == 1.0 and heat.min() == 0.0
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def test_unknown_layer_lists_valid_ones_and_wrong_layers_release_hooks(lf_run):
+    model, image, clinical = first_test_sample(lf_run)
+    with pytest.raises(ValueError, match=r"unknown layer 'features\.denseblock9'.*features\.denseblock3"):
+        cam.compute_cam(model, image, clinical, layer="features.denseblock9")
+    with pytest.raises(ValueError, match="convolutional feature map"):
+        cam.compute_cam(model, image, clinical, layer="classifier")  # (B, 1): not a map
+    assert no_hooks_left(model)
+    toy = RegionModel(np.ones((H, W)))
+    toy.spare = nn.Conv2d(2, 1, 1)  # never called
+    for method in ("gradcam", "scorecam"):
+        with pytest.raises(ValueError, match="'spare' is not used"):
+            cam.compute_cam(toy, torch.zeros(2, H, W), method=method, layer="spare")
+    assert no_hooks_left(toy)
+
+
+def test_missing_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no run folder .*holding best\.pth"):
+        vg.main(["--run", str(tmp_path / "outs" / "nope"), "--index", "0"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"holds no best\.pth"):
+        vg.load_run(tmp_path / "empty")
+
+
+def test_checkpoint_without_configuration(lf_run):
+    model, _, _ = vg.load_run(lf_run)
+    torch.save(model.state_dict(), lf_run / runfiles.BEST)  # a bare state dict
+    with pytest.raises(ValueError, match="needs the run's configuration"):
+        vg.load_run(lf_run)
+    torch.save({"format": runfiles.CHECKPOINT_FORMAT, "model": model.state_dict(), "clinical_stats": {},
+                "threshold": 0.5, "epoch": 1}, lf_run / runfiles.BEST)
+    with pytest.raises(ValueError, match="lacks config.*configuration"):
+        vg.main(["--run", str(lf_run), "--index", "0"])
+    runfiles.save_checkpoint(lf_run / runfiles.BEST, model.state_dict(), {"model": "dense_net"}, {}, 0.5, 1)
+    with pytest.raises(ValueError, match="configuration lacks late_fuse, in_chans"):
+        vg.load_run(lf_run)
+
+
+def test_index_out_of_range_names_valid_range(lf_run):
+    with pytest.raises(IndexError, match=r"--index 6 is out of range.*6 images.*valid indices are 0\.\.5"):
+        vg.main(["--run", str(lf_run), "--index", "0", "6"])
+    with pytest.raises(IndexError, match=r"0\.\.5"):
+        vg.main(["--run", str(lf_run), "--index", "-1"])
+
+
+def test_images_of_the_wrong_kind_are_refused_naming_the_file(lf_run, tmp_path):
+    cube = tmp_path / filenames.encode("p1", 1, 1, 1, 70, 22.5, ext=".npy")
+    np.save(cube, np.zeros((3, H, W), np.float32))
+    with pytest.raises(ValueError, match=rf"{cube.name}.*expected a 2-D numeric array"):
+        vg.main(["--run", str(lf_run), "--image", str(cube)])
+    garbage = tmp_path / filenames.encode("p2", 1, 0, 0, 60, 25.0)
+    garbage.write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match=rf"{garbage.name}.*cannot decode"):
+        vg.main(["--run", str(lf_run), "--image", str(garbage)])
+    unnamed = tmp_path / "hip.png"
+    cv2.imwrite(str(unnamed), np.zeros((H, W), np.uint8))
+    with pytest.raises(filenames.FileNameError, match="hip.png.*does not match"):
+        vg.main(["--run", str(lf_run), "--image", str(unnamed)])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        vg.main(["--run", str(lf_run), "--image", str(tmp_path / "absent.png")])
+
+
+def test_bad_flags_fail_at_once(capsys):
+    for argv in (["--run", "x", "--index", "0", "--method", "lime"], ["--run", "x", "--select", "tx"],
+                 ["--run", "x"], ["--run", "x", "--all", "--index", "1"], ["--run", "x", "--all", "--top", "0"]):
+        with pytest.raises(SystemExit):
+            vg.build_parser().parse_args(argv)
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# -- the pictures -----------------------------------------------------------------------------------
+
+def read_png(path):
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None and image.ndim == 3 and min(image.shape[:2]) > 100
+    return image
+
+
+def test_cli_writes_png_and_npy_for_one_index(lf_run, tiny_data):
+    result = vg.main(["--run", str(lf_run), "--index", "0"])
+    first = loader.list_split(tiny_data, "test")[0]
+    png = lf_run / "cams" / f"{first.stem}_gradcam.png"
+    image = read_png(png)
+    assert image.shape[0] > image.shape[1]  # a portrait hip crop stays portrait
+    heat = np.load(png.with_suffix(".npy"))
+    assert heat.shape == (H, W) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+    assert result["written"] == [str(png), str(png.with_suffix(".npy"))]
+    assert result["cases"][0]["file"] == first.name and result["cases"][0]["label"] == filenames.decode(first).label
+    assert not list((lf_run / "cams").glob("*.tmp"))  # written atomically
+
+
+@pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
+def test_cli_sheet_of_all_test_images(tiny_data, tmp_path, late_fuse):
+    run = make_run(tmp_path, tiny_data, late_fuse=late_fuse)
+    out = tmp_path / "pictures"
+    vg.main(["--run", str(run), "--all", "--sheet", "--out", str(out), "--method", "gradcam++"])
+    read_png(out / "sheet_gradcampp.png")
+    assert np.load(out / "sheet_gradcampp.npy").shape == (6, H, W)
+
+
+def test_save_writes_exactly_one_file(lf_run, tmp_path):
+    target = tmp_path / "images" / "Grad_CAM.png"
+    vg.main(["--run", str(lf_run), "--index", "1", "2", "--sheet", "--save", str(target), "--no_npy"])
+    read_png(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["Grad_CAM.png"]
+    with pytest.raises(SystemExit, match="add --sheet"):
+        vg.main(["--run", str(lf_run), "--index", "1", "2", "--save", str(target)])
+
+
+def test_select_takes_the_most_confident_of_each_kind(lf_run, tiny_data):
+    files = loader.list_split(tiny_data, "test")
+    # made-up probabilities: the selection reads only the CSV and the run's threshold (0.5)
+    probs = [0.9, 0.7, 0.2, 0.95, 0.4, 0.05]
+    rows = [{"file": p.name, "label": filenames.decode(p).label, "probability": q, "prediction": int(q >= 0.5)}
+            for p, q in zip(files, probs)]
+    runfiles.write_csv(lf_run / vg.PREDICTIONS, rows)
+    labels = [r["label"] for r in rows]
+    expect = {kind: sorted([r for r in rows if (r["label"], int(r["probability"] >= 0.5)) == vg.KINDS[kind]],
+                           key=lambda r: -r["probability"] if vg.KINDS[kind][1] else r["probability"])
+              for kind in vg.KINDS}
+    assert 0 in labels and 1 in labels
+    chosen = vg.select_cases(lf_run, files, ["tp", "fp", "fn", "tn"], 1, 0.5)
+    assert [p.name for p in chosen] == [expect[k][0]["file"] for k in vg.KINDS if expect[k]]
+    result = vg.main(["--run", str(lf_run), "--select", "tn", "fp", "--top", "2", "--no_npy"])
+    assert [c["file"] for c in result["cases"]] == [r["file"] for k in ("tn", "fp") for r in expect[k][:2]]
+    assert not list((lf_run / "cams").glob("*.npy"))
+
+
+def test_select_without_predictions_says_how_to_make_them(lf_run):
+    with pytest.raises(FileNotFoundError, match="main.py --test"):
+        vg.main(["--run", str(lf_run), "--select", "tp"])
+
+
+def test_caption_shows_label_probability_threshold_and_clinical_values(lf_run, tiny_data):
+    model, state, _ = vg.load_run(lf_run)
+    val = loader.list_split(tiny_data, "val")[0]  # BMI missing in the file name
+    (case,) = vg.explain(model, vg.make_dataset([val], state), "gradcam")
+    text = vg.caption(case, 0.25)
+    info = filenames.decode(val)
+    assert val.name in text and f"true: {vg.LABELS[info.label]}" in text
+    assert f"p(osteoporosis) = {case.probability:.3f}" in text and "threshold 0.250" in text
+    assert f"age {info.age:g}, sex female, BMI NA" in text
+    assert case.original_size == (H, W)
+
+
+# -- localisation -------------------------------------------------------------------------------------
+
+def write_masks(data):
+    for path in loader.list_split(data, "test"):
+        mask = np.zeros((H, W), np.uint8)
+        mask[H // 4: 3 * H // 4, W // 3: 2 * W // 3] = 255  # where conftest draws the class signal
+        (data / vg.MASK_DIR / "test").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data / vg.MASK_DIR / "test" / path.name), mask)
+
+
+def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="synthetic.py"):
+        vg.cam_localisation(lf_run, tiny_data)
+    write_masks(tiny_data)
+    result = vg.cam_localisation(lf_run, tiny_data, "gradcam")
+    assert result["all"]["n"] == 6 and result["normal"]["n"] + result["osteoporosis"]["n"] == 6
+    area = (H // 2) * (2 * W // 3 - W // 3) / (H * W)
+    for row in result["images"]:
+        assert row["mask_share"] == pytest.approx(area)
+        assert math.isnan(row["ratio"]) or 0 <= row["ratio"] <= 1 / area + 1e-9
+    finite = [r["ratio"] for r in result["images"] if math.isfinite(r["ratio"])]
+    if finite:
+        assert result["all"]["median_ratio"] == pytest.approx(float(np.median(finite)))
+
+    out = vg.main(["--run", str(lf_run), "--localisation", "--method", "occlusion", "--window", "8",
+                   "--batch_size", "128"])
+    assert out["all"]["n"] == 6
+    for suffix in (".json", ".csv"):
+        assert (lf_run / "cams" / f"localisation_occlusion{suffix}").is_file()
+    read_png(lf_run / "cams" / "localisation_occlusion.png")
+    (tiny_data / vg.MASK_DIR / "test" / loader.list_split(tiny_data, "test")[2].name).unlink()
+    with pytest.raises(FileNotFoundError, match="1 of 6 test images have no mask"):
+        vg.cam_localisation(lf_run, tiny_data)
+
+
+def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path):
+    """Train one epoch with main.py; the maps' probabilities equal the run's test predictions."""
+    import csv
+
+    import main
+    outs = tmp_path / "outs"
+    main.main(["--model", "dense_net", "--depth", "10", "--growthRate", "4", "--data_dir", str(tiny_data),
+               "--image_size", str(H), str(W), "--epoch", "1", "--batch_size", "4", "--workers", "0",
+               "--device", "cpu", "--save_dir", "r", "--fold", "_e", "--out_root", str(outs)])
+    run = outs / "r" / "fold_e"
+    result = vg.main(["--run", str(run), "--all", "--sheet", "--no_npy"])
+    with open(run / vg.PREDICTIONS, newline="") as fh:
+        expected = {r["file"]: float(r["probability"]) for r in csv.DictReader(fh)}
+    assert len(result["cases"]) == len(expected) == 6
+    for case in result["cases"]:
+        assert case["probability"] == pytest.approx(expected[case["file"]], abs=2e-6)

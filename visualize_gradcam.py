@@ -1,0 +1,599 @@
+"""python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method gradcam]
+
+Show what a trained network looked at: a class activation map of the osteoporosis logit drawn over
+the radiograph, for any run of main.py. Everything about the network (model, fusion mode, input
+channels, image size, clinical normalisation, threshold) is read from the run's best.pth; only
+where the test images lie may be overridden (--data_dir). Inputs are built by the loader exactly as
+the network saw them at test time.
+
+Which images (one of):
+    --image PATH [PATH ...]        any files named in the data set's format (see filenames.py)
+    --index N [N ...]              images of the run's test split (sorted, as loader.list_split)
+    --select tp fp fn tn [--top K] the K most confident cases of each kind, from the run's
+                                   test_predictions.csv and threshold
+    --all                          every test image
+    --localisation                 how much of the heatmap lies where the demo data draw the disease
+                                   signal (DIR/masks/test/ from synthetic.py); 1 = chance
+
+Pictures go to <run>/cams/ (--out to change) as <image>_<method>.png with the raw heatmap beside it
+(.npy); --sheet puts every case on one contact sheet; --save PATH writes the one picture exactly
+there. The README pictures:
+
+    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn fp tn --top 1 \\
+        --sheet --save images/Grad_CAM.png --no_npy
+    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure  # no pyplot: no global state, Agg renders the PNG
+from tqdm import tqdm
+
+import filenames
+import loader
+import runfiles
+import runtime
+from cam import METHODS, NAMES, compute_cam, predict_logit, resolve_layer
+from main import build_model_from_config
+
+logger = logging.getLogger(__name__)
+
+CAMS_DIR = "cams"
+MASK_DIR = "masks"  # synthetic.py: DIR/masks/<split>/<image file name>, 255 where the signal is drawn
+PREDICTIONS = "test_predictions.csv"
+KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
+LABELS = {0: "normal", 1: "osteoporosis"}
+# network shape and input settings a checkpoint must carry (main.py writes them into "config")
+REQUIRED_CONFIG = ("model", "late_fuse", "in_chans", "image_size", "depth", "growthRate", "norm", "act", "stem")
+RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
+              "the run's configuration, clinical statistics and threshold), config.json and test_predictions.csv")
+ALPHA, DPI = 0.4, 150
+
+
+# ---------------------------------------------------------------------------------------------
+# The run and its inputs
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict, dict]:
+    """``(model, state, config)`` of a run: the best checkpoint's network in eval mode on ``device``,
+    the checkpoint (``clinical_stats``, ``threshold``, ``epoch``...) and the run's configuration."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"no run folder {run}: {RUN_FOLDER}. Train one with e.g. "
+                                "python3 main.py --save_dir NAME --fold _X")
+    path = run / runfiles.BEST
+    if not path.is_file():
+        found = ", ".join(sorted(p.name for p in run.iterdir())[:8]) or "nothing"
+        raise FileNotFoundError(f"{run} holds no {runfiles.BEST} (found: {found}); {RUN_FOLDER}")
+    try:
+        state = runfiles.load_checkpoint(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}. Grad-CAM needs the run's configuration (model, fusion mode, input channels, "
+                         "image size), clinical statistics and threshold stored with the weights, as main.py "
+                         f"writes {runfiles.BEST}") from exc
+    config = state["config"]
+    missing = [k for k in REQUIRED_CONFIG if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint's configuration lacks {', '.join(missing)}; it cannot say which "
+                         f"network to build. {RUN_FOLDER}")
+    model = build_model_from_config(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not fit the configured network ({config['model']}, "
+                         f"{config['in_chans']} input channels, late_fuse={config['late_fuse']}): "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return model.to(device).eval(), state, config
+
+
+def test_files(config: dict, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The run's test images (``--data_dir`` overrides where they are), sorted as the loader lists them."""
+    try:
+        return loader.list_split(data_dir or config["data_dir"], "test")
+    except FileNotFoundError as exc:
+        if data_dir:
+            raise
+        raise FileNotFoundError(f"{exc}. (This is the run's data_dir; if the data moved, pass --data_dir.)") from exc
+
+
+def check_image(path: str | os.PathLike) -> Path:
+    """Refuse, naming the file, anything the loader could not turn into a network input."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--image {path}: no such file")
+    filenames.decode(path)  # label and clinical values come from the name
+    try:
+        loader.read_image(path)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. OpenCV refusing a two-channel PNG
+        raise ValueError(f"{path}: cannot read it as a grey radiograph ({type(exc).__name__}: {exc}); expected a "
+                         ".png (8/16 bit, grey or colour) or a 2-D .npy") from exc
+    return path
+
+
+def pick_indices(files: Sequence[Path], indices: Sequence[int], where: str) -> list[Path]:
+    bad = [i for i in indices if not 0 <= i < len(files)]
+    if bad:
+        raise IndexError(f"--index {bad[0]} is out of range: {where} holds {len(files)} images, so valid indices "
+                         f"are 0..{len(files) - 1}")
+    return [files[i] for i in indices]
+
+
+def read_predictions(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """``test_predictions.csv`` of a run: file name -> row (label, probability, prediction)."""
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: it is written when main.py scores the run on test "
+                                "(python3 main.py --test --save_dir <save_dir> --fold <fold>)")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and not {"file", "label", "probability"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected columns file, label, probability; got {', '.join(rows[0])}")
+    return {r["file"]: r for r in rows}
+
+
+def select_cases(run_dir: str | os.PathLike, files: Sequence[Path], kinds: Sequence[str], top: int,
+                 threshold: float) -> list[Path]:
+    """The ``top`` most confident test cases of each kind (tp, fp, fn, tn) at the run's threshold:
+    highest probability first for predicted osteoporosis, lowest first for predicted normal."""
+    rows = read_predictions(run_dir)
+    by_name = {p.name: p for p in files}
+    absent = [name for name in rows if name not in by_name]
+    if absent:
+        raise ValueError(f"{Path(run_dir) / PREDICTIONS} lists {len(absent)} files that are not in the test split "
+                         f"(e.g. {absent[0]}); does --data_dir point at the run's data?")
+    chosen = []
+    for kind in kinds:
+        label, predicted = KINDS[kind]
+        match = [(float(r["probability"]), name) for name, r in rows.items()
+                 if int(r["label"]) == label and (float(r["probability"]) >= threshold) == bool(predicted)]
+        match.sort(key=lambda t: (-t[0] if predicted else t[0], t[1]))
+        if not match:
+            logger.warning("no %s case among the %d test images at threshold %.3f", kind, len(rows), threshold)
+        chosen += [by_name[name] for _, name in match[:top]]
+    if not chosen:
+        raise ValueError(f"no test image is of kind {', '.join(kinds)} at threshold {threshold:.3f}")
+    return chosen
+
+
+def make_dataset(files: Sequence[Path], state: dict, split_size: int | None = None) -> loader.HipDataset:
+    """The loader's dataset for these files with the run's image size, clinical statistics and fusion
+    mode, without augmentation. main.py keeps a split as uint8 when it fits in --cache_gb, which rounds
+    the input; the same rounding is applied here (judged on ``split_size`` images) so the CAM input is
+    exactly what the network saw."""
+    config = state["config"]
+    size = tuple(int(v) for v in config["image_size"])
+    n = split_size or len(files)
+    cached = n * loader.IMAGE_CHANNELS * math.prod(size) / 1e9 <= float(config.get("cache_gb", 4.0))
+    return loader.HipDataset(files, loader.ClinicalStats.from_dict(state["clinical_stats"]), size,
+                             early_fuse=not config["late_fuse"], augment=None,
+                             cache_gb=math.inf if cached else 0.0, desc="cam")
+
+
+# ---------------------------------------------------------------------------------------------
+# Maps
+
+@dataclass
+class Case:
+    """One explained image: what the network saw (channel 0), its heatmap and its prediction."""
+
+    path: Path
+    info: filenames.SampleInfo
+    image: np.ndarray  # (H, W) radiograph channel of the network input, [0, 1]
+    heatmap: np.ndarray  # (H, W) in [0, 1]
+    probability: float
+    original_size: tuple[int, int]  # (H, W) of the file: the real aspect ratio
+
+    def prediction(self, threshold: float) -> int:
+        return int(self.probability >= threshold)
+
+
+def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "gradcam", layer: str | None = None,
+            **cam_kwargs) -> list[Case]:
+    """Heatmap and probability for every image of ``dataset``."""
+    late = bool(getattr(model, "late_fuse", False))
+    cases = []
+    for i in tqdm(range(len(dataset)), desc=NAMES[method], leave=False, disable=len(dataset) < 5):
+        sample = dataset[i]
+        clinical = sample["clinical"] if late else None
+        heat = compute_cam(model, sample["image"], clinical, method, layer, **cam_kwargs)
+        logit = predict_logit(model, sample["image"], clinical)
+        path = Path(sample["path"])
+        cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat,
+                          1.0 / (1.0 + math.exp(-logit)), tuple(loader.read_image(path).shape[:2])))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Localisation on the demo data
+
+def localisation_ratio(heat: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the heatmap's mass inside ``mask`` divided by the mask's share of the image.
+
+    1 is chance (a flat map), ``1 / mask share`` the most possible (all mass on the region), 0 none.
+    ``mask`` may be fractional (pixel coverage). NaN when undefined: an all-zero map or an empty mask.
+    """
+    heat = np.asarray(heat, dtype=np.float64)
+    mask = np.asarray(mask, dtype=np.float64)
+    if heat.shape != mask.shape:
+        raise ValueError(f"heatmap {heat.shape} and mask {mask.shape} differ in shape")
+    total, area = float(heat.sum()), float(mask.mean())
+    if not total > 0 or not area > 0:
+        return math.nan
+    return float((heat * mask).sum() / total / area)
+
+
+def mask_path(data_dir: str | os.PathLike, split: str, image: Path) -> Path | None:
+    folder = Path(data_dir) / MASK_DIR / split
+    for candidate in (folder / image.name, folder / f"{image.stem}.png"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32: the fraction of each network pixel that lies on the region (mask > 0)."""
+    if path.suffix.lower() == ".npy":
+        mask = np.load(path, allow_pickle=False)
+    else:
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None or mask.ndim != 2:
+        raise ValueError(f"{path}: cannot read a 2-D mask")
+    mask = (mask > 0).astype(np.float32)
+    return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def _summary(rows: list[dict]) -> dict:
+    ratios = np.array([r["ratio"] for r in rows], dtype=np.float64)
+    ok = np.isfinite(ratios)
+    if ok.any():
+        inside = np.array([r["inside_share"] for r in rows])[ok]
+        hits = np.array([r["peak_on_region"] for r in rows])[ok]
+        return {"n": len(rows), "n_undefined": int((~ok).sum()), "mean_ratio": float(ratios[ok].mean()),
+                "median_ratio": float(np.median(ratios[ok])), "mean_inside_share": float(inside.mean()),
+                "mean_mask_share": float(np.mean([r["mask_share"] for r in rows])),
+                "peak_on_region": float(hits.mean())}
+    return {"n": len(rows), "n_undefined": int((~ok).sum()), "mean_ratio": math.nan, "median_ratio": math.nan,
+            "mean_inside_share": math.nan, "mean_mask_share": math.nan, "peak_on_region": math.nan}
+
+
+def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                     method: str = "gradcam", layer: str | None = None, device: str | torch.device = "cpu",
+                     split: str = "test", **cam_kwargs) -> dict:
+    """How much of the heatmap falls on the region where the demo data draw the disease signal.
+
+    For each image of ``split``: ``ratio`` = share of heatmap mass inside the mask / mask's share of
+    the image (1 = chance, see :func:`localisation_ratio`); also whether the map's peak lies on the
+    region (the pointing game). Returns the summary over all images (``"all"``) and per class
+    (``"normal"``, ``"osteoporosis"``) with mean and median ratio, plus one row per image (``"images"``).
+    Images with an all-zero map count in ``n_undefined`` and are left out of the means.
+    """
+    model, state, config = load_run(run_dir, device)
+    data_dir = Path(data_dir or config["data_dir"])
+    files = loader.list_split(data_dir, split)
+    folder = data_dir / MASK_DIR / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no masks folder {folder}: the localisation measure needs the region masks the "
+                                f"demo generator writes (python3 synthetic.py --out {data_dir} writes "
+                                f"{data_dir}/{MASK_DIR}/<split>/<image file name>); real radiographs have none")
+    missing = [p.name for p in files if mask_path(data_dir, split, p) is None]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(files)} {split} images have no mask in {folder} "
+                                f"(e.g. {missing[0]}); regenerate the data with synthetic.py")
+    size = tuple(int(v) for v in config["image_size"])
+    layer_name = "" if method == "occlusion" else resolve_layer(model, layer)[0]
+    rows = []
+    for case in explain(model, make_dataset(files, state), method, layer, **cam_kwargs):
+        mask = read_mask(mask_path(data_dir, split, case.path), size)
+        heat = case.heatmap.astype(np.float64)
+        ratio = localisation_ratio(heat, mask)
+        peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        rows.append({"file": case.path.name, "label": case.info.label, "probability": case.probability,
+                     "ratio": ratio, "inside_share": float((heat * mask).sum() / heat.sum()) if heat.sum() > 0
+                     else math.nan, "mask_share": float(mask.mean()),
+                     "peak_on_region": int(mask[peak] >= 0.5) if heat.max() > 0 else 0})
+    return {"run": str(run_dir), "data_dir": str(data_dir), "split": split, "method": method, "layer": layer_name,
+            "epoch": int(state["epoch"]), "chance": 1.0, "all": _summary(rows),
+            **{LABELS[k]: _summary([r for r in rows if r["label"] == k]) for k in (0, 1)}, "images": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+
+def _clinical_text(info: filenames.SampleInfo) -> str:
+    sex = {1.0: "female", 0.0: "male"}.get(info.sex, "NA")  # NaN matches neither key
+    age = "NA" if math.isnan(info.age) else f"{info.age:g}"
+    bmi = "NA" if math.isnan(info.bmi) else f"{info.bmi:.1f}"
+    return f"age {age}, sex {sex}, BMI {bmi}"
+
+
+def _outcome(label: int, prediction: int) -> str:
+    return {(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}[(label, prediction)]
+
+
+def caption(case: Case, threshold: float, short: bool = False) -> str:
+    """File name, true label, probability against the run's threshold, age/sex/BMI (NA if missing)."""
+    pred = case.prediction(threshold)
+    label = case.info.label
+    if short:
+        return (f"{case.path.name}\ntrue {LABELS[label]}, p {case.probability:.2f} ({_outcome(label, pred)})\n"
+                f"{_clinical_text(case.info)}")
+    return (f"{case.path.name}\ntrue: {LABELS[label]}    predicted: {LABELS[pred]} ({_outcome(label, pred)})\n"
+            f"p(osteoporosis) = {case.probability:.3f}    threshold {threshold:.3f}\n{_clinical_text(case.info)}")
+
+
+def _draw(ax, image: np.ndarray, heatmap: np.ndarray, original_size: tuple[int, int], alpha: float = ALPHA):
+    h0, w0 = original_size
+    extent = (0, w0, h0, 0)  # the file's size: the real aspect ratio whatever the network's input size
+    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, extent=extent, interpolation="bilinear")
+    ax.imshow(heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=alpha, extent=extent, interpolation="bilinear")
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _colorbar(fig: Figure, axes, label: str) -> None:
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormaps["jet"]), ax=axes, shrink=0.7, pad=0.02)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+
+
+def title_for(method: str, layer: str, run: str, state: dict) -> str:
+    where = "" if method == "occlusion" else f" at {layer}"
+    return f"{NAMES[method]} of the osteoporosis logit{where}\nrun {run}, epoch {state['epoch']}"
+
+
+def render_case(case: Case, threshold: float, title: str) -> Figure:
+    aspect = case.original_size[0] / case.original_size[1]
+    width = 3.0
+    fig = Figure(figsize=(width + 1.0, width * aspect + 1.4), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    _draw(ax, case.image, case.heatmap, case.original_size)
+    ax.set_title(title, fontsize=7)
+    ax.set_xlabel(caption(case, threshold), fontsize=7, loc="left")
+    _colorbar(fig, ax, "relative contribution (0 none, 1 most)")
+    return fig
+
+
+def render_sheet(cases: Sequence[Case], threshold: float, title: str, cols: int | None = None) -> Figure:
+    n = len(cases)
+    cols = max(1, min(cols or min(n, 4), n))
+    rows = math.ceil(n / cols)
+    aspect = float(np.median([c.original_size[0] / c.original_size[1] for c in cases]))
+    cell = 2.2
+    fig = Figure(figsize=(cols * cell + 0.9, rows * (cell * aspect + 0.55) + 0.4), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, case in zip(axes.flat, cases):
+        _draw(ax, case.image, case.heatmap, case.original_size)
+        ax.set_xlabel(caption(case, threshold, short=True), fontsize=5.5, loc="left")
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    fig.suptitle(f"{title}, threshold {threshold:.3f}", fontsize=7)
+    _colorbar(fig, axes, "relative contribution (0 none, 1 most)")
+    return fig
+
+
+def render_localisation(result: dict, example: Case | None = None, mask: np.ndarray | None = None) -> Figure:
+    """Ratios per class against chance (1), and one example (the median image) with the region outlined."""
+    fig = Figure(figsize=(7.0 if example is not None else 4.0, 4.2), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2 if example is not None else 1, squeeze=False,
+                        width_ratios=[1.4, 1] if example is not None else None)[0]
+    ax = axes[0]
+    rng = np.random.default_rng(0)  # jitter of the dots only
+    for k, name in enumerate(("normal", "osteoporosis")):
+        ratios = np.array([r["ratio"] for r in result["images"] if LABELS[r["label"]] == name], dtype=float)
+        ratios = ratios[np.isfinite(ratios)]
+        if ratios.size:
+            ax.boxplot([ratios], positions=[k], widths=0.5, showfliers=False)
+            ax.scatter(k + rng.uniform(-0.15, 0.15, ratios.size), ratios, s=8, alpha=0.6,
+                       color=("tab:blue", "tab:red")[k])
+    ax.axhline(result["chance"], color="grey", linestyle="--", linewidth=1)
+    ax.text(1.9, result["chance"], "chance ", ha="right", va="bottom", fontsize=7, color="grey")
+    ax.set_xticks([0, 1], [f"normal (n={result['normal']['n']})", f"osteoporosis (n={result['osteoporosis']['n']})"],
+                  fontsize=7)
+    ax.set_xlim(-0.6, 1.9)
+    ax.set_ylabel("heatmap share on region / region's share of image", fontsize=7)
+    ax.tick_params(labelsize=7)
+    s = result["all"]
+    where = "" if result["method"] == "occlusion" else f" at {result['layer']}"
+    ax.set_title(f"{NAMES[result['method']]}{where}, {result['split']} images\nmean {s['mean_ratio']:.2f}, "
+                 f"median {s['median_ratio']:.2f}, peak on region {s['peak_on_region']:.0%}", fontsize=7)
+    if example is not None:
+        ax = axes[1]
+        _draw(ax, example.image, example.heatmap, example.original_size)
+        h0, w0 = example.original_size
+        if mask is not None:
+            ys, xs = (np.arange(n) + 0.5 for n in mask.shape)
+            ax.contour(xs * w0 / mask.shape[1], ys * h0 / mask.shape[0], mask, levels=[0.5], colors="white",
+                       linewidths=0.8)
+        ratio = localisation_ratio(example.heatmap, mask) if mask is not None else math.nan
+        ax.set_xlabel(f"{example.path.name}\nmedian case: ratio {ratio:.2f}; region outlined", fontsize=6, loc="left")
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write a PNG atomically (temporary file, then os.replace)."""
+    runfiles.write_bytes(path, _png(fig))
+    return Path(path)
+
+
+def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    runfiles.write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--run", required=True, metavar="DIR", help="run folder outs/<save_dir>/fold<fold>/ of main.py")
+    g.add_argument("--data_dir", default=None, help="where the run's data set lies now (default: the run's "
+                   "--data_dir); only the location of the images, the network comes from the run")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    g = p.add_argument_group("which images")
+    which = g.add_mutually_exclusive_group(required=True)
+    which.add_argument("--image", nargs="+", metavar="PATH", help="image files named in the data set's format")
+    which.add_argument("--index", nargs="+", type=int, metavar="N", help="positions in the sorted test split")
+    which.add_argument("--select", nargs="+", choices=tuple(KINDS), metavar="KIND",
+                       help="most confident test cases of each kind: tp, fp, fn, tn (from test_predictions.csv "
+                       "and the run's threshold)")
+    which.add_argument("--all", action="store_true", help="every test image")
+    which.add_argument("--localisation", action="store_true", help="measure how much heatmap mass falls on the "
+                       "region masks of the demo data (DIR/masks/test/); writes localisation_<method>.json/.csv/.png")
+    g.add_argument("--top", type=positive_int, default=3, help="cases per kind for --select (default: %(default)s)")
+
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=METHODS, default="gradcam", help="(default: %(default)s)")
+    g.add_argument("--layer", default=None, help="module to explain, e.g. features.denseblock3 or features.norm5 "
+                   "(default: the model's last dense block; not used by occlusion)")
+    g.add_argument("--window", type=positive_int, default=None, help="occlusion window in pixels of the network "
+                   "input (default: about 1/8 of the shorter side)")
+    g.add_argument("--batch_size", type=positive_int, default=32, help="inputs per forward pass for scorecam and "
+                   "occlusion (default: %(default)s)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, help="folder for the pictures (default: <run>/cams)")
+    g.add_argument("--sheet", action="store_true", help="all cases on one contact sheet")
+    g.add_argument("--cols", type=positive_int, default=None, help="columns of the sheet (default: up to 4)")
+    g.add_argument("--save", default=None, metavar="PATH", help="write the one picture (a single case, the sheet "
+                   "or the localisation figure) exactly here, e.g. images/Grad_CAM.png")
+    g.add_argument("--no_npy", action="store_true", help="do not write the raw heatmap (.npy) beside the picture")
+    return p
+
+
+def _slug(method: str) -> str:
+    return method.replace("+", "p")  # gradcam++ -> gradcampp: no '+' in file names
+
+
+def _write_localisation(args, device, out: Path) -> dict:
+    result = cam_localisation(args.run, args.data_dir, args.method, args.layer, device,
+                              window=args.window, batch_size=args.batch_size)
+    name = f"localisation_{_slug(args.method)}"
+    runfiles.write_json(out / f"{name}.json", {k: v for k, v in result.items() if k != "images"})
+    runfiles.write_csv(out / f"{name}.csv", result["images"])
+    # the median image as the example, with its region outlined
+    finite = [r for r in result["images"] if math.isfinite(r["ratio"])]
+    example = mask = None
+    if finite:
+        row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
+        model, state, config = load_run(args.run, device)
+        path = Path(result["data_dir"]) / "test" / row["file"]
+        (example,) = explain(model, make_dataset([path], state, len(result["images"])), args.method, args.layer,
+                             window=args.window, batch_size=args.batch_size)
+        mask = read_mask(mask_path(result["data_dir"], "test", path), tuple(config["image_size"]))
+    figure = Path(args.save) if args.save else out / f"{name}.png"
+    save_figure(render_localisation(result, example, mask), figure)
+    result["written"] = [str(out / f"{name}.json"), str(out / f"{name}.csv"), str(figure)]
+    s = result["all"]
+    print(f"{NAMES[args.method]} localisation on {s['n']} test images (1 = chance): mean {s['mean_ratio']:.3f}, "
+          f"median {s['median_ratio']:.3f}, peak on region {s['peak_on_region']:.0%}")
+    for k in ("normal", "osteoporosis"):
+        c = result[k]
+        print(f"  {k:13s} n={c['n']:4d}  mean {c['mean_ratio']:.3f}  median {c['median_ratio']:.3f}"
+              + (f"  ({c['n_undefined']} all-zero maps left out)" if c["n_undefined"] else ""))
+    for path in result["written"]:
+        print(path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    runtime.setup_logging()
+    device = runtime.select_device(args.device, None)
+    out = Path(args.out) if args.out else Path(args.run) / CAMS_DIR
+    if args.layer and args.method == "occlusion":
+        logger.warning("--layer %s ignored: occlusion looks at the input, not at a layer", args.layer)
+    if args.localisation:
+        return _write_localisation(args, device, out)
+
+    model, state, config = load_run(args.run, device)
+    threshold = float(state["threshold"])
+    layer = "" if args.method == "occlusion" else resolve_layer(model, args.layer)[0]
+    if args.image:
+        files = [check_image(p) for p in args.image]
+        split_size = len(files)
+    else:
+        all_test = test_files(config, args.data_dir)
+        split_size = len(all_test)
+        if args.index is not None:
+            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or config['data_dir']}")
+        elif args.select:
+            files = select_cases(args.run, all_test, args.select, args.top, threshold)
+        else:
+            files = all_test
+    if args.save and len(files) > 1 and not args.sheet:
+        raise SystemExit(f"--save names one picture but {len(files)} cases were chosen: add --sheet, or choose one")
+
+    cases = explain(model, make_dataset(files, state, split_size), args.method, args.layer,
+                    window=args.window, batch_size=args.batch_size)
+    _check_against_predictions(args.run, cases)
+    title = title_for(args.method, layer, str(args.run), state)
+    written = []
+    if args.sheet:
+        png = Path(args.save) if args.save else out / f"sheet_{_slug(args.method)}.png"
+        written.append(save_figure(render_sheet(cases, threshold, title, args.cols), png))
+        if not args.no_npy:  # (N, H, W) in the sheet's order
+            written.append(save_array(np.stack([c.heatmap for c in cases]), png.with_suffix(".npy")))
+    else:
+        for case in cases:
+            png = Path(args.save) if args.save else out / f"{case.path.stem}_{_slug(args.method)}.png"
+            written.append(save_figure(render_case(case, threshold, title), png))
+            if not args.no_npy:
+                written.append(save_array(case.heatmap, png.with_suffix(".npy")))
+    for path in written:
+        print(path)
+    return {"written": [str(p) for p in written], "threshold": threshold, "method": args.method, "layer": layer,
+            "cases": [{"file": c.path.name, "label": c.info.label, "probability": c.probability,
+                       "prediction": c.prediction(threshold)} for c in cases]}
+
+
+def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
+    """Warn when a probability differs from the run's test predictions: other images or a stale run."""
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        return
+    rows = read_predictions(run_dir)
+    for case in cases:
+        row = rows.get(case.path.name)
+        # reduced precision on a GPU (bf16 autocast) moves test probabilities by well under 0.02
+        if row is not None and abs(float(row["probability"]) - case.probability) > 0.02:
+            logger.warning("%s: probability %.4f here but %s in %s; is --data_dir the run's data, and the "
+                           "run's test predictions up to date?", case.path.name, case.probability,
+                           row["probability"], path)
+
+
+if __name__ == "__main__":
+    main()
