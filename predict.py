@@ -1,0 +1,227 @@
+"""Score hip radiographs with a trained run: probability of osteoporosis and the run's decision.
+
+    python3 predict.py --run outs/<save_dir>/fold<fold> data/test more/image.png --out predictions.csv
+
+IMAGES are files or folders (their .png/.npy/.jpg/.tif images, not recursive). Sex, age and BMI
+come from the file name (``filenames.PATTERN``) or, for any file listed there, from ``--csv``
+with columns ``file,sex,age,bmi`` (``file`` as given on the command line or just the file name;
+sex 1 female / 0 male; an empty or NA value is imputed with the training mean, as in training).
+
+Everything about the network comes from the run's ``best.pth``: architecture, image size,
+fusion mode, clinical normalisation statistics and the threshold chosen on validation. Inputs
+are built exactly as ``loader.HipDataset`` builds them for validation and test (grey [0, 1],
+resized, enhanced copy, 8-bit like its cache, no augmentation). A colour image is converted to
+grey, as the loader does. Refused, with the file named and nothing written: a file that does not
+decode, an array that is not 2-D, non-finite values, an image under 16 pixels on a side.
+
+Output (written atomically): ``file,probability,prediction`` with prediction 1 (osteoporosis)
+when probability >= the run's threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+import filenames
+import loader
+import main as train_main  # the one place that turns a run's config into a network
+import runfiles
+import runtime
+
+logger = logging.getLogger("predict")
+
+IMAGE_EXTENSIONS = (".png", ".npy", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MIN_SIDE = 16  # CLAHE works on 8 x 8 tiles; anything smaller is not a hip radiograph
+MISSING = ("", "na", "nan", "none", "null")
+
+
+class PredictError(ValueError):
+    """An input that cannot be scored by this run; the message names the file."""
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the images inside folders (sorted); duplicates removed, order kept."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise PredictError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+    seen: set[str] = set()
+    return [p for p in out if not (str(p) in seen or seen.add(str(p)))]
+
+
+def _number(text: str, where: str, column: str) -> float:
+    if text is None or text.strip().lower() in MISSING:
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise PredictError(f"{where}: {column} {text!r} is not a number (empty or NA for missing)") from None
+    if not math.isfinite(value) or value < 0:
+        raise PredictError(f"{where}: {column} {text!r} must be a finite number >= 0")
+    if column == "sex" and value not in (0.0, 1.0):
+        raise PredictError(f"{where}: sex {text!r} must be 1 (female), 0 (male) or empty/NA")
+    return value
+
+
+def read_clinical_csv(path: str | os.PathLike) -> dict[str, tuple[float, float, float]]:
+    """``file,sex,age,bmi`` rows -> {file as written: (sex, age, bmi)}; errors name the line."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("file", *loader.CLINICAL_NAMES) if c not in header]
+        if missing:
+            raise PredictError(f"--csv {path}: missing column(s) {', '.join(missing)}; expected file,sex,age,bmi")
+        table: dict[str, tuple[float, float, float]] = {}
+        for line, row in enumerate(reader, start=2):
+            row = {k.strip().lower(): v for k, v in row.items() if k is not None}
+            where = f"--csv {path} line {line}"
+            name = (row["file"] or "").strip()
+            if not name:
+                raise PredictError(f"{where}: empty file")
+            if name in table:
+                raise PredictError(f"{where}: {name} is listed twice")
+            table[name] = tuple(_number(row[c], where, c) for c in loader.CLINICAL_NAMES)
+    return table
+
+
+def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, float, float]] | None = None
+                    ) -> np.ndarray:
+    """(n, 3) sex, age, BMI per file: from ``table`` (by path as given, then by file name), else the name."""
+    table = table or {}
+    by_name: dict[str, tuple] = {}
+    for key, value in table.items():
+        by_name.setdefault(Path(key).name, value)
+    rows, unknown = [], []
+    for f in files:
+        value = table.get(str(f), by_name.get(f.name))
+        if value is None:
+            try:
+                value = filenames.decode(f).clinical
+            except filenames.FileNameError:
+                unknown.append(str(f))
+                continue
+        rows.append(value)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise PredictError(f"no sex/age/BMI for {shown}: the name does not follow {filenames.PATTERN} and the "
+                           "file is not in --csv (columns file,sex,age,bmi; NA where unknown)")
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(loader.CLINICAL_NAMES))
+
+
+def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
+    """(2, H, W) float32 as ``HipDataset`` serves a validation/test image (8-bit steps as its cache)."""
+    try:
+        gray = loader.read_image(path)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
+    if gray.ndim != 2:
+        raise PredictError(f"{path}: expected a 2-D grey image, got shape {gray.shape}")
+    if min(gray.shape) < MIN_SIDE:
+        raise PredictError(f"{path}: image of {gray.shape[0]} x {gray.shape[1]} pixels is too small (at least "
+                           f"{MIN_SIDE} on a side); the run expects hip radiographs resized to "
+                           f"{image_size[0]} x {image_size[1]}")
+    if not np.isfinite(gray).all():
+        raise PredictError(f"{path}: image holds NaN or infinite values")
+    ratio = (gray.shape[0] / gray.shape[1]) / (image_size[0] / image_size[1])
+    if not 1 / 1.5 <= ratio <= 1.5:
+        logger.warning("%s: %d x %d pixels is far from the run's aspect (%d x %d); it is stretched as in training",
+                       path, gray.shape[0], gray.shape[1], *image_size)
+    return np.round(loader.prepare(gray, image_size) * 255.0).astype(np.uint8).astype(np.float32) / 255.0
+
+
+def load_run(run: str | os.PathLike) -> dict:
+    """A run folder's ``best.pth`` (or a checkpoint file) through :func:`runfiles.load_checkpoint`."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / runfiles.BEST
+    return runfiles.load_checkpoint(path)  # weights_only=True: pickled objects are refused
+
+
+@torch.no_grad()
+def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
+            clinical_csv: str | os.PathLike | None = None, device: str = "cpu",
+            batch_size: int = 16) -> list[dict]:
+    """Rows ``file, probability, prediction`` for every image, in input order.
+
+    Every image and its clinical values are checked before the network runs; the first problem
+    raises :class:`PredictError` (or ``ValueError`` for an unusable checkpoint) naming the file.
+    """
+    state = load_run(run)
+    config = state["config"]
+    image_size = tuple(int(v) for v in config["image_size"])
+    early_fuse = not config["late_fuse"]
+    stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
+    threshold = float(state["threshold"])
+    files = collect_images(images)
+    table = read_clinical_csv(clinical_csv) if clinical_csv else None
+    clinical = np.stack([stats.normalise(v) for v in clinical_values(files, table)]) if files else \
+        np.zeros((0, len(loader.CLINICAL_NAMES)), np.float32)
+    pixels = [load_image(f, image_size) for f in files]  # refuse before any scoring
+
+    model = train_main.build_model_from_config(config)
+    model.load_state_dict(state["model"])
+    dev = runtime.select_device(device, None)
+    model.to(dev).eval()
+    probs: list[float] = []
+    for start in range(0, len(files), batch_size):
+        image = torch.from_numpy(np.stack(pixels[start:start + batch_size]))
+        clin = torch.from_numpy(clinical[start:start + batch_size])
+        if early_fuse:  # clinical values as constant planes, as HipDataset does
+            image = torch.cat([image, clin[:, :, None, None].expand(-1, -1, *image.shape[2:])], dim=1)
+        inputs = (image.to(dev),) if early_fuse else (image.to(dev), clin.to(dev))
+        probs += torch.sigmoid(model(*inputs).float().reshape(-1)).cpu().double().tolist()
+    logger.info("scored %d images with %s (epoch %d, threshold %.4f from validation)", len(files),
+                Path(run), int(state["epoch"]), threshold)
+    return [{"file": str(f), "probability": p, "prediction": int(p >= threshold)} for f, p in zip(files, probs)]
+
+
+def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
+    runfiles.write_csv(path, [{**r, "probability": f"{r['probability']:.6f}"} for r in rows],
+                       ["file", "probability", "prediction"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), or a "
+                   "checkpoint file")
+    p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
+                   "carry them: columns file,sex,age,bmi")
+    p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch_size", type=int, default=16, help="(default: %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    runtime.setup_logging()
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch_size {args.batch_size}: must be >= 1")
+    try:
+        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size)
+    except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
+        raise SystemExit(f"predict.py: {exc}") from None
+    write_predictions(args.out, rows)
+    print(f"{len(rows)} predictions ({sum(r['prediction'] for r in rows)} osteoporosis) written to {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

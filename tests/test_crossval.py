@@ -1,0 +1,87 @@
+"""crossval.py: K patient-level folds over train + val; test held out."""
+import csv
+from collections import Counter
+
+import pytest
+
+import crossval
+import filenames
+
+
+def make_split(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        (folder / filenames.encode(*row)).write_bytes(b"")
+
+
+@pytest.fixture
+def data(tmp_path):
+    """23 train+val patients, some with two or three images, a third osteoporotic; 4 test patients."""
+    root = tmp_path / "data"
+    rows = [(f"p{i}", crop, int(i % 3 == 0), 1, 60, 25.0) for i in range(23) for crop in range(1, 2 + i % 3)]
+    make_split(root / "train", rows[:30])
+    make_split(root / "val", rows[30:])
+    make_split(root / "test", [(f"s{i}", 1, i % 2, 1, 60, 25.0) for i in range(4)])
+    return root
+
+
+def patients(files):
+    return {filenames.decode(f).patient for f in files}
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_folds_partition_patients(data, k):
+    splits = crossval.crossval_splits(data, k, seed=3)
+    pooled = sorted(p for s in ("train", "val") for p in (data / s).iterdir())
+    assert [s["fold"] for s in splits] == list(range(k))
+    val_patients = [patients(s["val"]) for s in splits]
+    # every train+val patient is in exactly one validation fold; test patients in none
+    counts = Counter(p for v in val_patients for p in v)
+    assert set(counts) == patients(pooled) and set(counts.values()) == {1}
+    for s in splits:
+        assert not patients(s["train"]) & patients(s["val"])  # no patient on both sides of a fold
+        assert sorted(s["train"] + s["val"]) == pooled  # every image used once per fold
+        assert not any(f.parent.name == "test" for f in s["train"] + s["val"])
+        labels = {filenames.decode(f).label for f in s["val"]}
+        assert labels == {0, 1}  # stratified: 8 osteoporotic patients reach every fold
+    sizes = [len(v) for v in val_patients]
+    assert max(sizes) - min(sizes) <= 1
+    assert crossval.crossval_splits(data, k, seed=3) == splits  # same seed, same folds
+
+
+def test_manifest_fold_column_decides(data):
+    pooled = sorted(p for s in ("train", "val") for p in (data / s).iterdir())
+    fold_of = {p: int(p[1:]) % 3 for p in patients(pooled)}
+    with open(data / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "patient", "split", "fold", "label"])
+        for f in pooled:
+            w.writerow([f"{f.parent.name}/{f.name}", filenames.decode(f).patient, f.parent.name,
+                        fold_of[filenames.decode(f).patient], filenames.decode(f).label])
+        for f in sorted((data / "test").iterdir()):
+            w.writerow([f"test/{f.name}", filenames.decode(f).patient, "test", "NA", 0])
+    splits = crossval.crossval_splits(data, 3, seed=0)
+    for s in splits:
+        assert patients(s["val"]) == {p for p, k in fold_of.items() if k == s["fold"]}
+    with pytest.raises(ValueError, match=r"has folds \[0, 1, 2\], but 5 folds"):
+        crossval.crossval_splits(data, 5)
+
+    text = (data / "manifest.csv").read_text().splitlines()
+    row = next(i for i, line in enumerate(text) if line.startswith("train/p2_2_"))
+    text[row] = text[row].replace(",train,2,", ",train,0,", 1)  # the second image of p2 in another fold
+    (data / "manifest.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError, match="patient p2 has images in folds"):
+        crossval.crossval_splits(data, 3)
+
+
+def test_too_many_folds_and_k_below_two_are_refused(data):
+    with pytest.raises(ValueError, match="at least 30 patients"):
+        crossval.crossval_splits(data, 30)
+    with pytest.raises(ValueError, match="k >= 2"):
+        crossval.crossval_splits(data, 1)
+
+
+def test_same_folds_as_preprocess_filenames():
+    preprocess = pytest.importorskip("preprocess_filenames")
+    labels = {f"p{i}": int(i % 4 == 0) for i in range(37)}
+    assert crossval.assign_folds(labels, 5, seed=7) == preprocess.assign_folds(labels, 5, seed=7)

@@ -1,0 +1,131 @@
+"""predict.py: a trained run scores new images exactly as its own test did, and refuses what it cannot score."""
+import csv
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import filenames
+import loader
+import main
+import predict
+import runfiles
+from conftest import write_split
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict") / "data"
+    write_split(root / "train", [(f"t{i}", 1 + i % 2, i % 2, i % 3 == 0, 50 + i, 20.0 + i / 3) for i in range(12)])
+    write_split(root / "val", [(f"v{i}", 1, i % 2, 1, 60 + i, None if i == 0 else 25.5) for i in range(6)], seed=1)
+    write_split(root / "test", [(f"s{i}", 1, i % 2, i % 2, None if i == 3 else 70 + i, 30.25) for i in range(6)],
+                seed=2)
+    return root
+
+
+@pytest.fixture(scope="module", params=["True", "no"], ids=["late_fuse", "early_fuse"])
+def run(request, data):
+    outs = data.parent / f"outs_{request.param}"
+    main.main(["--model", "dense_net", "--depth", "10", "--data_dir", str(data), "--image_size", "64", "37",
+               "--epoch", "2", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--save_dir", "r",
+               "--fold", "x", "--out_root", str(outs), "--late_fuse", request.param])
+    return outs / "r" / "foldx"
+
+
+def test_reproduces_the_runs_test_predictions(run, data, tmp_path):
+    out = tmp_path / "pred.csv"
+    rows = predict.main(["--run", str(run), str(data / "test"), "--out", str(out), "--device", "cpu",
+                         "--batch_size", "4"])
+    expected = {r["file"]: r for r in read_csv(run / "test_predictions.csv")}
+    written = read_csv(out)
+    assert [r["file"] for r in written] == [str(p) for p in sorted((data / "test").iterdir())]
+    assert len(rows) == len(expected) == 6
+    for r in written:
+        e = expected[Path(r["file"]).name]
+        assert r["probability"] == e["probability"] and r["prediction"] == e["prediction"]
+
+
+def test_inputs_equal_what_hipdataset_serves(run, data):
+    state = runfiles.load_checkpoint(run / "best.pth")
+    stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
+    files = loader.list_split(data, "test")
+    ds = loader.HipDataset(files, stats, (64, 37), early_fuse=not state["config"]["late_fuse"])
+    clinical = predict.clinical_values(files)
+    for i, f in enumerate(files):
+        image = predict.load_image(f, (64, 37))
+        assert np.array_equal(image, ds[i]["image"].numpy()[:2])
+        assert np.array_equal(stats.normalise(clinical[i]), ds[i]["clinical"].numpy())
+
+
+def test_clinical_values_from_csv_for_files_outside_the_naming_format(run, data, tmp_path):
+    original = sorted((data / "test").iterdir())[1]
+    info = filenames.decode(original)
+    plain = tmp_path / "scan 1.png"
+    shutil.copy(original, plain)
+    table = tmp_path / "clinical.csv"
+    table.write_text(f"file,sex,age,bmi\n{plain.name},{int(info.sex)},{info.age:g},{info.bmi:g}\n")
+    rows = predict.predict(run, [original, plain], clinical_csv=table)
+    assert rows[0]["probability"] == pytest.approx(rows[1]["probability"], abs=1e-6)
+    # a missing value is imputed with the training mean, as in training
+    table.write_text(f"file,sex,age,bmi\n{plain},{int(info.sex)},NA,{info.bmi:g}\n")
+    assert np.isnan(predict.clinical_values([plain], predict.read_clinical_csv(table))[0, 1])
+
+    with pytest.raises(SystemExit, match=r"no sex/age/BMI for .*scan 1\.png"):
+        predict.main(["--run", str(run), str(plain), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    table.write_text(f"file,sex,age,bmi\n{plain.name},2,60,25\n")
+    with pytest.raises(SystemExit, match=r"clinical\.csv line 2: sex '2'"):
+        predict.main(["--run", str(run), str(plain), "--csv", str(table), "--out", str(tmp_path / "p.csv"),
+                      "--device", "cpu"])
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_colour_image_is_scored_as_its_grey_version(run, data, tmp_path):
+    original = sorted((data / "test").iterdir())[0]
+    colour = tmp_path / original.name
+    cv2.imwrite(str(colour), cv2.cvtColor(cv2.imread(str(original), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR))
+    a, b = predict.predict(run, [original, colour])
+    assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("npy3d", r"expected a 2-D numeric array"),
+    ("garbage", r"cannot decode image"),
+    ("tiny", r"too small"),
+    ("nan", r"NaN or infinite"),
+])
+def test_unusable_images_are_refused_naming_the_file(run, data, tmp_path, kind, message):
+    name = filenames.encode("bad", 1, 0, 1, 60, 25.0, ext=".npy" if kind in ("npy3d", "nan") else ".png")
+    path = tmp_path / name
+    if kind == "npy3d":
+        np.save(path, np.zeros((64, 37, 3), np.float32))
+    elif kind == "nan":
+        np.save(path, np.full((64, 37), np.nan, np.float32))
+    elif kind == "garbage":
+        path.write_text("not an image")
+    else:
+        cv2.imwrite(str(path), np.zeros((8, 5), np.uint8))
+    good = sorted((data / "test").iterdir())[0]
+    out = tmp_path / "p.csv"
+    with pytest.raises(SystemExit, match=message) as err:
+        predict.main(["--run", str(run), str(good), str(path), "--out", str(out), "--device", "cpu"])
+    assert name in str(err.value)
+    assert not out.exists()  # nothing written when one image is refused
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path, data):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": runfiles.CHECKPOINT_FORMAT, "model": {}, "config": main.argparse.Namespace(a=1),
+                "clinical_stats": {}, "threshold": 0.5, "epoch": 1}, run / "best.pth")
+    with pytest.raises(SystemExit, match="pickled Python objects"):
+        predict.main(["--run", str(run), str(data / "test"), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        predict.main(["--run", str(tmp_path / "nowhere"), str(data / "test"), "--device", "cpu"])
