@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 DEMO_DATA ?= data
-DEMO_RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
+ifndef DEMO_RUN
+DEMO_RUN := demo-$(shell date +%Y%m%d-%H%M%S)
+endif
 # Demo settings that finish in a few minutes on 2 CPU cores (quarter resolution, stride-4 stem).
 DEMO_FLAGS ?= --data_dir $(DEMO_DATA) --image_size 176 102 --epoch 15 --batch_size 16 --workers 1 --save_dir $(DEMO_RUN)
 
@@ -21,6 +23,7 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(BIN)/python synthetic.py --out $(DEMO_DATA) --n 500 --seed 0
 	$(BIN)/python main.py --model dense_net --fold _Dense_LF --augment cat_elastic --late_fuse True $(DEMO_FLAGS)
+	$(BIN)/python visualize_gradcam.py --run outs/$(DEMO_RUN)/fold_Dense_LF --select tp fn --top 1 --sheet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

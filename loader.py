@@ -184,7 +184,8 @@ class HipDataset(Dataset):
         """Image channels (2, H, W) float32 in [0, 1], before augmentation."""
         if self.cache is not None:
             return self.cache[index].astype(np.float32) / 255.0
-        return prepare(read_image(self.files[index]), self.image_size)
+        # the same 8-bit rounding as the cache, so results never depend on --cache_gb
+        return np.round(prepare(read_image(self.files[index]), self.image_size) * 255.0) / 255.0
 
     def __len__(self) -> int:
         return len(self.files)

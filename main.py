@@ -21,8 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import augment
+import crossval
 import loader
 import losses
+import report
 import runfiles
 import runtime
 from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test", nargs="?", const=True, default=False, type=str2bool, metavar="BOOL",
                    help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    g.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation: K runs "
+                   "fold<fold>0..K-1 on patient-level folds of train+val (or the manifest's fold column); test "
+                   "stays held out; writes outs/<save_dir>/cv_summary.json")
+    g.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples for the "
+                   "report's confidence intervals; 0 = no report (default: %(default)s)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
     g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch")
@@ -150,6 +157,10 @@ def check_args(args: argparse.Namespace) -> None:
                          "(and --fold)")
     if args.test and args.resume:
         raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
+    if args.folds == 1 or args.folds < 0:
+        raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
+    if args.bootstrap < 0:
+        raise SystemExit(f"--bootstrap {args.bootstrap}: must be >= 0 (0 = no report)")
     if args.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise SystemExit("--sync_bn only applies to torchrun runs with several processes")
     try:
@@ -216,10 +227,23 @@ def prepare_run(args, defaults: dict, save_dir: str, out: Path, dist_info: runti
         for key in ("augment", "augment_p", "sampler", "batch_size", "lrG", "beta", "loss", "seed", "data_dir",
                     "sched"):
             setattr(args, key, config[key])  # the rest of the recipe too, so the run continues unchanged
+    for key in ("cv_folds", "cv_fold", "cv_seed"):  # a cross-validation fold keeps its own train/val
+        if key in config:
+            setattr(args, key, config[key])
     return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state if args.resume else None
 
 
-def main(argv: list[str] | None = None) -> dict:
+def split_files(args) -> dict[str, list[Path]]:
+    """Images of each split: the data folder's, or for cross-validation fold k of train+val."""
+    test = loader.list_split(args.data_dir, "test")
+    if not getattr(args, "cv_folds", 0):
+        return {"train": loader.list_split(args.data_dir, "train"), "val": loader.list_split(args.data_dir, "val"),
+                "test": test}
+    fold = crossval.crossval_splits(args.data_dir, args.cv_folds, args.cv_seed)[args.cv_fold]
+    return {"train": list(fold["train"]), "val": list(fold["val"]), "test": test}
+
+
+def main(argv: list[str] | None = None) -> dict | list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     defaults = vars(parser.parse_args([]))
@@ -230,13 +254,33 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.cpus)
     if args.deterministic:
         runtime.make_deterministic()
-    save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
+    args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
+    if not args.folds:
+        return run(args, defaults, dist_info)
+    results, runs = [], []
+    for k in range(args.folds):
+        fold_args = argparse.Namespace(**vars(args))
+        fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed = \
+            f"{args.fold}{k}", args.folds, k, args.seed
+        logger.info("cross-validation fold %d of %d", k + 1, args.folds)
+        results.append(run(fold_args, defaults, dist_info))
+        runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
+    if dist_info.is_main:
+        cv = report.write_cv_summary(Path(args.out_root) / args.save_dir, runs)
+        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_summary.json'}")
+        logger.debug("%s", cv)
+    return results
+
+
+def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> dict:
+    """Train (or resume, or only test) one run folder; returns the test metrics."""
+    save_dir = args.save_dir
     out = runfiles.run_dir(save_dir, args.fold, args.out_root)
     device = runtime.select_device_for(dist_info, args.device, args.gpus)
     precision = runtime.select_precision(args.dtype, device)
 
     config, stats, resume_state = prepare_run(args, defaults, save_dir, out, dist_info)
-    files = {split: loader.list_split(args.data_dir, split) for split in loader.SPLITS}
+    files = split_files(args)
     if stats is None:
         stats = loader.ClinicalStats.fit([loader.filenames.decode(f) for f in files["train"]])
     if dist_info.enabled:
@@ -291,9 +335,13 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info("best epoch %d (val %s %.4f); scoring its checkpoint on test", best["epoch"],
                         args.select_metric, best["value"])
         result = trainer.test()
-    runtime.close_log_file()
     if dist_info.is_main:
+        if args.bootstrap:
+            report.write_report(out, data_dir=args.data_dir, n_boot=args.bootstrap, seed=args.seed,
+                                files={k: [str(f) for f in v] for k, v in files.items()})
+            logger.info("report: %s", out / "report.html")
         summary(result, out)
+    runtime.close_log_file()
     return result
 
 

@@ -13,7 +13,7 @@ import runfiles
 def run_args(data, out_root, *extra):
     return ["--model", "dense_net", "--depth", "10", "--data_dir", str(data), "--image_size", "64", "37",
             "--epoch", "3", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--save_dir", "r",
-            "--out_root", str(out_root), *extra]
+            "--out_root", str(out_root), "--bootstrap", "0", *extra]
 
 
 def read_csv(path):
@@ -102,3 +102,21 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     torch.save({"format": runfiles.CHECKPOINT_FORMAT, "model": {}, "obj": main.argparse.Namespace(a=1)}, path)
     with pytest.raises(ValueError, match="pickled"):
         runfiles.load_checkpoint(path)
+
+
+def test_cross_validation_trains_k_folds_and_summarises(tiny_data, tmp_path):
+    outs = tmp_path / "outs"
+    results = main.main(run_args(tiny_data, outs, "--fold", "_cv", "--folds", "2", "--epoch", "1",
+                                 "--bootstrap", "50"))
+    assert len(results) == 2
+    summary = json.loads((outs / "r" / "cv_summary.json").read_text())
+    assert "roc_auc" in json.dumps(summary)
+    val_sets = []
+    for k in range(2):
+        run = outs / "r" / f"fold_cv{k}"
+        config = json.loads((run / "config.json").read_text())
+        assert (config["cv_folds"], config["cv_fold"]) == (2, k)
+        assert (run / "report.html").is_file()
+        val_sets.append({r["file"] for r in read_csv(run / "val_predictions.csv")})
+    pooled = {p.name for split in ("train", "val") for p in (tiny_data / split).iterdir()}
+    assert val_sets[0].isdisjoint(val_sets[1]) and val_sets[0] | val_sets[1] == pooled
