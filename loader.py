@@ -88,6 +88,12 @@ def prepare(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([gray, enhance(gray)])
 
 
+def early_fuse_of(config: dict) -> bool:
+    """Whether a run's network takes the clinical values as extra image channels (early fusion),
+    read from its input channels: late-fusion and image-only runs take the two image channels."""
+    return int(config["in_chans"]) > IMAGE_CHANNELS
+
+
 def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
     """Sorted image files of one split, with every file name checked."""
     folder = Path(data_dir) / split

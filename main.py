@@ -35,7 +35,7 @@ logger = logging.getLogger("main")
 
 SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", "balanced_accuracy", "mcc")
 # settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
-MODEL_KEYS = ("model", "late_fuse", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
+MODEL_KEYS = ("model", "late_fuse", "image_only", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
 
 
 def str2bool(text: str | bool) -> bool:
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--late_fuse", type=str2bool, default=False, metavar="BOOL",
                    help="True: clinical vector joined to pooled image features; False (default): clinical data "
                    "added to the image as constant channels (early fusion)")
+    g.add_argument("--image_only", action="store_true", help="ignore the clinical data (image-only model, for "
+                   "comparison); excludes --late_fuse True")
     g.add_argument("--depth", type=int, default=40, help="DenseNet-BC depth, (depth-4) %% 6 == 0 (dense_net only)")
     g.add_argument("--growthRate", type=positive(int), default=12, help="DenseNet-BC growth rate (dense_net only)")
     g.add_argument("--norm", choices=NORMS, default="bn", help="batch, instance or batch-instance norm")
@@ -157,6 +159,8 @@ def check_args(args: argparse.Namespace) -> None:
                          "(and --fold)")
     if args.test and args.resume:
         raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
+    if args.image_only and args.late_fuse:
+        raise SystemExit("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
     if args.folds == 1 or args.folds < 0:
         raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
     if args.bootstrap < 0:
@@ -294,7 +298,7 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
                 f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last)
     logger.info("data %s: %s", args.data_dir, describe(files))
 
-    loaders = make_loaders(args, stats, files, not args.late_fuse, dist_info)
+    loaders = make_loaders(args, stats, files, not (args.late_fuse or args.image_only), dist_info)
     if config is None:
         config = {**vars(args), "save_dir": save_dir, "in_chans": loaders["train"].dataset.channels,
                   "trainer": "LateFuseClassifyTrainer" if args.late_fuse else "ClassifyTrainer",

@@ -165,7 +165,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
     state = load_run(run)
     config = state["config"]
     image_size = tuple(int(v) for v in config["image_size"])
-    early_fuse = not config["late_fuse"]
+    early_fuse = loader.early_fuse_of(config)
     stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
     threshold = float(state["threshold"])
     files = collect_images(images)
@@ -184,7 +184,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
         clin = torch.from_numpy(clinical[start:start + batch_size])
         if early_fuse:  # clinical values as constant planes, as HipDataset does
             image = torch.cat([image, clin[:, :, None, None].expand(-1, -1, *image.shape[2:])], dim=1)
-        inputs = (image.to(dev),) if early_fuse else (image.to(dev), clin.to(dev))
+        inputs = (image.to(dev), clin.to(dev)) if config["late_fuse"] else (image.to(dev),)
         probs += torch.sigmoid(model(*inputs).float().reshape(-1)).cpu().double().tolist()
     logger.info("scored %d images with %s (epoch %d, threshold %.4f from validation)", len(files),
                 Path(run), int(state["epoch"]), threshold)

@@ -181,7 +181,7 @@ def make_dataset(files: Sequence[Path], state: dict, split_size: int | None = No
     n = split_size or len(files)
     cached = n * loader.IMAGE_CHANNELS * math.prod(size) / 1e9 <= float(config.get("cache_gb", 4.0))
     return loader.HipDataset(files, loader.ClinicalStats.from_dict(state["clinical_stats"]), size,
-                             early_fuse=not config["late_fuse"], augment=None,
+                             early_fuse=loader.early_fuse_of(config), augment=None,
                              cache_gb=math.inf if cached else 0.0, desc="cam")
 
 

@@ -63,6 +63,16 @@ def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path
     assert not any(k.startswith("module.") for k in state["model"])
 
 
+def test_image_only_run_takes_two_channels_and_no_clinical_data(tiny_data, tmp_path):
+    outs = tmp_path / "outs"
+    main.main(run_args(tiny_data, outs, "--fold", "io", "--image_only", "--epoch", "1"))
+    config = json.loads((outs / "r" / "foldio" / "config.json").read_text())
+    assert config["in_chans"] == 2 and config["image_only"] and not config["late_fuse"]
+    assert config["trainer"] == "ClassifyTrainer"
+    with pytest.raises(SystemExit, match="exclude each other"):
+        main.main(run_args(tiny_data, outs, "--fold", "x", "--image_only", "--late_fuse", "true"))
+
+
 def test_existing_run_is_refused_not_overwritten(tiny_data, tmp_path):
     outs = tmp_path / "outs"
     main.main(run_args(tiny_data, outs, "--fold", "a", "--epoch", "1"))
