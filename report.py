@@ -329,6 +329,12 @@ def _p(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _p_relation(value: float | None) -> str:
+    """'< 0.001' or '= 0.123', to follow a 'p' in a sentence."""
+    text = _p(value)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def _mean_sd_text(d: Mapping, digits: int = 1) -> str:
     if not d or d.get("n", 0) == 0:
         return "n/a"
@@ -374,8 +380,8 @@ def _blocks(r: dict) -> list[tuple]:
               f"threshold {net['threshold']:.3f} fixed on validation: sensitivity {_ci(m['sensitivity'])}, "
               f"specificity {_ci(m['specificity'])}. Clinical-only baseline (age, sex, BMI) ROC AUC "
               f"{_ci(bm['roc_auc'])}. AUC difference network - baseline {_ci(cmp_['auc_difference'], 'diff')}, "
-              f"p = {_p(cmp_['auc_difference']['p_value'])} (paired bootstrap over patients); DeLong p = "
-              f"{_p(cmp_['delong_test']['p_value'])}. 95% confidence intervals in parentheses."))
+              f"p {_p_relation(cmp_['auc_difference']['p_value'])} (paired bootstrap over patients); DeLong p "
+              f"{_p_relation(cmp_['delong_test']['p_value'])}. 95% confidence intervals in parentheses."))
     b.append(("p", verdict(cmp_["auc_difference"])))
 
     b.append(("h2", "1. Data"))
