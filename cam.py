@@ -4,7 +4,10 @@
 
 ``image`` is one network input ``(C, H, W)`` as the loader builds it (for early fusion the clinical
 planes included); ``clinical`` the normalised clinical vector for late-fusion models, else None.
-The target is always the osteoporosis logit (the model's one output). Methods:
+``target`` says whose evidence is mapped: ``"osteoporosis"`` (default) the model's one output, the
+osteoporosis logit; ``"normal"`` the negated logit, the normal class's score in a one-logit binary model
+(p(normal) = sigmoid(-logit); pytorch-grad-cam's ``BinaryClassifierOutputTarget(0)``). The sign is
+applied once, to the network every method differentiates or scores (:class:`Negated`). Methods:
 
 * ``gradcam`` - Selvaraju et al., ICCV 2017 (https://arxiv.org/abs/1610.02391): channel weights are
   the spatial mean of d logit / d activation; map = ReLU(sum_k w_k A_k).
@@ -36,6 +39,7 @@ from torch import nn
 METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion")
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion"}
 IMAGE_CHANNELS = 2  # loader.IMAGE_CHANNELS: radiograph + enhanced copy lead every network input
+TARGETS = ("osteoporosis", "normal")
 
 
 class ImageOnly(nn.Module):
@@ -51,6 +55,28 @@ class ImageOnly(nn.Module):
         if self.clinical is None:
             return self.model(image)
         return self.model(image, self.clinical.expand(image.shape[0], -1))
+
+
+class Negated(nn.Module):
+    """``-net(x)``: the normal class's logit of a one-logit binary model, whose osteoporosis logit is ``net(x)``.
+
+    Grad-CAM's weights flip sign, so the map shows where the image argues *against* osteoporosis;
+    occlusion and Score-CAM measure rises of the logit instead of drops.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return -self.net(image)
+
+
+def target_net(net: nn.Module, target: str = "osteoporosis") -> nn.Module:
+    """The function of the image whose evidence is mapped for ``target`` (one of :data:`TARGETS`)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    return net if target == "osteoporosis" else Negated(net)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -227,8 +253,8 @@ def occlusion(net: Callable, x: torch.Tensor, image_channels: int, window: int |
 
 def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | None = None,
                 method: str = "gradcam", layer: str | None = None, *, image_channels: int = IMAGE_CHANNELS,
-                batch_size: int = 32, window: int | None = None) -> np.ndarray:
-    """Class activation map of the osteoporosis logit for one input, upsampled to its size.
+                batch_size: int = 32, window: int | None = None, target: str = "osteoporosis") -> np.ndarray:
+    """Class activation map of ``target``'s score for one input, upsampled to its size.
 
     Args:
         model: a :class:`models.Classifier` (any module returning one logit per image works).
@@ -239,11 +265,14 @@ def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | 
         image_channels: leading channels holding the picture; the rest are never masked.
         batch_size: inputs per forward pass for Score-CAM and occlusion.
         window: occlusion window in pixels (default about 1/8 of the shorter side).
+        target: ``"osteoporosis"`` (the logit) or ``"normal"`` (the negated logit), see :data:`TARGETS`.
 
     Returns ``(H, W)`` float32 in [0, 1] (max 1 unless the map is all zero).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if image.dim() == 3:
         image = image[None]
     if image.dim() != 4 or image.shape[0] != 1:
@@ -253,7 +282,7 @@ def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | 
     x = image.detach().to(device=device, dtype=torch.float32)
     if clinical is not None:
         clinical = clinical.detach().to(device=device, dtype=torch.float32).reshape(1, -1)
-    net = ImageOnly(model, clinical)
+    net = target_net(ImageOnly(model, clinical), target)
     size = tuple(x.shape[-2:])
     with evaluating(model):
         if method == "occlusion":

@@ -1,10 +1,10 @@
 """python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method gradcam]
 
-Show what a trained network looked at: a class activation map of the osteoporosis logit drawn over
-the radiograph, for any run of main.py. Everything about the network (model, fusion mode, input
-channels, image size, clinical normalisation, threshold) is read from the run's best.pth; only
-where the test images lie may be overridden (--data_dir). Inputs are built by the loader exactly as
-the network saw them at test time.
+Show what a trained network looked at: a class activation map drawn over the radiograph, for any
+run of main.py. Everything about the network (model, fusion mode, input channels, image size,
+clinical normalisation, threshold) is read from the run's best.pth; only where the test images lie
+may be overridden (--data_dir). Inputs are built by the loader exactly as the network saw them at
+test time.
 
 Which images (one of):
     --image PATH [PATH ...]        any files named in the data set's format (see filenames.py)
@@ -15,13 +15,17 @@ Which images (one of):
     --localisation                 how much of the heatmap lies where the demo data draw the disease
                                    signal (DIR/masks/test/ from synthetic.py); 1 = chance
 
+Whose evidence (--target): osteoporosis (the logit; default for pictures), normal (the negated logit,
+the normal class's score of the one-logit model) or predicted (per image, the class the run predicts at
+its threshold). --localisation reports osteoporosis and predicted unless --target names one.
+
 Pictures go to <run>/cams/ (--out to change) as <image>_<method>.png with the raw heatmap beside it
 (.npy); --sheet puts every case on one contact sheet; --save PATH writes the one picture exactly
 there. The README pictures:
 
     python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn fp tn --top 1 \\
         --sheet --save images/Grad_CAM.png --no_npy
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation
+    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation [--target normal]
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ import filenames
 import loader
 import runfiles
 import runtime
-from cam import METHODS, NAMES, compute_cam, predict_logit, resolve_layer
+from cam import METHODS, NAMES, TARGETS, compute_cam, predict_logit, resolve_layer
 from main import build_model_from_config
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,10 @@ REQUIRED_CONFIG = ("model", "late_fuse", "in_chans", "image_size", "depth", "gro
 RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
               "the run's configuration, clinical statistics and threshold), config.json and test_predictions.csv")
 ALPHA, DPI = 0.4, 150
+TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
+LOCALISATION_TARGETS = ("osteoporosis", "predicted")  # --localisation without --target
+TARGET_TEXT = {"osteoporosis": "the osteoporosis logit", "normal": "the normal class (negated logit)",
+               "predicted": "the predicted class"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,24 +206,38 @@ class Case:
     heatmap: np.ndarray  # (H, W) in [0, 1]
     probability: float
     original_size: tuple[int, int]  # (H, W) of the file: the real aspect ratio
+    target: str = "osteoporosis"  # whose evidence the heatmap shows (cam.TARGETS)
 
     def prediction(self, threshold: float) -> int:
         return int(self.probability >= threshold)
 
 
+def resolve_target(target: str, probability: float, threshold: float | None) -> str:
+    """The class whose evidence to map: ``target`` itself, or for ``"predicted"`` the class the run
+    predicts (osteoporosis iff ``probability >= threshold``, as :meth:`Case.prediction`)."""
+    if target in TARGETS:
+        return target
+    if target != "predicted":
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGET_CHOICES)}")
+    if threshold is None:
+        raise ValueError("target 'predicted' needs the run's threshold")
+    return LABELS[int(probability >= threshold)]
+
+
 def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "gradcam", layer: str | None = None,
-            **cam_kwargs) -> list[Case]:
-    """Heatmap and probability for every image of ``dataset``."""
+            target: str = "osteoporosis", threshold: float | None = None, **cam_kwargs) -> list[Case]:
+    """Heatmap and probability for every image of ``dataset``; ``target`` as :func:`resolve_target`."""
     late = bool(getattr(model, "late_fuse", False))
     cases = []
     for i in tqdm(range(len(dataset)), desc=NAMES[method], leave=False, disable=len(dataset) < 5):
         sample = dataset[i]
         clinical = sample["clinical"] if late else None
-        heat = compute_cam(model, sample["image"], clinical, method, layer, **cam_kwargs)
-        logit = predict_logit(model, sample["image"], clinical)
+        probability = 1.0 / (1.0 + math.exp(-predict_logit(model, sample["image"], clinical)))
+        explained = resolve_target(target, probability, threshold)
+        heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
         path = Path(sample["path"])
-        cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat,
-                          1.0 / (1.0 + math.exp(-logit)), tuple(loader.read_image(path).shape[:2])))
+        cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat, probability,
+                          tuple(loader.read_image(path).shape[:2]), explained))
     return cases
 
 
@@ -274,14 +296,16 @@ def _summary(rows: list[dict]) -> dict:
 
 def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                      method: str = "gradcam", layer: str | None = None, device: str | torch.device = "cpu",
-                     split: str = "test", **cam_kwargs) -> dict:
+                     split: str = "test", target: str = "osteoporosis", **cam_kwargs) -> dict:
     """How much of the heatmap falls on the region where the demo data draw the disease signal.
 
     For each image of ``split``: ``ratio`` = share of heatmap mass inside the mask / mask's share of
     the image (1 = chance, see :func:`localisation_ratio`); also whether the map's peak lies on the
     region (the pointing game). Returns the summary over all images (``"all"``) and per class
     (``"normal"``, ``"osteoporosis"``) with mean and median ratio, plus one row per image (``"images"``).
-    Images with an all-zero map count in ``n_undefined`` and are left out of the means.
+    Images with an all-zero map count in ``n_undefined`` and are left out of the means. ``target`` is
+    whose evidence is mapped (:func:`resolve_target`; ``"predicted"`` uses the run's threshold); each
+    row's ``explained`` says which class its map shows.
     """
     model, state, config = load_run(run_dir, device)
     data_dir = Path(data_dir or config["data_dir"])
@@ -298,17 +322,20 @@ def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
     size = tuple(int(v) for v in config["image_size"])
     layer_name = "" if method == "occlusion" else resolve_layer(model, layer)[0]
     rows = []
-    for case in explain(model, make_dataset(files, state), method, layer, **cam_kwargs):
+    threshold = float(state["threshold"])
+    for case in explain(model, make_dataset(files, state), method, layer, target, threshold, **cam_kwargs):
         mask = read_mask(mask_path(data_dir, split, case.path), size)
         heat = case.heatmap.astype(np.float64)
         ratio = localisation_ratio(heat, mask)
         peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
         rows.append({"file": case.path.name, "label": case.info.label, "probability": case.probability,
-                     "ratio": ratio, "inside_share": float((heat * mask).sum() / heat.sum()) if heat.sum() > 0
+                     "target": target, "explained": case.target, "ratio": ratio,
+                     "inside_share": float((heat * mask).sum() / heat.sum()) if heat.sum() > 0
                      else math.nan, "mask_share": float(mask.mean()),
                      "peak_on_region": int(mask[peak] >= 0.5) if heat.max() > 0 else 0})
     return {"run": str(run_dir), "data_dir": str(data_dir), "split": split, "method": method, "layer": layer_name,
-            "epoch": int(state["epoch"]), "chance": 1.0, "all": _summary(rows),
+            "target": target, "threshold": threshold, "epoch": int(state["epoch"]), "chance": 1.0,
+            "all": _summary(rows),
             **{LABELS[k]: _summary([r for r in rows if r["label"] == k]) for k in (0, 1)}, "images": rows}
 
 
@@ -327,14 +354,16 @@ def _outcome(label: int, prediction: int) -> str:
 
 
 def caption(case: Case, threshold: float, short: bool = False) -> str:
-    """File name, true label, probability against the run's threshold, age/sex/BMI (NA if missing)."""
+    """File name, true label, probability against the run's threshold, whose evidence the map shows,
+    age/sex/BMI (NA if missing)."""
     pred = case.prediction(threshold)
     label = case.info.label
     if short:
-        return (f"{case.path.name}\ntrue {LABELS[label]}, p {case.probability:.2f} ({_outcome(label, pred)})\n"
-                f"{_clinical_text(case.info)}")
+        return (f"{case.path.name}\ntrue {LABELS[label]}, p {case.probability:.2f} ({_outcome(label, pred)}), "
+                f"map {case.target}\n{_clinical_text(case.info)}")
     return (f"{case.path.name}\ntrue: {LABELS[label]}    predicted: {LABELS[pred]} ({_outcome(label, pred)})\n"
-            f"p(osteoporosis) = {case.probability:.3f}    threshold {threshold:.3f}\n{_clinical_text(case.info)}")
+            f"p(osteoporosis) = {case.probability:.3f}    threshold {threshold:.3f}\n"
+            f"map: evidence for {case.target}    {_clinical_text(case.info)}")
 
 
 def _draw(ax, image: np.ndarray, heatmap: np.ndarray, original_size: tuple[int, int], alpha: float = ALPHA):
@@ -353,9 +382,9 @@ def _colorbar(fig: Figure, axes, label: str) -> None:
     bar.ax.tick_params(labelsize=6)
 
 
-def title_for(method: str, layer: str, run: str, state: dict) -> str:
+def title_for(method: str, layer: str, run: str, state: dict, target: str = "osteoporosis") -> str:
     where = "" if method == "occlusion" else f" at {layer}"
-    return f"{NAMES[method]} of the osteoporosis logit{where}\nrun {run}, epoch {state['epoch']}"
+    return f"{NAMES[method]} of {TARGET_TEXT[target]}{where}\nrun {run}, epoch {state['epoch']}"
 
 
 def render_case(case: Case, threshold: float, title: str) -> Figure:
@@ -388,33 +417,39 @@ def render_sheet(cases: Sequence[Case], threshold: float, title: str, cols: int 
     return fig
 
 
-def render_localisation(result: dict, example: Case | None = None, mask: np.ndarray | None = None) -> Figure:
-    """Ratios per class against chance (1), and one example (the median image) with the region outlined."""
-    fig = Figure(figsize=(7.0 if example is not None else 4.0, 4.2), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2 if example is not None else 1, squeeze=False,
-                        width_ratios=[1.4, 1] if example is not None else None)[0]
-    ax = axes[0]
+def render_localisation(results: dict | Sequence[dict], example: Case | None = None,
+                        mask: np.ndarray | None = None) -> Figure:
+    """Ratios per class against chance (1), one panel per target, and one example (the first target's
+    median image) with the region outlined."""
+    results = [results] if isinstance(results, dict) else list(results)
+    n = len(results)
+    fig = Figure(figsize=(4.0 * n + (3.0 if example is not None else 0.0), 4.2), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, n + (example is not None), squeeze=False,
+                        width_ratios=[1.4] * n + [1] if example is not None else None)[0]
     rng = np.random.default_rng(0)  # jitter of the dots only
-    for k, name in enumerate(("normal", "osteoporosis")):
-        ratios = np.array([r["ratio"] for r in result["images"] if LABELS[r["label"]] == name], dtype=float)
-        ratios = ratios[np.isfinite(ratios)]
-        if ratios.size:
-            ax.boxplot([ratios], positions=[k], widths=0.5, showfliers=False)
-            ax.scatter(k + rng.uniform(-0.15, 0.15, ratios.size), ratios, s=8, alpha=0.6,
-                       color=("tab:blue", "tab:red")[k])
-    ax.axhline(result["chance"], color="grey", linestyle="--", linewidth=1)
-    ax.text(1.9, result["chance"], "chance ", ha="right", va="bottom", fontsize=7, color="grey")
-    ax.set_xticks([0, 1], [f"normal (n={result['normal']['n']})", f"osteoporosis (n={result['osteoporosis']['n']})"],
-                  fontsize=7)
-    ax.set_xlim(-0.6, 1.9)
-    ax.set_ylabel("heatmap share on region / region's share of image", fontsize=7)
-    ax.tick_params(labelsize=7)
-    s = result["all"]
-    where = "" if result["method"] == "occlusion" else f" at {result['layer']}"
-    ax.set_title(f"{NAMES[result['method']]}{where}, {result['split']} images\nmean {s['mean_ratio']:.2f}, "
-                 f"median {s['median_ratio']:.2f}, peak on region {s['peak_on_region']:.0%}", fontsize=7)
+    for ax, result in zip(axes, results):
+        for k, name in enumerate(("normal", "osteoporosis")):
+            ratios = np.array([r["ratio"] for r in result["images"] if LABELS[r["label"]] == name], dtype=float)
+            ratios = ratios[np.isfinite(ratios)]
+            if ratios.size:
+                ax.boxplot([ratios], positions=[k], widths=0.5, showfliers=False)
+                ax.scatter(k + rng.uniform(-0.15, 0.15, ratios.size), ratios, s=8, alpha=0.6,
+                           color=("tab:blue", "tab:red")[k])
+        ax.axhline(result["chance"], color="grey", linestyle="--", linewidth=1)
+        ax.text(1.9, result["chance"], "chance ", ha="right", va="bottom", fontsize=7, color="grey")
+        ax.set_xticks([0, 1], [f"true normal (n={result['normal']['n']})",
+                               f"true osteoporosis (n={result['osteoporosis']['n']})"], fontsize=7)
+        ax.set_xlim(-0.6, 1.9)
+        ax.set_ylabel("heatmap share on region / region's share of image", fontsize=7)
+        ax.tick_params(labelsize=7)
+        s = result["all"]
+        where = "" if result["method"] == "occlusion" else f" at {result['layer']}"
+        target = TARGET_TEXT[result.get("target", "osteoporosis")]
+        ax.set_title(f"{NAMES[result['method']]} of {target}{where}, {result['split']} images\nmean "
+                     f"{s['mean_ratio']:.2f}, median {s['median_ratio']:.2f}, peak on region "
+                     f"{s['peak_on_region']:.0%}", fontsize=7)
     if example is not None:
-        ax = axes[1]
+        ax = axes[-1]
         _draw(ax, example.image, example.heatmap, example.original_size)
         h0, w0 = example.original_size
         if mask is not None:
@@ -422,7 +457,8 @@ def render_localisation(result: dict, example: Case | None = None, mask: np.ndar
             ax.contour(xs * w0 / mask.shape[1], ys * h0 / mask.shape[0], mask, levels=[0.5], colors="white",
                        linewidths=0.8)
         ratio = localisation_ratio(example.heatmap, mask) if mask is not None else math.nan
-        ax.set_xlabel(f"{example.path.name}\nmedian case: ratio {ratio:.2f}; region outlined", fontsize=6, loc="left")
+        ax.set_xlabel(f"{example.path.name}\nmedian case of {results[0].get('target', 'osteoporosis')}: ratio "
+                      f"{ratio:.2f}; region outlined", fontsize=6, loc="left")
     return fig
 
 
@@ -472,11 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the run's threshold)")
     which.add_argument("--all", action="store_true", help="every test image")
     which.add_argument("--localisation", action="store_true", help="measure how much heatmap mass falls on the "
-                       "region masks of the demo data (DIR/masks/test/); writes localisation_<method>.json/.csv/.png")
+                       "region masks of the demo data (DIR/masks/test/), for each --target; writes "
+                       "localisation_<method>[_<target>].json/.csv/.png")
     g.add_argument("--top", type=positive_int, default=3, help="cases per kind for --select (default: %(default)s)")
 
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=METHODS, default="gradcam", help="(default: %(default)s)")
+    g.add_argument("--target", choices=TARGET_CHOICES, default=None, help="whose evidence to map: osteoporosis "
+                   "(the logit), normal (the negated logit) or predicted (per image, the class predicted at the "
+                   "run's threshold). Default: osteoporosis for pictures; for --localisation both osteoporosis "
+                   "and predicted")
     g.add_argument("--layer", default=None, help="module to explain, e.g. features.denseblock3 or features.norm5 "
                    "(default: the model's last dense block; not used by occlusion)")
     g.add_argument("--window", type=positive_int, default=None, help="occlusion window in pixels of the network "
@@ -494,39 +535,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _slug(method: str) -> str:
-    return method.replace("+", "p")  # gradcam++ -> gradcampp: no '+' in file names
+def _slug(method: str, target: str = "osteoporosis") -> str:
+    # gradcam++ -> gradcampp: no '+' in file names; the default target keeps the names it always had
+    return method.replace("+", "p") + ("" if target == "osteoporosis" else f"_{target}")
+
+
+def localisation_table(results: Sequence[dict]) -> str:
+    """One line per target and class: n, mean and median ratio, peak on region (1 = chance)."""
+    first = results[0]
+    where = "" if first["method"] == "occlusion" else f" at {first['layer']}"
+    lines = [f"{NAMES[first['method']]}{where} localisation, {first['split']} images: heatmap share on region / "
+             "region's share of image (1 = chance)",
+             f"{'target':13s} {'true class':13s} {'n':>4s} {'mean':>6s} {'median':>6s} {'peak on region':>15s}"]
+    for result in results:
+        for k in ("all", "normal", "osteoporosis"):
+            c = result[k]
+            lines.append(f"{result['target']:13s} {k:13s} {c['n']:4d} {c['mean_ratio']:6.2f} {c['median_ratio']:6.2f} "
+                         f"{c['peak_on_region']:15.0%}"
+                         + (f"  ({c['n_undefined']} all-zero maps left out)" if c["n_undefined"] else ""))
+    return "\n".join(lines)
 
 
 def _write_localisation(args, device, out: Path) -> dict:
-    result = cam_localisation(args.run, args.data_dir, args.method, args.layer, device,
-                              window=args.window, batch_size=args.batch_size)
-    name = f"localisation_{_slug(args.method)}"
-    runfiles.write_json(out / f"{name}.json", {k: v for k, v in result.items() if k != "images"})
-    runfiles.write_csv(out / f"{name}.csv", result["images"])
-    # the median image as the example, with its region outlined
-    finite = [r for r in result["images"] if math.isfinite(r["ratio"])]
+    targets = [args.target] if args.target else list(LOCALISATION_TARGETS)
+    results = [cam_localisation(args.run, args.data_dir, args.method, args.layer, device, target=target,
+                                window=args.window, batch_size=args.batch_size) for target in targets]
+    name = f"localisation_{_slug(args.method)}" + (f"_{args.target}" if args.target else "")
+    common = {k: v for k, v in results[0].items() if k in ("run", "data_dir", "split", "method", "layer",
+                                                            "threshold", "epoch", "chance")}
+    summary = {**common, "targets": {r["target"]: {k: r[k] for k in ("all", "normal", "osteoporosis")}
+                                     for r in results}}
+    runfiles.write_json(out / f"{name}.json", summary)
+    runfiles.write_csv(out / f"{name}.csv", [row for r in results for row in r["images"]])  # column target
+    # the first target's median image as the example, with its region outlined
+    first = results[0]
+    finite = [r for r in first["images"] if math.isfinite(r["ratio"])]
     example = mask = None
     if finite:
         row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
         model, state, config = load_run(args.run, device)
-        path = Path(result["data_dir"]) / "test" / row["file"]
-        (example,) = explain(model, make_dataset([path], state, len(result["images"])), args.method, args.layer,
-                             window=args.window, batch_size=args.batch_size)
-        mask = read_mask(mask_path(result["data_dir"], "test", path), tuple(config["image_size"]))
+        path = Path(first["data_dir"]) / "test" / row["file"]
+        (example,) = explain(model, make_dataset([path], state, len(first["images"])), args.method, args.layer,
+                             row["explained"], window=args.window, batch_size=args.batch_size)
+        mask = read_mask(mask_path(first["data_dir"], "test", path), tuple(config["image_size"]))
     figure = Path(args.save) if args.save else out / f"{name}.png"
-    save_figure(render_localisation(result, example, mask), figure)
-    result["written"] = [str(out / f"{name}.json"), str(out / f"{name}.csv"), str(figure)]
-    s = result["all"]
-    print(f"{NAMES[args.method]} localisation on {s['n']} test images (1 = chance): mean {s['mean_ratio']:.3f}, "
-          f"median {s['median_ratio']:.3f}, peak on region {s['peak_on_region']:.0%}")
-    for k in ("normal", "osteoporosis"):
-        c = result[k]
-        print(f"  {k:13s} n={c['n']:4d}  mean {c['mean_ratio']:.3f}  median {c['median_ratio']:.3f}"
-              + (f"  ({c['n_undefined']} all-zero maps left out)" if c["n_undefined"] else ""))
-    for path in result["written"]:
+    save_figure(render_localisation(results, example, mask), figure)
+    summary["written"] = [str(out / f"{name}.json"), str(out / f"{name}.csv"), str(figure)]
+    print(localisation_table(results))
+    for path in summary["written"]:
         print(path)
-    return result
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -557,27 +615,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.save and len(files) > 1 and not args.sheet:
         raise SystemExit(f"--save names one picture but {len(files)} cases were chosen: add --sheet, or choose one")
 
-    cases = explain(model, make_dataset(files, state, split_size), args.method, args.layer,
+    target = args.target or "osteoporosis"
+    cases = explain(model, make_dataset(files, state, split_size), args.method, args.layer, target, threshold,
                     window=args.window, batch_size=args.batch_size)
     _check_against_predictions(args.run, cases)
-    title = title_for(args.method, layer, str(args.run), state)
+    title = title_for(args.method, layer, str(args.run), state, target)
     written = []
     if args.sheet:
-        png = Path(args.save) if args.save else out / f"sheet_{_slug(args.method)}.png"
+        png = Path(args.save) if args.save else out / f"sheet_{_slug(args.method, target)}.png"
         written.append(save_figure(render_sheet(cases, threshold, title, args.cols), png))
         if not args.no_npy:  # (N, H, W) in the sheet's order
             written.append(save_array(np.stack([c.heatmap for c in cases]), png.with_suffix(".npy")))
     else:
         for case in cases:
-            png = Path(args.save) if args.save else out / f"{case.path.stem}_{_slug(args.method)}.png"
+            png = Path(args.save) if args.save else out / f"{case.path.stem}_{_slug(args.method, target)}.png"
             written.append(save_figure(render_case(case, threshold, title), png))
             if not args.no_npy:
                 written.append(save_array(case.heatmap, png.with_suffix(".npy")))
     for path in written:
         print(path)
     return {"written": [str(p) for p in written], "threshold": threshold, "method": args.method, "layer": layer,
-            "cases": [{"file": c.path.name, "label": c.info.label, "probability": c.probability,
-                       "prediction": c.prediction(threshold)} for c in cases]}
+            "target": target, "cases": [{"file": c.path.name, "label": c.info.label, "probability": c.probability,
+                                         "prediction": c.prediction(threshold), "target": c.target} for c in cases]}
 
 
 def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:

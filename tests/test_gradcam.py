@@ -1,5 +1,7 @@
 """Class activation maps (cam.py) and the picture-writing script (visualize_gradcam.py), train-free:
 tiny random networks saved as runs of main.py over a tiny generated data set."""
+import csv
+import json
 import math
 from collections import OrderedDict
 
@@ -353,13 +355,107 @@ def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path):
 
     out = vg.main(["--run", str(lf_run), "--localisation", "--method", "occlusion", "--window", "8",
                    "--batch_size", "128"])
-    assert out["all"]["n"] == 6
-    for suffix in (".json", ".csv"):
-        assert (lf_run / "cams" / f"localisation_occlusion{suffix}").is_file()
+    assert list(out["targets"]) == ["osteoporosis", "predicted"]  # both by default
+    assert all(out["targets"][t]["all"]["n"] == 6 for t in out["targets"])
+    saved = json.loads((lf_run / "cams" / "localisation_occlusion.json").read_text())
+    assert saved["targets"] == out["targets"] and saved["threshold"] == 0.5
+    with open(lf_run / "cams" / "localisation_occlusion.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["target"] for r in rows] == ["osteoporosis"] * 6 + ["predicted"] * 6
+    assert all(r["explained"] == vg.LABELS[float(r["probability"]) >= 0.5] for r in rows[6:])
     read_png(lf_run / "cams" / "localisation_occlusion.png")
     (tiny_data / vg.MASK_DIR / "test" / loader.list_split(tiny_data, "test")[2].name).unlink()
     with pytest.raises(FileNotFoundError, match="1 of 6 test images have no mask"):
         vg.cam_localisation(lf_run, tiny_data)
+
+
+# -- target: whose evidence -------------------------------------------------------------------------
+
+class NegatedByHand(nn.Module):
+    """The same network with its one output negated: its "osteoporosis" logit is the normal class's."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return -self.model(*args)
+
+
+@pytest.mark.parametrize("method", cam.METHODS)
+@pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
+def test_normal_target_is_the_map_of_the_negated_model(tiny_data, tmp_path, method, late_fuse):
+    model, image, clinical = first_test_sample(make_run(tmp_path, tiny_data, late_fuse=late_fuse))
+    kw = {"window": 8, "batch_size": 64}
+    normal = cam.compute_cam(model, image, clinical, method, target="normal", **kw)
+    layer = f"model.{model.default_cam_layer}"  # the same block, inside the wrapper
+    by_hand = cam.compute_cam(NegatedByHand(model), image, clinical, method, layer, **kw)
+    np.testing.assert_allclose(normal, by_hand, atol=1e-6)
+    assert np.array_equal(cam.compute_cam(model, image, clinical, method, target="osteoporosis", **kw),
+                          cam.compute_cam(model, image, clinical, method, **kw))  # the default, unchanged
+    assert no_hooks_left(model) and all(p.grad is None for p in model.parameters())
+
+
+def test_normal_gradcam_is_the_other_half_of_the_signed_map(lf_run):
+    """Grad-CAM before the ReLU is linear in the score: the two targets split one signed map."""
+    model, image, clinical = first_test_sample(lf_run)
+    _, module = cam.resolve_layer(model)
+    net = cam.ImageOnly(model, clinical)
+    a, g = cam._activation_and_gradient(net, image[None], module, "x")
+    signed = (g.mean(dim=(1, 2))[:, None, None] * a).sum(0)
+    for target, part in (("osteoporosis", signed.clamp_min(0)), ("normal", (-signed).clamp_min(0))):
+        np.testing.assert_allclose(cam.compute_cam(model, image, clinical, target=target),
+                                   cam.to_heatmap(part, (H, W)), atol=1e-6)
+
+
+def test_unknown_target_is_refused(lf_run):
+    model, image, clinical = first_test_sample(lf_run)
+    with pytest.raises(ValueError, match="unknown target 'benign'.*osteoporosis, normal"):
+        cam.compute_cam(model, image, clinical, target="benign")
+    with pytest.raises(ValueError, match="predicted.*threshold"):
+        vg.resolve_target("predicted", 0.3, None)
+
+
+def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
+    assert vg.resolve_target("predicted", 0.30, 0.3) == "osteoporosis"  # >= threshold, as Case.prediction
+    assert vg.resolve_target("predicted", 0.29, 0.3) == "normal"
+    assert vg.resolve_target("normal", 0.99, 0.3) == "normal"
+    model, state, config = vg.load_run(lf_run)
+    dataset = vg.make_dataset(vg.test_files(config), state)
+    plain = vg.explain(model, dataset, "gradcam")
+    threshold = float(np.median([c.probability for c in plain]))  # both predictions occur
+    cases = vg.explain(model, dataset, "gradcam", target="predicted", threshold=threshold)
+    assert {c.target for c in cases} == {"osteoporosis", "normal"}
+    for i, (case, base) in enumerate(zip(cases, plain)):
+        assert case.target == ("osteoporosis" if case.probability >= threshold else "normal")
+        sample = dataset[i]
+        expect = cam.compute_cam(model, sample["image"], sample["clinical"], target=case.target)
+        assert np.array_equal(case.heatmap, expect)
+        if case.target == "osteoporosis":
+            assert np.array_equal(case.heatmap, base.heatmap)
+
+
+def test_cli_target(lf_run, tiny_data):
+    first = loader.list_split(tiny_data, "test")[0]
+    result = vg.main(["--run", str(lf_run), "--index", "0", "--target", "normal"])
+    png = lf_run / "cams" / f"{first.stem}_gradcam_normal.png"
+    assert result["written"] == [str(png), str(png.with_suffix(".npy"))] and result["target"] == "normal"
+    model, image, clinical = first_test_sample(lf_run)
+    np.testing.assert_array_equal(np.load(png.with_suffix(".npy")),
+                                  cam.compute_cam(model, image, clinical, target="normal"))
+    read_png(png)
+    _, state, _ = vg.load_run(lf_run)
+    title = vg.title_for("gradcam", "features.denseblock2", "r", state, "normal")
+    assert "Grad-CAM of the normal class (negated logit)" in title
+    result = vg.main(["--run", str(lf_run), "--all", "--sheet", "--target", "predicted", "--no_npy"])
+    assert result["written"] == [str(lf_run / "cams" / "sheet_gradcam_predicted.png")]
+    assert all(c["target"] == vg.LABELS[c["prediction"]] for c in result["cases"])  # threshold 0.5
+    write_masks(tiny_data)
+    out = vg.main(["--run", str(lf_run), "--localisation", "--target", "normal"])
+    assert list(out["targets"]) == ["normal"]
+    assert (lf_run / "cams" / "localisation_gradcam_normal.json").is_file()
+    with pytest.raises(SystemExit):
+        vg.build_parser().parse_args(["--run", "x", "--all", "--target", "benign"])
 
 
 def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path):
