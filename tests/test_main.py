@@ -130,3 +130,34 @@ def test_cross_validation_trains_k_folds_and_summarises(tiny_data, tmp_path):
         val_sets.append({r["file"] for r in read_csv(run / "val_predictions.csv")})
     pooled = {p.name for split in ("train", "val") for p in (tiny_data / split).iterdir()}
     assert val_sets[0].isdisjoint(val_sets[1]) and val_sets[0] | val_sets[1] == pooled
+
+
+def test_every_augmentation_runs_end_to_end(tiny_data, tmp_path):
+    import augment
+    names = ",".join(augment.AUGMENTATIONS)
+    result = main.main(run_args(tiny_data, tmp_path / "outs", "--fold", "aug", "--epoch", "1", "--augment", names,
+                                "--augment_p", "1.0", "--late_fuse", "true"))
+    config = json.loads((tmp_path / "outs" / "r" / "foldaug" / "config.json").read_text())
+    assert config["augment"] == names and result["n_images"] == 6
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_best(tiny_data, tmp_path, monkeypatch, caplog):
+    calls = {"n": 0}
+    real = main.losses.build_loss
+
+    def exploding(*args, **kwargs):
+        loss = real(*args, **kwargs)
+
+        def fn(logits, target):
+            calls["n"] += 1
+            value = loss(logits, target)
+            return value * float("nan") if calls["n"] > 5 else value  # epoch 1: 3 train + 2 val batches
+        return fn
+
+    monkeypatch.setattr(main.losses, "build_loss", exploding)
+    with pytest.raises(SystemExit):
+        main.main(run_args(tiny_data, tmp_path / "outs", "--fold", "nan"))
+    assert "at epoch 2, batch 0" in caplog.text
+    run = tmp_path / "outs" / "r" / "foldnan"
+    assert runfiles.load_checkpoint(run / "best.pth")["epoch"] == 1
+    assert not (run / "test_metrics.json").exists()
