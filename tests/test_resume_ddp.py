@@ -105,13 +105,15 @@ def test_torchrun_two_gloo_processes_match_single_process(small_data, tmp_path, 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000 + (late_fuse == "true"))]
     subprocess.run(torchrun + cmd(small_data, outs, "ddp", "--epoch", "2", "--late_fuse", late_fuse,
-                                  "--sampler", "weight")[1:], check=True, capture_output=True, cwd=ROOT, env=env)
+                                  "--sampler", "weight", "--bootstrap", "200")[1:], check=True, capture_output=True, cwd=ROOT, env=env)
     runs = list(outs.iterdir())
     assert [p.name for p in runs] == ["ddp"] and [p.name for p in runs[0].iterdir()] == ["fold_x"]
     run = runs[0] / "fold_x"
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["config.json", "train.log", "history.csv", "best.pth", "last.pth", "test_metrics.json",
-         "test_predictions.csv", "val_predictions.csv"])
+         "test_predictions.csv", "val_predictions.csv", "report.md", "report.html", "report_metrics.json",
+         "report_figures"])
+    assert not list(run.glob(".*.tmp"))  # one writer: no rank raced another over a file
 
     # the checkpoint loads without DDP (no 'module.' prefix) and reproduces the gathered metrics
     state, labels, probs = evaluate_single_process(run, small_data, "val")
