@@ -29,7 +29,7 @@ import runfiles
 import runtime
 from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
 from LateFuseClassifyTrainer import LateFuseClassifyTrainer
-from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model
+from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model_from_config
 
 logger = logging.getLogger("main")
 
@@ -171,13 +171,6 @@ def check_args(args: argparse.Namespace) -> None:
         args.augment = ",".join(augment.parse_augment(args.augment))
     except ValueError as exc:
         raise SystemExit(f"--augment: {exc}") from None
-
-
-def build_model_from_config(config: dict, pretrained: str | None = None):
-    return build_model(config["model"], in_chans=config["in_chans"], late_fuse=config["late_fuse"],
-                       depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
-                       act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
-                       pretrained=pretrained)
 
 
 def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: bool,

@@ -32,9 +32,9 @@ import torch
 
 import filenames
 import loader
-import main as train_main  # the one place that turns a run's config into a network
 import runfiles
 import runtime
+from models import build_model_from_config
 
 logger = logging.getLogger("predict")
 
@@ -174,7 +174,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
         np.zeros((0, len(loader.CLINICAL_NAMES)), np.float32)
     pixels = [load_image(f, image_size) for f in files]  # refuse before any scoring
 
-    model = train_main.build_model_from_config(config)
+    model = build_model_from_config(config)
     model.load_state_dict(state["model"])
     dev = runtime.select_device(device, None)
     model.to(dev).eval()

@@ -53,7 +53,7 @@ import loader
 import runfiles
 import runtime
 from cam import METHODS, NAMES, TARGETS, compute_cam, predict_logit, resolve_layer
-from main import build_model_from_config
+from models import build_model_from_config
 
 logger = logging.getLogger(__name__)
 

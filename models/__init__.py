@@ -16,7 +16,7 @@ from .densenet import STEMS, TORCHVISION_DENSENETS, densenet_bc_features, last_d
 from .layers import ACTS, NORMS, BatchInstanceNorm2d, convert_norm_act
 from .pretrained import load_pretrained
 
-__all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstanceNorm2d", "build_model",
+__all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstanceNorm2d", "build_model", "build_model_from_config",
            "count_parameters", "load_pretrained"]
 
 MODEL_NAMES = ("dense_net", *TORCHVISION_DENSENETS)
@@ -73,6 +73,15 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
     if pretrained:
         load_pretrained(model, pretrained)
     return model
+
+
+def build_model_from_config(config: dict, pretrained: str | None = None) -> Classifier:
+    """The network a run's configuration (``config.json`` / a checkpoint's ``config``) describes:
+    the one place that maps main.py's flags to :func:`build_model`."""
+    return build_model(config["model"], in_chans=config["in_chans"], late_fuse=config["late_fuse"],
+                       depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
+                       act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
+                       pretrained=pretrained)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
