@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import augment
+import filenames
 import loader
 import runfiles
 import runtime
@@ -60,7 +61,7 @@ def demo_files(root: Path, n_patients: int, size: tuple[int, int]) -> list[Path]
 
 def make_loader(files, size, recipe: str, names: list[str], p: float, workers: int, batch: int,
                 late_fuse: bool) -> DataLoader:
-    stats = loader.ClinicalStats.fit([loader.filenames.decode(f) for f in files])
+    stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files])
     aug = augment.Augmenter(names, p, enhance=loader.enhance) if names else None
     ds = loader.HipDataset(files, stats, size, early_fuse=not late_fuse, augment=aug,
                            cache_gb=0.0 if recipe == "original" else 4.0)

@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import augment
 import crossval
+import filenames
 import loader
 import losses
 import report
@@ -197,11 +198,16 @@ def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: boo
     return out
 
 
-def describe(files: dict) -> str:
+def describe(files: dict, training: bool) -> str:
+    """Images and cases per split; training needs both classes in train and val."""
     parts = []
     for split in loader.SPLITS:
-        labels = [loader.filenames.decode(f).label for f in files[split]]
+        labels = [filenames.decode(f).label for f in files[split]]
         parts.append(f"{split} {len(labels)} images ({sum(labels)} osteoporosis)")
+        if training and split != "test" and len(set(labels)) < 2:
+            raise SystemExit(f"the {split} split holds only {'osteoporosis' if labels[0] else 'normal'} images "
+                             f"({len(labels)}); training and choosing the best epoch need both classes in train "
+                             "and val. Re-split the data (preprocess_filenames.py splits stratified by label)")
     return ", ".join(parts)
 
 
@@ -278,8 +284,9 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
 
     config, stats, resume_state = prepare_run(args, defaults, save_dir, out, dist_info)
     files = split_files(args)
+    data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
     if stats is None:
-        stats = loader.ClinicalStats.fit([loader.filenames.decode(f) for f in files["train"]])
+        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]])
     if dist_info.enabled:
         torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
     if dist_info.is_main:
@@ -289,7 +296,7 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
     logger.info("run folder %s; device %s%s; precision %s; channels_last %s", out, device,
                 f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last)
-    logger.info("data %s: %s", args.data_dir, describe(files))
+    logger.info("data %s: %s", args.data_dir, data_summary)
 
     loaders = make_loaders(args, stats, files, not (args.late_fuse or args.image_only), dist_info)
     if config is None:

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import filenames
 import main
 import runfiles
 
@@ -100,6 +101,15 @@ def test_bad_flag_values_rejected_by_parser(capsys):
         with pytest.raises(SystemExit):
             main.build_parser().parse_args(argv)
     assert "expected yes/no/true/false/1/0" in capsys.readouterr().err
+
+
+def test_single_class_validation_split_is_refused_before_training(tiny_data, tmp_path):
+    for p in (tiny_data / "val").iterdir():
+        if filenames.decode(p).label == 1:
+            p.unlink()
+    with pytest.raises(SystemExit, match="val split holds only normal images"):
+        main.main(run_args(tiny_data, tmp_path / "outs", "--fold", "x"))
+    assert not (tmp_path / "outs").exists()  # nothing written: a fixed data set can be run at once
 
 
 def test_no_data_says_how_to_make_the_demo_set(tmp_path):
