@@ -28,6 +28,7 @@ import losses
 import report
 import runfiles
 import runtime
+from cli import positive, str2bool
 from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
 from LateFuseClassifyTrainer import LateFuseClassifyTrainer
 from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model_from_config
@@ -37,26 +38,6 @@ logger = logging.getLogger("main")
 SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", "balanced_accuracy", "mcc")
 # settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
 MODEL_KEYS = ("model", "late_fuse", "image_only", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
-
-
-def str2bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    value = text.strip().lower()
-    if value in ("yes", "true", "t", "y", "1"):
-        return True
-    if value in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected yes/no/true/false/1/0, got {text!r}")
-
-
-def positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ import loader
 import metrics
 import runfiles
 import runtime
+from cli import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -722,20 +723,13 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
 
 # --------------------------------------------------------------------------- command line
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--run", help="run folder outs/<save_dir>/fold<fold>")
     what.add_argument("--cv", metavar="SAVE_DIR", help="summarise every tested fold*/ run in outs/<save_dir>")
     p.add_argument("--data_dir", default=None, help="data folder the run used (default: from the run's config)")
-    p.add_argument("--bootstrap", type=_positive_int, default=2000, metavar="N",
+    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
                    help="bootstrap resamples of the test patients (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     return p

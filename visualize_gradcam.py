@@ -52,6 +52,7 @@ import filenames
 import loader
 import runfiles
 import runtime
+from cli import positive_int
 from cam import METHODS, NAMES, TARGETS, compute_cam, predict_logit, resolve_layer
 from models import build_model_from_config
 
@@ -483,13 +484,6 @@ def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
