@@ -817,15 +817,19 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
             continue
         rows.append(row)
 
+    def grouped(rows: list[Row], key) -> dict:
+        """Rows by ``key(row)``, in CSV order."""
+        groups: dict = defaultdict(list)
+        for row in rows:
+            groups[key(row)].append(row)
+        return groups
+
     def drop(bad: set[int]) -> list[Row]:
         return [r for r in rows if r.line not in bad]
 
     # The same file on several rows: identical rows are one entry, differing rows are ambiguous.
-    by_path: dict[Path, list[Row]] = defaultdict(list)
-    for row in rows:
-        by_path[row.path].append(row)
     bad: set[int] = set()
-    for group in by_path.values():
+    for group in grouped(rows, lambda r: r.path).values():
         if len(group) < 2:
             continue
         if all(r.values() == group[0].values() for r in group):
@@ -843,11 +847,8 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
     rows = drop(bad)
 
     # Ids that would share file names (after --sanitize-ids, or only differing in case).
-    by_key: dict[str, list[Row]] = defaultdict(list)
-    for row in rows:
-        by_key[row.patient.casefold()].append(row)
     bad = set()
-    for group in by_key.values():
+    for group in grouped(rows, lambda r: r.patient.casefold()).values():
         originals = sorted({r.patient_csv for r in group})
         if len(originals) > 1:
             for r in group:
@@ -858,11 +859,8 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
     rows = drop(bad)
 
     # One patient, one sex and one split.
-    by_patient: dict[str, list[Row]] = defaultdict(list)
-    for row in rows:
-        by_patient[row.patient].append(row)
     bad = set()
-    for pid, group in by_patient.items():
+    for group in grouped(rows, lambda r: r.patient).values():
         for attr, reason in (("sex", "conflicting_sex"), ("split", "conflicting_split")):
             seen = {getattr(r, attr) for r in group} - {None}
             if len(seen) > 1:
@@ -876,11 +874,8 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
     rows = drop(bad)
 
     if cols.crop is not None:
-        by_crop: dict[tuple[str, int], list[Row]] = defaultdict(list)
-        for row in rows:
-            by_crop[(row.patient, row.crop)].append(row)
         bad = set()
-        for (pid, crop), group in by_crop.items():
+        for (_, crop), group in grouped(rows, lambda r: (r.patient, r.crop)).items():
             if len(group) > 1:
                 lines = ", ".join(str(r.line) for r in group)
                 for r in group:
