@@ -58,7 +58,7 @@ def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path
         a, b = again["at_threshold"][key], metrics["at_threshold"][key]
         assert (math.isnan(a) and b is None) or a == pytest.approx(b, abs=1e-6)
 
-    # the best checkpoint reproduces the predictions file
+    # the best checkpoint loads into a freshly built network, with no DataParallel "module." prefixes
     model = main.build_model_from_config(state["config"])
     model.load_state_dict(state["model"])
     assert not any(k.startswith("module.") for k in state["model"])
