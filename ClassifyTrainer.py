@@ -84,7 +84,9 @@ class ClassifyTrainer:
 
     # -- epochs ------------------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict:
-        """One pass over the training loader; returns the mean loss and timing."""
+        """One pass over the training loader; returns the mean loss, timing and the share of the
+        epoch spent waiting for the loader (``loss.item()`` synchronises every step, so that wait is
+        time the accelerator had no batch: more ``--workers`` when it is large)."""
         loader = self.loaders["train"]
         for part in (loader.dataset, loader.sampler):
             if hasattr(part, "set_epoch"):
@@ -92,8 +94,10 @@ class ClassifyTrainer:
         torch.manual_seed(self.seed * 100003 + epoch)  # dropout etc.: a resumed epoch draws the same
         self.model.train()
         total, count, start = 0.0, 0, time.perf_counter()
+        waited, ready = 0.0, start
         bar = self.bar(loader, desc=f"epoch {epoch} train", leave=False)
         for step, batch in enumerate(bar):
+            waited += time.perf_counter() - ready
             target = batch["label"].to(self.device, non_blocking=True)
             loss = self.loss_fn(self.forward(batch), target)
             if not torch.isfinite(loss):
@@ -108,10 +112,11 @@ class ClassifyTrainer:
             total += loss.item() * len(target)
             count += len(target)
             bar.set_postfix(loss=f"{total / count:.4f}")
+            ready = time.perf_counter()
         seconds = time.perf_counter() - start
         total, count = self.all_reduce_sum(total, count)
         return {"train_loss": total / max(count, 1), "train_seconds": seconds,
-                "train_images_per_s": count / max(seconds, 1e-9)}
+                "train_images_per_s": count / max(seconds, 1e-9), "train_data_wait": waited / max(seconds, 1e-9)}
 
     def all_reduce_sum(self, *values: float) -> list[float]:
         if not self.dist.enabled:
@@ -187,8 +192,9 @@ class ClassifyTrainer:
                 runfiles.write_csv(self.run_dir / "history.csv", self.history)
                 self.save_last(epoch)
             logger.info("epoch %d  train loss %.4f  val loss %.4f  val AUC %.4f  val F2 %.4f  val acc %.4f  "
-                        "%s %.4f%s", epoch, row["train_loss"], val["loss"], val["roc_auc"], val["f2"],
-                        val["accuracy"], self.select_metric, value, "  (best)" if improved else "")
+                        "%s %.4f  %.1f img/s (%.0f%% waiting for data)%s", epoch, row["train_loss"], val["loss"],
+                        val["roc_auc"], val["f2"], val["accuracy"], self.select_metric, value,
+                        row["train_images_per_s"], 100 * row["train_data_wait"], "  (best)" if improved else "")
         if self.best is None:
             raise RuntimeError(f"validation {self.select_metric} was never finite (does val hold both classes?); "
                                "no best checkpoint was written")

@@ -36,6 +36,9 @@ def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path
 
     history = read_csv(run / "history.csv")
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    # the share of each epoch spent waiting for the loader is recorded (and logged)
+    assert all(0.0 <= float(r["train_data_wait"]) <= 1.0 for r in history)
+    assert "waiting for data" in (run / "train.log").read_text()
     aucs = [float(r["val_roc_auc"]) for r in history]
     best_epoch = 1 + max(range(3), key=lambda i: (aucs[i], -i))  # first epoch with the highest AUC
     metrics = json.loads((run / "test_metrics.json").read_text())
