@@ -147,7 +147,8 @@ class ClinicalStats:
 class HipDataset(Dataset):
     """Images of one split. ``augment`` (train only) is called as ``augment(image, rng)`` with a
     generator seeded from (seed, epoch, index), so a run is reproducible whatever the number of
-    workers and each epoch draws afresh (call :meth:`set_epoch`)."""
+    workers and each epoch draws afresh (call :meth:`set_epoch`). The epoch lives in shared memory,
+    so persistent DataLoader workers see it change."""
 
     def __init__(self, files: Sequence[str | os.PathLike], stats: ClinicalStats,
                  image_size: tuple[int, int] = FULL_SIZE, early_fuse: bool = False,
@@ -162,7 +163,7 @@ class HipDataset(Dataset):
         self.early_fuse = early_fuse
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.cache: np.ndarray | None = None
         need_gb = len(self.files) * IMAGE_CHANNELS * math.prod(self.image_size) / 1e9
         if need_gb <= cache_gb:
@@ -183,8 +184,12 @@ class HipDataset(Dataset):
             cache[i] = np.round(prepare(read_image(path), self.image_size) * 255.0)
         self.cache = cache
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(int(epoch))
 
     def load(self, index: int) -> np.ndarray:
         """Image channels (2, H, W) float32 in [0, 1], before augmentation."""

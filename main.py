@@ -173,8 +173,9 @@ def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: boo
         else:
             sampler = loader.ShardSampler(len(ds), dist_info.rank, dist_info.world)
         # a last training batch of one image would make BatchNorm's statistics meaningless
+        # persistent workers: no start-up every epoch (the dataset's epoch is shared with them)
         out[split] = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                                pin_memory=torch.cuda.is_available(),
+                                pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
                                 drop_last=train and len(sampler) % args.batch_size == 1)
     return out
 

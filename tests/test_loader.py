@@ -94,6 +94,29 @@ def test_augment_seeded_by_epoch_and_index(tiny_data):
     assert calls[0] == calls[1] != calls[2]
 
 
+def _noise(image, rng):
+    return np.clip(image + rng.normal(0, 0.1, image.shape).astype(np.float32), 0, 1)
+
+
+def test_persistent_workers_see_each_new_epoch(tiny_data):
+    """set_epoch in the main process reaches workers that outlive the epoch (persistent_workers)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    files = loader.list_split(tiny_data, "train")
+    stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
+    ds = loader.HipDataset(files, stats, (32, 20), augment=_noise)
+    dl = DataLoader(ds, batch_size=len(ds), num_workers=2, persistent_workers=True)
+    seen = []
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        (batch,) = list(dl)
+        expected = torch.stack([ds[i]["image"] for i in range(len(ds))])  # the main process's draw
+        assert torch.equal(batch["image"], expected)
+        seen.append(batch["image"])
+    assert not torch.equal(seen[0], seen[1])
+
+
 def test_missing_and_empty_splits_say_how_to_fix(tmp_path, tiny_data):
     with pytest.raises(FileNotFoundError, match="synthetic.py"):
         loader.list_split(tmp_path / "nothing", "train")
