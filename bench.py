@@ -9,9 +9,10 @@ where it helps, autocast on CUDA) and (b) the original recipe (DenseNet-BC with 
 stem, fp32, NCHW, decode + enhance on every read, one process), measured in the same run, with the
 ratio a/b. Each configuration runs in its own process so peak memory is its own.
 
-``loader``: images/s of the training loader with no augmentation and with each augmentation at
-p = 1 and at the default p, with 0 and 2 workers, next to the images/s of one training step of the
-default model at the same size, and the ratio loader/step.
+``loader``: images/s of the training loader with no augmentation and with each augmentation
+(``--augments``) at p = 1 and at the default p, with 0 and 2 workers (``--loader_workers``), next to
+the images/s of the training step alone (one batch reused, no loader) of the default model at the same
+size, and the ratio loader/step: above 1, the loader keeps up.
 
 Both run on a temporary synthetic set (synthetic.py) and on CUDA when present.
 """
@@ -100,17 +101,21 @@ def bench_one(cfg: dict) -> dict:
         scaler.update()
 
     it = iter(dl)
-    step(next(it))  # warm-up (allocations, cuDNN autotune)
+    first = next(it)
+    step(first)  # warm-up (allocations, cuDNN autotune)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     count, start = 0, time.perf_counter()
     for _ in range(cfg["steps"]):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(dl)
-            batch = next(it)
+        if cfg.get("compute_only"):  # the step alone: one batch again and again, no loader
+            batch = first
+        else:
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(dl)
+                batch = next(it)
         step(batch)
         count += len(batch["label"])
     if device.type == "cuda":
@@ -183,10 +188,10 @@ def cmd_loader(args, device: str, tmp: Path) -> list[dict]:
         files = demo_files(tmp, args.patients, size)
         step = run_isolated({"model": "dense_net", "late_fuse": True, "recipe": "default", "size": list(size),
                              "files": [str(f) for f in files], "device": device, "workers": 0,
-                             "batch": args.batch, "steps": args.steps})
+                             "batch": args.batch, "steps": args.steps, "compute_only": True})
         step_rate = step.get("images_per_s", float("nan"))
-        for workers in (0, 2):
-            for names, p in [([], 0.0)] + [([n], q) for n in augment.AUGMENTATIONS for q in (1.0, 0.3)]:
+        for workers in args.loader_workers:
+            for names, p in [([], 0.0)] + [([n], q) for n in args.augments for q in (1.0, 0.3)]:
                 dl = make_loader(files, size, "default", names, p, workers, args.batch, late_fuse=True)
                 rate = loader_images_per_s(dl, args.loader_batches)
                 rows.append({"size": f"{size[0]}x{size[1]}", "workers": workers,
@@ -219,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed training steps (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="loader workers in the train benchmark")
     p.add_argument("--loader_batches", type=int, default=20, help="batches timed per loader setting")
+    p.add_argument("--loader_workers", type=int, nargs="+", default=[0, 2],
+                   help="worker counts the loader benchmark tries (default: 0 2)")
+    p.add_argument("--augments", nargs="+", default=list(augment.AUGMENTATIONS), choices=augment.AUGMENTATIONS,
+                   metavar="NAME", help="augmentations the loader benchmark times, each at p = 1 and 0.3 "
+                   "(default: all)")
     p.add_argument("--patients", type=int, default=20, help="synthetic patients (2 images each) per size")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
