@@ -1,4 +1,4 @@
-# Two commands for a fresh machine:  make demo  (data -> train -> test -> Grad-CAM)  and  make test.
+# Two commands for a fresh machine:  make demo  (data -> train -> test -> heatmaps)  and  make test.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/python synthetic.py --out $(DEMO_DATA) --n 500 --seed 0
 	$(BIN)/python main.py --model dense_net --fold _Dense_LF --augment cat_elastic --late_fuse True $(DEMO_FLAGS)
 	$(BIN)/python visualize_gradcam.py --run outs/$(DEMO_RUN)/fold_Dense_LF --select tp fn --top 1 --sheet
+	$(BIN)/python visualize_gradcam.py --run outs/$(DEMO_RUN)/fold_Dense_LF --select tp fn --top 1 --sheet --method expected_gradients
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -20,6 +20,20 @@ applied once, to the network every method differentiates or scores (:class:`Nega
 * ``occlusion`` - Zeiler & Fergus, ECCV 2014 (https://arxiv.org/abs/1311.2901), gradient-free and
   layer-free: the drop of the logit when a grey window hides part of the picture, averaged over the
   windows covering each pixel.
+* ``expected_gradients`` - Erion et al., Nat. Mach. Intell. 2021 (https://arxiv.org/abs/1906.10670):
+  integrated gradients (Sundararajan et al., ICML 2017) from each of a set of *reference* radiographs
+  (the run's training images) to this one, averaged. Pixel-level and layer-free; the attributions
+  add up to ``logit(image) - mean logit(references)`` (completeness), so the map answers "what in
+  this radiograph raises the osteoporosis score above that of typical patients". The map is the
+  positive part, smoothed with a Gaussian of ``smooth`` pixels.
+
+Why the reference matters here. Osteoporosis is a *loss* of bone: thinner cortex, fainter and sparser
+trabeculae. A network that has learnt it scores the femur's bone as evidence *against* osteoporosis,
+and an osteoporotic femur argues less against it. Grad-CAM and its relatives measure evidence
+against an all-zero activation, so for the osteoporosis logit they map the femur only with
+``target="normal"`` and put the osteoporosis evidence on whatever else the score uses; a reference
+population turns "less bone than usual" into positive evidence where the bone is (README, Grad-CAM,
+gives the measured localisation of every method).
 
 Only the leading ``image_channels`` channels (the radiograph and its enhanced copy) are masked or
 occluded; early fusion's constant clinical planes are left as they are. Hooks are removed and the
@@ -36,8 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion")
-NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion"}
+METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
+NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion",
+         "expected_gradients": "Expected Gradients"}
+LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")  # the others explain the input pixels, not a layer
+REFERENCE_METHODS = ("expected_gradients",)  # need reference inputs
 IMAGE_CHANNELS = 2  # loader.IMAGE_CHANNELS: radiograph + enhanced copy lead every network input
 TARGETS = ("osteoporosis", "normal")
 
@@ -251,9 +268,56 @@ def occlusion(net: Callable, x: torch.Tensor, image_channels: int, window: int |
     return heat / count.clamp_min(1)
 
 
+def expected_gradients_attribution(net: Callable, x: torch.Tensor, references: torch.Tensor, image_channels: int,
+                                   steps: int = 4, batch_size: int = 32) -> torch.Tensor:
+    """Signed attribution ``(image_channels, H, W)`` of ``net(x) - mean_r net(r)`` to the pixels of ``x``.
+
+    For each reference ``r`` (``references`` is ``(N, C, H, W)``; only its leading ``image_channels``
+    are used, the rest of the input, e.g. early fusion's clinical planes, stays ``x``'s): the gradient
+    at the midpoints ``r + (s + 1/2) / steps * (x - r)``, ``s = 0..steps-1``, times ``x - r``; then the
+    mean over references. The sum over all pixels approaches ``net(x) - mean net(r)`` as ``steps`` grows.
+    """
+    if references.dim() != 4 or references.shape[1:] != x.shape[1:] or len(references) == 0:
+        raise ValueError(f"references must be (N, C, H, W) like the input {tuple(x.shape[1:])}; got "
+                         f"{tuple(references.shape)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    base = x.repeat(len(references), 1, 1, 1)
+    base[:, :image_channels] = references[:, :image_channels].to(x)
+    delta = x - base  # zero outside the image channels
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
+    points = (base[:, None] + alphas[None, :, None, None, None] * delta[:, None]).flatten(0, 1)
+    grads = []
+    with torch.enable_grad():
+        for chunk in points.split(batch_size):
+            chunk = chunk.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(net(chunk).sum(), chunk)
+            grads.append(g.detach())
+    mean_grad = torch.cat(grads).unflatten(0, (len(references), steps)).mean(dim=1)
+    return (delta * mean_grad).mean(dim=0)[:image_channels]
+
+
+def expected_gradients(net: Callable, x: torch.Tensor, references: torch.Tensor, image_channels: int,
+                       steps: int = 4, batch_size: int = 32, smooth: float | None = None) -> torch.Tensor:
+    """The map: positive part of the attribution summed over the image channels, Gaussian-smoothed
+    (``smooth`` pixels, default 1/32 of the image width: about the femoral cortex's width)."""
+    attribution = expected_gradients_attribution(net, x, references, image_channels, steps, batch_size).sum(0)
+    sigma = float(smooth if smooth is not None else x.shape[-1] / 32)
+    if sigma > 0:
+        radius = max(1, math.ceil(3 * sigma))
+        t = torch.arange(-radius, radius + 1, dtype=attribution.dtype, device=attribution.device)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        a = F.pad(attribution[None, None], (radius, radius, radius, radius), mode="replicate")
+        a = F.conv2d(F.conv2d(a, kernel.view(1, 1, -1, 1)), kernel.view(1, 1, 1, -1))
+        attribution = a[0, 0]
+    return torch.relu(attribution)
+
+
 def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | None = None,
                 method: str = "gradcam", layer: str | None = None, *, image_channels: int = IMAGE_CHANNELS,
-                batch_size: int = 32, window: int | None = None, target: str = "osteoporosis") -> np.ndarray:
+                batch_size: int = 32, window: int | None = None, target: str = "osteoporosis",
+                references: torch.Tensor | None = None, steps: int = 4, smooth: float | None = None) -> np.ndarray:
     """Class activation map of ``target``'s score for one input, upsampled to its size.
 
     Args:
@@ -261,11 +325,14 @@ def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | 
         image: ``(C, H, W)`` or ``(1, C, H, W)``, the network's input as the loader builds it.
         clinical: ``(n_clinical,)`` normalised clinical vector, required iff the model fuses late.
         method: one of :data:`METHODS`.
-        layer: module name to explain (default ``model.default_cam_layer``); unused by occlusion.
+        layer: module name to explain (default ``model.default_cam_layer``); only for :data:`LAYER_METHODS`.
         image_channels: leading channels holding the picture; the rest are never masked.
         batch_size: inputs per forward pass for Score-CAM and occlusion.
         window: occlusion window in pixels (default about 1/8 of the shorter side).
         target: ``"osteoporosis"`` (the logit) or ``"normal"`` (the negated logit), see :data:`TARGETS`.
+        references: ``(N, C, H, W)`` inputs built like ``image`` (the run's training images), required by
+            ``expected_gradients``; ``steps`` its path points per reference, ``smooth`` its Gaussian
+            sigma in pixels (default width / 32).
 
     Returns ``(H, W)`` float32 in [0, 1] (max 1 unless the map is all zero).
     """
@@ -273,6 +340,9 @@ def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | 
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if method in REFERENCE_METHODS and references is None:
+        raise ValueError(f"method {method!r} needs reference inputs (N, C, H, W), e.g. the run's training images "
+                         "(visualize_gradcam.reference_inputs)")
     if image.dim() == 3:
         image = image[None]
     if image.dim() != 4 or image.shape[0] != 1:
@@ -287,6 +357,9 @@ def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | 
     with evaluating(model):
         if method == "occlusion":
             cam = occlusion(net, x, image_channels, window=window, batch_size=batch_size)
+        elif method == "expected_gradients":
+            refs = references.detach().to(device=device, dtype=torch.float32)
+            cam = expected_gradients(net, x, refs, image_channels, steps, batch_size, smooth)
         else:
             name, module = resolve_layer(model, layer)
             if method == "gradcam":

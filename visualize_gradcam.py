@@ -53,7 +53,7 @@ import loader
 import runfiles
 import runtime
 from cli import positive_int
-from cam import METHODS, NAMES, TARGETS, compute_cam, predict_logit, resolve_layer
+from cam import LAYER_METHODS, METHODS, NAMES, REFERENCE_METHODS, TARGETS, compute_cam, predict_logit, resolve_layer
 from models import build_model_from_config
 
 logger = logging.getLogger(__name__)
@@ -194,6 +194,22 @@ def make_dataset(files: Sequence[Path], state: dict, split_size: int | None = No
                              cache_gb=math.inf if cached else 0.0, desc="cam")
 
 
+def reference_inputs(state: dict, data_dir: str | os.PathLike | None = None, n: int = 16,
+                     seed: int = 0) -> torch.Tensor:
+    """``(n, C, H, W)``: ``n`` of the run's training images (a fixed draw for ``seed``), built as the network
+    saw them without augmentation: the reference population of ``--method expected_gradients``."""
+    config = state["config"]
+    where = Path(data_dir or config["data_dir"])
+    try:
+        files = loader.list_split(where, "train")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}. Expected gradients compares each image with the run's training images; "
+                                "pass --data_dir where the run's data set lies now") from exc
+    chosen = sorted(np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False))
+    dataset = make_dataset([files[i] for i in chosen], state, len(files))
+    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+
 # ---------------------------------------------------------------------------------------------
 # Maps
 
@@ -321,7 +337,9 @@ def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
         raise FileNotFoundError(f"{len(missing)} of {len(files)} {split} images have no mask in {folder} "
                                 f"(e.g. {missing[0]}); regenerate the data with synthetic.py")
     size = tuple(int(v) for v in config["image_size"])
-    layer_name = "" if method == "occlusion" else resolve_layer(model, layer)[0]
+    layer_name = resolve_layer(model, layer)[0] if method in LAYER_METHODS else ""
+    if method in REFERENCE_METHODS and cam_kwargs.get("references") is None:
+        cam_kwargs["references"] = reference_inputs(state, data_dir)
     rows = []
     threshold = float(state["threshold"])
     for case in explain(model, make_dataset(files, state), method, layer, target, threshold, **cam_kwargs):
@@ -334,8 +352,9 @@ def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
                      "inside_share": float((heat * mask).sum() / heat.sum()) if heat.sum() > 0
                      else math.nan, "mask_share": float(mask.mean()),
                      "peak_on_region": int(mask[peak] >= 0.5) if heat.max() > 0 else 0})
+    n_references = len(cam_kwargs["references"]) if method in REFERENCE_METHODS else None
     return {"run": str(run_dir), "data_dir": str(data_dir), "split": split, "method": method, "layer": layer_name,
-            "target": target, "threshold": threshold, "epoch": int(state["epoch"]), "chance": 1.0,
+            "n_references": n_references, "target": target, "threshold": threshold, "epoch": int(state["epoch"]), "chance": 1.0,
             "all": _summary(rows),
             **{LABELS[k]: _summary([r for r in rows if r["label"] == k]) for k in (0, 1)}, "images": rows}
 
@@ -383,8 +402,18 @@ def _colorbar(fig: Figure, axes, label: str) -> None:
     bar.ax.tick_params(labelsize=6)
 
 
-def title_for(method: str, layer: str, run: str, state: dict, target: str = "osteoporosis") -> str:
-    where = "" if method == "occlusion" else f" at {layer}"
+def where_text(method: str, layer: str, n_references: int | None = None) -> str:
+    """How the method looks: at which layer, or against how many reference radiographs."""
+    if method in LAYER_METHODS:
+        return f" at {layer}"
+    if method in REFERENCE_METHODS:
+        return f" vs {n_references or 'the'} training radiographs"
+    return ""
+
+
+def title_for(method: str, layer: str, run: str, state: dict, target: str = "osteoporosis",
+              n_references: int | None = None) -> str:
+    where = where_text(method, layer, n_references)
     return f"{NAMES[method]} of {TARGET_TEXT[target]}{where}\nrun {run}, epoch {state['epoch']}"
 
 
@@ -444,7 +473,7 @@ def render_localisation(results: dict | Sequence[dict], example: Case | None = N
         ax.set_ylabel("heatmap share on region / region's share of image", fontsize=7)
         ax.tick_params(labelsize=7)
         s = result["all"]
-        where = "" if result["method"] == "occlusion" else f" at {result['layer']}"
+        where = where_text(result["method"], result["layer"], result.get("n_references"))
         target = TARGET_TEXT[result.get("target", "osteoporosis")]
         ax.set_title(f"{NAMES[result['method']]} of {target}{where}, {result['split']} images\nmean "
                      f"{s['mean_ratio']:.2f}, median {s['median_ratio']:.2f}, peak on region "
@@ -513,11 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's threshold). Default: osteoporosis for pictures; for --localisation both osteoporosis "
                    "and predicted")
     g.add_argument("--layer", default=None, help="module to explain, e.g. features.denseblock3 or features.norm5 "
-                   "(default: the model's last dense block; not used by occlusion)")
+                   "(default: the model's last dense block; only for gradcam, gradcam++, scorecam)")
     g.add_argument("--window", type=positive_int, default=None, help="occlusion window in pixels of the network "
                    "input (default: about 1/8 of the shorter side)")
-    g.add_argument("--batch_size", type=positive_int, default=32, help="inputs per forward pass for scorecam and "
-                   "occlusion (default: %(default)s)")
+    g.add_argument("--batch_size", type=positive_int, default=32, help="inputs per forward pass for scorecam, "
+                   "occlusion and expected_gradients (default: %(default)s)")
+    g.add_argument("--references", type=positive_int, default=16, metavar="N", help="expected_gradients: training "
+                   "images the map is measured against (default: %(default)s)")
+    g.add_argument("--steps", type=positive_int, default=4, help="expected_gradients: points on the path from each "
+                   "reference to the image (default: %(default)s)")
+    g.add_argument("--smooth", type=float, default=None, metavar="PX", help="expected_gradients: Gaussian sigma "
+                   "of the map in input pixels, 0 for none (default: 1/32 of the image width)")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="folder for the pictures (default: <run>/cams)")
@@ -537,7 +572,7 @@ def _slug(method: str, target: str = "osteoporosis") -> str:
 def localisation_table(results: Sequence[dict]) -> str:
     """One line per target and class: n, mean and median ratio, peak on region (1 = chance)."""
     first = results[0]
-    where = "" if first["method"] == "occlusion" else f" at {first['layer']}"
+    where = where_text(first["method"], first["layer"], first.get("n_references"))
     lines = [f"{NAMES[first['method']]}{where} localisation, {first['split']} images: heatmap share on region / "
              "region's share of image (1 = chance)",
              f"{'target':13s} {'true class':13s} {'n':>4s} {'mean':>6s} {'median':>6s} {'peak on region':>15s}"]
@@ -550,13 +585,23 @@ def localisation_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cam_kwargs(args, state: dict, device) -> dict:
+    """The per-method options of the command line, as compute_cam takes them."""
+    kwargs = {"window": args.window, "batch_size": args.batch_size, "steps": args.steps, "smooth": args.smooth}
+    if args.method in REFERENCE_METHODS:
+        kwargs["references"] = reference_inputs(state, args.data_dir, args.references).to(device)
+    return kwargs
+
+
 def _write_localisation(args, device, out: Path) -> dict:
     targets = [args.target] if args.target else list(LOCALISATION_TARGETS)
-    results = [cam_localisation(args.run, args.data_dir, args.method, args.layer, device, target=target,
-                                window=args.window, batch_size=args.batch_size) for target in targets]
+    _, state, _ = load_run(args.run, device)
+    kwargs = _cam_kwargs(args, state, device)
+    results = [cam_localisation(args.run, args.data_dir, args.method, args.layer, device, target=target, **kwargs)
+               for target in targets]
     name = f"localisation_{_slug(args.method)}" + (f"_{args.target}" if args.target else "")
     common = {k: v for k, v in results[0].items() if k in ("run", "data_dir", "split", "method", "layer",
-                                                            "threshold", "epoch", "chance")}
+                                                            "n_references", "threshold", "epoch", "chance")}
     summary = {**common, "targets": {r["target"]: {k: r[k] for k in ("all", "normal", "osteoporosis")}
                                      for r in results}}
     runfiles.write_json(out / f"{name}.json", summary)
@@ -570,7 +615,7 @@ def _write_localisation(args, device, out: Path) -> dict:
         model, state, config = load_run(args.run, device)
         path = Path(first["data_dir"]) / "test" / row["file"]
         (example,) = explain(model, make_dataset([path], state, len(first["images"])), args.method, args.layer,
-                             row["explained"], window=args.window, batch_size=args.batch_size)
+                             row["explained"], **kwargs)
         mask = read_mask(mask_path(first["data_dir"], "test", path), tuple(config["image_size"]))
     figure = Path(args.save) if args.save else out / f"{name}.png"
     save_figure(render_localisation(results, example, mask), figure)
@@ -586,14 +631,16 @@ def main(argv: list[str] | None = None) -> dict:
     runtime.setup_logging()
     device = runtime.select_device(args.device, None)
     out = Path(args.out) if args.out else Path(args.run) / CAMS_DIR
-    if args.layer and args.method == "occlusion":
-        logger.warning("--layer %s ignored: occlusion looks at the input, not at a layer", args.layer)
+    if args.layer and args.method not in LAYER_METHODS:
+        logger.warning("--layer %s ignored: %s looks at the input pixels, not at a layer", args.layer, args.method)
+    if args.smooth is not None and not (math.isfinite(args.smooth) and args.smooth >= 0):
+        raise SystemExit(f"--smooth {args.smooth}: must be a finite number of pixels >= 0")
     if args.localisation:
         return _write_localisation(args, device, out)
 
     model, state, config = load_run(args.run, device)
     threshold = float(state["threshold"])
-    layer = "" if args.method == "occlusion" else resolve_layer(model, args.layer)[0]
+    layer = resolve_layer(model, args.layer)[0] if args.method in LAYER_METHODS else ""
     if args.image:
         files = [check_image(p) for p in args.image]
         split_size = len(files)
@@ -610,10 +657,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--save names one picture but {len(files)} cases were chosen: add --sheet, or choose one")
 
     target = args.target or "osteoporosis"
+    kwargs = _cam_kwargs(args, state, device)
     cases = explain(model, make_dataset(files, state, split_size), args.method, args.layer, target, threshold,
-                    window=args.window, batch_size=args.batch_size)
+                    **kwargs)
     _check_against_predictions(args.run, cases)
-    title = title_for(args.method, layer, str(args.run), state, target)
+    title = title_for(args.method, layer, str(args.run), state, target,
+                      len(kwargs["references"]) if "references" in kwargs else None)
     written = []
     if args.sheet:
         png = Path(args.save) if args.save else out / f"sheet_{_slug(args.method, target)}.png"

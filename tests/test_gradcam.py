@@ -4,6 +4,7 @@ import csv
 import json
 import math
 from collections import OrderedDict
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -80,7 +81,8 @@ def test_gradcam_map_for_both_families_and_fusion_modes(tiny_data, tmp_path, nam
 @pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
 def test_every_method_gives_a_normalised_map_and_releases_hooks(tiny_data, tmp_path, method, late_fuse):
     model, image, clinical = first_test_sample(make_run(tmp_path, tiny_data, late_fuse=late_fuse))
-    heat = cam.compute_cam(model, image, clinical, method, window=8, batch_size=64)
+    refs = torch.rand(3, *image.shape)
+    heat = cam.compute_cam(model, image, clinical, method, window=8, batch_size=64, references=refs)
     assert heat.shape == (H, W) and np.isfinite(heat).all() and 0.0 <= heat.min() <= heat.max() <= 1.0
     assert no_hooks_left(model) and all(p.grad is None for p in model.parameters())
 
@@ -162,6 +164,82 @@ def test_occlusion_and_scorecam_find_the_region_the_logit_depends_on():
     assert vg.localisation_ratio(heat, region) > 0.5 / region.mean()
     scored = cam.compute_cam(model, image, method="scorecam")
     assert vg.localisation_ratio(scored, region) == pytest.approx(1 / region.mean(), rel=0.05)
+
+
+class BoneModel(RegionModel):
+    """logit = -(mean brightness of a region) + 0.5: bright bone argues against osteoporosis, the way
+    a trained network reads the femur. Osteoporosis is an absence, of nothing in the picture."""
+
+    def forward(self, image):
+        return 0.5 - torch.relu(self.features(image)[:, 0] * self.region).sum(dim=(1, 2)) / self.region.sum()
+
+
+def test_expected_gradients_find_missing_bone_where_gradcam_cannot():
+    region = np.zeros((H, W), np.float32)
+    region[20:36, 10:22] = 1
+    model = BoneModel(region)
+    references = torch.full((4, 2, H, W), 0.2)
+    references[:, 0, 20:36, 10:22] = 0.8  # typical patients: bright bone
+    image = torch.full((2, H, W), 0.2)
+    image[0, 20:36, 10:22] = 0.3  # this one: faint bone, a higher osteoporosis logit
+    assert cam.predict_logit(model, image) > cam.predict_logit(model, references[0])
+    # evidence for osteoporosis against the zero activation: none anywhere (all-zero map)
+    assert not cam.compute_cam(model, image, method="gradcam").any()
+    # against typical patients: exactly where the bone is missing
+    heat = cam.compute_cam(model, image, method="expected_gradients", references=references, smooth=0)
+    assert heat.max() == 1.0 and heat[region == 0].max() == 0.0
+    assert vg.localisation_ratio(heat, region) == pytest.approx(1 / region.mean())
+    smoothed = cam.compute_cam(model, image, method="expected_gradients", references=references)
+    assert 0.5 / region.mean() < vg.localisation_ratio(smoothed, region) < 1 / region.mean()
+
+
+@pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
+def test_expected_gradients_add_up_to_the_logit_difference(tiny_data, tmp_path, late_fuse):
+    model, image, clinical = first_test_sample(make_run(tmp_path, tiny_data, late_fuse=late_fuse))
+    model.eval()
+    torch.manual_seed(1)
+    refs = image[None].repeat(3, 1, 1, 1)
+    refs[:, :2] = torch.rand(3, 2, H, W)  # early fusion: the patient's clinical planes are kept
+    net = cam.ImageOnly(model, clinical)
+    attribution = cam.expected_gradients_attribution(net, image[None], refs, 2, steps=64, batch_size=64)
+    assert attribution.shape == (2, H, W)
+    with torch.no_grad():
+        gap = float(net(image[None])[0] - net(refs).mean())
+    assert float(attribution.sum()) == pytest.approx(gap, rel=0.05, abs=1e-3)  # completeness
+    same = cam.compute_cam(model, image, clinical, "expected_gradients", references=image[None].repeat(2, 1, 1, 1))
+    assert not same.any()  # an image like the references: no evidence either way
+
+
+def test_expected_gradients_need_fitting_references(lf_run):
+    model, image, clinical = first_test_sample(lf_run)
+    with pytest.raises(ValueError, match="needs reference inputs"):
+        cam.compute_cam(model, image, clinical, "expected_gradients")
+    with pytest.raises(ValueError, match=r"references must be \(N, C, H, W\)"):
+        cam.compute_cam(model, image, clinical, "expected_gradients", references=torch.rand(2, 2, H + 1, W))
+
+
+def test_references_are_a_fixed_draw_of_the_runs_training_images(lf_run, tiny_data, tmp_path):
+    _, state, _ = vg.load_run(lf_run)
+    refs = vg.reference_inputs(state, n=3)
+    assert refs.shape == (3, 2, H, W) and torch.equal(refs, vg.reference_inputs(state, n=3))
+    train = vg.make_dataset(loader.list_split(tiny_data, "train"), state)
+    pool = [train[i]["image"] for i in range(len(train))]
+    assert all(any(torch.equal(r, t) for t in pool) for r in refs)
+    assert len(vg.reference_inputs(state, n=1000)) == len(pool)  # at most the whole split
+    with pytest.raises(FileNotFoundError, match="--data_dir"):
+        vg.reference_inputs(state, tmp_path / "moved")
+
+
+def test_cli_expected_gradients(lf_run, tiny_data):
+    result = vg.main(["--run", str(lf_run), "--index", "0", "--method", "expected_gradients", "--references", "3",
+                      "--steps", "2"])
+    png = Path(result["written"][0])
+    assert png.name.endswith("_expected_gradients.png")
+    read_png(png)
+    heat = np.load(png.with_suffix(".npy"))
+    assert heat.shape == (H, W) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+    with pytest.raises(SystemExit, match="--smooth"):
+        vg.main(["--run", str(lf_run), "--index", "0", "--method", "expected_gradients", "--smooth", "-1"])
 
 
 def test_localisation_ratio_by_hand():
@@ -386,7 +464,7 @@ class NegatedByHand(nn.Module):
 @pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
 def test_normal_target_is_the_map_of_the_negated_model(tiny_data, tmp_path, method, late_fuse):
     model, image, clinical = first_test_sample(make_run(tmp_path, tiny_data, late_fuse=late_fuse))
-    kw = {"window": 8, "batch_size": 64}
+    kw = {"window": 8, "batch_size": 64, "references": torch.rand(3, *image.shape)}
     normal = cam.compute_cam(model, image, clinical, method, target="normal", **kw)
     layer = f"model.{model.default_cam_layer}"  # the same block, inside the wrapper
     by_hand = cam.compute_cam(NegatedByHand(model), image, clinical, method, layer, **kw)
