@@ -19,13 +19,21 @@ Whose evidence (--target): osteoporosis (the logit; default for pictures), norma
 the normal class's score of the one-logit model) or predicted (per image, the class the run predicts at
 its threshold). --localisation reports osteoporosis and predicted unless --target names one.
 
+How (--method): gradcam (default), gradcam++ and scorecam explain a layer (--layer); occlusion and
+expected_gradients the input pixels. Bone loss is an absence, which a layer map measured against zero
+activation cannot show as evidence for osteoporosis: on the demo run Grad-CAM of the osteoporosis
+logit falls mostly off the femur while expected_gradients, which compares the image with --references
+training radiographs, puts it on the femur (README, "Does the heatmap fall on the bone?").
+
 Pictures go to <run>/cams/ (--out to change) as <image>_<method>.png with the raw heatmap beside it
 (.npy); --sheet puts every case on one contact sheet; --save PATH writes the one picture exactly
 there. The README pictures:
 
     python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn fp tn --top 1 \\
         --sheet --save images/Grad_CAM.png --no_npy
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation [--target normal]
+    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn --top 1 --sheet \\
+        --method expected_gradients --save images/Expected_Gradients.png --no_npy
+    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation [--method M] [--target T]
 """
 from __future__ import annotations
 
