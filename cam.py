@@ -327,7 +327,7 @@ def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | 
         method: one of :data:`METHODS`.
         layer: module name to explain (default ``model.default_cam_layer``); only for :data:`LAYER_METHODS`.
         image_channels: leading channels holding the picture; the rest are never masked.
-        batch_size: inputs per forward pass for Score-CAM and occlusion.
+        batch_size: inputs per forward pass for Score-CAM, occlusion and expected gradients.
         window: occlusion window in pixels (default about 1/8 of the shorter side).
         target: ``"osteoporosis"`` (the logit) or ``"normal"`` (the negated logit), see :data:`TARGETS`.
         references: ``(N, C, H, W)`` inputs built like ``image`` (the run's training images), required by
