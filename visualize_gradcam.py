@@ -603,7 +603,7 @@ def _cam_kwargs(args, state: dict, device) -> dict:
 
 def _write_localisation(args, device, out: Path) -> dict:
     targets = [args.target] if args.target else list(LOCALISATION_TARGETS)
-    _, state, _ = load_run(args.run, device)
+    model, state, config = load_run(args.run, device)
     kwargs = _cam_kwargs(args, state, device)
     results = [cam_localisation(args.run, args.data_dir, args.method, args.layer, device, target=target, **kwargs)
                for target in targets]
@@ -620,7 +620,6 @@ def _write_localisation(args, device, out: Path) -> dict:
     example = mask = None
     if finite:
         row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
-        model, state, config = load_run(args.run, device)
         path = Path(first["data_dir"]) / "test" / row["file"]
         (example,) = explain(model, make_dataset([path], state, len(first["images"])), args.method, args.layer,
                              row["explained"], **kwargs)

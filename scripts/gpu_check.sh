@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared pass over the CUDA code paths and the GPU speed figures (README "Speed and memory").
-#   bash scripts/gpu_check.sh OUTDIR            (on a CUDA machine; about 6 minutes on one H100/H200)
+# One prepared pass over the CUDA code paths and the GPU speed figures (README "Speed (bench.py)").
+#   bash scripts/gpu_check.sh OUTDIR            (on a CUDA machine; about 5 minutes on one H200:
+#                                                  measured as 200 s + 94 s in two parts)
 #   SIZE=88x51 PATIENTS=12 BENCH_STEPS=2 bash scripts/gpu_check.sh OUTDIR   (a quick dry run on a CPU)
 #   ONLY="data_big epoch_wait bench_loader" bash scripts/gpu_check.sh OUTDIR   (some steps only)
 # Each step is capped by `timeout`, logs to OUTDIR/<step>.log, and the run goes on if one fails; the
