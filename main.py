@@ -95,8 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     g.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation: K runs "
-                   "fold<fold>0..K-1 on patient-level folds of train+val (or the manifest's fold column); test "
-                   "stays held out; writes outs/<save_dir>/cv_summary.json")
+                   "fold<fold>0..K-1 on patient-level folds (design: --cv); writes outs/<save_dir>/cv_summary.json "
+                   "and cv_report.md")
+    g.add_argument("--cv", choices=("auto", *crossval.DESIGNS), default="auto", help="cross-validation design: "
+                   "oof = out-of-fold, all images pooled, fold k is model k's test set, so every patient is tested "
+                   "once (validation carved from the other folds, --cv_val); heldout = fold k of train+val "
+                   "validates model k, every model is tested on the same test/; auto (default) = oof when the "
+                   "data has no test/ images, else heldout")
+    g.add_argument("--cv_val", type=float, default=crossval.VAL_FRACTION, metavar="FRACTION",
+                   help="--cv oof: share of each fold's training patients (per class) that validates it "
+                   "(default: %(default)s)")
     g.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples for the "
                    "report's confidence intervals; 0 = no report (default: %(default)s)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -145,6 +153,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
     if args.folds == 1 or args.folds < 0:
         raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
+    if not 0.0 < args.cv_val < 1.0:
+        raise SystemExit(f"--cv_val {args.cv_val}: must be within (0, 1), e.g. 0.2")
     if args.bootstrap < 0:
         raise SystemExit(f"--bootstrap {args.bootstrap}: must be >= 0 (0 = no report)")
     if args.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -212,20 +222,18 @@ def prepare_run(args, defaults: dict, save_dir: str, out: Path, dist_info: runti
         for key in ("augment", "augment_p", "sampler", "batch_size", "lrG", "beta", "loss", "seed", "data_dir",
                     "sched"):
             setattr(args, key, config[key])  # the rest of the recipe too, so the run continues unchanged
-    for key in ("cv_folds", "cv_fold", "cv_seed"):  # a cross-validation fold keeps its own train/val
+    for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):  # a fold keeps its own splits
         if key in config:
             setattr(args, key, config[key])
     return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state if args.resume else None
 
 
 def split_files(args) -> dict[str, list[Path]]:
-    """Images of each split: the data folder's, or for cross-validation fold k of train+val."""
-    test = loader.list_split(args.data_dir, "test")
-    if not getattr(args, "cv_folds", 0):
-        return {"train": loader.list_split(args.data_dir, "train"), "val": loader.list_split(args.data_dir, "val"),
-                "test": test}
-    fold = crossval.crossval_splits(args.data_dir, args.cv_folds, args.cv_seed)[args.cv_fold]
-    return {"train": list(fold["train"]), "val": list(fold["val"]), "test": test}
+    """Images of each split: the data folder's, or those of cross-validation fold k (crossval.py)."""
+    files = crossval.config_files(vars(args), args.data_dir)
+    if files is None:
+        files = {split: loader.list_split(args.data_dir, split) for split in loader.SPLITS}
+    return files
 
 
 def main(argv: list[str] | None = None) -> dict | list[dict]:
@@ -242,18 +250,21 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
     if not args.folds:
         return run(args, defaults, dist_info)
+    design = crossval.resolve_design(args.data_dir, args.cv)
+    logger.info("cross-validation design: %s", crossval.DESIGN_TEXT[design])
     results, runs = [], []
     for k in range(args.folds):
         fold_args = argparse.Namespace(**vars(args))
-        fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed = \
-            f"{args.fold}{k}", args.folds, k, args.seed
+        fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed, fold_args.cv_design = \
+            f"{args.fold}{k}", args.folds, k, args.seed, design
         logger.info("cross-validation fold %d of %d", k + 1, args.folds)
         results.append(run(fold_args, defaults, dist_info))
         runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
     if dist_info.is_main:
-        cv = report.write_cv_summary(Path(args.out_root) / args.save_dir, runs)
-        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_summary.json'}")
-        logger.debug("%s", cv)
+        cv = crossval.write_cv_summary(Path(args.out_root) / args.save_dir, runs, n_boot=args.bootstrap or 2000,
+                                       seed=args.seed)
+        print(crossval.headline(cv))
+        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_report.md'}")
     return results
 
 
