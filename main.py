@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--focal_gamma", type=float, default=None, help="focal loss gamma (--loss focal; default 2)")
     g.add_argument("--t_alpha", type=float, default=None, help="weight of the osteoporosis class in the loss, "
                    "in (0, 1); the normal class gets 1 - t_alpha (default: unweighted)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="weight averaging: validate, save and "
+                   "test the exponential moving average of the weights, updated every step with this decay, "
+                   "e.g. 0.99; 0 = off (default)")
+    g.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation for "
+                   "validation and test: flip = mean probability of each image and its left/right mirror "
+                   "(default: %(default)s)")
     g.add_argument("--select_metric", choices=SELECT_METRICS, default="roc_auc", help="validation metric that "
                    "picks the best epoch (default: %(default)s; f2acc = 1.5*F2 + accuracy, the original's)")
 
@@ -153,6 +159,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
     if args.folds == 1 or args.folds < 0:
         raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"--ema {args.ema}: the decay must be within [0, 1), e.g. 0.99 (0 = off)")
     if not 0.0 < args.cv_val < 1.0:
         raise SystemExit(f"--cv_val {args.cv_val}: must be within (0, 1), e.g. 0.2")
     if args.bootstrap < 0:
@@ -220,8 +228,8 @@ def prepare_run(args, defaults: dict, save_dir: str, out: Path, dist_info: runti
         setattr(args, key, config[key])
     if args.resume:
         for key in ("augment", "augment_p", "sampler", "batch_size", "lrG", "beta", "loss", "seed", "data_dir",
-                    "sched"):
-            setattr(args, key, config[key])  # the rest of the recipe too, so the run continues unchanged
+                    "sched", "ema"):
+            setattr(args, key, config.get(key, defaults[key]))  # the rest of the recipe too, so the run continues unchanged
     for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):  # a fold keeps its own splits
         if key in config:
             setattr(args, key, config[key])
@@ -318,7 +326,8 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epoch)
     trainer = trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
                           device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
-                          channels_last, dist_info, scheduler)
+                          channels_last, dist_info, scheduler, ema_decay=config.get("ema", 0.0),
+                          tta=config.get("tta", "none"))
     with logging_redirect_tqdm():
         if not args.test:
             if resume_state is not None:

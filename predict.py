@@ -1,6 +1,7 @@
 """Score hip radiographs with a trained run: probability of osteoporosis and the run's decision.
 
     python3 predict.py --run outs/<save_dir>/fold<fold> data/test more/image.png --out predictions.csv
+    python3 predict.py --run outs/<save_dir> new/ --out predictions.csv   # fold ensemble of a --folds run
 
 IMAGES are files or folders (their .png/.npy/.jpg/.tif images, not recursive). Sex, age and BMI
 come from the file name (``filenames.PATTERN``) or, for any file listed there, from ``--csv``
@@ -34,6 +35,7 @@ import filenames
 import loader
 import runfiles
 import runtime
+from ClassifyTrainer import flip_tta
 from models import build_model_from_config
 
 logger = logging.getLogger("predict")
@@ -145,50 +147,76 @@ def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     return np.round(loader.prepare(gray, image_size) * 255.0).astype(np.uint8).astype(np.float32) / 255.0
 
 
-def load_run(run: str | os.PathLike) -> dict:
-    """A run folder's ``best.pth`` (or a checkpoint file) through :func:`runfiles.load_checkpoint`."""
+def run_checkpoints(run: str | os.PathLike) -> list[Path]:
+    """The checkpoints ``--run`` names: a checkpoint file, a run folder's ``best.pth``, or, for a
+    cross-validation run group ``outs/<save_dir>``, the ``best.pth`` of every ``fold*/`` inside
+    (a fold ensemble)."""
     path = Path(run)
-    if path.is_dir():
-        path = path / runfiles.BEST
-    return runfiles.load_checkpoint(path)  # weights_only=True: pickled objects are refused
+    if path.is_dir() and not (path / runfiles.BEST).is_file():
+        folds = sorted(d / runfiles.BEST for d in path.glob("fold*") if (d / runfiles.BEST).is_file())
+        if folds:
+            return folds
+        raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
+                           f"group (no fold*/{runfiles.BEST} inside)")
+    return [path / runfiles.BEST if path.is_dir() else path]
 
 
 @torch.no_grad()
 def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
             clinical_csv: str | os.PathLike | None = None, device: str = "cpu",
-            batch_size: int = 16) -> list[dict]:
+            batch_size: int = 16, tta: str = "auto") -> list[dict]:
     """Rows ``file, probability, prediction`` for every image, in input order.
 
+    ``run`` may be a cross-validation run group: the probability is then the mean of its K fold
+    models and the decision uses the mean of their validation thresholds. ``tta``: ``flip`` also
+    scores each image's left/right mirror and averages the two probabilities; ``auto`` does what
+    the run was validated with (its ``--tta``).
     Every image and its clinical values are checked before the network runs; the first problem
     raises :class:`PredictError` (or ``ValueError`` for an unusable checkpoint) naming the file.
     """
-    state = load_run(run)
-    config = state["config"]
-    image_size = tuple(int(v) for v in config["image_size"])
-    early_fuse = loader.early_fuse_of(config)
-    stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
-    threshold = float(state["threshold"])
+    states = [runfiles.load_checkpoint(p) for p in run_checkpoints(run)]  # weights_only: pickles refused
+    shapes = {(tuple(int(v) for v in s["config"]["image_size"]), loader.early_fuse_of(s["config"]),
+               bool(s["config"]["late_fuse"])) for s in states}
+    if len(shapes) > 1:
+        raise PredictError(f"--run {run}: the fold models differ in image size or fusion mode ({sorted(shapes)}); "
+                           "an ensemble needs the folds of one cross-validation run")
+    image_size, early_fuse, late_fuse = shapes.pop()
     files = collect_images(images)
     table = read_clinical_csv(clinical_csv) if clinical_csv else None
-    clinical = np.stack([stats.normalise(v) for v in clinical_values(files, table)]) if files else \
-        np.zeros((0, len(loader.CLINICAL_NAMES)), np.float32)
+    raw_clinical = clinical_values(files, table)
     pixels = [load_image(f, image_size) for f in files]  # refuse before any scoring
-
-    model = build_model_from_config(config)
-    model.load_state_dict(state["model"])
     dev = runtime.select_device(device, None)
-    model.to(dev).eval()
-    probs: list[float] = []
-    for start in range(0, len(files), batch_size):
-        image = torch.from_numpy(np.stack(pixels[start:start + batch_size]))
-        clin = torch.from_numpy(clinical[start:start + batch_size])
-        if early_fuse:  # clinical values as constant planes, as HipDataset does
-            image = torch.cat([image, clin[:, :, None, None].expand(-1, -1, *image.shape[2:])], dim=1)
-        inputs = (image.to(dev), clin.to(dev)) if config["late_fuse"] else (image.to(dev),)
-        probs += torch.sigmoid(model(*inputs).float().reshape(-1)).cpu().double().tolist()
-    logger.info("scored %d images with %s (epoch %d, threshold %.4f from validation)", len(files),
-                Path(run), int(state["epoch"]), threshold)
-    return [{"file": str(f), "probability": p, "prediction": int(p >= threshold)} for f, p in zip(files, probs)]
+    probs = np.zeros(len(files))
+    for state in states:
+        config = state["config"]
+        stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
+        clinical = np.stack([stats.normalise(v) for v in raw_clinical]) if files else \
+            np.zeros((0, len(loader.CLINICAL_NAMES)), np.float32)
+        model = build_model_from_config(config)
+        model.load_state_dict(state["model"])
+        model.to(dev).eval()
+        mirror = (config.get("tta", "none") if tta == "auto" else tta) == "flip"
+        member: list[float] = []
+        for start in range(0, len(files), batch_size):
+            image = torch.from_numpy(np.stack(pixels[start:start + batch_size]))
+            clin = torch.from_numpy(clinical[start:start + batch_size])
+            if early_fuse:  # clinical values as constant planes, as HipDataset does
+                image = torch.cat([image, clin[:, :, None, None].expand(-1, -1, *image.shape[2:])], dim=1)
+            batch = {"image": image.to(dev), "clinical": clin.to(dev)}
+
+            def forward(b: dict) -> torch.Tensor:
+                inputs = (b["image"], b["clinical"]) if late_fuse else (b["image"],)
+                return model(*inputs).float().reshape(-1)
+
+            p = flip_tta(forward, batch) if mirror else torch.sigmoid(forward(batch))
+            member += p.cpu().double().tolist()
+        probs += np.asarray(member) / len(states)
+    threshold = float(np.mean([float(s["threshold"]) for s in states]))
+    logger.info("scored %d images with %s (%s, threshold %.4f from validation)", len(files), Path(run),
+                f"mean of {len(states)} fold models" if len(states) > 1 else f"epoch {int(states[0]['epoch'])}",
+                threshold)
+    return [{"file": str(f), "probability": float(p), "prediction": int(p >= threshold)}
+            for f, p in zip(files, probs)]
 
 
 def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
@@ -199,8 +227,10 @@ def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
-    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), or a "
-                   "checkpoint file")
+    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), a "
+                   "checkpoint file, or a cross-validation run group outs/<save_dir> (mean of its fold models)")
+    p.add_argument("--tta", choices=("auto", "none", "flip"), default="auto", help="flip: average each image's "
+                   "probability with its left/right mirror's; auto (default): as the run was validated (--tta)")
     p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
                    "carry them: columns file,sex,age,bmi")
     p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
@@ -215,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.batch_size < 1:
         raise SystemExit(f"--batch_size {args.batch_size}: must be >= 1")
     try:
-        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size)
+        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size, args.tta)
     except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
         raise SystemExit(f"predict.py: {exc}") from None
     write_predictions(args.out, rows)
