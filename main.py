@@ -31,7 +31,8 @@ import runtime
 from cli import positive, str2bool
 from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
 from LateFuseClassifyTrainer import LateFuseClassifyTrainer
-from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model_from_config
+from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model_from_config, resolve_pretrained
+from models.pretrained import PretrainedUnavailable
 
 logger = logging.getLogger("main")
 
@@ -70,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stem", choices=STEMS, default="downsample", help="dense_net stem: 'downsample' (stride-4, "
                    "default) or 'original' (full-resolution 3x3 conv of the original work: a GPU workload)")
     g.add_argument("--drop_rate", type=float, default=0.0, help="dropout before the classifier")
-    g.add_argument("--pretrained", default=None, metavar="PATH", help="local state dict to start from "
-                   "(never downloaded)")
+    g.add_argument("--pretrained", default=None, metavar="imagenet|RUN|PATH", help="start from: imagenet = "
+                   "torchvision's ImageNet weights (densenet121/169/201; downloaded into torch's cache only when "
+                   "this is given), a run folder (its best.pth, e.g. a model trained on demo radiographs) or a "
+                   "local weights file")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epoch", type=positive(int), default=50, help="epochs (default: %(default)s)")
@@ -256,6 +259,11 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     if args.deterministic:
         runtime.make_deterministic()
     args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
+    if args.pretrained and not (args.test or args.resume):
+        try:  # at once: an offline --pretrained imagenet or a wrong path stops before any data is read
+            resolve_pretrained(args.pretrained, args.model)
+        except (ValueError, FileNotFoundError, PretrainedUnavailable) as exc:
+            raise SystemExit(str(exc)) from None
     if not args.folds:
         return run(args, defaults, dist_info)
     design = crossval.resolve_design(args.data_dir, args.cv)
