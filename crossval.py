@@ -139,6 +139,10 @@ def crossval_splits(data_dir: str | os.PathLike, k: int, seed: int = 0) -> list[
     return splits
 
 
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() in filenames.EXTENSIONS for p in folder.iterdir())
+
+
 def resolve_design(data_dir: str | os.PathLike, design: str) -> str:
     """``auto`` -> ``oof`` when ``data_dir`` has no test images (nothing is held out: every patient
     must be tested once), else ``heldout``; ``oof``/``heldout`` are returned unchanged."""
@@ -146,8 +150,7 @@ def resolve_design(data_dir: str | os.PathLike, design: str) -> str:
         return design
     if design != "auto":
         raise ValueError(f"unknown cross-validation design {design!r}; choose auto, {' or '.join(DESIGNS)}")
-    test_dir = Path(data_dir) / "test"
-    return "heldout" if test_dir.is_dir() and loader.list_split(data_dir, "test") else "oof"
+    return "heldout" if _has_images(Path(data_dir) / "test") else "oof"
 
 
 def _patient_labels(infos: Mapping[Path, filenames.SampleInfo]) -> dict[str, int]:
@@ -177,7 +180,10 @@ def oof_splits(data_dir: str | os.PathLike, k: int, seed: int = 0,
     ``fold``, ``train``, ``val`` and ``test`` (sorted image paths). Each patient is in exactly one
     ``test``; within a fold no patient is in two of train, val and test."""
     data_dir = Path(data_dir)
-    files = sorted(f for split in loader.SPLITS for f in loader.list_split(data_dir, split))
+    present = [s for s in loader.SPLITS if _has_images(data_dir / s)]  # e.g. everything in train/
+    if not present:
+        loader.list_split(data_dir, "train")  # raises, naming what is missing
+    files = sorted(f for split in present for f in loader.list_split(data_dir, split))
     infos = {f: filenames.decode(f) for f in files}
     labels = _patient_labels(infos)
     patient_fold = assign_folds(labels, k, seed)

@@ -113,9 +113,13 @@ def test_oof_every_patient_tested_exactly_once_and_no_patient_in_two_roles(data,
 def test_design_auto_is_oof_without_a_test_split(data, tmp_path):
     assert crossval.resolve_design(data, "auto") == "heldout"
     assert crossval.resolve_design(data, "oof") == "oof"
-    empty = tmp_path / "no_test"
-    make_split(empty / "train", [(f"p{i}", 1, i % 2, 1, 60, 25.0) for i in range(6)])
+    empty = tmp_path / "no_test"  # preprocess_filenames.py --split 1 0 0: empty val/ and test/
+    make_split(empty / "train", [(f"p{i}", 1, i % 2, 1, 60, 25.0) for i in range(12)])
+    (empty / "val").mkdir()
+    (empty / "test").mkdir()
     assert crossval.resolve_design(empty, "auto") == "oof"
+    splits = crossval.oof_splits(empty, 3)
+    assert sorted(f for s in splits for f in s["test"]) == sorted((empty / "train").iterdir())
     with pytest.raises(ValueError, match="unknown cross-validation design 'loo'"):
         crossval.resolve_design(data, "loo")
 
