@@ -21,8 +21,8 @@ Method (all on a copy shrunk to a fixed working size, boxes mapped back to nativ
    prior on where the head lies in a half, gives candidate centres; the pair (right, left) is chosen
    that scores highest with similar heights and radii (the pelvis is nearly level and symmetric).
 5. Box. From the head centre ``(x, y)`` and radius ``r`` (femoral head about 2.3 cm, neck 5 cm,
-   neck-shaft angle about 130 degrees): ``x - 4.0 r`` (greater trochanter) to ``x + 1.7 r``
-   (medial to the head), ``y - 1.8 r`` (above the head) to ``y + 4.6 r`` (below the lesser
+   neck-shaft angle about 130 degrees): ``x - 3.8 r`` (greater trochanter) to ``x + 2.0 r``
+   (medial to the head), ``y - 2.8 r`` (above the head) to ``y + 4.6 r`` (below the lesser
    trochanter), then grown to the output's aspect ratio (a taller box takes more shaft) and shifted
    inside the image. A half whose best head is weak falls back to the half of the field.
 """
@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 WORK = 384  # working width of the field (pixels): the head is then about 12-30 px in radius
 BLACK = 12  # grey level below which a pixel is background (padding or segmented away)
 HEAD_RADIUS = (0.035, 0.085)  # femoral head radius as a share of the field width
-BOX = dict(lateral=4.0, medial=1.7, above=1.8, below=4.6)  # box edges in head radii from its centre
-MIN_SCORE = 0.1
+BOX = dict(lateral=3.8, medial=2.0, above=2.8, below=4.6)  # box edges in head radii from its centre
+MIN_SCORE = 0.0
 HEAD_PER_DISTANCE = 0.125  # head radius / distance between the head centres (2.3 cm / 18 cm)  # relative head evidence under which a half falls back (see _head_candidates)
 
 
@@ -94,27 +94,32 @@ def field_box(img: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
 
 
 def find_marks(img: np.ndarray) -> np.ndarray:
-    """Boolean mask of burnt-in markers and text: small, near-saturated, flat components whose edge
-    is much brighter than their surround (lead letters, printed text, ruler ticks)."""
+    """Boolean mask of burnt-in markers, text and ruler marks: small near-white components with a
+    sharp step down to a much darker surround (lead letters and printed overlays are not blurred
+    by the patient, bone edges are)."""
     h, w = img.shape
     size = max(h, w)
-    k = max(5, round(0.04 * size)) | 1
-    # white top-hat: what is brighter than its neighbourhood at the scale of a letter
+    k = max(5, round(0.08 * size)) | 1
+    # white top-hat: what is brighter than its neighbourhood at the scale of a marker
     tophat = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
-    bright = (img >= 230) & (tophat >= 110)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
+    bright = ((img >= 235) & (tophat >= 60)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
     out = np.zeros((h, w), bool)
-    max_area = 0.002 * h * w
+    max_area, min_area = 0.01 * h * w, max(6, round(2e-5 * h * w))
+    ring_k = np.ones((2 * max(2, size // 300) + 1,) * 2, np.uint8)
     for i in range(1, n):
         x, y, bw, bh, area = stats[i]
-        if area < 4 or area > max_area:
+        if not min_area <= area <= max_area:
             continue
-        if max(bw, bh) > 0.25 * size:  # a long line is a ruler edge only if thin
-            if min(bw, bh) > 0.01 * size:
-                continue
-        out[labels == i] = True
+        pad = ring_k.shape[0]
+        xa, ya, xb, yb = max(0, x - pad), max(0, y - pad), min(w, x + bw + pad), min(h, y + bh + pad)
+        comp = labels[ya:yb, xa:xb] == i
+        ring = cv2.dilate(comp.astype(np.uint8), ring_k).astype(bool) & ~comp
+        patch = img[ya:yb, xa:xb]
+        if ring.any() and float(patch[comp].mean()) - float(patch[ring].mean()) >= 70:
+            out[ya:yb, xa:xb] |= comp
     if out.any():
-        out = cv2.dilate(out.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        out = cv2.dilate(out.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     return out
 
 
@@ -165,29 +170,100 @@ def radial_symmetry(img: np.ndarray, radii: Sequence[int], alpha: float = 2.0) -
     return total / max(1, len(radii))
 
 
+def _segment(a: tuple[float, float], b: tuple[float, float], normal: tuple[float, float], step: float,
+             weight: float = 1.0) -> list[tuple[float, ...]]:
+    n = max(2, int(math.hypot(b[0] - a[0], b[1] - a[1]) / step) + 1)
+    return [(a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, normal[0], normal[1], weight)
+            for t in np.linspace(0, 1, n)]
+
+
+def _arc(radius: float, start_deg: float, stop_deg: float, inward: bool, step: float, weight: float
+         ) -> list[tuple[float, ...]]:
+    out = []
+    for a in np.arange(math.radians(start_deg), math.radians(stop_deg), step / radius):
+        c, s = math.cos(a), math.sin(a)
+        out.append((radius * c, radius * s, -c if inward else c, -s if inward else s, weight))
+    return out
+
+
+def femur_outline(step: float = 0.1) -> np.ndarray:
+    """Points ``(x, y, nx, ny, weight)`` of the edges around a proximal femur with the normal
+    pointing away from the bone, in femoral head radii from the head centre; x toward the medial
+    side (the head), y down (AP view, as ``split_hips`` orients a hip). From adult proportions:
+    neck about 1.3 radii wide, inclined 130 degrees to the shaft; femoral offset (head centre to
+    shaft axis) about 1.9 radii; shaft about 1.4 radii across; greater trochanter tip 0.7 radii
+    above the head centre; the acetabular roof over the head, a joint space away (radius 1.25).
+    The head and the roof weigh more: long straight shaft edges cannot fix the height."""
+    pts = _arc(1.0, 175, 465, False, step, 2.0)  # head, but where the neck leaves it (105-175 deg)
+    pts += _arc(1.25, 195, 335, True, step, 1.5)  # acetabular roof: bone above, facing the head
+    axis = (-math.cos(math.radians(40)), math.sin(math.radians(40)))  # neck axis, toward the shaft
+    up, down = (-axis[1], axis[0]), (axis[1], -axis[0])
+    up, down = (up, down) if up[1] < 0 else (down, up)
+    for n in (up, down):
+        pts += _segment((axis[0] * 1.0 + n[0] * 0.65, axis[1] * 1.0 + n[1] * 0.65),
+                        (axis[0] * 2.0 + n[0] * 0.65, axis[1] * 2.0 + n[1] * 0.65), n, step)
+    lateral, medial = -2.6, -1.2  # shaft edges
+    pts += _segment((lateral, -0.3), (lateral, 4.5), (-1.0, 0.0), step)  # trochanter and shaft, lateral
+    pts += _segment((lateral + 0.1, -0.7), (-1.7, -0.6), (0.0, -1.0), step)  # trochanter tip
+    pts += _segment((-1.15, 1.9), (medial, 4.5), (1.0, 0.0), step)  # calcar and shaft, medial
+    return np.array(pts, np.float32)
+
+
+OUTLINE = femur_outline()
+ANGLE_BINS = 24
+
+
 def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int = 6
                      ) -> list[tuple[float, float, float, float]]:
-    """Up to ``n`` (x, y, r, score) head candidates in one mirrored half (head toward the right),
-    in the half's pixels. Score: symmetry response times the anatomical prior, relative to the
-    response's 99.9th percentile over the half (so comparable between images)."""
+    """Up to ``n`` (x, y, r, score) femoral head candidates in one mirrored half (head toward the
+    right), in the half's pixels, by a generalised Hough transform (Ballard 1981) of
+    :func:`femur_outline`: every edge pixel votes for the head centres from which a point of the
+    outline with the opposite normal (bone is brighter than what surrounds it) would fall on it,
+    at each radius the head can have. Score: votes per outline length, times a broad anatomical
+    prior on where the head lies in a half."""
     h, w = half.shape
     lo, hi = HEAD_RADIUS
-    radii = np.unique(np.rint(np.geomspace(lo * field_w, hi * field_w, 7)).astype(int))
-    radii = radii[radii >= 2]
-    blur = cv2.GaussianBlur(half, (0, 0), max(1.0, lo * field_w / 4))
-    # per radius, keep which radius gave the best response at each pixel
-    best = np.zeros((h, w), np.float32)
-    best_r = np.zeros((h, w), np.float32)
-    for r in radii:
-        s = radial_symmetry(blur, [int(r)])
-        better = s > best
-        best[better], best_r[better] = s[better], r
+    radii = np.geomspace(lo * field_w, hi * field_w, 9)
+    f = cv2.GaussianBlur(half.astype(np.float32), (0, 0), max(1.0, lo * field_w / 6))
+    gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
+    mag = np.hypot(gx, gy)
+    ys, xs = np.nonzero(mag > max(1e-3, float(np.percentile(mag, 75))))
+    weight = np.minimum(mag[ys, xs] / (float(np.percentile(mag[ys, xs], 90)) + 1e-6), 1.0)
+    # an edge whose gradient points along g matches outline points whose outward normal is -g
+    ebin = np.floor((np.arctan2(-gy[ys, xs], -gx[ys, xs]) + math.pi) / (2 * math.pi) * ANGLE_BINS).astype(int) % ANGLE_BINS
+    tbin = np.floor((np.arctan2(OUTLINE[:, 3], OUTLINE[:, 2]) + math.pi) / (2 * math.pi) * ANGLE_BINS).astype(int) % ANGLE_BINS
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    # prior: head centre about halfway across the half and halfway down the field
-    px, py, sy = (0.42, 0.5, 0.12) if bone_only else (0.58, 0.55, 0.2)
-    prior = np.exp(-0.5 * (((xx / w - px) / 0.18) ** 2 + ((yy / h - py) / sy) ** 2))
+    px, py, sy = (0.42, 0.5, 0.15) if bone_only else (0.58, 0.55, 0.22)
+    prior = np.exp(-0.5 * (((xx / w - px) / 0.22) ** 2 + ((yy / h - py) / sy) ** 2))
+    ght, frst = [], []
+    for r in radii:
+        acc = np.zeros(h * w, np.float64)
+        for b in range(ANGLE_BINS):
+            e = np.flatnonzero(ebin == b)
+            if e.size == 0:
+                continue
+            t = np.flatnonzero(np.minimum((tbin - b) % ANGLE_BINS, (b - tbin) % ANGLE_BINS) <= 1)
+            if t.size == 0:
+                continue
+            cx = np.rint(xs[e][:, None] - r * OUTLINE[t, 0][None, :]).astype(np.int64)
+            cy = np.rint(ys[e][:, None] - r * OUTLINE[t, 1][None, :]).astype(np.int64)
+            ok = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            acc += np.bincount((cy * w + cx)[ok], weights=(weight[e][:, None] * OUTLINE[t, 4][None, :])[ok],
+                               minlength=h * w)
+        ght.append(cv2.GaussianBlur(acc.reshape(h, w).astype(np.float32), (0, 0), max(1.0, r / 5))
+                   / (r * float(OUTLINE[:, 4].sum()) * 0.1))
+        if not bone_only:
+            frst.append(radial_symmetry(f, [int(round(r))]))
+    # the outline fixes where a femur is, the radial symmetry that a round head sits there
+    ght = np.stack(ght) / (max(float(np.max(ght)), 1e-9))
+    frst = np.stack(frst) / (max(float(np.max(frst)), 1e-9)) if frst else None
+    # (a bone-only segmentation's head often merges with the acetabulum: its outline alone decides)
+    both = ght if bone_only else np.sqrt(ght * frst)
+    k = np.argmax(both, axis=0)
+    best = np.take_along_axis(both, k[None], axis=0)[0]
+    best_r = radii[k].astype(np.float32)
     score = best * prior
-    ref = float(np.percentile(best, 99.9)) + 1e-6
     out = []
     work = score.copy()
     for _ in range(n):
@@ -196,8 +272,8 @@ def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int =
         if value <= 0:
             break
         r = float(best_r[y, x])
-        out.append((float(x), float(y), r, value / ref))
-        cv2.circle(work, (int(x), int(y)), max(2, int(1.2 * r)), 0.0, -1)
+        out.append((float(x), float(y), r, value))
+        cv2.circle(work, (int(x), int(y)), max(2, int(1.5 * r)), 0.0, -1)
     return out
 
 
@@ -263,7 +339,8 @@ def find_hips(img: np.ndarray, aspect: float = 704 / 407) -> Result:
     H, W = img.shape
     result = Result(hips=[])
     field, result.bone_only = field_box(img)
-    marks = find_marks(img)
+    # a bone-only segmentation has no markers left, and its bone ends sharply on black
+    marks = np.zeros(img.shape, bool) if result.bone_only else find_marks(img)
     n_marks = cv2.connectedComponents(marks.astype(np.uint8))[0] - 1 if marks.any() else 0
     result.marks_found = n_marks
     if is_upside_down(img, field, result.bone_only):
