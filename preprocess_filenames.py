@@ -1040,12 +1040,12 @@ def roi_summary(manifest: Sequence[Mapping[str, str]]) -> list[str]:
     images = {m["source"]: m for m in crops}
     n, k = len(crops), len(images)
     found = sum(m["roi"] == "femur" for m in crops)
-    return ["", f"region of interest (--roi): {n} hip crops from {k} images",
-            f"  femur found          {found:>6}",
-            f"  fell back to half    {n - found:>6}",
-            f"  images turned upright{sum(m['flipped'] == '1' for m in images.values()):>6}",
-            f"  images with markers  {sum(m['marks_found'] != '0' for m in images.values()):>6}",
-            f"  crops with markers painted over{sum(m['marks_masked'] != '0' for m in crops):>6}"]
+    counts = [("femur found", found), ("fell back to half image", n - found),
+              ("images turned upright", sum(m["flipped"] == "1" for m in images.values())),
+              ("images with markers/text", sum(m["marks_found"] != "0" for m in images.values())),
+              ("crops with markers masked", sum(m["marks_masked"] != "0" for m in crops))]
+    return ["", f"region of interest (--roi): {n} hip crops from {k} images"] + \
+        [f"  {label:<26}{count:>6}" for label, count in counts]
 
 
 def summary_table(manifest: Sequence[Mapping[str, str]], skipped: Sequence[Mapping[str, str]],

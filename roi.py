@@ -42,7 +42,10 @@ WORK = 384  # working width of the field (pixels): the head is then about 12-30 
 BLACK = 12  # grey level below which a pixel is background (padding or segmented away)
 HEAD_RADIUS = (0.035, 0.085)  # femoral head radius as a share of the field width
 BOX = dict(lateral=3.8, medial=2.0, above=2.8, below=4.6)  # box edges in head radii from its centre
-MIN_SCORE = 0.0
+MIN_EVIDENCE = 0.1  # share of the femur outline that must find a matching edge (see _support): hip-dev's
+# best candidates give 0.12-0.6 (median 0.26), drawn femurs 0.6; noise gives 0.15-0.27 too, so this
+# only rejects a half without structure (a single-hip view's empty side); see docs/roi.md
+MAX_TILT = 0.12  # heads further apart in height than this share of the field: the weaker is doubted
 HEAD_PER_DISTANCE = 0.125  # head radius / distance between the head centres (2.3 cm / 18 cm)  # relative head evidence under which a half falls back (see _head_candidates)
 
 
@@ -127,17 +130,33 @@ def find_marks(img: np.ndarray) -> np.ndarray:
 
 def is_upside_down(img: np.ndarray, field: tuple[int, int, int, int], bone_only: bool) -> bool:
     """True when the femoral shafts point up. Bone-only: more bone in the bottom quarter of the field
-    than in its top quarter (wide iliac wings above, narrow shafts below in an upright view)."""
+    than in its top quarter (wide iliac wings belong above, narrow shafts below), unless the bone
+    in the middle of the width (pubic bones) lies in the bottom 30 % (a short upright view).
+    Radiograph: the long bright vertical bands of the shafts, in the outer thirds of the field,
+    belong in its bottom third, not its top third (where the iliac wings are)."""
     x0, y0, x1, y1 = field
     crop = img[y0:y1, x0:x1]
-    if crop.size == 0:
+    if crop.shape[0] < 8 or crop.shape[1] < 8:
         return False
     if bone_only:
+        bone = crop > BLACK
         q = max(1, crop.shape[0] // 4)
-        top = float(np.mean(crop[:q] > BLACK))
-        bottom = float(np.mean(crop[-q:] > BLACK))
-        return bottom > 1.15 * top
-    return False
+        top, bottom = float(np.mean(bone[:q])), float(np.mean(bone[-q:]))
+        # a short view (pelvis with femur stubs) has its pubic bones below: bone in the middle
+        # fifth of the width lies low in an upright view, high in an upside-down one
+        middle = bone[:, int(0.42 * bone.shape[1]):int(0.58 * bone.shape[1])].mean(axis=1)
+        centroid = float((middle * np.arange(middle.size)).sum() / max(middle.sum(), 1e-6) / middle.size)
+        return bottom > 1.15 * top and (middle.sum() == 0 or centroid < 0.7)
+    s = 128 / crop.shape[1]
+    small = cv2.resize(crop, (128, max(8, round(crop.shape[0] * s))), interpolation=cv2.INTER_AREA).astype(np.float32)
+    # bright vertical bands about a shaft wide: minus the horizontal second derivative, after
+    # smoothing along y so that only long vertical structures keep their contrast
+    smooth = cv2.GaussianBlur(small, (0, 0), sigmaX=2.0, sigmaY=6.0)
+    ridge = np.maximum(-cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=5), 0)
+    n, third = small.shape[0], small.shape[1] // 3
+    outer = np.concatenate([ridge[:, :third], ridge[:, -third:]], axis=1)
+    top, bottom = float(outer[: n // 3].mean()), float(outer[-(n // 3):].mean())
+    return top > 1.3 * bottom
 
 
 # ----------------------------------------------------------------------------- femoral head
@@ -214,13 +233,15 @@ ANGLE_BINS = 24
 
 
 def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int = 6
-                     ) -> list[tuple[float, float, float, float]]:
-    """Up to ``n`` (x, y, r, score) femoral head candidates in one mirrored half (head toward the
+                     ) -> list[tuple[float, float, float, float, float]]:
+    """Up to ``n`` (x, y, r, score, evidence) femoral head candidates in one mirrored half (head toward the
     right), in the half's pixels, by a generalised Hough transform (Ballard 1981) of
     :func:`femur_outline`: every edge pixel votes for the head centres from which a point of the
     outline with the opposite normal (bone is brighter than what surrounds it) would fall on it,
-    at each radius the head can have. Score: votes per outline length, times a broad anatomical
-    prior on where the head lies in a half."""
+    at each radius the head can have. Evidence: the share of the outline (weighted) that found a
+    matching edge. Score: the evidence relative to the best in the half (on a radiograph times
+    the radial symmetry of a round head at that radius), times a broad anatomical prior on where
+    the head lies in a half."""
     h, w = half.shape
     lo, hi = HEAD_RADIUS
     radii = np.geomspace(lo * field_w, hi * field_w, 9)
@@ -229,10 +250,14 @@ def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int =
     gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
     mag = np.hypot(gx, gy)
     ys, xs = np.nonzero(mag > max(1e-3, float(np.percentile(mag, 75))))
+    if ys.size < 16:  # a flat picture: nothing to find
+        return []
     weight = np.minimum(mag[ys, xs] / (float(np.percentile(mag[ys, xs], 90)) + 1e-6), 1.0)
     # an edge whose gradient points along g matches outline points whose outward normal is -g
     ebin = np.floor((np.arctan2(-gy[ys, xs], -gx[ys, xs]) + math.pi) / (2 * math.pi) * ANGLE_BINS).astype(int) % ANGLE_BINS
     tbin = np.floor((np.arctan2(OUTLINE[:, 3], OUTLINE[:, 2]) + math.pi) / (2 * math.pi) * ANGLE_BINS).astype(int) % ANGLE_BINS
+    edge_bins = np.full((h, w), -1, np.int16)
+    edge_bins[ys, xs] = ebin
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     px, py, sy = (0.42, 0.5, 0.15) if bone_only else (0.58, 0.55, 0.22)
     prior = np.exp(-0.5 * (((xx / w - px) / 0.22) ** 2 + ((yy / h - py) / sy) ** 2))
@@ -256,7 +281,8 @@ def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int =
         if not bone_only:
             frst.append(radial_symmetry(f, [int(round(r))]))
     # the outline fixes where a femur is, the radial symmetry that a round head sits there
-    ght = np.stack(ght) / (max(float(np.max(ght)), 1e-9))
+    ght = np.stack(ght)
+    ght = ght / max(float(np.max(ght)), 1e-9)
     frst = np.stack(frst) / (max(float(np.max(frst)), 1e-9)) if frst else None
     # (a bone-only segmentation's head often merges with the acetabulum: its outline alone decides)
     both = ght if bone_only else np.sqrt(ght * frst)
@@ -272,9 +298,28 @@ def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int =
         if value <= 0:
             break
         r = float(best_r[y, x])
-        out.append((float(x), float(y), r, value))
+        out.append((float(x), float(y), r, value, _support(edge_bins, x, y, r)))
         cv2.circle(work, (int(x), int(y)), max(2, int(1.5 * r)), 0.0, -1)
     return out
+
+
+def _support(edge_bins: np.ndarray, x: float, y: float, r: float) -> float:
+    """Share of the outline (weighted) that, placed with its head at (x, y) and radius r, has an
+    edge of its own orientation (one bin either side) within a pixel of it."""
+    h, w = edge_bins.shape
+    tbin = np.floor((np.arctan2(OUTLINE[:, 3], OUTLINE[:, 2]) + math.pi) / (2 * math.pi) * ANGLE_BINS).astype(int) % ANGLE_BINS
+    px = np.rint(x + r * OUTLINE[:, 0]).astype(int)
+    py = np.rint(y + r * OUTLINE[:, 1]).astype(int)
+    hit = np.zeros(len(OUTLINE), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            qx, qy = px + dx, py + dy
+            ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+            b = np.full(len(OUTLINE), -1)
+            b[ok] = edge_bins[qy[ok], qx[ok]]
+            near = np.minimum((b - tbin) % ANGLE_BINS, (tbin - b) % ANGLE_BINS) <= 1
+            hit |= ok & (b >= 0) & near
+    return float((OUTLINE[:, 4] * hit).sum() / OUTLINE[:, 4].sum())
 
 
 def _pair(right: list, left: list, height: float) -> tuple[tuple | None, tuple | None]:
@@ -308,6 +353,21 @@ def femur_box(head: tuple[float, float, float], aspect: float) -> tuple[float, f
         grow = (h / aspect - w) / 2
         x0, x1 = x0 - grow, x1 + grow
     return x0, y0, x1, y1
+
+
+def hip_box(head: tuple[float, float, float], side: str, shape: tuple[int, int], aspect: float
+            ) -> tuple[int, int, int, int]:
+    """Integer box (x0, y0, x1, y1) in an upright AP view of ``shape`` (H, W) around the proximal
+    femur of the ``side`` ('right': image left half, 'left': image right half) hip whose head is
+    (x, y, r) in its pixels: :func:`femur_box` in the hip's ``split_hips`` orientation."""
+    h, w = shape
+    x, y, r = head
+    if side == "left":  # mirror into the orientation of the right hip, and back
+        x0, y0, x1, y1 = femur_box((w - 1 - x, y, r), aspect)
+        x0, x1 = w - x1, w - x0
+    else:
+        x0, y0, x1, y1 = femur_box((x, y, r), aspect)
+    return _fit_inside((x0, y0, x1, y1), w, h)
 
 
 def _fit_inside(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
@@ -363,35 +423,33 @@ def find_hips(img: np.ndarray, aspect: float = 704 / 407) -> Result:
     left_half = small[:, WORK - half_w:][:, ::-1]
     cands = [_head_candidates(part, WORK, result.bone_only) for part in (right_half, left_half)]
     heads = _pair(cands[0], cands[1], small.shape[0])
+    if heads[0] is not None and heads[1] is not None and abs(heads[0][1] - heads[1][1]) > MAX_TILT * small.shape[0]:
+        # a level pelvis has its heads at one height: the side with less evidence found something else
+        weaker = 0 if heads[0][4] < heads[1][4] else 1
+        heads = tuple(None if i == weaker else c for i, c in enumerate(heads))
     if heads[0] is not None and heads[1] is not None:
         # the distance between the heads (about 18 cm) fixes the scale better than one edge does
         distance = (WORK - 1 - heads[1][0]) - heads[0][0]
         if 0.25 * WORK < distance < 0.85 * WORK:
             r = HEAD_PER_DISTANCE * distance
-            heads = tuple((c[0], c[1], r, c[3]) for c in heads)
+            heads = tuple((c[0], c[1], r) + tuple(c[3:]) for c in heads)
 
     masked_total = np.zeros_like(marks)
     for side, head, mirrored in (("right", heads[0], False), ("left", heads[1], True)):
-        if head is not None and head[3] >= MIN_SCORE:
+        if head is not None and head[4] >= MIN_EVIDENCE:
             hx, hy, hr = head[0], head[1], head[2]
             if mirrored:
                 hx = WORK - 1 - hx
             # back to native pixels of the (oriented) image
-            nx, ny, nr = fx0 + (hx + 0.5) / s - 0.5, fy0 + (hy + 0.5) / s - 0.5, hr / s
-            if mirrored:  # box in the mirrored frame, mapped back
-                mx = W - 1 - nx
-                bx0, by0, bx1, by1 = femur_box((mx, ny, nr), aspect)
-                bx0, bx1 = W - bx1, W - bx0
-            else:
-                bx0, by0, bx1, by1 = femur_box((nx, ny, nr), aspect)
-            box = _fit_inside((bx0, by0, bx1, by1), W, H)
-            found, native_head = True, (nx, ny, nr)
+            native_head = (fx0 + (hx + 0.5) / s - 0.5, fy0 + (hy + 0.5) / s - 0.5, hr / s)
+            box, found = hip_box(native_head, side, (H, W), aspect), True
         else:
             half = fw // 2
             box = (fx0, fy0, fx0 + half, fy1) if side == "right" else (fx1 - half, fy0, fx1, fy1)
             found, native_head = False, None
-            result.notes.append(f"{side} hip: femoral head not found (best evidence "
-                                f"{head[3] if head else 0:.2f} < {MIN_SCORE}); using the half field")
+            why = (f"outline evidence {head[4]:.3f} < {MIN_EVIDENCE}" if head is not None
+                   else "no candidate at the other head's height" if any(heads) else "no edges")
+            result.notes.append(f"{side} hip: femoral head not found ({why}); using the half field")
         x0, y0, x1, y1 = box
         crop = np.ascontiguousarray(img[y0:y1, x0:x1])
         m = marks[y0:y1, x0:x1]
