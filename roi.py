@@ -21,10 +21,13 @@ Method (all on a copy shrunk to a fixed working size, boxes mapped back to nativ
    prior on where the head lies in a half, gives candidate centres; the pair (right, left) is chosen
    that scores highest with similar heights and radii (the pelvis is nearly level and symmetric).
 5. Box. From the head centre ``(x, y)`` and radius ``r`` (femoral head about 2.3 cm, neck 5 cm,
-   neck-shaft angle about 130 degrees): ``x - 3.8 r`` (greater trochanter) to ``x + 2.0 r``
-   (medial to the head), ``y - 2.8 r`` (above the head) to ``y + 4.6 r`` (below the lesser
+   neck-shaft angle about 130 degrees): ``x - 3.5 r`` (greater trochanter) to ``x + 2.3 r``
+   (medial to the head), ``y - 4 r`` (above the head) to ``y + 4.6 r`` (below the lesser
    trochanter), then grown to the output's aspect ratio (a taller box takes more shaft) and shifted
-   inside the image. A half whose best head is weak falls back to the half of the field.
+   inside the image. The margins above and medially are wide because on radiographs the found
+   centre often lies up to two radii too low, on the neck (measured on hip-dev, docs/roi.md).
+   A half without structure (no candidate with enough outline support, or none at the other head's
+   height) falls back to the half of the field.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ logger = logging.getLogger(__name__)
 WORK = 384  # working width of the field (pixels): the head is then about 12-30 px in radius
 BLACK = 12  # grey level below which a pixel is background (padding or segmented away)
 HEAD_RADIUS = (0.035, 0.085)  # femoral head radius as a share of the field width
-BOX = dict(lateral=3.8, medial=2.0, above=2.8, below=4.6)  # box edges in head radii from its centre
+BOX = dict(lateral=3.5, medial=2.3, above=4.0, below=4.6)  # box edges in head radii from its centre
 MIN_EVIDENCE = 0.1  # share of the femur outline that must find a matching edge (see _support): hip-dev's
 # best candidates give 0.12-0.6 (median 0.26), drawn femurs 0.6; noise gives 0.15-0.27 too, so this
 # only rejects a half without structure (a single-hip view's empty side); see docs/roi.md
