@@ -43,10 +43,16 @@ logger = logging.getLogger(__name__)
 
 WORK = 384  # working width of the field (pixels): the head is then about 12-30 px in radius
 BLACK = 12  # grey level below which a pixel is background (padding or segmented away)
-HEAD_RADIUS = (0.035, 0.085)  # femoral head radius as a share of the field width
+# Where the head lies, as found on hip-dev's 257 images (crops that showed head and neck on the
+# contact sheet, docs/roi.md): centre x from the lateral edge of the half (share of the half's
+# width), centre y (share of the field's height), radius (share of the field's width); mean and
+# spread (about the 10-90 % range / 2.5). Radiographs show soft tissue beside the bones, so their
+# field is wider than a bone-only segmentation's.
+PRIOR = {"radiograph": dict(x=(0.55, 0.11), y=(0.58, 0.12), r=(0.035, 0.085)),
+         "bone": dict(x=(0.41, 0.10), y=(0.56, 0.10), r=(0.05, 0.11))}
 BOX = dict(lateral=3.5, medial=2.3, above=4.0, below=4.6)  # box edges in head radii from its centre
-MIN_EVIDENCE = 0.1  # share of the femur outline that must find a matching edge (see _support): hip-dev's
-# best candidates give 0.12-0.6 (median 0.26), drawn femurs 0.6; noise gives 0.15-0.27 too, so this
+MIN_EVIDENCE = 0.03  # share of the femur outline that must find a matching edge (see _support): on
+# hip-dev the chosen heads give 0.03-0.6, drawn femurs 0.6, but noise gives 0.15-0.27 too, so this
 # only rejects a half without structure (a single-hip view's empty side); see docs/roi.md
 MAX_TILT = 0.12  # heads further apart in height than this share of the field: the weaker is doubted
 HEAD_PER_DISTANCE = 0.125  # head radius / distance between the head centres (2.3 cm / 18 cm)  # relative head evidence under which a half falls back (see _head_candidates)
@@ -246,7 +252,8 @@ def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int =
     the radial symmetry of a round head at that radius), times a broad anatomical prior on where
     the head lies in a half."""
     h, w = half.shape
-    lo, hi = HEAD_RADIUS
+    prior_of = PRIOR["bone" if bone_only else "radiograph"]
+    lo, hi = prior_of["r"]
     radii = np.geomspace(lo * field_w, hi * field_w, 9)
     f = cv2.GaussianBlur(half.astype(np.float32), (0, 0), max(1.0, lo * field_w / 6))
     gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
@@ -262,8 +269,8 @@ def _head_candidates(half: np.ndarray, field_w: float, bone_only: bool, n: int =
     edge_bins = np.full((h, w), -1, np.int16)
     edge_bins[ys, xs] = ebin
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    px, py, sy = (0.42, 0.5, 0.15) if bone_only else (0.58, 0.55, 0.22)
-    prior = np.exp(-0.5 * (((xx / w - px) / 0.22) ** 2 + ((yy / h - py) / sy) ** 2))
+    (px, sx), (py, sy) = prior_of["x"], prior_of["y"]
+    prior = np.exp(-0.5 * (((xx / w - px) / sx) ** 2 + ((yy / h - py) / sy) ** 2))
     ght, frst = [], []
     for r in radii:
         acc = np.zeros(h * w, np.float64)

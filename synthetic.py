@@ -1,4 +1,4 @@
-"""python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png]
+"""python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
 
 The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known
 cause of osteoporosis, so the whole suite can be run and checked without patient data.
@@ -32,6 +32,11 @@ crop 1 = right hip, 2 = left hip drawn mirrored into the same orientation), spli
 patient and stratified by label; ``masks/<split>/<name>.png`` (255 on the femur, where the
 disease signal is drawn; see :func:`region_mask`); ``manifest.csv`` (one row per image with the
 drawing parameters); ``synthetic.json`` (n, seed, size: a re-run with the same values is a no-op).
+
+``--pelvis`` instead writes whole AP pelvis views as a hospital exports them (``raw/``,
+``patient_list.csv``, and ``pelvis.csv`` with each femoral head's centre and radius), some with a
+black border and a text line, a tenth upside down: the input of ``preprocess_filenames.py --roi
+femur``, whose finder (``roi.py``) tests/test_roi.py checks against the known heads.
 """
 from __future__ import annotations
 
@@ -491,8 +496,8 @@ def head_in_pixels(size: tuple[int, int], params: dict) -> tuple[float, float, f
     return (gx - 0.5) * unit + w / 2 - 0.5, (gy - REF_H / 2) * unit + h / 2 - 0.5, hr * params["scale"] * unit
 
 
-PELVIS_HIP_SIZE = (480, 204)  # (height, width) of each hip in a pelvis view: taller than a hip crop,
-# so that pelvis shows above the head and shaft below the lesser trochanter as on an AP view
+PELVIS_HIP_SIZE = (428, 204)  # (height, width) of each hip in a pelvis view: taller than a hip crop,
+# with the femoral head about halfway down, as on an AP pelvis radiograph
 PELVIS_LIST = "patient_list.csv"
 PELVIS_TRUTH = "pelvis.csv"
 
@@ -507,10 +512,13 @@ def draw_pelvis(patient: dict, rng: np.random.Generator, hip_size: tuple[int, in
     Returns the uint8 image and the femoral heads (x, y, r) in its pixels, right hip first.
     """
     h, w = hip_size
+    # drawn 3 widths high (the frame is centred, so the abdomen shows above the pelvis) and cut
+    # below, so that the head lies about halfway down as on an AP pelvis radiograph
+    drawn = (max(h, 3 * w), w)
     right_p, left_p = draw_picture(patient, rng), draw_picture(patient, rng)
-    right, _ = render(hip_size, right_p, "", rng)  # markers are put on the whole view below
-    left, _ = render(hip_size, left_p, "", rng)
-    right_head, left_head = head_in_pixels(hip_size, right_p), head_in_pixels(hip_size, left_p)
+    right = render(drawn, right_p, "", rng)[0][:h]  # markers are put on the whole view below
+    left = render(drawn, left_p, "", rng)[0][:h]
+    right_head, left_head = head_in_pixels(drawn, right_p), head_in_pixels(drawn, left_p)
     # gap so that the heads lie 8 radii apart (about 18 cm for a 2.3 cm head)
     radius = (right_head[2] + left_head[2]) / 2
     gap = max(2, round(8.0 * radius - (w - 1 - right_head[0]) - (w - 1 - left_head[0])))
@@ -701,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _keep_freed_memory()
     if args.pelvis:
         try:
-            generate_pelvis(args.out, args.n, args.seed, (round(args.size[0] * 0.68), args.size[1] // 2))
+            generate_pelvis(args.out, args.n, args.seed, (round(args.size[1] * 1.05), args.size[1] // 2))
         except FileExistsError as exc:
             parser.exit(2, f"{parser.prog}: error: {exc}\n")
         print(f"{args.out}: {args.n} AP pelvis views in {args.out}/raw, list {PELVIS_LIST}, truth {PELVIS_TRUTH}")

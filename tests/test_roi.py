@@ -10,7 +10,7 @@ import roi
 import synthetic
 
 ASPECT = 704 / 407
-HIP = (240, 102)  # each hip of a generated view: small, so a view takes a fraction of a second
+HIP = (214, 102)  # each hip of a generated view: small, so a view takes a fraction of a second
 
 
 def iou(a, b) -> float:
