@@ -43,7 +43,7 @@ class ClassifyTrainer:
     best epoch by ``select_metric`` in ``run_dir/best.pth`` (and every epoch in ``last.pth`` for
     ``--resume``) and score only the best checkpoint on test."""
 
-    def __init__(self, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
+    def __init__(self, *, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,

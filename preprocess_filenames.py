@@ -53,7 +53,8 @@ Safety. Inputs are only read. ``--out`` may not be, contain or lie inside ``--im
 the CSV). A non-empty ``--out`` is refused unless ``--overwrite``, which deletes only what this
 tool writes (its bookkeeping files and, in ``OUT/train|val|test``, PNGs whose names decode with
 ``filenames.decode``) and leaves everything else alone. Every file is written to a temporary file
-in the same folder and renamed (``os.replace``), so no half-written PNG or CSV is ever seen.
+in the same folder and renamed into place (``runfiles.atomic_write``), so no half-written PNG or CSV is
+ever seen.
 
 Resume. A run writes ``OUT/.preprocess_in_progress`` (a fingerprint of the CSV's bytes and of
 every setting that shapes the output) before its first image and removes it when it has finished. Running the same
@@ -97,12 +98,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import filenames
+import runfiles
+from splits import DEFAULT_FRACTIONS, IMAGE_SIZE, SPLITS, assign_folds, assign_splits, patient_labels
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-DEFAULT_SIZE = (704, 407)  # (height, width) of the original work's hip crops
-DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 CSV_NAMES = ("patient_list.csv", "pateint_list.csv")  # the second is the original export's spelling
 MARKER = ".preprocess_in_progress"
 MANIFEST = "manifest.csv"
@@ -286,7 +286,7 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def fit_image(img: np.ndarray, size: Sequence[int] = DEFAULT_SIZE, fit: str = "pad") -> np.ndarray:
+def fit_image(img: np.ndarray, size: Sequence[int] = IMAGE_SIZE, fit: str = "pad") -> np.ndarray:
     """Resize a 2-D image to exactly ``size`` = (height, width).
 
     ``pad`` keeps the aspect ratio and centres the image on black; ``crop`` keeps the ratio and
@@ -336,56 +336,6 @@ def crop_box(img: np.ndarray, box: Sequence[int]) -> np.ndarray:
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
         raise BoxError(f"box x0={x0} y0={y0} x1={x1} y1={y1} is not inside the image ({w} wide, {h} high)")
     return np.ascontiguousarray(img[y0:y1, x0:x1])
-
-
-# ----------------------------------------------------------------------------- splits
-
-def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
-    """Split n items by fractions, largest remainder first (ties in order)."""
-    exact = [f * n for f in fractions]
-    counts = [math.floor(e) for e in exact]
-    order = sorted(range(len(fractions)), key=lambda i: (-(exact[i] - counts[i]), i))
-    for i in order[: n - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def assign_splits(labels: Mapping[str, int], fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                  seed: int = 0) -> dict[str, str]:
-    """Patient -> 'train' / 'val' / 'test', stratified by the patient's label.
-
-    Deterministic for the same patients, labels, fractions and seed (patients are sorted first).
-    """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split fractions must be three numbers >= 0 that sum to 1, got {list(fractions)}")
-    rng = np.random.default_rng(seed)
-    result: dict[str, str] = {}
-    for label in sorted(set(labels.values())):
-        patients = sorted(p for p, y in labels.items() if y == label)
-        patients = [patients[i] for i in rng.permutation(len(patients))]
-        start = 0
-        for split, count in zip(SPLITS, _allocate(len(patients), fractions)):
-            for p in patients[start:start + count]:
-                result[p] = split
-            start += count
-    return result
-
-
-def assign_folds(labels: Mapping[str, int], k: int, seed: int = 0) -> dict[str, int]:
-    """Patient -> fold 0..k-1, stratified by label (dealt round-robin after a seeded shuffle)."""
-    if k < 2:
-        raise ValueError(f"--folds must be at least 2, got {k}")
-    if k > len(labels):
-        raise ValueError(f"--folds {k} needs at least {k} patients, there are {len(labels)}")
-    rng = np.random.default_rng([seed, 1])  # independent of the split's stream
-    result: dict[str, int] = {}
-    position = 0
-    for label in sorted(set(labels.values())):
-        patients = sorted(p for p, y in labels.items() if y == label)
-        for i in rng.permutation(len(patients)):
-            result[patients[i]] = position % k
-            position += 1  # continue across classes so fold sizes stay balanced
-    return result
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -919,27 +869,6 @@ def _fmt(value: float | int | None) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _csv_bytes(fieldnames: Sequence[str], rows: Sequence[Mapping[str, str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
-
-
 _TMP = re.compile(r"^\..+\.\d+\.tmp$")
 
 
@@ -1005,7 +934,7 @@ def prepare_out(out: Path, fingerprint: str, overwrite: bool) -> bool:
             raise PreprocessError(f"{folder} is a symbolic link; refusing to write through it")
         folder.mkdir(exist_ok=True)
     if not resume:
-        write_atomic(marker, json.dumps({"fingerprint": fingerprint, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        runfiles.write_bytes(marker, json.dumps({"fingerprint": fingerprint, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                          "command": sys.argv}, indent=1).encode("utf-8"))
     return resume
 
@@ -1084,9 +1013,7 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
         raise PreprocessError(f"{csv_path}: no usable rows ({len(report.rows)} skipped); see the messages above")
 
     assign_crops(rows, args.split_hips)
-    labels: dict[str, int] = {}
-    for row in rows:
-        labels[row.patient] = max(labels.get(row.patient, 0), row.label)
+    labels = patient_labels((row.patient, row.label) for row in rows)
     if cols.split is not None:
         splits = {}
         for row in rows:
@@ -1100,11 +1027,6 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
             folds = assign_folds(dev, args.folds, args.seed)
         except ValueError as exc:
             raise PreprocessError(f"{exc} (train+val patients)") from exc
-        for label in sorted(set(dev.values())):
-            count = sum(1 for y in dev.values() if y == label)
-            if count < args.folds:
-                logger.warning("only %d train+val patients with label %d for %d folds: some folds lack that class",
-                               count, label, args.folds)
 
     fingerprint, settings = _fingerprint(args, csv_bytes, root)
     resume = prepare_out(out, fingerprint, args.overwrite)
@@ -1117,7 +1039,7 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
             file_handler.handle(record)
         config = {"csv": str(csv_path.resolve()), "images": str(root), "out": str(out_real),
                   "columns": vars(cols), "settings": settings, "fingerprint": fingerprint}
-        write_atomic(out / CONFIG, json.dumps(config, indent=1, default=str).encode("utf-8"))
+        runfiles.write_bytes(out / CONFIG, json.dumps(config, indent=1, default=str).encode("utf-8"))
         return _write_images(args, out, rows, splits, folds, report, resume)
     finally:
         logging.getLogger().removeHandler(file_handler)
@@ -1141,8 +1063,8 @@ def _write_images(args: argparse.Namespace, out: Path, rows: list[Row], splits: 
     fieldnames = ["file", "source", "patient", "crop", "split"] + (["fold"] if args.folds else []) + \
         ["label", "sex", "age", "bmi", "row"] + (["hip"] if args.split_hips else []) + \
         (["patient_csv"] if args.sanitize_ids else [])
-    write_atomic(out / MANIFEST, _csv_bytes(fieldnames, manifest))
-    write_atomic(out / SKIPPED, _csv_bytes(["row", "image", "patient", "reason", "message"], report.rows))
+    runfiles.write_csv(out / MANIFEST, manifest, fieldnames)
+    runfiles.write_csv(out / SKIPPED, report.rows, ["row", "image", "patient", "reason", "message"])
 
     # Images of an interrupted run that this run did not make again (e.g. their source became unreadable).
     written = {m["file"] for m in manifest}
@@ -1189,7 +1111,7 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
             ok, png = cv2.imencode(".png", arr)
             if not ok:
                 raise PreprocessError(f"cannot encode {path} as PNG")
-            write_atomic(path, png.tobytes())
+            runfiles.write_bytes(path, png.tobytes(), fsync=False)
     entries = []
     for crop, hip, path in targets:
         entry = {"file": f"{split}/{path.name}", "source": row.path.relative_to(root).as_posix(),
@@ -1268,8 +1190,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of skipping rows whose id contains '-', '/', ...")
 
     g = parser.add_argument_group("images")
-    g.add_argument("--size", nargs=2, type=_size, default=list(DEFAULT_SIZE), metavar=("H", "W"),
-                   help="output height and width (default: 704 407)")
+    g.add_argument("--size", nargs=2, type=_size, default=list(IMAGE_SIZE), metavar=("H", "W"),
+                   help="output height and width (default: %(default)s)")
     g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad",
                    help="keep the aspect ratio and pad with black, keep it and centre-crop, or stretch "
                         "(default: %(default)s)")
