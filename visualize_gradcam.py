@@ -434,7 +434,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically (temporary file, then os.replace)."""
+    """Write a PNG atomically (:func:`runfiles.write_bytes`)."""
     runfiles.write_bytes(path, _png(fig))
     return Path(path)
 
