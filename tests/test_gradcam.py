@@ -524,6 +524,7 @@ def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
             assert np.array_equal(case.heatmap, base.heatmap)
 
 
+@pytest.mark.slow
 def test_cli_target(lf_run, tiny_data):
     first = loader.list_split(tiny_data, "test")[0]
     result = vg.main(["--run", str(lf_run), "--index", "0", "--target", "normal"])
@@ -546,6 +547,7 @@ def test_cli_target(lf_run, tiny_data):
         vg.build_parser().parse_args(["--run", "x", "--all", "--target", "benign"])
 
 
+@pytest.mark.slow
 def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path):
     """Train one epoch with main.py; the maps' probabilities equal the run's test predictions."""
     import csv

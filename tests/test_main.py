@@ -22,6 +22,7 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("late_fuse,fold", [("True", "_Dense_LF"), ("no", "_Dense_EF")])
 def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path, late_fuse, fold):
     outs = tmp_path / "outs"
@@ -129,6 +130,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
         runfiles.load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_cross_validation_trains_k_folds_and_summarises(tiny_data, tmp_path):
     outs = tmp_path / "outs"
     results = main.main(run_args(tiny_data, outs, "--fold", "_cv", "--folds", "2", "--epoch", "1",
