@@ -286,7 +286,7 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
                   "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
                   "world_size": dist_info.world}
         if dist_info.is_main:
-            runfiles.write_json(out / "config.json", config)
+            runfiles.write_json(out / runfiles.CONFIG, config)
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
     logger.info("model %s (%s, %d input channels, %.2f M parameters)", config["model"],
                 runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"], count_parameters(model) / 1e6)

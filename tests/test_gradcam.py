@@ -427,7 +427,7 @@ def write_masks(data):
         cv2.imwrite(str(synthetic.mask_path(path)), mask)
 
 
-def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path):
+def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path, monkeypatch):
     model, trained = load(lf_run)
     with pytest.raises(FileNotFoundError, match="synthetic.py"):
         vg.cam_localisation(trained, model, tiny_data)
@@ -442,9 +442,12 @@ def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path):
     if finite:
         assert result["all"]["median_ratio"] == pytest.approx(float(np.median(finite)))
 
+    loads = []
+    monkeypatch.setattr(runfiles, "load_run", lambda *a, _real=runfiles.load_run: loads.append(a) or _real(*a))
     out = vg.main(["--run", str(lf_run), "--localisation", "--method", "occlusion", "--window", "8",
                    "--batch_size", "128"])
     assert list(out["targets"]) == ["osteoporosis", "predicted"]  # both by default
+    assert len(loads) == 1  # the run is read once, whatever the number of targets
     assert all(out["targets"][t]["all"]["n"] == 6 for t in out["targets"])
     saved = json.loads((lf_run / "cams" / "localisation_occlusion.json").read_text())
     assert saved["targets"] == out["targets"] and saved["threshold"] == 0.5
