@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import filenames
-from splits import IMAGE_SIZE, SPLITS
+from splits import IMAGE_SIZE, SPLITS  # noqa: F401 - SPLITS: callers iterate loader.SPLITS
 
 logger = logging.getLogger(__name__)
 
