@@ -91,13 +91,19 @@ def test_expected_gradients_match_captum_gradient_shap_in_expectation():
     same integral cam approximates with a fine midpoint rule (Erion et al. 2021)."""
     torch.manual_seed(0)
     model = build_model("dense_net", in_chans=2, late_fuse=False, depth=10, growth_rate=4).eval()
-    image, references = torch.rand(1, 2, 32, 20), torch.rand(4, 2, 32, 20)
+    image, references = torch.rand(1, 2, 32, 20), 0.2 * torch.rand(4, 2, 32, 20)  # darker: a clear logit gap
     ours = cam.expected_gradients_attribution(model, image, references, 2, steps=64, batch_size=256)
-    torch.manual_seed(2)
-    theirs = captum_attr.GradientShap(model).attribute(image, baselines=references, n_samples=2000, stdevs=0.0)[0]
+    state = np.random.get_state()  # captum draws the points on the path with numpy's global generator
+    try:
+        np.random.seed(2)
+        torch.manual_seed(2)
+        theirs = captum_attr.GradientShap(model).attribute(image, baselines=references, n_samples=2000,
+                                                           stdevs=0.0)[0]
+    finally:
+        np.random.set_state(state)
     with torch.no_grad():
         gap = float(model(image) - model(references).mean())
-    assert float(ours.sum()) == pytest.approx(gap, rel=0.02)  # completeness
-    assert float(theirs.sum()) == pytest.approx(gap, rel=0.1)
-    corr = np.corrcoef(ours.flatten().numpy(), theirs.flatten().numpy())[0, 1]
-    assert corr > 0.9
+    assert abs(gap) > 0.05
+    assert float(ours.sum()) == pytest.approx(gap, rel=0.01)  # completeness
+    assert float(theirs.sum()) == pytest.approx(gap, rel=0.03)
+    assert np.corrcoef(ours.flatten().numpy(), theirs.flatten().numpy())[0, 1] > 0.99
