@@ -87,6 +87,7 @@ def describe_network(late_fuse: bool, sample: dict) -> dict:
     conv0 = model.features.conv0
     stages = [{"name": "stem", "kind": "stem", "modules": names[:first_block],
                "text": f"conv {conv0.kernel_size[0]}×{conv0.kernel_size[1]} /{conv0.stride[0]}"
+                       + ("\nnorm, " + type(modules["relu0"]).__name__ if "relu0" in modules else "")
                        + (f"\nmax-pool /{modules['pool0'].stride}" if "pool0" in modules else ""),
                "channels": shapes[names[first_block - 1]][0], "size": shapes[names[first_block - 1]][1:]}]
     for name in names[first_block:]:
