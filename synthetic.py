@@ -539,15 +539,15 @@ def generate_pelvis(out_dir: str | os.PathLike, n_patients: int, seed: int,
         border = int(round(0.06 * hip_size[1])) if i % 2 else 0
         view, heads = draw_pelvis(patient, rng, hip_size, border=border, upside_down=flip)
         pid = f"V{i:0{width}d}"
-        _write_atomic(out / "raw" / f"{pid}.png", _png(view))
+        runfiles.write_bytes(out / "raw" / f"{pid}.png", _png(view), fsync=False)
         rows.append(dict(patient_id=pid, image=f"{pid}.png", label=patient["label"], sex=patient["sex"],
                          age=patient["age"], bmi=patient["bmi"]))
         truth.append(dict(image=f"{pid}.png", height=view.shape[0], width=view.shape[1], border=border,
                           upside_down=int(flip), **{f"{side}_{k}": v for side, head in zip(("right", "left"), heads)
                                                     for k, v in zip(("x", "y", "r"), head)}))
-    _write_atomic(out / PELVIS_LIST, pd.DataFrame(rows).to_csv(index=False).encode())
+    runfiles.write_text(out / PELVIS_LIST, pd.DataFrame(rows).to_csv(index=False))
     frame = pd.DataFrame(truth)
-    _write_atomic(out / PELVIS_TRUTH, frame.to_csv(index=False).encode())
+    runfiles.write_text(out / PELVIS_TRUTH, frame.to_csv(index=False))
     logger.info("wrote %d AP pelvis views to %s", n_patients, out)
     return frame
 
