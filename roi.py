@@ -8,18 +8,20 @@ Method (all on a copy shrunk to a fixed working size, boxes mapped back to nativ
 1. Field. Pixels brighter than near-black, opened with a disc larger than letters, give the exposed
    field (or, in a bone-only segmentation on black, the bones); its bounding box drops black borders
    and the text printed in them. A field whose box is mostly black is a bone-only segmentation.
-2. Markers and text. Small, flat, near-saturated components with a sharp edge against a darker
-   surround (lead R/L letters, burnt-in text, ruler marks) are found; those inside a crop are
-   painted over with the surrounding grey (OpenCV inpainting), so the network never sees them.
+2. Markers and text. Small near-white components with a sharp step down to a darker surround
+   (lead R/L letters, burnt-in text, ruler marks) are found on radiographs; those inside a crop
+   are painted over with the surrounding grey (OpenCV inpainting), so the network never sees them.
 3. Orientation. A bone-only image is upside down when its bottom quarter holds more bone than its
-   top quarter (iliac wings are wide, femoral shafts narrow); for a radiograph the vertical bright
-   bands of the femoral shafts must lie below the heads. An upside-down image is flipped vertically
-   (hip-dev's upside-down images are flipped copies).
+   top quarter (iliac wings are wide, femoral shafts narrow), unless its pubic bones lie low (a
+   short view); for a radiograph the long vertical bright bands of the femoral shafts must lie in
+   the bottom third, not the top third. An upside-down image is flipped vertically (hip-dev's
+   upside-down images are flipped copies).
 4. Femoral heads. Each half is mirrored as ``--split-hips`` does (head toward the right edge). A
-   fast radial symmetry transform (Loy and Zelinsky 2003, bright disc: gradients point to its
-   centre) over the radii a femoral head can have for this field width, times a broad anatomical
-   prior on where the head lies in a half, gives candidate centres; the pair (right, left) is chosen
-   that scores highest with similar heights and radii (the pelvis is nearly level and symmetric).
+   generalised Hough transform of a proximal-femur outline (:func:`femur_outline`), on radiographs
+   times a fast radial symmetry transform of a head-sized bright disc, times a prior on where the
+   head lies in a half (measured on hip-dev), gives candidate centres; the pair (right, left) is
+   chosen that scores highest with similar heights and radii (the pelvis is nearly level and
+   symmetric), and the distance between the heads sets their radius.
 5. Box. From the head centre ``(x, y)`` and radius ``r`` (femoral head about 2.3 cm, neck 5 cm,
    neck-shaft angle about 130 degrees): ``x - 3.5 r`` (greater trochanter) to ``x + 2.3 r``
    (medial to the head), ``y - 4 r`` (above the head) to ``y + 4.6 r`` (below the lesser
@@ -55,7 +57,7 @@ MIN_EVIDENCE = 0.03  # share of the femur outline that must find a matching edge
 # hip-dev the chosen heads give 0.03-0.6, drawn femurs 0.6, but noise gives 0.15-0.27 too, so this
 # only rejects a half without structure (a single-hip view's empty side); see docs/roi.md
 MAX_TILT = 0.12  # heads further apart in height than this share of the field: the weaker is doubted
-HEAD_PER_DISTANCE = 0.125  # head radius / distance between the head centres (2.3 cm / 18 cm)  # relative head evidence under which a half falls back (see _head_candidates)
+HEAD_PER_DISTANCE = 0.125  # head radius / distance between the head centres (2.3 cm / 18 cm)
 
 
 @dataclass
