@@ -16,7 +16,7 @@ a few dozen patients.
 model k, the rest its training set, and every model is scored on the same held-out ``test/``.
 Folds come from the ``fold`` column of ``DATA_DIR/manifest.csv`` when ``preprocess_filenames.py
 --folds K`` wrote one, otherwise they are dealt here with the rule of
-``preprocess_filenames.assign_folds``.
+``splits.assign_folds`` that preprocessing uses.
 
 In both designs every image of a patient is in the same fold, so no patient is ever in two roles
 (train, val, test) within a fold. :func:`write_cv_summary` writes ``cv_summary.json`` and
@@ -38,6 +38,7 @@ import confidence
 import filenames
 import loader
 import runfiles
+from splits import assign_folds, patient_labels
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +46,6 @@ MANIFEST = "manifest.csv"
 POOLED = ("train", "val")
 DESIGNS = ("oof", "heldout")
 VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (oof design)
-
-
-def assign_folds(labels: Mapping[str, int], k: int, seed: int = 0) -> dict[str, int]:
-    """Patient -> fold 0..k-1, stratified by label: patients of each class are shuffled (seeded) and
-    dealt round-robin, continuing across classes so fold sizes stay balanced."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-        raise ValueError(f"cross-validation needs k >= 2 folds, got {k!r}")
-    if k > len(labels):
-        raise ValueError(f"{k} folds need at least {k} patients in train + val, there are {len(labels)}")
-    rng = np.random.default_rng([seed, 1])  # the stream preprocess_filenames uses for its folds
-    result: dict[str, int] = {}
-    position = 0
-    for label in sorted(set(labels.values())):
-        patients = sorted(p for p, y in labels.items() if y == label)
-        if len(patients) < k:
-            logger.warning("only %d train+val patients with label %d for %d folds: some validation folds lack "
-                           "that class", len(patients), label, k)
-        for i in rng.permutation(len(patients)):
-            result[patients[i]] = position % k
-            position += 1
-    return result
 
 
 def _manifest_folds(data_dir: Path, files: list[Path]) -> dict[Path, int] | None:
@@ -121,9 +101,7 @@ def crossval_splits(data_dir: str | os.PathLike, k: int, seed: int = 0) -> list[
                 raise ValueError(f"{data_dir / MANIFEST}: patient {patient} has images in folds "
                                  f"{patient_fold[patient]} and {fold} (e.g. {f.name}); a patient must be in one fold")
     else:
-        labels: dict[str, int] = {}
-        for info in infos.values():  # a patient counts as osteoporotic if any image is
-            labels[info.patient] = max(labels.get(info.patient, 0), info.label)
+        labels = patient_labels((info.patient, info.label) for info in infos.values())
         patient_fold = assign_folds(labels, k, seed)
         source = f"patients stratified by label, seed {seed}"
     splits = []
@@ -153,13 +131,6 @@ def resolve_design(data_dir: str | os.PathLike, design: str) -> str:
     return "heldout" if _has_images(Path(data_dir) / "test") else "oof"
 
 
-def _patient_labels(infos: Mapping[Path, filenames.SampleInfo]) -> dict[str, int]:
-    labels: dict[str, int] = {}
-    for info in infos.values():  # a patient counts as osteoporotic if any image is
-        labels[info.patient] = max(labels.get(info.patient, 0), info.label)
-    return labels
-
-
 def carve_validation(labels: Mapping[str, int], fraction: float, seed: int) -> set[str]:
     """The validation patients carved from ``labels`` (patient -> label): ``fraction`` of each
     class (at least one where the class has two or more patients), drawn with ``seed``."""
@@ -185,7 +156,7 @@ def oof_splits(data_dir: str | os.PathLike, k: int, seed: int = 0,
         loader.list_split(data_dir, "train")  # raises, naming what is missing
     files = sorted(f for split in present for f in loader.list_split(data_dir, split))
     infos = {f: filenames.decode(f) for f in files}
-    labels = _patient_labels(infos)
+    labels = patient_labels((info.patient, info.label) for info in infos.values())
     patient_fold = assign_folds(labels, k, seed)
     splits = []
     for fold in range(k):
@@ -290,8 +261,6 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     the shared test set, with CIs, at the mean of the folds' thresholds.
     The clinical-only baseline of each fold's report enters only where the clinical values vary.
     """
-    from report import read_predictions  # noqa: PLC0415 -- report imports this module
-
     out_dir = Path(save_dir_path)
     if not fold_run_dirs:
         raise ValueError("write_cv_summary needs at least one fold run folder")
@@ -303,7 +272,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
         tm = runfiles.read_json(run / "test_metrics.json")
         config = runfiles.read_json(run / "config.json")
         designs.add(config.get("cv_design", "heldout") if config.get("cv_folds") else "heldout")
-        pred = read_predictions(run / "test_predictions.csv")
+        pred = runfiles.read_predictions(run, "test")
         pred["fold"] = run.name
         predictions.append(pred)
         row = {"run": run.name, "epoch": tm["epoch"], "threshold": tm["threshold"], "n_images": tm["n_images"],

@@ -10,8 +10,8 @@ sex 1 female / 0 male; an empty or NA value is imputed with the training mean, a
 
 Everything about the network comes from the run's ``best.pth``: architecture, image size,
 fusion mode, clinical normalisation statistics and the threshold chosen on validation. Inputs
-are built exactly as ``loader.HipDataset`` builds them for validation and test (grey [0, 1],
-resized, enhanced copy, 8-bit like its cache, no augmentation). A colour image is converted to
+are built by ``loader.run_dataset``, exactly as the run's validation and test images (grey [0, 1],
+resized, enhanced copy, 8-bit like the loader's cache, no augmentation). A colour image is converted to
 grey, as the loader does. Refused, with the file named and nothing written: a file that does not
 decode, an array that is not 2-D, non-finite values, an image under 16 pixels on a side.
 
@@ -30,13 +30,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 import filenames
 import loader
 import runfiles
 import runtime
 from ClassifyTrainer import flip_tta
-from models import build_model_from_config
+from models import build_model_from_checkpoint
 
 logger = logging.getLogger("predict")
 
@@ -126,8 +127,8 @@ def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, floa
     return np.asarray(rows, dtype=np.float64).reshape(-1, len(loader.CLINICAL_NAMES))
 
 
-def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
-    """(2, H, W) float32 as ``HipDataset`` serves a validation/test image (8-bit steps as its cache)."""
+def check_image(path: Path, image_size: tuple[int, int]) -> None:
+    """Refuse, naming the file, an image the network cannot score; warn about a far-off aspect ratio."""
     try:
         gray = loader.read_image(path)
     except ValueError as exc:
@@ -144,21 +145,19 @@ def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     if not 1 / 1.5 <= ratio <= 1.5:
         logger.warning("%s: %d x %d pixels is far from the run's aspect (%d x %d); it is stretched as in training",
                        path, gray.shape[0], gray.shape[1], *image_size)
-    return np.round(loader.prepare(gray, image_size) * 255.0).astype(np.uint8).astype(np.float32) / 255.0
 
 
 def run_checkpoints(run: str | os.PathLike) -> list[Path]:
-    """The checkpoints ``--run`` names: a checkpoint file, a run folder's ``best.pth``, or, for a
-    cross-validation run group ``outs/<save_dir>``, the ``best.pth`` of every ``fold*/`` inside
-    (a fold ensemble)."""
+    """What ``--run`` names: a checkpoint file or a run folder (one model), or a cross-validation run
+    group ``outs/<save_dir>`` (the ``fold*/`` run folders inside with a ``best.pth``: a fold ensemble)."""
     path = Path(run)
     if path.is_dir() and not (path / runfiles.BEST).is_file():
-        folds = sorted(d / runfiles.BEST for d in path.glob("fold*") if (d / runfiles.BEST).is_file())
+        folds = sorted(d for d in path.glob("fold*") if (d / runfiles.BEST).is_file())
         if folds:
             return folds
         raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
                            f"group (no fold*/{runfiles.BEST} inside)")
-    return [path / runfiles.BEST if path.is_dir() else path]
+    return [path]
 
 
 @torch.no_grad()
@@ -174,46 +173,37 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
     Every image and its clinical values are checked before the network runs; the first problem
     raises :class:`PredictError` (or ``ValueError`` for an unusable checkpoint) naming the file.
     """
-    states = [runfiles.load_checkpoint(p) for p in run_checkpoints(run)]  # weights_only: pickles refused
-    shapes = {(tuple(int(v) for v in s["config"]["image_size"]), loader.early_fuse_of(s["config"]),
-               bool(s["config"]["late_fuse"])) for s in states}
+    members = [runfiles.load_run(r) for r in run_checkpoints(run)]  # weights_only=True: pickles refused
+    shapes = {(tuple(m.image_size), m.fusion) for m in members}
     if len(shapes) > 1:
         raise PredictError(f"--run {run}: the fold models differ in image size or fusion mode ({sorted(shapes)}); "
                            "an ensemble needs the folds of one cross-validation run")
-    image_size, early_fuse, late_fuse = shapes.pop()
     files = collect_images(images)
     table = read_clinical_csv(clinical_csv) if clinical_csv else None
-    raw_clinical = clinical_values(files, table)
-    pixels = [load_image(f, image_size) for f in files]  # refuse before any scoring
+    clinical = clinical_values(files, table)
+    for f in files:  # refuse before any scoring
+        check_image(f, members[0].image_size)
     dev = runtime.select_device(device, None)
     probs = np.zeros(len(files))
-    for state in states:
-        config = state["config"]
-        stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
-        clinical = np.stack([stats.normalise(v) for v in raw_clinical]) if files else \
-            np.zeros((0, len(loader.CLINICAL_NAMES)), np.float32)
-        model = build_model_from_config(config)
-        model.load_state_dict(state["model"])
-        model.to(dev).eval()
-        mirror = (config.get("tta", "none") if tta == "auto" else tta) == "flip"
+    for trained in members:
+        dataset = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=clinical,
+                                     desc="predict")
+        model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
+        model.to(dev)
+        mirror = (trained.config.get("tta", "none") if tta == "auto" else tta) == "flip"
+
+        def forward(batch: dict) -> torch.Tensor:
+            clin = batch["clinical"].to(dev) if trained.fusion == "late" else None
+            return model(batch["image"].to(dev), clin).float().reshape(-1)
+
         member: list[float] = []
-        for start in range(0, len(files), batch_size):
-            image = torch.from_numpy(np.stack(pixels[start:start + batch_size]))
-            clin = torch.from_numpy(clinical[start:start + batch_size])
-            if early_fuse:  # clinical values as constant planes, as HipDataset does
-                image = torch.cat([image, clin[:, :, None, None].expand(-1, -1, *image.shape[2:])], dim=1)
-            batch = {"image": image.to(dev), "clinical": clin.to(dev)}
-
-            def forward(b: dict) -> torch.Tensor:
-                inputs = (b["image"], b["clinical"]) if late_fuse else (b["image"],)
-                return model(*inputs).float().reshape(-1)
-
+        for batch in DataLoader(dataset, batch_size=batch_size):
             p = flip_tta(forward, batch) if mirror else torch.sigmoid(forward(batch))
             member += p.cpu().double().tolist()
-        probs += np.asarray(member) / len(states)
-    threshold = float(np.mean([float(s["threshold"]) for s in states]))
+        probs += np.asarray(member, dtype=np.float64) / len(members)
+    threshold = float(np.mean([m.threshold for m in members]))
     logger.info("scored %d images with %s (%s, threshold %.4f from validation)", len(files), Path(run),
-                f"mean of {len(states)} fold models" if len(states) > 1 else f"epoch {int(states[0]['epoch'])}",
+                f"mean of {len(members)} fold models" if len(members) > 1 else f"epoch {members[0].epoch}",
                 threshold)
     return [{"file": str(f), "probability": float(p), "prediction": int(p >= threshold)}
             for f, p in zip(files, probs)]

@@ -82,11 +82,6 @@ def test_too_many_folds_and_k_below_two_are_refused(data):
         crossval.crossval_splits(data, 1)
 
 
-def test_same_folds_as_preprocess_filenames():
-    preprocess = pytest.importorskip("preprocess_filenames")
-    labels = {f"p{i}": int(i % 4 == 0) for i in range(37)}
-    assert crossval.assign_folds(labels, 5, seed=7) == preprocess.assign_folds(labels, 5, seed=7)
-
 
 # --------------------------------------------------------------------------- out-of-fold design
 
