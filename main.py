@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import augment
+import crossval
 import filenames
 import loader
 import losses

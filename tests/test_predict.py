@@ -173,8 +173,19 @@ def test_flip_tta_averages_an_image_and_its_mirror(run, data, monkeypatch):
     files = sorted((data / "test").iterdir())[:3]
     plain = predict.predict(run, files, tta="none")
     both = predict.predict(run, files, tta="flip")
-    load = predict.load_image
-    monkeypatch.setattr(predict, "load_image", lambda f, size: np.ascontiguousarray(load(f, size)[..., ::-1]))
+    real = predict.loader.run_dataset
+
+    class Mirrored(torch.utils.data.Dataset):
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            return {**self.ds[i], "image": torch.flip(self.ds[i]["image"], dims=(-1,))}
+
+    monkeypatch.setattr(predict.loader, "run_dataset", lambda *a, **k: Mirrored(real(*a, **k)))
     mirror = predict.predict(run, files, tta="none")  # the network's inputs mirrored left/right
     for a, b, ab in zip(plain, mirror, both):
         assert ab["probability"] == pytest.approx((a["probability"] + b["probability"]) / 2, abs=1e-6)
