@@ -181,9 +181,13 @@ def subgroups(test: pd.DataFrame, n_boot: int, seed: int, interval: str = "bca")
             y = rows["label"].to_numpy(dtype=np.int64)
             if len(rows) == 0 or y.min() == y.max():
                 continue
-            auc = confidence.bootstrap_ci(y, rows["probability"].to_numpy(dtype=np.float64), metrics.roc_auc,
-                                          groups=rows["patient"].to_numpy(), n_boot=n_boot, seed=seed, alpha=ALPHA,
-                                          interval=interval)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                auc = confidence.bootstrap_ci(y, rows["probability"].to_numpy(dtype=np.float64), metrics.roc_auc,
+                                              groups=rows["patient"].to_numpy(), n_boot=n_boot, seed=seed,
+                                              alpha=ALPHA, interval=interval)
+            for w in caught:  # say which subgroup a warning concerns
+                warnings.warn(f"{variable} {label}: {w.message}", w.category, stacklevel=2)
             out.append({"variable": variable, "group": label, "images": len(rows),
                         "patients": int(rows["patient"].nunique()), "positives": int(y.sum()), "roc_auc": auc})
     return out
