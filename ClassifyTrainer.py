@@ -43,7 +43,7 @@ class ClassifyTrainer:
     best epoch by ``select_metric`` in ``run_dir/best.pth`` (and every epoch in ``last.pth`` for
     ``--resume``) and score only the best checkpoint on test."""
 
-    def __init__(self, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
+    def __init__(self, *, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
@@ -188,8 +188,8 @@ class ClassifyTrainer:
             if self.dist.is_main:
                 if improved:
                     self.save(runfiles.BEST, epoch, val["youden_threshold"], val)
-                    self.write_predictions("val_predictions.csv", pred, val["youden_threshold"])
-                runfiles.write_csv(self.run_dir / "history.csv", self.history)
+                    self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
+                runfiles.write_csv(self.run_dir / runfiles.HISTORY, self.history)
                 self.save_last(epoch)
             logger.info("epoch %d  train loss %.4f  val loss %.4f  val AUC %.4f  val F2 %.4f  val acc %.4f  "
                         "%s %.4f  %.1f img/s (%.0f%% waiting for data)%s", epoch, row["train_loss"], val["loss"],
@@ -255,6 +255,6 @@ class ClassifyTrainer:
             "at_0.5": metrics.compute_metrics(pred["labels"], pred["probs"], threshold=0.5),
         }
         if self.dist.is_main:
-            runfiles.write_json(self.run_dir / "test_metrics.json", result)
-            self.write_predictions("test_predictions.csv", pred, threshold)
+            runfiles.write_json(self.run_dir / runfiles.TEST_METRICS, result)
+            self.write_predictions(runfiles.PREDICTIONS["test"], pred, threshold)
         return result

@@ -53,13 +53,13 @@ class CompareError(ValueError):
 def aligned_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], pd.DataFrame]:
     """Load every run and put their test predictions side by side, one row per test image.
 
-    Returns the runs (:func:`report.load_run`) and a table with file, label, patient and one
+    Returns the runs (:func:`report.run_facts`) and a table with file, label, patient and one
     probability column ``p0``, ``p1``, ... per run, in the first run's order. Raises
     :class:`CompareError` when a run scored other test images or other labels than the first.
     """
     if len(run_dirs) < 2:
         raise CompareError("give at least two run folders to compare")
-    runs = [report.load_run(d) for d in run_dirs]
+    runs = [report.run_facts(d) for d in run_dirs]
     first = runs[0]["test"]
     table = first[["file", "label", "patient"]].copy()
     for i, run in enumerate(runs):

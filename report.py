@@ -36,7 +36,6 @@ import pandas as pd
 
 import baseline
 import confidence
-import crossval
 import filenames
 import loader
 import metrics
@@ -63,55 +62,15 @@ CROSSCHECK_TOL = 1e-6
 
 # --------------------------------------------------------------------------- reading a run
 
-def read_predictions(path: Path) -> pd.DataFrame:
-    """A trainer's predictions CSV (file, label, probability, prediction) with patient ids added."""
-    table = pd.read_csv(path, dtype={"file": str})
-    missing = {"file", "label", "probability"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected file,label,probability,prediction")
-    table["patient"] = [filenames.decode(f).patient for f in table["file"]]
-    return table
-
-
-def load_run(run_dir: str | os.PathLike) -> dict:
-    """Checkpoint facts (best.pth), history, test/val predictions and test_metrics.json of a run."""
-    run = Path(run_dir)
-    for name in (runfiles.BEST, "test_predictions.csv"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name} not found: a report needs a finished run (train, then test "
-                                    "with main.py; --test re-scores the best checkpoint)")
-    state = runfiles.load_checkpoint(run / runfiles.BEST)
-    out = {"dir": run, "config": dict(state["config"]), "threshold": float(state["threshold"]),
-           "epoch": int(state["epoch"]), "clinical_stats": state["clinical_stats"],
-           "select_metric": state.get("select_metric", state["config"].get("select_metric", "roc_auc")),
-           "test": read_predictions(run / "test_predictions.csv"),
-           "val": read_predictions(run / "val_predictions.csv") if (run / "val_predictions.csv").is_file() else None,
-           "history": pd.read_csv(run / "history.csv") if (run / "history.csv").is_file() else None,
-           "test_metrics": runfiles.read_json(run / "test_metrics.json")
-           if (run / "test_metrics.json").is_file() else None}
-    if out["test_metrics"] is not None and not math.isclose(out["test_metrics"]["threshold"], out["threshold"]):
-        raise ValueError(f"{run}: test_metrics.json used threshold {out['test_metrics']['threshold']} but best.pth "
-                         f"holds {out['threshold']}; re-score the run (main.py --test) before reporting")
-    return out
-
-
-def run_files(config: Mapping, data_dir: str | os.PathLike | None = None,
-              files: Mapping[str, Sequence[str | os.PathLike]] | None = None) -> dict[str, list[Path]]:
-    """The images of the run's train, val and test: ``files`` when given, else from ``data_dir``
-    (default: the run's ``config["data_dir"]``), taking a cross-validation fold's train/val when the
-    config holds ``cv_folds`` and ``cv_fold`` (and optionally ``cv_seed``, default ``seed``)."""
-    if files is not None:
-        return baseline.split_files(files=files)
-    source = "data_dir" if data_dir is not None else "the run's config.json"
-    data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", "data"))
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder the run was "
-                                "trained on (--data_dir)")
-    if config.get("cv_folds"):
-        k, fold = int(config["cv_folds"]), int(config["cv_fold"])
-        split = crossval.crossval_splits(data_dir, k, int(config.get("cv_seed", config.get("seed", 0))))[fold]
-        return {"train": split["train"], "val": split["val"], "test": loader.list_split(data_dir, "test")}
-    return baseline.split_files(data_dir)
+def run_facts(run_dir: str | os.PathLike) -> dict:
+    """What a report reads from a finished run (through :func:`runfiles.load_run`): the checkpoint's
+    facts, history, test/val predictions and test_metrics.json."""
+    run = runfiles.load_run(run_dir)
+    has_val = (run.dir / runfiles.PREDICTIONS["val"]).is_file()
+    return {"dir": run.dir, "config": run.config, "threshold": run.threshold, "epoch": run.epoch,
+            "clinical_stats": run.clinical_stats, "select_metric": run.select_metric, "test": run.predictions("test"),
+            "val": run.predictions("val") if has_val else None, "history": run.history(),
+            "test_metrics": run.test_metrics()}
 
 
 def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFrame | None, source: str) -> None:
@@ -124,8 +83,6 @@ def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFra
         raise ValueError(f"the {split} images found ({len(described)}) differ from those in {source} "
                          f"({len(scored)}): {len(only_d)} only in the data folder (e.g. {only_d[:2]}), "
                          f"{len(only_s)} only in the run (e.g. {only_s[:2]}); pass the data folder the run used")
-
-
 
 
 # --------------------------------------------------------------------------- numbers
@@ -152,7 +109,6 @@ def describe_split(files: Sequence[str | os.PathLike]) -> dict:
             "age": _mean_sd(per_patient["age"]), "bmi": _mean_sd(per_patient["bmi"]),
             "female_percent": float(100 * sex.mean()) if len(sex) else math.nan,
             "missing_percent": {c: float(100 * per_patient[c].isna().mean()) for c in loader.CLINICAL_NAMES}}
-
 
 
 def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, groups: np.ndarray, n_boot: int, seed: int,
@@ -297,8 +253,8 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if interval not in confidence.INTERVALS:
         raise ValueError(f"interval {interval!r} not supported; use one of {confidence.INTERVALS}")
-    run = load_run(run_dir)
-    paths = run_files(run["config"], data_dir, files)
+    run = run_facts(run_dir)
+    paths = runfiles.split_files(run["config"], data_dir, files)
     check_same_images("test", paths["test"], run["test"], "test_predictions.csv")
     check_same_images("val", paths["val"], run["val"], "val_predictions.csv")
     with warnings.catch_warnings(record=True) as caught:
@@ -315,9 +271,9 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
             "n_boot": int(n_boot), "seed": int(seed), "alpha": ALPHA, "interval": interval, "epoch": run["epoch"],
             "select_metric": run["select_metric"],
             "threshold_source": (run["test_metrics"] or {}).get("threshold_source", "validation at the best epoch"),
-            "run_config": {k: run["config"].get(k) for k in ("model", "fusion", "late_fuse", "image_only", "depth",
-                                                             "image_size", "epoch", "augment", "select_metric",
-                                                             "seed", "cv_folds", "cv_fold")},
+            "run_config": {k: run["config"].get(k) for k in ("model", "fusion", "depth", "image_size", "epoch",
+                                                             "augment", "select_metric", "seed", "cv_folds",
+                                                             "cv_fold")},
             "history": run["history"].to_dict("records") if run["history"] is not None else None,
             "data": {**{s: describe_split(paths[s]) for s in loader.SPLITS},
                      "all": describe_split([f for s in loader.SPLITS for f in paths[s]])},
@@ -403,8 +359,6 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     return summary
 
 
-
-
 # --------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,4 +401,3 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
-

@@ -29,6 +29,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 import confidence
 import loader
 import metrics
+import runfiles
 
 FIGURE_DIR = "report_figures"
 # (key of confidence.bootstrap_metrics, label), in the order of the metrics table
@@ -237,10 +238,8 @@ def verdict(diff: Mapping) -> str:
 
 def fusion_text(config: Mapping) -> str:
     """How the run used sex, age and BMI, in words."""
-    mode = config.get("fusion") or ("image" if config.get("image_only") else
-                                    "late" if config.get("late_fuse") else "early")
-    return {"image": "image only, no clinical values", "late": "late fusion of sex, age and BMI",
-            "early": "early fusion of sex, age and BMI"}.get(mode, f"{mode} fusion")
+    mode = runfiles.fusion_of(config)
+    return "image only, no clinical values" if mode == "image" else f"{runfiles.FUSION_TEXT[mode]} of sex, age and BMI"
 
 
 def interval_text(interval: str) -> str:

@@ -15,10 +15,11 @@ import runfiles
 N_PATIENTS = 40
 
 
-def make_run(folder, probs, threshold=0.5, seed=0, late_fuse=True, files=None, labels=None):
+def make_run(folder, probs, threshold=0.5, seed=0, fusion="late", files=None, labels=None):
     """A run folder holding what compare.py reads: best.pth and test_predictions.csv."""
     files, labels = files if files is not None else FILES, labels if labels is not None else LABELS
-    config = {"model": "dense_net", "late_fuse": late_fuse, "image_only": False, "epoch": 3, "seed": seed,
+    config = {"model": "dense_net", "fusion": fusion, "in_chans": 2, "image_size": [64, 37], "depth": 10,
+              "growthRate": 12, "norm": "bn", "act": "relu", "stem": "downsample", "epoch": 3, "seed": seed,
               "save_dir": folder.parent.name, "fold": folder.name}
     runfiles.save_checkpoint(folder / runfiles.BEST, {}, config, {"mean": [0, 0, 0], "std": [1, 1, 1]}, threshold, 2)
     runfiles.write_csv(folder / "test_predictions.csv",
@@ -41,8 +42,8 @@ def scores(strength, seed):
 @pytest.fixture
 def runs(tmp_path):
     return [make_run(tmp_path / "cmp" / "fold_LF", scores(1.5, 1)),
-            make_run(tmp_path / "cmp" / "fold_EF", scores(1.0, 2), late_fuse=False, threshold=0.45),
-            make_run(tmp_path / "cmp" / "fold_IO", scores(0.3, 3), late_fuse=False, threshold=0.6)]
+            make_run(tmp_path / "cmp" / "fold_EF", scores(1.0, 2), fusion="early", threshold=0.45),
+            make_run(tmp_path / "cmp" / "fold_IO", scores(0.3, 3), fusion="image", threshold=0.6)]
 
 
 def test_table_differences_holm_and_files(runs, tmp_path, capsys):
