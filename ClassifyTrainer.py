@@ -20,11 +20,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 import metrics
 import runfiles
-from runtime import Dist, Precision
+from runtime import Dist, Precision, progress
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class ClassifyTrainer:
             return self.model(*self.model_inputs(batch)).float()
 
     def bar(self, iterable, **kwargs):
-        return tqdm(iterable, dynamic_ncols=True, disable=not self.dist.is_main, **kwargs)
+        return progress(iterable, enabled=self.dist.is_main, **kwargs)
 
     # -- epochs ------------------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict:

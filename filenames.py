@@ -21,6 +21,19 @@ _RE = re.compile(
 )
 
 
+# Plausible ranges, shared with preprocess_filenames.py: a value outside is a typo, not a patient.
+AGE_RANGE = (0.0, 130.0)  # years
+BMI_RANGE = (5.0, 150.0)  # kg/m^2
+
+FIELDS = ("label", "sex", "age", "bmi")  # after <patient>_<crop>_, separated by '-'
+_FIELD_RULES = {
+    "label": (r"[01]", "0 (normal) or 1 (osteoporosis)"),
+    "sex": (r"[01]|NA", "1 (female), 0 (male) or NA"),
+    "age": (_NUM, "a number of years such as 44 or 71.5, or NA"),
+    "bmi": (_NUM, "a number such as 25.03404305, or NA"),
+}
+
+
 class FileNameError(ValueError):
     """A file name that does not follow :data:`PATTERN`."""
 
@@ -80,11 +93,37 @@ def decode(path: str | os.PathLike) -> SampleInfo:
         raise FileNameError(f"{path}: extension {ext or '(none)'!r} not supported; expected {PATTERN}")
     match = _RE.match(stem)
     if match is None:
-        raise FileNameError(f"{path}: file name does not match {PATTERN}")
+        raise FileNameError(f"{path}: {_which_field(stem)}; expected {PATTERN}")
     g = match.groupdict()
 
     def num(text: str) -> float:
         return math.nan if text == "NA" else float(text)
 
-    return SampleInfo(patient=g["patient"], crop=int(g["crop"]), label=int(g["label"]),
+    info = SampleInfo(patient=g["patient"], crop=int(g["crop"]), label=int(g["label"]),
                       sex=num(g["sex"]), age=num(g["age"]), bmi=num(g["bmi"]))
+    for field, value, (lo, hi) in (("age", info.age, AGE_RANGE), ("bmi", info.bmi, BMI_RANGE)):
+        if not math.isnan(value) and not lo <= value <= hi:
+            raise FileNameError(f"{path}: {field} {g[field]} is outside the plausible range {lo:g}..{hi:g} "
+                                "(the range preprocess_filenames.py accepts); write NA if unknown")
+    return info
+
+
+def _which_field(stem: str) -> str:
+    """What is wrong with a stem that does not match: the first field of the format it breaks."""
+    head, _, tail = stem.rpartition("_")
+    if not head:
+        return "file name lacks '<patient>_<crop>_' before the label and clinical values"
+    patient, _, crop = head.rpartition("_")
+    if not patient:
+        return f"file name has no crop number: {stem!r} has one '_' where the format has two"
+    if not re.fullmatch(r"\d+", crop):
+        return f"crop {crop!r} is not a whole number"
+    values = tail.split("-")
+    if len(values) != len(FIELDS):
+        return (f"{len(values)} '-'-separated values {tail!r} after the crop number; the format has "
+                f"{len(FIELDS)}: {'-'.join(FIELDS)}")
+    for field, text in zip(FIELDS, values):
+        rule, accepted = _FIELD_RULES[field]
+        if not re.fullmatch(rule, text):
+            return f"{field} {text!r} is not {accepted}"
+    return "file name does not match the format"

@@ -39,7 +39,6 @@ from models import build_model_from_config
 logger = logging.getLogger("predict")
 
 IMAGE_EXTENSIONS = (".png", ".npy", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MIN_SIDE = 16  # CLAHE works on 8 x 8 tiles; anything smaller is not a hip radiograph
 MISSING = ("", "na", "nan", "none", "null")
 
 
@@ -132,16 +131,14 @@ def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
         raise PredictError(str(exc)) from None
     if gray.ndim != 2:
         raise PredictError(f"{path}: expected a 2-D grey image, got shape {gray.shape}")
-    if min(gray.shape) < MIN_SIDE:
-        raise PredictError(f"{path}: image of {gray.shape[0]} x {gray.shape[1]} pixels is too small (at least "
-                           f"{MIN_SIDE} on a side); the run expects hip radiographs resized to "
-                           f"{image_size[0]} x {image_size[1]}")
+    try:
+        stretched = loader.check_shape(path, gray.shape, image_size)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
+    if stretched:
+        logger.warning("%s", stretched)
     if not np.isfinite(gray).all():
         raise PredictError(f"{path}: image holds NaN or infinite values")
-    ratio = (gray.shape[0] / gray.shape[1]) / (image_size[0] / image_size[1])
-    if not 1 / 1.5 <= ratio <= 1.5:
-        logger.warning("%s: %d x %d pixels is far from the run's aspect (%d x %d); it is stretched as in training",
-                       path, gray.shape[0], gray.shape[1], *image_size)
     return np.round(loader.prepare(gray, image_size) * 255.0).astype(np.uint8).astype(np.float32) / 255.0
 
 

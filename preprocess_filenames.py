@@ -133,8 +133,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "validation": "val", "test": "test", "testing": "test"}
 
 # Plausible ranges: a value outside is a typo (e.g. T-score -25 for -2.5), not a patient.
-AGE_RANGE = (0.0, 130.0)
-BMI_RANGE = (5.0, 150.0)
+AGE_RANGE, BMI_RANGE = filenames.AGE_RANGE, filenames.BMI_RANGE  # the file-name format's plausible ranges
 TSCORE_RANGE = (-10.0, 10.0)
 HEIGHT_RANGE_M = (0.3, 2.8)
 WEIGHT_RANGE_KG = (1.0, 500.0)

@@ -54,7 +54,6 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: no global state, Agg renders the PNG
-from tqdm import tqdm
 
 import filenames
 import loader
@@ -254,7 +253,7 @@ def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "g
     """Heatmap and probability for every image of ``dataset``; ``target`` as :func:`resolve_target`."""
     late = bool(getattr(model, "late_fuse", False))
     cases = []
-    for i in tqdm(range(len(dataset)), desc=NAMES[method], leave=False, disable=len(dataset) < 5):
+    for i in runtime.progress(range(len(dataset)), enabled=len(dataset) >= 5, desc=NAMES[method], leave=False):
         sample = dataset[i]
         clinical = sample["clinical"] if late else None
         probability = 1.0 / (1.0 + math.exp(-predict_logit(model, sample["image"], clinical)))

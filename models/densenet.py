@@ -11,7 +11,7 @@ from collections import OrderedDict
 from torch import nn
 from torchvision import models as tvm
 
-STEMS = ("downsample", "original")
+from choices import STEMS  # noqa: E402 (torch-free names for the command lines)
 
 # name -> (torchvision builder, channels of the final feature map)
 TORCHVISION_DENSENETS = {

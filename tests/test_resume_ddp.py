@@ -15,6 +15,7 @@ import torch
 import filenames
 import loader
 import main
+import models
 import metrics
 import runfiles
 from conftest import write_split
@@ -87,7 +88,7 @@ def test_resume_of_a_foreign_or_truncated_checkpoint_is_refused_and_files_kept(s
 def evaluate_single_process(run, data, split):
     state = runfiles.load_checkpoint(run / "best.pth")
     cfg = state["config"]
-    model = main.build_model_from_config(cfg).eval()
+    model = models.build_model_from_config(cfg).eval()
     model.load_state_dict(state["model"])
     stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
     ds = loader.HipDataset(loader.list_split(data, split), stats, tuple(cfg["image_size"]),
