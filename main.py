@@ -40,7 +40,7 @@ SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", 
 # settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
 MODEL_KEYS = ("model", "late_fuse", "image_only", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
 # where and how fast this session runs, not what the run is: the only flags --resume lets differ
-SESSION_KEYS = ("device", "gpus", "cpus", "workers", "cache_gb", "out_root", "save_dir", "fold", "resume", "test",
+SESSION_KEYS = ("device", "gpus", "workers", "cache_gb", "out_root", "save_dir", "fold", "resume", "test",
                 "extend_epochs")
 TESTED = "test_metrics.json"  # written once the best checkpoint was scored on test
 REPORTED = "report_metrics.json"  # report.write_report writes it last
@@ -244,12 +244,18 @@ def check_patients(files: dict, allow: bool) -> None:
                     "--allow_shared_patients")
 
 
-def resume_command(args: argparse.Namespace) -> str:
-    """The command that continues this run, as the user can paste it."""
+def command(*arguments: str) -> str:
+    """``python main.py ARGUMENTS`` as the user can paste it: this interpreter (relative when it lies
+    below the current folder, e.g. .venv/bin/python) and this script."""
     python = sys.executable or "python3"
     if python.startswith(os.getcwd() + os.sep):
-        python = os.path.relpath(python)  # .venv/bin/python, as README writes it
+        python = os.path.relpath(python)
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith("main.py") else "main.py"
+    return shlex.join([python, script, *map(str, arguments)])
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this run."""
     fold = args.fold
     extra = []
     if getattr(args, "cv_folds", 0):  # a cross-validation fold: continue the whole cross-validation
@@ -257,7 +263,7 @@ def resume_command(args: argparse.Namespace) -> str:
         extra = ["--folds", str(args.cv_folds)]
     if args.out_root != "outs":
         extra += ["--out_root", str(args.out_root)]
-    return shlex.join([python, script, "--resume", "--save_dir", str(args.save_dir), "--fold", fold, *extra])
+    return command("--resume", "--save_dir", args.save_dir, "--fold", fold, *extra)
 
 
 def refuse_changes(args: argparse.Namespace, given: set[str], config: dict, out: Path) -> None:
@@ -377,10 +383,6 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
 
     dist_info = runtime.init_distributed(args.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
-    if args.cpus:
-        torch.set_num_threads(args.cpus)
-    if args.deterministic:
-        runtime.make_deterministic()
     args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
     if not args.folds:
         return run(args, given, dist_info)
@@ -419,6 +421,7 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
                 raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
                                 f"{resume_command(args)}")
             config = extend(args, config, resume_state, out)
+    use_settings(args)
     created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \
         if config is None and dist_info.is_main else None
     try:
@@ -428,7 +431,7 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
         if done == 0 and created is not None:
             _remove(created)
             logger.error("interrupted before the first epoch finished; nothing was kept. Start again with: %s",
-                         shlex.join([sys.executable, *sys.argv]))
+                         command(*sys.argv[1:]))
         elif done == 0:
             logger.error("interrupted in epoch 1, before any epoch was saved; continue (from epoch 1) with: %s",
                          resume_command(args))
@@ -440,6 +443,19 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
         if created is not None and _saved_epochs(out) == 0:
             _remove(created)  # a failed start leaves nothing: the same command works once the cause is fixed
         raise
+
+
+def use_settings(args: argparse.Namespace) -> None:
+    """Threads and determinism, once prepare_run has read a resumed run's settings: both change the
+    last digits of the results, so a resumed run uses the ones it was configured with."""
+    import torch
+
+    import runtime
+
+    if args.cpus:
+        torch.set_num_threads(args.cpus)
+    if args.deterministic:
+        runtime.make_deterministic()
 
 
 def _saved_epochs(out: Path) -> int:
