@@ -416,6 +416,10 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
             result = runfiles.read_json(out / TESTED)
             summary(result, out)
             return result
+        if dist_info.is_main:
+            import runtime
+
+            runtime.setup_logging(out / "train.log")  # the log of the run says what happened to it
         if args.extend_epochs:
             if resume_state is None:
                 raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "

@@ -27,14 +27,34 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-import torch
+from cli import UserError, run_main
 
-import filenames
-import loader
-import runfiles
-import runtime
-from models import build_model_from_config
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), or a "
+                   "checkpoint file")
+    p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
+                   "carry them: columns file,sex,age,bmi")
+    p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch_size", type=int, default=16, help="(default: %(default)s)")
+    return p
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before the ~5 s torch import
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import filenames  # noqa: E402
+import loader  # noqa: E402
+import runfiles  # noqa: E402
+import runtime  # noqa: E402
+from models import build_model_from_config  # noqa: E402
 
 logger = logging.getLogger("predict")
 
@@ -193,32 +213,25 @@ def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
                        ["file", "probability", "prediction"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
-    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), or a "
-                   "checkpoint file")
-    p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
-                   "carry them: columns file,sex,age,bmi")
-    p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch_size", type=int, default=16, help="(default: %(default)s)")
-    return p
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     runtime.setup_logging()
     if args.batch_size < 1:
         raise SystemExit(f"--batch_size {args.batch_size}: must be >= 1")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out} exists; nothing was written. Pass --overwrite to replace it, or choose "
+                        "another --out")
     try:
         rows = predict(args.run, args.images, args.csv, args.device, args.batch_size)
     except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
-        raise SystemExit(f"predict.py: {exc}") from None
+        raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     write_predictions(args.out, rows)
     print(f"{len(rows)} predictions ({sum(r['prediction'] for r in rows)} osteoporosis) written to {args.out}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

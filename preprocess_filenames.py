@@ -90,13 +90,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Sequence
 
-import cv2
-import numpy as np
-from PIL import Image, ImageOps
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 import filenames
+from cli import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -1342,4 +1337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before the image libraries load
+
+# used by the functions above; imported last so that the line above answers without them
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(main)

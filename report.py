@@ -30,21 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import precision_recall_curve, roc_curve
-
-import baseline
-import confidence
-import crossval
-import filenames
-import loader
-import metrics
-import runfiles
-import runtime
-from cli import positive_int
+from cli import positive_int, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -750,7 +736,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         result = write_report(args.run, args.data_dir, args.bootstrap, args.seed)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"report.py: {exc}") from None
+        raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     auc = result["network"]["metrics"]["roc_auc"]
     print(f"test ROC AUC {_ci(auc)}; clinical baseline {_ci(result['baseline']['metrics']['roc_auc'])}; "
           f"report in {Path(args.run) / 'report.html'}")
@@ -758,4 +744,23 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before torch and pandas load
+
+# used by the functions above; imported last so that the line above answers without them
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+import baseline  # noqa: E402
+import confidence  # noqa: E402
+import crossval  # noqa: E402
+import filenames  # noqa: E402
+import loader  # noqa: E402
+import metrics  # noqa: E402
+import runfiles  # noqa: E402
+import runtime  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(main)
