@@ -1,4 +1,5 @@
-"""The file-name format that carries label and clinical data: the one place that knows it.
+"""The file-name format that carries label and clinical data: the one place that knows it, and
+:func:`list_split`, which lists a split folder's images with every name checked.
 
     <patient>_<crop>_<label>-<sex>-<age>-<bmi>.<ext>      e.g. 20180187_1_0-1-44-25.03404305.png
 
@@ -11,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 EXTENSIONS = (".png", ".npy")
 PATTERN = "<patient>_<crop>_<label>-<sex>-<age>-<bmi>.<png|npy>  (e.g. 20180187_1_0-1-44-25.03404305.png; missing values as NA)"
@@ -127,3 +129,18 @@ def _which_field(stem: str) -> str:
         if not re.fullmatch(rule, text):
             return f"{field} {text!r} is not {accepted}"
     return "file name does not match the format"
+
+
+def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """Sorted image files of one split, with every file name checked."""
+    folder = Path(data_dir) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
+            f"{PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise ValueError(f"{folder} holds no .png or .npy images; expected files named {PATTERN}")
+    for p in files:
+        decode(p)  # fail early, naming the file
+    return files

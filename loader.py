@@ -108,19 +108,7 @@ def early_fuse_of(config: dict) -> bool:
     return int(config["in_chans"]) > IMAGE_CHANNELS
 
 
-def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """Sorted image files of one split, with every file name checked."""
-    folder = Path(data_dir) / split
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
-            f"{filenames.PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in filenames.EXTENSIONS)
-    if not files:
-        raise ValueError(f"{folder} holds no .png or .npy images; expected files named {filenames.PATTERN}")
-    for p in files:
-        filenames.decode(p)  # fail early, naming the file
-    return files
+list_split = filenames.list_split  # a split folder's files named in the format (filenames owns it)
 
 
 _WARNED_MISSING: set[str] = set()

@@ -283,7 +283,6 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
     ``--test`` (best.pth) and ``--resume`` (last.pth, or config.json of a run stopped in its first
     epoch). Returns (config, stats, resume_state); for ``--resume`` every setting of the run is
     copied onto ``args``."""
-    import loader
     import runfiles
 
     new_fold_of_cv = args.resume and getattr(args, "cv_folds", 0) and not out.exists()
@@ -294,6 +293,8 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
             raise UserError(f"{out} already holds a run; nothing was changed. {how[0].upper() + how[1:]}, or choose "
                             f"another --save_dir / --fold (e.g. {resume_command(args)})")
         return None, None, None
+    import loader
+
     if args.test:
         state = runfiles.load_checkpoint(out / runfiles.BEST)
         config = dict(state["config"])
@@ -359,13 +360,12 @@ def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> di
 
 def split_files(args) -> dict:
     """Images of each split: the data folder's, or for cross-validation fold k of train+val."""
-    import crossval
-    import loader
-
-    test = loader.list_split(args.data_dir, "test")
+    test = filenames.list_split(args.data_dir, "test")
     if not getattr(args, "cv_folds", 0):
-        return {"train": loader.list_split(args.data_dir, "train"), "val": loader.list_split(args.data_dir, "val"),
-                "test": test}
+        return {"train": filenames.list_split(args.data_dir, "train"),
+                "val": filenames.list_split(args.data_dir, "val"), "test": test}
+    import crossval
+
     fold = crossval.crossval_splits(args.data_dir, args.cv_folds, args.cv_seed)[args.cv_fold]
     return {"train": list(fold["train"]), "val": list(fold["val"]), "test": test}
 
@@ -375,9 +375,6 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
-    import torch
-
-    import report
     import runfiles
     import runtime
 
@@ -395,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
         results.append(run(fold_args, given, dist_info))
         runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
     if dist_info.is_main:
+        import report
+
         cv = report.write_cv_summary(Path(args.out_root) / args.save_dir, runs)
         print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_summary.json'}")
         logger.debug("%s", cv)
@@ -425,11 +424,15 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
                 raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
                                 f"{resume_command(args)}")
             config = extend(args, config, resume_state, out)
+    files = split_files(args)
+    data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
+    if not args.test:
+        check_patients(files, args.allow_shared_patients)
     use_settings(args)
     created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \
         if config is None and dist_info.is_main else None
     try:
-        return train_and_test(args, config, stats, resume_state, out, dist_info)
+        return train_and_test(args, config, stats, resume_state, out, dist_info, files, data_summary)
     except KeyboardInterrupt:
         done = _saved_epochs(out)
         if done == 0 and created is not None:
@@ -475,7 +478,7 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def train_and_test(args, config, stats, resume_state, out: Path, dist_info) -> dict:
+def train_and_test(args, config, stats, resume_state, out: Path, dist_info, files: dict, data_summary: str) -> dict:
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -490,10 +493,6 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info) -> d
 
     device = runtime.select_device_for(dist_info, args.device, args.gpus)
     precision = runtime.select_precision(args.dtype, device)
-    files = split_files(args)
-    data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
-    if not args.test:
-        check_patients(files, args.allow_shared_patients)
     if stats is None:
         stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=not args.image_only)
     if dist_info.enabled:

@@ -14,9 +14,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_FORMAT = "osteoporosis-hip-classifier/1"
 CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "epoch")
@@ -88,6 +89,8 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: list
 def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Tensor], config: Mapping,
                     clinical_stats: Mapping, threshold: float, epoch: int, **extra: Any) -> None:
     """Write a checkpoint (weights + everything needed to use them) atomically."""
+    import torch  # here, not at the top: the scripts read run folders before they need torch
+
     state = {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model_state.items()},
              "config": _jsonable(dict(config)), "clinical_stats": _jsonable(dict(clinical_stats)),
              "threshold": float(threshold), "epoch": int(epoch)}
@@ -99,6 +102,8 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Ten
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint safely; a clear error for a missing, truncated, foreign or unsafe file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
