@@ -15,7 +15,7 @@ grey, as the loader does. Refused, with the file named and nothing written: a fi
 decode, an array that is not 2-D, non-finite values, an image under 16 pixels on a side.
 
 Output (written atomically): ``file,probability,prediction`` with prediction 1 (osteoporosis)
-when probability >= the run's threshold.
+when probability >= the run's threshold. An existing ``--out`` is replaced only with ``--overwrite``.
 """
 from __future__ import annotations
 
