@@ -95,7 +95,7 @@ def decode(path: str | os.PathLike) -> SampleInfo:
         raise FileNameError(f"{path}: extension {ext or '(none)'!r} not supported; expected {PATTERN}")
     match = _RE.match(stem)
     if match is None:
-        raise FileNameError(f"{path}: {_which_field(stem)}; expected {PATTERN}")
+        raise FileNameError(f"{path}: file name does not match the format: {_which_field(stem)}; expected {PATTERN}")
     g = match.groupdict()
 
     def num(text: str) -> float:
@@ -114,10 +114,10 @@ def _which_field(stem: str) -> str:
     """What is wrong with a stem that does not match: the first field of the format it breaks."""
     head, _, tail = stem.rpartition("_")
     if not head:
-        return "file name lacks '<patient>_<crop>_' before the label and clinical values"
+        return "no '<patient>_<crop>_' before the label and clinical values"
     patient, _, crop = head.rpartition("_")
     if not patient:
-        return f"file name has no crop number: {stem!r} has one '_' where the format has two"
+        return f"no crop number: {stem!r} has one '_' where the format has two"
     if not re.fullmatch(r"\d+", crop):
         return f"crop {crop!r} is not a whole number"
     values = tail.split("-")
@@ -128,7 +128,7 @@ def _which_field(stem: str) -> str:
         rule, accepted = _FIELD_RULES[field]
         if not re.fullmatch(rule, text):
             return f"{field} {text!r} is not {accepted}"
-    return "file name does not match the format"
+    return "see the pattern"
 
 
 def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:

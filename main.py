@@ -268,14 +268,21 @@ def resume_command(args: argparse.Namespace) -> str:
 
 def refuse_changes(args: argparse.Namespace, given: set[str], config: dict, out: Path) -> None:
     """``--resume`` continues the run as configured: a flag given with another value than the run's
-    is refused, naming it (the session's device, threads and workers may differ)."""
+    is refused, naming it (the session's device, GPUs, workers and cache may differ)."""
+    def shown(value) -> str:
+        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    def same(key: str, a, b) -> bool:
+        if key in ("data_dir", "pretrained") and isinstance(a, str) and isinstance(b, str):
+            return os.path.normpath(a) == os.path.normpath(b)
+        return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
     for key in sorted(given - set(SESSION_KEYS)):
-        if key in config and getattr(args, key) != config[key]:
-            shown = " ".join(map(str, config[key])) if isinstance(config[key], list) else config[key]
-            raise UserError(f"--{key} {getattr(args, key) if not isinstance(getattr(args, key), list) else ' '.join(map(str, getattr(args, key)))}: "
-                            f"the run {out} was configured with --{key} {shown}, and --resume continues a run "
-                            "exactly as configured (leave the flag out). To train longer use --resume "
-                            "--extend_epochs N; to train differently start a new run (another --save_dir or --fold)")
+        if key in config and not same(key, getattr(args, key), config[key]):
+            raise UserError(f"--{key} {shown(getattr(args, key))}: the run {out} was configured with --{key} "
+                            f"{shown(config[key])}, and --resume continues a run exactly as configured (leave the "
+                            "flag out). To train longer use --resume --extend_epochs N; to train differently start "
+                            "a new run (another --save_dir or --fold)")
 
 
 def prepare_run(args, given: set[str], save_dir: str, out: Path):
@@ -419,15 +426,15 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
             import runtime
 
             runtime.setup_logging(out / "train.log")  # the log of the run says what happened to it
-        if args.extend_epochs:
-            if resume_state is None:
-                raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
-                                f"{resume_command(args)}")
-            config = extend(args, config, resume_state, out)
     files = split_files(args)
     data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
     if not args.test:
         check_patients(files, args.allow_shared_patients)
+    if args.extend_epochs:  # after the data checks: a refused extension leaves the run as it was
+        if resume_state is None:
+            raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
+                            f"{resume_command(args)}")
+        config = extend(args, config, resume_state, out)
     use_settings(args)
     created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \
         if config is None and dist_info.is_main else None
