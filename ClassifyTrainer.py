@@ -42,7 +42,7 @@ class ClassifyTrainer:
     best epoch by ``select_metric`` in ``run_dir/best.pth`` (and every epoch in ``last.pth`` for
     ``--resume``) and score only the best checkpoint on test."""
 
-    def __init__(self, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
+    def __init__(self, *, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
@@ -187,8 +187,8 @@ class ClassifyTrainer:
             if self.dist.is_main:
                 if improved:
                     self.save(runfiles.BEST, epoch, val["youden_threshold"], val)
-                    self.write_predictions("val_predictions.csv", pred, val["youden_threshold"])
-                runfiles.write_csv(self.run_dir / "history.csv", self.history)
+                    self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
+                runfiles.write_csv(self.run_dir / runfiles.HISTORY, self.history)
                 self.save_last(epoch)
             # the metric names are history.csv's columns (val_roc_auc, ...); the selecting one is added if not shown
             shown = {"roc_auc": val["roc_auc"], "f2": val["f2"], "accuracy": val["accuracy"]}
@@ -256,6 +256,6 @@ class ClassifyTrainer:
             "at_0.5": metrics.compute_metrics(pred["labels"], pred["probs"], threshold=0.5),
         }
         if self.dist.is_main:
-            runfiles.write_json(self.run_dir / "test_metrics.json", result)
-            self.write_predictions("test_predictions.csv", pred, threshold)
+            runfiles.write_json(self.run_dir / runfiles.TEST_METRICS, result)
+            self.write_predictions(runfiles.PREDICTIONS["test"], pred, threshold)
         return result

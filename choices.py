@@ -1,5 +1,5 @@
 """The names a user chooses from on the command lines: networks, normalisations, activations, stems,
-losses, augmentations and heatmap methods, with the default image size.
+losses, augmentations and heatmap methods, with the smallest image side.
 
 The modules that implement them (``models``, ``losses``, ``augment``, ``cam``, ``loader``) import
 their names from here; the scripts build their parsers from here. Nothing here imports torch,
@@ -8,7 +8,6 @@ torch import.
 """
 from __future__ import annotations
 
-FULL_SIZE = (704, 407)  # (height, width) of the original work's hip crops
 MIN_SIDE = 16  # smallest image side accepted anywhere: CLAHE works on 8 x 8 tiles, the networks stride 16
 
 TORCHVISION_DENSENETS = ("densenet121", "densenet169", "densenet201")

@@ -144,3 +144,13 @@ def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
     for p in files:
         decode(p)  # fail early, naming the file
     return files
+
+
+def field_spans(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Where each field (patient, crop, label, sex, age, bmi, ext) lies in a file's base name, as
+    ``(start, end)`` character offsets; raise :class:`FileNameError` if malformed."""
+    name = os.path.basename(os.fspath(path))
+    decode(name)
+    stem, ext = os.path.splitext(name)
+    match = _RE.match(stem)
+    return {**{key: match.span(key) for key in _RE.groupindex}, "ext": (len(stem) + 1, len(name))}

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import choices
 import filenames
+import runfiles
+import splits
 from choices import ACTS, MODEL_NAMES, NORMS, STEMS
 from cli import UserError, given_flags, positive, run_main, str2bool
 
@@ -38,20 +40,20 @@ logger = logging.getLogger("main")
 
 SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", "balanced_accuracy", "mcc")
 # settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
-MODEL_KEYS = ("model", "late_fuse", "image_only", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
+MODEL_KEYS = ("model", "fusion", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
 # where and how fast this session runs, not what the run is: the only flags --resume lets differ
 SESSION_KEYS = ("device", "gpus", "workers", "cache_gb", "out_root", "save_dir", "fold", "resume", "test",
                 "extend_epochs")
-TESTED = "test_metrics.json"  # written once the best checkpoint was scored on test
 REPORTED = "report_metrics.json"  # report.write_report writes it last
-RESULTS = (TESTED, "test_predictions.csv", "report.md", "report.html", REPORTED, "report_figures")
+# what a finished run's test and report consist of; an extension removes them (they describe the shorter run)
+RESULTS = (runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], "report.md", "report.html", REPORTED, "report_figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data_dir", default="data", help="folder with train/ val/ test/ (default: %(default)s)")
-    g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(choices.FULL_SIZE),
+    g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(splits.IMAGE_SIZE),
                    help="resize to H x W for the network (default: %(default)s, the original size)")
     g.add_argument("--augment", default="", help="augmentation(s) for training, comma-separated from: "
                    f"{', '.join(choices.AUGMENT_NAMES)}; empty = none (default)")
@@ -67,11 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
+    g.add_argument("--fusion", choices=runfiles.FUSION_MODES, default=None, help="how sex, age and BMI reach the "
+                   "network: early (constant image channels; the default), late (joined to the pooled image "
+                   "features) or image (not at all: an image-only model, for comparison)")
     g.add_argument("--late_fuse", type=str2bool, default=False, metavar="BOOL",
-                   help="True: clinical vector joined to pooled image features; False (default): clinical data "
-                   "added to the image as constant channels (early fusion)")
-    g.add_argument("--image_only", action="store_true", help="ignore the clinical data (image-only model, for "
-                   "comparison); excludes --late_fuse True")
+                   help="the original work's flag: True = --fusion late; False = early fusion")
+    g.add_argument("--image_only", action="store_true", help="= --fusion image; excludes --late_fuse True")
     g.add_argument("--depth", type=int, default=40, help="DenseNet-BC depth, (depth-4) %% 6 == 0 (dense_net only)")
     g.add_argument("--growthRate", type=positive(int), default=12, help="DenseNet-BC growth rate (dense_net only)")
     g.add_argument("--norm", choices=NORMS, default="bn", help="batch, instance or batch-instance norm")
@@ -156,6 +159,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
     if args.image_only and args.late_fuse:
         raise SystemExit("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
+    given = {args.fusion} if args.fusion else set()
+    given |= {"late"} if args.late_fuse else {"image"} if args.image_only else set()
+    if len(given) > 1:
+        raise SystemExit(f"--fusion {args.fusion} and --{'late_fuse True' if args.late_fuse else 'image_only'} "
+                         "exclude each other: give one fusion mode")
+    args.fusion = given.pop() if given else None  # None: early for a new run, the run's own for --test/--resume
     if args.folds == 1 or args.folds < 0:
         raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
     if args.bootstrap < 0:
@@ -175,7 +184,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--augment: {exc}") from None
 
 
-def make_loaders(args, stats, files: dict, early_fuse: bool, dist_info=None) -> dict:
+def make_loaders(args, stats, files: dict, dist_info=None) -> dict:
     """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
     Validation and test: every image exactly once, in file order (sharded over ranks and gathered)."""
     import torch
@@ -191,7 +200,7 @@ def make_loaders(args, stats, files: dict, early_fuse: bool, dist_info=None) -> 
     out = {}
     for split in loader.SPLITS:
         train = split == "train"
-        ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=early_fuse,
+        ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=args.fusion == "early",
                                augment=augmenter if train else None, seed=args.seed, cache_gb=args.cache_gb,
                                desc=split)
         if train:
@@ -290,8 +299,6 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
     ``--test`` (best.pth) and ``--resume`` (last.pth, or config.json of a run stopped in its first
     epoch). Returns (config, stats, resume_state); for ``--resume`` every setting of the run is
     copied onto ``args``."""
-    import runfiles
-
     new_fold_of_cv = args.resume and getattr(args, "cv_folds", 0) and not out.exists()
     if not (args.test or args.resume) or new_fold_of_cv:
         if out.exists() and any(out.iterdir()):
@@ -316,7 +323,7 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
                 setattr(args, key, config[key])
         return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), None
 
-    state, config_file = None, out / "config.json"
+    state, config_file = None, out / runfiles.CONFIG
     if (out / runfiles.LAST).is_file():
         state = runfiles.load_checkpoint(out / runfiles.LAST)
         config = dict(state["config"])
@@ -339,7 +346,7 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
 def finished(out: Path, config: dict, state: dict | None) -> bool:
     """Whether a run trained all its epochs and wrote its test (and report) files."""
     done = state is not None and len(state.get("history") or []) >= int(config["epoch"])
-    return done and (out / TESTED).is_file() and (not config.get("bootstrap") or (out / REPORTED).is_file())
+    return done and (out / runfiles.TEST_METRICS).is_file() and (not config.get("bootstrap") or (out / REPORTED).is_file())
 
 
 def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> dict:
@@ -365,24 +372,11 @@ def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> di
     return config
 
 
-def split_files(args) -> dict:
-    """Images of each split: the data folder's, or for cross-validation fold k of train+val."""
-    test = filenames.list_split(args.data_dir, "test")
-    if not getattr(args, "cv_folds", 0):
-        return {"train": filenames.list_split(args.data_dir, "train"),
-                "val": filenames.list_split(args.data_dir, "val"), "test": test}
-    import crossval
-
-    fold = crossval.crossval_splits(args.data_dir, args.cv_folds, args.cv_seed)[args.cv_fold]
-    return {"train": list(fold["train"]), "val": list(fold["val"]), "test": test}
-
-
 def main(argv: list[str] | None = None) -> dict | list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
-    import runfiles
     import runtime
 
     dist_info = runtime.init_distributed(args.device)
@@ -410,8 +404,6 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
 def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
     """Train (or resume, or only test) one run folder; returns the test metrics. A new run that fails
     or is interrupted before its first epoch is saved leaves no folder behind."""
-    import runfiles
-
     out = runfiles.run_dir(args.save_dir, args.fold, args.out_root)
     config, stats, resume_state = prepare_run(args, given, args.save_dir, out)
     if args.resume and config is not None:
@@ -419,14 +411,14 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
             logger.info("the run %s finished all %d epochs (best epoch %d) and is tested; nothing to resume, "
                         "nothing changed. To train it longer: %s --extend_epochs N", out, config["epoch"],
                         int(resume_state["best"]["epoch"]), resume_command(args))
-            result = runfiles.read_json(out / TESTED)
+            result = runfiles.read_json(out / runfiles.TEST_METRICS)
             summary(result, out)
             return result
         if dist_info.is_main:
             import runtime
 
             runtime.setup_logging(out / "train.log")  # the log of the run says what happened to it
-    files = split_files(args)
+    files = runfiles.split_files(vars(args), args.data_dir)
     data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
     if not args.test:
         check_patients(files, args.allow_shared_patients)
@@ -492,16 +484,15 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
     import loader
     import losses
     import report
-    import runfiles
     import runtime
     from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
     from LateFuseClassifyTrainer import LateFuseClassifyTrainer
-    from models import build_model_from_config
+    from models import build_model_from_config, count_parameters
 
     device = runtime.select_device_for(dist_info, args.device, args.gpus)
     precision = runtime.select_precision(args.dtype, device)
     if stats is None:
-        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=not args.image_only)
+        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=args.fusion != "image")
     if dist_info.enabled:
         torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
     if dist_info.is_main:
@@ -513,18 +504,19 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
                 f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last)
     logger.info("data %s: %s", args.data_dir, data_summary)
 
-    loaders = make_loaders(args, stats, files, not (args.late_fuse or args.image_only), dist_info)
+    args.fusion = args.fusion or "early"
+    loaders = make_loaders(args, stats, files, dist_info)
     if config is None:
-        config = {**vars(args), "in_chans": loaders["train"].dataset.channels,
-                  "trainer": "LateFuseClassifyTrainer" if args.late_fuse else "ClassifyTrainer",
+        flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
+        config = {**flags, "in_chans": loaders["train"].dataset.channels,
+                  "trainer": "LateFuseClassifyTrainer" if args.fusion == "late" else "ClassifyTrainer",
                   "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
                   "world_size": dist_info.world}
     if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):
-        runfiles.write_json(out / "config.json", config)
+        runfiles.write_json(out / runfiles.CONFIG, config)
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
-    logger.info("model %s (%s fusion, %d input channels, %.2f M parameters)", config["model"],
-                "late" if config["late_fuse"] else "early", config["in_chans"],
-                sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info("model %s (%s, %d input channels, %.2f M parameters)", config["model"],
+                runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"], count_parameters(model) / 1e6)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if dist_info.enabled:
         if args.sync_bn:
@@ -532,16 +524,18 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    trainer_cls = LateFuseClassifyTrainer if config["late_fuse"] else ClassifyTrainer
+    trainer_cls = LateFuseClassifyTrainer if config["fusion"] == "late" else ClassifyTrainer
     optimizer = scheduler = None
     if not args.test:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
         if args.sched == "cosine":  # over the run's epochs, or since the last --extend_epochs restart
             cycle = args.epoch - (config.get("restarts") or [0])[-1]
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cycle)
-    trainer = trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
-                          device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
-                          channels_last, dist_info, scheduler)
+    trainer = trainer_cls(model=model, loaders=loaders, loss_fn=losses.build_loss(args.loss, args.focal_gamma,
+                                                                                 args.t_alpha),
+                          optimizer=optimizer, scheduler=scheduler, device=device, run_dir=out, config=config,
+                          clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
+                          seed=args.seed, channels_last=channels_last, dist_info=dist_info)
     with logging_redirect_tqdm():
         if not args.test:
             if resume_state is not None:
