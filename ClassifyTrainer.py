@@ -231,7 +231,7 @@ class ClassifyTrainer:
             self.best["epoch"] = int(self.best["epoch"])
 
     def write_predictions(self, name: str, pred: dict, threshold: float) -> None:
-        rows = [{"file": Path(p).name, "label": int(y), "probability": f"{prob:.6f}",
+        rows = [{"file": Path(p).name, "label": int(y), "probability": runfiles.probability_text(prob),
                  "prediction": int(prob >= threshold)}
                 for p, y, prob in zip(pred["paths"], pred["labels"], pred["probs"])]
         runfiles.write_csv(self.run_dir / name, rows, ["file", "label", "probability", "prediction"])

@@ -1,5 +1,5 @@
 """The names a user chooses from on the command lines: networks, normalisations, activations, stems,
-losses, augmentations and heatmap methods, with the smallest image side.
+losses, augmentations, heatmap methods and bootstrap intervals, with the smallest image side.
 
 The modules that implement them (``models``, ``losses``, ``augment``, ``cam``, ``loader``) import
 their names from here; the scripts build their parsers from here. Nothing here imports torch,
@@ -21,6 +21,7 @@ AUGMENT_NAMES = ("crop", "flip", "rotate", "cut", "elastic", "cat_elastic", "gam
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
+CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)
 
 
 def unknown_augmentation(name: str) -> ValueError:

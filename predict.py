@@ -193,7 +193,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
 
 
 def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
-    runfiles.write_csv(path, [{**r, "probability": f"{r['probability']:.6f}"} for r in rows],
+    runfiles.write_csv(path, [{**r, "probability": runfiles.probability_text(r["probability"])} for r in rows],
                        ["file", "probability", "prediction"])
 
 

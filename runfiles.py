@@ -127,6 +127,12 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequ
 
 # --------------------------------------------------------------------------- checkpoints
 
+def probability_text(probability: float) -> str:
+    """A probability as a predictions file holds it: 9 significant digits, which give back a 32-bit
+    network output exactly, so metrics recomputed from the file equal the run's own."""
+    return f"{probability:.9g}"
+
+
 def fusion_of(config: Mapping) -> str:
     """The run's fusion mode (:data:`FUSION_MODES`). Runs written before it was one value carry two
     booleans: ``late_fuse`` (late fusion) and ``image_only``; neither means early fusion."""
