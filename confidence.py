@@ -53,7 +53,7 @@ BOOTSTRAP_METRICS = ("roc_auc", "pr_auc", "brier", "accuracy", "sensitivity", "s
 CALIBRATION_METRICS = ("calibration_slope", "calibration_intercept")
 # Statistics that get a BCa interval (the others a percentile interval).
 BCA_METRICS = ("roc_auc", "pr_auc", "brier", *CALIBRATION_METRICS)
-INTERVALS = ("bca", "percentile")
+from choices import CI_INTERVALS as INTERVALS  # noqa: E402 (torch- and NumPy-free, for --help)
 # metrics.py functions whose resamples are computed vectorised (weighted_metrics key).
 _VECTORISED = {metrics.roc_auc: "roc_auc", metrics.pr_auc: "pr_auc", metrics.brier: "brier"}
 _CELLS = 2 ** 20  # resamples x images per chunk: bounds memory (8 MB per float matrix)

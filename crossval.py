@@ -38,14 +38,14 @@ import confidence
 import filenames
 import loader
 import runfiles
+from choices import CV_DESIGNS, CV_VAL_FRACTION
 from splits import assign_folds, patient_labels
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 POOLED = ("train", "val")
-DESIGNS = ("oof", "heldout")
-VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (oof design)
+DESIGNS, VAL_FRACTION = CV_DESIGNS, CV_VAL_FRACTION  # share of a fold's training patients that validates it
 
 
 def _manifest_folds(data_dir: Path, files: list[Path]) -> dict[Path, int] | None:

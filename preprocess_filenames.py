@@ -91,15 +91,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Sequence
 
-import cv2
-import numpy as np
-from PIL import Image, ImageOps
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 import filenames
-import roi
 import runfiles
+from cli import run_main
 from splits import DEFAULT_FRACTIONS, IMAGE_SIZE, SPLITS, assign_folds, assign_splits, patient_labels
 
 logger = logging.getLogger(__name__)
@@ -134,8 +128,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "validation": "val", "test": "test", "testing": "test"}
 
 # Plausible ranges: a value outside is a typo (e.g. T-score -25 for -2.5), not a patient.
-AGE_RANGE = (0.0, 130.0)
-BMI_RANGE = (5.0, 150.0)
+AGE_RANGE, BMI_RANGE = filenames.AGE_RANGE, filenames.BMI_RANGE  # the file-name format's plausible ranges
 TSCORE_RANGE = (-10.0, 10.0)
 HEIGHT_RANGE_M = (0.3, 2.8)
 WEIGHT_RANGE_KG = (1.0, 500.0)
@@ -1324,4 +1317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before the image libraries load
+
+# used by the functions above; imported last so that the line above answers without them
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+import roi  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(main)

@@ -31,20 +31,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import pandas as pd
-
-import baseline
-import confidence
-import crossval
-import filenames
-import loader
-import metrics
-import report_render
-import runfiles
-import runtime
-from cli import positive_int
-from report_render import FIGURE_DIR, ci as _ci, fmt as _fmt  # noqa: F401  (FIGURE_DIR: the report's folder)
+from choices import CI_INTERVALS
+from cli import positive_int, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
                    help="bootstrap resamples of the test patients (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--interval", choices=confidence.INTERVALS, default="bca",
+    p.add_argument("--interval", choices=CI_INTERVALS, default="bca",
                    help="bootstrap interval for the AUCs, Brier score and calibration: bias-corrected and "
                         "accelerated, or plain percentile (default: %(default)s)")
     return p
@@ -334,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"report.py: {exc}") from None
+        raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     auc = result["network"]["metrics"]["roc_auc"]
     base = (f"clinical baseline {_ci(result['baseline']['metrics']['roc_auc'])}" if result["baseline"]
             else f"no clinical baseline ({result['baseline_absent']})")
@@ -343,4 +331,22 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before torch and pandas load
+
+# used by the functions above; imported last so that the line above answers without them
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import baseline  # noqa: E402
+import confidence  # noqa: E402
+import crossval  # noqa: E402
+import filenames  # noqa: E402
+import loader  # noqa: E402
+import metrics  # noqa: E402
+import report_render  # noqa: E402
+import runfiles  # noqa: E402
+import runtime  # noqa: E402
+from report_render import FIGURE_DIR, ci as _ci, fmt as _fmt  # noqa: E402,F401 (FIGURE_DIR: the report's folder)
+
+if __name__ == "__main__":
+    run_main(main)

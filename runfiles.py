@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
 CHECKPOINT_FORMAT = "osteoporosis-hip-classifier/1"
 CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "epoch")
@@ -321,8 +322,7 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
         if missing:
             raise ValueError(f"files must name the images of {', '.join(SPLITS)}; missing {missing}")
         return {s: [Path(f) for f in files[s]] for s in SPLITS}
-    import crossval  # torch, through the loader: only where split files are listed
-    import loader
+    import filenames
 
     source = "--data_dir" if data_dir is not None else "the run's configuration"
     data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", "data"))
@@ -330,7 +330,8 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
         raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder with train/ "
                                 f"val/ test/ the run was trained on (--data_dir), or make the demo set with "
                                 f"python3 synthetic.py --out {data_dir}")
-    fold = crossval.config_files(config, data_dir)  # a cross-validation fold: its design decides
-    if fold is not None:
-        return fold
-    return {s: loader.list_split(data_dir, s) for s in SPLITS}
+    if config.get("cv_folds"):
+        import crossval  # torch, through the loader: only for cross-validation folds
+
+        return crossval.config_files(config, data_dir)  # the fold's design decides its three parts
+    return {s: filenames.list_split(data_dir, s) for s in SPLITS}

@@ -433,7 +433,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / MASK_DIR / split).mkdir(parents=True, exist_ok=True)
     rows = []
-    with tqdm(total=2 * n_patients, desc="synthetic", unit="img") as bar:
+    with tqdm(total=2 * n_patients, desc="synthetic", unit="img", disable=None) as bar:  # no bar when redirected
         for pid, patient, hip_seqs in zip(pids, patients, hips):
             split = split_of[pid]
             for crop, side in ((1, "R"), (2, "L")):
