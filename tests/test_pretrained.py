@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 import main
+from cli import UserError
 import models
 from models import build_model, pretrained
 
@@ -61,14 +62,14 @@ def test_offline_imagenet_stops_at_once_naming_pretrained_path(torch_home, tmp_p
         pretrained.imagenet_weights("densenet169")
     assert calls == [torchvision.models.get_model_weights("densenet169").IMAGENET1K_V1.url]
     # main.py stops before reading any data or writing a run folder
-    with pytest.raises(SystemExit, match=r"not cached .* --pretrained PATH"):
+    with pytest.raises(UserError, match=r"not cached .* --pretrained PATH"):
         main.main(["--model", "densenet121", "--pretrained", "imagenet", "--data_dir", str(tmp_path / "none"),
                    "--out_root", str(tmp_path / "outs"), "--device", "cpu"])
     assert not (tmp_path / "outs").exists()
 
 
 def test_imagenet_is_refused_for_dense_net(torch_home, tmp_path):
-    with pytest.raises(SystemExit, match="exists for densenet121, densenet169, densenet201 only"):
+    with pytest.raises(UserError, match="exists for densenet121, densenet169, densenet201 only"):
         main.main(["--model", "dense_net", "--pretrained", "imagenet", "--out_root", str(tmp_path / "outs")])
     assert not torch_home[1]
 
@@ -86,6 +87,6 @@ def test_a_run_folder_starts_fine_tuning_from_its_best_checkpoint(tiny_data, tmp
         assert torch.equal(start.state_dict()[key], value), key
     main.main([*common, "--save_dir", "ft", "--fold", "0", "--pretrained", str(source)])
     assert "ft" in {p.name for p in outs.iterdir()}
-    with pytest.raises(SystemExit, match="a folder must be a run folder holding best.pth"):
+    with pytest.raises(UserError, match="a folder must be a run folder holding best.pth"):
         main.main([*common, "--save_dir", "ft2", "--pretrained", str(outs)])
     assert models.resolve_pretrained(str(source / "best.pth"), "dense_net") == str(source / "best.pth")
