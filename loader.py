@@ -8,9 +8,16 @@ A sample is a dict ``image``, ``clinical``, ``label``, ``path``:
 * ``clinical`` - float32 (3,): sex, age, BMI normalised with statistics of the training split
   only; a missing value is imputed with the training mean (0 after normalisation).
 * ``label`` - float32 scalar, 1 = osteoporosis.
+* ``index`` - position in the split (seeds per-sample augmentation draws, also on the device).
 
 Decoding, resizing and enhancement happen once per image (kept in memory as uint8 when it fits
 in ``cache_gb``); augmentation runs on the fly, for training samples only.
+
+With ``handover="uint8"`` (what ``main.py`` uses) a sample's ``image`` is the two image channels as
+uint8 -- a quarter of the bytes to cross from the workers and to the device -- and
+:func:`network_image`, on the device, turns a batch of them into the float input above. The float
+handover builds its samples with the same function, so both give the network the same numbers
+(augmented training images excepted, which the 8-bit handover rounds to 8 bits once more).
 """
 from __future__ import annotations
 
@@ -88,6 +95,24 @@ def prepare(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([gray, enhance(gray)])
 
 
+# uint8 -> float32 [0, 1] as a table: indexing gives the same numbers on every device (a CUDA
+# division by a scalar multiplies by its reciprocal, which can differ from numpy in the last bit)
+_TO_UNIT = torch.arange(256, dtype=torch.float32) / 255.0
+
+
+def network_image(image: torch.Tensor, clinical: torch.Tensor, early_fuse: bool) -> torch.Tensor:
+    """What the network receives, from a batch of image channels: uint8 (B, 2, H, W) from the 8-bit
+    handover (scaled to [0, 1] here, on the batch's device) or float (B, 2, H, W) in [0, 1];
+    with ``early_fuse`` the normalised clinical values (B, 3) follow as constant planes.
+    Returns float32 (B, C, H, W) on the image's device."""
+    if image.dtype == torch.uint8:
+        image = _TO_UNIT.to(image.device)[image.int()]
+    if not early_fuse:
+        return image
+    planes = clinical.to(image.dtype)[:, :, None, None].expand(-1, -1, *image.shape[2:])
+    return torch.cat([image, planes], dim=1)
+
+
 def early_fuse_of(config: dict) -> bool:
     """Whether a run's network takes the clinical values as extra image channels (early fusion),
     read from its input channels: late-fusion and image-only runs take the two image channels."""
@@ -144,16 +169,26 @@ class ClinicalStats:
         return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]])
 
 
+HANDOVERS = ("uint8", "float")
+
+
 class HipDataset(Dataset):
     """Images of one split. ``augment`` (train only) is called as ``augment(image, rng)`` with a
     generator seeded from (seed, epoch, index), so a run is reproducible whatever the number of
     workers and each epoch draws afresh (call :meth:`set_epoch`). The epoch lives in shared memory,
-    so persistent DataLoader workers see it change."""
+    so persistent DataLoader workers see it change.
+
+    ``handover`` is what a sample's ``image`` is: ``"float"`` the network's input (float32, with
+    the clinical planes for early fusion), ``"uint8"`` only the two image channels as uint8, to be
+    finished on the device by :func:`network_image`."""
 
     def __init__(self, files: Sequence[str | os.PathLike], stats: ClinicalStats,
                  image_size: tuple[int, int] = FULL_SIZE, early_fuse: bool = False,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-                 seed: int = 0, cache_gb: float = 4.0, desc: str = "") -> None:
+                 seed: int = 0, cache_gb: float = 4.0, desc: str = "", handover: str = "float") -> None:
+        if handover not in HANDOVERS:
+            raise ValueError(f"handover {handover!r}: choose one of {', '.join(HANDOVERS)}")
+        self.handover = handover
         self.files = [str(f) for f in files]
         self.infos = [filenames.decode(f) for f in self.files]
         self.labels = np.array([i.label for i in self.infos], dtype=np.int64)
@@ -191,28 +226,39 @@ class HipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(int(epoch))
 
+    def load_uint8(self, index: int) -> np.ndarray:
+        """Image channels (2, H, W) uint8, before augmentation."""
+        if self.cache is not None:
+            return self.cache[index]
+        # the same 8-bit rounding as the cache, so results never depend on --cache_gb
+        return np.round(prepare(read_image(self.files[index]), self.image_size) * 255.0).astype(np.uint8)
+
     def load(self, index: int) -> np.ndarray:
         """Image channels (2, H, W) float32 in [0, 1], before augmentation."""
-        if self.cache is not None:
-            return self.cache[index].astype(np.float32) / 255.0
-        # the same 8-bit rounding as the cache, so results never depend on --cache_gb
-        return np.round(prepare(read_image(self.files[index]), self.image_size) * 255.0) / 255.0
+        return _TO_UNIT.numpy()[self.load_uint8(index)]
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        image = self.load(index)
-        if self.augment is not None:
-            image = self.augment(image, np.random.default_rng([self.seed, self.epoch, index]))
-        clinical = self.clinical[index]
-        if self.early_fuse:
-            planes = np.broadcast_to(clinical[:, None, None], (len(clinical), *image.shape[1:]))
-            image = np.concatenate([image, planes], axis=0)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                "clinical": torch.from_numpy(clinical.copy()),
-                "label": torch.tensor(float(self.labels[index])),
-                "path": self.files[index]}
+        clinical = torch.from_numpy(self.clinical[index].copy())
+        if self.augment is None:
+            image = torch.from_numpy(np.ascontiguousarray(self.load_uint8(index)))
+        else:
+            image = self.augment(self.load(index), np.random.default_rng([self.seed, self.epoch, index]))
+            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            if self.handover == "uint8":  # the augmented image rounded to 8 bits again
+                image = torch.round(image.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+        if self.handover == "float":
+            image = network_image(image[None], clinical[None], self.early_fuse)[0]
+        return {"image": image, "clinical": clinical, "label": torch.tensor(float(self.labels[index])),
+                "path": self.files[index], "index": index}
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker. torch already gives each worker
+    one thread; OpenCV's own pool would start one per core in every worker and oversubscribe."""
+    cv2.setNumThreads(1)
 
 
 class EpochSampler(torch.utils.data.Sampler):

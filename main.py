@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import augment
+import augment_device
 import crossval
 import filenames
 import loader
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
     g.add_argument("--cache_gb", type=float, default=4.0, help="keep decoded images in memory up to this size "
                    "per split (default: %(default)s)")
+    g.add_argument("--handover", choices=loader.HANDOVERS, default="uint8", help="what loader workers hand "
+                   "over: uint8 images finished on the device (default) or float network inputs (as before "
+                   "2026-12; training images are then not rounded to 8 bits after augmentation)")
+    g.add_argument("--augment_device", choices=("auto", "true", "false"), default="auto", help="augment on the "
+                   f"device with one sampling grid per batch ({', '.join(augment_device.DEVICE_AUGMENTATIONS)}); "
+                   "auto: on CUDA when every --augment has a device version (default: %(default)s)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
@@ -101,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "report's confidence intervals; 0 = no report (default: %(default)s)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
-    g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch")
+    g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch (default: the cores "
+                   "left after the --workers loader processes, at least 1)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network (pays on long runs: "
+                   "see docs/gpu-pipeline.md)")
     g.add_argument("--dtype", choices=("auto", "float", "half"), default="auto", help="auto: fp16/bf16 autocast "
                    "on CUDA, fp32 on CPU; float: always fp32; half: reduced precision")
     g.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto",
@@ -153,20 +163,36 @@ def check_args(args: argparse.Namespace) -> None:
         args.augment = ",".join(augment.parse_augment(args.augment))
     except ValueError as exc:
         raise SystemExit(f"--augment: {exc}") from None
+    if args.augment_device == "true":
+        if args.handover != "uint8":
+            raise SystemExit("--augment_device true needs --handover uint8 (the device finishes the images)")
+        if not augment_device.supported(augment.parse_augment(args.augment)):
+            raise SystemExit(f"--augment_device true: --augment {args.augment} has no device version; on the "
+                             f"device: {', '.join(augment_device.DEVICE_AUGMENTATIONS)}")
+
+
+def augment_on_device(args, device: torch.device) -> augment_device.DeviceAugmenter | None:
+    """The device-side augmenter of ``--augment_device`` (auto: on CUDA when it can), or None."""
+    names = augment.parse_augment(args.augment)
+    use = {"true": True, "false": False}.get(args.augment_device, device.type == "cuda")
+    if not (use and names and args.handover == "uint8" and augment_device.supported(names)):
+        return None
+    return augment_device.DeviceAugmenter(names, args.augment_p, args.seed)
 
 
 def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: bool,
-                 dist_info: runtime.Dist = runtime.Dist()) -> dict[str, DataLoader]:
+                 dist_info: runtime.Dist = runtime.Dist(), device_augment: bool = False) -> dict[str, DataLoader]:
     """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
-    Validation and test: every image exactly once, in file order (sharded over ranks and gathered)."""
-    names = augment.parse_augment(args.augment)
+    Validation and test: every image exactly once, in file order (sharded over ranks and gathered).
+    With ``device_augment`` the training workers only decode (the trainer augments)."""
+    names = [] if device_augment else augment.parse_augment(args.augment)
     augmenter = augment.Augmenter(names, p=args.augment_p, enhance=loader.enhance) if names else None
     out = {}
     for split in loader.SPLITS:
         train = split == "train"
         ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=early_fuse,
                                augment=augmenter if train else None, seed=args.seed, cache_gb=args.cache_gb,
-                               desc=split)
+                               desc=split, handover=args.handover)
         if train:
             sampler = loader.EpochSampler(ds.labels, args.seed, args.sampler == "weight", dist_info.rank,
                                           dist_info.world)
@@ -176,6 +202,7 @@ def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: boo
         # persistent workers: no start-up every epoch (the dataset's epoch is shared with them)
         out[split] = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                 pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
+                                worker_init_fn=loader.worker_init,
                                 drop_last=train and len(sampler) % args.batch_size == 1)
     return out
 
@@ -235,8 +262,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     check_args(args)
     dist_info = runtime.init_distributed(args.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
-    if args.cpus:
-        torch.set_num_threads(args.cpus)
+    args.threads = runtime.choose_threads(args.cpus, args.workers)
     if args.deterministic:
         runtime.make_deterministic()
     args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
@@ -276,11 +302,17 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
         runtime.setup_logging(out / "train.log")
     runtime.seed_everything(args.seed, dist_info.rank)
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
-    logger.info("run folder %s; device %s%s; precision %s; channels_last %s", out, device,
-                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last)
+    logger.info("run folder %s; device %s%s; precision %s; channels_last %s; %s", out, device,
+                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last,
+                args.threads)
     logger.info("data %s: %s", args.data_dir, data_summary)
 
-    loaders = make_loaders(args, stats, files, not (args.late_fuse or args.image_only), dist_info)
+    device_augmenter = None if args.test else augment_on_device(args, device)
+    logger.info("loader hands over %s images; augmentation %s", args.handover,
+                f"on the device ({device_augmenter})" if device_augmenter else
+                ("in the loader workers" if args.augment else "none"))
+    loaders = make_loaders(args, stats, files, not (args.late_fuse or args.image_only), dist_info,
+                           device_augmenter is not None)
     if config is None:
         config = {**vars(args), "save_dir": save_dir, "in_chans": loaders["train"].dataset.channels,
                   "trainer": "LateFuseClassifyTrainer" if args.late_fuse else "ClassifyTrainer",
@@ -293,6 +325,9 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
                 "late" if config["late_fuse"] else "early", config["in_chans"],
                 sum(p.numel() for p in model.parameters()) / 1e6)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if args.compile:
+        model.compile()  # in place: checkpoints keep the plain parameter names
+        logger.info("torch.compile: the first training and the first validation batch compile the network")
     if dist_info.enabled:
         if args.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -307,7 +342,7 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epoch)
     trainer = trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
                           device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
-                          channels_last, dist_info, scheduler)
+                          channels_last, dist_info, scheduler, device_augment=device_augmenter)
     with logging_redirect_tqdm():
         if not args.test:
             if resume_state is not None:
