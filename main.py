@@ -283,6 +283,37 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     return results
 
 
+def build_trainer(args, config: dict, loaders: dict[str, DataLoader], stats: loader.ClinicalStats,
+                  device: torch.device, out: Path, dist_info: runtime.Dist = runtime.Dist(),
+                  device_augmenter: augment_device.DeviceAugmenter | None = None) -> ClassifyTrainer:
+    """The network (on ``device``, compiled and DDP-wrapped as asked), optimiser and the trainer of
+    this run's fusion mode: what ``run`` trains and ``bench.py`` times."""
+    precision = runtime.select_precision(args.dtype, device)
+    channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
+    model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
+    logger.info("model %s (%s fusion, %d input channels, %.2f M parameters)", config["model"],
+                "late" if config["late_fuse"] else "early", config["in_chans"],
+                sum(p.numel() for p in model.parameters()) / 1e6)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if args.compile:
+        model.compile()  # in place: checkpoints keep the plain parameter names
+        logger.info("torch.compile: the first training and the first validation batch compile the network")
+    if dist_info.enabled:
+        if args.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    trainer_cls = LateFuseClassifyTrainer if config["late_fuse"] else ClassifyTrainer
+    optimizer = scheduler = None
+    if not args.test:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
+        if args.sched == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epoch)
+    return trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
+                      device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
+                      channels_last, dist_info, scheduler, device_augment=device_augmenter)
+
+
 def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> dict:
     """Train (or resume, or only test) one run folder; returns the test metrics."""
     save_dir = args.save_dir
@@ -320,29 +351,7 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
                   "world_size": dist_info.world}
         if dist_info.is_main:
             runfiles.write_json(out / "config.json", config)
-    model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
-    logger.info("model %s (%s fusion, %d input channels, %.2f M parameters)", config["model"],
-                "late" if config["late_fuse"] else "early", config["in_chans"],
-                sum(p.numel() for p in model.parameters()) / 1e6)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if args.compile:
-        model.compile()  # in place: checkpoints keep the plain parameter names
-        logger.info("torch.compile: the first training and the first validation batch compile the network")
-    if dist_info.enabled:
-        if args.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    trainer_cls = LateFuseClassifyTrainer if config["late_fuse"] else ClassifyTrainer
-    optimizer = scheduler = None
-    if not args.test:
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
-        if args.sched == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epoch)
-    trainer = trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
-                          device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
-                          channels_last, dist_info, scheduler, device_augment=device_augmenter)
+    trainer = build_trainer(args, config, loaders, stats, device, out, dist_info, device_augmenter)
     with logging_redirect_tqdm():
         if not args.test:
             if resume_state is not None:
