@@ -60,10 +60,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def demo_files(root: Path, n_patients: int, size: tuple[int, int]) -> list[Path]:
-    """Training images of a small synthetic set (made once per size)."""
+def demo_files(root: Path, n_patients: int, size: tuple[int, int], data_dir: str | None = None) -> list[Path]:
+    """Training images of ``data_dir``, or of a small synthetic set (made once per size)."""
     import synthetic
 
+    if data_dir:
+        return loader.list_split(data_dir, "train")
     out = root / f"data_{size[0]}x{size[1]}"
     if not (out / "train").is_dir():
         synthetic.generate(out, n_patients, seed=0, size=size)
@@ -201,7 +203,7 @@ def fmt(value, spec: str) -> str:
 def cmd_train(args, device: str, tmp: Path) -> list[dict]:
     rows = []
     for size in args.sizes:
-        files = [str(f) for f in demo_files(tmp, args.patients, size)]
+        files = [str(f) for f in demo_files(tmp, args.patients, size, args.data_dir)]
         for model in args.models:
             for late in (False, True):
                 pair = {}
@@ -231,7 +233,7 @@ def cmd_train(args, device: str, tmp: Path) -> list[dict]:
 def cmd_loader(args, device: str, tmp: Path) -> list[dict]:
     rows = []
     for size in args.sizes:
-        files = [str(f) for f in demo_files(tmp, args.patients, size)]
+        files = [str(f) for f in demo_files(tmp, args.patients, size, args.data_dir)]
         base = recipe_flags("default", "dense_net", True, size, args.batch, 0) + args.flags
         step = run_isolated({"what": "step", "flags": base, "files": files, "device": device, "steps": args.steps})
         step_rate = step.get("step_img_s", float("nan"))
@@ -267,16 +269,16 @@ def cmd_pipeline(args, device: str, tmp: Path) -> list[dict]:
     trainer's step alone, and real epochs (the last of ``--epochs``) with their share spent waiting."""
     rows = []
     for size in args.sizes:
-        files = [str(f) for f in demo_files(tmp, args.patients, size)]
+        files = [str(f) for f in demo_files(tmp, args.patients, size, args.data_dir)]
         for name, extra in PIPELINES.items():
             flags = recipe_flags("default", args.models[0], True, size, args.batch, args.workers) + extra + args.flags
             got = run_isolated({"what": "pipeline", "flags": flags, "files": files, "device": device,
                                 "steps": args.steps, "loader_batches": args.loader_batches, "epochs": args.epochs})
             print(json.dumps(got), file=sys.stderr)
-            rows.append({"size": f"{size[0]}x{size[1]}", "pipeline": name, **got})
+            rows.append({"size": f"{size[0]}x{size[1]}", "pipeline": name, "train_images": len(files), **got})
     print(f"\npipelines on {device_name(device)}: {args.models[0]} late fusion, batch {args.batch}, "
-          f"{args.workers} workers, cat_elastic p=0.3, {args.patients * 2} training images; epoch = the last of "
-          f"{args.epochs}; {rows[0].get('threads', '') if rows else ''}")
+          f"{args.workers} workers, cat_elastic p=0.3, {rows[0]['train_images'] if rows else 0} training "
+          f"images; epoch = the last of {args.epochs}; {rows[0].get('threads', '') if rows else ''}")
     print(f"{'size':>8} {'pipeline':>40} | {'MB/batch':>8} {'loader img/s':>12} {'step img/s':>10} | "
           f"{'epoch img/s':>11} {'waiting':>7}")
     for r in rows:
@@ -310,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME", help="augmentations the loader benchmark times, each at p = 1 and 0.3 "
                    "(default: all)")
     p.add_argument("--patients", type=int, default=20, help="synthetic patients (2 images each) per size")
+    p.add_argument("--data_dir", default=None, help="time on this folder's train/ instead of a synthetic set "
+                   "(resized to each --sizes)")
     p.add_argument("--epochs", type=int, default=2, help="real epochs timed by the pipeline benchmark (the last "
                    "is reported; default: %(default)s)")
     p.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="further main.py flags for every "

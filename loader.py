@@ -255,12 +255,6 @@ class HipDataset(Dataset):
                 "path": self.files[index], "index": index}
 
 
-def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker. torch already gives each worker
-    one thread; OpenCV's own pool would start one per core in every worker and oversubscribe."""
-    cv2.setNumThreads(1)
-
-
 class EpochSampler(torch.utils.data.Sampler):
     """Training order for one epoch, the same in one process and under torchrun.
 
