@@ -44,7 +44,7 @@ class ClassifyTrainer:
     best epoch by ``select_metric`` in ``run_dir/best.pth`` (and every epoch in ``last.pth`` for
     ``--resume``) and score only the best checkpoint on test."""
 
-    def __init__(self, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
+    def __init__(self, *, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
@@ -64,7 +64,7 @@ class ClassifyTrainer:
         self.seed = seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.dist = dist_info
-        self.early_fuse = loader.early_fuse_of(config)
+        self.early_fuse = runfiles.fusion_of(config) == "early"
         self.device_augment = device_augment  # augment_device.DeviceAugmenter, applied to training batches
         self.epoch = 0
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
@@ -210,8 +210,8 @@ class ClassifyTrainer:
             if self.dist.is_main:
                 if improved:
                     self.save(runfiles.BEST, epoch, val["youden_threshold"], val)
-                    self.write_predictions("val_predictions.csv", pred, val["youden_threshold"])
-                runfiles.write_csv(self.run_dir / "history.csv", self.history)
+                    self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
+                runfiles.write_csv(self.run_dir / runfiles.HISTORY, self.history)
                 self.save_last(epoch)
             logger.info("epoch %d  train loss %.4f  val loss %.4f  val AUC %.4f  val F2 %.4f  val acc %.4f  "
                         "%s %.4f  %.1f img/s (%.0f%% waiting for data)%s", epoch, row["train_loss"], val["loss"],
@@ -277,6 +277,6 @@ class ClassifyTrainer:
             "at_0.5": metrics.compute_metrics(pred["labels"], pred["probs"], threshold=0.5),
         }
         if self.dist.is_main:
-            runfiles.write_json(self.run_dir / "test_metrics.json", result)
-            self.write_predictions("test_predictions.csv", pred, threshold)
+            runfiles.write_json(self.run_dir / runfiles.TEST_METRICS, result)
+            self.write_predictions(runfiles.PREDICTIONS["test"], pred, threshold)
         return result

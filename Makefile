@@ -1,4 +1,5 @@
 # Two commands for a fresh machine:  make demo  (data -> train -> test -> heatmaps)  and  make test.
+# make test-fast leaves out the multi-process and long end-to-end tests (pytest marker "slow").
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ endif
 # Demo settings that finish in a few minutes on 2 CPU cores (quarter resolution, stride-4 stem).
 DEMO_FLAGS ?= --data_dir $(DEMO_DATA) --image_size 176 102 --epoch 15 --batch_size 16 --workers 1 --save_dir $(DEMO_RUN)
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-fast install clean-venv
 
 install: $(STAMP)
 
@@ -28,6 +29,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -25,7 +25,7 @@ the border. :func:`warp_grid` computes exactly elasticdeform's displacement fiel
 interpolation is linear in the grid values, so it is two small matrix products) and resamples with
 ``cv2.remap`` (cubic convolution where ``elasticdeform.deform_grid(..., order=3, mode='mirror')``
 uses a cubic B-spline): sampling positions agree within 0.1 px and smooth images within about one
-grey level (tests/test_augment.py checks both), 7-15x faster (a 704 x 407 two-channel image on the
+grey level (tests/test_augment.py checks both), 7-15x faster (a full-size two-channel image on the
 2-core dev box: 8-15 ms against 100-175 ms for elasticdeform's order 3, 65-130 ms for its order 1).
 The displacement is drawn from the caller's ``rng``, not by ``elasticdeform.deform_random_grid``,
 which uses NumPy's global state.
@@ -34,21 +34,24 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import logging
 import math
 import os
-import tempfile
 from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
+import runfiles
+from splits import IMAGE_SIZE
+
 logger = logging.getLogger(__name__)
 
 Enhance = Callable[[np.ndarray], np.ndarray]
 
-# --- Parameters for hip radiographs (704 x 407, proximal femur, portrait) ---------------------------
+# --- Parameters for hip radiographs (full size, proximal femur, portrait) -----------------------------
 # Zoom-crop 1.0-1.3x with the same scale on both axes (bone proportions are the diagnostic shape):
 # at 1.3x the crop still holds ~77% of each side, so head, neck and trochanters stay in view while
 # the bone shifts by up to ~12% of the frame, about the spread of patient positioning between films.
@@ -59,7 +62,7 @@ ROTATE_DEGREES = 15.0
 # Cut-out (DeVries & Taylor 2017) of one patch 5-15% of each side: about the size of the femoral
 # head at most, so it hides part of the evidence without blanking the whole neck.
 CUT_SIDE = (0.05, 0.15)
-# Elastic displacement std as a fraction of the shorter side (0.02 -> ~8 px at 704 x 407, ~0.7 px at
+# Elastic displacement std as a fraction of the shorter side (0.02 -> ~8 px at full size, ~0.7 px at
 # 64 x 37) on a 4 x 4 control grid (control spacing ~135 x 235 px at full size). Neighbouring
 # control points then differ by far less than their spacing, so the warp bends the shaft and neck
 # visibly but smoothly and never folds. Measured over 300 draws at full size: mean displacement
@@ -330,7 +333,6 @@ class Augmenter:
         self.names = list(dict.fromkeys(names))
         self.p = float(p)
         self.enhance = enhance
-        self.last_applied: str | None = None
 
     def __repr__(self) -> str:
         return f"Augmenter(names={self.names}, p={self.p})"
@@ -351,30 +353,10 @@ class Augmenter:
         return AUGMENTATIONS[name](image, rng, **kwargs), name
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        image, self.last_applied = self.apply(image, rng)
-        return image
+        return self.apply(image, rng)[0]
 
 
 # --- Preview -------------------------------------------------------------------------------------
-
-def _fallback_enhance(gray: np.ndarray) -> np.ndarray:
-    """CLAHE + Sobel edges, used by the preview only when ``loader.enhance`` cannot be imported."""
-    u8 = np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(u8).astype(np.float32) / 255.0
-    smooth = cv2.GaussianBlur(clahe, (3, 3), 0)
-    edges = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
-    edges /= max(float(np.percentile(edges, 99)), 1e-6)
-    return np.clip(0.7 * clahe + 0.3 * np.minimum(edges, 1.0), 0.0, 1.0)
-
-
-def _preview_enhance() -> Enhance:
-    try:
-        from loader import enhance
-    except ImportError:
-        logger.warning("loader.enhance not importable; the preview uses a local CLAHE + edge function")
-        return _fallback_enhance
-    return enhance
-
 
 def preview(path: str, out: str, draws: int = 4, seed: int = 0, size: Sequence[int] | None = None) -> None:
     """Grid of the input's two channels and ``draws`` draws of every augmentation (channel 0; both
@@ -388,7 +370,7 @@ def preview(path: str, out: str, draws: int = 4, seed: int = 0, size: Sequence[i
         raise ValueError(f"--preview {path}: cannot read an image from this file")
     if size is not None and tuple(gray.shape) != tuple(size):
         gray = cv2.resize(gray, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    enhance = _preview_enhance()
+    from loader import enhance  # the training input's enhanced channel
     gray = gray.astype(np.float32) / 255.0
     image = np.stack([gray, enhance(gray)])
 
@@ -426,17 +408,10 @@ def preview(path: str, out: str, draws: int = 4, seed: int = 0, size: Sequence[i
     fig.suptitle(f"Augmentations of {os.path.basename(path)} ({h} x {w}); channel 0 unless noted, "
                  f"seed {seed}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    runfiles.write_bytes(out, buf.getvalue())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="images/augment_preview.png", help="PNG to write (default: %(default)s)")
     p.add_argument("--draws", type=int, default=4, help="draws of every augmentation (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: %(default)s)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[704, 407],
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=list(IMAGE_SIZE),
                    help="resize the input to H x W first, as the loader does (default: %(default)s)")
     return p
 

@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 import filenames
 import loader
 import metrics
+import runfiles
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +33,6 @@ FEATURES = loader.CLINICAL_NAMES
 # L2 penalty of scikit-learn's default strength on standardised inputs: with ~100 training patients
 # an unpenalised fit can run off to infinite coefficients when one value separates the classes.
 DEFAULT_C = 1.0
-
-
-def split_files(data_dir: str | os.PathLike | None = None,
-                files: Mapping[str, Sequence[str | os.PathLike]] | None = None) -> dict[str, list[Path]]:
-    """The images of train, val and test: ``files`` when given (e.g. a cross-validation fold),
-    else the folders ``data_dir/train|val|test``."""
-    if files is not None:
-        missing = [s for s in loader.SPLITS if s not in files]
-        if missing:
-            raise ValueError(f"files must name the images of {', '.join(loader.SPLITS)}; missing {missing}")
-        return {s: [Path(f) for f in files[s]] for s in loader.SPLITS}
-    if data_dir is None:
-        raise ValueError("give data_dir (a folder with train/ val/ test/) or files (split -> image paths)")
-    return {s: loader.list_split(data_dir, s) for s in loader.SPLITS}
 
 
 def clinical_table(files: Sequence[str | os.PathLike]) -> pd.DataFrame:
@@ -68,7 +55,9 @@ def clinical_baseline(data_dir: str | os.PathLike | None = None,
     log-odds per training SD; ``threshold`` is Youden's J on validation. Raises ``ValueError`` when
     train or val lacks a class (no model or threshold can be chosen then).
     """
-    paths = split_files(data_dir, files)
+    if data_dir is None and files is None:
+        raise ValueError("give data_dir (a folder with train/ val/ test/) or files (split -> image paths)")
+    paths = runfiles.split_files({}, data_dir, files)
     tables = {s: clinical_table(paths[s]) for s in loader.SPLITS}
     train = tables["train"]
     if train["label"].nunique() < 2:

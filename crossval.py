@@ -6,7 +6,7 @@
 
 Folds come from the ``fold`` column of ``DATA_DIR/manifest.csv`` when ``preprocess_filenames.py
 --folds K`` wrote one; otherwise patients are dealt to folds here, stratified by label, with the
-same rule as ``preprocess_filenames.assign_folds``: every image of a patient is in the same fold,
+rule of ``splits.assign_folds`` that preprocessing uses: every image of a patient is in the same fold,
 so no patient is ever in both the training and the validation part of a fold.
 """
 from __future__ import annotations
@@ -15,38 +15,15 @@ import csv
 import logging
 import os
 from pathlib import Path
-from typing import Mapping
-
-import numpy as np
 
 import filenames
 import loader
+from splits import assign_folds, patient_labels
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 POOLED = ("train", "val")
-
-
-def assign_folds(labels: Mapping[str, int], k: int, seed: int = 0) -> dict[str, int]:
-    """Patient -> fold 0..k-1, stratified by label: patients of each class are shuffled (seeded) and
-    dealt round-robin, continuing across classes so fold sizes stay balanced."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-        raise ValueError(f"cross-validation needs k >= 2 folds, got {k!r}")
-    if k > len(labels):
-        raise ValueError(f"{k} folds need at least {k} patients in train + val, there are {len(labels)}")
-    rng = np.random.default_rng([seed, 1])  # the stream preprocess_filenames uses for its folds
-    result: dict[str, int] = {}
-    position = 0
-    for label in sorted(set(labels.values())):
-        patients = sorted(p for p, y in labels.items() if y == label)
-        if len(patients) < k:
-            logger.warning("only %d train+val patients with label %d for %d folds: some validation folds lack "
-                           "that class", len(patients), label, k)
-        for i in rng.permutation(len(patients)):
-            result[patients[i]] = position % k
-            position += 1
-    return result
 
 
 def _manifest_folds(data_dir: Path, files: list[Path]) -> dict[Path, int] | None:
@@ -102,9 +79,7 @@ def crossval_splits(data_dir: str | os.PathLike, k: int, seed: int = 0) -> list[
                 raise ValueError(f"{data_dir / MANIFEST}: patient {patient} has images in folds "
                                  f"{patient_fold[patient]} and {fold} (e.g. {f.name}); a patient must be in one fold")
     else:
-        labels: dict[str, int] = {}
-        for info in infos.values():  # a patient counts as osteoporotic if any image is
-            labels[info.patient] = max(labels.get(info.patient, 0), info.label)
+        labels = patient_labels((info.patient, info.label) for info in infos.values())
         patient_fold = assign_folds(labels, k, seed)
         source = f"patients stratified by label, seed {seed}"
     splits = []

@@ -88,3 +88,13 @@ def decode(path: str | os.PathLike) -> SampleInfo:
 
     return SampleInfo(patient=g["patient"], crop=int(g["crop"]), label=int(g["label"]),
                       sex=num(g["sex"]), age=num(g["age"]), bmi=num(g["bmi"]))
+
+
+def field_spans(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Where each field (patient, crop, label, sex, age, bmi, ext) lies in a file's base name, as
+    ``(start, end)`` character offsets; raise :class:`FileNameError` if malformed."""
+    name = os.path.basename(os.fspath(path))
+    decode(name)
+    stem, ext = os.path.splitext(name)
+    match = _RE.match(stem)
+    return {**{key: match.span(key) for key in _RE.groupindex}, "ext": (len(stem) + 1, len(name))}

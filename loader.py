@@ -35,13 +35,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import filenames
+from splits import IMAGE_SIZE, SPLITS  # noqa: F401 - SPLITS: callers iterate loader.SPLITS
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 CLINICAL_NAMES = ("sex", "age", "bmi")
 IMAGE_CHANNELS = 2  # original + enhanced
-FULL_SIZE = (704, 407)  # (height, width) of the original work
 
 # CLAHE on 8x8 tiles with clip limit 2 is the common radiograph setting (Pizer et al. 1987);
 # the edge map (Sobel magnitude) makes the cortical rims stand out. Weights: mostly CLAHE.
@@ -113,12 +112,6 @@ def network_image(image: torch.Tensor, clinical: torch.Tensor, early_fuse: bool)
     return torch.cat([image, planes], dim=1)
 
 
-def early_fuse_of(config: dict) -> bool:
-    """Whether a run's network takes the clinical values as extra image channels (early fusion),
-    read from its input channels: late-fusion and image-only runs take the two image channels."""
-    return int(config["in_chans"]) > IMAGE_CHANNELS
-
-
 def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
     """Sorted image files of one split, with every file name checked."""
     folder = Path(data_dir) / split
@@ -176,23 +169,29 @@ class HipDataset(Dataset):
     """Images of one split. ``augment`` (train only) is called as ``augment(image, rng)`` with a
     generator seeded from (seed, epoch, index), so a run is reproducible whatever the number of
     workers and each epoch draws afresh (call :meth:`set_epoch`). The epoch lives in shared memory,
-    so persistent DataLoader workers see it change.
+    so persistent DataLoader workers see it change. ``clinical`` ((n, 3) raw sex, age, BMI, NaN where
+    missing) is for images whose names do not carry them; their labels are then unknown (-1).
 
     ``handover`` is what a sample's ``image`` is: ``"float"`` the network's input (float32, with
     the clinical planes for early fusion), ``"uint8"`` only the two image channels as uint8, to be
     finished on the device by :func:`network_image`."""
 
     def __init__(self, files: Sequence[str | os.PathLike], stats: ClinicalStats,
-                 image_size: tuple[int, int] = FULL_SIZE, early_fuse: bool = False,
+                 image_size: tuple[int, int] = IMAGE_SIZE, early_fuse: bool = False,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-                 seed: int = 0, cache_gb: float = 4.0, desc: str = "", handover: str = "float") -> None:
+                 seed: int = 0, cache_gb: float = 4.0, desc: str = "",
+                 clinical: Sequence[Sequence[float]] | None = None, handover: str = "float") -> None:
         if handover not in HANDOVERS:
             raise ValueError(f"handover {handover!r}: choose one of {', '.join(HANDOVERS)}")
         self.handover = handover
         self.files = [str(f) for f in files]
-        self.infos = [filenames.decode(f) for f in self.files]
-        self.labels = np.array([i.label for i in self.infos], dtype=np.int64)
-        self.clinical = np.stack([stats.normalise(i.clinical) for i in self.infos]) if self.infos \
+        if clinical is None:  # label and clinical values from the file names
+            self.infos: list[filenames.SampleInfo] | None = [filenames.decode(f) for f in self.files]
+            labels, clinical = [i.label for i in self.infos], [i.clinical for i in self.infos]
+        else:  # images to score whose names need not carry them: the label is unknown (-1)
+            self.infos, labels = None, [-1] * len(self.files)
+        self.labels = np.array(labels, dtype=np.int64)
+        self.clinical = np.stack([stats.normalise(c) for c in clinical]) if self.files \
             else np.zeros((0, len(CLINICAL_NAMES)), np.float32)
         self.image_size = tuple(image_size)
         self.early_fuse = early_fuse
@@ -253,6 +252,17 @@ class HipDataset(Dataset):
             image = network_image(image[None], clinical[None], self.early_fuse)[0]
         return {"image": image, "clinical": clinical, "label": torch.tensor(float(self.labels[index])),
                 "path": self.files[index], "index": index}
+
+
+def run_dataset(files: Sequence[str | os.PathLike], config: dict, clinical_stats: dict,
+                clinical: Sequence[Sequence[float]] | None = None, desc: str = "") -> HipDataset:
+    """What a trained run's network reads for ``files``, exactly as its validation and test images:
+    the run's image size, clinical normalisation and fusion mode (``config`` with ``fusion``, as
+    ``runfiles.load_run`` gives it), 8-bit rounding as the cache, no augmentation. The one input
+    builder of ``predict.py`` and ``visualize_gradcam.py``."""
+    return HipDataset(files, ClinicalStats.from_dict(clinical_stats), tuple(int(v) for v in config["image_size"]),
+                      early_fuse=config["fusion"] == "early", cache_gb=float(config.get("cache_gb", 4.0)), desc=desc,
+                      clinical=clinical)
 
 
 class EpochSampler(torch.utils.data.Sampler):

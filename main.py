@@ -22,30 +22,30 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import augment
 import augment_device
-import crossval
 import filenames
 import loader
 import losses
 import report
 import runfiles
 import runtime
+import splits
 from cli import positive, str2bool
 from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
 from LateFuseClassifyTrainer import LateFuseClassifyTrainer
-from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model_from_config
+from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model_from_config, count_parameters
 
 logger = logging.getLogger("main")
 
 SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", "balanced_accuracy", "mcc")
 # settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
-MODEL_KEYS = ("model", "late_fuse", "image_only", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
+MODEL_KEYS = ("model", "fusion", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data_dir", default="data", help="folder with train/ val/ test/ (default: %(default)s)")
-    g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(loader.FULL_SIZE),
+    g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(splits.IMAGE_SIZE),
                    help="resize to H x W for the network (default: %(default)s, the original size)")
     g.add_argument("--augment", default="", help="augmentation(s) for training, comma-separated from: "
                    f"{', '.join(augment.AUGMENTATIONS)}; empty = none (default)")
@@ -65,11 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
+    g.add_argument("--fusion", choices=runfiles.FUSION_MODES, default=None, help="how sex, age and BMI reach the "
+                   "network: early (constant image channels; the default), late (joined to the pooled image "
+                   "features) or image (not at all: an image-only model, for comparison)")
     g.add_argument("--late_fuse", type=str2bool, default=False, metavar="BOOL",
-                   help="True: clinical vector joined to pooled image features; False (default): clinical data "
-                   "added to the image as constant channels (early fusion)")
-    g.add_argument("--image_only", action="store_true", help="ignore the clinical data (image-only model, for "
-                   "comparison); excludes --late_fuse True")
+                   help="the original work's flag: True = --fusion late; False = early fusion")
+    g.add_argument("--image_only", action="store_true", help="= --fusion image; excludes --late_fuse True")
     g.add_argument("--depth", type=int, default=40, help="DenseNet-BC depth, (depth-4) %% 6 == 0 (dense_net only)")
     g.add_argument("--growthRate", type=positive(int), default=12, help="DenseNet-BC growth rate (dense_net only)")
     g.add_argument("--norm", choices=NORMS, default="bn", help="batch, instance or batch-instance norm")
@@ -153,6 +154,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
     if args.image_only and args.late_fuse:
         raise SystemExit("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
+    given = {args.fusion} if args.fusion else set()
+    given |= {"late"} if args.late_fuse else {"image"} if args.image_only else set()
+    if len(given) > 1:
+        raise SystemExit(f"--fusion {args.fusion} and --{'late_fuse True' if args.late_fuse else 'image_only'} "
+                         "exclude each other: give one fusion mode")
+    args.fusion = given.pop() if given else None  # None: early for a new run, the run's own for --test/--resume
     if args.folds == 1 or args.folds < 0:
         raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
     if args.bootstrap < 0:
@@ -180,7 +187,7 @@ def augment_on_device(args, device: torch.device) -> augment_device.DeviceAugmen
     return augment_device.DeviceAugmenter(names, args.augment_p, args.seed)
 
 
-def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: bool,
+def make_loaders(args, stats: loader.ClinicalStats, files: dict,
                  dist_info: runtime.Dist = runtime.Dist(), device_augment: bool = False) -> dict[str, DataLoader]:
     """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
     Validation and test: every image exactly once, in file order (sharded over ranks and gathered).
@@ -190,7 +197,7 @@ def make_loaders(args, stats: loader.ClinicalStats, files: dict, early_fuse: boo
     out = {}
     for split in loader.SPLITS:
         train = split == "train"
-        ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=early_fuse,
+        ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=args.fusion == "early",
                                augment=augmenter if train else None, seed=args.seed, cache_gb=args.cache_gb,
                                desc=split, handover=args.handover)
         if train:
@@ -244,16 +251,6 @@ def prepare_run(args, defaults: dict, save_dir: str, out: Path, dist_info: runti
     return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state if args.resume else None
 
 
-def split_files(args) -> dict[str, list[Path]]:
-    """Images of each split: the data folder's, or for cross-validation fold k of train+val."""
-    test = loader.list_split(args.data_dir, "test")
-    if not getattr(args, "cv_folds", 0):
-        return {"train": loader.list_split(args.data_dir, "train"), "val": loader.list_split(args.data_dir, "val"),
-                "test": test}
-    fold = crossval.crossval_splits(args.data_dir, args.cv_folds, args.cv_seed)[args.cv_fold]
-    return {"train": list(fold["train"]), "val": list(fold["val"]), "test": test}
-
-
 def main(argv: list[str] | None = None) -> dict | list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -290,9 +287,8 @@ def build_trainer(args, config: dict, loaders: dict[str, DataLoader], stats: loa
     precision = runtime.select_precision(args.dtype, device)
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
-    logger.info("model %s (%s fusion, %d input channels, %.2f M parameters)", config["model"],
-                "late" if config["late_fuse"] else "early", config["in_chans"],
-                sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info("model %s (%s, %d input channels, %.2f M parameters)", config["model"],
+                runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"], count_parameters(model) / 1e6)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if args.compile:
         model.compile()  # in place: checkpoints keep the plain parameter names
@@ -302,15 +298,19 @@ def build_trainer(args, config: dict, loaders: dict[str, DataLoader], stats: loa
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    trainer_cls = LateFuseClassifyTrainer if config["late_fuse"] else ClassifyTrainer
+
+    trainer_cls = LateFuseClassifyTrainer if config["fusion"] == "late" else ClassifyTrainer
     optimizer = scheduler = None
     if not args.test:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
         if args.sched == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epoch)
-    return trainer_cls(model, loaders, losses.build_loss(args.loss, args.focal_gamma, args.t_alpha), optimizer,
-                      device, out, config, stats.to_dict(), precision, args.select_metric, args.seed,
-                      channels_last, dist_info, scheduler, device_augment=device_augmenter)
+    return trainer_cls(model=model, loaders=loaders, loss_fn=losses.build_loss(args.loss, args.focal_gamma,
+                                                                               args.t_alpha),
+                       optimizer=optimizer, scheduler=scheduler, device=device, run_dir=out, config=config,
+                       clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
+                       seed=args.seed, channels_last=channels_last, dist_info=dist_info,
+                       device_augment=device_augmenter)
 
 
 def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> dict:
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
     precision = runtime.select_precision(args.dtype, device)
 
     config, stats, resume_state = prepare_run(args, defaults, save_dir, out, dist_info)
-    files = split_files(args)
+    files = runfiles.split_files(vars(args), args.data_dir)
     data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
     if stats is None:
         stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]])
@@ -337,19 +337,20 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
                 args.threads)
     logger.info("data %s: %s", args.data_dir, data_summary)
 
+    args.fusion = args.fusion or "early"
     device_augmenter = None if args.test else augment_on_device(args, device)
     logger.info("loader hands over %s images; augmentation %s", args.handover,
                 f"on the device ({device_augmenter})" if device_augmenter else
                 ("in the loader workers" if args.augment else "none"))
-    loaders = make_loaders(args, stats, files, not (args.late_fuse or args.image_only), dist_info,
-                           device_augmenter is not None)
+    loaders = make_loaders(args, stats, files, dist_info, device_augmenter is not None)
     if config is None:
-        config = {**vars(args), "save_dir": save_dir, "in_chans": loaders["train"].dataset.channels,
-                  "trainer": "LateFuseClassifyTrainer" if args.late_fuse else "ClassifyTrainer",
+        flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
+        config = {**flags, "save_dir": save_dir, "in_chans": loaders["train"].dataset.channels,
+                  "trainer": "LateFuseClassifyTrainer" if args.fusion == "late" else "ClassifyTrainer",
                   "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
                   "world_size": dist_info.world}
         if dist_info.is_main:
-            runfiles.write_json(out / "config.json", config)
+            runfiles.write_json(out / runfiles.CONFIG, config)
     trainer = build_trainer(args, config, loaders, stats, device, out, dist_info, device_augmenter)
     with logging_redirect_tqdm():
         if not args.test:

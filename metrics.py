@@ -25,16 +25,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "UndefinedMetricWarning", "THRESHOLD_METRICS", "SELECTION_METHODS",
+    "UndefinedMetricWarning", "THRESHOLD_METRICS",
     "check_inputs", "roc_auc", "pr_auc", "brier", "threshold_metrics", "rates_from_counts",
-    "youden_threshold", "select_threshold", "compute_metrics", "weighted_metrics",
+    "youden_threshold", "compute_metrics", "weighted_metrics",
 ]
 
 # Keys of threshold_metrics(), in the order they are reported.
 THRESHOLD_METRICS = ("accuracy", "precision", "npv", "sensitivity", "specificity", "f0_5", "f1", "f2",
                      "balanced_accuracy", "mcc", "f2acc", "tp", "fp", "tn", "fn")
 _COUNTS = ("tp", "fp", "tn", "fn")
-SELECTION_METHODS = ("youden", "f1", "fixed0.5")
 
 
 class UndefinedMetricWarning(RuntimeWarning):
@@ -305,30 +304,3 @@ def youden_threshold(y_true: Any, y_prob: Any) -> float:
     thresholds, tp, fp = _roc_points(y, p)
     score = tp * n_neg - fp * n_pos  # = J * n_pos * n_neg, exact in integers
     return _closest_to_half(thresholds, score == score.max())
-
-
-def _f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        _warn_undefined(["f1_threshold"], y, p, stacklevel=4)
-        return math.nan
-    thresholds, tp, fp = _roc_points(y, p)
-    f1 = 2 * tp / (tp + fp + n_pos)  # 2TP / (2TP + FP + FN)
-    # distinct F1 values differ by more than 1/(4 n^2), far above this tolerance
-    return _closest_to_half(thresholds, np.isclose(f1, f1.max(), rtol=1e-12, atol=0))
-
-
-def select_threshold(y_true: Any, y_prob: Any, method: str = "youden") -> float:
-    """Operating threshold chosen on a validation split.
-
-    ``"youden"``: :func:`youden_threshold`; ``"f1"``: the distinct probability maximising F1
-    (ties as for Youden); ``"fixed0.5"``: 0.5. NaN with a warning when undefined (one class).
-    """
-    if method not in SELECTION_METHODS:
-        raise ValueError(f"threshold method {method!r} not supported; use one of {SELECTION_METHODS}")
-    if method == "fixed0.5":
-        check_inputs(y_true, y_prob)
-        return 0.5
-    if method == "youden":
-        return youden_threshold(y_true, y_prob)
-    return _f1_threshold(*check_inputs(y_true, y_prob))

@@ -9,8 +9,8 @@ sex 1 female / 0 male; an empty or NA value is imputed with the training mean, a
 
 Everything about the network comes from the run's ``best.pth``: architecture, image size,
 fusion mode, clinical normalisation statistics and the threshold chosen on validation. Inputs
-are built exactly as ``loader.HipDataset`` builds them for validation and test (grey [0, 1],
-resized, enhanced copy, 8-bit like its cache, no augmentation). A colour image is converted to
+are built by ``loader.run_dataset``, exactly as the run's validation and test images (grey [0, 1],
+resized, enhanced copy, 8-bit like the loader's cache, no augmentation). A colour image is converted to
 grey, as the loader does. Refused, with the file named and nothing written: a file that does not
 decode, an array that is not 2-D, non-finite values, an image under 16 pixels on a side.
 
@@ -29,12 +29,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 import filenames
 import loader
 import runfiles
 import runtime
-from models import build_model_from_config
+from models import build_model_from_checkpoint
 
 logger = logging.getLogger("predict")
 
@@ -124,8 +125,8 @@ def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, floa
     return np.asarray(rows, dtype=np.float64).reshape(-1, len(loader.CLINICAL_NAMES))
 
 
-def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
-    """(2, H, W) float32 as ``HipDataset`` serves a validation/test image (8-bit steps as its cache)."""
+def check_image(path: Path, image_size: tuple[int, int]) -> None:
+    """Refuse, naming the file, an image the network cannot score; warn about a far-off aspect ratio."""
     try:
         gray = loader.read_image(path)
     except ValueError as exc:
@@ -142,15 +143,6 @@ def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     if not 1 / 1.5 <= ratio <= 1.5:
         logger.warning("%s: %d x %d pixels is far from the run's aspect (%d x %d); it is stretched as in training",
                        path, gray.shape[0], gray.shape[1], *image_size)
-    return np.round(loader.prepare(gray, image_size) * 255.0).astype(np.uint8).astype(np.float32) / 255.0
-
-
-def load_run(run: str | os.PathLike) -> dict:
-    """A run folder's ``best.pth`` (or a checkpoint file) through :func:`runfiles.load_checkpoint`."""
-    path = Path(run)
-    if path.is_dir():
-        path = path / runfiles.BEST
-    return runfiles.load_checkpoint(path)  # weights_only=True: pickled objects are refused
 
 
 @torch.no_grad()
@@ -162,33 +154,25 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
     Every image and its clinical values are checked before the network runs; the first problem
     raises :class:`PredictError` (or ``ValueError`` for an unusable checkpoint) naming the file.
     """
-    state = load_run(run)
-    config = state["config"]
-    image_size = tuple(int(v) for v in config["image_size"])
-    early_fuse = loader.early_fuse_of(config)
-    stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
-    threshold = float(state["threshold"])
+    trained = runfiles.load_run(run)  # weights_only=True: pickled objects are refused
     files = collect_images(images)
     table = read_clinical_csv(clinical_csv) if clinical_csv else None
-    clinical = np.stack([stats.normalise(v) for v in clinical_values(files, table)]) if files else \
-        np.zeros((0, len(loader.CLINICAL_NAMES)), np.float32)
-    pixels = [load_image(f, image_size) for f in files]  # refuse before any scoring
+    clinical = clinical_values(files, table)
+    for f in files:  # refuse before any scoring
+        check_image(f, trained.image_size)
+    dataset = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=clinical, desc="predict")
 
-    model = build_model_from_config(config)
-    model.load_state_dict(state["model"])
+    model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
     dev = runtime.select_device(device, None)
-    model.to(dev).eval()
+    model.to(dev)
     probs: list[float] = []
-    for start in range(0, len(files), batch_size):
-        image = torch.from_numpy(np.stack(pixels[start:start + batch_size]))
-        clin = torch.from_numpy(clinical[start:start + batch_size])
-        if early_fuse:  # clinical values as constant planes, as HipDataset does
-            image = torch.cat([image, clin[:, :, None, None].expand(-1, -1, *image.shape[2:])], dim=1)
-        inputs = (image.to(dev), clin.to(dev)) if config["late_fuse"] else (image.to(dev),)
-        probs += torch.sigmoid(model(*inputs).float().reshape(-1)).cpu().double().tolist()
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        clin = batch["clinical"].to(dev) if trained.fusion == "late" else None
+        probs += torch.sigmoid(model(batch["image"].to(dev), clin).float().reshape(-1)).cpu().double().tolist()
     logger.info("scored %d images with %s (epoch %d, threshold %.4f from validation)", len(files),
-                Path(run), int(state["epoch"]), threshold)
-    return [{"file": str(f), "probability": p, "prediction": int(p >= threshold)} for f, p in zip(files, probs)]
+                Path(run), trained.epoch, trained.threshold)
+    return [{"file": str(f), "probability": p, "prediction": int(p >= trained.threshold)}
+            for f, p in zip(files, probs)]
 
 
 def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:

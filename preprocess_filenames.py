@@ -53,7 +53,8 @@ Safety. Inputs are only read. ``--out`` may not be, contain or lie inside ``--im
 the CSV). A non-empty ``--out`` is refused unless ``--overwrite``, which deletes only what this
 tool writes (its bookkeeping files and, in ``OUT/train|val|test``, PNGs whose names decode with
 ``filenames.decode``) and leaves everything else alone. Every file is written to a temporary file
-in the same folder and renamed (``os.replace``), so no half-written PNG or CSV is ever seen.
+in the same folder and renamed into place (``runfiles.atomic_write``), so no half-written PNG or CSV is
+ever seen.
 
 Resume. A run writes ``OUT/.preprocess_in_progress`` (a fingerprint of the CSV's bytes and of
 every setting that shapes the output) before its first image and removes it when it has finished. Running the same
@@ -97,12 +98,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import filenames
+import runfiles
+from splits import DEFAULT_FRACTIONS, IMAGE_SIZE, SPLITS, assign_folds, assign_splits, patient_labels
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-DEFAULT_SIZE = (704, 407)  # (height, width) of the original work's hip crops
-DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 CSV_NAMES = ("patient_list.csv", "pateint_list.csv")  # the second is the original export's spelling
 MARKER = ".preprocess_in_progress"
 MANIFEST = "manifest.csv"
@@ -286,7 +286,7 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def fit_image(img: np.ndarray, size: Sequence[int] = DEFAULT_SIZE, fit: str = "pad") -> np.ndarray:
+def fit_image(img: np.ndarray, size: Sequence[int] = IMAGE_SIZE, fit: str = "pad") -> np.ndarray:
     """Resize a 2-D image to exactly ``size`` = (height, width).
 
     ``pad`` keeps the aspect ratio and centres the image on black; ``crop`` keeps the ratio and
@@ -336,56 +336,6 @@ def crop_box(img: np.ndarray, box: Sequence[int]) -> np.ndarray:
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
         raise BoxError(f"box x0={x0} y0={y0} x1={x1} y1={y1} is not inside the image ({w} wide, {h} high)")
     return np.ascontiguousarray(img[y0:y1, x0:x1])
-
-
-# ----------------------------------------------------------------------------- splits
-
-def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
-    """Split n items by fractions, largest remainder first (ties in order)."""
-    exact = [f * n for f in fractions]
-    counts = [math.floor(e) for e in exact]
-    order = sorted(range(len(fractions)), key=lambda i: (-(exact[i] - counts[i]), i))
-    for i in order[: n - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def assign_splits(labels: Mapping[str, int], fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                  seed: int = 0) -> dict[str, str]:
-    """Patient -> 'train' / 'val' / 'test', stratified by the patient's label.
-
-    Deterministic for the same patients, labels, fractions and seed (patients are sorted first).
-    """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split fractions must be three numbers >= 0 that sum to 1, got {list(fractions)}")
-    rng = np.random.default_rng(seed)
-    result: dict[str, str] = {}
-    for label in sorted(set(labels.values())):
-        patients = sorted(p for p, y in labels.items() if y == label)
-        patients = [patients[i] for i in rng.permutation(len(patients))]
-        start = 0
-        for split, count in zip(SPLITS, _allocate(len(patients), fractions)):
-            for p in patients[start:start + count]:
-                result[p] = split
-            start += count
-    return result
-
-
-def assign_folds(labels: Mapping[str, int], k: int, seed: int = 0) -> dict[str, int]:
-    """Patient -> fold 0..k-1, stratified by label (dealt round-robin after a seeded shuffle)."""
-    if k < 2:
-        raise ValueError(f"--folds must be at least 2, got {k}")
-    if k > len(labels):
-        raise ValueError(f"--folds {k} needs at least {k} patients, there are {len(labels)}")
-    rng = np.random.default_rng([seed, 1])  # independent of the split's stream
-    result: dict[str, int] = {}
-    position = 0
-    for label in sorted(set(labels.values())):
-        patients = sorted(p for p, y in labels.items() if y == label)
-        for i in rng.permutation(len(patients)):
-            result[patients[i]] = position % k
-            position += 1  # continue across classes so fold sizes stay balanced
-    return result
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -644,132 +594,145 @@ class Options:
     sanitize_ids: bool
 
 
+def _cell(record: Mapping[str, str], col: str | None) -> str:
+    return (record.get(col) or "").strip() if col else ""
+
+
+def parse_patient(record: Mapping[str, str], cols: Columns, opts: Options) -> str:
+    text = _cell(record, cols.id)
+    if _missing(text):
+        raise RowProblem("missing_value", f"patient id is missing ({text!r} in column {cols.id!r})")
+    pid = sanitize_id(text) if opts.sanitize_ids else text
+    why = id_problem(pid)
+    if why:
+        hint = "" if opts.sanitize_ids else "; pass --sanitize-ids to rewrite ids"
+        raise RowProblem("invalid_id", f"{why}{hint}")
+    return pid
+
+
+def parse_image(record: Mapping[str, str], cols: Columns, opts: Options) -> Path:
+    text = _cell(record, cols.image)
+    if _missing(text):
+        raise RowProblem("missing_value", f"image path is missing ({text!r} in column {cols.image!r})")
+    return resolve_image(opts.root, text)
+
+
+def parse_label(record: Mapping[str, str], cols: Columns, opts: Options) -> int:
+    """1 (osteoporosis) / 0 from the label column, or from the T-score at ``--tscore-cutoff``."""
+    if cols.tscore is not None:
+        text = _cell(record, cols.tscore)
+        if _missing(text):
+            raise RowProblem("missing_value", f"T-score is missing ({text!r} in column {cols.tscore!r})")
+        t = _in_range(_number(text, "T-score"), TSCORE_RANGE, "T-score", text)
+        return int(t <= opts.tscore_cutoff)
+    text = _cell(record, cols.label)
+    if _missing(text):
+        raise RowProblem("missing_value", f"label is missing ({text!r} in column {cols.label!r})")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value not in (0.0, 1.0):
+        raise RowProblem("invalid_label", f"label {text!r} must be 0 (normal) or 1 (osteoporosis)")
+    return int(value)
+
+
+def parse_sex(record: Mapping[str, str], cols: Columns, opts: Options) -> int | None:
+    text = _cell(record, cols.sex)
+    if _missing(text):
+        return None
+    value = opts.sex_map.get(_norm_key(text))
+    if value is None:
+        accepted = ", ".join(f"{k}={v}" for k, v in opts.sex_map.items())
+        raise RowProblem("unparsable_value", f"sex {text!r} is not in the sex map ({accepted}); pass --sex-map")
+    return value
+
+
+def parse_age(record: Mapping[str, str], cols: Columns, opts: Options) -> float | None:
+    text = _cell(record, cols.age)
+    return None if _missing(text) else _in_range(_number(text, "age"), AGE_RANGE, "age", text)
+
+
+def parse_bmi(record: Mapping[str, str], cols: Columns, opts: Options) -> float | None:
+    """The BMI column, else weight / height^2 from those columns (height in m or cm, --height-unit)."""
+    text = _cell(record, cols.bmi)
+    if not _missing(text):
+        return _in_range(_number(text, "BMI"), BMI_RANGE, "BMI", text)
+    h_text, w_text = _cell(record, cols.height), _cell(record, cols.weight)
+    if _missing(h_text) or _missing(w_text):
+        return None
+    height = _number(h_text, "height")
+    unit = opts.height_unit if opts.height_unit != "auto" else ("m" if height < 3 else "cm")
+    height_m = height / 100.0 if unit == "cm" else height
+    _in_range(height_m, HEIGHT_RANGE_M, f"height ({unit})", h_text)
+    weight = _in_range(_number(w_text, "weight"), WEIGHT_RANGE_KG, "weight (kg)", w_text)
+    value = round(weight / height_m ** 2, 8)  # 8 decimals: far below measurement error, short names
+    return _in_range(value, BMI_RANGE, "BMI computed from height and weight", f"{value:g}")
+
+
+def parse_crop(record: Mapping[str, str], cols: Columns, opts: Options) -> int | None:
+    if cols.crop is None:
+        return None
+    text = _cell(record, cols.crop)
+    if _missing(text):
+        raise RowProblem("missing_value", f"crop number is missing (column {cols.crop!r})")
+    value = _number(text, "crop number")
+    if not value.is_integer() or value < 1:
+        raise RowProblem("unparsable_value", f"crop number {text!r} must be a whole number >= 1")
+    return int(value)
+
+
+def parse_split(record: Mapping[str, str], cols: Columns, opts: Options) -> str | None:
+    if cols.split is None:
+        return None
+    text = _cell(record, cols.split)
+    value = SPLIT_ALIASES.get(text.casefold())
+    if value is None:
+        raise RowProblem("unparsable_value", f"split {text!r} (column {cols.split!r}) must be train, val or test")
+    return value
+
+
+def parse_box(record: Mapping[str, str], cols: Columns, opts: Options) -> tuple[int, int, int, int] | None:
+    if cols.box is None:
+        return None
+    texts = [_cell(record, c) for c in cols.box]
+    if all(_missing(t) for t in texts):
+        return None  # no box for this row: the whole image
+    if any(_missing(t) for t in texts):
+        raise RowProblem("missing_value", f"crop box {texts} is incomplete (give all of x0 y0 x1 y1 or none)")
+    x0, y0, x1, y1 = (int(round(_number(t, f"box {c}"))) for t, c in zip(texts, cols.box))
+    if not (0 <= x0 < x1 and 0 <= y0 < y1):
+        raise RowProblem("bad_box", f"crop box x0={x0} y0={y0} x1={x1} y1={y1} needs 0 <= x0 < x1 and 0 <= y0 < y1")
+    return (x0, y0, x1, y1)
+
+
+# Row field -> its parser, in the order problems are reported.
+FIELD_PARSERS = (("patient", parse_patient), ("path", parse_image), ("label", parse_label), ("sex", parse_sex),
+                 ("age", parse_age), ("bmi", parse_bmi), ("crop", parse_crop), ("split", parse_split),
+                 ("box", parse_box))
+
+
 def parse_row(line: int, record: Mapping[str, str], cols: Columns, opts: Options
               ) -> tuple[Row | None, list[RowProblem], Path | None]:
-    """Parse one CSV row: (row or None, every problem found, the image file if it resolved)."""
+    """Parse one CSV row: (row or None, every problem found, the image file if it resolved).
+    Every field is parsed, so one pass reports all of a row's problems."""
     problems: list[RowProblem] = []
-
-    def cell(col: str | None) -> str:
-        return (record.get(col) or "").strip() if col else ""
-
-    def attempt(fn):
+    values: dict = {}
+    for name, parse in FIELD_PARSERS:
         try:
-            return fn()
+            values[name] = parse(record, cols, opts)
         except RowProblem as exc:
             problems.append(exc)
-            return None
-
-    def patient() -> str:
-        text = cell(cols.id)
-        if _missing(text):
-            raise RowProblem("missing_value", f"patient id is missing ({text!r} in column {cols.id!r})")
-        pid = sanitize_id(text) if opts.sanitize_ids else text
-        why = id_problem(pid)
-        if why:
-            hint = "" if opts.sanitize_ids else "; pass --sanitize-ids to rewrite ids"
-            raise RowProblem("invalid_id", f"{why}{hint}")
-        return pid
-
-    def image() -> Path:
-        text = cell(cols.image)
-        if _missing(text):
-            raise RowProblem("missing_value", f"image path is missing ({text!r} in column {cols.image!r})")
-        return resolve_image(opts.root, text)
-
-    def label() -> int:
-        if cols.tscore is not None:
-            text = cell(cols.tscore)
-            if _missing(text):
-                raise RowProblem("missing_value", f"T-score is missing ({text!r} in column {cols.tscore!r})")
-            t = _in_range(_number(text, "T-score"), TSCORE_RANGE, "T-score", text)
-            return int(t <= opts.tscore_cutoff)
-        text = cell(cols.label)
-        if _missing(text):
-            raise RowProblem("missing_value", f"label is missing ({text!r} in column {cols.label!r})")
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if value not in (0.0, 1.0):
-            raise RowProblem("invalid_label", f"label {text!r} must be 0 (normal) or 1 (osteoporosis)")
-        return int(value)
-
-    def sex() -> int | None:
-        text = cell(cols.sex)
-        if _missing(text):
-            return None
-        value = opts.sex_map.get(_norm_key(text))
-        if value is None:
-            accepted = ", ".join(f"{k}={v}" for k, v in opts.sex_map.items())
-            raise RowProblem("unparsable_value", f"sex {text!r} is not in the sex map ({accepted}); pass --sex-map")
-        return value
-
-    def age() -> float | None:
-        text = cell(cols.age)
-        return None if _missing(text) else _in_range(_number(text, "age"), AGE_RANGE, "age", text)
-
-    def bmi() -> float | None:
-        text = cell(cols.bmi)
-        if not _missing(text):
-            return _in_range(_number(text, "BMI"), BMI_RANGE, "BMI", text)
-        h_text, w_text = cell(cols.height), cell(cols.weight)
-        if _missing(h_text) or _missing(w_text):
-            return None
-        height = _number(h_text, "height")
-        unit = opts.height_unit if opts.height_unit != "auto" else ("m" if height < 3 else "cm")
-        height_m = height / 100.0 if unit == "cm" else height
-        _in_range(height_m, HEIGHT_RANGE_M, f"height ({unit})", h_text)
-        weight = _in_range(_number(w_text, "weight"), WEIGHT_RANGE_KG, "weight (kg)", w_text)
-        value = round(weight / height_m ** 2, 8)  # 8 decimals: far below measurement error, short names
-        return _in_range(value, BMI_RANGE, "BMI computed from height and weight", f"{value:g}")
-
-    def crop() -> int | None:
-        if cols.crop is None:
-            return None
-        text = cell(cols.crop)
-        if _missing(text):
-            raise RowProblem("missing_value", f"crop number is missing (column {cols.crop!r})")
-        value = _number(text, "crop number")
-        if not value.is_integer() or value < 1:
-            raise RowProblem("unparsable_value", f"crop number {text!r} must be a whole number >= 1")
-        return int(value)
-
-    def split() -> str | None:
-        if cols.split is None:
-            return None
-        text = cell(cols.split)
-        value = SPLIT_ALIASES.get(text.casefold())
-        if value is None:
-            raise RowProblem("unparsable_value", f"split {text!r} (column {cols.split!r}) must be train, val or test")
-        return value
-
-    def box() -> tuple[int, int, int, int] | None:
-        if cols.box is None:
-            return None
-        texts = [cell(c) for c in cols.box]
-        if all(_missing(t) for t in texts):
-            return None  # no box for this row: the whole image
-        if any(_missing(t) for t in texts):
-            raise RowProblem("missing_value", f"crop box {texts} is incomplete (give all of x0 y0 x1 y1 or none)")
-        x0, y0, x1, y1 = (int(round(_number(t, f"box {c}"))) for t, c in zip(texts, cols.box))
-        if not (0 <= x0 < x1 and 0 <= y0 < y1):
-            raise RowProblem("bad_box", f"crop box x0={x0} y0={y0} x1={x1} y1={y1} needs 0 <= x0 < x1 and 0 <= y0 < y1")
-        return (x0, y0, x1, y1)
-
-    pid = attempt(patient)
-    path = attempt(image)
-    values = {name: attempt(fn) for name, fn in
-              (("label", label), ("sex", sex), ("age", age), ("bmi", bmi), ("crop", crop), ("split", split),
-               ("box", box))}
+            values[name] = None
     if problems:
-        return None, problems, path
-    row = Row(line=line, image=cell(cols.image), path=path, patient=pid, patient_csv=cell(cols.id), **values)
-    return row, problems, path
+        return None, problems, values["path"]
+    row = Row(line=line, image=_cell(record, cols.image), patient_csv=_cell(record, cols.id), **values)
+    return row, problems, values["path"]
 
 
 # ----------------------------------------------------------------------------- the run
 
-class Report:
+class SkipLog:
     """skipped.csv rows; in strict mode a problem is fatal."""
 
     def __init__(self, csv_path: Path, strict: bool):
@@ -794,17 +757,17 @@ class Report:
 
 
 def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Columns, opts: Options,
-             report: Report) -> tuple[list[Row], set[Path]]:
+             skips: SkipLog) -> tuple[list[Row], set[Path]]:
     """Every row parsed and cross-checked; returns the usable rows and every file the CSV names."""
     rows: list[Row] = []
     referenced: set[Path] = set()
     for line, fields in records:
         if all(not f.strip() for f in fields):
-            report.skip(line, "", "", "empty_row", "empty row")
+            skips.skip(line, "", "", "empty_row", "empty row")
             continue
         # Fewer fields, or extra ones with content, means a broken line (extra empty ones: a trailing separator).
         if len(fields) < len(header) or any(f.strip() for f in fields[len(header):]):
-            report.skip(line, "", "", "bad_row", f"row has {len(fields)} fields, the header has {len(header)}")
+            skips.skip(line, "", "", "bad_row", f"row has {len(fields)} fields, the header has {len(header)}")
             continue
         record = dict(zip(header, fields))
         row, problems, path = parse_row(line, record, cols, opts)
@@ -812,7 +775,7 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
             referenced.add(path)
         if row is None:
             image = (record.get(cols.image) or "").strip()
-            report.skip(line, image, (record.get(cols.id) or "").strip(), problems[0].kind,
+            skips.skip(line, image, (record.get(cols.id) or "").strip(), problems[0].kind,
                         "; ".join(str(p) for p in problems))
             continue
         rows.append(row)
@@ -834,14 +797,14 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
             continue
         if all(r.values() == group[0].values() for r in group):
             for r in group[1:]:
-                report.skip(r.line, r.image, r.patient_csv, "duplicate_image",
+                skips.skip(r.line, r.image, r.patient_csv, "duplicate_image",
                             f"duplicate image entry: {r.image!r} is already listed on line {group[0].line} "
                             "with the same values; this row is ignored")
                 bad.add(r.line)
         else:
             lines = ", ".join(str(r.line) for r in group)
             for r in group:
-                report.skip(r.line, r.image, r.patient_csv, "duplicate_image",
+                skips.skip(r.line, r.image, r.patient_csv, "duplicate_image",
                             f"duplicate image entry: {r.image!r} is listed on lines {lines} with different values")
                 bad.add(r.line)
     rows = drop(bad)
@@ -852,7 +815,7 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
         originals = sorted({r.patient_csv for r in group})
         if len(originals) > 1:
             for r in group:
-                report.skip(r.line, r.image, r.patient_csv, "id_collision",
+                skips.skip(r.line, r.image, r.patient_csv, "id_collision",
                             f"patient ids {', '.join(map(repr, originals))} would give the same file names "
                             f"(as {r.patient!r}, or differing only in case)")
                 bad.add(r.line)
@@ -867,7 +830,7 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
                 detail = ", ".join(f"{getattr(r, attr)} on line {r.line}"
                                    for r in group if getattr(r, attr) is not None)
                 for r in group:
-                    report.skip(r.line, r.image, r.patient_csv, reason,
+                    skips.skip(r.line, r.image, r.patient_csv, reason,
                                 f"patient {r.patient_csv!r} has conflicting {attr} across rows: {detail}"
                                 + (" (1 female, 0 male)" if attr == "sex" else ""))
                     bad.add(r.line)
@@ -879,7 +842,7 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
             if len(group) > 1:
                 lines = ", ".join(str(r.line) for r in group)
                 for r in group:
-                    report.skip(r.line, r.image, r.patient_csv, "duplicate_crop",
+                    skips.skip(r.line, r.image, r.patient_csv, "duplicate_crop",
                                 f"patient {r.patient_csv!r} has crop {crop} on lines {lines}")
                     bad.add(r.line)
         rows = drop(bad)
@@ -917,27 +880,6 @@ def _fmt(value: float | int | None) -> str:
         return "NA"
     text = repr(float(value))
     return text[:-2] if text.endswith(".0") else text
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _csv_bytes(fieldnames: Sequence[str], rows: Sequence[Mapping[str, str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
 
 
 _TMP = re.compile(r"^\..+\.\d+\.tmp$")
@@ -1005,7 +947,7 @@ def prepare_out(out: Path, fingerprint: str, overwrite: bool) -> bool:
             raise PreprocessError(f"{folder} is a symbolic link; refusing to write through it")
         folder.mkdir(exist_ok=True)
     if not resume:
-        write_atomic(marker, json.dumps({"fingerprint": fingerprint, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        runfiles.write_bytes(marker, json.dumps({"fingerprint": fingerprint, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                          "command": sys.argv}, indent=1).encode("utf-8"))
     return resume
 
@@ -1071,22 +1013,20 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
         logger.info("sex map (1 female, 0 male): %s", ", ".join(f"{k}={v}" for k, v in sex_map.items()))
     opts = Options(root=root, sex_map=sex_map, tscore_cutoff=args.tscore_cutoff,
                    height_unit=args.height_unit, sanitize_ids=args.sanitize_ids)
-    report = Report(csv_path, args.strict)
-    rows, referenced = validate(header, records, cols, opts, report)
-    report.fail_if_strict()
+    skips = SkipLog(csv_path, args.strict)
+    rows, referenced = validate(header, records, cols, opts, skips)
+    skips.fail_if_strict()
     unused = unused_files(root, referenced, {csv_path.resolve()})
     for name in unused:
-        report.skip("", name, "", "not_in_csv", f"file {name} under --images is not listed in the CSV", warn=False)
+        skips.skip("", name, "", "not_in_csv", f"file {name} under --images is not listed in the CSV", warn=False)
     if unused:
         logger.info("%d file(s) under --images are not listed in the CSV (e.g. %s); they are listed in %s",
                     len(unused), ", ".join(unused[:3]), SKIPPED)
     if not rows:
-        raise PreprocessError(f"{csv_path}: no usable rows ({len(report.rows)} skipped); see the messages above")
+        raise PreprocessError(f"{csv_path}: no usable rows ({len(skips.rows)} skipped); see the messages above")
 
     assign_crops(rows, args.split_hips)
-    labels: dict[str, int] = {}
-    for row in rows:
-        labels[row.patient] = max(labels.get(row.patient, 0), row.label)
+    labels = patient_labels((row.patient, row.label) for row in rows)
     if cols.split is not None:
         splits = {}
         for row in rows:
@@ -1100,11 +1040,6 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
             folds = assign_folds(dev, args.folds, args.seed)
         except ValueError as exc:
             raise PreprocessError(f"{exc} (train+val patients)") from exc
-        for label in sorted(set(dev.values())):
-            count = sum(1 for y in dev.values() if y == label)
-            if count < args.folds:
-                logger.warning("only %d train+val patients with label %d for %d folds: some folds lack that class",
-                               count, label, args.folds)
 
     fingerprint, settings = _fingerprint(args, csv_bytes, root)
     resume = prepare_out(out, fingerprint, args.overwrite)
@@ -1117,21 +1052,21 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
             file_handler.handle(record)
         config = {"csv": str(csv_path.resolve()), "images": str(root), "out": str(out_real),
                   "columns": vars(cols), "settings": settings, "fingerprint": fingerprint}
-        write_atomic(out / CONFIG, json.dumps(config, indent=1, default=str).encode("utf-8"))
-        return _write_images(args, out, rows, splits, folds, report, resume)
+        runfiles.write_bytes(out / CONFIG, json.dumps(config, indent=1, default=str).encode("utf-8"))
+        return _write_images(args, out, rows, splits, folds, skips, resume)
     finally:
         logging.getLogger().removeHandler(file_handler)
         file_handler.close()
 
 
 def _write_images(args: argparse.Namespace, out: Path, rows: list[Row], splits: dict[str, str],
-                  folds: dict[str, int], report: Report, resume: bool) -> int:
+                  folds: dict[str, int], skips: SkipLog, resume: bool) -> int:
     root = Path(args.images).resolve()
     manifest: list[dict[str, str]] = []
     reused = 0
     with logging_redirect_tqdm():  # warnings print above the progress bar, not through it
         for row in tqdm(rows, desc="images", unit="img", disable=None):
-            result = _write_row(args, out, root, row, splits[row.patient], folds, report, resume)
+            result = _write_row(args, out, root, row, splits[row.patient], folds, skips, resume)
             if result is not None:
                 manifest += result[0]
                 reused += result[1]
@@ -1141,8 +1076,8 @@ def _write_images(args: argparse.Namespace, out: Path, rows: list[Row], splits: 
     fieldnames = ["file", "source", "patient", "crop", "split"] + (["fold"] if args.folds else []) + \
         ["label", "sex", "age", "bmi", "row"] + (["hip"] if args.split_hips else []) + \
         (["patient_csv"] if args.sanitize_ids else [])
-    write_atomic(out / MANIFEST, _csv_bytes(fieldnames, manifest))
-    write_atomic(out / SKIPPED, _csv_bytes(["row", "image", "patient", "reason", "message"], report.rows))
+    runfiles.write_csv(out / MANIFEST, manifest, fieldnames)
+    runfiles.write_csv(out / SKIPPED, skips.rows, ["row", "image", "patient", "reason", "message"])
 
     # Images of an interrupted run that this run did not make again (e.g. their source became unreadable).
     written = {m["file"] for m in manifest}
@@ -1162,12 +1097,12 @@ def _write_images(args: argparse.Namespace, out: Path, rows: list[Row], splits: 
                            split, labels.pop(), count)
     (out / MARKER).unlink()
     logger.info("wrote %d images to %s (%s, %s)", len(manifest), out, MANIFEST, SKIPPED)
-    print(summary_table(manifest, report.rows, args.folds))
+    print(summary_table(manifest, skips.rows, args.folds))
     return 0
 
 
 def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split: str, folds: dict[str, int],
-               report: Report, resume: bool) -> tuple[list[dict[str, str]], bool] | None:
+               skips: SkipLog, resume: bool) -> tuple[list[dict[str, str]], bool] | None:
     """Read, cut, fit and write one row's image(s): (manifest entries, already there), or None if skipped."""
     targets = [(crop, hip, out / split / filenames.encode(row.patient, crop, row.label, row.sex, row.age, row.bmi))
                for crop, hip in row.crops]
@@ -1181,15 +1116,15 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
             fitted = [fit_image(part, args.size, args.fit) for part in parts]
         except (ImageReadError, BoxError) as exc:
             if args.strict:
-                raise PreprocessError(f"--strict: {report.csv_path.name} line {row.line}: {exc}") from exc
-            report.skip(row.line, row.image, row.patient_csv,
+                raise PreprocessError(f"--strict: {skips.csv_path.name} line {row.line}: {exc}") from exc
+            skips.skip(row.line, row.image, row.patient_csv,
                         "bad_box" if isinstance(exc, BoxError) else "unreadable_image", str(exc))
             return None
         for (_, _, path), arr in zip(targets, fitted):
             ok, png = cv2.imencode(".png", arr)
             if not ok:
                 raise PreprocessError(f"cannot encode {path} as PNG")
-            write_atomic(path, png.tobytes())
+            runfiles.write_bytes(path, png.tobytes(), fsync=False)
     entries = []
     for crop, hip, path in targets:
         entry = {"file": f"{split}/{path.name}", "source": row.path.relative_to(root).as_posix(),
@@ -1268,8 +1203,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of skipping rows whose id contains '-', '/', ...")
 
     g = parser.add_argument_group("images")
-    g.add_argument("--size", nargs=2, type=_size, default=list(DEFAULT_SIZE), metavar=("H", "W"),
-                   help="output height and width (default: 704 407)")
+    g.add_argument("--size", nargs=2, type=_size, default=list(IMAGE_SIZE), metavar=("H", "W"),
+                   help="output height and width (default: %(default)s)")
     g.add_argument("--fit", choices=("pad", "crop", "stretch"), default="pad",
                    help="keep the aspect ratio and pad with black, keep it and centre-crop, or stretch "
                         "(default: %(default)s)")

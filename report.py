@@ -38,7 +38,6 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 import baseline
 import confidence
-import crossval
 import filenames
 import loader
 import metrics
@@ -62,55 +61,15 @@ NET, BASE = "#1f5fa8", "#d9730d"  # network / clinical baseline colours in every
 
 # --------------------------------------------------------------------------- reading a run
 
-def read_predictions(path: Path) -> pd.DataFrame:
-    """A trainer's predictions CSV (file, label, probability, prediction) with patient ids added."""
-    table = pd.read_csv(path, dtype={"file": str})
-    missing = {"file", "label", "probability"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected file,label,probability,prediction")
-    table["patient"] = [filenames.decode(f).patient for f in table["file"]]
-    return table
-
-
-def load_run(run_dir: str | os.PathLike) -> dict:
-    """Checkpoint facts (best.pth), history, test/val predictions and test_metrics.json of a run."""
-    run = Path(run_dir)
-    for name in (runfiles.BEST, "test_predictions.csv"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name} not found: a report needs a finished run (train, then test "
-                                    "with main.py; --test re-scores the best checkpoint)")
-    state = runfiles.load_checkpoint(run / runfiles.BEST)
-    out = {"dir": run, "config": dict(state["config"]), "threshold": float(state["threshold"]),
-           "epoch": int(state["epoch"]), "clinical_stats": state["clinical_stats"],
-           "select_metric": state.get("select_metric", state["config"].get("select_metric", "roc_auc")),
-           "test": read_predictions(run / "test_predictions.csv"),
-           "val": read_predictions(run / "val_predictions.csv") if (run / "val_predictions.csv").is_file() else None,
-           "history": pd.read_csv(run / "history.csv") if (run / "history.csv").is_file() else None,
-           "test_metrics": runfiles.read_json(run / "test_metrics.json")
-           if (run / "test_metrics.json").is_file() else None}
-    if out["test_metrics"] is not None and not math.isclose(out["test_metrics"]["threshold"], out["threshold"]):
-        raise ValueError(f"{run}: test_metrics.json used threshold {out['test_metrics']['threshold']} but best.pth "
-                         f"holds {out['threshold']}; re-score the run (main.py --test) before reporting")
-    return out
-
-
-def run_files(config: Mapping, data_dir: str | os.PathLike | None = None,
-              files: Mapping[str, Sequence[str | os.PathLike]] | None = None) -> dict[str, list[Path]]:
-    """The images of the run's train, val and test: ``files`` when given, else from ``data_dir``
-    (default: the run's ``config["data_dir"]``), taking a cross-validation fold's train/val when the
-    config holds ``cv_folds`` and ``cv_fold`` (and optionally ``cv_seed``, default ``seed``)."""
-    if files is not None:
-        return baseline.split_files(files=files)
-    source = "data_dir" if data_dir is not None else "the run's config.json"
-    data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", "data"))
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder the run was "
-                                "trained on (--data_dir)")
-    if config.get("cv_folds"):
-        k, fold = int(config["cv_folds"]), int(config["cv_fold"])
-        split = crossval.crossval_splits(data_dir, k, int(config.get("cv_seed", config.get("seed", 0))))[fold]
-        return {"train": split["train"], "val": split["val"], "test": loader.list_split(data_dir, "test")}
-    return baseline.split_files(data_dir)
+def run_facts(run_dir: str | os.PathLike) -> dict:
+    """What a report reads from a finished run (through :func:`runfiles.load_run`): the checkpoint's
+    facts, history, test/val predictions and test_metrics.json."""
+    run = runfiles.load_run(run_dir)
+    has_val = (run.dir / runfiles.PREDICTIONS["val"]).is_file()
+    return {"dir": run.dir, "config": run.config, "threshold": run.threshold, "epoch": run.epoch,
+            "clinical_stats": run.clinical_stats, "select_metric": run.select_metric, "test": run.predictions("test"),
+            "val": run.predictions("val") if has_val else None, "history": run.history(),
+            "test_metrics": run.test_metrics()}
 
 
 def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFrame | None, source: str) -> None:
@@ -368,7 +327,7 @@ def _blocks(r: dict) -> list[tuple]:
     test = r["data"]["test"]
     cfg = r["run_config"]
     b: list[tuple] = [("h1", f"Run report: {r['run']}")]
-    b.append(("p", f"Model {cfg.get('model')} ({'late' if cfg.get('late_fuse') else 'early'} fusion of sex, age "
+    b.append(("p", f"Model {cfg.get('model')} ({runfiles.FUSION_TEXT[cfg['fusion']]} of sex, age "
                    f"and BMI), input {cfg['image_size'][0]} x {cfg['image_size'][1]} pixels, trained "
                    f"{len(r['history']) if r['history'] else '?'} epochs; the best epoch by validation "
                    f"{r['select_metric']} is epoch {r['epoch']}, and only its checkpoint was scored on test. "
@@ -577,10 +536,10 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    run = load_run(run_dir)
+    run = run_facts(run_dir)
     run_path = run["dir"]
     config = run["config"]
-    paths = run_files(config, data_dir, files)
+    paths = runfiles.split_files(config, data_dir, files)
     check_same_images("test", paths["test"], run["test"], "test_predictions.csv")
     check_same_images("val", paths["val"], run["val"], "val_predictions.csv")
     checks: list[str] = []
@@ -648,7 +607,7 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
         "n_boot": int(n_boot), "seed": int(seed), "alpha": ALPHA, "epoch": run["epoch"],
         "select_metric": run["select_metric"],
         "threshold_source": (run["test_metrics"] or {}).get("threshold_source", "validation at the best epoch"),
-        "run_config": {k: config.get(k) for k in ("model", "late_fuse", "depth", "image_size", "epoch", "augment",
+        "run_config": {k: config.get(k) for k in ("model", "fusion", "depth", "image_size", "epoch", "augment",
                                                   "select_metric", "seed", "cv_folds", "cv_fold")},
         "history": history.to_dict("records") if history is not None else None,
         "data": data, "network": network, "baseline": base_eval, "comparison": comparison,

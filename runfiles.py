@@ -1,9 +1,16 @@
-"""The run folder ``outs/<save_dir>/fold<fold>/`` and everything written into it.
+"""The run folder ``outs/<save_dir>/fold<fold>/``: everything written into it, and everything read back.
 
-Every file is written atomically (temporary file in the same folder, then ``os.replace``), so a
-crash never leaves a half-written checkpoint or table. Checkpoints hold only tensors and plain
-Python values and are read with ``torch.load(weights_only=True)``: a file that would need
-unpickling arbitrary objects is refused.
+Written: every file atomically (temporary file in the same folder, then ``os.replace``), so a
+crash never leaves a half-written checkpoint or table; a new file gets the permissions of the
+user's umask, as ``open()`` would give it. Preprocessing and the demo generator use the same
+writer, so torch is imported only where a checkpoint is saved or loaded.
+
+Read back, for every tool (``main.py --test/--resume``, ``predict.py``, ``report.py``,
+``visualize_gradcam.py``): :func:`load_run` (the validated checkpoint with the run's
+configuration), :func:`read_predictions` (a split's scored images) and :func:`split_files` (the
+images of the run's train, val and test). Checkpoints hold only tensors and plain Python values
+and are read with ``torch.load(weights_only=True)``: a file that would need unpickling arbitrary
+objects is refused.
 """
 from __future__ import annotations
 
@@ -13,14 +20,26 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHECKPOINT_FORMAT = "osteoporosis-hip-classifier/1"
 CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "epoch")
 BEST, LAST = "best.pth", "last.pth"
+CONFIG, HISTORY, TEST_METRICS = "config.json", "history.csv", "test_metrics.json"
+PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
+# How the clinical values reach the network: as constant image channels, joined to the pooled image
+# features, or not at all (image-only comparison runs).
+FUSION_MODES = ("early", "late", "image")
+FUSION_TEXT = {"early": "early fusion", "late": "late fusion", "image": "image only"}
+# what a checkpoint's configuration must say to rebuild the network and its input
+NETWORK_KEYS = ("model", "fusion", "in_chans", "image_size", "depth", "growthRate", "norm", "act", "stem")
+RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
+              "the run's configuration, clinical statistics and threshold), config.json and test_predictions.csv")
 
 
 def run_dir(save_dir: str | os.PathLike, fold: str, root: str | os.PathLike = "outs") -> Path:
@@ -28,28 +47,44 @@ def run_dir(save_dir: str | os.PathLike, fold: str, root: str | os.PathLike = "o
     return Path(root) / str(save_dir) / f"fold{fold}"
 
 
-def _atomic_write(path: Path, write) -> None:
+# --------------------------------------------------------------------------- writing
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], fsync: bool = True) -> Path:
+    """Write ``path`` through ``write(binary file)`` into a temporary file beside it, then rename it
+    over ``path``: readers see the old file or the whole new one, never a part. The file gets the
+    permissions a plain ``open()`` would give it (0666 less the umask), not ``mkstemp``'s 0600, so
+    colleagues who may read the folder may read the run. ``fsync=False`` skips forcing the data to disk
+    (many small files, e.g. a generated image set, where a crash means starting again anyway)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(Path(path), lambda fh: fh.write(data))
+def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda fh: fh.write(data), fsync)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -66,8 +101,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, data: Mapping) -> None:
-    write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+def write_json(path: str | os.PathLike, data: Mapping) -> Path:
+    return write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict:
@@ -75,19 +110,48 @@ def read_json(path: str | os.PathLike) -> dict:
         return json.load(fh)
 
 
-def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: list[str] | None = None) -> None:
+def csv_text(rows: Iterable[Mapping], fieldnames: Sequence[str] | None = None) -> str:
     rows = list(rows)
-    fieldnames = fieldnames or (list(rows[0].keys()) if rows else [])
+    fieldnames = list(fieldnames or (list(rows[0].keys()) if rows else []))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Tensor], config: Mapping,
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str] | None = None) -> Path:
+    return write_text(path, csv_text(rows, fieldnames))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def fusion_of(config: Mapping) -> str:
+    """The run's fusion mode (:data:`FUSION_MODES`). Runs written before it was one value carry two
+    booleans: ``late_fuse`` (late fusion) and ``image_only``; neither means early fusion."""
+    mode = config.get("fusion")
+    if mode is None and "late_fuse" in config:
+        mode = "late" if config["late_fuse"] else "image" if config.get("image_only") else "early"
+    if mode not in FUSION_MODES:
+        raise ValueError(f"fusion mode {mode!r}: choose one of {', '.join(FUSION_MODES)}")
+    return mode
+
+
+def _with_fusion(config: Any) -> Any:
+    """The configuration with its fusion mode as one value (old ``late_fuse``/``image_only`` replaced)."""
+    if not isinstance(config, dict) or ("fusion" not in config and "late_fuse" not in config):
+        return config  # nothing to say about fusion: load_run names what is missing
+    mode = fusion_of(config)
+    config = {k: v for k, v in config.items() if k not in ("late_fuse", "image_only")}
+    config["fusion"] = mode
+    return config
+
+
+def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], config: Mapping,
                     clinical_stats: Mapping, threshold: float, epoch: int, **extra: Any) -> None:
     """Write a checkpoint (weights + everything needed to use them) atomically."""
+    import torch
+
     state = {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model_state.items()},
              "config": _jsonable(dict(config)), "clinical_stats": _jsonable(dict(clinical_stats)),
              "threshold": float(threshold), "epoch": int(epoch)}
@@ -98,7 +162,10 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Ten
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint safely; a clear error for a missing, truncated, foreign or unsafe file."""
+    """Read a checkpoint safely; a clear error for a missing, truncated, foreign or unsafe file.
+    The configuration comes back with its fusion mode as one value (:func:`fusion_of`)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -115,4 +182,151 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+    state["config"] = _with_fusion(state["config"])
     return state
+
+
+# --------------------------------------------------------------------------- reading a run back
+
+@dataclass(frozen=True)
+class Run:
+    """A trained run as the tools see it: the folder, its checkpoint (validated by :func:`load_run`)
+    and the configuration stored with the weights."""
+
+    dir: Path
+    checkpoint: Path
+    state: dict
+
+    @property
+    def config(self) -> dict:
+        return self.state["config"]
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold chosen on validation at the best epoch."""
+        return float(self.state["threshold"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    @property
+    def clinical_stats(self) -> dict:
+        return self.state["clinical_stats"]
+
+    @property
+    def select_metric(self) -> str:
+        return self.state.get("select_metric", self.config.get("select_metric", "roc_auc"))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.config["image_size"])
+
+    @property
+    def fusion(self) -> str:
+        return self.config["fusion"]
+
+    def predictions(self, split: str = "test") -> "pd.DataFrame":
+        return read_predictions(self.dir, split)
+
+    def history(self) -> "pd.DataFrame | None":
+        import pandas as pd
+
+        path = self.dir / HISTORY
+        return pd.read_csv(path) if path.is_file() else None
+
+    def test_metrics(self) -> dict | None:
+        """``test_metrics.json`` (None before the run was tested); refused when it was scored at another
+        threshold than the checkpoint holds, i.e. it is stale."""
+        path = self.dir / TEST_METRICS
+        if not path.is_file():
+            return None
+        metrics = read_json(path)
+        if not math.isclose(metrics["threshold"], self.threshold):
+            raise ValueError(f"{self.dir}: {TEST_METRICS} used threshold {metrics['threshold']} but {self.checkpoint.name} "
+                             f"holds {self.threshold}; re-score the run (main.py --test) before using it")
+        return metrics
+
+
+def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
+    """A run folder (or a checkpoint file) read back: its ``checkpoint`` (default ``best.pth``) loaded
+    with :func:`load_checkpoint` and its configuration checked to say which network and input to
+    build (:data:`NETWORK_KEYS`). Errors say what a run folder is and how to make one."""
+    path = Path(run)
+    if path.is_file():
+        folder, ckpt = path.parent, path
+    elif path.is_dir():
+        folder, ckpt = path, path / checkpoint
+        if not ckpt.is_file():
+            found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+            raise FileNotFoundError(f"{path} holds no {checkpoint} (found: {found}); {RUN_FOLDER}")
+    else:
+        raise FileNotFoundError(f"no run folder {path} (and no checkpoint file of that name): {RUN_FOLDER}. "
+                                "Train one with e.g. python3 main.py --save_dir NAME --fold _X")
+    try:
+        state = load_checkpoint(ckpt)
+    except ValueError as exc:
+        raise ValueError(f"{exc}. Using a run needs the run's configuration (model, fusion mode, input channels, "
+                         "image size), clinical statistics and threshold stored with the weights, as main.py "
+                         f"writes {checkpoint}") from exc
+    config = state["config"]
+    missing = [k for k in NETWORK_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ValueError(f"{ckpt}: the checkpoint's configuration lacks {', '.join(missing)}; it cannot say which "
+                         f"network to build. {RUN_FOLDER}")
+    return Run(folder, ckpt, state)
+
+
+def read_predictions(run: str | os.PathLike, split: str = "test") -> "pd.DataFrame":
+    """A run's scored images of ``split`` (``test_predictions.csv``: the best checkpoint on test;
+    ``val_predictions.csv``: validation at the best epoch): file, label, probability, prediction,
+    with each file's patient id added."""
+    import pandas as pd
+
+    import filenames
+
+    if split not in PREDICTIONS:
+        raise ValueError(f"predictions exist for {', '.join(PREDICTIONS)}, not {split!r}")
+    path = Path(run) / PREDICTIONS[split]
+    if not path.is_file():
+        how = ("main.py scores the run on test (python3 main.py --test --save_dir <save_dir> --fold <fold>)"
+               if split == "test" else "main.py trains the run (at its best epoch)")
+        raise FileNotFoundError(f"{path} not found: it is written when {how}")
+    table = pd.read_csv(path, dtype={"file": str})
+    missing = {"file", "label", "probability"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected file,label,probability,prediction")
+    table["patient"] = [filenames.decode(f).patient for f in table["file"]]
+    return table
+
+
+def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
+                files: Mapping[str, Sequence[str | os.PathLike]] | None = None) -> dict[str, list[Path]]:
+    """The images of a run's train, val and test, as main.py trained and scored it.
+
+    ``files`` (split -> image paths) when given; else the folders of ``data_dir`` (default: the
+    run's ``config["data_dir"]``), with train and val of cross-validation fold ``cv_fold`` of
+    ``cv_folds`` (seed ``cv_seed``, default ``seed``) when the configuration names one.
+    """
+    from splits import SPLITS
+
+    if files is not None:
+        missing = [s for s in SPLITS if s not in files]
+        if missing:
+            raise ValueError(f"files must name the images of {', '.join(SPLITS)}; missing {missing}")
+        return {s: [Path(f) for f in files[s]] for s in SPLITS}
+    import crossval  # torch, through the loader: only where split files are listed
+    import loader
+
+    source = "--data_dir" if data_dir is not None else "the run's configuration"
+    data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", "data"))
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder with train/ "
+                                f"val/ test/ the run was trained on (--data_dir), or make the demo set with "
+                                f"python3 synthetic.py --out {data_dir}")
+    test = loader.list_split(data_dir, "test")
+    if config.get("cv_folds"):
+        k, fold = int(config["cv_folds"]), int(config["cv_fold"])
+        split = crossval.crossval_splits(data_dir, k, int(config.get("cv_seed", config.get("seed", 0))))[fold]
+        return {"train": list(split["train"]), "val": list(split["val"]), "test": test}
+    return {"train": loader.list_split(data_dir, "train"), "val": loader.list_split(data_dir, "val"), "test": test}

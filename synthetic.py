@@ -52,12 +52,11 @@ import pandas as pd
 from tqdm import tqdm
 
 import filenames
+import runfiles
+from splits import IMAGE_SIZE, SPLITS, assign_splits
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
-DEFAULT_SIZE = (704, 407)  # (height, width) of the original work's hip crops
 VERSION = 1  # bump when the pictures or the data model change: old folders are then refused
 METADATA = "synthetic.json"
 MANIFEST = "manifest.csv"
@@ -78,9 +77,9 @@ PATIENT_SD, IMAGE_SD, BMI_WASHOUT = 1.0, 1.2, 0.11
 Z_CUTOFF = -0.92  # 35 % quantile of z in the population
 Z_CENTRE, Z_SCALE = -0.45, 1.5  # maps z + noise through a logistic onto each parameter's range
 
-# Reference frame of the drawing: width 1, height 704/407 (the default aspect); x to the right,
+# Reference frame of the drawing: width 1, height IMAGE_SIZE H/W (the default aspect); x to the right,
 # y down. A right hip as seen on an AP radiograph: head up right (medial), trochanter up left.
-REF_H = DEFAULT_SIZE[0] / DEFAULT_SIZE[1]
+REF_H = IMAGE_SIZE[0] / IMAGE_SIZE[1]
 HEAD = (0.64, 0.42, 0.15)  # centre x, y, radius
 
 
@@ -349,36 +348,11 @@ def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Genera
 # ---------------------------------------------------------------------------------------------
 # Data set on disk
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _png(image: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError("OpenCV could not encode a PNG")
     return buf.tobytes()
-
-
-def _split_patients(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Split of each patient: about 70/15/15 within each label, so prevalence matches."""
-    split = np.empty(labels.size, dtype=object)
-    for value in (0, 1):
-        idx = np.flatnonzero(labels == value)
-        idx = idx[rng.permutation(idx.size)]
-        # at least one of each label in val and test once there are three, so AUCs are defined
-        n_val = n_test = max(math.floor(SPLIT_FRACTIONS[1] * idx.size + 0.5), int(idx.size >= 3))
-        n_train = idx.size - n_val - n_test
-        split[idx[:n_train]] = "train"
-        split[idx[n_train:n_train + n_val]] = "val"
-        split[idx[n_train + n_val:]] = "test"
-    return split
 
 
 def _existing(out: Path, meta: dict) -> pd.DataFrame | None:
@@ -425,7 +399,7 @@ def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
-             size: tuple[int, int] = DEFAULT_SIZE) -> pd.DataFrame:
+             size: tuple[int, int] = IMAGE_SIZE) -> pd.DataFrame:
     """Write the data set for ``n_patients`` patients (two images each) and return its manifest.
 
     A folder already holding the same data set (same n, seed, size) is left as it is.
@@ -446,32 +420,33 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
     hips = [seq.spawn(3) for seq in seqs]  # clinical, right hip, left hip
     patients = [draw_patient(np.random.default_rng(h[0])) for h in hips]
     labels = np.array([p["label"] for p in patients])
-    splits = _split_patients(labels, np.random.default_rng(seed))
     width = max(5, len(str(n_patients - 1)))
+    pids = [f"P{i:0{width}d}" for i in range(n_patients)]
+    split_of = assign_splits(dict(zip(pids, labels.tolist())), seed=seed)  # sorted ids: the order drawn
 
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / MASK_DIR / split).mkdir(parents=True, exist_ok=True)
     rows = []
     with tqdm(total=2 * n_patients, desc="synthetic", unit="img") as bar:
-        for i, (patient, hip_seqs, split) in enumerate(zip(patients, hips, splits)):
-            pid = f"P{i:0{width}d}"
+        for pid, patient, hip_seqs in zip(pids, patients, hips):
+            split = split_of[pid]
             for crop, side in ((1, "R"), (2, "L")):
                 rng = np.random.default_rng(hip_seqs[crop])
                 params = draw_picture(patient, rng)
                 image, mask = render(size, params, side, rng)
                 name = filenames.encode(pid, crop, patient["label"], patient["sex"], patient["age"], patient["bmi"])
-                _write_atomic(out / split / name, _png(image))
-                _write_atomic(out / MASK_DIR / split / name, _png(mask))
+                runfiles.write_bytes(out / split / name, _png(image), fsync=False)
+                runfiles.write_bytes(mask_path(out / split / name), _png(mask), fsync=False)
                 rows.append(dict(file=f"{split}/{name}", split=split, patient=pid, crop=crop, side=side,
                                  label=patient["label"], sex=patient["sex"], age=patient["age"],
                                  bmi=patient["bmi"], z=patient["z"], **params,
-                                 mask=f"{MASK_DIR}/{split}/{name}"))
+                                 mask=mask_path(Path(split) / name).as_posix()))
                 bar.update()
     manifest = pd.DataFrame(rows)
-    _write_atomic(out / MANIFEST, manifest.to_csv(index=False).encode())
+    runfiles.write_text(out / MANIFEST, manifest.to_csv(index=False))
     # written last: its presence says the folder is complete
-    _write_atomic(out / METADATA, (json.dumps(meta, indent=1) + "\n").encode())
+    runfiles.write_text(out / METADATA, json.dumps(meta, indent=1) + "\n")
     logger.info("wrote %d images of %d patients to %s", len(manifest), n_patients, out)
     return manifest
 
@@ -562,7 +537,7 @@ def plot_examples(out_dir: str | os.PathLike, manifest: pd.DataFrame, path: str 
     plt.close(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, buf.getvalue())
+    runfiles.write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", required=True, help="output folder (new or empty; or an identical earlier run)")
     data.add_argument("--n", type=int, default=500, help="number of patients, two hips (images) each")
     data.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-    data.add_argument("--size", type=int, nargs=2, default=list(DEFAULT_SIZE), metavar=("H", "W"),
+    data.add_argument("--size", type=int, nargs=2, default=list(IMAGE_SIZE), metavar=("H", "W"),
                       help="image height and width in pixels")
     extra = parser.add_argument_group("pictures")
     extra.add_argument("--examples", metavar="PATH",

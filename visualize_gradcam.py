@@ -38,7 +38,6 @@ there. The README pictures:
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import logging
 import math
@@ -60,21 +59,17 @@ import filenames
 import loader
 import runfiles
 import runtime
+import synthetic
 from cli import positive_int
 from cam import LAYER_METHODS, METHODS, NAMES, REFERENCE_METHODS, TARGETS, compute_cam, predict_logit, resolve_layer
-from models import build_model_from_config
+from models import build_model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
 CAMS_DIR = "cams"
-MASK_DIR = "masks"  # synthetic.py: DIR/masks/<split>/<image file name>, 255 where the signal is drawn
-PREDICTIONS = "test_predictions.csv"
+PREDICTIONS = runfiles.PREDICTIONS["test"]
 KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
 LABELS = {0: "normal", 1: "osteoporosis"}
-# network shape and input settings a checkpoint must carry (main.py writes them into "config")
-REQUIRED_CONFIG = ("model", "late_fuse", "in_chans", "image_size", "depth", "growthRate", "norm", "act", "stem")
-RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
-              "the run's configuration, clinical statistics and threshold), config.json and test_predictions.csv")
 ALPHA, DPI = 0.4, 150
 TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
 LOCALISATION_TARGETS = ("osteoporosis", "predicted")  # --localisation without --target
@@ -85,46 +80,14 @@ TARGET_TEXT = {"osteoporosis": "the osteoporosis logit", "normal": "the normal c
 # ---------------------------------------------------------------------------------------------
 # The run and its inputs
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict, dict]:
-    """``(model, state, config)`` of a run: the best checkpoint's network in eval mode on ``device``,
-    the checkpoint (``clinical_stats``, ``threshold``, ``epoch``...) and the run's configuration."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"no run folder {run}: {RUN_FOLDER}. Train one with e.g. "
-                                "python3 main.py --save_dir NAME --fold _X")
-    path = run / runfiles.BEST
-    if not path.is_file():
-        found = ", ".join(sorted(p.name for p in run.iterdir())[:8]) or "nothing"
-        raise FileNotFoundError(f"{run} holds no {runfiles.BEST} (found: {found}); {RUN_FOLDER}")
-    try:
-        state = runfiles.load_checkpoint(path)
-    except ValueError as exc:
-        raise ValueError(f"{exc}. Grad-CAM needs the run's configuration (model, fusion mode, input channels, "
-                         "image size), clinical statistics and threshold stored with the weights, as main.py "
-                         f"writes {runfiles.BEST}") from exc
-    config = state["config"]
-    missing = [k for k in REQUIRED_CONFIG if not isinstance(config, dict) or k not in config]
-    if missing:
-        raise ValueError(f"{path}: the checkpoint's configuration lacks {', '.join(missing)}; it cannot say which "
-                         f"network to build. {RUN_FOLDER}")
-    model = build_model_from_config(config)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: the weights do not fit the configured network ({config['model']}, "
-                         f"{config['in_chans']} input channels, late_fuse={config['late_fuse']}): "
-                         f"{str(exc).splitlines()[0]}") from exc
-    return model.to(device).eval(), state, config
+def load_network(run: runfiles.Run, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The run's best network in eval mode on ``device``."""
+    return build_model_from_checkpoint(run.state, str(run.checkpoint)).to(device)
 
 
-def test_files(config: dict, data_dir: str | os.PathLike | None = None) -> list[Path]:
+def test_files(run: runfiles.Run, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The run's test images (``--data_dir`` overrides where they are), sorted as the loader lists them."""
-    try:
-        return loader.list_split(data_dir or config["data_dir"], "test")
-    except FileNotFoundError as exc:
-        if data_dir:
-            raise
-        raise FileNotFoundError(f"{exc}. (This is the run's data_dir; if the data moved, pass --data_dir.)") from exc
+    return runfiles.split_files(run.config, data_dir)["test"]
 
 
 def check_image(path: str | os.PathLike) -> Path:
@@ -151,24 +114,16 @@ def pick_indices(files: Sequence[Path], indices: Sequence[int], where: str) -> l
     return [files[i] for i in indices]
 
 
-def read_predictions(run_dir: str | os.PathLike) -> dict[str, dict]:
-    """``test_predictions.csv`` of a run: file name -> row (label, probability, prediction)."""
-    path = Path(run_dir) / PREDICTIONS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: it is written when main.py scores the run on test "
-                                "(python3 main.py --test --save_dir <save_dir> --fold <fold>)")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and not {"file", "label", "probability"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected columns file, label, probability; got {', '.join(rows[0])}")
-    return {r["file"]: r for r in rows}
+def prediction_rows(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """The run's test predictions by file name: label, probability, prediction."""
+    return {r["file"]: r for r in runfiles.read_predictions(run_dir, "test").to_dict("records")}
 
 
 def select_cases(run_dir: str | os.PathLike, files: Sequence[Path], kinds: Sequence[str], top: int,
                  threshold: float) -> list[Path]:
     """The ``top`` most confident test cases of each kind (tp, fp, fn, tn) at the run's threshold:
     highest probability first for predicted osteoporosis, lowest first for predicted normal."""
-    rows = read_predictions(run_dir)
+    rows = prediction_rows(run_dir)
     by_name = {p.name: p for p in files}
     absent = [name for name in rows if name not in by_name]
     if absent:
@@ -188,33 +143,17 @@ def select_cases(run_dir: str | os.PathLike, files: Sequence[Path], kinds: Seque
     return chosen
 
 
-def make_dataset(files: Sequence[Path], state: dict, split_size: int | None = None) -> loader.HipDataset:
-    """The loader's dataset for these files with the run's image size, clinical statistics and fusion
-    mode, without augmentation. main.py keeps a split as uint8 when it fits in --cache_gb, which rounds
-    the input; the same rounding is applied here (judged on ``split_size`` images) so the CAM input is
-    exactly what the network saw."""
-    config = state["config"]
-    size = tuple(int(v) for v in config["image_size"])
-    n = split_size or len(files)
-    cached = n * loader.IMAGE_CHANNELS * math.prod(size) / 1e9 <= float(config.get("cache_gb", 4.0))
-    return loader.HipDataset(files, loader.ClinicalStats.from_dict(state["clinical_stats"]), size,
-                             early_fuse=loader.early_fuse_of(config), augment=None,
-                             cache_gb=math.inf if cached else 0.0, desc="cam")
-
-
-def reference_inputs(state: dict, data_dir: str | os.PathLike | None = None, n: int = 16,
+def reference_inputs(run: runfiles.Run, data_dir: str | os.PathLike | None = None, n: int = 16,
                      seed: int = 0) -> torch.Tensor:
     """``(n, C, H, W)``: ``n`` of the run's training images (a fixed draw for ``seed``), built as the network
     saw them without augmentation: the reference population of ``--method expected_gradients``."""
-    config = state["config"]
-    where = Path(data_dir or config["data_dir"])
     try:
-        files = loader.list_split(where, "train")
+        files = runfiles.split_files(run.config, data_dir)["train"]
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc}. Expected gradients compares each image with the run's training images; "
                                 "pass --data_dir where the run's data set lies now") from exc
     chosen = sorted(np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False))
-    dataset = make_dataset([files[i] for i in chosen], state, len(files))
+    dataset = loader.run_dataset([files[i] for i in chosen], run.config, run.clinical_stats, desc="references")
     return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
 
 
@@ -285,23 +224,10 @@ def localisation_ratio(heat: np.ndarray, mask: np.ndarray) -> float:
     return float((heat * mask).sum() / total / area)
 
 
-def mask_path(data_dir: str | os.PathLike, split: str, image: Path) -> Path | None:
-    folder = Path(data_dir) / MASK_DIR / split
-    for candidate in (folder / image.name, folder / f"{image.stem}.png"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32: the fraction of each network pixel that lies on the region (mask > 0)."""
-    if path.suffix.lower() == ".npy":
-        mask = np.load(path, allow_pickle=False)
-    else:
-        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None or mask.ndim != 2:
-        raise ValueError(f"{path}: cannot read a 2-D mask")
-    mask = (mask > 0).astype(np.float32)
+def read_mask(image: Path, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 at the network's size: the fraction of each input pixel on the image's region
+    (the demo generator's mask, :func:`synthetic.region_mask`)."""
+    mask = synthetic.region_mask(image).astype(np.float32)
     return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
@@ -319,9 +245,9 @@ def _summary(rows: list[dict]) -> dict:
             "mean_inside_share": math.nan, "mean_mask_share": math.nan, "peak_on_region": math.nan}
 
 
-def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                     method: str = "gradcam", layer: str | None = None, device: str | torch.device = "cpu",
-                     split: str = "test", target: str = "osteoporosis", **cam_kwargs) -> dict:
+def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | os.PathLike | None = None,
+                     method: str = "gradcam", layer: str | None = None, split: str = "test",
+                     target: str = "osteoporosis", **cam_kwargs) -> dict:
     """How much of the heatmap falls on the region where the demo data draw the disease signal.
 
     For each image of ``split``: ``ratio`` = share of heatmap mass inside the mask / mask's share of
@@ -330,28 +256,29 @@ def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
     (``"normal"``, ``"osteoporosis"``) with mean and median ratio, plus one row per image (``"images"``).
     Images with an all-zero map count in ``n_undefined`` and are left out of the means. ``target`` is
     whose evidence is mapped (:func:`resolve_target`; ``"predicted"`` uses the run's threshold); each
-    row's ``explained`` says which class its map shows.
+    row's ``explained`` says which class its map shows. ``run`` and its ``model`` (:func:`load_network`)
+    are loaded once by the caller, whatever the number of targets.
     """
-    model, state, config = load_run(run_dir, device)
-    data_dir = Path(data_dir or config["data_dir"])
-    files = loader.list_split(data_dir, split)
-    folder = data_dir / MASK_DIR / split
+    data_dir = Path(data_dir or run.config["data_dir"])
+    files = runfiles.split_files(run.config, data_dir)[split]
+    folder = synthetic.mask_path(files[0]).parent
     if not folder.is_dir():
         raise FileNotFoundError(f"no masks folder {folder}: the localisation measure needs the region masks the "
                                 f"demo generator writes (python3 synthetic.py --out {data_dir} writes "
-                                f"{data_dir}/{MASK_DIR}/<split>/<image file name>); real radiographs have none")
-    missing = [p.name for p in files if mask_path(data_dir, split, p) is None]
+                                f"{folder.parent}/<split>/<image file name>); real radiographs have none")
+    missing = [p.name for p in files if not synthetic.mask_path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(files)} {split} images have no mask in {folder} "
                                 f"(e.g. {missing[0]}); regenerate the data with synthetic.py")
-    size = tuple(int(v) for v in config["image_size"])
+    size = run.image_size
     layer_name = resolve_layer(model, layer)[0] if method in LAYER_METHODS else ""
     if method in REFERENCE_METHODS and cam_kwargs.get("references") is None:
-        cam_kwargs["references"] = reference_inputs(state, data_dir)
+        cam_kwargs["references"] = reference_inputs(run, data_dir).to(next(model.parameters()).device)
     rows = []
-    threshold = float(state["threshold"])
-    for case in explain(model, make_dataset(files, state), method, layer, target, threshold, **cam_kwargs):
-        mask = read_mask(mask_path(data_dir, split, case.path), size)
+    threshold = run.threshold
+    dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
+    for case in explain(model, dataset, method, layer, target, threshold, **cam_kwargs):
+        mask = read_mask(case.path, size)
         heat = case.heatmap.astype(np.float64)
         ratio = localisation_ratio(heat, mask)
         peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
@@ -361,8 +288,8 @@ def cam_localisation(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
                      else math.nan, "mask_share": float(mask.mean()),
                      "peak_on_region": int(mask[peak] >= 0.5) if heat.max() > 0 else 0})
     n_references = len(cam_kwargs["references"]) if method in REFERENCE_METHODS else None
-    return {"run": str(run_dir), "data_dir": str(data_dir), "split": split, "method": method, "layer": layer_name,
-            "n_references": n_references, "target": target, "threshold": threshold, "epoch": int(state["epoch"]), "chance": 1.0,
+    return {"run": str(run.dir), "data_dir": str(data_dir), "split": split, "method": method, "layer": layer_name,
+            "n_references": n_references, "target": target, "threshold": threshold, "epoch": run.epoch, "chance": 1.0,
             "all": _summary(rows),
             **{LABELS[k]: _summary([r for r in rows if r["label"] == k]) for k in (0, 1)}, "images": rows}
 
@@ -419,10 +346,10 @@ def where_text(method: str, layer: str, n_references: int | None = None) -> str:
     return ""
 
 
-def title_for(method: str, layer: str, run: str, state: dict, target: str = "osteoporosis",
+def title_for(method: str, layer: str, run: str, epoch: int, target: str = "osteoporosis",
               n_references: int | None = None) -> str:
     where = where_text(method, layer, n_references)
-    return f"{NAMES[method]} of {TARGET_TEXT[target]}{where}\nrun {run}, epoch {state['epoch']}"
+    return f"{NAMES[method]} of {TARGET_TEXT[target]}{where}\nrun {run}, epoch {epoch}"
 
 
 def render_case(case: Case, threshold: float, title: str) -> Figure:
@@ -507,7 +434,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically (temporary file, then os.replace)."""
+    """Write a PNG atomically (:func:`runfiles.write_bytes`)."""
     runfiles.write_bytes(path, _png(fig))
     return Path(path)
 
@@ -593,19 +520,20 @@ def localisation_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _cam_kwargs(args, state: dict, device) -> dict:
+def _cam_kwargs(args, run: runfiles.Run, device) -> dict:
     """The per-method options of the command line, as compute_cam takes them."""
     kwargs = {"window": args.window, "batch_size": args.batch_size, "steps": args.steps, "smooth": args.smooth}
     if args.method in REFERENCE_METHODS:
-        kwargs["references"] = reference_inputs(state, args.data_dir, args.references).to(device)
+        kwargs["references"] = reference_inputs(run, args.data_dir, args.references).to(device)
     return kwargs
 
 
 def _write_localisation(args, device, out: Path) -> dict:
     targets = [args.target] if args.target else list(LOCALISATION_TARGETS)
-    model, state, config = load_run(args.run, device)
-    kwargs = _cam_kwargs(args, state, device)
-    results = [cam_localisation(args.run, args.data_dir, args.method, args.layer, device, target=target, **kwargs)
+    run = runfiles.load_run(args.run)
+    model = load_network(run, device)
+    kwargs = _cam_kwargs(args, run, device)
+    results = [cam_localisation(run, model, args.data_dir, args.method, args.layer, target=target, **kwargs)
                for target in targets]
     name = f"localisation_{_slug(args.method)}" + (f"_{args.target}" if args.target else "")
     common = {k: v for k, v in results[0].items() if k in ("run", "data_dir", "split", "method", "layer",
@@ -621,9 +549,9 @@ def _write_localisation(args, device, out: Path) -> dict:
     if finite:
         row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
         path = Path(first["data_dir"]) / "test" / row["file"]
-        (example,) = explain(model, make_dataset([path], state, len(first["images"])), args.method, args.layer,
+        (example,) = explain(model, loader.run_dataset([path], run.config, run.clinical_stats), args.method, args.layer,
                              row["explained"], **kwargs)
-        mask = read_mask(mask_path(first["data_dir"], "test", path), tuple(config["image_size"]))
+        mask = read_mask(path, run.image_size)
     figure = Path(args.save) if args.save else out / f"{name}.png"
     save_figure(render_localisation(results, example, mask), figure)
     summary["written"] = [str(out / f"{name}.json"), str(out / f"{name}.csv"), str(figure)]
@@ -645,17 +573,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.localisation:
         return _write_localisation(args, device, out)
 
-    model, state, config = load_run(args.run, device)
-    threshold = float(state["threshold"])
+    run = runfiles.load_run(args.run)
+    model = load_network(run, device)
+    threshold = run.threshold
     layer = resolve_layer(model, args.layer)[0] if args.method in LAYER_METHODS else ""
     if args.image:
         files = [check_image(p) for p in args.image]
-        split_size = len(files)
     else:
-        all_test = test_files(config, args.data_dir)
-        split_size = len(all_test)
+        all_test = test_files(run, args.data_dir)
         if args.index is not None:
-            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or config['data_dir']}")
+            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or run.config['data_dir']}")
         elif args.select:
             files = select_cases(args.run, all_test, args.select, args.top, threshold)
         else:
@@ -664,11 +591,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--save names one picture but {len(files)} cases were chosen: add --sheet, or choose one")
 
     target = args.target or "osteoporosis"
-    kwargs = _cam_kwargs(args, state, device)
-    cases = explain(model, make_dataset(files, state, split_size), args.method, args.layer, target, threshold,
-                    **kwargs)
+    kwargs = _cam_kwargs(args, run, device)
+    dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
+    cases = explain(model, dataset, args.method, args.layer, target, threshold, **kwargs)
     _check_against_predictions(args.run, cases)
-    title = title_for(args.method, layer, str(args.run), state, target,
+    title = title_for(args.method, layer, str(args.run), run.epoch, target,
                       len(kwargs["references"]) if "references" in kwargs else None)
     written = []
     if args.sheet:
@@ -694,7 +621,7 @@ def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
         return
-    rows = read_predictions(run_dir)
+    rows = prediction_rows(run_dir)
     for case in cases:
         row = rows.get(case.path.name)
         # reduced precision on a GPU (bf16 autocast) moves test probabilities by well under 0.02

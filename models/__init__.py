@@ -13,18 +13,13 @@ from torch import nn
 
 from .classifier import Classifier
 from .densenet import STEMS, TORCHVISION_DENSENETS, densenet_bc_features, last_dense_block, torchvision_features
-from .layers import ACTS, NORMS, BatchInstanceNorm2d, convert_norm_act
+from .layers import ACTS, NORMS, BatchInstanceNorm2d, check_choice, convert_norm_act
 from .pretrained import load_pretrained
 
-__all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstanceNorm2d", "build_model", "build_model_from_config",
-           "count_parameters", "load_pretrained"]
+__all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstanceNorm2d", "build_model",
+           "build_model_from_config", "build_model_from_checkpoint", "count_parameters", "load_pretrained"]
 
 MODEL_NAMES = ("dense_net", *TORCHVISION_DENSENETS)
-
-
-def _check_choice(value: str, accepted: tuple[str, ...], what: str) -> None:
-    if value not in accepted:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(accepted)}")
 
 
 def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, depth: int = 40,
@@ -50,10 +45,10 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
         memory_efficient: recompute the dense layers' bottleneck inputs in backward (torch
             checkpointing) instead of storing them: less memory, slower.
     """
-    _check_choice(name, MODEL_NAMES, "model")
-    _check_choice(norm, NORMS, "norm")
-    _check_choice(act, ACTS, "act")
-    _check_choice(stem, STEMS, "stem")
+    check_choice(name, MODEL_NAMES, "model")
+    check_choice(norm, NORMS, "norm")
+    check_choice(act, ACTS, "act")
+    check_choice(stem, STEMS, "stem")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer; got {in_chans!r}")
     if late_fuse and (not isinstance(n_clinical, int) or n_clinical < 1):
@@ -76,12 +71,27 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
 
 
 def build_model_from_config(config: dict, pretrained: str | None = None) -> Classifier:
-    """The network a run's configuration (``config.json`` / a checkpoint's ``config``) describes:
-    the one place that maps main.py's flags to :func:`build_model`."""
-    return build_model(config["model"], in_chans=config["in_chans"], late_fuse=config["late_fuse"],
+    """The network a run's configuration (``config.json`` / a checkpoint's ``config``, with its
+    ``fusion`` mode) describes: the one place that maps main.py's flags to :func:`build_model`."""
+    return build_model(config["model"], in_chans=config["in_chans"], late_fuse=config["fusion"] == "late",
                        depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
                        act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
                        pretrained=pretrained)
+
+
+def build_model_from_checkpoint(state: dict, source: str = "the checkpoint") -> Classifier:
+    """A trained network: built from a checkpoint's configuration and loaded with its weights, in
+    eval mode on the CPU. ``state`` as ``runfiles.load_checkpoint`` returns it; ``source`` names the
+    file in the error when the weights do not fit the configured network."""
+    config = state["config"]
+    model = build_model_from_config(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{source}: the weights do not fit the configured network ({config['model']}, "
+                         f"{config['in_chans']} input channels, {config['fusion']} fusion): "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return model.eval()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -11,6 +11,8 @@ from collections import OrderedDict
 from torch import nn
 from torchvision import models as tvm
 
+from .layers import check_choice
+
 STEMS = ("downsample", "original")
 
 # name -> (torchvision builder, channels of the final feature map)
@@ -42,8 +44,7 @@ def densenet_bc_features(in_chans: int, depth: int = 40, growth_rate: int = 12, 
                          f"(e.g. 10, 40, 100, 190); got depth {depth}")
     if growth_rate < 1:
         raise ValueError(f"growth_rate must be a positive integer; got {growth_rate}")
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+    check_choice(stem, STEMS, "stem")
     n = (depth - 4) // 6
     net = tvm.DenseNet(growth_rate=growth_rate, block_config=(n, n, n), num_init_features=2 * growth_rate,
                        bn_size=4, num_classes=1, memory_efficient=memory_efficient)
@@ -61,8 +62,7 @@ def densenet_bc_features(in_chans: int, depth: int = 40, growth_rate: int = 12, 
 
 def torchvision_features(name: str, in_chans: int, memory_efficient: bool = False) -> tuple[nn.Sequential, int]:
     """torchvision's densenet121/169/201 (random weights) with ``conv0`` taking ``in_chans`` channels."""
-    if name not in TORCHVISION_DENSENETS:
-        raise ValueError(f"unknown torchvision DenseNet {name!r}; choose one of {', '.join(TORCHVISION_DENSENETS)}")
+    check_choice(name, tuple(TORCHVISION_DENSENETS), "torchvision DenseNet")
     builder, num_features = TORCHVISION_DENSENETS[name]
     features = builder(weights=None, memory_efficient=memory_efficient).features
     old = features.conv0

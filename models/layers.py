@@ -55,14 +55,15 @@ class BatchInstanceNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-def _check(kind: str, accepted: tuple[str, ...], what: str) -> None:
-    if kind not in accepted:
-        raise ValueError(f"unknown {what} {kind!r}; choose one of {', '.join(accepted)}")
+def check_choice(value: str, accepted: tuple[str, ...], what: str) -> None:
+    """Refuse a value that is not one of ``accepted``, naming what it is and listing the choices."""
+    if value not in accepted:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(accepted)}")
 
 
 def make_norm(kind: str, num_features: int) -> nn.Module:
     """A 2-D normalisation layer: ``bn`` BatchNorm2d, ``in`` InstanceNorm2d(affine), ``bin`` BatchInstanceNorm2d."""
-    _check(kind, NORMS, "norm")
+    check_choice(kind, NORMS, "norm")
     if kind == "bn":
         return nn.BatchNorm2d(num_features)
     if kind == "in":
@@ -72,7 +73,7 @@ def make_norm(kind: str, num_features: int) -> nn.Module:
 
 def make_act(kind: str, num_channels: int, inplace: bool = False) -> nn.Module:
     """An activation: ``relu``, ``elu``, ``leaky`` (LeakyReLU, slope 0.1) or ``prelu`` (one slope per channel)."""
-    _check(kind, ACTS, "act")
+    check_choice(kind, ACTS, "act")
     if kind == "relu":
         return nn.ReLU(inplace=inplace)
     if kind == "elu":
@@ -89,8 +90,8 @@ def convert_norm_act(module: nn.Module, norm: str, act: str) -> nn.Module:
     follows a norm layer within the same parent, so the count is that of the last norm seen.
     Returns ``module`` for chaining.
     """
-    _check(norm, NORMS, "norm")
-    _check(act, ACTS, "act")
+    check_choice(norm, NORMS, "norm")
+    check_choice(act, ACTS, "act")
     channels = None
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):

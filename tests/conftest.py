@@ -15,6 +15,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import filenames  # noqa: E402
 
 
+def pytest_configure(config):
+    # `make test` (and CI) run everything; `make test-fast` leaves these out: pytest -m "not slow"
+    config.addinivalue_line("markers", "slow: several processes or a long end-to-end training run "
+                            "(deselect with -m \"not slow\")")
+
+
 def write_split(folder: Path, rows: list[tuple], size=(64, 37), seed=0) -> list[Path]:
     """rows of (patient, crop, label, sex, age, bmi); images get brighter bone for label 0."""
     rng = np.random.default_rng(seed)

@@ -79,9 +79,3 @@ def test_too_many_folds_and_k_below_two_are_refused(data):
         crossval.crossval_splits(data, 30)
     with pytest.raises(ValueError, match="k >= 2"):
         crossval.crossval_splits(data, 1)
-
-
-def test_same_folds_as_preprocess_filenames():
-    preprocess = pytest.importorskip("preprocess_filenames")
-    labels = {f"p{i}": int(i % 4 == 0) for i in range(37)}
-    assert crossval.assign_folds(labels, 5, seed=7) == preprocess.assign_folds(labels, 5, seed=7)

@@ -17,6 +17,7 @@ import cam
 import filenames
 import loader
 import runfiles
+import synthetic
 import visualize_gradcam as vg
 from models import build_model
 
@@ -40,11 +41,20 @@ def make_run(root, data, name="dense_net", late_fuse=True, seed=0, threshold=0.5
     return run
 
 
+def load(run):
+    """(network, run) as visualize_gradcam.py loads them."""
+    trained = runfiles.load_run(run)
+    return vg.load_network(trained), trained
+
+
+def inputs(files, trained):
+    return loader.run_dataset(files, trained.config, trained.clinical_stats)
+
+
 def first_test_sample(run):
-    model, state, config = vg.load_run(run)
-    files = vg.test_files(config)
-    sample = vg.make_dataset(files[:1], state, len(files))[0]
-    return model, sample["image"], sample["clinical"] if config["late_fuse"] else None
+    model, trained = load(run)
+    sample = inputs(vg.test_files(trained)[:1], trained)[0]
+    return model, sample["image"], sample["clinical"] if trained.fusion == "late" else None
 
 
 def no_hooks_left(model):
@@ -219,10 +229,10 @@ def test_expected_gradients_need_fitting_references(lf_run):
 
 
 def test_references_are_a_fixed_draw_of_the_runs_training_images(lf_run, tiny_data, tmp_path):
-    _, state, _ = vg.load_run(lf_run)
+    _, state = load(lf_run)
     refs = vg.reference_inputs(state, n=3)
     assert refs.shape == (3, 2, H, W) and torch.equal(refs, vg.reference_inputs(state, n=3))
-    train = vg.make_dataset(loader.list_split(tiny_data, "train"), state)
+    train = inputs(loader.list_split(tiny_data, "train"), state)
     pool = [train[i]["image"] for i in range(len(train))]
     assert all(any(torch.equal(r, t) for t in pool) for r in refs)
     assert len(vg.reference_inputs(state, n=1000)) == len(pool)  # at most the whole split
@@ -283,21 +293,21 @@ def test_missing_run_folder(tmp_path):
         vg.main(["--run", str(tmp_path / "outs" / "nope"), "--index", "0"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"holds no best\.pth"):
-        vg.load_run(tmp_path / "empty")
+        runfiles.load_run(tmp_path / "empty")
 
 
 def test_checkpoint_without_configuration(lf_run):
-    model, _, _ = vg.load_run(lf_run)
+    model, _ = load(lf_run)
     torch.save(model.state_dict(), lf_run / runfiles.BEST)  # a bare state dict
     with pytest.raises(ValueError, match="needs the run's configuration"):
-        vg.load_run(lf_run)
+        runfiles.load_run(lf_run)
     torch.save({"format": runfiles.CHECKPOINT_FORMAT, "model": model.state_dict(), "clinical_stats": {},
                 "threshold": 0.5, "epoch": 1}, lf_run / runfiles.BEST)
     with pytest.raises(ValueError, match="lacks config.*configuration"):
         vg.main(["--run", str(lf_run), "--index", "0"])
     runfiles.save_checkpoint(lf_run / runfiles.BEST, model.state_dict(), {"model": "dense_net"}, {}, 0.5, 1)
-    with pytest.raises(ValueError, match="configuration lacks late_fuse, in_chans"):
-        vg.load_run(lf_run)
+    with pytest.raises(ValueError, match="configuration lacks fusion, in_chans"):
+        runfiles.load_run(lf_run)
 
 
 def test_index_out_of_range_names_valid_range(lf_run):
@@ -396,9 +406,9 @@ def test_select_without_predictions_says_how_to_make_them(lf_run):
 
 
 def test_caption_shows_label_probability_threshold_and_clinical_values(lf_run, tiny_data):
-    model, state, _ = vg.load_run(lf_run)
+    model, trained = load(lf_run)
     val = loader.list_split(tiny_data, "val")[0]  # BMI missing in the file name
-    (case,) = vg.explain(model, vg.make_dataset([val], state), "gradcam")
+    (case,) = vg.explain(model, inputs([val], trained), "gradcam")
     text = vg.caption(case, 0.25)
     info = filenames.decode(val)
     assert val.name in text and f"true: {vg.LABELS[info.label]}" in text
@@ -413,15 +423,16 @@ def write_masks(data):
     for path in loader.list_split(data, "test"):
         mask = np.zeros((H, W), np.uint8)
         mask[H // 4: 3 * H // 4, W // 3: 2 * W // 3] = 255  # where conftest draws the class signal
-        (data / vg.MASK_DIR / "test").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(data / vg.MASK_DIR / "test" / path.name), mask)
+        synthetic.mask_path(path).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(synthetic.mask_path(path)), mask)
 
 
-def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path):
+def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path, monkeypatch):
+    model, trained = load(lf_run)
     with pytest.raises(FileNotFoundError, match="synthetic.py"):
-        vg.cam_localisation(lf_run, tiny_data)
+        vg.cam_localisation(trained, model, tiny_data)
     write_masks(tiny_data)
-    result = vg.cam_localisation(lf_run, tiny_data, "gradcam")
+    result = vg.cam_localisation(trained, model, tiny_data, "gradcam")
     assert result["all"]["n"] == 6 and result["normal"]["n"] + result["osteoporosis"]["n"] == 6
     area = (H // 2) * (2 * W // 3 - W // 3) / (H * W)
     for row in result["images"]:
@@ -431,9 +442,12 @@ def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path):
     if finite:
         assert result["all"]["median_ratio"] == pytest.approx(float(np.median(finite)))
 
+    loads = []
+    monkeypatch.setattr(runfiles, "load_run", lambda *a, _real=runfiles.load_run: loads.append(a) or _real(*a))
     out = vg.main(["--run", str(lf_run), "--localisation", "--method", "occlusion", "--window", "8",
                    "--batch_size", "128"])
     assert list(out["targets"]) == ["osteoporosis", "predicted"]  # both by default
+    assert len(loads) == 1  # the run is read once, whatever the number of targets
     assert all(out["targets"][t]["all"]["n"] == 6 for t in out["targets"])
     saved = json.loads((lf_run / "cams" / "localisation_occlusion.json").read_text())
     assert saved["targets"] == out["targets"] and saved["threshold"] == 0.5
@@ -442,9 +456,9 @@ def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path):
     assert [r["target"] for r in rows] == ["osteoporosis"] * 6 + ["predicted"] * 6
     assert all(r["explained"] == vg.LABELS[float(r["probability"]) >= 0.5] for r in rows[6:])
     read_png(lf_run / "cams" / "localisation_occlusion.png")
-    (tiny_data / vg.MASK_DIR / "test" / loader.list_split(tiny_data, "test")[2].name).unlink()
+    synthetic.mask_path(loader.list_split(tiny_data, "test")[2]).unlink()
     with pytest.raises(FileNotFoundError, match="1 of 6 test images have no mask"):
-        vg.cam_localisation(lf_run, tiny_data)
+        vg.cam_localisation(trained, model, tiny_data)
 
 
 # -- target: whose evidence -------------------------------------------------------------------------
@@ -498,8 +512,8 @@ def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
     assert vg.resolve_target("predicted", 0.30, 0.3) == "osteoporosis"  # >= threshold, as Case.prediction
     assert vg.resolve_target("predicted", 0.29, 0.3) == "normal"
     assert vg.resolve_target("normal", 0.99, 0.3) == "normal"
-    model, state, config = vg.load_run(lf_run)
-    dataset = vg.make_dataset(vg.test_files(config), state)
+    model, trained = load(lf_run)
+    dataset = inputs(vg.test_files(trained), trained)
     plain = vg.explain(model, dataset, "gradcam")
     threshold = float(np.median([c.probability for c in plain]))  # both predictions occur
     cases = vg.explain(model, dataset, "gradcam", target="predicted", threshold=threshold)
@@ -513,6 +527,7 @@ def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
             assert np.array_equal(case.heatmap, base.heatmap)
 
 
+@pytest.mark.slow
 def test_cli_target(lf_run, tiny_data):
     first = loader.list_split(tiny_data, "test")[0]
     result = vg.main(["--run", str(lf_run), "--index", "0", "--target", "normal"])
@@ -522,8 +537,7 @@ def test_cli_target(lf_run, tiny_data):
     np.testing.assert_array_equal(np.load(png.with_suffix(".npy")),
                                   cam.compute_cam(model, image, clinical, target="normal"))
     read_png(png)
-    _, state, _ = vg.load_run(lf_run)
-    title = vg.title_for("gradcam", "features.denseblock2", "r", state, "normal")
+    title = vg.title_for("gradcam", "features.denseblock2", "r", 1, "normal")
     assert "Grad-CAM of the normal class (negated logit)" in title
     result = vg.main(["--run", str(lf_run), "--all", "--sheet", "--target", "predicted", "--no_npy"])
     assert result["written"] == [str(lf_run / "cams" / "sheet_gradcam_predicted.png")]
@@ -536,6 +550,7 @@ def test_cli_target(lf_run, tiny_data):
         vg.build_parser().parse_args(["--run", "x", "--all", "--target", "benign"])
 
 
+@pytest.mark.slow
 def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path):
     """Train one epoch with main.py; the maps' probabilities equal the run's test predictions."""
     import csv

@@ -22,6 +22,7 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("late_fuse,fold", [("True", "_Dense_LF"), ("no", "_Dense_EF")])
 def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path, late_fuse, fold):
     outs = tmp_path / "outs"
@@ -32,7 +33,8 @@ def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path
                  "test_predictions.csv", "val_predictions.csv"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["late_fuse"] is (late_fuse == "True") and config["in_chans"] == (2 if late_fuse == "True" else 5)
+    assert config["fusion"] == ("late" if late_fuse == "True" else "early")
+    assert config["in_chans"] == (2 if late_fuse == "True" else 5) and "late_fuse" not in config
 
     history = read_csv(run / "history.csv")
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
@@ -71,8 +73,9 @@ def test_image_only_run_takes_two_channels_and_no_clinical_data(tiny_data, tmp_p
     outs = tmp_path / "outs"
     main.main(run_args(tiny_data, outs, "--fold", "io", "--image_only", "--epoch", "1"))
     config = json.loads((outs / "r" / "foldio" / "config.json").read_text())
-    assert config["in_chans"] == 2 and config["image_only"] and not config["late_fuse"]
+    assert config["in_chans"] == 2 and config["fusion"] == "image" and "image_only" not in config
     assert config["trainer"] == "ClassifyTrainer"
+    assert "model dense_net (image only, 2 input channels" in (outs / "r" / "foldio" / "train.log").read_text()
     with pytest.raises(SystemExit, match="exclude each other"):
         main.main(run_args(tiny_data, outs, "--fold", "x", "--image_only", "--late_fuse", "true"))
 
@@ -127,6 +130,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
         runfiles.load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_cross_validation_trains_k_folds_and_summarises(tiny_data, tmp_path):
     outs = tmp_path / "outs"
     results = main.main(run_args(tiny_data, outs, "--fold", "_cv", "--folds", "2", "--epoch", "1",

@@ -194,7 +194,6 @@ def test_youden_hand_case_ties_go_to_threshold_nearest_half():
     # equally close to 0.5 -> the lower one
     y, p = [0, 1, 0, 1], [0.1, 0.3, 0.5, 0.7]
     assert metrics.youden_threshold(y, p) == 0.3
-    assert metrics.select_threshold(y, p, "youden") == 0.3
     assert metrics.youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.7, 0.9]) == 0.7  # the only J = 1
 
 
@@ -209,15 +208,6 @@ def test_youden_matches_brute_force_over_sklearn_roc_curve(seed, ties):
     assert t == expected
     out = metrics.threshold_metrics(y, p, t)
     assert out["sensitivity"] + out["specificity"] - 1 == pytest.approx(j.max())
-
-
-def test_f1_threshold_and_fixed():
-    y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.6, 0.3, 0.8, 0.2, 0.7]
-    # candidates: 0.8 F1=2/4, 0.7 F1=4/5, 0.6 F1=4/6, 0.3 F1=6/7 (best), 0.2 F1=6/8, 0.1 F1=6/9
-    assert metrics.select_threshold(y, p, "f1") == 0.3
-    assert metrics.select_threshold(y, p, "fixed0.5") == 0.5
-    with pytest.raises(ValueError, match="'youden', 'f1', 'fixed0.5'"):
-        metrics.select_threshold(y, p, "otsu")
 
 
 def test_youden_single_class_is_nan_with_warning():

@@ -32,8 +32,13 @@ def types_in(module):
     return {type(m) for m in module.modules()}
 
 
+# the two largest torchvision families take seconds each on a CPU: make test runs them, make test-fast not
+BIG = ("densenet169", "densenet201")
+NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in MODEL_NAMES]
+
+
 @pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_forward_backward(name, late_fuse):
     model = make(name, late_fuse)
     image, clinical = inputs(model)
@@ -50,7 +55,8 @@ def test_forward_backward(name, late_fuse):
 
 @pytest.mark.parametrize("name,num_features,last_block", [
     ("dense_net", None, "denseblock3"), ("densenet121", 1024, "denseblock4"),
-    ("densenet169", 1664, "denseblock4"), ("densenet201", 1920, "denseblock4"),
+    pytest.param("densenet169", 1664, "denseblock4", marks=pytest.mark.slow),
+    pytest.param("densenet201", 1920, "denseblock4", marks=pytest.mark.slow),
 ])
 def test_features_head_and_cam_layer(name, num_features, last_block):
     model = make(name).eval()

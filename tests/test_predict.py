@@ -54,15 +54,17 @@ def test_reproduces_the_runs_test_predictions(run, data, tmp_path):
 
 
 def test_inputs_equal_what_hipdataset_serves(run, data):
-    state = runfiles.load_checkpoint(run / "best.pth")
-    stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
+    """predict.py's input (clinical values given, not decoded from the names) is what training served."""
+    trained = runfiles.load_run(run)
+    stats = loader.ClinicalStats.from_dict(trained.clinical_stats)
     files = loader.list_split(data, "test")
-    ds = loader.HipDataset(files, stats, (64, 37), early_fuse=not state["config"]["late_fuse"])
-    clinical = predict.clinical_values(files)
-    for i, f in enumerate(files):
-        image = predict.load_image(f, (64, 37))
-        assert np.array_equal(image, ds[i]["image"].numpy()[:2])
-        assert np.array_equal(stats.normalise(clinical[i]), ds[i]["clinical"].numpy())
+    ds = loader.HipDataset(files, stats, (64, 37), early_fuse=trained.fusion == "early")
+    served = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=predict.clinical_values(files))
+    assert served.channels == ds.channels
+    for i in range(len(files)):
+        assert np.array_equal(served[i]["image"].numpy(), ds[i]["image"].numpy())
+        assert np.array_equal(served[i]["clinical"].numpy(), ds[i]["clinical"].numpy())
+        assert served[i]["label"].item() == -1  # unknown when the values are given
 
 
 def test_clinical_values_from_csv_for_files_outside_the_naming_format(run, data, tmp_path):

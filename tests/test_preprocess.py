@@ -11,6 +11,7 @@ from PIL import Image
 
 import filenames
 import preprocess_filenames as pf
+import runfiles
 
 SIZE = ["--size", "64", "37"]
 COLUMNS = ["patient_id", "image", "label", "sex", "age", "bmi"]
@@ -247,28 +248,6 @@ def test_crop_box_outside_image_is_an_error():
         pf.crop_box(np.zeros((10, 10), np.uint8), (0, 0, 11, 5))
 
 
-# ----------------------------------------------------------------------------- splits
-
-def test_assign_splits_is_stratified_deterministic_and_patient_level():
-    labels = {f"p{i}": int(i < 30) for i in range(100)}
-    splits = pf.assign_splits(labels, (0.7, 0.15, 0.15), seed=3)
-    assert splits == pf.assign_splits(labels, (0.7, 0.15, 0.15), seed=3)
-    assert splits != pf.assign_splits(labels, (0.7, 0.15, 0.15), seed=4)
-    for split, (n_pos, n_neg) in {"train": (21, 49), "val": (5, 10), "test": (4, 11)}.items():
-        members = [p for p, s in splits.items() if s == split]
-        assert sum(labels[p] for p in members) in (n_pos - 1, n_pos, n_pos + 1)
-        assert abs(len(members) - (n_pos + n_neg)) <= 1
-
-
-def test_assign_folds_partition_and_stratify():
-    labels = {f"p{i}": int(i % 4 == 0) for i in range(40)}
-    folds = pf.assign_folds(labels, 5, seed=0)
-    assert set(folds) == set(labels) and set(folds.values()) == set(range(5))
-    for k in range(5):
-        members = [p for p, f in folds.items() if f == k]
-        assert len(members) == 8 and sum(labels[p] for p in members) == 2
-
-
 # ----------------------------------------------------------------------------- the command
 
 def test_end_to_end_names_sizes_splits_manifest(export, capsys):
@@ -465,21 +444,21 @@ def test_output_overlapping_the_images_is_refused(export, capsys, where):
 
 
 def test_interrupted_run_is_resumed_by_the_same_command(export, monkeypatch, capsys):
-    real_write = pf.write_atomic
+    real_write = runfiles.write_bytes
     calls = {"n": 0}
 
-    def flaky_write(path, data):
-        if path.suffix == ".png":
+    def flaky_write(path, data, fsync=True):
+        if Path(path).suffix == ".png":
             calls["n"] += 1
             if calls["n"] == 5:
                 raise KeyboardInterrupt
-        real_write(path, data)
+        return real_write(path, data, fsync)
 
-    monkeypatch.setattr(pf, "write_atomic", flaky_write)
+    monkeypatch.setattr(runfiles, "write_bytes", flaky_write)
     assert pf.main(export.args()) == 130
     assert (export.out / pf.MARKER).is_file() and len(output_images(export.out)) == 4
     assert not list(export.out.rglob("*.tmp"))
-    monkeypatch.setattr(pf, "write_atomic", real_write)
+    monkeypatch.setattr(runfiles, "write_bytes", real_write)
 
     assert pf.main(export.args("--seed", "5")) == 1  # other settings: refused, nothing changed
     assert "interrupted run made from a different CSV or settings" in capsys.readouterr().err

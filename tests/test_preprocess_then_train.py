@@ -3,12 +3,14 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 import filenames
 import main
 import preprocess_filenames
 
 
+@pytest.mark.slow
 def test_main_trains_on_preprocess_output_without_any_other_step(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

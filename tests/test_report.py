@@ -77,6 +77,7 @@ def test_intervals_are_over_patients_from_the_best_epochs_predictions(run):
     assert result["network"]["delong_auc"]["auc"] == pytest.approx(got["point"])
 
 
+@pytest.mark.slow
 def test_no_test_value_influences_any_threshold(run, tmp_path):
     run_dir, data = run
     before = report.write_report(run_dir, n_boot=200)
@@ -114,6 +115,7 @@ def test_report_refuses_a_data_folder_the_run_did_not_score(run, tmp_path):
         report.main(["--run", str(run_dir), "--data_dir", str(tmp_path / "nowhere")])
 
 
+@pytest.mark.slow
 def test_patient_in_two_splits_is_flagged(run, tmp_path):
     run_dir, data = run
     leaky = tmp_path / "data"
@@ -190,7 +192,7 @@ def test_cv_summary_mean_sd_and_files(tmp_path):
 def test_cross_validation_run_is_described_with_its_folds_train_and_val(run):
     _, data = run
     config = {"data_dir": str(data), "cv_folds": 3, "cv_fold": 1, "seed": 4}
-    files = report.run_files(config)
+    files = runfiles.split_files(config)
     split = crossval.crossval_splits(data, 3, 4)[1]
     assert files["train"] == split["train"] and files["val"] == split["val"]
     assert [f.name for f in files["test"]] == sorted(p.name for p in (data / "test").iterdir())

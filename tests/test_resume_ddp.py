@@ -17,6 +17,7 @@ import loader
 import main
 import metrics
 import runfiles
+from models import build_model_from_checkpoint
 from conftest import write_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ def history_rows(run):
     return len(path.read_text().strip().splitlines()) - 1
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(small_data, tmp_path):
     outs = tmp_path / "outs"
     common = ["--epoch", "4", "--deterministic", "--augment", "cat_elastic", "--late_fuse", "true"]
@@ -85,19 +87,17 @@ def test_resume_of_a_foreign_or_truncated_checkpoint_is_refused_and_files_kept(s
 
 
 def evaluate_single_process(run, data, split):
-    state = runfiles.load_checkpoint(run / "best.pth")
-    cfg = state["config"]
-    model = main.build_model_from_config(cfg).eval()
-    model.load_state_dict(state["model"])
-    stats = loader.ClinicalStats.from_dict(state["clinical_stats"])
-    ds = loader.HipDataset(loader.list_split(data, split), stats, tuple(cfg["image_size"]),
-                           early_fuse=not cfg["late_fuse"])
+    trained = runfiles.load_run(run)
+    model = build_model_from_checkpoint(trained.state)
+    ds = loader.run_dataset(loader.list_split(data, split), trained.config, trained.clinical_stats)
+    late = trained.fusion == "late"
     with torch.no_grad():
-        probs = [torch.sigmoid(model(ds[i]["image"][None], ds[i]["clinical"][None] if cfg["late_fuse"] else None))
+        probs = [torch.sigmoid(model(ds[i]["image"][None], ds[i]["clinical"][None] if late else None))
                  .item() for i in range(len(ds))]
-    return state, ds.labels, np.array(probs)
+    return trained.state, ds.labels, np.array(probs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("late_fuse", ["true", "false"])
 def test_torchrun_two_gloo_processes_match_single_process(small_data, tmp_path, late_fuse):
     outs = tmp_path / "outs"

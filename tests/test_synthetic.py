@@ -105,6 +105,7 @@ def test_picture_shows_the_bone_density(small):
     assert rho > 0.5
 
 
+@pytest.mark.slow
 def test_oracle_beats_clinical_and_picture_alone(tmp_path):
     manifest = synthetic.generate(tmp_path / "d", 300, seed=0, size=(32, 19))
     assert 0.25 < manifest["label"].mean() < 0.45
