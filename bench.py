@@ -113,13 +113,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(trainer, batches, steps: int) -> float:
-    """Images/s of ``steps`` calls of the trainer's own training step (batch preparation on the
-    device, forward, the run's loss, backward, optimiser) after one warm-up step."""
+def time_steps(trainer, batches, steps: int) -> tuple[float, float]:
+    """(images/s, seconds of the warm-up step) of ``steps`` calls of the trainer's own training step
+    (batch preparation on the device, forward, the run's loss, backward, optimiser) after one
+    warm-up step (allocations, cuDNN autotune, and with --compile the compilation)."""
     trainer.model.train()
     batch = next(batches)
-    trainer.train_step(batch)  # warm-up (allocations, cuDNN autotune, compilation)
+    start = time.perf_counter()
+    trainer.train_step(batch)
     synchronize(trainer.device)
+    warmup = time.perf_counter() - start
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     count, start = 0, time.perf_counter()
@@ -128,7 +131,7 @@ def time_steps(trainer, batches, steps: int) -> float:
         trainer.train_step(batch)
         count += len(batch["label"])
     synchronize(trainer.device)
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), warmup
 
 
 def forever(dl: DataLoader):
@@ -162,9 +165,9 @@ def bench_one(cfg: dict) -> dict:
         first = next(iter(dl))
         out["batch_bytes"] = batch_bytes(first)
         if what in ("step", "pipeline"):
-            out["step_img_s"] = time_steps(trainer, repeat(first), cfg["steps"])
+            out["step_img_s"], out["warmup_s"] = time_steps(trainer, repeat(first), cfg["steps"])
         if what == "train":
-            out["images_per_s"] = time_steps(trainer, forever(dl), cfg["steps"])
+            out["images_per_s"], out["warmup_s"] = time_steps(trainer, forever(dl), cfg["steps"])
             out["peak_mem_gb"] = (torch.cuda.max_memory_allocated() if trainer.device.type == "cuda"
                                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
         if what == "pipeline":
@@ -257,10 +260,10 @@ def cmd_loader(args, device: str, tmp: Path) -> list[dict]:
     return rows
 
 
-PIPELINES = {  # name: main.py flags
-    "float32 handover, CPU augment (before)": ["--handover", "float", "--augment_device", "false"],
-    "uint8 handover, CPU augment": ["--handover", "uint8", "--augment_device", "false"],
-    "uint8 handover, device augment": ["--handover", "uint8", "--augment_device", "true"],
+PIPELINES = {  # key: (name, main.py flags)
+    "float": ("float32 handover, CPU augment (before)", ["--handover", "float", "--augment_device", "false"]),
+    "uint8": ("uint8 handover, CPU augment", ["--handover", "uint8", "--augment_device", "false"]),
+    "device": ("uint8 handover, device augment", ["--handover", "uint8", "--augment_device", "true"]),
 }
 
 
@@ -270,7 +273,7 @@ def cmd_pipeline(args, device: str, tmp: Path) -> list[dict]:
     rows = []
     for size in args.sizes:
         files = [str(f) for f in demo_files(tmp, args.patients, size, args.data_dir)]
-        for name, extra in PIPELINES.items():
+        for name, extra in (PIPELINES[key] for key in args.pipelines):
             flags = recipe_flags("default", args.models[0], True, size, args.batch, args.workers) + extra + args.flags
             got = run_isolated({"what": "pipeline", "flags": flags, "files": files, "device": device,
                                 "steps": args.steps, "loader_batches": args.loader_batches, "epochs": args.epochs})
@@ -280,12 +283,13 @@ def cmd_pipeline(args, device: str, tmp: Path) -> list[dict]:
           f"{args.workers} workers, cat_elastic p=0.3, {rows[0]['train_images'] if rows else 0} training "
           f"images; epoch = the last of {args.epochs}; {rows[0].get('threads', '') if rows else ''}")
     print(f"{'size':>8} {'pipeline':>40} | {'MB/batch':>8} {'loader img/s':>12} {'step img/s':>10} | "
-          f"{'epoch img/s':>11} {'waiting':>7}")
+          f"{'epoch img/s':>11} {'waiting':>7} | {'warm-up s':>9}")
     for r in rows:
         wait = None if r.get("epoch_wait") is None else 100 * r["epoch_wait"]
         mb = None if r.get("batch_bytes") is None else r["batch_bytes"] / 1e6
         print(f"{r['size']:>8} {r['pipeline']:>40} | {fmt(mb, '8.2f')} {fmt(r.get('loader_img_s'), '12.1f')} "
               f"{fmt(r.get('step_img_s'), '10.1f')} | {fmt(r.get('epoch_img_s'), '11.1f')} {fmt(wait, '6.1f')}%"
+              f" | {fmt(r.get('warmup_s'), '9.1f')}"
               + (f"  ({r['error']})" if r.get("error") else ""))
     return rows
 
@@ -314,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=20, help="synthetic patients (2 images each) per size")
     p.add_argument("--data_dir", default=None, help="time on this folder's train/ instead of a synthetic set "
                    "(resized to each --sizes)")
+    p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES),
+                   help="pipelines the pipeline benchmark compares (default: all)")
     p.add_argument("--epochs", type=int, default=2, help="real epochs timed by the pipeline benchmark (the last "
                    "is reported; default: %(default)s)")
     p.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="further main.py flags for every "
