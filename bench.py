@@ -75,7 +75,7 @@ def demo_files(root: Path, n_patients: int, size: tuple[int, int], data_dir: str
 def recipe_flags(recipe: str, model: str, late: bool, size: tuple[int, int], batch: int, workers: int) -> list[str]:
     """main.py flags of a benchmarked configuration: (a) this project's default pipeline, (b) the
     original recipe (full-resolution stem, fp32, NCHW, float handover, decode + enhance on every read)."""
-    flags = ["--model", model, "--late_fuse", str(late), "--image_size", str(size[0]), str(size[1]),
+    flags = ["--model", model, "--fusion", "late" if late else "early", "--image_size", str(size[0]), str(size[1]),
              "--batch_size", str(batch), "--workers", str(workers), "--augment", "cat_elastic", "--augment_p", "0.3"]
     if recipe == "original":
         flags += ["--dtype", "float", "--channels_last", "false", "--handover", "float", "--cache_gb", "0",
@@ -88,6 +88,7 @@ def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
     (its make_loaders, augment_on_device and build_trainer: the trainer's own step and loss)."""
     args = train_script.build_parser().parse_args([*cfg["flags"], "--device", cfg["device"], "--bootstrap", "0"])
     train_script.check_args(args)
+    args.fusion = args.fusion or "early"
     threads = runtime.choose_threads(args.cpus, args.workers)
     device = runtime.select_device(args.device, None)
     files = [Path(f) for f in cfg["files"]]
@@ -95,7 +96,7 @@ def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
     device_augmenter = train_script.augment_on_device(args, device)
     few = files[:args.batch_size]  # val and test are not timed
     loaders = train_script.make_loaders(args, stats, {"train": files, "val": few, "test": few},
-                                not (args.late_fuse or args.image_only), device_augment=device_augmenter is not None)
+                                        device_augment=device_augmenter is not None)
     if not with_trainer:
         return loaders["train"], None, threads
     config = {**vars(args), "in_chans": loaders["train"].dataset.channels}
