@@ -20,12 +20,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 import loader
 import metrics
 import runfiles
-from runtime import Dist, Precision
+from runtime import Dist, Precision, progress
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class ClassifyTrainer:
             return self.model(*self.model_inputs(batch)).float()
 
     def bar(self, iterable, **kwargs):
-        return tqdm(iterable, dynamic_ncols=True, disable=not self.dist.is_main, **kwargs)
+        return progress(iterable, enabled=self.dist.is_main, **kwargs)
 
     def train_step(self, batch: dict, where: str = "") -> torch.Tensor:
         """One optimiser step on one batch; returns the (detached) loss. ``where`` names the step in
@@ -213,9 +212,11 @@ class ClassifyTrainer:
                     self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
                 runfiles.write_csv(self.run_dir / runfiles.HISTORY, self.history)
                 self.save_last(epoch)
-            logger.info("epoch %d  train loss %.4f  val loss %.4f  val AUC %.4f  val F2 %.4f  val acc %.4f  "
-                        "%s %.4f  %.1f img/s (%.0f%% waiting for data)%s", epoch, row["train_loss"], val["loss"],
-                        val["roc_auc"], val["f2"], val["accuracy"], self.select_metric, value,
+            # the metric names are history.csv's columns (val_roc_auc, ...); the selecting one is added if not shown
+            shown = {"roc_auc": val["roc_auc"], "f2": val["f2"], "accuracy": val["accuracy"]}
+            shown.setdefault(self.select_metric, value)
+            logger.info("epoch %d  train loss %.4f  val loss %.4f  %s  %.1f img/s (%.0f%% waiting for data)%s", epoch,
+                        row["train_loss"], val["loss"], "  ".join(f"val {k} {v:.4f}" for k, v in shown.items()),
                         row["train_images_per_s"], 100 * row["train_data_wait"], "  (best)" if improved else "")
         if self.best is None:
             raise RuntimeError(f"validation {self.select_metric} was never finite (does val hold both classes?); "
@@ -235,7 +236,7 @@ class ClassifyTrainer:
         self.save(runfiles.LAST, epoch, val["youden_threshold"], val,
                   optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                   scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-                  history=[{k: float(v) for k, v in row.items()} for row in self.history],
+                  history=[{k: v if isinstance(v, int) else float(v) for k, v in row.items()} for row in self.history],
                   best=dict(self.best) if self.best else None)
 
     def restore(self, state: dict) -> None:
@@ -252,7 +253,7 @@ class ClassifyTrainer:
             self.best["epoch"] = int(self.best["epoch"])
 
     def write_predictions(self, name: str, pred: dict, threshold: float) -> None:
-        rows = [{"file": Path(p).name, "label": int(y), "probability": f"{prob:.6f}",
+        rows = [{"file": Path(p).name, "label": int(y), "probability": runfiles.probability_text(prob),
                  "prediction": int(prob >= threshold)}
                 for p, y, prob in zip(pred["paths"], pred["labels"], pred["probs"])]
         runfiles.write_csv(self.run_dir / name, rows, ["file", "label", "probability", "prediction"])

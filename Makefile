@@ -24,8 +24,8 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(BIN)/python synthetic.py --out $(DEMO_DATA) --n 500 --seed 0
 	$(BIN)/python main.py --model dense_net --fold _Dense_LF --augment cat_elastic --late_fuse True $(DEMO_FLAGS)
-	$(BIN)/python visualize_gradcam.py --run outs/$(DEMO_RUN)/fold_Dense_LF --select tp fn --top 1 --sheet
 	$(BIN)/python visualize_gradcam.py --run outs/$(DEMO_RUN)/fold_Dense_LF --select tp fn --top 1 --sheet --method expected_gradients
+	$(BIN)/python visualize_gradcam.py --run outs/$(DEMO_RUN)/fold_Dense_LF --select tp fn --top 1 --sheet --method gradcam
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from choices import AUGMENT_NAMES, parse_augment, unknown_augmentation  # noqa: F401 (parse_augment: augment's API)
 import runfiles
 from splits import IMAGE_SIZE
 
@@ -285,27 +286,7 @@ AUGMENTATIONS: dict[str, Callable[..., np.ndarray]] = {
 USES_ENHANCE = frozenset({"elastic", "gamma", "contrast", "noise"})
 
 
-def _unknown(name: str) -> ValueError:
-    return ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)} "
-                      "(comma-separated), or 'none'")
-
-
-def parse_augment(spec: str | None) -> list[str]:
-    """``"crop"`` or ``"crop,flip"`` -> names in the given order, duplicates dropped;
-    ``None``, ``""`` and ``"none"`` -> ``[]``. An unknown name raises ValueError listing valid ones."""
-    if spec is None or spec.strip().lower() in ("", "none"):
-        return []
-    names: list[str] = []
-    for name in (part.strip() for part in spec.split(",")):
-        if not name:
-            continue
-        if name not in AUGMENTATIONS:
-            if name.lower() == "none":
-                raise ValueError(f"'none' cannot be combined with other augmentations (got {spec!r})")
-            raise _unknown(name)
-        if name not in names:
-            names.append(name)
-    return names
+assert tuple(AUGMENTATIONS) == AUGMENT_NAMES, "choices.AUGMENT_NAMES lists the augmentations users may name"
 
 
 class Augmenter:
@@ -323,7 +304,7 @@ class Augmenter:
             names = parse_augment(names)
         for name in names:
             if name not in AUGMENTATIONS:
-                raise _unknown(name)
+                raise unknown_augmentation(name)
         if not 0.0 <= float(p) <= 1.0:  # NaN fails too
             raise ValueError(f"augmentation probability p={p} must be within [0, 1]")
         needing = [n for n in names if n in USES_ENHANCE]

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 import augment
+from choices import DEVICE_AUGMENTATIONS
 
-DEVICE_AUGMENTATIONS = ("crop", "flip", "rotate", "cut", "cat_elastic")
 _IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 

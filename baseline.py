@@ -9,6 +9,10 @@ standardised with the training split's mean and SD, a missing value imputed with
 mean (:class:`loader.ClinicalStats`). The operating threshold is chosen on validation (Youden's
 J, as for the network); the test split is only scored, never looked at for any choice. A
 network that does not beat this baseline on test has not shown that the image adds anything.
+
+Where no clinical value varies in training (an export without age, sex and BMI, or with one
+value for everyone) there is nothing to fit: :func:`clinical_baseline` raises
+:class:`BaselineUnavailable` saying why, and the report states it instead of a baseline.
 """
 from __future__ import annotations
 
@@ -35,6 +39,30 @@ FEATURES = loader.CLINICAL_NAMES
 DEFAULT_C = 1.0
 
 
+class BaselineUnavailable(ValueError):
+    """The clinical-only baseline cannot be fitted on this data; the message says why."""
+
+
+def unavailable_reason(train: pd.DataFrame) -> str | None:
+    """Why no clinical baseline can be fitted on the training table (:func:`clinical_table`), or None.
+
+    The baseline needs both classes and at least one clinical value that is known for some
+    training images and not the same for all of them.
+    """
+    if train["label"].nunique() < 2:
+        return (f"the training split holds only label {train['label'].iloc[0]} ({len(train)} images): "
+                "the clinical baseline needs both classes")
+    states = {}
+    for name in FEATURES:
+        known = train[name].dropna()
+        states[name] = "missing" if known.empty else "constant" if known.nunique() < 2 else "varies"
+    if "varies" in states.values():
+        return None
+    return ("no clinical value varies in the training split ("
+            + ", ".join(f"{name} {state}" for name, state in states.items())
+            + "), so there is no clinical-only model to compare with")
+
+
 def clinical_table(files: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """One row per image: file (name), patient, label, sex, age, bmi (NaN when missing)."""
     rows = []
@@ -52,17 +80,18 @@ def clinical_baseline(data_dir: str | os.PathLike | None = None,
 
     Returns ``dict(val, test, threshold, coef, intercept, clinical_stats, n_train, C)``: ``val`` and
     ``test`` are DataFrames (file, patient, label, probability); ``coef`` maps sex/age/bmi to the
-    log-odds per training SD; ``threshold`` is Youden's J on validation. Raises ``ValueError`` when
-    train or val lacks a class (no model or threshold can be chosen then).
+    log-odds per training SD; ``threshold`` is Youden's J on validation. Raises
+    :class:`BaselineUnavailable` when train or val lacks a class or no clinical value varies in
+    train (no model or threshold can be chosen then).
     """
     if data_dir is None and files is None:
         raise ValueError("give data_dir (a folder with train/ val/ test/) or files (split -> image paths)")
     paths = runfiles.split_files({}, data_dir, files)
     tables = {s: clinical_table(paths[s]) for s in loader.SPLITS}
     train = tables["train"]
-    if train["label"].nunique() < 2:
-        raise ValueError(f"the training split holds only label {train['label'].iloc[0]} "
-                         f"({len(train)} images): the clinical baseline needs both classes")
+    reason = unavailable_reason(train)
+    if reason is not None:
+        raise BaselineUnavailable(reason)
     stats = loader.ClinicalStats.fit([filenames.decode(f) for f in paths["train"]])
 
     def design(table: pd.DataFrame) -> np.ndarray:
@@ -78,7 +107,7 @@ def clinical_baseline(data_dir: str | os.PathLike | None = None,
     val = out["val"]
     threshold = metrics.youden_threshold(val["label"].to_numpy(), val["probability"].to_numpy())
     if not math.isfinite(threshold):
-        raise ValueError(f"the validation split holds one class only ({len(val)} images): no threshold can be "
+        raise BaselineUnavailable(f"the validation split holds one class only ({len(val)} images): no threshold can be "
                          "chosen for the clinical baseline")
     out.update(threshold=float(threshold), coef=dict(zip(FEATURES, map(float, model.coef_[0]))),
                intercept=float(model.intercept_[0]), clinical_stats=stats.to_dict(), n_train=len(train),

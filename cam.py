@@ -50,13 +50,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
+from choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS  # noqa: E402 (torch-free, for --help)
+
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion",
          "expected_gradients": "Expected Gradients"}
 LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")  # the others explain the input pixels, not a layer
 REFERENCE_METHODS = ("expected_gradients",)  # need reference inputs
 IMAGE_CHANNELS = 2  # loader.IMAGE_CHANNELS: radiograph + enhanced copy lead every network input
-TARGETS = ("osteoporosis", "normal")
 
 
 class ImageOnly(nn.Module):

@@ -1,8 +1,26 @@
-"""Value types for the scripts' command lines (argparse ``type=``), so every script refuses a bad
-value the same way, naming what is accepted."""
+"""What every script shares on its command line: value types (argparse ``type=``), so every script
+refuses a bad value the same way naming what is accepted, and :func:`run_main`, which turns a
+user's mistake into one clear line and a non-zero exit instead of a traceback.
+
+Stdlib only: a script imports this before torch, so ``--help`` and flag errors answer at once.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
+
+DEBUG_VARIABLE = "HIPX_DEBUG"  # HIPX_DEBUG=1: full tracebacks, also for a user's mistake
+INTERRUPTED = 130  # the shell's exit status for Ctrl-C (128 + SIGINT)
+_PROJECT = Path(__file__).resolve().parent
+
+
+class UserError(Exception):
+    """A problem with the user's data, files or flags; the message names which and what is accepted."""
 
 
 def str2bool(text: str | bool) -> bool:
@@ -31,3 +49,70 @@ def positive(kind=int):
 
 
 positive_int = positive(int)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations the user set on the command line (a flag left at its default is not listed),
+    e.g. ``{"epoch", "save_dir"}``: argparse fills in a default only where the namespace lacks it."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parsed = parser.parse_args(argv, namespace)
+    return {dest for dest, value in vars(parsed).items() if value is not unset}
+
+
+def raised_by_project(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is this project's code: an error the code raised on
+    purpose about the input (its message was written for the user), not one from inside a library."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    path = Path(frames[-1].filename).resolve()
+    return path.parent == _PROJECT or _PROJECT / "models" == path.parent
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A user's mistake rather than a bug: a :class:`UserError`; a file-system problem (missing file,
+    permission, full disk); or a ``ValueError``/``LookupError`` the project raised about its input."""
+    if isinstance(exc, (UserError, OSError)):
+        return True
+    return isinstance(exc, (ValueError, LookupError)) and not isinstance(exc, KeyError) and raised_by_project(exc)
+
+
+def _tell(prog: str, message: str) -> None:
+    """One line on stderr, and into any log file open (the run's train.log), so the log says why."""
+    line = f"{prog}: error: {message}"
+    print(line, file=sys.stderr, flush=True)
+    record = logging.LogRecord(prog, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def run_main(main: Callable[[list[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    """Run a script's ``main`` as its ``__main__`` does: a user's mistake ends with one line
+    ``<script>: error: <message>`` and exit status 1, Ctrl-C with 130, both without a traceback.
+    Anything else is a bug and keeps its traceback; ``HIPX_DEBUG=1`` shows the traceback always."""
+    prog = os.path.basename(sys.argv[0]) or "python"
+    debug = os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0")
+    try:
+        result = main(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # argparse has printed its own line; a message of ours is printed as one
+        if isinstance(exc.code, str):
+            _tell(prog, _one_line(exc.code))
+            sys.exit(1)
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _tell(prog, "interrupted (Ctrl-C)")
+        sys.exit(INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - sorted into the user's mistakes and bugs just below
+        if debug or not is_user_error(exc):
+            raise
+        _tell(prog, _one_line(str(exc)) or type(exc).__name__)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.strip().splitlines() if line.strip())

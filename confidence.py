@@ -1,5 +1,5 @@
 """Uncertainty for published test-set numbers: bootstrap and DeLong confidence intervals,
-paired model comparison, and calibration.
+paired model comparison, calibration, and multiple-comparison adjustment.
 
     from confidence import bootstrap_metrics, delong_auc, calibration
     bootstrap_metrics(y_true, y_prob, threshold=0.5, groups=patient_ids)  # 95% CIs for every metric
@@ -10,8 +10,15 @@ CLAIM 2024) ask for confidence intervals and calibration, not point estimates al
 Several images of one patient (both hips, several crops) are not independent. Pass the
 patient ids as ``groups`` so the bootstrap resamples patients and every image of a sampled
 patient comes along (cluster bootstrap; Field & Welsh, JRSS B 2007;69:369-390); resampling
-images instead gives intervals that are too narrow. The DeLong functions assume one image per
-patient; with several, prefer the grouped bootstrap.
+images instead gives intervals that are too narrow. The DeLong functions take the same
+``groups`` and then average placement values per patient (Obuchowski, Biometrics
+1997;53:567-578); without ``groups`` they are DeLong's original, one image per patient.
+
+Intervals for the smooth statistics (:data:`BCA_METRICS`: the AUCs, Brier score, calibration
+slope and intercept) are bias-corrected and accelerated (BCa; Efron, JASA 1987;82:171-185), the
+acceleration from a leave-one-patient-out jackknife; ``interval="percentile"`` gives plain
+percentile intervals. Threshold metrics (proportions at a fixed threshold) always get percentile
+intervals: their bootstrap distributions are discrete and BCa's bias correction is unstable there.
 
 Resamples are frequency weights over the cases, so the metrics of :mod:`metrics` are
 evaluated for thousands of resamples in one vectorised pass with the same formulas as the
@@ -32,8 +39,9 @@ import metrics
 from metrics import UndefinedMetricWarning, check_inputs
 
 __all__ = [
-    "BOOTSTRAP_METRICS", "bootstrap_ci", "bootstrap_metrics", "paired_bootstrap_diff",
-    "delong_auc", "delong_test", "calibration", "reliability_curve",
+    "BOOTSTRAP_METRICS", "CALIBRATION_METRICS", "BCA_METRICS", "INTERVALS", "bootstrap_ci", "bootstrap_metrics",
+    "paired_bootstrap_diff", "delong_auc", "delong_test", "calibration", "weighted_calibration",
+    "reliability_curve", "holm",
 ]
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -41,6 +49,11 @@ Metric = Callable[[np.ndarray, np.ndarray], float]
 # Metrics reported with a bootstrap interval by bootstrap_metrics().
 BOOTSTRAP_METRICS = ("roc_auc", "pr_auc", "brier", "accuracy", "sensitivity", "specificity", "precision",
                      "npv", "f1", "f2", "balanced_accuracy", "mcc")
+# Calibration slope and intercept, bootstrapped on the same resamples as the metrics.
+CALIBRATION_METRICS = ("calibration_slope", "calibration_intercept")
+# Statistics that get a BCa interval (the others a percentile interval).
+BCA_METRICS = ("roc_auc", "pr_auc", "brier", *CALIBRATION_METRICS)
+from choices import CI_INTERVALS as INTERVALS  # noqa: E402 (torch- and NumPy-free, for --help)
 # metrics.py functions whose resamples are computed vectorised (weighted_metrics key).
 _VECTORISED = {metrics.roc_auc: "roc_auc", metrics.pr_auc: "pr_auc", metrics.brier: "brier"}
 _CELLS = 2 ** 20  # resamples x images per chunk: bounds memory (8 MB per float matrix)
@@ -54,11 +67,13 @@ def _vectorised_key(metric: Metric) -> str | None:
     return next((key for func, key in _VECTORISED.items() if metric is func), None)
 
 
-def _check_bootstrap_args(n_boot: Any, alpha: Any) -> None:
+def _check_bootstrap_args(n_boot: Any, alpha: Any, interval: Any = "percentile") -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise ValueError(f"alpha must be in (0, 1) (0.05 for a 95% interval), got {alpha!r}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval {interval!r} not supported; use one of {INTERVALS}")
 
 
 def _unit_codes(groups: Any, n: int) -> tuple[np.ndarray, int]:
@@ -95,25 +110,45 @@ def _resample_weights(codes: np.ndarray, n_units: int, n_boot: int,
         yield counts[:, codes].astype(np.float64)
 
 
+def _jackknife_weights(codes: np.ndarray, n_units: int) -> Iterator[np.ndarray]:
+    """Yield (chunk, n_images) weights leaving out one unit (patient) per row, all units in turn."""
+    chunk = max(1, min(n_units, _CELLS // max(codes.size, 1)))
+    for start in range(0, n_units, chunk):
+        left_out = np.arange(start, min(n_units, start + chunk))
+        yield (codes[None, :] != left_out[:, None]).astype(np.float64)
+
+
+def _weighted(y: np.ndarray, p: np.ndarray, keys: tuple[str, ...], threshold: float,
+              w: np.ndarray) -> dict[str, np.ndarray]:
+    """The statistics ``keys`` (metrics.weighted_metrics keys and CALIBRATION_METRICS) per weight row."""
+    out = metrics.weighted_metrics(y, p, threshold, w)
+    if any(k in CALIBRATION_METRICS for k in keys):
+        out.update(weighted_calibration(y, p, w))
+    return {k: out[k] for k in keys}
+
+
 def _replicates(y: np.ndarray, probs: list[np.ndarray], keys_or_metric: tuple[str, ...] | Metric,
-                threshold: float, groups: Any, n_boot: int, seed: int) -> list[dict[str, np.ndarray]] | list[np.ndarray]:
+                threshold: float, groups: Any, n_boot: int, seed: int,
+                jackknife: bool = False) -> list[dict[str, np.ndarray]] | list[np.ndarray]:
     """Bootstrap replicates for each prediction vector in ``probs``, all on the same resamples.
 
-    With a tuple of metric names, returns one dict name -> (n_boot,) array per prediction vector
-    (vectorised); with a callable, one (n_boot,) array per prediction vector.
+    With a tuple of statistic names, returns one dict name -> (n_boot,) array per prediction vector
+    (vectorised); with a callable, one (n_boot,) array per prediction vector. With ``jackknife``,
+    the leave-one-unit-out values instead (one per patient), for BCa's acceleration.
     """
     codes, n_units = _unit_codes(groups, y.size)
     rng = np.random.default_rng(seed)
+    weights = _jackknife_weights(codes, n_units) if jackknife else _resample_weights(codes, n_units, n_boot, rng)
     vectorised = isinstance(keys_or_metric, tuple)
     parts: list[list[Any]] = [[] for _ in probs]
     idx = np.arange(y.size)
     with warnings.catch_warnings():
         # Single-class resamples are expected; they are counted and reported once by the caller.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        for w in _resample_weights(codes, n_units, n_boot, rng):
+        for w in weights:
             for i, p in enumerate(probs):
                 if vectorised:
-                    parts[i].append(metrics.weighted_metrics(y, p, threshold, w))
+                    parts[i].append(_weighted(y, p, keys_or_metric, threshold, w))
                 else:
                     parts[i].append([keys_or_metric(y[rows], p[rows])
                                      for rows in (np.repeat(idx, row.astype(np.int64)) for row in w)])
@@ -122,14 +157,41 @@ def _replicates(y: np.ndarray, probs: list[np.ndarray], keys_or_metric: tuple[st
     return [np.asarray([v for chunk in chunks for v in chunk], dtype=np.float64) for chunks in parts]
 
 
-def _percentile(point: float, reps: np.ndarray, alpha: float) -> dict[str, float | int]:
+def _percentile(point: float, reps: np.ndarray, alpha: float) -> dict[str, Any]:
     # Percentile interval (Efron & Tibshirani, An Introduction to the Bootstrap 1993, ch. 13).
     valid = reps[~np.isnan(reps)]
     if valid.size == 0:
         low = high = math.nan
     else:
         low, high = (float(q) for q in np.quantile(valid, [alpha / 2, 1 - alpha / 2]))
-    return {"point": float(point), "low": low, "high": high, "n_boot_valid": int(valid.size)}
+    return {"point": float(point), "low": low, "high": high, "n_boot_valid": int(valid.size),
+            "interval": "percentile"}
+
+
+def _bca(point: float, reps: np.ndarray, jack: np.ndarray, alpha: float) -> dict[str, Any]:
+    """BCa interval (Efron & Tibshirani 1993, ch. 14.3; DiCiccio & Efron, Stat Sci 1996;11:189-228).
+
+    Bias correction z0 from the share of replicates below the point (ties count one half);
+    acceleration a = sum(d^3) / (6 sum(d^2)^1.5), d = mean(jack) - jack, from the leave-one-patient-out
+    values. Falls back to the percentile interval (``interval`` says so) where BCa is undefined:
+    every replicate on one side of the point, or a jackknife value undefined (a class held by one patient).
+    """
+    out = _percentile(point, reps, alpha)
+    valid = reps[~np.isnan(reps)]
+    if valid.size == 0 or not math.isfinite(point) or np.isnan(jack).any():
+        return out
+    below = (np.sum(valid < point) + 0.5 * np.sum(valid == point)) / valid.size
+    if not 0 < below < 1:
+        return out
+    z0 = norm.ppf(below)
+    d = jack.mean() - jack
+    ss = float(np.sum(d * d))
+    a = float(np.sum(d ** 3)) / (6 * ss ** 1.5) if ss > 0 else 0.0
+    z = norm.ppf([alpha / 2, 1 - alpha / 2])
+    levels = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    low, high = (float(q) for q in np.quantile(valid, levels))
+    out.update(low=low, high=high, interval="bca")
+    return out
 
 
 def _warn_dropped(dropped: dict[str, int], n_boot: int) -> None:
@@ -143,41 +205,55 @@ def _warn_dropped(dropped: dict[str, int], n_boot: int) -> None:
 # --------------------------------------------------------------------------- bootstrap
 
 def bootstrap_ci(y_true: Any, y_prob: Any, metric: Metric, groups: Any = None, n_boot: int = 2000,
-                 seed: int = 0, alpha: float = 0.05) -> dict[str, float | int]:
-    """Percentile bootstrap confidence interval of ``metric(y_true, y_prob)``.
+                 seed: int = 0, alpha: float = 0.05, interval: str = "bca") -> dict[str, Any]:
+    """Bootstrap confidence interval of ``metric(y_true, y_prob)``, BCa or percentile.
 
-    Resamples patients when ``groups`` (one patient id per image) is given, else images.
-    ``metric`` is a callable ``(y, p) -> float`` returning NaN where undefined; such resamples
-    are dropped (warned) and ``n_boot_valid`` counts the rest. :func:`metrics.roc_auc`,
-    :func:`metrics.pr_auc` and :func:`metrics.brier` are evaluated vectorised.
-    Returns ``dict(point, low, high, n_boot_valid)``; same seed, same interval.
+    Resamples patients when ``groups`` (one patient id per image) is given, else images; BCa's
+    jackknife leaves out one patient (image) at a time. ``metric`` is a callable ``(y, p) -> float``
+    returning NaN where undefined; such resamples are dropped (warned) and ``n_boot_valid`` counts
+    the rest. :func:`metrics.roc_auc`, :func:`metrics.pr_auc` and :func:`metrics.brier` are
+    evaluated vectorised. Returns ``dict(point, low, high, n_boot_valid, interval)``, ``interval``
+    naming the method used ("percentile" where BCa was asked for but is undefined); same seed,
+    same interval.
     """
     y, p = check_inputs(y_true, y_prob)
-    _check_bootstrap_args(n_boot, alpha)
+    _check_bootstrap_args(n_boot, alpha, interval)
     point = metric(y, p)
     key = _vectorised_key(metric)
-    if key is not None:
-        reps = _replicates(y, [p], (key,), 0.5, groups, n_boot, seed)[0][key]
-    else:
-        reps = _replicates(y, [p], metric, 0.5, groups, n_boot, seed)[0]
-    out = _percentile(point, reps, alpha)
+    stat: tuple[str, ...] | Metric = (key,) if key is not None else metric
+
+    def values(**kw: Any) -> np.ndarray:
+        r = _replicates(y, [p], stat, 0.5, groups, n_boot, seed, **kw)[0]
+        return r[key] if key is not None else r
+
+    reps = values()
+    out = _bca(point, reps, values(jackknife=True), alpha) if interval == "bca" else _percentile(point, reps, alpha)
     _warn_dropped({getattr(metric, "__name__", "metric"): n_boot - out["n_boot_valid"]}
                   if out["n_boot_valid"] < n_boot else {}, n_boot)
     return out
 
 
 def bootstrap_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5, groups: Any = None, n_boot: int = 2000,
-                      seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, float | int]]:
-    """Percentile bootstrap intervals for every metric of :data:`BOOTSTRAP_METRICS`.
+                      seed: int = 0, alpha: float = 0.05, interval: str = "bca") -> dict[str, dict[str, Any]]:
+    """Bootstrap intervals for every metric of :data:`BOOTSTRAP_METRICS` and the calibration slope
+    and intercept (:data:`CALIBRATION_METRICS`).
 
-    All metrics share the same resamples (patients when ``groups`` is given). Points equal
-    :func:`metrics.compute_metrics`. Returns name -> ``dict(point, low, high, n_boot_valid)``.
+    All statistics share the same resamples (patients when ``groups`` is given). Points equal
+    :func:`metrics.compute_metrics` and :func:`calibration`. :data:`BCA_METRICS` get BCa intervals
+    unless ``interval="percentile"``; the threshold metrics always percentile ones.
+    Returns name -> ``dict(point, low, high, n_boot_valid, interval)``.
     """
     y, p = check_inputs(y_true, y_prob)
-    _check_bootstrap_args(n_boot, alpha)
-    point = metrics.compute_metrics(y, p, threshold)  # validates threshold, warns if undefined
-    reps = _replicates(y, [p], BOOTSTRAP_METRICS, float(threshold), groups, n_boot, seed)[0]
-    out = {k: _percentile(point[k], reps[k], alpha) for k in BOOTSTRAP_METRICS}
+    _check_bootstrap_args(n_boot, alpha, interval)
+    point = dict(metrics.compute_metrics(y, p, threshold))  # validates threshold, warns if undefined
+    cal = calibration(y, p)
+    point.update(calibration_slope=cal["slope"], calibration_intercept=cal["intercept"])
+    keys = (*BOOTSTRAP_METRICS, *CALIBRATION_METRICS)
+    reps = _replicates(y, [p], keys, float(threshold), groups, n_boot, seed)[0]
+    smooth = BCA_METRICS if interval == "bca" else ()
+    jack = _replicates(y, [p], smooth, float(threshold), groups, n_boot, seed, jackknife=True)[0] if smooth else {}
+    out = {k: _bca(point[k], reps[k], jack[k], alpha) if k in smooth else _percentile(point[k], reps[k], alpha)
+           for k in keys}
     _warn_dropped({k: n_boot - v["n_boot_valid"] for k, v in out.items() if v["n_boot_valid"] < n_boot}, n_boot)
     return out
 
@@ -214,13 +290,33 @@ def paired_bootstrap_diff(y_true: Any, p1: Any, p2: Any, metric: Metric, groups:
             "n_boot_valid": ci["n_boot_valid"]}
 
 
+def holm(p_values: Any) -> np.ndarray:
+    """Holm's step-down adjustment of several p-values (Holm, Scand J Stat 1979;6:65-70).
+
+    The i-th smallest of m p-values is multiplied by (m - i + 1), made non-decreasing in that order
+    and capped at 1; rejecting where the adjusted p < alpha controls the family-wise error rate at
+    alpha. NaN p-values stay NaN and do not count towards m.
+    """
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if ok.size:
+        order = ok[np.argsort(p[ok], kind="stable")]
+        scaled = p[order] * (ok.size - np.arange(ok.size))
+        out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
 # --------------------------------------------------------------------------- DeLong
 
-def _delong(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs (k,) and their DeLong covariance (k, k) for k prediction vectors (k, n) on the same cases.
+def _delong(y: np.ndarray, probs: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs (k,) and their covariance (k, k) for k prediction vectors (k, n) on the same cases,
+    with images clustered in patients ``codes`` (0..I-1; ``arange(n)`` for independent images).
 
-    Fast midrank algorithm of Sun & Xu, IEEE Signal Process Lett 2014;21:1389-1393, for the
-    covariance of DeLong, DeLong & Clarke-Pearson, Biometrics 1988;44:837-845.
+    Placement values by the fast midrank algorithm of Sun & Xu, IEEE Signal Process Lett
+    2014;21:1389-1393; covariance of Obuchowski, Biometrics 1997;53:567-578 (eq. 3-5), which sums
+    the placement values within each patient. With one image per patient it is exactly DeLong,
+    DeLong & Clarke-Pearson, Biometrics 1988;44:837-845.
     """
     pos = y == 1
     m, n = int(pos.sum()), int((~pos).sum())
@@ -229,52 +325,77 @@ def _delong(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ty = rankdata(z, axis=1)                       # midranks among negatives
     tz = rankdata(np.hstack([x, z]), axis=1)       # midranks among all cases
     auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
-    # Structural components: V10_i = mean_j psi(X_i, Y_j), V01_j = mean_i psi(X_i, Y_j),
+    # Structural components (placement values): V10_i = mean_j psi(X_i, Y_j), V01_j = mean_i psi(X_i, Y_j),
     # psi = 1 if X > Y, 1/2 if tied (DeLong 1988 eq. 3-4; Sun & Xu 2014 eq. 8-9).
     v10 = (tz[:, :m] - tx) / n
     v01 = 1.0 - (tz[:, m:] - ty) / m
-    # S = S10 / m + S01 / n with sample covariances over positives and negatives (DeLong eq. 5).
-    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    n_units = int(codes.max()) + 1
+    cp, cn = codes[pos], codes[~pos]
+    m_i, n_i = np.bincount(cp, minlength=n_units), np.bincount(cn, minlength=n_units)
+    # Per patient: summed placement values minus their expectation under the AUC.
+    dx = np.stack([np.bincount(cp, weights=v, minlength=n_units) for v in v10]) - m_i * auc[:, None]
+    dy = np.stack([np.bincount(cn, weights=v, minlength=n_units) for v in v01]) - n_i * auc[:, None]
+    i10, i01 = int((m_i > 0).sum()), int((n_i > 0).sum())  # patients with a positive / a negative image
+    s10 = i10 / ((i10 - 1) * m) * dx @ dx.T
+    s01 = i01 / ((i01 - 1) * n) * dy @ dy.T
+    s11 = n_units / (n_units - 1) * dx @ dy.T      # zero unless a patient has images of both classes
+    cov = s10 / m + s01 / n + (s11 + s11.T) / (m * n)
     return auc, cov
 
 
-def _delong_defined(y: np.ndarray, p: np.ndarray, name: str) -> bool:
-    n_pos = int(y.sum())
-    if n_pos < 2 or y.size - n_pos < 2:
-        warnings.warn(f"{name}: DeLong variance needs at least 2 positives and 2 negatives, got n_pos={n_pos}, "
-                      f"n_neg={y.size - n_pos}; results set to NaN", UndefinedMetricWarning, stacklevel=3)
-        return False
-    return True
+def _delong_codes(y: np.ndarray, groups: Any, name: str) -> np.ndarray | None:
+    """Patient codes for _delong, or None (warned) with fewer than 2 patients holding each class."""
+    codes, _ = _unit_codes(groups, y.size)
+    n_pos, n_neg = np.unique(codes[y == 1]).size, np.unique(codes[y == 0]).size
+    if n_pos < 2 or n_neg < 2:
+        unit = "patients" if groups is not None else "images"
+        warnings.warn(f"{name}: DeLong variance needs at least 2 positive and 2 negative {unit}, got "
+                      f"n_pos={n_pos}, n_neg={n_neg}; results set to NaN", UndefinedMetricWarning, stacklevel=3)
+        return None
+    return codes
 
 
-def delong_auc(y_true: Any, y_prob: Any, alpha: float = 0.05) -> dict[str, float]:
-    """ROC AUC with DeLong standard error and Wald interval ``auc +/- z * se`` clipped to [0, 1].
+def delong_auc(y_true: Any, y_prob: Any, alpha: float = 0.05, groups: Any = None) -> dict[str, float]:
+    """ROC AUC with DeLong standard error and a Wald interval on the logit scale.
 
-    Returns ``dict(auc, se, low, high)``; NaN (warned) with fewer than 2 cases in a class.
+    With ``groups`` (one patient id per image) the standard error is Obuchowski's, clustered by
+    patient. The interval is logit(auc) +/- z * se / (auc (1 - auc)), mapped back, so it stays inside
+    (0, 1) and is asymmetric near the ceiling, where a plain auc +/- z * se is too short (Pepe, The
+    Statistical Evaluation of Medical Tests for Classification and Prediction, 2003; measured in
+    docs/statistics.md). An AUC of exactly 0 or 1 gets the plain interval.
+    Returns ``dict(auc, se, low, high)``; NaN (warned) with fewer than 2 patients in a class.
     """
     y, p = check_inputs(y_true, y_prob)
-    if not _delong_defined(y, p, "delong_auc"):
+    codes = _delong_codes(y, groups, "delong_auc")
+    if codes is None:
         return {"auc": metrics.roc_auc(y, p) if 0 < y.sum() < y.size else math.nan,
                 "se": math.nan, "low": math.nan, "high": math.nan}
-    auc, cov = _delong(y, p[None, :])
+    auc, cov = _delong(y, p[None, :], codes)
     se = math.sqrt(max(cov[0, 0], 0.0))
-    half = norm.ppf(1 - alpha / 2) * se
+    z = norm.ppf(1 - alpha / 2)
     a = float(auc[0])
-    return {"auc": a, "se": se, "low": float(max(0.0, a - half)), "high": float(min(1.0, a + half))}
+    if 0.0 < a < 1.0:
+        half = z * se / (a * (1 - a))
+        low, high = (float(expit(logit(a) + s * half)) for s in (-1, 1))
+    else:
+        low, high = max(0.0, a - z * se), min(1.0, a + z * se)
+    return {"auc": a, "se": se, "low": low, "high": high}
 
 
-def delong_test(y_true: Any, p1: Any, p2: Any) -> dict[str, float]:
+def delong_test(y_true: Any, p1: Any, p2: Any, groups: Any = None) -> dict[str, float]:
     """DeLong test of equal AUCs for two correlated ROC curves (two models, same cases).
 
     z = (AUC1 - AUC2) / se with var = S11 + S22 - 2 S12 (DeLong 1988 sec. 3); two-sided p.
-    Identical predictors give z = 0, p = 1. Returns ``dict(auc1, auc2, diff, se, z, p_value)``.
+    With ``groups`` the covariance is Obuchowski's, clustered by patient. Identical predictors
+    give z = 0, p = 1. Returns ``dict(auc1, auc2, diff, se, z, p_value)``.
     """
     y, a = check_inputs(y_true, p1)
     _, b = check_inputs(y_true, p2)
-    if not _delong_defined(y, a, "delong_test"):
+    codes = _delong_codes(y, groups, "delong_test")
+    if codes is None:
         nan = math.nan
         return {"auc1": nan, "auc2": nan, "diff": nan, "se": nan, "z": nan, "p_value": nan}
-    auc, cov = _delong(y, np.vstack([a, b]))
+    auc, cov = _delong(y, np.vstack([a, b]), codes)
     diff = float(auc[0] - auc[1])
     se = math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))
     if se == 0.0:  # degenerate: identical predictors (diff 0) or both variances zero
@@ -316,18 +437,20 @@ def _logistic_fit(y: np.ndarray, x: np.ndarray, offset: np.ndarray, beta: np.nda
     return None
 
 
-def calibration(y_true: Any, y_prob: Any) -> dict[str, float]:
-    """Calibration slope, calibration-in-the-large and Brier score.
+def calibration(y_true: Any, y_prob: Any) -> dict[str, float | int]:
+    """Calibration slope, calibration-in-the-large, Brier score and the count of clipped probabilities.
 
     slope: b in logit P(y=1) = a + b * logit(p) (logistic recalibration, Cox, Biometrika
     1958;45:562-565); 1 is ideal, < 1 means over-confident (too extreme) predictions.
     intercept: a in logit P(y=1) = a + logit(p), slope fixed at 1 (offset logistic regression);
     0 is ideal, < 0 means risks are overestimated on average (Van Calster et al., J Clin
-    Epidemiol 2016;74:167-176; BMC Med 2019;17:230). Probabilities are clipped to [1e-6, 1 - 1e-6].
+    Epidemiol 2016;74:167-176; BMC Med 2019;17:230). Probabilities are clipped to [1e-6, 1 - 1e-6]
+    (logit +-13.8) before the fit; ``n_clipped`` counts those outside, which can pull the slope.
     NaN (warned) for a single-class split or when the fit does not converge.
     """
     y, p = check_inputs(y_true, y_prob)
-    out = {"slope": math.nan, "intercept": math.nan, "brier": metrics.brier(y, p)}
+    out = {"slope": math.nan, "intercept": math.nan, "brier": metrics.brier(y, p),
+           "n_clipped": int(np.sum((p < _CLIP) | (p > 1 - _CLIP)))}
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
         warnings.warn(f"calibration slope and intercept undefined for one class (n_pos={n_pos}, "
@@ -346,6 +469,55 @@ def calibration(y_true: Any, y_prob: Any) -> dict[str, float]:
     if large is not None:
         out["intercept"] = float(large[0])
     return out
+
+
+def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
+                         max_iter: int = 60, tol: float = 1e-9) -> dict[str, np.ndarray]:
+    """Calibration slope and intercept (as :func:`calibration`) for each row of (B, n) frequency weights.
+
+    Newton-Raphson on all rows at once, each step capped at 5 logits so that a resample with
+    (near) separation runs away slowly instead of overflowing; rows that do not converge, hold
+    one class or have a singular information matrix are NaN. Inputs must be validated. Returns
+    ``dict(calibration_slope, calibration_intercept)`` of (B,) arrays.
+    """
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    lp = logit(np.clip(p, _CLIP, 1 - _CLIP))
+    yf = y.astype(np.float64)
+    n_b = w.shape[0]
+    both = (w @ yf > 0) & (w @ (1 - yf) > 0)
+    # slope fit: (a, b) in logit P = a + b * lp
+    a, b = np.zeros(n_b), np.ones(n_b)
+    done = ~both
+    for _ in range(max_iter):
+        mu = expit(a[:, None] + b[:, None] * lp)
+        r, v = w * (yf - mu), w * mu * (1 - mu)
+        g0, g1 = r.sum(axis=1), r @ lp
+        h00, h01, h11 = v.sum(axis=1), v @ lp, v @ (lp * lp)
+        det = h00 * h11 - h01 * h01
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s0, s1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        bad = ~np.isfinite(s0) | ~np.isfinite(s1) | (det <= 1e-12 * np.maximum(h00 * h11, 1e-300))
+        s0, s1 = np.where(bad | done, 0.0, s0), np.where(bad | done, 0.0, s1)
+        scale = np.minimum(1.0, 5.0 / np.maximum(np.abs(s0), np.abs(s1)).clip(1e-300))
+        a, b = a + scale * s0, b + scale * s1
+        done |= bad | (np.maximum(np.abs(s0), np.abs(s1)) < tol)
+        if done.all():
+            break
+    slope_ok = both & done & np.isfinite(b)
+    # intercept fit: a in logit P = a + lp
+    c = np.zeros(n_b)
+    done_c = ~both
+    for _ in range(max_iter):
+        mu = expit(c[:, None] + lp)
+        g, h = (w * (yf - mu)).sum(axis=1), (w * mu * (1 - mu)).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(done_c | (h <= 0), 0.0, g / h)
+        c = c + np.clip(s, -5.0, 5.0)
+        done_c |= np.abs(s) < tol
+        if done_c.all():
+            break
+    return {"calibration_slope": np.where(slope_ok, b, np.nan),
+            "calibration_intercept": np.where(both & done_c, c, np.nan)}
 
 
 def reliability_curve(y_true: Any, y_prob: Any, n_bins: int = 10,

@@ -1,4 +1,5 @@
-"""The file-name format that carries label and clinical data: the one place that knows it.
+"""The file-name format that carries label and clinical data: the one place that knows it, and
+:func:`list_split`, which lists a split folder's images with every name checked.
 
     <patient>_<crop>_<label>-<sex>-<age>-<bmi>.<ext>      e.g. 20180187_1_0-1-44-25.03404305.png
 
@@ -11,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 EXTENSIONS = (".png", ".npy")
 PATTERN = "<patient>_<crop>_<label>-<sex>-<age>-<bmi>.<png|npy>  (e.g. 20180187_1_0-1-44-25.03404305.png; missing values as NA)"
@@ -19,6 +21,19 @@ _NUM = r"(?:\d+(?:\.\d+)?|NA)"
 _RE = re.compile(
     rf"^(?P<patient>[^/\\]+?)_(?P<crop>\d+)_(?P<label>[01])-(?P<sex>[01]|NA)-(?P<age>{_NUM})-(?P<bmi>{_NUM})$"
 )
+
+
+# Plausible ranges, shared with preprocess_filenames.py: a value outside is a typo, not a patient.
+AGE_RANGE = (0.0, 130.0)  # years
+BMI_RANGE = (5.0, 150.0)  # kg/m^2
+
+FIELDS = ("label", "sex", "age", "bmi")  # after <patient>_<crop>_, separated by '-'
+_FIELD_RULES = {
+    "label": (r"[01]", "0 (normal) or 1 (osteoporosis)"),
+    "sex": (r"[01]|NA", "1 (female), 0 (male) or NA"),
+    "age": (_NUM, "a number of years such as 44 or 71.5, or NA"),
+    "bmi": (_NUM, "a number such as 25.03404305, or NA"),
+}
 
 
 class FileNameError(ValueError):
@@ -80,14 +95,55 @@ def decode(path: str | os.PathLike) -> SampleInfo:
         raise FileNameError(f"{path}: extension {ext or '(none)'!r} not supported; expected {PATTERN}")
     match = _RE.match(stem)
     if match is None:
-        raise FileNameError(f"{path}: file name does not match {PATTERN}")
+        raise FileNameError(f"{path}: file name does not match the format: {_which_field(stem)}; expected {PATTERN}")
     g = match.groupdict()
 
     def num(text: str) -> float:
         return math.nan if text == "NA" else float(text)
 
-    return SampleInfo(patient=g["patient"], crop=int(g["crop"]), label=int(g["label"]),
+    info = SampleInfo(patient=g["patient"], crop=int(g["crop"]), label=int(g["label"]),
                       sex=num(g["sex"]), age=num(g["age"]), bmi=num(g["bmi"]))
+    for field, value, (lo, hi) in (("age", info.age, AGE_RANGE), ("bmi", info.bmi, BMI_RANGE)):
+        if not math.isnan(value) and not lo <= value <= hi:
+            raise FileNameError(f"{path}: {field} {g[field]} is outside the plausible range {lo:g}..{hi:g} "
+                                "(the range preprocess_filenames.py accepts); write NA if unknown")
+    return info
+
+
+def _which_field(stem: str) -> str:
+    """What is wrong with a stem that does not match: the first field of the format it breaks."""
+    head, _, tail = stem.rpartition("_")
+    if not head:
+        return "no '<patient>_<crop>_' before the label and clinical values"
+    patient, _, crop = head.rpartition("_")
+    if not patient:
+        return f"no crop number: {stem!r} has one '_' where the format has two"
+    if not re.fullmatch(r"\d+", crop):
+        return f"crop {crop!r} is not a whole number"
+    values = tail.split("-")
+    if len(values) != len(FIELDS):
+        return (f"{len(values)} '-'-separated values {tail!r} after the crop number; the format has "
+                f"{len(FIELDS)}: {'-'.join(FIELDS)}")
+    for field, text in zip(FIELDS, values):
+        rule, accepted = _FIELD_RULES[field]
+        if not re.fullmatch(rule, text):
+            return f"{field} {text!r} is not {accepted}"
+    return "see the pattern"
+
+
+def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """Sorted image files of one split, with every file name checked."""
+    folder = Path(data_dir) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
+            f"{PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise ValueError(f"{folder} holds no .png or .npy images; expected files named {PATTERN}")
+    for p in files:
+        decode(p)  # fail early, naming the file
+    return files
 
 
 def field_spans(path: str | os.PathLike) -> dict[str, tuple[int, int]]:

@@ -32,9 +32,10 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 import filenames
+from choices import HANDOVERS, MIN_SIDE
+from runtime import progress
 from splits import IMAGE_SIZE, SPLITS  # noqa: F401 - SPLITS: callers iterate loader.SPLITS
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ IMAGE_CHANNELS = 2  # original + enhanced
 # CLAHE on 8x8 tiles with clip limit 2 is the common radiograph setting (Pizer et al. 1987);
 # the edge map (Sobel magnitude) makes the cortical rims stand out. Weights: mostly CLAHE.
 CLAHE_CLIP, CLAHE_TILES, EDGE_WEIGHT = 2.0, (8, 8), 0.3
+MAX_STRETCH = 1.5  # aspect ratio against the network's input beyond which an image is badly distorted
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -72,6 +74,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     scale = 65535.0 if image.dtype == np.uint16 else 255.0
     return image.astype(np.float32) / scale
+
+
+def check_shape(path: str | os.PathLike, shape: tuple[int, ...], size: tuple[int, int]) -> str | None:
+    """Refuse an image the network cannot use, naming the file; return a warning (or None) when its
+    aspect ratio is far from ``size`` = (H, W), which stretches it. ``predict.py`` applies the same rule."""
+    if min(shape[:2]) < MIN_SIDE:
+        raise ValueError(f"{path}: image of {shape[0]} x {shape[1]} pixels is too small (at least {MIN_SIDE} on a "
+                         f"side; the data set's images are resized to {size[0]} x {size[1]})")
+    ratio = (shape[0] / shape[1]) / (size[0] / size[1])
+    if not 1 / MAX_STRETCH <= ratio <= MAX_STRETCH:
+        return (f"{path}: {shape[0]} x {shape[1]} pixels is far from the aspect of {size[0]} x {size[1]}; "
+                "it is stretched (preprocess_filenames.py pads images to one size instead)")
+    return None
 
 
 def enhance(gray: np.ndarray) -> np.ndarray:
@@ -112,19 +127,10 @@ def network_image(image: torch.Tensor, clinical: torch.Tensor, early_fuse: bool)
     return torch.cat([image, planes], dim=1)
 
 
-def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """Sorted image files of one split, with every file name checked."""
-    folder = Path(data_dir) / split
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
-            f"{filenames.PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in filenames.EXTENSIONS)
-    if not files:
-        raise ValueError(f"{folder} holds no .png or .npy images; expected files named {filenames.PATTERN}")
-    for p in files:
-        filenames.decode(p)  # fail early, naming the file
-    return files
+list_split = filenames.list_split  # a split folder's files named in the format (filenames owns it)
+
+
+_WARNED_MISSING: set[str] = set()
 
 
 @dataclass
@@ -135,13 +141,18 @@ class ClinicalStats:
     std: list[float]
 
     @classmethod
-    def fit(cls, infos: Sequence[filenames.SampleInfo]) -> "ClinicalStats":
+    def fit(cls, infos: Sequence[filenames.SampleInfo], warn: bool = True) -> "ClinicalStats":
+        """``warn``: say (once per process and value) when a value is missing for every image; an
+        image-only run passes False, it does not use them."""
         values = np.array([i.clinical for i in infos], dtype=np.float64).reshape(-1, len(CLINICAL_NAMES))
         mean, std = [], []
         for j, name in enumerate(CLINICAL_NAMES):
             col = values[:, j][np.isfinite(values[:, j])]
             if col.size == 0:
-                logger.warning("clinical value %r is missing for every training image; it will be constant", name)
+                if warn and name not in _WARNED_MISSING:
+                    _WARNED_MISSING.add(name)
+                    logger.warning("clinical value %r is missing for every training image; it will be constant",
+                                   name)
                 mean.append(0.0), std.append(1.0)
                 continue
             mean.append(float(col.mean()))
@@ -160,9 +171,6 @@ class ClinicalStats:
     @classmethod
     def from_dict(cls, d: dict) -> "ClinicalStats":
         return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]])
-
-
-HANDOVERS = ("uint8", "float")
 
 
 class HipDataset(Dataset):
@@ -213,9 +221,16 @@ class HipDataset(Dataset):
     def _fill_cache(self, desc: str) -> None:
         # one contiguous uint8 block: forked DataLoader workers share it without copying
         cache = np.empty((len(self.files), IMAGE_CHANNELS, *self.image_size), dtype=np.uint8)
-        for i, path in enumerate(tqdm(self.files, desc=f"decode {desc}".strip(), leave=False,
-                                      disable=len(self.files) < 50)):
-            cache[i] = np.round(prepare(read_image(path), self.image_size) * 255.0)
+        stretched = []
+        for i, path in enumerate(progress(self.files, enabled=len(self.files) >= 50, leave=False,
+                                          desc=f"decode {desc}".strip())):
+            gray = read_image(path)
+            stretched.append(check_shape(path, gray.shape, self.image_size))
+            cache[i] = np.round(prepare(gray, self.image_size) * 255.0)
+        stretched = [s for s in stretched if s]
+        if stretched:
+            logger.warning("%s%s", stretched[0], f" (and {len(stretched) - 1} more {desc} images)"
+                           if len(stretched) > 1 else "")
         self.cache = cache
 
     @property
@@ -230,7 +245,9 @@ class HipDataset(Dataset):
         if self.cache is not None:
             return self.cache[index]
         # the same 8-bit rounding as the cache, so results never depend on --cache_gb
-        return np.round(prepare(read_image(self.files[index]), self.image_size) * 255.0).astype(np.uint8)
+        gray = read_image(self.files[index])
+        check_shape(self.files[index], gray.shape, self.image_size)
+        return np.round(prepare(gray, self.image_size) * 255.0).astype(np.uint8)
 
     def load(self, index: int) -> np.ndarray:
         """Image channels (2, H, W) float32 in [0, 1], before augmentation."""

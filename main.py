@@ -7,38 +7,46 @@ Data: ``--data_dir`` (default ``data/``) holds ``train/ val/ test/`` with images
 ``python3 synthetic.py --out data``. Every epoch is validated on all of val; the best epoch by
 ``--select_metric`` is kept in ``outs/<save_dir>/fold<fold>/best.pth`` and only that checkpoint is
 scored on test, at the threshold chosen on validation.
+
+An interrupted run (Ctrl-C, a lost machine) continues exactly where its last finished epoch left it:
+
+    python3 main.py --resume --save_dir <save_dir> --fold <fold>
+
+Every setting comes from the run; ``--resume --extend_epochs N`` trains a finished run N epochs
+longer (docs/troubleshooting.md).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-import augment
-import augment_device
+import choices
 import filenames
-import loader
-import losses
-import report
 import runfiles
-import runtime
 import splits
-from cli import positive, str2bool
-from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
-from LateFuseClassifyTrainer import LateFuseClassifyTrainer
-from models import ACTS, MODEL_NAMES, NORMS, STEMS, build_model_from_config, count_parameters
+from choices import ACTS, MODEL_NAMES, NORMS, STEMS
+from cli import UserError, given_flags, positive, run_main, str2bool
+
+# torch and everything built on it are imported inside the functions, after the command line has
+# been checked: --help and a mistyped flag answer in well under a second instead of ~5 s.
 
 logger = logging.getLogger("main")
 
 SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", "balanced_accuracy", "mcc")
 # settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
 MODEL_KEYS = ("model", "fusion", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
+# where and how fast this session runs, not what the run is: the only flags --resume lets differ
+SESSION_KEYS = ("device", "gpus", "workers", "cache_gb", "out_root", "save_dir", "fold", "resume", "test",
+                "extend_epochs")
+REPORTED = "report_metrics.json"  # report.write_report writes it last
+# what a finished run's test and report consist of; an extension removes them (they describe the shorter run)
+RESULTS = (runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], "report.md", "report.html", REPORTED, "report_figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(splits.IMAGE_SIZE),
                    help="resize to H x W for the network (default: %(default)s, the original size)")
     g.add_argument("--augment", default="", help="augmentation(s) for training, comma-separated from: "
-                   f"{', '.join(augment.AUGMENTATIONS)}; empty = none (default)")
+                   f"{', '.join(choices.AUGMENT_NAMES)}; empty = none (default)")
     g.add_argument("--augment_p", type=float, default=0.3, help="share of training samples augmented, drawn "
                    "afresh every epoch (default: %(default)s)")
     g.add_argument("--sampler", choices=("none", "weight"), default="none",
@@ -56,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
     g.add_argument("--cache_gb", type=float, default=4.0, help="keep decoded images in memory up to this size "
                    "per split (default: %(default)s)")
-    g.add_argument("--handover", choices=loader.HANDOVERS, default="uint8", help="what loader workers hand "
+    g.add_argument("--handover", choices=choices.HANDOVERS, default="uint8", help="what loader workers hand "
                    "over: uint8 images finished on the device (default) or float network inputs (as before "
                    "2026-12; training images are then not rounded to 8 bits after augmentation)")
     g.add_argument("--augment_device", choices=("auto", "true", "false"), default="auto", help="augment on the "
-                   f"device with one sampling grid per batch ({', '.join(augment_device.DEVICE_AUGMENTATIONS)}); "
+                   f"device with one sampling grid per batch ({', '.join(choices.DEVICE_AUGMENTATIONS)}); "
                    "auto: on CUDA when every --augment has a device version (default: %(default)s)")
+    g.add_argument("--allow_shared_patients", action="store_true", help="train although one patient has images "
+                   "in two splits (refused by default: it inflates the validation and test scores)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
@@ -88,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, default=0.9, help="Adam beta1 (default: %(default)s)")
     g.add_argument("--sched", choices=("cosine", "none"), default="cosine", help="learning-rate schedule over "
                    "the epochs: cosine decay to 0 (default) or constant --lrG")
-    g.add_argument("--loss", choices=losses.LOSSES, default="bce", help="binary cross-entropy or focal loss")
+    g.add_argument("--loss", choices=choices.LOSSES, default="bce", help="binary cross-entropy or focal loss")
     g.add_argument("--focal_gamma", type=float, default=None, help="focal loss gamma (--loss focal; default 2)")
     g.add_argument("--t_alpha", type=float, default=None, help="weight of the osteoporosis class in the loss, "
                    "in (0, 1); the normal class gets 1 - t_alpha (default: unweighted)")
@@ -111,13 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
     g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch (default: the cores "
                    "left after the --workers loader processes, at least 1)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the network (pays on long runs: "
-                   "see docs/gpu-pipeline.md)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network (pays on long GPU runs "
+                   "only: see docs/gpu-pipeline.md)")
     g.add_argument("--dtype", choices=("auto", "float", "half"), default="auto", help="auto: fp16/bf16 autocast "
                    "on CUDA, fp32 on CPU; float: always fp32; half: reduced precision")
     g.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto",
                    help="NHWC memory layout; auto: on for CUDA and for large images on CPU")
-    g.add_argument("--resume", action="store_true", help="continue the run --save_dir/--fold from its last.pth")
+    g.add_argument("--resume", action="store_true", help="continue the run --save_dir/--fold from its last.pth, "
+                   "with every setting from the run (a different value on the command line is refused)")
+    g.add_argument("--extend_epochs", type=positive(int), default=None, metavar="N", help="with --resume: train "
+                   "a finished run N epochs longer; a cosine schedule restarts from --lrG and decays to 0 over "
+                   "the N epochs; best.pth, test and report files are renewed")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly reproducible, "
                    "slower)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across torchrun processes")
@@ -166,32 +180,49 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--bootstrap {args.bootstrap}: must be >= 0 (0 = no report)")
     if args.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise SystemExit("--sync_bn only applies to torchrun runs with several processes")
+    if args.extend_epochs and not args.resume:
+        raise SystemExit("--extend_epochs N trains an existing, finished run longer: give it with --resume "
+                         "--save_dir/--fold")
+    smallest = 32 if args.model in choices.TORCHVISION_DENSENETS else choices.MIN_SIDE  # their total stride
+    if min(args.image_size) < smallest:
+        raise SystemExit(f"--image_size {args.image_size[0]} {args.image_size[1]}: each side must be at least "
+                         f"{smallest} pixels for --model {args.model}")
     try:
-        args.augment = ",".join(augment.parse_augment(args.augment))
+        args.augment = ",".join(choices.parse_augment(args.augment))
     except ValueError as exc:
         raise SystemExit(f"--augment: {exc}") from None
     if args.augment_device == "true":
         if args.handover != "uint8":
             raise SystemExit("--augment_device true needs --handover uint8 (the device finishes the images)")
-        if not augment_device.supported(augment.parse_augment(args.augment)):
-            raise SystemExit(f"--augment_device true: --augment {args.augment} has no device version; on the "
-                             f"device: {', '.join(augment_device.DEVICE_AUGMENTATIONS)}")
+        missing = [n for n in choices.parse_augment(args.augment) if n not in choices.DEVICE_AUGMENTATIONS]
+        if missing:
+            raise SystemExit(f"--augment_device true: --augment {','.join(missing)} has no device version; on the "
+                             f"device: {', '.join(choices.DEVICE_AUGMENTATIONS)}")
 
 
-def augment_on_device(args, device: torch.device) -> augment_device.DeviceAugmenter | None:
+def augment_on_device(args, device):
     """The device-side augmenter of ``--augment_device`` (auto: on CUDA when it can), or None."""
-    names = augment.parse_augment(args.augment)
+    import augment_device
+
+    names = choices.parse_augment(args.augment)
     use = {"true": True, "false": False}.get(args.augment_device, device.type == "cuda")
     if not (use and names and args.handover == "uint8" and augment_device.supported(names)):
         return None
     return augment_device.DeviceAugmenter(names, args.augment_p, args.seed)
 
 
-def make_loaders(args, stats: loader.ClinicalStats, files: dict,
-                 dist_info: runtime.Dist = runtime.Dist(), device_augment: bool = False) -> dict[str, DataLoader]:
+def make_loaders(args, stats, files: dict, dist_info=None, device_augment: bool = False) -> dict:
     """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
     Validation and test: every image exactly once, in file order (sharded over ranks and gathered).
     With ``device_augment`` the training workers only decode (the trainer augments)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    import augment
+    import loader
+    import runtime
+
+    dist_info = dist_info or runtime.Dist()
     names = [] if device_augment else augment.parse_augment(args.augment)
     augmenter = augment.Augmenter(names, p=args.augment_p, enhance=loader.enhance) if names else None
     out = {}
@@ -216,7 +247,7 @@ def make_loaders(args, stats: loader.ClinicalStats, files: dict,
 def describe(files: dict, training: bool) -> str:
     """Images and cases per split; training needs both classes in train and val."""
     parts = []
-    for split in loader.SPLITS:
+    for split in files:
         labels = [filenames.decode(f).label for f in files[split]]
         parts.append(f"{split} {len(labels)} images ({sum(labels)} osteoporosis)")
         if training and split != "test" and len(set(labels)) < 2:
@@ -226,64 +257,264 @@ def describe(files: dict, training: bool) -> str:
     return ", ".join(parts)
 
 
-def prepare_run(args, defaults: dict, save_dir: str, out: Path, dist_info: runtime.Dist):
+def check_patients(files: dict, allow: bool) -> None:
+    """One patient's images in two splits inflate the validation and test scores: refused, naming the
+    patient and the files, unless ``--allow_shared_patients`` (then a warning)."""
+    where: dict[str, dict[str, list[str]]] = {}
+    for split, paths in files.items():
+        for path in paths:
+            where.setdefault(filenames.decode(path).patient, {}).setdefault(split, []).append(Path(path).name)
+    shared = {p: splits for p, splits in where.items() if len(splits) > 1}
+    if not shared:
+        return
+    patient, splits = next(iter(sorted(shared.items())))
+    text = " and ".join(f"{split} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
+                        for split, names in splits.items())
+    more = f" ({len(shared) - 1} more patients too: {', '.join(sorted(shared)[1:4])}...)" if len(shared) > 1 else ""
+    message = f"patient {patient} has images in {text}{more}"
+    if allow:
+        logger.warning("%s; trained anyway (--allow_shared_patients): validation and test scores are optimistic",
+                       message)
+        return
+    raise UserError(f"{message}. One patient's images must stay in one split, or the validation and test scores "
+                    "are inflated: re-split by patient (preprocess_filenames.py does), or pass "
+                    "--allow_shared_patients")
+
+
+def command(*arguments: str) -> str:
+    """``python main.py ARGUMENTS`` as the user can paste it: this interpreter (relative when it lies
+    below the current folder, e.g. .venv/bin/python) and this script."""
+    python = sys.executable or "python3"
+    if python.startswith(os.getcwd() + os.sep):
+        python = os.path.relpath(python)
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("main.py") else "main.py"
+    return shlex.join([python, script, *map(str, arguments)])
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this run."""
+    fold = args.fold
+    extra = []
+    if getattr(args, "cv_folds", 0):  # a cross-validation fold: continue the whole cross-validation
+        fold = fold[: len(fold) - len(str(args.cv_fold))]
+        extra = ["--folds", str(args.cv_folds)]
+    if args.out_root != "outs":
+        extra += ["--out_root", str(args.out_root)]
+    return command("--resume", "--save_dir", args.save_dir, "--fold", fold, *extra)
+
+
+def refuse_changes(args: argparse.Namespace, given: set[str], config: dict, out: Path) -> None:
+    """``--resume`` continues the run as configured: a flag given with another value than the run's
+    is refused, naming it (the session's device, GPUs, workers and cache may differ)."""
+    def shown(value) -> str:
+        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    def same(key: str, a, b) -> bool:
+        if key in ("data_dir", "pretrained") and isinstance(a, str) and isinstance(b, str):
+            return os.path.normpath(a) == os.path.normpath(b)
+        return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
+    for key in sorted(given - set(SESSION_KEYS)):
+        if key in config and not same(key, getattr(args, key), config[key]):
+            raise UserError(f"--{key} {shown(getattr(args, key))}: the run {out} was configured with --{key} "
+                            f"{shown(config[key])}, and --resume continues a run exactly as configured (leave the "
+                            "flag out). To train longer use --resume --extend_epochs N; to train differently start "
+                            "a new run (another --save_dir or --fold)")
+
+
+def prepare_run(args, given: set[str], save_dir: str, out: Path):
     """Config and clinical statistics of this run: new, or read back from an existing run for
-    ``--test`` (best.pth) and ``--resume`` (last.pth). Returns (config, stats, resume_state)."""
-    if not (args.test or args.resume):
+    ``--test`` (best.pth) and ``--resume`` (last.pth, or config.json of a run stopped in its first
+    epoch). Returns (config, stats, resume_state); for ``--resume`` every setting of the run is
+    copied onto ``args``."""
+    new_fold_of_cv = args.resume and getattr(args, "cv_folds", 0) and not out.exists()
+    if not (args.test or args.resume) or new_fold_of_cv:
         if out.exists() and any(out.iterdir()):
-            raise SystemExit(f"{out} already holds a run; nothing was changed. Continue it with --resume, score "
-                             f"it with --test, or choose another --save_dir / --fold "
-                             f"(e.g. python3 main.py --test --save_dir {save_dir} --fold '{args.fold}')")
+            how = (f"it stopped before finishing its first epoch: continue it with --resume"
+                   if not (out / runfiles.LAST).exists() else "continue it with --resume, score it with --test")
+            raise UserError(f"{out} already holds a run; nothing was changed. {how[0].upper() + how[1:]}, or choose "
+                            f"another --save_dir / --fold (e.g. {resume_command(args)})")
         return None, None, None
-    state = runfiles.load_checkpoint(out / (runfiles.BEST if args.test else runfiles.LAST))
-    config = dict(state["config"])
-    for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
-        if key in config and getattr(args, key) not in (config[key], defaults[key]):
-            logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
-        setattr(args, key, config[key])
-    if args.resume:
-        for key in ("augment", "augment_p", "sampler", "batch_size", "lrG", "beta", "loss", "seed", "data_dir",
-                    "sched"):
-            setattr(args, key, config[key])  # the rest of the recipe too, so the run continues unchanged
-    for key in ("cv_folds", "cv_fold", "cv_seed"):  # a cross-validation fold keeps its own train/val
+    import loader
+
+    if args.test:
+        state = runfiles.load_checkpoint(out / runfiles.BEST)
+        config = dict(state["config"])
+        for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
+            if key in config and key in given and getattr(args, key) != config[key]:
+                logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
+            setattr(args, key, config[key])
+        if "data_dir" not in given:
+            args.data_dir = config["data_dir"]
+        for key in ("cv_folds", "cv_fold", "cv_seed"):  # a cross-validation fold keeps its own train/val
+            if key in config:
+                setattr(args, key, config[key])
+        return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), None
+
+    state, config_file = None, out / runfiles.CONFIG
+    if (out / runfiles.LAST).is_file():
+        state = runfiles.load_checkpoint(out / runfiles.LAST)
+        config = dict(state["config"])
+    elif config_file.is_file():  # killed in its first epoch: start it again, as configured
+        config = runfiles.read_json(config_file)
+    else:
+        raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or config.json); check "
+                        "--save_dir, --fold and --out_root, or start a new run without --resume")
+    refuse_changes(args, given, config, out)
+    for key, value in config.items():
+        if key in vars(args) and key not in SESSION_KEYS:
+            setattr(args, key, value)
+    for key in ("cv_folds", "cv_fold", "cv_seed"):
         if key in config:
             setattr(args, key, config[key])
-    return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state if args.resume else None
+    stats = loader.ClinicalStats.from_dict(state["clinical_stats"]) if state else None
+    return config, stats, state
+
+
+def finished(out: Path, config: dict, state: dict | None) -> bool:
+    """Whether a run trained all its epochs and wrote its test (and report) files."""
+    done = state is not None and len(state.get("history") or []) >= int(config["epoch"])
+    return done and (out / runfiles.TEST_METRICS).is_file() and (not config.get("bootstrap") or (out / REPORTED).is_file())
+
+
+def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> dict:
+    """``--resume --extend_epochs N`` on a finished run: N more epochs, a new cosine cycle from --lrG
+    (warm restart) for the cosine schedule, and the old test and report files removed, since they
+    describe the shorter run; the extended run writes them anew when it ends."""
+    done = len(state.get("history") or [])
+    if done < int(config["epoch"]):
+        raise UserError(f"--extend_epochs: the run {out} has finished {done} of its {config['epoch']} epochs; "
+                        f"finish it first ({resume_command(args)}), then extend it")
+    config = {**config, "epoch": done + args.extend_epochs,
+              "restarts": [*config.get("restarts", []), done]}
+    args.epoch = config["epoch"]
+    for name in RESULTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    logger.info("extending the run from %d to %d epochs%s; its test and report files were removed and are "
+                "written again for the best epoch when the run ends", done, config["epoch"],
+                " (the cosine schedule restarts at --lrG)" if config.get("sched") == "cosine" else "")
+    return config
 
 
 def main(argv: list[str] | None = None) -> dict | list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    defaults = vars(parser.parse_args([]))
+    given = given_flags(parser, argv)
     check_args(args)
+    import runtime
+
     dist_info = runtime.init_distributed(args.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
-    args.threads = runtime.choose_threads(args.cpus, args.workers)
-    if args.deterministic:
-        runtime.make_deterministic()
     args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
     if not args.folds:
-        return run(args, defaults, dist_info)
+        return run(args, given, dist_info)
     results, runs = [], []
     for k in range(args.folds):
         fold_args = argparse.Namespace(**vars(args))
         fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed = \
             f"{args.fold}{k}", args.folds, k, args.seed
-        logger.info("cross-validation fold %d of %d", k + 1, args.folds)
-        results.append(run(fold_args, defaults, dist_info))
+        logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, args.folds - 1, fold_args.fold)
+        results.append(run(fold_args, given, dist_info))
         runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
     if dist_info.is_main:
+        import report
+
         cv = report.write_cv_summary(Path(args.out_root) / args.save_dir, runs)
         print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_summary.json'}")
         logger.debug("%s", cv)
     return results
 
 
-def build_trainer(args, config: dict, loaders: dict[str, DataLoader], stats: loader.ClinicalStats,
-                  device: torch.device, out: Path, dist_info: runtime.Dist = runtime.Dist(),
-                  device_augmenter: augment_device.DeviceAugmenter | None = None) -> ClassifyTrainer:
+def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
+    """Train (or resume, or only test) one run folder; returns the test metrics. A new run that fails
+    or is interrupted before its first epoch is saved leaves no folder behind."""
+    out = runfiles.run_dir(args.save_dir, args.fold, args.out_root)
+    config, stats, resume_state = prepare_run(args, given, args.save_dir, out)
+    if args.resume and config is not None:
+        if finished(out, config, resume_state) and not args.extend_epochs:
+            logger.info("the run %s finished all %d epochs (best epoch %d) and is tested; nothing to resume, "
+                        "nothing changed. To train it longer: %s --extend_epochs N", out, config["epoch"],
+                        int(resume_state["best"]["epoch"]), resume_command(args))
+            result = runfiles.read_json(out / runfiles.TEST_METRICS)
+            summary(result, out)
+            return result
+        if dist_info.is_main:
+            import runtime
+
+            runtime.setup_logging(out / "train.log")  # the log of the run says what happened to it
+    files = runfiles.split_files(vars(args), args.data_dir)
+    data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
+    if not args.test:
+        check_patients(files, args.allow_shared_patients)
+    if args.extend_epochs:  # after the data checks: a refused extension leaves the run as it was
+        if resume_state is None:
+            raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
+                            f"{resume_command(args)}")
+        config = extend(args, config, resume_state, out)
+    use_settings(args)
+    created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \
+        if config is None and dist_info.is_main else None
+    try:
+        return train_and_test(args, config, stats, resume_state, out, dist_info, files, data_summary)
+    except KeyboardInterrupt:
+        done = _saved_epochs(out)
+        if done == 0 and created is not None:
+            _remove(created)
+            logger.error("interrupted before the first epoch finished; nothing was kept. Start again with: %s",
+                         command(*sys.argv[1:]))
+        elif done == 0:
+            logger.error("interrupted in epoch 1, before any epoch was saved; continue (from epoch 1) with: %s",
+                         resume_command(args))
+        else:
+            logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
+                         done + 1, done, out / runfiles.LAST, resume_command(args))
+        raise SystemExit(130) from None
+    except BaseException:
+        if created is not None and _saved_epochs(out) == 0:
+            _remove(created)  # a failed start leaves nothing: the same command works once the cause is fixed
+        raise
+
+
+def use_settings(args: argparse.Namespace) -> None:
+    """Threads and determinism, once prepare_run has read a resumed run's settings: both change the
+    last digits of the results, so a resumed run uses the ones it was configured with."""
+    import runtime
+
+    args.threads = runtime.choose_threads(args.cpus, args.workers)
+    if args.deterministic:
+        runtime.make_deterministic()
+
+
+def _saved_epochs(out: Path) -> int:
+    """Epochs saved in the run's history.csv (0 when none finished)."""
+    path = out / "history.csv"
+    return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
+
+
+def _remove(path: Path) -> None:
+    import runtime
+
+    runtime.close_log_file()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, dist_info=None,
+                  device_augmenter=None):
     """The network (on ``device``, compiled and DDP-wrapped as asked), optimiser and the trainer of
-    this run's fusion mode: what ``run`` trains and ``bench.py`` times."""
+    this run's fusion mode: what ``train_and_test`` trains and ``bench.py`` times."""
+    import torch
+
+    import losses
+    import runtime
+    from ClassifyTrainer import ClassifyTrainer
+    from LateFuseClassifyTrainer import LateFuseClassifyTrainer
+    from models import build_model_from_config, count_parameters
+
+    dist_info = dist_info or runtime.Dist()
     precision = runtime.select_precision(args.dtype, device)
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
@@ -303,28 +534,30 @@ def build_trainer(args, config: dict, loaders: dict[str, DataLoader], stats: loa
     optimizer = scheduler = None
     if not args.test:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
-        if args.sched == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epoch)
+        if args.sched == "cosine":  # over the run's epochs, or since the last --extend_epochs restart
+            cycle = args.epoch - (config.get("restarts") or [0])[-1]
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cycle)
     return trainer_cls(model=model, loaders=loaders, loss_fn=losses.build_loss(args.loss, args.focal_gamma,
-                                                                               args.t_alpha),
+                                                                              args.t_alpha),
                        optimizer=optimizer, scheduler=scheduler, device=device, run_dir=out, config=config,
                        clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
                        seed=args.seed, channels_last=channels_last, dist_info=dist_info,
                        device_augment=device_augmenter)
 
 
-def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> dict:
-    """Train (or resume, or only test) one run folder; returns the test metrics."""
-    save_dir = args.save_dir
-    out = runfiles.run_dir(save_dir, args.fold, args.out_root)
+def train_and_test(args, config, stats, resume_state, out: Path, dist_info, files: dict, data_summary: str) -> dict:
+    import torch
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    import loader
+    import report
+    import runtime
+    from ClassifyTrainer import NonFiniteLossError
+
     device = runtime.select_device_for(dist_info, args.device, args.gpus)
     precision = runtime.select_precision(args.dtype, device)
-
-    config, stats, resume_state = prepare_run(args, defaults, save_dir, out, dist_info)
-    files = runfiles.split_files(vars(args), args.data_dir)
-    data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
     if stats is None:
-        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]])
+        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=args.fusion != "image")
     if dist_info.enabled:
         torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
     if dist_info.is_main:
@@ -345,17 +578,24 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
     loaders = make_loaders(args, stats, files, dist_info, device_augmenter is not None)
     if config is None:
         flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
-        config = {**flags, "save_dir": save_dir, "in_chans": loaders["train"].dataset.channels,
+        config = {**flags, "in_chans": loaders["train"].dataset.channels,
                   "trainer": "LateFuseClassifyTrainer" if args.fusion == "late" else "ClassifyTrainer",
                   "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
                   "world_size": dist_info.world}
-        if dist_info.is_main:
-            runfiles.write_json(out / runfiles.CONFIG, config)
+    if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):
+        runfiles.write_json(out / runfiles.CONFIG, config)
     trainer = build_trainer(args, config, loaders, stats, device, out, dist_info, device_augmenter)
     with logging_redirect_tqdm():
         if not args.test:
             if resume_state is not None:
+                if args.extend_epochs:  # weights, optimizer moments and history go on; the schedule restarts
+                    resume_state = {**resume_state, "scheduler": None}
                 trainer.restore(resume_state)
+                if args.extend_epochs:
+                    for group in trainer.optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] = args.lrG
+                    if dist_info.is_main:
+                        trainer.save_last(len(trainer.history))  # from here --resume continues the extended run
                 logger.info("resuming after epoch %d of %d", len(trainer.history), args.epoch)
             try:
                 best = trainer.fit(args.epoch)
@@ -369,7 +609,6 @@ def run(args: argparse.Namespace, defaults: dict, dist_info: runtime.Dist) -> di
         if args.bootstrap:
             report.write_report(out, data_dir=args.data_dir, n_boot=args.bootstrap, seed=args.seed,
                                 files={k: [str(f) for f in v] for k, v in files.items()})
-            logger.info("report: %s", out / "report.html")
         summary(result, out)
     runtime.close_log_file()
     return result
@@ -380,9 +619,13 @@ def summary(result: dict, out: Path) -> None:
     print(f"test set ({result['n_images']} images), best epoch {result['epoch']}, "
           f"threshold {result['threshold']:.3f} from validation:")
     keys = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "f0_5", "f1", "f2", "brier")
-    print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys))
+    print("  " + "  ".join(f"{k} {_number(m[k])}" for k in keys))
     print(f"files in {out}")
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,7 +15,7 @@ grey, as the loader does. Refused, with the file named and nothing written: a fi
 decode, an array that is not 2-D, non-finite values, an image under 16 pixels on a side.
 
 Output (written atomically): ``file,probability,prediction`` with prediction 1 (osteoporosis)
-when probability >= the run's threshold.
+when probability >= the run's threshold. An existing ``--out`` is replaced only with ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -27,20 +27,39 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader
+from cli import UserError, run_main
 
-import filenames
-import loader
-import runfiles
-import runtime
-from models import build_model_from_checkpoint
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), or a "
+                   "checkpoint file")
+    p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
+                   "carry them: columns file,sex,age,bmi")
+    p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch_size", type=int, default=16, help="(default: %(default)s)")
+    return p
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before the ~5 s torch import
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import filenames  # noqa: E402
+import loader  # noqa: E402
+import runfiles  # noqa: E402
+import runtime  # noqa: E402
+from models import build_model_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger("predict")
 
 IMAGE_EXTENSIONS = (".png", ".npy", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MIN_SIDE = 16  # CLAHE works on 8 x 8 tiles; anything smaller is not a hip radiograph
 MISSING = ("", "na", "nan", "none", "null")
 
 
@@ -133,16 +152,14 @@ def check_image(path: Path, image_size: tuple[int, int]) -> None:
         raise PredictError(str(exc)) from None
     if gray.ndim != 2:
         raise PredictError(f"{path}: expected a 2-D grey image, got shape {gray.shape}")
-    if min(gray.shape) < MIN_SIDE:
-        raise PredictError(f"{path}: image of {gray.shape[0]} x {gray.shape[1]} pixels is too small (at least "
-                           f"{MIN_SIDE} on a side); the run expects hip radiographs resized to "
-                           f"{image_size[0]} x {image_size[1]}")
+    try:
+        stretched = loader.check_shape(path, gray.shape, image_size)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
+    if stretched:
+        logger.warning("%s", stretched)
     if not np.isfinite(gray).all():
         raise PredictError(f"{path}: image holds NaN or infinite values")
-    ratio = (gray.shape[0] / gray.shape[1]) / (image_size[0] / image_size[1])
-    if not 1 / 1.5 <= ratio <= 1.5:
-        logger.warning("%s: %d x %d pixels is far from the run's aspect (%d x %d); it is stretched as in training",
-                       path, gray.shape[0], gray.shape[1], *image_size)
 
 
 @torch.no_grad()
@@ -176,21 +193,8 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
 
 
 def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
-    runfiles.write_csv(path, [{**r, "probability": f"{r['probability']:.6f}"} for r in rows],
+    runfiles.write_csv(path, [{**r, "probability": runfiles.probability_text(r["probability"])} for r in rows],
                        ["file", "probability", "prediction"])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
-    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), or a "
-                   "checkpoint file")
-    p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
-                   "carry them: columns file,sex,age,bmi")
-    p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch_size", type=int, default=16, help="(default: %(default)s)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -198,14 +202,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runtime.setup_logging()
     if args.batch_size < 1:
         raise SystemExit(f"--batch_size {args.batch_size}: must be >= 1")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out} exists; nothing was written. Pass --overwrite to replace it, or choose "
+                        "another --out")
     try:
         rows = predict(args.run, args.images, args.csv, args.device, args.batch_size)
     except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
-        raise SystemExit(f"predict.py: {exc}") from None
+        raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     write_predictions(args.out, rows)
     print(f"{len(rows)} predictions ({sum(r['prediction'] for r in rows)} osteoporosis) written to {args.out}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -91,14 +91,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Sequence
 
-import cv2
-import numpy as np
-from PIL import Image, ImageOps
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 import filenames
 import runfiles
+from cli import run_main
 from splits import DEFAULT_FRACTIONS, IMAGE_SIZE, SPLITS, assign_folds, assign_splits, patient_labels
 
 logger = logging.getLogger(__name__)
@@ -133,8 +128,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "validation": "val", "test": "test", "testing": "test"}
 
 # Plausible ranges: a value outside is a typo (e.g. T-score -25 for -2.5), not a patient.
-AGE_RANGE = (0.0, 130.0)
-BMI_RANGE = (5.0, 150.0)
+AGE_RANGE, BMI_RANGE = filenames.AGE_RANGE, filenames.BMI_RANGE  # the file-name format's plausible ranges
 TSCORE_RANGE = (-10.0, 10.0)
 HEIGHT_RANGE_M = (0.3, 2.8)
 WEIGHT_RANGE_KG = (1.0, 500.0)
@@ -962,6 +956,33 @@ def _fingerprint(args: argparse.Namespace, csv_bytes: bytes, images: Path) -> tu
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), settings
 
 
+ROI_COLUMNS = ("roi", "roi_box", "flipped", "marks_found", "marks_masked")
+
+
+def roi_columns(found: "roi.Result", index: int) -> dict[str, str]:
+    """Manifest columns of hip ``index`` (0 right, 1 left) of a ``roi.find_hips`` result."""
+    hip = found.hips[index]
+    return {"roi": "femur" if hip.found else "half", "roi_box": " ".join(map(str, hip.box)),
+            "flipped": str(int(found.flipped)), "marks_found": str(found.marks_found),
+            "marks_masked": str(hip.marks_masked)}
+
+
+def roi_summary(manifest: Sequence[Mapping[str, str]]) -> list[str]:
+    """Lines of the summary table for ``--roi``: femur found or fallen back, orientation, markers."""
+    crops = [m for m in manifest if "roi" in m]
+    if not crops:
+        return []
+    images = {m["source"]: m for m in crops}
+    n, k = len(crops), len(images)
+    found = sum(m["roi"] == "femur" for m in crops)
+    counts = [("femur found", found), ("fell back to half image", n - found),
+              ("images turned upright", sum(m["flipped"] == "1" for m in images.values())),
+              ("images with markers/text", sum(m["marks_found"] != "0" for m in images.values())),
+              ("crops with markers masked", sum(m["marks_masked"] != "0" for m in crops))]
+    return ["", f"region of interest (--roi): {n} hip crops from {k} images"] + \
+        [f"  {label:<26}{count:>6}" for label, count in counts]
+
+
 def summary_table(manifest: Sequence[Mapping[str, str]], skipped: Sequence[Mapping[str, str]],
                   folds: int | None) -> str:
     """The text printed at the end: counts per split and class, missing values, skipped rows."""
@@ -982,6 +1003,7 @@ def summary_table(manifest: Sequence[Mapping[str, str]], skipped: Sequence[Mappi
     missing = ", ".join(f"{c} {sum(m[c] == 'NA' for m in manifest)}/{n}" for c in ("sex", "age", "bmi"))
     lines += ["", f"missing values (images): {missing}"]
     reasons = Counter(r["reason"] for r in skipped)
+    lines += roi_summary(manifest)
     lines.append(f"skipped: {len(skipped)} (see {SKIPPED})")
     for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {reason:<20}{count:>6}")
@@ -1075,7 +1097,7 @@ def _write_images(args: argparse.Namespace, out: Path, rows: list[Row], splits: 
 
     fieldnames = ["file", "source", "patient", "crop", "split"] + (["fold"] if args.folds else []) + \
         ["label", "sex", "age", "bmi", "row"] + (["hip"] if args.split_hips else []) + \
-        (["patient_csv"] if args.sanitize_ids else [])
+        (list(ROI_COLUMNS) if args.roi else []) + (["patient_csv"] if args.sanitize_ids else [])
     runfiles.write_csv(out / MANIFEST, manifest, fieldnames)
     runfiles.write_csv(out / SKIPPED, skips.rows, ["row", "image", "patient", "reason", "message"])
 
@@ -1106,13 +1128,21 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
     """Read, cut, fit and write one row's image(s): (manifest entries, already there), or None if skipped."""
     targets = [(crop, hip, out / split / filenames.encode(row.patient, crop, row.label, row.sex, row.age, row.bmi))
                for crop, hip in row.crops]
-    reused = resume and all(path.is_file() for _, _, path in targets)
+    # --roi recomputes on resume: its manifest columns come from the finder (well under a second)
+    reused = resume and all(path.is_file() for _, _, path in targets) and not args.roi
+    found = None
     if not reused:
         try:
             img = read_image(row.path)
             if row.box is not None:
                 img = crop_box(img, row.box)
-            parts = split_hips(img) if args.split_hips else (img,)
+            if args.roi:
+                found = roi.find_hips(img, aspect=args.size[0] / args.size[1])
+                for note in found.notes:
+                    logger.warning("%s: %s", row.image, note)
+                parts = [hip.image for hip in found.hips]
+            else:
+                parts = split_hips(img) if args.split_hips else (img,)
             fitted = [fit_image(part, args.size, args.fit) for part in parts]
         except (ImageReadError, BoxError) as exc:
             if args.strict:
@@ -1135,6 +1165,8 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
                      row=str(row.line))
         if args.split_hips:
             entry["hip"] = hip
+        if found is not None:
+            entry.update(roi_columns(found, 0 if hip == "right" else 1))
         if args.sanitize_ids:
             entry["patient_csv"] = row.patient_csv
         entries.append(entry)
@@ -1210,6 +1242,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--split-hips", action="store_true",
                    help="cut an AP pelvis into crop 1 (right hip, image left half) and crop 2 (left hip, mirrored)")
+    g.add_argument("--roi", choices=("femur",), default=None,
+                   help="cut each hip's proximal femur (head, neck, trochanters, upper shaft) at native resolution, "
+                        "oriented as --split-hips (which it implies); upside-down images are turned and markers "
+                        "painted over (see roi.py)")
 
     g = parser.add_argument_group("splits")
     g.add_argument("--split", nargs=3, type=_fraction, metavar=("TRAIN", "VAL", "TEST"),
@@ -1245,6 +1281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--split and --split-col exclude each other")
     if args.split is not None and not math.isclose(sum(args.split), 1.0, abs_tol=1e-6):
         parser.error(f"--split fractions must sum to 1, got {' + '.join(map(str, args.split))} = {sum(args.split):g}")
+    if args.roi and args.crop_col is not None:
+        parser.error("--roi cuts two hips per image and numbers the crops itself; it excludes --crop-col")
+    args.split_hips = args.split_hips or bool(args.roi)
     if args.split_hips and args.crop_col is not None:
         parser.error("--split-hips numbers the crops itself; it excludes --crop-col")
     if args.tscore_col is not None and args.label_col is not None:
@@ -1278,4 +1317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before the image libraries load
+
+# used by the functions above; imported last so that the line above answers without them
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+import roi  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(main)

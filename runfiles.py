@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
 CHECKPOINT_FORMAT = "osteoporosis-hip-classifier/1"
 CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "epoch")
@@ -125,6 +126,12 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequ
 
 
 # --------------------------------------------------------------------------- checkpoints
+
+def probability_text(probability: float) -> str:
+    """A probability as a predictions file holds it: 9 significant digits, which give back a 32-bit
+    network output exactly, so metrics recomputed from the file equal the run's own."""
+    return f"{probability:.9g}"
+
 
 def fusion_of(config: Mapping) -> str:
     """The run's fusion mode (:data:`FUSION_MODES`). Runs written before it was one value carry two
@@ -315,8 +322,7 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
         if missing:
             raise ValueError(f"files must name the images of {', '.join(SPLITS)}; missing {missing}")
         return {s: [Path(f) for f in files[s]] for s in SPLITS}
-    import crossval  # torch, through the loader: only where split files are listed
-    import loader
+    import filenames
 
     source = "--data_dir" if data_dir is not None else "the run's configuration"
     data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", "data"))
@@ -324,9 +330,12 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
         raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder with train/ "
                                 f"val/ test/ the run was trained on (--data_dir), or make the demo set with "
                                 f"python3 synthetic.py --out {data_dir}")
-    test = loader.list_split(data_dir, "test")
+    test = filenames.list_split(data_dir, "test")
     if config.get("cv_folds"):
+        import crossval  # torch, through the loader: only for cross-validation folds
+
         k, fold = int(config["cv_folds"]), int(config["cv_fold"])
         split = crossval.crossval_splits(data_dir, k, int(config.get("cv_seed", config.get("seed", 0))))[fold]
         return {"train": list(split["train"]), "val": list(split["val"]), "test": test}
-    return {"train": loader.list_split(data_dir, "train"), "val": loader.list_split(data_dir, "val"), "test": test}
+    return {"train": filenames.list_split(data_dir, "train"), "val": filenames.list_split(data_dir, "val"),
+            "test": test}

@@ -1,4 +1,8 @@
-"""Where and how a run executes: device, threads, seeds, numeric precision and logging."""
+"""Where and how a run executes: device, threads, seeds, numeric precision, logging and progress bars.
+
+torch and NumPy are imported inside the functions that need them, so a script can set up logging
+before it imports torch (its ``--help`` and flag errors answer at once).
+"""
 from __future__ import annotations
 
 import logging
@@ -7,15 +11,19 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed Python, NumPy and torch; ``rank`` offsets the seed per process (timm ``random_seed``)."""
+    import numpy as np
+    import torch
+
     seed = int(seed) + int(rank)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -24,6 +32,8 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 def select_device(device: str, gpus: str | None) -> torch.device:
     """``--device auto|cpu|cuda`` with ``--gpus`` naming which CUDA device(s) may be used."""
+    import torch
+
     ids = [int(g) for g in gpus.split(",")] if gpus else []
     if device == "cpu":
         return torch.device("cpu")
@@ -51,6 +61,8 @@ class Precision:
 
     @property
     def name(self) -> str:
+        import torch
+
         return {None: "float32", torch.float16: "float16 autocast + grad scaler",
                 torch.bfloat16: "bfloat16 autocast"}[self.dtype]
 
@@ -59,6 +71,8 @@ def select_precision(flag: str, device: torch.device) -> Precision:
     """``--dtype auto`` picks the fastest numerically safe setting: fp16 autocast with a gradient scaler
     on CUDA (bf16 where supported), fp32 on CPU (bf16 autocast measured 4.6x slower on CPUs without
     bf16 units). ``half`` forces reduced precision, ``float`` forces fp32."""
+    import torch
+
     if flag == "float":
         return Precision(None, False)
     if device.type == "cuda":
@@ -93,6 +107,19 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         root.addHandler(handler)
 
 
+def on_terminal() -> bool:
+    """Whether stderr is a terminal: progress bars only there; a redirected log gets plain lines."""
+    return sys.stderr.isatty()
+
+
+def progress(iterable: Iterable, enabled: bool = True, **kwargs):
+    """A tqdm progress bar over ``iterable`` on a terminal; elsewhere ``iterable`` itself wrapped
+    by a disabled bar (no escape codes in a redirected log)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, dynamic_ncols=True, disable=not (enabled and on_terminal()), **kwargs)
+
+
 def close_log_file() -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -124,6 +151,7 @@ def init_distributed(device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    import torch
     import torch.distributed as dist
 
     use_cuda = device != "cpu" and torch.cuda.is_available()
@@ -134,6 +162,8 @@ def init_distributed(device: str) -> Dist:
 
 def select_device_for(dist_info: Dist, device: str, gpus: str | None) -> torch.device:
     """Device of this process: under torchrun, local rank i takes the i-th of ``--gpus`` (or GPU i)."""
+    import torch
+
     if not dist_info.enabled:
         return select_device(device, gpus)
     if device == "cpu" or not torch.cuda.is_available():
@@ -169,6 +199,8 @@ def choose_threads(cpus: int | None, workers: int) -> str:
 
 def make_deterministic() -> None:
     """Bit-reproducible kernels (slower); needed for an exactly reproducible resumed run on GPU."""
+    import torch
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True

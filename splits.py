@@ -15,8 +15,6 @@ import logging
 import math
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
-
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -36,6 +34,8 @@ def allocate(n: int, fractions: Sequence[float]) -> list[int]:
     """Split ``n`` patients of one label by ``fractions``, largest remainder first (ties in order).
     Every split with a fraction above zero gets at least one when there are enough patients, taken
     from the largest, so validation and test can see every class (an AUC needs both)."""
+    import numpy as np  # in the functions: main.py reads IMAGE_SIZE for --help before NumPy loads
+
     exact = [f * n for f in fractions]
     counts = [math.floor(e) for e in exact]
     order = sorted(range(len(fractions)), key=lambda i: (-(exact[i] - counts[i]), i))
@@ -59,6 +59,8 @@ def assign_splits(labels: Mapping[str, int], fractions: Sequence[float] = DEFAUL
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise ValueError(f"split fractions must be three numbers >= 0 that sum to 1, got {list(fractions)}")
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     result: dict[str, str] = {}
     for label in sorted(set(labels.values())):
@@ -75,6 +77,8 @@ def assign_splits(labels: Mapping[str, int], fractions: Sequence[float] = DEFAUL
 def assign_folds(labels: Mapping[str, int], k: int, seed: int = 0) -> dict[str, int]:
     """Patient -> fold 0..k-1, stratified by label: the patients of each class are shuffled (seeded)
     and dealt round-robin, continuing across classes so fold sizes stay balanced."""
+    import numpy as np
+
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
         raise ValueError(f"cross-validation needs k >= 2 folds, got {k!r}")
     if k > len(labels):

@@ -1,4 +1,4 @@
-"""python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png]
+"""python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
 
 The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known
 cause of osteoporosis, so the whole suite can be run and checked without patient data.
@@ -32,6 +32,11 @@ crop 1 = right hip, 2 = left hip drawn mirrored into the same orientation), spli
 patient and stratified by label; ``masks/<split>/<name>.png`` (255 on the femur, where the
 disease signal is drawn; see :func:`region_mask`); ``manifest.csv`` (one row per image with the
 drawing parameters); ``synthetic.json`` (n, seed, size: a re-run with the same values is a no-op).
+
+``--pelvis`` instead writes whole AP pelvis views as a hospital exports them (``raw/``,
+``patient_list.csv``, and ``pelvis.csv`` with each femoral head's centre and radius), some with a
+black border and a text line, a tenth upside down: the input of ``preprocess_filenames.py --roi
+femur``, whose finder (``roi.py``) tests/test_roi.py checks against the known heads.
 """
 from __future__ import annotations
 
@@ -428,7 +433,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / MASK_DIR / split).mkdir(parents=True, exist_ok=True)
     rows = []
-    with tqdm(total=2 * n_patients, desc="synthetic", unit="img") as bar:
+    with tqdm(total=2 * n_patients, desc="synthetic", unit="img", disable=None) as bar:  # no bar when redirected
         for pid, patient, hip_seqs in zip(pids, patients, hips):
             split = split_of[pid]
             for crop, side in ((1, "R"), (2, "L")):
@@ -449,6 +454,102 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
     runfiles.write_text(out / METADATA, json.dumps(meta, indent=1) + "\n")
     logger.info("wrote %d images of %d patients to %s", len(manifest), n_patients, out)
     return manifest
+
+
+def head_in_pixels(size: tuple[int, int], params: dict) -> tuple[float, float, float]:
+    """Centre (x, y) and radius of the femoral head drawn with these pose parameters in a (H, W)
+    hip image (pixel centres at integer coordinates): the inverse of :func:`_posed`."""
+    h, w = size
+    unit = 1.0 / _grid(size)[2]
+    hx, hy, hr = HEAD
+    t = math.radians(params["rotation_deg"])
+    c, s = math.cos(t) / params["scale"], math.sin(t) / params["scale"]
+    u, v = hx - 0.5, hy - REF_H / 2
+    det = c * c + s * s
+    dx, dy = (c * u - s * v) / det, (s * u + c * v) / det
+    gx, gy = 0.5 + params["shift_x"] + dx, REF_H / 2 + params["shift_y"] + dy
+    return (gx - 0.5) * unit + w / 2 - 0.5, (gy - REF_H / 2) * unit + h / 2 - 0.5, hr * params["scale"] * unit
+
+
+PELVIS_HIP_SIZE = (428, 204)  # (height, width) of each hip in a pelvis view: taller than a hip crop,
+# with the femoral head about halfway down, as on an AP pelvis radiograph
+PELVIS_LIST = "patient_list.csv"
+PELVIS_TRUTH = "pelvis.csv"
+
+
+def draw_pelvis(patient: dict, rng: np.random.Generator, hip_size: tuple[int, int] = PELVIS_HIP_SIZE,
+                border: int = 0, upside_down: bool = False) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
+    """An AP pelvis view of ``patient`` (from :func:`draw_patient`) as a hospital exports it: the
+    right hip on the image's left, the left hip mirrored on its right, the symphysis between them
+    as far apart as in an adult (femoral heads about 8 head radii apart), side markers, optionally
+    a black ``border`` with a burnt-in text line below the field, optionally upside down.
+
+    Returns the uint8 image and the femoral heads (x, y, r) in its pixels, right hip first.
+    """
+    h, w = hip_size
+    # drawn 3 widths high (the frame is centred, so the abdomen shows above the pelvis) and cut
+    # below, so that the head lies about halfway down as on an AP pelvis radiograph
+    drawn = (max(h, 3 * w), w)
+    right_p, left_p = draw_picture(patient, rng), draw_picture(patient, rng)
+    right = render(drawn, right_p, "", rng)[0][:h]  # markers are put on the whole view below
+    left = render(drawn, left_p, "", rng)[0][:h]
+    right_head, left_head = head_in_pixels(drawn, right_p), head_in_pixels(drawn, left_p)
+    # gap so that the heads lie 8 radii apart (about 18 cm for a 2.3 cm head)
+    radius = (right_head[2] + left_head[2]) / 2
+    gap = max(2, round(8.0 * radius - (w - 1 - right_head[0]) - (w - 1 - left_head[0])))
+    ramp = np.linspace(0.0, 1.0, gap, dtype=np.float32)[None, :]
+    middle = (1 - ramp) * right[:, -1:].astype(np.float32) + ramp * left[:, -1:].astype(np.float32)
+    view = np.hstack([right, np.clip(middle, 0, 255).astype(np.uint8), left[:, ::-1]])
+    heads = [right_head, (w + gap + (w - 1 - left_head[0]), left_head[1], left_head[2])]
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 1.2 * h / 700.0 * 2
+    thick = max(2, round(4 * h / 700.0))
+    for letter, corner in (("R", 0), ("L", 1)):
+        (tw, th), _ = cv2.getTextSize(letter, font, size, thick)
+        margin = max(2, round(0.04 * w))
+        x = margin if corner == 0 else view.shape[1] - margin - tw
+        cv2.putText(view, letter, (x, margin + th), font, size, 245, thick, cv2.LINE_AA)
+    if border:
+        view = cv2.copyMakeBorder(view, border, 2 * border, border, border, cv2.BORDER_CONSTANT, value=0)
+        heads = [(x + border, y + border, r) for x, y, r in heads]
+        scale = max(0.3, border / 40)
+        cv2.putText(view, "Page 1 of 1   1 cm", (border, view.shape[0] - border // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    scale, 200, 1, cv2.LINE_AA)
+    if upside_down:
+        view = np.ascontiguousarray(view[::-1])
+        heads = [(x, view.shape[0] - 1 - y, r) for x, y, r in heads]
+    return view, heads
+
+
+def generate_pelvis(out_dir: str | os.PathLike, n_patients: int, seed: int,
+                    hip_size: tuple[int, int] = PELVIS_HIP_SIZE, upside_down: float = 0.1) -> pd.DataFrame:
+    """Write ``n_patients`` AP pelvis views as a hospital export: ``raw/<patient>.png``,
+    ``patient_list.csv`` (patient_id, image, label, sex, age, bmi) for ``preprocess_filenames.py``,
+    and ``pelvis.csv`` with the truth (head centres and radii in raw pixels, border, upside_down).
+    A share ``upside_down`` of the views is stored upside down; every other view has a black border."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} is not empty; choose a new or empty folder")
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    rows, truth = [], []
+    width = max(5, len(str(n_patients - 1)))
+    for i, seq in enumerate(np.random.SeedSequence([seed, 2]).spawn(n_patients)):
+        rng = np.random.default_rng(seq)
+        patient = draw_patient(rng)
+        flip = bool(rng.random() < upside_down)
+        border = int(round(0.06 * hip_size[1])) if i % 2 else 0
+        view, heads = draw_pelvis(patient, rng, hip_size, border=border, upside_down=flip)
+        pid = f"V{i:0{width}d}"
+        runfiles.write_bytes(out / "raw" / f"{pid}.png", _png(view), fsync=False)
+        rows.append(dict(patient_id=pid, image=f"{pid}.png", label=patient["label"], sex=patient["sex"],
+                         age=patient["age"], bmi=patient["bmi"]))
+        truth.append(dict(image=f"{pid}.png", height=view.shape[0], width=view.shape[1], border=border,
+                          upside_down=int(flip), **{f"{side}_{k}": v for side, head in zip(("right", "left"), heads)
+                                                    for k, v in zip(("x", "y", "r"), head)}))
+    runfiles.write_text(out / PELVIS_LIST, pd.DataFrame(rows).to_csv(index=False))
+    frame = pd.DataFrame(truth)
+    runfiles.write_text(out / PELVIS_TRUTH, frame.to_csv(index=False))
+    logger.info("wrote %d AP pelvis views to %s", n_patients, out)
+    return frame
 
 
 def mask_path(image_path: str | os.PathLike) -> Path:
@@ -554,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     extra = parser.add_argument_group("pictures")
     extra.add_argument("--examples", metavar="PATH",
                        help="also draw 2 normal and 2 osteoporosis examples into this PNG")
+    extra.add_argument("--pelvis", action="store_true",
+                       help="instead write whole AP pelvis views as a hospital export (OUT/raw, OUT/patient_list.csv, "
+                            "OUT/pelvis.csv with the femoral heads) for preprocess_filenames.py --roi femur")
     return parser
 
 
@@ -578,6 +682,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--size must be at least 16 16, got {args.size[0]} {args.size[1]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _keep_freed_memory()
+    if args.pelvis:
+        try:
+            generate_pelvis(args.out, args.n, args.seed, (round(args.size[1] * 1.05), args.size[1] // 2))
+        except FileExistsError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        print(f"{args.out}: {args.n} AP pelvis views in {args.out}/raw, list {PELVIS_LIST}, truth {PELVIS_TRUTH}")
+        return 0
     try:
         manifest = generate(args.out, args.n, args.seed, tuple(args.size))
     except (FileExistsError, NotADirectoryError) as exc:

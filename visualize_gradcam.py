@@ -1,4 +1,4 @@
-"""python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method gradcam]
+"""python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method expected_gradients]
 
 Show what a trained network looked at: a class activation map drawn over the radiograph, for any
 run of main.py. Everything about the network (model, fusion mode, input channels, image size,
@@ -19,18 +19,19 @@ Whose evidence (--target): osteoporosis (the logit; default for pictures), norma
 the normal class's score of the one-logit model) or predicted (per image, the class the run predicts at
 its threshold). --localisation reports osteoporosis and predicted unless --target names one.
 
-How (--method): gradcam (default), gradcam++ and scorecam explain a layer (--layer); occlusion and
-expected_gradients the input pixels. Bone loss is an absence, which a layer map measured against zero
-activation cannot show as evidence for osteoporosis: on the demo run Grad-CAM of the osteoporosis
+How (--method): expected_gradients (default) and occlusion explain the input pixels; gradcam,
+gradcam++ and scorecam a layer (--layer). Bone loss is an absence, which a layer map measured against
+zero activation cannot show as evidence for osteoporosis: on the demo run Grad-CAM of the osteoporosis
 logit falls mostly off the femur while expected_gradients, which compares the image with --references
-training radiographs, puts it on the femur (README, "Does the heatmap fall on the bone?").
+training radiographs, puts it on the femur (README, "Does the heatmap fall on the bone?"). That is
+why it is the default; Grad-CAM is --method gradcam.
 
 Pictures go to <run>/cams/ (--out to change) as <image>_<method>.png with the raw heatmap beside it
 (.npy); --sheet puts every case on one contact sheet; --save PATH writes the one picture exactly
 there. The README pictures:
 
     python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn fp tn --top 1 \\
-        --sheet --save images/Grad_CAM.png --no_npy
+        --sheet --method gradcam --save images/Grad_CAM.png --no_npy
     python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn --top 1 --sheet \\
         --method expected_gradients --save images/Expected_Gradients.png --no_npy
     python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation [--method M] [--target T]
@@ -42,36 +43,99 @@ import io
 import logging
 import math
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
-import numpy as np
-import torch
-from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure  # no pyplot: no global state, Agg renders the PNG
-from tqdm import tqdm
+from choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS
+from cli import positive_int, run_main
 
-import filenames
-import loader
-import runfiles
-import runtime
-import synthetic
-from cli import positive_int
-from cam import LAYER_METHODS, METHODS, NAMES, REFERENCE_METHODS, TARGETS, compute_cam, predict_logit, resolve_layer
-from models import build_model_from_checkpoint
+KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
+TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
+DEFAULT_METHOD = "expected_gradients"  # the method that localises on the demo (README, "Does the heatmap fall on the bone?")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--run", required=True, metavar="DIR", help="run folder outs/<save_dir>/fold<fold>/ of main.py")
+    g.add_argument("--data_dir", default=None, help="where the run's data set lies now (default: the run's "
+                   "--data_dir); only the location of the images, the network comes from the run")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    g = p.add_argument_group("which images")
+    which = g.add_mutually_exclusive_group(required=True)
+    which.add_argument("--image", nargs="+", metavar="PATH", help="image files named in the data set's format")
+    which.add_argument("--index", nargs="+", type=int, metavar="N", help="positions in the sorted test split")
+    which.add_argument("--select", nargs="+", choices=tuple(KINDS), metavar="KIND",
+                       help="most confident test cases of each kind: tp, fp, fn, tn (from test_predictions.csv "
+                       "and the run's threshold)")
+    which.add_argument("--all", action="store_true", help="every test image")
+    which.add_argument("--localisation", action="store_true", help="measure how much heatmap mass falls on the "
+                       "region masks of the demo data (DIR/masks/test/), for each --target; writes "
+                       "localisation_<method>[_<target>].json/.csv/.png")
+    g.add_argument("--top", type=positive_int, default=3, help="cases per kind for --select (default: %(default)s)")
+
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="(default: %(default)s, which puts "
+                   "the evidence on the femur of the demo run; gradcam maps a layer's activations and lights up "
+                   "mostly soft tissue and shaft there)")
+    g.add_argument("--target", choices=TARGET_CHOICES, default=None, help="whose evidence to map: osteoporosis "
+                   "(the logit), normal (the negated logit) or predicted (per image, the class predicted at the "
+                   "run's threshold). Default: osteoporosis for pictures; for --localisation both osteoporosis "
+                   "and predicted")
+    g.add_argument("--layer", default=None, help="module to explain, e.g. features.denseblock3 or features.norm5 "
+                   "(default: the model's last dense block; only for gradcam, gradcam++, scorecam)")
+    g.add_argument("--window", type=positive_int, default=None, help="occlusion window in pixels of the network "
+                   "input (default: about 1/8 of the shorter side)")
+    g.add_argument("--batch_size", type=positive_int, default=32, help="inputs per forward pass for scorecam, "
+                   "occlusion and expected_gradients (default: %(default)s)")
+    g.add_argument("--references", type=positive_int, default=16, metavar="N", help="expected_gradients: training "
+                   "images the map is measured against (default: %(default)s)")
+    g.add_argument("--steps", type=positive_int, default=4, help="expected_gradients: points on the path from each "
+                   "reference to the image (default: %(default)s)")
+    g.add_argument("--smooth", type=float, default=None, metavar="PX", help="expected_gradients: Gaussian sigma "
+                   "of the map in input pixels, 0 for none (default: 1/32 of the image width)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, help="folder for the pictures (default: <run>/cams)")
+    g.add_argument("--sheet", action="store_true", help="all cases on one contact sheet")
+    g.add_argument("--cols", type=positive_int, default=None, help="columns of the sheet (default: up to 4)")
+    g.add_argument("--save", default=None, metavar="PATH", help="write the one picture (a single case, the sheet "
+                   "or the localisation figure) exactly here, e.g. images/Grad_CAM.png")
+    g.add_argument("--no_npy", action="store_true", help="do not write the raw heatmap (.npy) beside the picture")
+    return p
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before the ~5 s torch import
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402 - no pyplot: no global state, Agg renders the PNG
+
+import filenames  # noqa: E402
+import loader  # noqa: E402
+import runfiles  # noqa: E402
+import runtime  # noqa: E402
+import synthetic  # noqa: E402
+from cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer  # noqa: E402
+from models import build_model_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 CAMS_DIR = "cams"
 PREDICTIONS = runfiles.PREDICTIONS["test"]
-KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
 LABELS = {0: "normal", 1: "osteoporosis"}
 ALPHA, DPI = 0.4, 150
-TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
 LOCALISATION_TARGETS = ("osteoporosis", "predicted")  # --localisation without --target
 TARGET_TEXT = {"osteoporosis": "the osteoporosis logit", "normal": "the normal class (negated logit)",
                "predicted": "the predicted class"}
@@ -93,6 +157,9 @@ def test_files(run: runfiles.Run, data_dir: str | os.PathLike | None = None) -> 
 def check_image(path: str | os.PathLike) -> Path:
     """Refuse, naming the file, anything the loader could not turn into a network input."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"--image {path} is a folder; give image files (or --all / --index for the run's "
+                                "test split, --data_dir for where it lies)")
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: no such file")
     filenames.decode(path)  # label and clinical values come from the name
@@ -193,7 +260,7 @@ def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "g
     """Heatmap and probability for every image of ``dataset``; ``target`` as :func:`resolve_target`."""
     late = bool(getattr(model, "late_fuse", False))
     cases = []
-    for i in tqdm(range(len(dataset)), desc=NAMES[method], leave=False, disable=len(dataset) < 5):
+    for i in runtime.progress(range(len(dataset)), enabled=len(dataset) >= 5, desc=NAMES[method], leave=False):
         sample = dataset[i]
         clinical = sample["clinical"] if late else None
         probability = 1.0 / (1.0 + math.exp(-predict_logit(model, sample["image"], clinical)))
@@ -358,7 +425,8 @@ def render_case(case: Case, threshold: float, title: str) -> Figure:
     fig = Figure(figsize=(width + 1.0, width * aspect + 1.4), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     _draw(ax, case.image, case.heatmap, case.original_size)
-    ax.set_title(title, fontsize=7)
+    # wrapped to the picture's width: one long line is centred and clipped at both ends ("xpected Gradients")
+    ax.set_title("\n".join(textwrap.fill(line, 48) for line in title.splitlines()), fontsize=7)
     ax.set_xlabel(caption(case, threshold), fontsize=7, loc="left")
     _colorbar(fig, ax, "relative contribution (0 none, 1 most)")
     return fig
@@ -448,56 +516,6 @@ def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("run")
-    g.add_argument("--run", required=True, metavar="DIR", help="run folder outs/<save_dir>/fold<fold>/ of main.py")
-    g.add_argument("--data_dir", default=None, help="where the run's data set lies now (default: the run's "
-                   "--data_dir); only the location of the images, the network comes from the run")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-
-    g = p.add_argument_group("which images")
-    which = g.add_mutually_exclusive_group(required=True)
-    which.add_argument("--image", nargs="+", metavar="PATH", help="image files named in the data set's format")
-    which.add_argument("--index", nargs="+", type=int, metavar="N", help="positions in the sorted test split")
-    which.add_argument("--select", nargs="+", choices=tuple(KINDS), metavar="KIND",
-                       help="most confident test cases of each kind: tp, fp, fn, tn (from test_predictions.csv "
-                       "and the run's threshold)")
-    which.add_argument("--all", action="store_true", help="every test image")
-    which.add_argument("--localisation", action="store_true", help="measure how much heatmap mass falls on the "
-                       "region masks of the demo data (DIR/masks/test/), for each --target; writes "
-                       "localisation_<method>[_<target>].json/.csv/.png")
-    g.add_argument("--top", type=positive_int, default=3, help="cases per kind for --select (default: %(default)s)")
-
-    g = p.add_argument_group("method")
-    g.add_argument("--method", choices=METHODS, default="gradcam", help="(default: %(default)s)")
-    g.add_argument("--target", choices=TARGET_CHOICES, default=None, help="whose evidence to map: osteoporosis "
-                   "(the logit), normal (the negated logit) or predicted (per image, the class predicted at the "
-                   "run's threshold). Default: osteoporosis for pictures; for --localisation both osteoporosis "
-                   "and predicted")
-    g.add_argument("--layer", default=None, help="module to explain, e.g. features.denseblock3 or features.norm5 "
-                   "(default: the model's last dense block; only for gradcam, gradcam++, scorecam)")
-    g.add_argument("--window", type=positive_int, default=None, help="occlusion window in pixels of the network "
-                   "input (default: about 1/8 of the shorter side)")
-    g.add_argument("--batch_size", type=positive_int, default=32, help="inputs per forward pass for scorecam, "
-                   "occlusion and expected_gradients (default: %(default)s)")
-    g.add_argument("--references", type=positive_int, default=16, metavar="N", help="expected_gradients: training "
-                   "images the map is measured against (default: %(default)s)")
-    g.add_argument("--steps", type=positive_int, default=4, help="expected_gradients: points on the path from each "
-                   "reference to the image (default: %(default)s)")
-    g.add_argument("--smooth", type=float, default=None, metavar="PX", help="expected_gradients: Gaussian sigma "
-                   "of the map in input pixels, 0 for none (default: 1/32 of the image width)")
-
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default=None, help="folder for the pictures (default: <run>/cams)")
-    g.add_argument("--sheet", action="store_true", help="all cases on one contact sheet")
-    g.add_argument("--cols", type=positive_int, default=None, help="columns of the sheet (default: up to 4)")
-    g.add_argument("--save", default=None, metavar="PATH", help="write the one picture (a single case, the sheet "
-                   "or the localisation figure) exactly here, e.g. images/Grad_CAM.png")
-    g.add_argument("--no_npy", action="store_true", help="do not write the raw heatmap (.npy) beside the picture")
-    return p
-
 
 def _slug(method: str, target: str = "osteoporosis") -> str:
     # gradcam++ -> gradcampp: no '+' in file names; the default target keeps the names it always had
@@ -632,4 +650,4 @@ def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

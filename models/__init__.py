@@ -19,7 +19,9 @@ from .pretrained import load_pretrained
 __all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstanceNorm2d", "build_model",
            "build_model_from_config", "build_model_from_checkpoint", "count_parameters", "load_pretrained"]
 
-MODEL_NAMES = ("dense_net", *TORCHVISION_DENSENETS)
+from choices import MODEL_NAMES  # noqa: E402
+
+assert MODEL_NAMES[1:] == tuple(TORCHVISION_DENSENETS), "choices.MODEL_NAMES lists every network"
 
 
 def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, depth: int = 40,

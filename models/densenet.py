@@ -11,9 +11,9 @@ from collections import OrderedDict
 from torch import nn
 from torchvision import models as tvm
 
-from .layers import check_choice
+from choices import STEMS  # noqa: F401 (torch-free names for the command lines)
 
-STEMS = ("downsample", "original")
+from .layers import check_choice
 
 # name -> (torchvision builder, channels of the final feature map)
 TORCHVISION_DENSENETS = {

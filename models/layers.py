@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("bn", "in", "bin")
-ACTS = ("relu", "elu", "leaky", "prelu")
+from choices import ACTS, NORMS  # noqa: E402 (torch-free names for the command lines)
 
 LEAKY_SLOPE = 0.1
 

@@ -94,3 +94,22 @@ def test_one_class_splits_are_refused(tmp_path):
         baseline.clinical_baseline(root)
     with pytest.raises(ValueError, match="files must name the images of train, val, test"):
         baseline.clinical_baseline(files={"train": []})
+
+
+@pytest.mark.parametrize("sex,age,bmi,says", [
+    (None, None, None, "sex missing, age missing, bmi missing"),
+    (1, 70.0, None, "sex constant, age constant, bmi missing"),
+])
+def test_no_baseline_without_varying_clinical_values(tmp_path, sex, age, bmi, says):
+    root = tmp_path / "data"
+    for split, n in (("train", 10), ("val", 6), ("test", 6)):
+        make_split(root / split, [(f"{split}{i}", 1, i % 2, sex, age, bmi) for i in range(n)])
+    with pytest.raises(baseline.BaselineUnavailable, match=f"no clinical value varies in the training split \\({says}\\)"):
+        baseline.clinical_baseline(root)
+
+
+def test_one_varying_value_is_enough_for_a_baseline(tmp_path):
+    root = tmp_path / "data"
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        make_split(root / split, [(f"{split}{i}", 1, i % 2, None, 50.0 + 10 * (i % 2) + i, None) for i in range(n)])
+    assert baseline.clinical_baseline(root)["coef"]["age"] > 0

@@ -55,15 +55,19 @@ def test_vectorised_path_equals_resample_by_resample(func, grouped):
 def test_bootstrap_metrics_points_intervals_and_shared_resamples():
     y, p = _scores(300, seed=4)
     out = confidence.bootstrap_metrics(y, p, threshold=0.4, n_boot=500, seed=3)
-    assert tuple(out) == confidence.BOOTSTRAP_METRICS
+    assert tuple(out) == confidence.BOOTSTRAP_METRICS + confidence.CALIBRATION_METRICS
     point = metrics.compute_metrics(y, p, 0.4)
+    cal = confidence.calibration(y, p)
+    point.update(calibration_slope=cal["slope"], calibration_intercept=cal["intercept"])
     for key, ci in out.items():
         assert ci["point"] == point[key]
+        assert ci["interval"] == ("bca" if key in confidence.BCA_METRICS else "percentile"), key
         assert ci["low"] <= ci["point"] <= ci["high"], key
         assert ci["low"] < ci["high"]
     # the same resamples as bootstrap_ci with that seed, for ranking and threshold metrics alike
     assert out["roc_auc"] == confidence.bootstrap_ci(y, p, metrics.roc_auc, n_boot=500, seed=3)
-    f1 = confidence.bootstrap_ci(y, p, lambda a, b: metrics.threshold_metrics(a, b, 0.4)["f1"], n_boot=500, seed=3)
+    f1 = confidence.bootstrap_ci(y, p, lambda a, b: metrics.threshold_metrics(a, b, 0.4)["f1"], n_boot=500, seed=3,
+                                 interval="percentile")
     assert out["f1"] == pytest.approx(f1, abs=1e-12)
 
 
@@ -92,7 +96,7 @@ def test_images_of_a_patient_move_together(grouped):
         counts_seen.append(np.unique(pp, return_counts=True)[1])
         return metrics.roc_auc(yy, pp)
 
-    confidence.bootstrap_ci(y, p, record, groups=patients if grouped else None, n_boot=50)
+    confidence.bootstrap_ci(y, p, record, groups=patients if grouped else None, n_boot=50, interval="percentile")
     resampled = counts_seen[1:]  # the first call is the point estimate
     assert len(resampled) == 50
     all_even = all((c % 2 == 0).all() for c in resampled)
@@ -153,8 +157,10 @@ def test_delong_hand_computed_three_positives_two_negatives():
     assert out["auc"] == pytest.approx(0.75)
     assert out["se"] == pytest.approx(math.sqrt(1 / 12))
     assert out["se"] ** 2 == pytest.approx(np.var(v10, ddof=1) / 3 + np.var(v01, ddof=1) / 2)
-    assert out["high"] == 1.0  # 0.75 + 1.96 * 0.289 is clipped to 1
-    assert out["low"] == pytest.approx(0.75 - 1.959963984540054 * math.sqrt(1 / 12))
+    # Wald interval on the logit scale: logit(0.75) +/- 1.96 * se / (0.75 * 0.25), mapped back
+    half = 1.959963984540054 * math.sqrt(1 / 12) / (0.75 * 0.25)
+    assert out["low"] == pytest.approx(expit(logit(0.75) - half))
+    assert out["high"] == pytest.approx(expit(logit(0.75) + half)) and out["high"] < 1.0
 
 
 @pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
@@ -186,7 +192,7 @@ def test_delong_test_identical_predictors_p_one_different_predictors_p_small():
 
 
 def test_delong_needs_two_cases_per_class():
-    with pytest.warns(UndefinedMetricWarning, match="at least 2 positives"):
+    with pytest.warns(UndefinedMetricWarning, match="at least 2 positive"):
         out = confidence.delong_auc([0, 0, 1], [0.1, 0.2, 0.9])
     assert out["auc"] == 1.0 and math.isnan(out["se"])
 
@@ -280,3 +286,116 @@ def test_reliability_curve_quantile_bins_have_equal_counts(calibrated):
     np.testing.assert_allclose(out["observed"], out["mean_predicted"], atol=0.05)
     with pytest.raises(ValueError, match="'uniform' or 'quantile'"):
         confidence.reliability_curve(y, p, strategy="kmeans")
+
+
+# --------------------------------------------------------------------------- clustered DeLong, BCa, Holm
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import simulate_coverage  # noqa: E402
+
+
+def test_clustered_delong_with_one_image_per_patient_is_delong():
+    y, p1 = _scores(150, seed=20)
+    p2 = expit(logit(p1) + np.random.default_rng(20).normal(size=150))
+    ids = [f"P{i}" for i in range(150)]
+    assert confidence.delong_auc(y, p1, groups=ids) == pytest.approx(confidence.delong_auc(y, p1), rel=1e-12)
+    assert confidence.delong_test(y, p1, p2, groups=ids) == pytest.approx(confidence.delong_test(y, p1, p2),
+                                                                        rel=1e-12)
+
+
+def test_clustered_delong_of_duplicated_images_equals_delong_of_originals():
+    y, p1 = _scores(120, seed=21)
+    p2 = expit(logit(p1) + np.random.default_rng(21).normal(size=120))
+    y2, a2, b2, patients = np.repeat(y, 2), np.repeat(p1, 2), np.repeat(p2, 2), np.repeat(np.arange(120), 2)
+    original = confidence.delong_test(y, p1, p2)
+    clustered = confidence.delong_test(y2, a2, b2, groups=patients)
+    assert clustered["se"] == pytest.approx(original["se"], rel=1e-10)
+    assert clustered["p_value"] == pytest.approx(original["p_value"], rel=1e-8)
+    # ignoring the pairing pretends there is twice the data: standard error about 1/sqrt(2) as large
+    assert confidence.delong_test(y2, a2, b2)["se"] < 0.75 * original["se"]
+
+
+def test_clustered_delong_agrees_with_patient_bootstrap_when_patients_hold_both_classes():
+    rng = np.random.default_rng(22)
+    patients = np.repeat(np.arange(300), 2)
+    y = (rng.random(600) < 0.4).astype(int)                      # hips of one patient may differ
+    p = expit(1.2 * (2 * y - 1) + np.repeat(rng.normal(size=300), 2) + 0.7 * rng.normal(size=600))
+    se = confidence.delong_auc(y, p, groups=patients)["se"]
+    w = next(confidence._resample_weights(*confidence._unit_codes(patients, 600), 2000, rng))
+    boot_sd = np.std(metrics.weighted_metrics(y, p, 0.5, w)["roc_auc"], ddof=1)
+    assert se == pytest.approx(boot_sd, rel=0.1)
+
+
+def test_clustered_delong_coverage_and_paired_type_one_error_on_two_hips_per_patient():
+    # seeded simulation (scripts/simulate_coverage.py): 75 patients x 2 correlated hips, true AUC 0.927
+    n = 500
+    tol = 3 * simulate_coverage.mc_se(0.95, n)                 # 3 Monte-Carlo standard errors
+    clustered = simulate_coverage.delong_coverage(n, 75, 0.927, seed=1, clustered=True)
+    per_image = simulate_coverage.delong_coverage(n, 75, 0.927, seed=1, clustered=False)
+    assert abs(clustered - 0.95) < tol
+    assert per_image < 0.95 - tol                               # the check can fail: per image is too short
+    tol = 3 * simulate_coverage.mc_se(0.05, n)
+    type1 = simulate_coverage.paired_type1(n, 75, 0.927, seed=2, method="delong_clustered")
+    naive = simulate_coverage.paired_type1(n, 75, 0.927, seed=2, method="delong")
+    assert abs(type1 - 0.05) < tol
+    assert naive > 0.05 + tol
+
+
+def test_bca_matches_scipy_for_the_mean_of_skewed_data():
+    from scipy.stats import bootstrap
+    x = np.random.default_rng(23).exponential(size=60)
+    y = np.zeros(60, dtype=int)
+    p = x / (x.max() + 1)  # probabilities in [0, 1]; the mean is a smooth, skewed statistic
+    ours = confidence.bootstrap_ci(y, p, lambda a, b: float(b.mean()), n_boot=4000, seed=0)
+    ref = bootstrap((p,), np.mean, method="BCa", n_resamples=20000, random_state=1).confidence_interval
+    perc = confidence.bootstrap_ci(y, p, lambda a, b: float(b.mean()), n_boot=4000, seed=0, interval="percentile")
+    assert ours["interval"] == "bca" and perc["interval"] == "percentile"
+    width = ref.high - ref.low
+    assert ours["low"] == pytest.approx(ref.low, abs=0.03 * width)
+    assert ours["high"] == pytest.approx(ref.high, abs=0.03 * width)
+    assert ours["high"] > perc["high"]  # right-skewed: BCa moves the interval up
+
+
+def test_bca_falls_back_to_percentile_where_undefined():
+    # the positives are one patient's two hips: leaving that patient out leaves one class (jackknife NaN)
+    y, p, g = [0, 0, 1, 1, 0, 0], [0.1, 0.2, 0.8, 0.3, 0.95, 0.4], ["a", "b", "c", "c", "d", "e"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        out = confidence.bootstrap_ci(y, p, metrics.roc_auc, groups=g, n_boot=200)
+        perc = confidence.bootstrap_ci(y, p, metrics.roc_auc, groups=g, n_boot=200, interval="percentile")
+    assert out == perc and out["interval"] == "percentile"
+
+
+def test_bootstrap_interval_argument_is_checked():
+    with pytest.raises(ValueError, match="interval 'normal' not supported"):
+        confidence.bootstrap_metrics([0, 1], [0.2, 0.8], interval="normal")
+
+
+def test_weighted_calibration_equals_calibration_of_repeated_data():
+    y, p = _scores(200, seed=24)
+    w = np.random.default_rng(24).integers(0, 3, size=(3, 200)).astype(float)
+    got = confidence.weighted_calibration(y, p, np.vstack([np.ones(200), w]))
+    for i, row in enumerate(np.vstack([np.ones(200), w])):
+        rows = np.repeat(np.arange(200), row.astype(int))
+        want = confidence.calibration(y[rows], p[rows])
+        assert got["calibration_slope"][i] == pytest.approx(want["slope"], abs=1e-7)
+        assert got["calibration_intercept"][i] == pytest.approx(want["intercept"], abs=1e-7)
+    one_class = confidence.weighted_calibration(np.array([0, 0, 1]), np.array([0.1, 0.4, 0.8]),
+                                                np.array([[1.0, 2.0, 0.0]]))
+    assert np.isnan(one_class["calibration_slope"][0]) and np.isnan(one_class["calibration_intercept"][0])
+
+
+def test_calibration_counts_clipped_probabilities():
+    out = confidence.calibration([0, 1, 0, 1, 1, 0], [0.0, 1.0, 0.3, 0.6, 1 - 1e-9, 0.7])
+    assert out["n_clipped"] == 3
+
+
+def test_holm_hand_values():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    np.testing.assert_allclose(confidence.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    out = confidence.holm([0.5, math.nan, 0.9])
+    assert math.isnan(out[1]) and out[0] == 1.0 and out[2] == 1.0
+    assert confidence.holm([]).size == 0

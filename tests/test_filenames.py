@@ -49,3 +49,25 @@ def test_encode_refuses_bad_values(kwargs):
     base.update(kwargs)
     with pytest.raises(ValueError):
         filenames.encode(**base)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("p_1_2-1-44-25.0.png", "label '2' is not 0 (normal) or 1 (osteoporosis)"),
+    ("p_1_0-F-44-25.0.png", "sex 'F' is not 1 (female), 0 (male) or NA"),
+    ("p_1_0-1-abc-25.0.png", "age 'abc' is not a number"),
+    ("p_1_0-1-44-x.png", "bmi 'x' is not a number"),
+    ("p_x_0-1-44-25.0.png", "crop 'x' is not a whole number"),
+    ("p_0-1-44-25.0.png", "no crop number"),
+    ("p_1_0-1-44.png", "3 '-'-separated values"),
+    ("p_1_0-1-999999999-25.0.png", "age 999999999 is outside the plausible range 0..130"),
+    ("p_1_0-1-44-2.png", "bmi 2 is outside the plausible range 5..150"),
+])
+def test_a_malformed_name_names_the_field_and_what_is_accepted(name, message):
+    with pytest.raises(filenames.FileNameError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        filenames.decode(name)
+
+
+def test_plausible_ranges_are_the_ones_preprocessing_applies():
+    import preprocess_filenames
+    assert preprocess_filenames.AGE_RANGE == filenames.AGE_RANGE == (0.0, 130.0)
+    assert preprocess_filenames.BMI_RANGE == filenames.BMI_RANGE

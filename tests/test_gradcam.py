@@ -350,8 +350,13 @@ def read_png(path):
     return image
 
 
+def test_default_method_is_the_one_that_localises_on_the_demo():
+    # README "Does the heatmap fall on the bone?": expected_gradients 2.22, Grad-CAM below chance
+    assert vg.build_parser().parse_args(["--run", "r", "--all"]).method == "expected_gradients"
+
+
 def test_cli_writes_png_and_npy_for_one_index(lf_run, tiny_data):
-    result = vg.main(["--run", str(lf_run), "--index", "0"])
+    result = vg.main(["--run", str(lf_run), "--index", "0", "--method", "gradcam"])
     first = loader.list_split(tiny_data, "test")[0]
     png = lf_run / "cams" / f"{first.stem}_gradcam.png"
     image = read_png(png)
@@ -374,7 +379,8 @@ def test_cli_sheet_of_all_test_images(tiny_data, tmp_path, late_fuse):
 
 def test_save_writes_exactly_one_file(lf_run, tmp_path):
     target = tmp_path / "images" / "Grad_CAM.png"
-    vg.main(["--run", str(lf_run), "--index", "1", "2", "--sheet", "--save", str(target), "--no_npy"])
+    vg.main(["--run", str(lf_run), "--index", "1", "2", "--sheet", "--save", str(target), "--no_npy",
+             "--method", "gradcam"])
     read_png(target)
     assert sorted(p.name for p in target.parent.iterdir()) == ["Grad_CAM.png"]
     with pytest.raises(SystemExit, match="add --sheet"):
@@ -395,7 +401,7 @@ def test_select_takes_the_most_confident_of_each_kind(lf_run, tiny_data):
     assert 0 in labels and 1 in labels
     chosen = vg.select_cases(lf_run, files, ["tp", "fp", "fn", "tn"], 1, 0.5)
     assert [p.name for p in chosen] == [expect[k][0]["file"] for k in vg.KINDS if expect[k]]
-    result = vg.main(["--run", str(lf_run), "--select", "tn", "fp", "--top", "2", "--no_npy"])
+    result = vg.main(["--run", str(lf_run), "--select", "tn", "fp", "--top", "2", "--no_npy", "--method", "gradcam"])
     assert [c["file"] for c in result["cases"]] == [r["file"] for k in ("tn", "fp") for r in expect[k][:2]]
     assert not list((lf_run / "cams").glob("*.npy"))
 
@@ -530,7 +536,7 @@ def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
 @pytest.mark.slow
 def test_cli_target(lf_run, tiny_data):
     first = loader.list_split(tiny_data, "test")[0]
-    result = vg.main(["--run", str(lf_run), "--index", "0", "--target", "normal"])
+    result = vg.main(["--run", str(lf_run), "--index", "0", "--target", "normal", "--method", "gradcam"])
     png = lf_run / "cams" / f"{first.stem}_gradcam_normal.png"
     assert result["written"] == [str(png), str(png.with_suffix(".npy"))] and result["target"] == "normal"
     model, image, clinical = first_test_sample(lf_run)
@@ -539,11 +545,12 @@ def test_cli_target(lf_run, tiny_data):
     read_png(png)
     title = vg.title_for("gradcam", "features.denseblock2", "r", 1, "normal")
     assert "Grad-CAM of the normal class (negated logit)" in title
-    result = vg.main(["--run", str(lf_run), "--all", "--sheet", "--target", "predicted", "--no_npy"])
+    result = vg.main(["--run", str(lf_run), "--all", "--sheet", "--target", "predicted", "--no_npy",
+                      "--method", "gradcam"])
     assert result["written"] == [str(lf_run / "cams" / "sheet_gradcam_predicted.png")]
     assert all(c["target"] == vg.LABELS[c["prediction"]] for c in result["cases"])  # threshold 0.5
     write_masks(tiny_data)
-    out = vg.main(["--run", str(lf_run), "--localisation", "--target", "normal"])
+    out = vg.main(["--run", str(lf_run), "--localisation", "--target", "normal", "--method", "gradcam"])
     assert list(out["targets"]) == ["normal"]
     assert (lf_run / "cams" / "localisation_gradcam_normal.json").is_file()
     with pytest.raises(SystemExit):
@@ -561,7 +568,7 @@ def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path):
                "--image_size", str(H), str(W), "--epoch", "1", "--batch_size", "4", "--workers", "0",
                "--device", "cpu", "--save_dir", "r", "--fold", "_e", "--out_root", str(outs)])
     run = outs / "r" / "fold_e"
-    result = vg.main(["--run", str(run), "--all", "--sheet", "--no_npy"])
+    result = vg.main(["--run", str(run), "--all", "--sheet", "--no_npy", "--method", "gradcam"])
     with open(run / vg.PREDICTIONS, newline="") as fh:
         expected = {r["file"]: float(r["probability"]) for r in csv.DictReader(fh)}
     assert len(result["cases"]) == len(expected) == 6

@@ -6,8 +6,11 @@ import math
 import pytest
 import torch
 
+import cli
 import filenames
+import losses
 import main
+import models
 import runfiles
 
 
@@ -64,7 +67,7 @@ def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path
         assert (math.isnan(a) and b is None) or a == pytest.approx(b, abs=1e-6)
 
     # the best checkpoint loads into a freshly built network, with no DataParallel "module." prefixes
-    model = main.build_model_from_config(state["config"])
+    model = models.build_model_from_config(state["config"])
     model.load_state_dict(state["model"])
     assert not any(k.startswith("module.") for k in state["model"])
 
@@ -84,7 +87,7 @@ def test_existing_run_is_refused_not_overwritten(tiny_data, tmp_path):
     outs = tmp_path / "outs"
     main.main(run_args(tiny_data, outs, "--fold", "a", "--epoch", "1"))
     before = (outs / "r" / "folda" / "best.pth").read_bytes()
-    with pytest.raises(SystemExit, match="already holds a run"):
+    with pytest.raises(cli.UserError, match="already holds a run"):
         main.main(run_args(tiny_data, outs, "--fold", "a", "--epoch", "1"))
     assert (outs / "r" / "folda" / "best.pth").read_bytes() == before
 
@@ -160,7 +163,7 @@ def test_every_augmentation_runs_end_to_end(tiny_data, tmp_path):
 
 def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_best(tiny_data, tmp_path, monkeypatch, caplog):
     calls = {"n": 0}
-    real = main.losses.build_loss
+    real = losses.build_loss
 
     def exploding(*args, **kwargs):
         loss = real(*args, **kwargs)
@@ -171,7 +174,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_best(tiny_data, tm
             return value * float("nan") if calls["n"] > 5 else value  # epoch 1: 3 train + 2 val batches
         return fn
 
-    monkeypatch.setattr(main.losses, "build_loss", exploding)
+    monkeypatch.setattr(losses, "build_loss", exploding)
     with pytest.raises(SystemExit):
         main.main(run_args(tiny_data, tmp_path / "outs", "--fold", "nan"))
     assert "at epoch 2, batch 0" in caplog.text

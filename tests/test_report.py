@@ -19,7 +19,8 @@ from conftest import write_split
 
 SECTIONS = ("## Summary", "## 1. Data", "## 2. Training", "## 3. Discrimination on test",
             "## 4. Test metrics with 95% confidence intervals", "## 5. Confusion matrix at the validation threshold",
-            "## 6. Calibration", "## 7. Does the image add to age, sex and BMI?", "## 8. Methods and notes")
+            "## 6. Calibration", "## 7. Does the image add to age, sex and BMI?", "## 8. Subgroups",
+            "## 9. Methods and notes")
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,16 @@ def test_report_files_sections_and_embedded_figures(run):
     assert saved["network"]["threshold"] == runfiles.load_checkpoint(run_dir / "best.pth")["threshold"]
     assert saved["n_boot"] == 200 and saved["data"]["test"]["images"] == 12 and saved["data"]["test"]["patients"] == 8
     assert "the training images found reproduce" in saved["checks"][0]
-    for key in ("slope", "intercept", "brier"):
+    assert any(c.startswith("all 22 metrics recomputed from test_predictions.csv equal test_metrics.json")
+               for c in saved["checks"]), saved["checks"]
+    for key in ("slope", "intercept", "brier", "n_clipped"):
         assert key in saved["network"]["calibration"] and key in saved["baseline"]["calibration"]
+    for key in ("calibration_slope", "calibration_intercept"):  # with a bootstrap interval
+        assert set(saved["network"]["metrics"][key]) >= {"point", "low", "high", "interval"}
+    assert saved["network"]["metrics"]["roc_auc"]["interval"] in ("bca", "percentile")
     assert set(saved["comparison"]) == {"auc_difference", "delong_test"}
+    assert "Primary result: network test ROC AUC" in md and "AUC difference network - clinical-only baseline" in md
+    assert "conditional on this trained model and on the threshold chosen on validation" in md
     assert result["network"]["threshold"] == saved["network"]["threshold"]
 
 
@@ -126,6 +134,67 @@ def test_patient_in_two_splits_is_flagged(run, tmp_path):
     result = report.write_report(run_dir, data_dir=leaky, n_boot=50)
     assert "LEAK: 1 patient(s) have images in both train and test (e.g. s1)" in result["checks"][1]
     assert "Check: LEAK" in (run_dir / "report.md").read_text()
+
+
+def test_every_recomputed_metric_is_cross_checked_against_test_metrics_json(run, tmp_path):
+    run_dir, data = run
+    changed = tmp_path / "r" / "fold_LF"
+    shutil.copytree(run_dir, changed)
+    pred = pd.read_csv(changed / "test_predictions.csv", dtype={"file": str})
+    assert all(len(f"{v:.9g}") > 8 for v in pred["probability"] if 0 < v < 1)  # full precision, not %.6f
+    pred.loc[0, "probability"] = 1 - pred.loc[0, "probability"]  # one prediction edited after testing
+    pred.to_csv(changed / "test_predictions.csv", index=False)
+    result = report.write_report(changed, data_dir=data, n_boot=50)
+    mismatch = [c for c in result["checks"] if c.startswith("MISMATCH")]
+    assert mismatch and "roc_auc" in mismatch[0]
+    assert "Check: MISMATCH" in (changed / "report.md").read_text()
+
+
+def test_no_baseline_and_no_sentence_about_it_without_clinical_values(run, tmp_path):
+    run_dir, data = run
+    bare, moved = tmp_path / "data", tmp_path / "r" / "fold_LF"
+    shutil.copytree(run_dir, moved)
+    renamed = {}
+    for split in ("train", "val", "test"):  # the same images with sex, age and BMI unknown
+        for path in sorted((data / split).iterdir()):
+            i = filenames.decode(path)
+            name = filenames.encode(i.patient, i.crop, i.label, None, None, None)
+            (bare / split).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, bare / split / name)
+            renamed[path.name] = name
+    for csv in ("test_predictions.csv", "val_predictions.csv"):
+        pred = pd.read_csv(moved / csv, dtype={"file": str})
+        pred["file"] = pred["file"].map(renamed)
+        pred.to_csv(moved / csv, index=False)
+    result = report.write_report(moved, data_dir=bare, n_boot=50)
+    assert result["baseline"] is None and result["comparison"] is None
+    assert "no clinical value varies in the training split (sex missing, age missing, bmi missing)" in \
+        result["baseline_absent"]
+    md = (moved / "report.md").read_text()
+    assert "No clinical-only baseline" in md and "does not show that the image adds" not in md
+    assert "Clinical baseline" not in md and result["subgroups"] == []
+    assert json.loads((moved / "report_metrics.json").read_text())["baseline"] is None
+
+
+def test_subgroups_count_images_and_leave_out_one_class_groups(run):
+    run_dir, data = run
+    result = report.write_report(run_dir, n_boot=50)
+    pred = pd.read_csv(run_dir / "test_predictions.csv", dtype={"file": str})
+    info = {f: filenames.decode(f) for f in pred["file"]}
+    assert result["subgroups"], "the fixture's test set has both classes in some subgroups"
+    for s in result["subgroups"]:
+        field, bands = next((f, b) for v, f, b in report.SUBGROUPS if v == s["variable"])
+        low, high = next((lo, hi) for label, lo, hi in bands if label == s["group"])
+        rows = pred[[low <= getattr(info[f], field) < high for f in pred["file"]]]
+        assert (s["images"], s["positives"]) == (len(rows), int(rows["label"].sum()))
+        assert s["patients"] == len({info[f].patient for f in rows["file"]})
+        assert 0 < s["positives"] < s["images"]  # one-class subgroups are left out
+        assert s["roc_auc"]["point"] == pytest.approx(metrics.roc_auc(rows["label"], rows["probability"]))
+    shown = {(s["variable"], s["group"]) for s in result["subgroups"]}
+    for variable, field, bands in report.SUBGROUPS:
+        for label, low, high in bands:
+            labels = {int(r.label) for r in pred.itertuples() if low <= getattr(info[r.file], field) < high}
+            assert ((variable, label) in shown) == (labels == {0, 1})
 
 
 def test_cli(run, capsys):
