@@ -184,6 +184,8 @@ def choose_threads(cpus: int | None, workers: int) -> str:
     use (its share under torchrun) less one per DataLoader worker, at least 1. torch's own default
     (every core) oversubscribes the machine once the workers run: on a 2-core machine a training
     run beside other jobs fell to 2.8 images/s with it (docs/gpu-pipeline.md)."""
+    import torch
+
     if cpus:
         threads, why = int(cpus), "--cpus"
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
