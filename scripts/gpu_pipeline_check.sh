@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU goals of the 8-bit / device-side pipeline (docs/gpu-pipeline.md), measured in one pass:
 #   bash scripts/gpu_pipeline_check.sh OUTDIR        (on a CUDA machine; not yet run on one: budget ~6 min)
-#   SIZE=88x51 PATIENTS=20 DEMO_PATIENTS=20 EPOCHS50=2 bash scripts/gpu_pipeline_check.sh OUTDIR   (CPU dry run)
+#   SIZE=64x37 PATIENTS=8 DEMO_PATIENTS=8 EPOCHS50=1 WORKERS=1 bash scripts/gpu_pipeline_check.sh OUTDIR
+#     (a dry run on a CPU: 80 s on the 2-core dev machine, 2026-12-01; its verdicts mean nothing there)
 # Goals, printed PASS/FAIL at the end from OUTDIR/*.json and the seed run's log:
 #   1. the seed command (dense_net late fusion, cat_elastic) at 704 x 407 waits < 5 % of an epoch,
 #   2. and trains at >= 90 % of the step-alone rate (bench.py pipeline, uint8 + device augmentation),
