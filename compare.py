@@ -25,17 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-import pandas as pd
-
-import confidence
-import metrics
-import report
-import report_render
-import runfiles
-import runtime
-from cli import positive_int
-from report_render import ci, fmt, p_text
+from choices import CI_INTERVALS
+from cli import positive_int, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
                    help="bootstrap resamples of the test patients (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--interval", choices=confidence.INTERVALS, default="bca",
+    p.add_argument("--interval", choices=CI_INTERVALS, default="bca",
                    help="bootstrap interval for the AUC (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --out")
     return p
@@ -224,11 +215,26 @@ def main(argv: list[str] | None = None) -> dict:
             result, table = compare_runs(args.runs, args.names, args.bootstrap, args.seed, args.interval)
         page = write_comparison(args.out, result, table, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"compare.py: {exc}") from None
+        raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     print(report_render.render_markdown(comparison_blocks(result)[2:-2]).strip())
     print(f"\ncomparison in {page}")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    build_parser().parse_args()  # --help and a mistyped flag answer here, before torch and pandas load
+
+# used by the functions above; imported last so that the line above answers without them
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import confidence  # noqa: E402
+import metrics  # noqa: E402
+import report  # noqa: E402
+import report_render  # noqa: E402
+import runfiles  # noqa: E402
+import runtime  # noqa: E402
+from report_render import ci, fmt, p_text  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(main)
