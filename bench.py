@@ -48,6 +48,7 @@ import loader
 import main as train_script
 import runfiles
 import runtime
+import splits
 
 ROOT = Path(__file__).resolve().parent
 
@@ -304,8 +305,8 @@ def device_name(device: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("pipeline", "train", "loader", "all"))
-    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(176, 102), (704, 407)],
-                   help="image sizes HxW (default: 176x102 704x407)")
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(176, 102), splits.IMAGE_SIZE],
+                   help="image sizes HxW (default: 176x102 and the full %dx%d)" % splits.IMAGE_SIZE)
     p.add_argument("--models", nargs="+", default=["dense_net", "densenet121"], choices=("dense_net", "densenet121"))
     p.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps (default: %(default)s)")
