@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+import loader
 import metrics
 import runfiles
 from runtime import Dist, Precision, progress
@@ -57,7 +58,8 @@ class ClassifyTrainer:
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
                  dist_info: Dist = Dist(), scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 ema_decay: float = 0.0, tta: str = "none") -> None:
+                 ema_decay: float = 0.0, tta: str = "none",
+                 device_augment: Callable | None = None) -> None:
         self.model = model
         # weight averaging: validation, checkpoints and test use the exponential moving average of
         # the weights (and BatchNorm buffers) instead of the last step's (Polyak & Juditsky 1992;
@@ -81,13 +83,25 @@ class ClassifyTrainer:
         self.seed = seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.dist = dist_info
+        self.early_fuse = runfiles.fusion_of(config) == "early"
+        self.device_augment = device_augment  # augment_device.DeviceAugmenter, applied to training batches
+        self.epoch = 0
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
         self.history: list[dict] = []
         self.best: dict | None = None
 
     # -- how a batch reaches the network: the one thing subclasses change -------------------------
     def image(self, batch: dict) -> torch.Tensor:
-        return batch["image"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+        """The image input on the device. An 8-bit batch is finished here by the loader's
+        :func:`loader.network_image` (after the device-side augmentation, when training); a float
+        batch already is the network's input."""
+        image = batch["image"].to(self.device, non_blocking=True)
+        if image.dtype == torch.uint8:
+            clinical = batch["clinical"].to(self.device, non_blocking=True) if self.early_fuse else None
+            if self.device_augment is not None and self.model.training:
+                image = self.device_augment(loader.network_image(image, clinical, False), batch["index"], self.epoch)
+            image = loader.network_image(image, clinical, self.early_fuse)
+        return image.contiguous(memory_format=self.memory_format)
 
     def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
         return (self.image(batch),)
@@ -106,6 +120,24 @@ class ClassifyTrainer:
     def bar(self, iterable, **kwargs):
         return progress(iterable, enabled=self.dist.is_main, **kwargs)
 
+    def train_step(self, batch: dict, where: str = "") -> torch.Tensor:
+        """One optimiser step on one batch; returns the (detached) loss. ``where`` names the step in
+        the error raised when the loss is not finite."""
+        target = batch["label"].to(self.device, non_blocking=True)
+        loss = self.loss_fn(self.forward(batch), target)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()}{where}; training stopped. "
+                f"The best checkpoint so far is kept at {self.run_dir / runfiles.BEST}. "
+                "Try a lower --lrG or --dtype float.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.model))
+        return loss.detach()
+
     # -- epochs ------------------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict:
         """One pass over the training loader; returns the mean loss, timing and the share of the
@@ -116,27 +148,17 @@ class ClassifyTrainer:
             if hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)  # fresh order and augmentation draws every epoch
         torch.manual_seed(self.seed * 100003 + epoch)  # dropout etc.: a resumed epoch draws the same
+        self.epoch = epoch  # the device-side augmentation draws afresh every epoch
         self.model.train()
         total, count, start = 0.0, 0, time.perf_counter()
         waited, ready = 0.0, start
         bar = self.bar(loader, desc=f"epoch {epoch} train", leave=False)
         for step, batch in enumerate(bar):
             waited += time.perf_counter() - ready
-            target = batch["label"].to(self.device, non_blocking=True)
-            loss = self.loss_fn(self.forward(batch), target)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch}, batch {step}; training stopped. "
-                    f"The best checkpoint so far is kept at {self.run_dir / runfiles.BEST}. "
-                    "Try a lower --lrG or --dtype float.")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update_parameters(unwrap(self.model))
-            total += loss.item() * len(target)
-            count += len(target)
+            loss = self.train_step(batch, f" at epoch {epoch}, batch {step}")
+            n = len(batch["label"])
+            total += loss.item() * n
+            count += n
             bar.set_postfix(loss=f"{total / count:.4f}")
             ready = time.perf_counter()
         seconds = time.perf_counter() - start

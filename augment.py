@@ -125,14 +125,41 @@ def _radiograph_then_enhance(image: np.ndarray, change: Callable[[np.ndarray], n
 
 # --- Geometric -----------------------------------------------------------------------------------
 
+# The random parameters of each transform are drawn by one function each, shared with the
+# device-side versions (augment_device.py), so both paths draw the same from the same generator.
+
+def crop_window(shape: Sequence[int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(y0, x0, height, width) of a zoom-crop window for an image of ``(..., H, W)``."""
+    h, w = shape[-2:]
+    scale = rng.uniform(*CROP_SCALE)
+    ch, cw = max(1, round(h / scale)), max(1, round(w / scale))
+    y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return int(y0), int(x0), ch, cw
+
+
+def rotation_matrix(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """2 x 3 affine matrix (cv2.warpAffine's, input to output pixels) of a rotation about the centre
+    by an angle uniform in +/- :data:`ROTATE_DEGREES`."""
+    h, w = shape[-2:]
+    angle = rng.uniform(-ROTATE_DEGREES, ROTATE_DEGREES)
+    return cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+
+
+def cut_box(shape: Sequence[int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(y0, x0, height, width) of a cut-out patch for an image of ``(..., H, W)``."""
+    h, w = shape[-2:]
+    ph = max(1, round(h * rng.uniform(*CUT_SIDE)))
+    pw = max(1, round(w * rng.uniform(*CUT_SIDE)))
+    y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+    return int(y0), int(x0), ph, pw
+
+
 def crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Zoom-crop: a window 1/scale of each side (scale in :data:`CROP_SCALE`) at a random position,
     resized back to (H, W) with cubic interpolation (keeps trabecular texture sharper than linear)."""
     image = _as_image(image)
     h, w = image.shape[1:]
-    scale = rng.uniform(*CROP_SCALE)
-    ch, cw = max(1, round(h / scale)), max(1, round(w / scale))
-    y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    y0, x0, ch, cw = crop_window(image.shape, rng)
     window = image[:, y0:y0 + ch, x0:x0 + cw]
     return _per_channel(window, lambda c: cv2.resize(c, (w, h), interpolation=cv2.INTER_CUBIC))
 
@@ -149,8 +176,7 @@ def rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     tell the network which images were augmented; at <= 15 degrees they are small corner triangles."""
     image = _as_image(image)
     h, w = image.shape[1:]
-    angle = rng.uniform(-ROTATE_DEGREES, ROTATE_DEGREES)
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+    matrix = rotation_matrix(image.shape, rng)
     return _per_channel(image, lambda c: cv2.warpAffine(c, matrix, (w, h), flags=cv2.INTER_CUBIC,
                                                         borderMode=cv2.BORDER_REFLECT_101))
 
@@ -160,17 +186,14 @@ def cut(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     wholly inside the image and filled with each channel's mean: a black patch would be darker than
     anything in a radiograph and the strongest edge in the enhanced channel."""
     image = _as_image(image)
-    h, w = image.shape[1:]
-    ph = max(1, round(h * rng.uniform(*CUT_SIDE)))
-    pw = max(1, round(w * rng.uniform(*CUT_SIDE)))
-    y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+    y0, x0, ph, pw = cut_box(image.shape, rng)
     out = image.copy()
     out[:, y0:y0 + ph, x0:x0 + pw] = image.mean(axis=(1, 2), keepdims=True)
     return out
 
 
 @functools.lru_cache(maxsize=16)
-def _spline_weights(n: int, points: int) -> np.ndarray:
+def spline_weights(n: int, points: int) -> np.ndarray:
     """(n, points) matrix taking control values at ``linspace(0, n - 1, points)`` to all ``n``
     pixels by cubic B-spline interpolation with mirror boundary, as elasticdeform interpolates its
     displacement grid (the interpolation is linear in the control values)."""
@@ -197,8 +220,8 @@ def warp_grid(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     (positions within 0.1 px, smooth content within ~1 grey level), 7-15x faster."""
     image = _as_image(image)
     h, w = image.shape[1:]
-    wy = _spline_weights(h, displacement.shape[1])
-    wx = _spline_weights(w, displacement.shape[2])
+    wy = spline_weights(h, displacement.shape[1])
+    wx = spline_weights(w, displacement.shape[2])
     ys, xs = np.indices((h, w), dtype=np.float32)
     map_y = ys + (wy @ displacement[0] @ wx.T).astype(np.float32)
     map_x = xs + (wy @ displacement[1] @ wx.T).astype(np.float32)
@@ -295,12 +318,18 @@ class Augmenter:
     def __repr__(self) -> str:
         return f"Augmenter(names={self.names}, p={self.p})"
 
+    def choose(self, rng: np.random.Generator) -> str | None:
+        """The transform a sample gets (None: unchanged): the first draws from ``rng``."""
+        if not self.names or rng.random() >= self.p:
+            return None
+        return self.names[rng.integers(len(self.names))]
+
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str | None]:
         """(augmented image, name of the transform applied or None)."""
         image = _as_image(image)
-        if not self.names or rng.random() >= self.p:
+        name = self.choose(rng)
+        if name is None:
             return image, None
-        name = self.names[rng.integers(len(self.names))]
         kwargs = {"enhance": self.enhance} if name in USES_ENHANCE else {}
         return AUGMENTATIONS[name](image, rng, **kwargs), name
 

@@ -1,12 +1,23 @@
 """Benchmarks that print figures (speed and memory goals live here, not in timed tests).
 
+    python3 bench.py pipeline [--sizes 176x102] [--patients 40] [--epochs 2] [--flags --compile]
     python3 bench.py train  [--sizes 176x102 704x407] [--steps 3] [--json bench_train.json]
     python3 bench.py loader [--sizes 176x102 704x407] [--json bench_loader.json]
+
+Every configuration is built by ``main.py``'s own functions from its flags (``make_loaders``,
+``augment_on_device``, ``build_trainer``) and timed through the trainer's own step
+(``ClassifyTrainer.train_step``: batch preparation on the device, forward, the run's loss, backward,
+optimiser), each in a fresh process.
+
+``pipeline``: the data pipelines side by side (:data:`PIPELINES`: float32 handover as before, uint8
+handover with augmentation in the workers, uint8 handover with augmentation on the device): bytes
+per batch, loader images/s, the step alone (one batch reused), and real training epochs
+(``train_one_epoch``) with the share of the epoch spent waiting for the loader.
 
 ``train``: training images/s and peak memory for DenseNet-BC-40 and densenet121, early and late
 fusion, for (a) this project's default pipeline (stride-4 stem, cached decode + enhance, channels_last
 where it helps, autocast on CUDA) and (b) the original recipe (DenseNet-BC with the full-resolution
-stem, fp32, NCHW, decode + enhance on every read, one process), measured in the same run, with the
+stem, fp32, NCHW, float handover, decode + enhance on every read), measured in the same run, with the
 ratio a/b. Each configuration runs in its own process so peak memory is its own.
 
 ``loader``: images/s of the training loader with no augmentation and with each augmentation
@@ -28,16 +39,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 import augment
 import filenames
 import loader
+import main as train_script
 import runfiles
 import runtime
-from models import build_model
+import splits
 
 ROOT = Path(__file__).resolve().parent
 
@@ -50,119 +61,162 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def demo_files(root: Path, n_patients: int, size: tuple[int, int]) -> list[Path]:
-    """Training images of a small synthetic set (made once per size)."""
+def demo_files(root: Path, n_patients: int, size: tuple[int, int], data_dir: str | None = None) -> list[Path]:
+    """Training images of ``data_dir``, or of a small synthetic set (made once per size)."""
     import synthetic
 
+    if data_dir:
+        return loader.list_split(data_dir, "train")
     out = root / f"data_{size[0]}x{size[1]}"
     if not (out / "train").is_dir():
         synthetic.generate(out, n_patients, seed=0, size=size)
     return loader.list_split(out, "train")
 
 
-def make_loader(files, size, recipe: str, names: list[str], p: float, workers: int, batch: int,
-                late_fuse: bool) -> DataLoader:
+def recipe_flags(recipe: str, model: str, late: bool, size: tuple[int, int], batch: int, workers: int) -> list[str]:
+    """main.py flags of a benchmarked configuration: (a) this project's default pipeline, (b) the
+    original recipe (full-resolution stem, fp32, NCHW, float handover, decode + enhance on every read)."""
+    flags = ["--model", model, "--fusion", "late" if late else "early", "--image_size", str(size[0]), str(size[1]),
+             "--batch_size", str(batch), "--workers", str(workers), "--augment", "cat_elastic", "--augment_p", "0.3"]
+    if recipe == "original":
+        flags += ["--dtype", "float", "--channels_last", "false", "--handover", "float", "--cache_gb", "0",
+                  "--augment_device", "false"] + (["--stem", "original"] if model == "dense_net" else [])
+    return flags
+
+
+def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
+    """The training loader and trainer ``main.py`` builds for ``cfg['flags']`` on ``cfg['files']``
+    (its make_loaders, augment_on_device and build_trainer: the trainer's own step and loss)."""
+    args = train_script.build_parser().parse_args([*cfg["flags"], "--device", cfg["device"], "--bootstrap", "0"])
+    train_script.check_args(args)
+    args.fusion = args.fusion or "early"
+    threads = runtime.choose_threads(args.cpus, args.workers)
+    device = runtime.select_device(args.device, None)
+    files = [Path(f) for f in cfg["files"]]
     stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files])
-    aug = augment.Augmenter(names, p, enhance=loader.enhance) if names else None
-    ds = loader.HipDataset(files, stats, size, early_fuse=not late_fuse, augment=aug,
-                           cache_gb=0.0 if recipe == "original" else 4.0)
-    sampler = loader.EpochSampler(ds.labels)
-    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
-                      persistent_workers=workers > 0)
+    device_augmenter = train_script.augment_on_device(args, device)
+    few = files[:args.batch_size]  # val and test are not timed
+    loaders = train_script.make_loaders(args, stats, {"train": files, "val": few, "test": few},
+                                        device_augment=device_augmenter is not None)
+    if not with_trainer:
+        return loaders["train"], None, threads
+    config = {**vars(args), "in_chans": loaders["train"].dataset.channels}
+    trainer = train_script.build_trainer(args, config, loaders, stats, device, run_dir, device_augmenter=device_augmenter)
+    return loaders["train"], trainer, threads
+
+
+def batch_bytes(batch: dict) -> int:
+    """Bytes of the tensors of one batch: what workers hand over and what crosses to the device."""
+    return sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(trainer, batches, steps: int) -> tuple[float, float]:
+    """(images/s, seconds of the warm-up step) of ``steps`` calls of the trainer's own training step
+    (batch preparation on the device, forward, the run's loss, backward, optimiser) after one
+    warm-up step (allocations, cuDNN autotune, and with --compile the compilation)."""
+    trainer.model.train()
+    batch = next(batches)
+    start = time.perf_counter()
+    trainer.train_step(batch)
+    synchronize(trainer.device)
+    warmup = time.perf_counter() - start
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    count, start = 0, time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches)
+        trainer.train_step(batch)
+        count += len(batch["label"])
+    synchronize(trainer.device)
+    return count / (time.perf_counter() - start), warmup
+
+
+def forever(dl: DataLoader):
+    epoch = 0
+    while True:
+        epoch += 1
+        for part in (dl.dataset, dl.sampler):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+        yield from dl
+
+
+def repeat(batch: dict):
+    while True:
+        yield batch
 
 
 def bench_one(cfg: dict) -> dict:
-    """One training configuration, in this process: images/s over ``steps`` steps after a warm-up."""
+    """One configuration, in this process. ``cfg['what']``: ``train`` (steps fed by the loader, peak
+    memory), ``step`` (the step alone: one batch again and again), ``loader`` (the loader alone),
+    ``pipeline`` (bytes per batch, loader, step alone and real epochs with their wait share)."""
     torch.manual_seed(0)
-    size, recipe = tuple(cfg["size"]), cfg["recipe"]
-    device = torch.device(cfg["device"])
-    files = [Path(f) for f in cfg["files"]]
-    late = cfg["late_fuse"]
-    original = recipe == "original"
-    precision = runtime.select_precision("float" if original else "auto", device)
-    channels_last = False if original else runtime.use_channels_last("auto", device, size)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(cfg["model"], in_chans=2 if late else 5, late_fuse=late,
-                        stem="original" if (original and cfg["model"] == "dense_net") else "downsample")
-    model = model.to(device, memory_format=fmt).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
-    dl = make_loader(files, size, recipe, ["cat_elastic"], 0.3, cfg["workers"], cfg["batch"], late)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    def step(batch):
-        image = batch["image"].to(device, memory_format=fmt, non_blocking=True)
-        args = (image, batch["clinical"].to(device)) if late else (image,)
-        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
-            loss = loss_fn(model(*args).float(), batch["label"].to(device))
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
-    it = iter(dl)
-    first = next(it)
-    step(first)  # warm-up (allocations, cuDNN autotune)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    count, start = 0, time.perf_counter()
-    for _ in range(cfg["steps"]):
-        if cfg.get("compute_only"):  # the step alone: one batch again and again, no loader
-            batch = first
-        else:
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(dl)
-                batch = next(it)
-        step(batch)
-        count += len(batch["label"])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {**{k: cfg[k] for k in ("model", "late_fuse", "recipe", "batch")}, "size": f"{size[0]}x{size[1]}",
-            "images_per_s": count / seconds, "peak_mem_gb": peak / 1e9, "precision": precision.name,
-            "channels_last": channels_last, "device": str(device)}
+    what = cfg["what"]
+    with tempfile.TemporaryDirectory() as run_dir:
+        dl, trainer, threads = build(cfg, Path(run_dir), with_trainer=what != "loader")
+        out = {"flags": " ".join(cfg["flags"]), "threads": threads}
+        if what in ("loader", "pipeline"):
+            out["loader_img_s"] = loader_images_per_s(dl, cfg["loader_batches"])
+        if what == "loader":
+            return out
+        first = next(iter(dl))
+        out["batch_bytes"] = batch_bytes(first)
+        if what in ("step", "pipeline"):
+            out["step_img_s"], out["warmup_s"] = time_steps(trainer, repeat(first), cfg["steps"])
+        if what == "train":
+            out["images_per_s"], out["warmup_s"] = time_steps(trainer, forever(dl), cfg["steps"])
+            out["peak_mem_gb"] = (torch.cuda.max_memory_allocated() if trainer.device.type == "cuda"
+                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
+        if what == "pipeline":
+            rows = [trainer.train_one_epoch(epoch) for epoch in range(1, cfg["epochs"] + 1)]
+            last = rows[-1]  # the first epoch also starts the workers and compiles
+            out.update(epoch_img_s=last["train_images_per_s"], epoch_wait=last["train_data_wait"],
+                       epoch_seconds=last["train_seconds"])
+        out.update(precision=trainer.precision.name, channels_last=trainer.memory_format == torch.channels_last,
+                   device=str(trainer.device))
+        return out
 
 
 def run_isolated(cfg: dict) -> dict:
-    """bench_one in a fresh process (own peak memory); returns its JSON line."""
+    """bench_one in a fresh process (own peak memory and threads); returns its JSON line."""
     out = subprocess.run([sys.executable, __file__, "_one", json.dumps(cfg)], capture_output=True, text=True,
                          cwd=ROOT)
     if out.returncode != 0:
-        return {**cfg, "files": None, "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+        return {"flags": " ".join(cfg["flags"]),
+                "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def loader_images_per_s(dl: DataLoader, batches: int) -> float:
-    it = iter(dl)
+    it = forever(dl)
     next(it)  # workers started
     count, start = 0, time.perf_counter()
     for _ in range(batches):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(dl)
-            batch = next(it)
-        count += len(batch["label"])
+        count += len(next(it)["label"])
     return count / (time.perf_counter() - start)
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def cmd_train(args, device: str, tmp: Path) -> list[dict]:
     rows = []
     for size in args.sizes:
-        files = [str(f) for f in demo_files(tmp, args.patients, size)]
+        files = [str(f) for f in demo_files(tmp, args.patients, size, args.data_dir)]
         for model in args.models:
             for late in (False, True):
                 pair = {}
                 for recipe in ("default", "original"):
-                    cfg = {"model": model, "late_fuse": late, "recipe": recipe, "size": list(size), "files": files,
-                           "device": device, "workers": args.workers, "batch": args.batch, "steps": args.steps}
-                    pair[recipe] = run_isolated(cfg)
-                    print(json.dumps({k: v for k, v in pair[recipe].items() if k != "files"}), file=sys.stderr)
+                    flags = recipe_flags(recipe, model, late, size, args.batch, args.workers) + args.flags
+                    pair[recipe] = run_isolated({"what": "train", "flags": flags, "files": files, "device": device,
+                                                 "steps": args.steps})
+                    print(json.dumps(pair[recipe]), file=sys.stderr)
                 a, b = pair["default"], pair["original"]
                 ratio = (a["images_per_s"] / b["images_per_s"]) if "error" not in a and "error" not in b else float("nan")
                 rows.append({"size": f"{size[0]}x{size[1]}", "model": model, "fusion": "late" if late else "early",
@@ -170,41 +224,75 @@ def cmd_train(args, device: str, tmp: Path) -> list[dict]:
                              "original_img_s": b.get("images_per_s"), "original_peak_gb": b.get("peak_mem_gb"),
                              "ratio": ratio, "default_precision": a.get("precision"),
                              "error": a.get("error") or b.get("error")})
-    print(f"\ntraining images/s on {device_name(device)} (batch {args.batch}, {args.steps} steps after warm-up, "
-          f"{args.workers} workers, cat_elastic p=0.3)")
+    print(f"\ntraining images/s on {device_name(device)} (the trainer's step and loss, batch {args.batch}, "
+          f"{args.steps} steps after warm-up, {args.workers} workers, cat_elastic p=0.3)")
     print(f"{'size':>8} {'model':>12} {'fusion':>6} | {'default img/s':>13} {'peak GB':>8} | "
           f"{'original img/s':>14} {'peak GB':>8} | {'a/b':>6}")
     for r in rows:
-        f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
-        print(f"{r['size']:>8} {r['model']:>12} {r['fusion']:>6} | {f(r['default_img_s'], '13.2f')} "
-              f"{f(r['default_peak_gb'], '8.2f')} | {f(r['original_img_s'], '14.2f')} {f(r['original_peak_gb'], '8.2f')}"
-              f" | {r['ratio']:6.2f}" + (f"  ({r['error']})" if r["error"] else ""))
+        print(f"{r['size']:>8} {r['model']:>12} {r['fusion']:>6} | {fmt(r['default_img_s'], '13.2f')} "
+              f"{fmt(r['default_peak_gb'], '8.2f')} | {fmt(r['original_img_s'], '14.2f')} "
+              f"{fmt(r['original_peak_gb'], '8.2f')} | {r['ratio']:6.2f}" + (f"  ({r['error']})" if r["error"] else ""))
     return rows
 
 
 def cmd_loader(args, device: str, tmp: Path) -> list[dict]:
     rows = []
     for size in args.sizes:
-        files = demo_files(tmp, args.patients, size)
-        step = run_isolated({"model": "dense_net", "late_fuse": True, "recipe": "default", "size": list(size),
-                             "files": [str(f) for f in files], "device": device, "workers": 0,
-                             "batch": args.batch, "steps": args.steps, "compute_only": True})
-        step_rate = step.get("images_per_s", float("nan"))
+        files = [str(f) for f in demo_files(tmp, args.patients, size, args.data_dir)]
+        base = recipe_flags("default", "dense_net", True, size, args.batch, 0) + args.flags
+        step = run_isolated({"what": "step", "flags": base, "files": files, "device": device, "steps": args.steps})
+        step_rate = step.get("step_img_s", float("nan"))
         for workers in args.loader_workers:
             for names, p in [([], 0.0)] + [([n], q) for n in args.augments for q in (1.0, 0.3)]:
-                dl = make_loader(files, size, "default", names, p, workers, args.batch, late_fuse=True)
-                rate = loader_images_per_s(dl, args.loader_batches)
+                flags = recipe_flags("default", "dense_net", True, size, args.batch, workers) + [
+                    "--augment", ",".join(names), "--augment_p", str(p), "--augment_device", "false"] + args.flags
+                got = run_isolated({"what": "loader", "flags": flags, "files": files, "device": device,
+                                    "loader_batches": args.loader_batches})
+                rate = got.get("loader_img_s", float("nan"))
                 rows.append({"size": f"{size[0]}x{size[1]}", "workers": workers,
                              "augment": ",".join(names) or "none", "p": p, "loader_img_s": rate,
                              "step_img_s": step_rate, "loader_over_step": rate / step_rate})
-                del dl
-    print(f"\ntraining loader vs one training step of the default model (dense_net late fusion), "
+    print(f"\ntraining loader vs the trainer's step alone (dense_net late fusion), "
           f"{device_name(device)}, batch {args.batch}")
     print(f"{'size':>8} {'workers':>7} {'augment':>12} {'p':>4} | {'loader img/s':>12} {'step img/s':>10} "
           f"{'loader/step':>11}")
     for r in rows:
         print(f"{r['size']:>8} {r['workers']:>7} {r['augment']:>12} {r['p']:4.1f} | {r['loader_img_s']:12.1f} "
               f"{r['step_img_s']:10.1f} {r['loader_over_step']:11.1f}")
+    return rows
+
+
+PIPELINES = {  # key: (name, main.py flags)
+    "float": ("float32 handover, CPU augment (before)", ["--handover", "float", "--augment_device", "false"]),
+    "uint8": ("uint8 handover, CPU augment", ["--handover", "uint8", "--augment_device", "false"]),
+    "device": ("uint8 handover, device augment", ["--handover", "uint8", "--augment_device", "true"]),
+}
+
+
+def cmd_pipeline(args, device: str, tmp: Path) -> list[dict]:
+    """The pipelines side by side, each in its own process: bytes per batch, loader images/s, the
+    trainer's step alone, and real epochs (the last of ``--epochs``) with their share spent waiting."""
+    rows = []
+    for size in args.sizes:
+        files = [str(f) for f in demo_files(tmp, args.patients, size, args.data_dir)]
+        for name, extra in (PIPELINES[key] for key in args.pipelines):
+            flags = recipe_flags("default", args.models[0], True, size, args.batch, args.workers) + extra + args.flags
+            got = run_isolated({"what": "pipeline", "flags": flags, "files": files, "device": device,
+                                "steps": args.steps, "loader_batches": args.loader_batches, "epochs": args.epochs})
+            print(json.dumps(got), file=sys.stderr)
+            rows.append({"size": f"{size[0]}x{size[1]}", "pipeline": name, "train_images": len(files), **got})
+    print(f"\npipelines on {device_name(device)}: {args.models[0]} late fusion, batch {args.batch}, "
+          f"{args.workers} workers, cat_elastic p=0.3, {rows[0]['train_images'] if rows else 0} training "
+          f"images; epoch = the last of {args.epochs}; {rows[0].get('threads', '') if rows else ''}")
+    print(f"{'size':>8} {'pipeline':>40} | {'MB/batch':>8} {'loader img/s':>12} {'step img/s':>10} | "
+          f"{'epoch img/s':>11} {'waiting':>7} | {'warm-up s':>9}")
+    for r in rows:
+        wait = None if r.get("epoch_wait") is None else 100 * r["epoch_wait"]
+        mb = None if r.get("batch_bytes") is None else r["batch_bytes"] / 1e6
+        print(f"{r['size']:>8} {r['pipeline']:>40} | {fmt(mb, '8.2f')} {fmt(r.get('loader_img_s'), '12.1f')} "
+              f"{fmt(r.get('step_img_s'), '10.1f')} | {fmt(r.get('epoch_img_s'), '11.1f')} {fmt(wait, '6.1f')}%"
+              f" | {fmt(r.get('warmup_s'), '9.1f')}"
+              + (f"  ({r['error']})" if r.get("error") else ""))
     return rows
 
 
@@ -216,9 +304,9 @@ def device_name(device: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("train", "loader", "all"))
-    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(176, 102), (704, 407)],
-                   help="image sizes HxW (default: 176x102 704x407)")
+    p.add_argument("what", choices=("pipeline", "train", "loader", "all"))
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(176, 102), splits.IMAGE_SIZE],
+                   help="image sizes HxW (default: 176x102 and the full %dx%d)" % splits.IMAGE_SIZE)
     p.add_argument("--models", nargs="+", default=["dense_net", "densenet121"], choices=("dense_net", "densenet121"))
     p.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps (default: %(default)s)")
@@ -230,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME", help="augmentations the loader benchmark times, each at p = 1 and 0.3 "
                    "(default: all)")
     p.add_argument("--patients", type=int, default=20, help="synthetic patients (2 images each) per size")
+    p.add_argument("--data_dir", default=None, help="time on this folder's train/ instead of a synthetic set "
+                   "(resized to each --sizes)")
+    p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES),
+                   help="pipelines the pipeline benchmark compares (default: all)")
+    p.add_argument("--epochs", type=int, default=2, help="real epochs timed by the pipeline benchmark (the last "
+                   "is reported; default: %(default)s)")
+    p.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="further main.py flags for every "
+                   "configuration, e.g. --flags --compile (must come last)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     return p
@@ -240,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = str(runtime.select_device(args.device, None))
     result = {"device": device_name(device), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.what in ("pipeline", "all"):
+            result["pipeline"] = cmd_pipeline(args, device, Path(tmp))
         if args.what in ("train", "all"):
             result["train"] = cmd_train(args, device, Path(tmp))
         if args.what in ("loader", "all"):

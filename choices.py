@@ -18,6 +18,9 @@ STEMS = ("downsample", "original")
 LOSSES = ("bce", "focal")
 
 AUGMENT_NAMES = ("crop", "flip", "rotate", "cut", "elastic", "cat_elastic", "gamma", "contrast", "noise")
+# those with a device version (augment_device.py): the others recompute the enhanced channel (CLAHE)
+DEVICE_AUGMENTATIONS = ("crop", "flip", "rotate", "cut", "cat_elastic")
+HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipDataset)
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")

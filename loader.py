@@ -8,9 +8,16 @@ A sample is a dict ``image``, ``clinical``, ``label``, ``path``:
 * ``clinical`` - float32 (3,): sex, age, BMI normalised with statistics of the training split
   only; a missing value is imputed with the training mean (0 after normalisation).
 * ``label`` - float32 scalar, 1 = osteoporosis.
+* ``index`` - position in the split (seeds per-sample augmentation draws, also on the device).
 
 Decoding, resizing and enhancement happen once per image (kept in memory as uint8 when it fits
 in ``cache_gb``); augmentation runs on the fly, for training samples only.
+
+With ``handover="uint8"`` (what ``main.py`` uses) a sample's ``image`` is the two image channels as
+uint8 -- a quarter of the bytes to cross from the workers and to the device -- and
+:func:`network_image`, on the device, turns a batch of them into the float input above. The float
+handover builds its samples with the same function, so both give the network the same numbers
+(augmented training images excepted, which the 8-bit handover rounds to 8 bits once more).
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 import filenames
-from choices import MIN_SIDE
+from choices import HANDOVERS, MIN_SIDE
 from runtime import progress
 from splits import IMAGE_SIZE, SPLITS  # noqa: F401 - SPLITS: callers iterate loader.SPLITS
 
@@ -102,6 +109,24 @@ def prepare(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([gray, enhance(gray)])
 
 
+# uint8 -> float32 [0, 1] as a table: indexing gives the same numbers on every device (a CUDA
+# division by a scalar multiplies by its reciprocal, which can differ from numpy in the last bit)
+_TO_UNIT = torch.arange(256, dtype=torch.float32) / 255.0
+
+
+def network_image(image: torch.Tensor, clinical: torch.Tensor, early_fuse: bool) -> torch.Tensor:
+    """What the network receives, from a batch of image channels: uint8 (B, 2, H, W) from the 8-bit
+    handover (scaled to [0, 1] here, on the batch's device) or float (B, 2, H, W) in [0, 1];
+    with ``early_fuse`` the normalised clinical values (B, 3) follow as constant planes.
+    Returns float32 (B, C, H, W) on the image's device."""
+    if image.dtype == torch.uint8:
+        image = _TO_UNIT.to(image.device)[image.int()]
+    if not early_fuse:
+        return image
+    planes = clinical.to(image.dtype)[:, :, None, None].expand(-1, -1, *image.shape[2:])
+    return torch.cat([image, planes], dim=1)
+
+
 list_split = filenames.list_split  # a split folder's files named in the format (filenames owns it)
 
 
@@ -153,13 +178,20 @@ class HipDataset(Dataset):
     generator seeded from (seed, epoch, index), so a run is reproducible whatever the number of
     workers and each epoch draws afresh (call :meth:`set_epoch`). The epoch lives in shared memory,
     so persistent DataLoader workers see it change. ``clinical`` ((n, 3) raw sex, age, BMI, NaN where
-    missing) is for images whose names do not carry them; their labels are then unknown (-1)."""
+    missing) is for images whose names do not carry them; their labels are then unknown (-1).
+
+    ``handover`` is what a sample's ``image`` is: ``"float"`` the network's input (float32, with
+    the clinical planes for early fusion), ``"uint8"`` only the two image channels as uint8, to be
+    finished on the device by :func:`network_image`."""
 
     def __init__(self, files: Sequence[str | os.PathLike], stats: ClinicalStats,
                  image_size: tuple[int, int] = IMAGE_SIZE, early_fuse: bool = False,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  seed: int = 0, cache_gb: float = 4.0, desc: str = "",
-                 clinical: Sequence[Sequence[float]] | None = None) -> None:
+                 clinical: Sequence[Sequence[float]] | None = None, handover: str = "float") -> None:
+        if handover not in HANDOVERS:
+            raise ValueError(f"handover {handover!r}: choose one of {', '.join(HANDOVERS)}")
+        self.handover = handover
         self.files = [str(f) for f in files]
         if clinical is None:  # label and clinical values from the file names
             self.infos: list[filenames.SampleInfo] | None = [filenames.decode(f) for f in self.files]
@@ -208,30 +240,35 @@ class HipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(int(epoch))
 
-    def load(self, index: int) -> np.ndarray:
-        """Image channels (2, H, W) float32 in [0, 1], before augmentation."""
+    def load_uint8(self, index: int) -> np.ndarray:
+        """Image channels (2, H, W) uint8, before augmentation."""
         if self.cache is not None:
-            return self.cache[index].astype(np.float32) / 255.0
+            return self.cache[index]
         # the same 8-bit rounding as the cache, so results never depend on --cache_gb
         gray = read_image(self.files[index])
         check_shape(self.files[index], gray.shape, self.image_size)
-        return np.round(prepare(gray, self.image_size) * 255.0) / 255.0
+        return np.round(prepare(gray, self.image_size) * 255.0).astype(np.uint8)
+
+    def load(self, index: int) -> np.ndarray:
+        """Image channels (2, H, W) float32 in [0, 1], before augmentation."""
+        return _TO_UNIT.numpy()[self.load_uint8(index)]
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict:
-        image = self.load(index)
-        if self.augment is not None:
-            image = self.augment(image, np.random.default_rng([self.seed, self.epoch, index]))
-        clinical = self.clinical[index]
-        if self.early_fuse:
-            planes = np.broadcast_to(clinical[:, None, None], (len(clinical), *image.shape[1:]))
-            image = np.concatenate([image, planes], axis=0)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                "clinical": torch.from_numpy(clinical.copy()),
-                "label": torch.tensor(float(self.labels[index])),
-                "path": self.files[index]}
+        clinical = torch.from_numpy(self.clinical[index].copy())
+        if self.augment is None:
+            image = torch.from_numpy(np.ascontiguousarray(self.load_uint8(index)))
+        else:
+            image = self.augment(self.load(index), np.random.default_rng([self.seed, self.epoch, index]))
+            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            if self.handover == "uint8":  # the augmented image rounded to 8 bits again
+                image = torch.round(image.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+        if self.handover == "float":
+            image = network_image(image[None], clinical[None], self.early_fuse)[0]
+        return {"image": image, "clinical": clinical, "label": torch.tensor(float(self.labels[index])),
+                "path": self.files[index], "index": index}
 
 
 def run_dataset(files: Sequence[str | os.PathLike], config: dict, clinical_stats: dict,

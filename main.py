@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
     g.add_argument("--cache_gb", type=float, default=4.0, help="keep decoded images in memory up to this size "
                    "per split (default: %(default)s)")
+    g.add_argument("--handover", choices=choices.HANDOVERS, default="uint8", help="what loader workers hand "
+                   "over: uint8 images finished on the device (default) or float network inputs (as before "
+                   "2026-12; training images are then not rounded to 8 bits after augmentation)")
+    g.add_argument("--augment_device", choices=("auto", "true", "false"), default="auto", help="augment on the "
+                   f"device with one sampling grid per batch ({', '.join(choices.DEVICE_AUGMENTATIONS)}); "
+                   "auto: on CUDA when every --augment has a device version (default: %(default)s)")
     g.add_argument("--allow_shared_patients", action="store_true", help="train although one patient has images "
                    "in two splits (refused by default: it inflates the validation and test scores)")
 
@@ -129,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "report's confidence intervals; 0 = no report (default: %(default)s)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
-    g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch")
+    g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch (default: the cores "
+                   "left after the --workers loader processes, at least 1)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network (pays on long GPU runs "
+                   "only: see docs/gpu-pipeline.md)")
     g.add_argument("--dtype", choices=("auto", "float", "half"), default="auto", help="auto: fp16/bf16 autocast "
                    "on CUDA, fp32 on CPU; float: always fp32; half: reduced precision")
     g.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto",
@@ -202,11 +211,30 @@ def check_args(args: argparse.Namespace) -> None:
         args.augment = ",".join(choices.parse_augment(args.augment))
     except ValueError as exc:
         raise SystemExit(f"--augment: {exc}") from None
+    if args.augment_device == "true":
+        if args.handover != "uint8":
+            raise SystemExit("--augment_device true needs --handover uint8 (the device finishes the images)")
+        missing = [n for n in choices.parse_augment(args.augment) if n not in choices.DEVICE_AUGMENTATIONS]
+        if missing:
+            raise SystemExit(f"--augment_device true: --augment {','.join(missing)} has no device version; on the "
+                             f"device: {', '.join(choices.DEVICE_AUGMENTATIONS)}")
 
 
-def make_loaders(args, stats, files: dict, dist_info=None) -> dict:
+def augment_on_device(args, device):
+    """The device-side augmenter of ``--augment_device`` (auto: on CUDA when it can), or None."""
+    import augment_device
+
+    names = choices.parse_augment(args.augment)
+    use = {"true": True, "false": False}.get(args.augment_device, device.type == "cuda")
+    if not (use and names and args.handover == "uint8" and augment_device.supported(names)):
+        return None
+    return augment_device.DeviceAugmenter(names, args.augment_p, args.seed)
+
+
+def make_loaders(args, stats, files: dict, dist_info=None, device_augment: bool = False) -> dict:
     """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
-    Validation and test: every image exactly once, in file order (sharded over ranks and gathered)."""
+    Validation and test: every image exactly once, in file order (sharded over ranks and gathered).
+    With ``device_augment`` the training workers only decode (the trainer augments)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -215,14 +243,14 @@ def make_loaders(args, stats, files: dict, dist_info=None) -> dict:
     import runtime
 
     dist_info = dist_info or runtime.Dist()
-    names = augment.parse_augment(args.augment)
+    names = [] if device_augment else augment.parse_augment(args.augment)
     augmenter = augment.Augmenter(names, p=args.augment_p, enhance=loader.enhance) if names else None
     out = {}
     for split in loader.SPLITS:
         train = split == "train"
         ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=args.fusion == "early",
                                augment=augmenter if train else None, seed=args.seed, cache_gb=args.cache_gb,
-                               desc=split)
+                               desc=split, handover=args.handover)
         if train:
             sampler = loader.EpochSampler(ds.labels, args.seed, args.sampler == "weight", dist_info.rank,
                                           dist_info.world)
@@ -485,12 +513,9 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
 def use_settings(args: argparse.Namespace) -> None:
     """Threads and determinism, once prepare_run has read a resumed run's settings: both change the
     last digits of the results, so a resumed run uses the ones it was configured with."""
-    import torch
-
     import runtime
 
-    if args.cpus:
-        torch.set_num_threads(args.cpus)
+    args.threads = runtime.choose_threads(args.cpus, args.workers)
     if args.deterministic:
         runtime.make_deterministic()
 
@@ -508,47 +533,28 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def train_and_test(args, config, stats, resume_state, out: Path, dist_info, files: dict, data_summary: str) -> dict:
+def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, dist_info=None,
+                  device_augmenter=None):
+    """The network (on ``device``, compiled and DDP-wrapped as asked), optimiser and the trainer of
+    this run's fusion mode: what ``train_and_test`` trains and ``bench.py`` times."""
     import torch
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    import loader
     import losses
-    import report
     import runtime
-    from ClassifyTrainer import ClassifyTrainer, NonFiniteLossError
+    from ClassifyTrainer import ClassifyTrainer
     from LateFuseClassifyTrainer import LateFuseClassifyTrainer
     from models import build_model_from_config, count_parameters
 
-    device = runtime.select_device_for(dist_info, args.device, args.gpus)
+    dist_info = dist_info or runtime.Dist()
     precision = runtime.select_precision(args.dtype, device)
-    if stats is None:
-        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=args.fusion != "image")
-    if dist_info.enabled:
-        torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        runtime.setup_logging(out / "train.log")
-    runtime.seed_everything(args.seed, dist_info.rank)
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
-    logger.info("run folder %s; device %s%s; precision %s; channels_last %s", out, device,
-                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last)
-    logger.info("data %s: %s", args.data_dir, data_summary)
-
-    args.fusion = args.fusion or "early"
-    loaders = make_loaders(args, stats, files, dist_info)
-    if config is None:
-        flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
-        config = {**flags, "in_chans": loaders["train"].dataset.channels,
-                  "trainer": "LateFuseClassifyTrainer" if args.fusion == "late" else "ClassifyTrainer",
-                  "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
-                  "world_size": dist_info.world}
-    if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):
-        runfiles.write_json(out / runfiles.CONFIG, config)
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
     logger.info("model %s (%s, %d input channels, %.2f M parameters)", config["model"],
                 runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"], count_parameters(model) / 1e6)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if args.compile:
+        model.compile()  # in place: checkpoints keep the plain parameter names
+        logger.info("torch.compile: the first training and the first validation batch compile the network")
     if dist_info.enabled:
         if args.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -562,12 +568,55 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
         if args.sched == "cosine":  # over the run's epochs, or since the last --extend_epochs restart
             cycle = args.epoch - (config.get("restarts") or [0])[-1]
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cycle)
-    trainer = trainer_cls(model=model, loaders=loaders, loss_fn=losses.build_loss(args.loss, args.focal_gamma,
-                                                                                 args.t_alpha),
-                          optimizer=optimizer, scheduler=scheduler, device=device, run_dir=out, config=config,
-                          clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
-                          seed=args.seed, channels_last=channels_last, dist_info=dist_info,
-                          ema_decay=config.get("ema", 0.0), tta=config.get("tta", "none"))
+    return trainer_cls(model=model, loaders=loaders, loss_fn=losses.build_loss(args.loss, args.focal_gamma,
+                                                                              args.t_alpha),
+                       optimizer=optimizer, scheduler=scheduler, device=device, run_dir=out, config=config,
+                       clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
+                       seed=args.seed, channels_last=channels_last, dist_info=dist_info,
+                       device_augment=device_augmenter, ema_decay=config.get("ema", 0.0),
+                       tta=config.get("tta", "none"))
+
+
+def train_and_test(args, config, stats, resume_state, out: Path, dist_info, files: dict, data_summary: str) -> dict:
+    import torch
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    import loader
+    import report
+    import runtime
+    from ClassifyTrainer import NonFiniteLossError
+
+    device = runtime.select_device_for(dist_info, args.device, args.gpus)
+    precision = runtime.select_precision(args.dtype, device)
+    if stats is None:
+        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=args.fusion != "image")
+    if dist_info.enabled:
+        torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        runtime.setup_logging(out / "train.log")
+    runtime.seed_everything(args.seed, dist_info.rank)
+    channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
+    logger.info("run folder %s; device %s%s; precision %s; channels_last %s; %s", out, device,
+                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last,
+                args.threads)
+    logger.info("data %s: %s", args.data_dir, data_summary)
+
+    args.fusion = args.fusion or "early"
+    device_augmenter = None if args.test else augment_on_device(args, device)
+    logger.info("loader hands over %s images; augmentation %s", args.handover,
+                f"on the device ({device_augmenter})" if device_augmenter else
+                ("in the loader workers" if args.augment else "none"))
+    loaders = make_loaders(args, stats, files, dist_info, device_augmenter is not None)
+    if config is None:
+        flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
+        config = {**flags, "in_chans": loaders["train"].dataset.channels,
+                  "trainer": "LateFuseClassifyTrainer" if args.fusion == "late" else "ClassifyTrainer",
+                  "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
+                  "world_size": dist_info.world}
+    if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):
+        runfiles.write_json(out / runfiles.CONFIG, config)
+    trainer = build_trainer(args, config, loaders, stats, device, out, dist_info, device_augmenter)
     with logging_redirect_tqdm():
         if not args.test:
             if resume_state is not None:
@@ -575,7 +624,7 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
                     resume_state = {**resume_state, "scheduler": None}
                 trainer.restore(resume_state)
                 if args.extend_epochs:
-                    for group in optimizer.param_groups:
+                    for group in trainer.optimizer.param_groups:
                         group["lr"] = group["initial_lr"] = args.lrG
                     if dist_info.is_main:
                         trainer.save_last(len(trainer.history))  # from here --resume continues the extended run

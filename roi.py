@@ -41,6 +41,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from splits import IMAGE_SIZE
+
 logger = logging.getLogger(__name__)
 
 WORK = 384  # working width of the field (pixels): the head is then about 12-30 px in radius
@@ -399,7 +401,7 @@ def _fit_inside(box: tuple[float, float, float, float], w: int, h: int) -> tuple
 
 # ----------------------------------------------------------------------------- the whole image
 
-def find_hips(img: np.ndarray, aspect: float = 704 / 407) -> Result:
+def find_hips(img: np.ndarray, aspect: float = IMAGE_SIZE[0] / IMAGE_SIZE[1]) -> Result:
     """Both hips' proximal-femur crops of an AP pelvis radiograph ``img`` (8-bit grey, H x W).
 
     Returns the crops in the order of ``split_hips`` (patient's right hip = image left half, then the

@@ -177,6 +177,28 @@ def select_device_for(dist_info: Dist, device: str, gpus: str | None) -> torch.d
     return torch.device("cuda", ids[dist_info.local_rank])
 
 
+def choose_threads(cpus: int | None, workers: int) -> str:
+    """Set torch's intra-op threads and return a sentence for the log saying how many and why.
+
+    ``--cpus`` wins; then ``OMP_NUM_THREADS`` if the user set it; else the cores this process may
+    use (its share under torchrun) less one per DataLoader worker, at least 1. torch's own default
+    (every core) oversubscribes the machine once the workers run: on a 2-core machine a training
+    run beside other jobs fell to 2.8 images/s with it (docs/gpu-pipeline.md)."""
+    import torch
+
+    if cpus:
+        threads, why = int(cpus), "--cpus"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        threads, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        threads = max(1, cores - max(0, workers))
+        why = f"{cores} cores less {workers} loader worker{'s' * (workers != 1)}"
+    torch.set_num_threads(threads)
+    return f"{threads} torch thread{'s' * (threads != 1)} ({why})"
+
+
 def make_deterministic() -> None:
     """Bit-reproducible kernels (slower); needed for an exactly reproducible resumed run on GPU."""
     import torch

@@ -62,7 +62,7 @@ def test_sample_channels(tiny_data, early_fuse):
     stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
     ds = loader.HipDataset(files, stats, (40, 24), early_fuse=early_fuse)
     sample = ds[3]
-    assert set(sample) == {"image", "clinical", "label", "path"}
+    assert set(sample) == {"image", "clinical", "label", "path", "index"} and sample["index"] == 3
     assert sample["image"].shape == (5 if early_fuse else 2, 40, 24) and ds.channels == sample["image"].shape[0]
     assert sample["label"].item() == filenames.decode(files[3]).label
     image = sample["image"].numpy()
@@ -126,3 +126,56 @@ def test_missing_and_empty_splits_say_how_to_fix(tmp_path, tiny_data):
     (tiny_data / "val" / "badname.png").write_bytes(b"")
     with pytest.raises(filenames.FileNameError, match="badname.png"):
         loader.list_split(tiny_data, "val")
+
+
+def _batch(ds, indices):
+    from torch.utils.data import default_collate
+    return default_collate([ds[i] for i in indices])
+
+
+@pytest.mark.parametrize("early_fuse", [False, True])
+@pytest.mark.parametrize("cache_gb", [4.0, 0.0])
+def test_uint8_handover_gives_the_network_identical_inputs(tiny_data, early_fuse, cache_gb):
+    """Validation/test inputs: the 8-bit handover finished by network_image equals, bit for bit, the
+    float sample the loader built before (uint8 cache / 255 as float32, then constant clinical planes)."""
+    import torch
+
+    files = loader.list_split(tiny_data, "val")
+    stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
+    u8 = loader.HipDataset(files, stats, (40, 24), early_fuse=early_fuse, handover="uint8", cache_gb=cache_gb)
+    fl = loader.HipDataset(files, stats, (40, 24), early_fuse=early_fuse, cache_gb=cache_gb)
+    batch = _batch(u8, range(len(files)))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (len(files), 2, 40, 24)
+    built = loader.network_image(batch["image"], batch["clinical"], early_fuse)
+    reference = _batch(fl, range(len(files)))["image"]
+    assert built.dtype == torch.float32 and torch.equal(built, reference)
+    # and both are what the loader computed before the 8-bit handover existed: uint8 / 255 + planes
+    for i, path in enumerate(files):
+        gray = np.round(loader.prepare(loader.read_image(path), (40, 24)) * 255.0).astype(np.uint8)
+        expected = gray.astype(np.float32) / 255.0
+        if early_fuse:
+            planes = np.broadcast_to(u8.clinical[i][:, None, None], (3, 40, 24))
+            expected = np.concatenate([expected, planes])
+        np.testing.assert_array_equal(built[i].numpy(), expected)
+
+
+def test_uint8_handover_rounds_augmented_images_once(tiny_data):
+    """Training: the augmented image crosses as 8 bits, within half a grey level of the float one."""
+    files = loader.list_split(tiny_data, "train")
+    stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
+    kw = dict(image_size=(40, 24), early_fuse=True, augment=_noise, seed=3)
+    u8 = loader.HipDataset(files, stats, handover="uint8", **kw)
+    fl = loader.HipDataset(files, stats, **kw)
+    for i in range(4):
+        a, b = u8[i], fl[i]
+        finished = loader.network_image(a["image"][None], a["clinical"][None], True)[0]
+        diff = (finished - b["image"]).abs()
+        assert diff[:2].max().item() <= 0.5 / 255 + 1e-6 and diff[:2].max().item() > 0
+        assert diff[2:].max().item() == 0  # clinical planes exact
+        assert a["image"].nbytes * 10 == b["image"].nbytes  # 2 uint8 channels against 5 float32 ones
+
+
+def test_handover_must_be_known(tiny_data):
+    with pytest.raises(ValueError, match="handover 'fp16'"):
+        loader.HipDataset(loader.list_split(tiny_data, "val"), loader.ClinicalStats([0] * 3, [1] * 3), (8, 8),
+                          handover="fp16")
