@@ -38,6 +38,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+TTA_CHOICES = ("none", "flip")
+
+
+def flip_tta(forward: Callable[[dict], torch.Tensor], batch: dict) -> torch.Tensor:
+    """Probabilities of a batch averaged with those of its left/right mirror (flip test-time
+    augmentation); the mirror of every image channel, clinical values unchanged."""
+    mirrored = {**batch, "image": torch.flip(batch["image"], dims=(-1,))}
+    return (torch.sigmoid(forward(batch)) + torch.sigmoid(forward(mirrored))) / 2
+
+
 class ClassifyTrainer:
     """Train ``model`` on ``loaders['train']``, validate every epoch on ``loaders['val']``, keep the
     best epoch by ``select_metric`` in ``run_dir/best.pth`` (and every epoch in ``last.pth`` for
@@ -48,8 +58,18 @@ class ClassifyTrainer:
                  config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
                  dist_info: Dist = Dist(), scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 ema_decay: float = 0.0, tta: str = "none",
                  device_augment: Callable | None = None) -> None:
         self.model = model
+        # weight averaging: validation, checkpoints and test use the exponential moving average of
+        # the weights (and BatchNorm buffers) instead of the last step's (Polyak & Juditsky 1992;
+        # as timm's ModelEmaV2); ema_decay 0 = off
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            if ema_decay > 0 else None)
+        if tta not in TTA_CHOICES:
+            raise ValueError(f"unknown test-time augmentation {tta!r}; choose {' or '.join(TTA_CHOICES)}")
+        self.tta = tta
         self.loaders = loaders
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -86,11 +106,16 @@ class ClassifyTrainer:
     def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
         return (self.image(batch),)
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
         autocast = (torch.autocast(self.device.type, dtype=self.precision.dtype)
                     if self.precision.dtype is not None else nullcontext())
         with autocast:
-            return self.model(*self.model_inputs(batch)).float()
+            return (model or self.model)(*self.model_inputs(batch)).float()
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, saved and tested: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def bar(self, iterable, **kwargs):
         return progress(iterable, enabled=self.dist.is_main, **kwargs)
@@ -109,6 +134,8 @@ class ClassifyTrainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.model))
         return loss.detach()
 
     # -- epochs ------------------------------------------------------------------------------------
@@ -150,12 +177,16 @@ class ClassifyTrainer:
     def predict(self, split: str) -> dict:
         """Probabilities for every image of a split, in file order; under torchrun each rank scores
         its shard and the shards are gathered, so every rank holds all predictions."""
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         loader = self.loaders[split]
         indices = list(iter(loader.sampler))
         probs, total = [], 0.0
         for batch in self.bar(loader, desc=split, leave=False):
-            logits = self.forward(batch)
+            logits = self.forward(batch, model)
+            if self.tta == "flip":
+                prob = flip_tta(lambda b: self.forward(b, model), batch)
+                logits = torch.logit(prob.clamp(1e-7, 1 - 1e-7))  # the loss of the averaged probability
             total += self.loss_fn(logits, batch["label"].to(self.device)).item() * len(logits)
             probs.append(torch.sigmoid(logits).cpu().numpy())
         probs = np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
@@ -225,7 +256,7 @@ class ClassifyTrainer:
 
     # -- checkpoints and test ------------------------------------------------------------------------
     def save(self, name: str, epoch: int, threshold: float, val_metrics: dict, **extra) -> None:
-        runfiles.save_checkpoint(self.run_dir / name, unwrap(self.model).state_dict(), self.config,
+        runfiles.save_checkpoint(self.run_dir / name, unwrap(self.eval_model).state_dict(), self.config,
                                  self.clinical_stats, threshold, epoch,
                                  val_metrics={k: float(v) for k, v in val_metrics.items()},
                                  select_metric=self.select_metric, **extra)
@@ -234,14 +265,22 @@ class ClassifyTrainer:
         """Everything ``--resume`` needs to continue exactly after ``epoch``."""
         val = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
         self.save(runfiles.LAST, epoch, val["youden_threshold"], val,
+                  trained=unwrap(self.model).state_dict() if self.ema is not None else None,
+                  ema_averaged=int(self.ema.n_averaged) if self.ema is not None else None,
                   optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                   scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
                   history=[{k: v if isinstance(v, int) else float(v) for k, v in row.items()} for row in self.history],
                   best=dict(self.best) if self.best else None)
 
     def restore(self, state: dict) -> None:
-        """Continue from a ``last.pth`` written by :meth:`save_last`."""
-        unwrap(self.model).load_state_dict(state["model"])
+        """Continue from a ``last.pth`` written by :meth:`save_last` (with weight averaging its
+        ``model`` is the average, ``trained`` the optimiser's weights)."""
+        if self.ema is not None:
+            unwrap(self.model).load_state_dict(state["trained"])
+            self.ema.module.load_state_dict(state["model"])
+            self.ema.n_averaged.fill_(int(state["ema_averaged"]))
+        else:
+            unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None and state.get("scheduler"):
@@ -263,7 +302,7 @@ class ClassifyTrainer:
         if self.dist.enabled:
             dist.barrier()  # rank 0 has finished writing best.pth
         state = runfiles.load_checkpoint(self.run_dir / runfiles.BEST)
-        unwrap(self.model).load_state_dict(state["model"])
+        unwrap(self.eval_model).load_state_dict(state["model"])
         threshold = float(state["threshold"])
         pred = self.predict("test")
         result = {

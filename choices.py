@@ -25,6 +25,8 @@ HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipD
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
 CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)
+CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (crossval.py)
+CV_VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (--cv oof)
 
 
 def unknown_augmentation(name: str) -> ValueError:

@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stem", choices=STEMS, default="downsample", help="dense_net stem: 'downsample' (stride-4, "
                    "default) or 'original' (full-resolution 3x3 conv of the original work: a GPU workload)")
     g.add_argument("--drop_rate", type=float, default=0.0, help="dropout before the classifier")
-    g.add_argument("--pretrained", default=None, metavar="PATH", help="local state dict to start from "
-                   "(never downloaded)")
+    g.add_argument("--pretrained", default=None, metavar="imagenet|RUN|PATH", help="start from: imagenet = "
+                   "torchvision's ImageNet weights (densenet121/169/201; downloaded into torch's cache only when "
+                   "this is given), a run folder (its best.pth, e.g. a model trained on demo radiographs) or a "
+                   "local weights file")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epoch", type=positive(int), default=50, help="epochs (default: %(default)s)")
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--focal_gamma", type=float, default=None, help="focal loss gamma (--loss focal; default 2)")
     g.add_argument("--t_alpha", type=float, default=None, help="weight of the osteoporosis class in the loss, "
                    "in (0, 1); the normal class gets 1 - t_alpha (default: unweighted)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="weight averaging: validate, save and "
+                   "test the exponential moving average of the weights, updated every step with this decay, "
+                   "e.g. 0.99; 0 = off (default)")
+    g.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation for "
+                   "validation and test: flip = mean probability of each image and its left/right mirror "
+                   "(default: %(default)s)")
     g.add_argument("--select_metric", choices=SELECT_METRICS, default="roc_auc", help="validation metric that "
                    "picks the best epoch (default: %(default)s; f2acc = 1.5*F2 + accuracy, the original's)")
 
@@ -113,8 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     g.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation: K runs "
-                   "fold<fold>0..K-1 on patient-level folds of train+val (or the manifest's fold column); test "
-                   "stays held out; writes outs/<save_dir>/cv_summary.json")
+                   "fold<fold>0..K-1 on patient-level folds (design: --cv); writes outs/<save_dir>/cv_summary.json "
+                   "and cv_report.md")
+    g.add_argument("--cv", choices=("auto", *choices.CV_DESIGNS), default="auto", help="cross-validation design: "
+                   "oof = out-of-fold, all images pooled, fold k is model k's test set, so every patient is tested "
+                   "once (validation carved from the other folds, --cv_val); heldout = fold k of train+val "
+                   "validates model k, every model is tested on the same test/; auto (default) = oof when the "
+                   "data has no test/ images, else heldout")
+    g.add_argument("--cv_val", type=float, default=choices.CV_VAL_FRACTION, metavar="FRACTION",
+                   help="--cv oof: share of each fold's training patients (per class) that validates it "
+                   "(default: %(default)s)")
     g.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples for the "
                    "report's confidence intervals; 0 = no report (default: %(default)s)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -176,6 +192,10 @@ def check_args(args: argparse.Namespace) -> None:
     args.fusion = given.pop() if given else None  # None: early for a new run, the run's own for --test/--resume
     if args.folds == 1 or args.folds < 0:
         raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"--ema {args.ema}: the decay must be within [0, 1), e.g. 0.99 (0 = off)")
+    if not 0.0 < args.cv_val < 1.0:
+        raise SystemExit(f"--cv_val {args.cv_val}: must be within (0, 1), e.g. 0.2")
     if args.bootstrap < 0:
         raise SystemExit(f"--bootstrap {args.bootstrap}: must be >= 0 (0 = no report)")
     if args.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -346,7 +366,7 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
             setattr(args, key, config[key])
         if "data_dir" not in given:
             args.data_dir = config["data_dir"]
-        for key in ("cv_folds", "cv_fold", "cv_seed"):  # a cross-validation fold keeps its own train/val
+        for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):  # a fold keeps its own splits
             if key in config:
                 setattr(args, key, config[key])
         return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), None
@@ -364,7 +384,7 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
     for key, value in config.items():
         if key in vars(args) and key not in SESSION_KEYS:
             setattr(args, key, value)
-    for key in ("cv_folds", "cv_fold", "cv_seed"):
+    for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):
         if key in config:
             setattr(args, key, config[key])
     stats = loader.ClinicalStats.from_dict(state["clinical_stats"]) if state else None
@@ -410,22 +430,33 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     dist_info = runtime.init_distributed(args.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
     args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
+    if args.pretrained and not (args.test or args.resume):
+        from models import resolve_pretrained
+        from models.pretrained import PretrainedUnavailable
+
+        try:  # at once: an offline --pretrained imagenet or a wrong path stops before any data is read
+            resolve_pretrained(args.pretrained, args.model)
+        except (ValueError, FileNotFoundError, PretrainedUnavailable) as exc:
+            raise UserError(str(exc)) from None
     if not args.folds:
         return run(args, given, dist_info)
+    import crossval
+
+    design = crossval.resolve_design(args.data_dir, args.cv)
+    logger.info("cross-validation design: %s", crossval.DESIGN_TEXT[design])
     results, runs = [], []
     for k in range(args.folds):
         fold_args = argparse.Namespace(**vars(args))
-        fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed = \
-            f"{args.fold}{k}", args.folds, k, args.seed
+        fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed, fold_args.cv_design = \
+            f"{args.fold}{k}", args.folds, k, args.seed, design
         logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, args.folds - 1, fold_args.fold)
         results.append(run(fold_args, given, dist_info))
         runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
     if dist_info.is_main:
-        import report
-
-        cv = report.write_cv_summary(Path(args.out_root) / args.save_dir, runs)
-        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_summary.json'}")
-        logger.debug("%s", cv)
+        cv = crossval.write_cv_summary(Path(args.out_root) / args.save_dir, runs, n_boot=args.bootstrap or 2000,
+                                       seed=args.seed)
+        print(crossval.headline(cv))
+        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_report.md'}")
     return results
 
 
@@ -542,7 +573,8 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
                        optimizer=optimizer, scheduler=scheduler, device=device, run_dir=out, config=config,
                        clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
                        seed=args.seed, channels_last=channels_last, dist_info=dist_info,
-                       device_augment=device_augmenter)
+                       device_augment=device_augmenter, ema_decay=config.get("ema", 0.0),
+                       tta=config.get("tta", "none"))
 
 
 def train_and_test(args, config, stats, resume_state, out: Path, dist_info, files: dict, data_summary: str) -> dict:

@@ -1,6 +1,7 @@
 """Score hip radiographs with a trained run: probability of osteoporosis and the run's decision.
 
     python3 predict.py --run outs/<save_dir>/fold<fold> data/test more/image.png --out predictions.csv
+    python3 predict.py --run outs/<save_dir> new/ --out predictions.csv   # fold ensemble of a --folds run
 
 IMAGES are files or folders (their .png/.npy/.jpg/.tif images, not recursive). Sex, age and BMI
 come from the file name (``filenames.PATTERN``) or, for any file listed there, from ``--csv``
@@ -33,8 +34,10 @@ from cli import UserError, run_main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
-    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), or a "
-                   "checkpoint file")
+    p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), a "
+                   "checkpoint file, or a cross-validation run group outs/<save_dir> (mean of its fold models)")
+    p.add_argument("--tta", choices=("auto", "none", "flip"), default="auto", help="flip: average each image's "
+                   "probability with its left/right mirror's; auto (default): as the run was validated (--tta)")
     p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
                    "carry them: columns file,sex,age,bmi")
     p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
@@ -55,6 +58,7 @@ import filenames  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
+from ClassifyTrainer import flip_tta  # noqa: E402
 from models import build_model_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger("predict")
@@ -162,33 +166,65 @@ def check_image(path: Path, image_size: tuple[int, int]) -> None:
         raise PredictError(f"{path}: image holds NaN or infinite values")
 
 
+def run_checkpoints(run: str | os.PathLike) -> list[Path]:
+    """What ``--run`` names: a checkpoint file or a run folder (one model), or a cross-validation run
+    group ``outs/<save_dir>`` (the ``fold*/`` run folders inside with a ``best.pth``: a fold ensemble)."""
+    path = Path(run)
+    if path.is_dir() and not (path / runfiles.BEST).is_file():
+        folds = sorted(d for d in path.glob("fold*") if (d / runfiles.BEST).is_file())
+        if folds:
+            return folds
+        raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
+                           f"group (no fold*/{runfiles.BEST} inside)")
+    return [path]
+
+
 @torch.no_grad()
 def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
             clinical_csv: str | os.PathLike | None = None, device: str = "cpu",
-            batch_size: int = 16) -> list[dict]:
+            batch_size: int = 16, tta: str = "auto") -> list[dict]:
     """Rows ``file, probability, prediction`` for every image, in input order.
 
+    ``run`` may be a cross-validation run group: the probability is then the mean of its K fold
+    models and the decision uses the mean of their validation thresholds. ``tta``: ``flip`` also
+    scores each image's left/right mirror and averages the two probabilities; ``auto`` does what
+    the run was validated with (its ``--tta``).
     Every image and its clinical values are checked before the network runs; the first problem
     raises :class:`PredictError` (or ``ValueError`` for an unusable checkpoint) naming the file.
     """
-    trained = runfiles.load_run(run)  # weights_only=True: pickled objects are refused
+    members = [runfiles.load_run(r) for r in run_checkpoints(run)]  # weights_only=True: pickles refused
+    shapes = {(tuple(m.image_size), m.fusion) for m in members}
+    if len(shapes) > 1:
+        raise PredictError(f"--run {run}: the fold models differ in image size or fusion mode ({sorted(shapes)}); "
+                           "an ensemble needs the folds of one cross-validation run")
     files = collect_images(images)
     table = read_clinical_csv(clinical_csv) if clinical_csv else None
     clinical = clinical_values(files, table)
     for f in files:  # refuse before any scoring
-        check_image(f, trained.image_size)
-    dataset = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=clinical, desc="predict")
-
-    model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
+        check_image(f, members[0].image_size)
     dev = runtime.select_device(device, None)
-    model.to(dev)
-    probs: list[float] = []
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        clin = batch["clinical"].to(dev) if trained.fusion == "late" else None
-        probs += torch.sigmoid(model(batch["image"].to(dev), clin).float().reshape(-1)).cpu().double().tolist()
-    logger.info("scored %d images with %s (epoch %d, threshold %.4f from validation)", len(files),
-                Path(run), trained.epoch, trained.threshold)
-    return [{"file": str(f), "probability": p, "prediction": int(p >= trained.threshold)}
+    probs = np.zeros(len(files))
+    for trained in members:
+        dataset = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=clinical,
+                                     desc="predict")
+        model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
+        model.to(dev)
+        mirror = (trained.config.get("tta", "none") if tta == "auto" else tta) == "flip"
+
+        def forward(batch: dict) -> torch.Tensor:
+            clin = batch["clinical"].to(dev) if trained.fusion == "late" else None
+            return model(batch["image"].to(dev), clin).float().reshape(-1)
+
+        member: list[float] = []
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            p = flip_tta(forward, batch) if mirror else torch.sigmoid(forward(batch))
+            member += p.cpu().double().tolist()
+        probs += np.asarray(member, dtype=np.float64) / len(members)
+    threshold = float(np.mean([m.threshold for m in members]))
+    logger.info("scored %d images with %s (%s, threshold %.4f from validation)", len(files), Path(run),
+                f"mean of {len(members)} fold models" if len(members) > 1 else f"epoch {members[0].epoch}",
+                threshold)
+    return [{"file": str(f), "probability": float(p), "prediction": int(p >= threshold)}
             for f, p in zip(files, probs)]
 
 
@@ -209,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise UserError(f"--out {out} exists; nothing was written. Pass --overwrite to replace it, or choose "
                         "another --out")
     try:
-        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size)
+        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size, args.tta)
     except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     write_predictions(args.out, rows)

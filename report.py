@@ -1,7 +1,7 @@
 """Run report: the test-set numbers of one run with what a clinical reader needs to trust them.
 
     python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
-    python3 report.py --cv outs/<save_dir>          # mean and SD over cross-validation folds
+    python3 report.py --cv outs/<save_dir>          # cross-validation summary (crossval.py)
 
 Writes ``report.md`` (figures in ``report_figures/``), ``report.html`` (self-contained, figures
 embedded) and ``report_metrics.json`` into the run folder, each atomically. Contents follow what
@@ -37,8 +37,6 @@ from cli import positive_int, run_main
 logger = logging.getLogger(__name__)
 
 ALPHA = 0.05
-CV_METRICS = ("roc_auc", "pr_auc", "brier", "accuracy", "sensitivity", "specificity", "precision", "npv",
-              "f1", "f2", "balanced_accuracy", "mcc")
 # Subgroups of the test set: (variable, decoded field, [(label, low, high)]) with low <= value < high.
 SUBGROUPS = (("Sex", "sex", (("female", 1, 2), ("male", 0, 1))),
              ("Age", "age", (("< 65 years", -math.inf, 65), (">= 65 years", 65, math.inf))),
@@ -293,61 +291,6 @@ def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
     return saved
 
 
-# --------------------------------------------------------------------------- cross-validation
-
-def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[str | os.PathLike]) -> dict:
-    """``cv_summary.json`` and ``cv_report.md`` in ``save_dir_path``: each fold's test metrics (at its
-    own validation threshold), their mean and SD (ddof 1) over folds, and, where a fold has a
-    ``report_metrics.json``, the clinical baseline's AUC and the difference."""
-    out_dir = Path(save_dir_path)
-    if not fold_run_dirs:
-        raise ValueError("write_cv_summary needs at least one fold run folder")
-    folds = []
-    for run in map(Path, fold_run_dirs):
-        path = run / "test_metrics.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: test every fold before summarising")
-        tm = runfiles.read_json(path)
-        row = {"run": run.name, "epoch": tm["epoch"], "threshold": tm["threshold"], "n_images": tm["n_images"],
-               **{k: _number(tm["at_threshold"].get(k)) for k in CV_METRICS}}
-        if (run / "report_metrics.json").is_file():
-            rep = runfiles.read_json(run / "report_metrics.json")
-            row["baseline_roc_auc"] = _number(rep["baseline"]["metrics"]["roc_auc"]["point"])
-            row["roc_auc_difference"] = _number(rep["comparison"]["auc_difference"]["diff"])
-        folds.append(row)
-    keys = [k for k in ("threshold", *CV_METRICS, "baseline_roc_auc", "roc_auc_difference") if k in folds[0]]
-    mean, sd = {}, {}
-    for k in keys:
-        v = np.array([f.get(k, math.nan) for f in folds], dtype=float)
-        v = v[np.isfinite(v)]
-        mean[k] = float(v.mean()) if v.size else math.nan
-        sd[k] = float(v.std(ddof=1)) if v.size > 1 else math.nan
-    summary = {"n_folds": len(folds), "mean": mean, "sd": sd, "folds": folds,
-               "note": "every fold is scored on the same held-out test set, so the SD reflects variation between "
-                       "trainings (data of the fold, initialisation), not sampling of test patients"}
-    runfiles.write_json(out_dir / "cv_summary.json", summary)
-
-    shown = [k for k in ("roc_auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy", "brier",
-                         "baseline_roc_auc", "roc_auc_difference") if k in keys]
-    header = ["Fold", "Best epoch", "Threshold", *shown]
-    lines = [f"# Cross-validation summary: {out_dir.name}", "",
-             f"{len(folds)} folds; test metrics of each fold's best checkpoint at its own validation threshold. "
-             f"Note: {summary['note']}.", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for f in folds:
-        lines.append("| " + " | ".join([f["run"], str(f["epoch"]), _fmt(f["threshold"])]
-                                       + [_fmt(f.get(k)) for k in shown]) + " |")
-    lines.append("| **mean ± SD** | | " + " | ".join(f"{_fmt(mean[k])} ± {_fmt(sd[k])}"
-                                                     for k in ("threshold", *shown)) + " |")
-    runfiles.write_text(out_dir / "cv_report.md", "\n".join(lines) + "\n")
-    logger.info("cross-validation summary of %d folds written to %s", len(folds), out_dir / "cv_summary.json")
-    return summary
-
-
 # --------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,9 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs = sorted(d for d in save_dir.glob("fold*") if (d / "test_metrics.json").is_file())
         if not runs:
             raise SystemExit(f"--cv {save_dir}: no tested fold*/ run folders (with test_metrics.json) inside")
-        result = write_cv_summary(save_dir, runs)
-        print(f"{result['n_folds']} folds: ROC AUC {_fmt(result['mean']['roc_auc'])} ± {_fmt(result['sd']['roc_auc'])}"
-              f"; {save_dir / 'cv_report.md'}")
+        result = crossval.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed)
+        print(f"{crossval.headline(result)}; {save_dir / 'cv_report.md'}")
         return result
     try:
         result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval)
@@ -397,6 +339,7 @@ import pandas as pd  # noqa: E402
 
 import baseline  # noqa: E402
 import confidence  # noqa: E402
+import crossval  # noqa: E402
 import filenames  # noqa: E402
 import loader  # noqa: E402
 import metrics  # noqa: E402

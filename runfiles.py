@@ -330,12 +330,8 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
         raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder with train/ "
                                 f"val/ test/ the run was trained on (--data_dir), or make the demo set with "
                                 f"python3 synthetic.py --out {data_dir}")
-    test = filenames.list_split(data_dir, "test")
     if config.get("cv_folds"):
         import crossval  # torch, through the loader: only for cross-validation folds
 
-        k, fold = int(config["cv_folds"]), int(config["cv_fold"])
-        split = crossval.crossval_splits(data_dir, k, int(config.get("cv_seed", config.get("seed", 0))))[fold]
-        return {"train": list(split["train"]), "val": list(split["val"]), "test": test}
-    return {"train": filenames.list_split(data_dir, "train"), "val": filenames.list_split(data_dir, "val"),
-            "test": test}
+        return crossval.config_files(config, data_dir)  # the fold's design decides its three parts
+    return {s: filenames.list_split(data_dir, s) for s in SPLITS}

@@ -14,10 +14,11 @@ from torch import nn
 from .classifier import Classifier
 from .densenet import STEMS, TORCHVISION_DENSENETS, densenet_bc_features, last_dense_block, torchvision_features
 from .layers import ACTS, NORMS, BatchInstanceNorm2d, check_choice, convert_norm_act
-from .pretrained import load_pretrained
+from .pretrained import load_pretrained, resolve as resolve_pretrained
 
 __all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstanceNorm2d", "build_model",
-           "build_model_from_config", "build_model_from_checkpoint", "count_parameters", "load_pretrained"]
+           "build_model_from_config", "build_model_from_checkpoint", "count_parameters", "load_pretrained",
+           "resolve_pretrained"]
 
 from choices import MODEL_NAMES  # noqa: E402
 
@@ -42,7 +43,8 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
         act: one of :data:`ACTS`, used throughout (dense layers, final activation, clinical MLP).
         stem: one of :data:`STEMS`; ``original`` (full resolution, very memory-hungry) exists for
             ``dense_net`` only, the torchvision families always downsample by 4.
-        pretrained: path of a local weights file, see :mod:`models.pretrained`.
+        pretrained: ``"imagenet"`` (torchvision families), a run folder or a weights file, see
+            :mod:`models.pretrained`.
         drop_rate: dropout before the final linear layer.
         memory_efficient: recompute the dense layers' bottleneck inputs in backward (torch
             checkpointing) instead of storing them: less memory, slower.
@@ -68,7 +70,7 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
     model = Classifier(features, num_features, in_chans, late_fuse, n_clinical, act, drop_rate,
                        cam_layer=f"features.{last_dense_block(features)}")
     if pretrained:
-        load_pretrained(model, pretrained)
+        load_pretrained(model, resolve_pretrained(pretrained, name))
     return model
 
 

@@ -1,4 +1,11 @@
-"""Initialise a model from a LOCAL weights file (``--pretrained PATH``); nothing is ever downloaded.
+"""Initialise a model from pretrained weights: ``--pretrained imagenet``, a run folder, or a weights file.
+
+``imagenet`` (densenet121/169/201 only) takes torchvision's ImageNet weights through its weights API
+and torch's hub cache (``$TORCH_HOME/hub/checkpoints``); they are downloaded only when that flag is
+given and the file is not cached yet, and without a connection the run stops at once, naming
+``--pretrained PATH`` for a copy fetched elsewhere. A run folder (``outs/<save_dir>/fold<fold>``)
+means its ``best.pth``: e.g. a model trained on demo radiographs, fine-tuned on your own. Anything
+else is a local file; nothing else is ever downloaded.
 
 Accepted: a state dict, or a dict holding one under ``"model"`` or ``"state_dict"``, saved with
 ``torch.save`` and readable with ``weights_only=True`` (tensors and plain Python values only; a file
@@ -17,17 +24,71 @@ import logging
 import os
 import pickle
 import re
+import socket
+import urllib.error
+import urllib.parse
+from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision import models as tvm
+
+from .densenet import TORCHVISION_DENSENETS
 
 logger = logging.getLogger(__name__)
+
+IMAGENET = "imagenet"
+RUN_CHECKPOINT = "best.pth"  # the checkpoint of a run folder (runfiles.BEST; models/ does not import the app)
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation: an offline machine fails at once, a slow link still finishes
 
 FIRST_CONV = "features.conv0.weight"
 HEAD_PREFIXES = ("classifier.", "clinical_mlp.", "final_act.")
 _PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
 # torchvision's published DenseNet files spell 'denselayer1.norm.1.weight' for 'denselayer1.norm1.weight'
 _OLD_TV_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+class PretrainedUnavailable(RuntimeError):
+    """ImageNet weights are neither cached nor downloadable (offline)."""
+
+
+def imagenet_weights(name: str) -> str:
+    """Path of torchvision's ImageNet weights for ``name`` in torch's hub cache; fetched through
+    torchvision's weights API (``IMAGENET1K_V1``) when not cached yet."""
+    if name not in TORCHVISION_DENSENETS:
+        raise ValueError(f"--pretrained imagenet exists for {', '.join(TORCHVISION_DENSENETS)} only, not {name}; "
+                         "choose one of them with --model, or give --pretrained PATH")
+    weights = tvm.get_model_weights(name).IMAGENET1K_V1
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(weights.url).path))
+    if os.path.isfile(cached):
+        return cached
+    logger.info("fetching torchvision's ImageNet weights for %s from %s into %s", name, weights.url, cached)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        weights.get_state_dict(progress=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise PretrainedUnavailable(
+            f"--pretrained imagenet: torchvision's {name} ImageNet weights are not cached ({cached}) and could not be "
+            f"downloaded from {weights.url} ({getattr(exc, 'reason', exc)}). On a machine without internet, fetch "
+            f"that file elsewhere and give it with --pretrained PATH (or copy it to {cached})") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return cached
+
+
+def resolve(pretrained: str | os.PathLike, model_name: str) -> str:
+    """The weights file ``--pretrained`` means: ImageNet weights from the cache for ``imagenet``, a run
+    folder's ``best.pth``, or the file itself. Raises for a folder without ``best.pth``."""
+    if str(pretrained) == IMAGENET:
+        return imagenet_weights(model_name)
+    path = Path(pretrained)
+    if path.is_dir():
+        if not (path / RUN_CHECKPOINT).is_file():
+            raise FileNotFoundError(f"--pretrained {path}: a folder must be a run folder holding {RUN_CHECKPOINT} "
+                                    "(outs/<save_dir>/fold<fold>)")
+        return str(path / RUN_CHECKPOINT)
+    return str(path)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -131,3 +131,62 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path, data):
         predict.main(["--run", str(run), str(data / "test"), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
     with pytest.raises(SystemExit, match="no checkpoint"):
         predict.main(["--run", str(tmp_path / "nowhere"), str(data / "test"), "--device", "cpu"])
+
+
+@pytest.fixture(scope="module")
+def cv_group(data):
+    """A 2-fold cross-validation run (held-out test) trained with weight averaging and flip TTA."""
+    outs = data.parent / "outs_cv"
+    main.main(["--model", "dense_net", "--depth", "10", "--data_dir", str(data), "--image_size", "64", "37",
+               "--epoch", "2", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--save_dir", "cv",
+               "--out_root", str(outs), "--folds", "2", "--cv", "heldout", "--ema", "0.9", "--tta", "flip",
+               "--bootstrap", "0"])
+    return outs / "cv"
+
+
+def test_fold_run_with_ema_and_tta_reproduces_its_test_predictions(cv_group, data):
+    # best.pth holds the averaged weights and predict.py mirrors as the run validated (--tta flip)
+    for fold in ("fold0", "fold1"):
+        rows = predict.predict(cv_group / fold, [data / "test"])
+        expected = {r["file"]: float(r["probability"]) for r in read_csv(cv_group / fold / "test_predictions.csv")}
+        for r in rows:
+            assert r["probability"] == pytest.approx(expected[Path(r["file"]).name], abs=2e-6)
+    state = runfiles.load_checkpoint(cv_group / "fold0" / "last.pth")
+    assert state["ema_averaged"] > 0 and state["trained"].keys() == state["model"].keys()
+    assert any(not torch.equal(state["trained"][k], state["model"][k]) for k in state["model"])
+
+
+def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_group, data, tmp_path):
+    folds = [predict.predict(cv_group / f, [data / "test"]) for f in ("fold0", "fold1")]
+    out = tmp_path / "ens.csv"
+    rows = predict.main(["--run", str(cv_group), str(data / "test"), "--out", str(out), "--device", "cpu"])
+    thresholds = [runfiles.load_checkpoint(cv_group / f / "best.pth")["threshold"] for f in ("fold0", "fold1")]
+    for r, a, b in zip(rows, *folds):
+        assert r["probability"] == pytest.approx((a["probability"] + b["probability"]) / 2, abs=1e-9)
+        assert r["prediction"] == int(r["probability"] >= sum(thresholds) / 2)
+    assert len(read_csv(out)) == 6
+    with pytest.raises(SystemExit, match="nor a cross-validation run group"):
+        predict.main(["--run", str(tmp_path), str(data / "test"), "--device", "cpu"])
+
+
+def test_flip_tta_averages_an_image_and_its_mirror(run, data, monkeypatch):
+    files = sorted((data / "test").iterdir())[:3]
+    plain = predict.predict(run, files, tta="none")
+    both = predict.predict(run, files, tta="flip")
+    real = predict.loader.run_dataset
+
+    class Mirrored(torch.utils.data.Dataset):
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            return {**self.ds[i], "image": torch.flip(self.ds[i]["image"], dims=(-1,))}
+
+    monkeypatch.setattr(predict.loader, "run_dataset", lambda *a, **k: Mirrored(real(*a, **k)))
+    mirror = predict.predict(run, files, tta="none")  # the network's inputs mirrored left/right
+    for a, b, ab in zip(plain, mirror, both):
+        assert ab["probability"] == pytest.approx((a["probability"] + b["probability"]) / 2, abs=1e-6)
+    assert any(abs(a["probability"] - b["probability"]) > 1e-4 for a, b in zip(plain, mirror))

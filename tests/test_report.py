@@ -235,29 +235,6 @@ def test_calibration_slope_of_a_calibrated_predictor_is_near_one():
     assert overconfident["calibration"]["slope"] == pytest.approx(0.5, abs=0.08)
 
 
-def test_cv_summary_mean_sd_and_files(tmp_path):
-    save_dir = tmp_path / "cv"
-    folds = []
-    for k, (auc, sens) in enumerate([(0.7, 0.6), (0.8, 0.9), (0.9, 0.75)]):
-        fold = save_dir / f"fold{k}"
-        runfiles.write_json(fold / "test_metrics.json", {"epoch": k + 1, "threshold": 0.4 + k / 10, "n_images": 10,
-                                                          "at_threshold": {"roc_auc": auc, "sensitivity": sens,
-                                                                           "mcc": None}})
-        folds.append(fold)
-    summary = report.write_cv_summary(save_dir, folds)
-    assert summary["n_folds"] == 3 and [f["run"] for f in summary["folds"]] == ["fold0", "fold1", "fold2"]
-    assert summary["mean"]["roc_auc"] == pytest.approx(0.8)
-    assert summary["sd"]["roc_auc"] == pytest.approx(0.1)
-    assert summary["mean"]["sensitivity"] == pytest.approx(0.75)
-    assert np.isnan(summary["mean"]["mcc"])
-    saved = json.loads((save_dir / "cv_summary.json").read_text())
-    assert saved["sd"]["roc_auc"] == pytest.approx(0.1) and saved["mean"]["mcc"] is None
-    md = (save_dir / "cv_report.md").read_text()
-    assert "| fold1 | 2 | 0.500 |" in md and "0.800 ± 0.100" in md
-    again = report.main(["--cv", str(save_dir)])
-    assert again["mean"]["roc_auc"] == pytest.approx(0.8)
-
-
 def test_cross_validation_run_is_described_with_its_folds_train_and_val(run):
     _, data = run
     config = {"data_dir": str(data), "cv_folds": 3, "cv_fold": 1, "seed": 4}
