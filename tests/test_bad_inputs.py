@@ -232,9 +232,17 @@ CASES = ([("main.py", *c) for c in FLAG_CASES + DATA_CASES]
          + [("preprocess_filenames.py", *c) for c in PREPROCESS_CASES]
          + [("predict.py", *c) for c in PREDICT_CASES]
          + [("visualize_gradcam.py", *c) for c in GRADCAM_CASES])
+# mistakes found only after torch has loaded (a run, a checkpoint or an image read): 3-6 s each in a
+# subprocess, so `pytest -m "not slow"` leaves them to `make test`
+TORCH_CASES = {("main.py", n) for n in ("missing_pretrained", "tiny_image", "undecodable_image", "test_without_run",
+                                        "resume_nothing", "resume_other_epochs", "resume_other_lr")}
+TORCH_CASES |= {(s, c[0]) for s, cases in (("predict.py", PREDICT_CASES), ("visualize_gradcam.py", GRADCAM_CASES))
+                for c in cases if c[2] == 1}
 
 
-@pytest.mark.parametrize("script,name,build,code,names", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+@pytest.mark.parametrize("script,name,build,code,names",
+                         [pytest.param(*c, marks=pytest.mark.slow) if (c[0], c[1]) in TORCH_CASES else c
+                          for c in CASES], ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_a_mistake_gets_one_clear_line_and_changes_nothing(world, tmp_path, script, name, build, code, names):
     args = build(world, tmp_path)
     before = snapshot(world.root, tmp_path)
@@ -279,6 +287,7 @@ def read_history(run: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_extend_epochs_trains_a_finished_run_longer_and_renews_its_results(world, tmp_path):
     run = tmp_path / "outs" / "r" / "fold_a"
     shutil.copytree(world.run, run)

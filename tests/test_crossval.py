@@ -203,6 +203,7 @@ def test_heldout_summary_has_a_fold_ensemble_on_the_shared_test_set(tmp_path):
     assert "Fold-ensemble test result" in (save / "cv_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_main_folds_oof_tests_every_patient_once_and_writes_the_summary(tiny_data, tmp_path):
     import main
     outs = tmp_path / "outs"

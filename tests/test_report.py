@@ -226,6 +226,7 @@ def test_report_intervals_cover_the_point_and_shrink_with_more_patients():
     assert widths[1] < widths[0] / 2  # ~ 1 / sqrt(n): ten times the patients, about a third of the width
 
 
+@pytest.mark.slow
 def test_calibration_slope_of_a_calibrated_predictor_is_near_one():
     y, p, g = calibrated(4000, seed=0)
     cal = report.evaluate(y, p, 0.5, g, n_boot=20, seed=0)["calibration"]
