@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 
 import augment
-from choices import DEVICE_AUGMENTATIONS
+from choices import DEVICE_AUGMENTATIONS, without_device_version
 
 _IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
 def supported(names: Sequence[str]) -> bool:
     """Whether every augmentation in ``names`` has a device version."""
-    return all(name in DEVICE_AUGMENTATIONS for name in names)
+    return not without_device_version(list(names))
 
 
 @dataclass
@@ -59,7 +59,7 @@ class DeviceAugmenter:
 
     def __init__(self, names: Sequence[str] | str, p: float = 0.3, seed: int = 0) -> None:
         names = augment.parse_augment(names) if isinstance(names, str) else list(names)
-        missing = [n for n in names if n not in DEVICE_AUGMENTATIONS]
+        missing = without_device_version(names)
         if missing:
             raise ValueError(f"augmentation(s) {', '.join(missing)} have no device version (they recompute the "
                              f"enhanced channel); on the device: {', '.join(DEVICE_AUGMENTATIONS)}")

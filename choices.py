@@ -21,6 +21,7 @@ AUGMENT_NAMES = ("crop", "flip", "rotate", "cut", "elastic", "cat_elastic", "gam
 # those with a device version (augment_device.py): the others recompute the enhanced channel (CLAHE)
 DEVICE_AUGMENTATIONS = ("crop", "flip", "rotate", "cut", "cat_elastic")
 HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipDataset)
+TTA_CHOICES = ("none", "flip")  # test-time augmentation (ClassifyTrainer.flip_tta)
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
@@ -32,6 +33,11 @@ CV_VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (
 def unknown_augmentation(name: str) -> ValueError:
     return ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_NAMES)} "
                       "(comma-separated), or 'none'")
+
+
+def without_device_version(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The augmentations of ``names`` that have no device version (augment_device.py)."""
+    return [name for name in names if name not in DEVICE_AUGMENTATIONS]
 
 
 def parse_augment(spec: str | None) -> list[str]:

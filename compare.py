@@ -168,13 +168,19 @@ def comparison_blocks(r: dict) -> list[tuple]:
     return b
 
 
+def refuse_existing(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """CompareError when ``out_dir`` already holds a comparison and ``overwrite`` is not given."""
+    existing = [Path(out_dir) / name for name in OUTPUTS if (Path(out_dir) / name).exists()]
+    if existing and not overwrite:
+        raise CompareError(f"{out_dir} already holds a comparison; pass --overwrite to replace it, or choose "
+                           f"another --out (found {existing[0].name})")
+
+
 def write_comparison(out_dir: str | os.PathLike, result: dict, table: pd.DataFrame, overwrite: bool = False) -> Path:
     """comparison.md (+ figure), comparison.html and comparison.json in ``out_dir``; refuses to replace
     existing files unless ``overwrite``."""
+    refuse_existing(out_dir, overwrite)
     out = Path(out_dir)
-    existing = [out / name for name in OUTPUTS if (out / name).exists()]
-    if existing and not overwrite:
-        raise CompareError(f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out")
     y = table["label"].to_numpy(dtype=np.int64)
     colours = [report_render.PALETTE[i % len(report_render.PALETTE)] for i in range(len(result["runs"]))]
     figures = {"roc_pr": report_render.figure_roc_pr(
@@ -208,8 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     runtime.setup_logging()
     try:
-        if not args.overwrite and any((Path(args.out) / name).exists() for name in OUTPUTS):
-            raise CompareError(f"{args.out} already holds a comparison; pass --overwrite to replace it")
+        refuse_existing(args.out, args.overwrite)  # before the bootstrap, not after
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)  # undefined values show as n/a
             result, table = compare_runs(args.runs, args.names, args.bootstrap, args.seed, args.interval)

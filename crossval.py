@@ -39,13 +39,13 @@ import filenames
 import loader
 import runfiles
 from choices import CV_DESIGNS, CV_VAL_FRACTION
+from report_render import ci as _ci, fmt as _fmt
 from splits import assign_folds, patient_labels
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 POOLED = ("train", "val")
-DESIGNS, VAL_FRACTION = CV_DESIGNS, CV_VAL_FRACTION  # share of a fold's training patients that validates it
 
 
 def _manifest_folds(data_dir: Path, files: list[Path]) -> dict[Path, int] | None:
@@ -124,10 +124,10 @@ def _has_images(folder: Path) -> bool:
 def resolve_design(data_dir: str | os.PathLike, design: str) -> str:
     """``auto`` -> ``oof`` when ``data_dir`` has no test images (nothing is held out: every patient
     must be tested once), else ``heldout``; ``oof``/``heldout`` are returned unchanged."""
-    if design in DESIGNS:
+    if design in CV_DESIGNS:
         return design
     if design != "auto":
-        raise ValueError(f"unknown cross-validation design {design!r}; choose auto, {' or '.join(DESIGNS)}")
+        raise ValueError(f"unknown cross-validation design {design!r}; choose auto, {' or '.join(CV_DESIGNS)}")
     return "heldout" if _has_images(Path(data_dir) / "test") else "oof"
 
 
@@ -146,7 +146,7 @@ def carve_validation(labels: Mapping[str, int], fraction: float, seed: int) -> s
 
 
 def oof_splits(data_dir: str | os.PathLike, k: int, seed: int = 0,
-               val_fraction: float = VAL_FRACTION) -> list[dict]:
+               val_fraction: float = CV_VAL_FRACTION) -> list[dict]:
     """Out-of-fold design over every image of ``train/ val/ test/``: one dict per fold with
     ``fold``, ``train``, ``val`` and ``test`` (sorted image paths). Each patient is in exactly one
     ``test``; within a fold no patient is in two of train, val and test."""
@@ -175,13 +175,13 @@ def oof_splits(data_dir: str | os.PathLike, k: int, seed: int = 0,
 
 
 def fold_files(data_dir: str | os.PathLike, design: str, k: int, fold: int, seed: int = 0,
-               val_fraction: float = VAL_FRACTION) -> dict[str, list[Path]]:
+               val_fraction: float = CV_VAL_FRACTION) -> dict[str, list[Path]]:
     """The train, val and test images of model ``fold`` of a ``design`` cross-validation."""
     if design == "oof":
         split = oof_splits(data_dir, k, seed, val_fraction)[fold]
         return {r: list(split[r]) for r in loader.SPLITS}
     if design != "heldout":
-        raise ValueError(f"unknown cross-validation design {design!r}; choose {' or '.join(DESIGNS)}")
+        raise ValueError(f"unknown cross-validation design {design!r}; choose {' or '.join(CV_DESIGNS)}")
     split = crossval_splits(data_dir, k, seed)[fold]
     return {"train": list(split["train"]), "val": list(split["val"]), "test": loader.list_split(data_dir, "test")}
 
@@ -194,7 +194,7 @@ def config_files(config: Mapping, data_dir: str | os.PathLike) -> dict[str, list
         return None
     return fold_files(data_dir, config.get("cv_design", "heldout"), int(config["cv_folds"]), int(config["cv_fold"]),
                       int(config.get("cv_seed", config.get("seed", 0))),
-                      float(config.get("cv_val") or VAL_FRACTION))
+                      float(config.get("cv_val") or CV_VAL_FRACTION))
 
 
 # --------------------------------------------------------------------------- summary over the fold runs
@@ -215,16 +215,6 @@ ALPHA = 0.05
 
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def _ci_text(d: Mapping) -> str:
-    return f"{_fmt(d['point'])} ({_fmt(d['low'])} to {_fmt(d['high'])})"
 
 
 def clinical_values_vary(files: Sequence[str]) -> bool:
@@ -351,7 +341,7 @@ def headline(summary: Mapping) -> str:
     for key, what in (("pooled", "pooled out-of-fold"), ("ensemble", "fold-ensemble test")):
         if key in summary:
             block = summary[key]
-            return (f"{what} ROC AUC {_ci_text(block['metrics']['roc_auc'])} over {block['n_images']} images of "
+            return (f"{what} ROC AUC {_ci(block['metrics']['roc_auc'])} over {block['n_images']} images of "
                     f"{block['n_patients']} patients ({summary['n_folds']} folds, {summary['design']})")
     m = summary["per_metric"]["roc_auc"]
     return (f"{summary['n_folds']} folds ({summary['design']}): ROC AUC {_fmt(m['mean'])} ± {_fmt(m['sd'])} "
@@ -366,7 +356,7 @@ def render_cv_report(name: str, summary: Mapping) -> str:
             lines += [f"## {title}", "", f"{block['what'][0].upper()}{block['what'][1:]}. {block['n_images']} "
                       f"images of {block['n_patients']} patients; 95 % CIs from {summary['n_boot']} bootstrap "
                       "resamples of patients.", "", "| Metric | Value (95 % CI) |", "|---|---:|"]
-            lines += [f"| {k} | {_ci_text(block['metrics'][k])} |" for k in (*THRESHOLD_FREE, *AT_THRESHOLD)]
+            lines += [f"| {k} | {_ci(block['metrics'][k])} |" for k in (*THRESHOLD_FREE, *AT_THRESHOLD)]
             lines.append("")
     per = summary["per_metric"]
     shown = [k for k in ("roc_auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy", "brier",

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="weight averaging: validate, save and "
                    "test the exponential moving average of the weights, updated every step with this decay, "
                    "e.g. 0.99; 0 = off (default)")
-    g.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation for "
+    g.add_argument("--tta", choices=choices.TTA_CHOICES, default="none", help="test-time augmentation for "
                    "validation and test: flip = mean probability of each image and its left/right mirror "
                    "(default: %(default)s)")
     g.add_argument("--select_metric", choices=SELECT_METRICS, default="roc_auc", help="validation metric that "
@@ -214,7 +214,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.augment_device == "true":
         if args.handover != "uint8":
             raise SystemExit("--augment_device true needs --handover uint8 (the device finishes the images)")
-        missing = [n for n in choices.parse_augment(args.augment) if n not in choices.DEVICE_AUGMENTATIONS]
+        missing = choices.without_device_version(choices.parse_augment(args.augment))
         if missing:
             raise SystemExit(f"--augment_device true: --augment {','.join(missing)} has no device version; on the "
                              f"device: {', '.join(choices.DEVICE_AUGMENTATIONS)}")
@@ -280,16 +280,12 @@ def describe(files: dict, training: bool) -> str:
 def check_patients(files: dict, allow: bool) -> None:
     """One patient's images in two splits inflate the validation and test scores: refused, naming the
     patient and the files, unless ``--allow_shared_patients`` (then a warning)."""
-    where: dict[str, dict[str, list[str]]] = {}
-    for split, paths in files.items():
-        for path in paths:
-            where.setdefault(filenames.decode(path).patient, {}).setdefault(split, []).append(Path(path).name)
-    shared = {p: splits for p, splits in where.items() if len(splits) > 1}
+    shared = splits.shared_patients(files)
     if not shared:
         return
-    patient, splits = next(iter(sorted(shared.items())))
+    patient, where = next(iter(shared.items()))
     text = " and ".join(f"{split} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
-                        for split, names in splits.items())
+                        for split, names in where.items())
     more = f" ({len(shared) - 1} more patients too: {', '.join(sorted(shared)[1:4])}...)" if len(shared) > 1 else ""
     message = f"patient {patient} has images in {text}{more}"
     if allow:
@@ -425,6 +421,9 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
+    if given & {"late_fuse", "image_only"}:  # the older spellings of --fusion: checked as --fusion on --resume/--test
+        given.add("fusion")
+        args.fusion = args.fusion or "early"  # only an explicit --late_fuse False leaves it unset
     import runtime
 
     dist_info = runtime.init_distributed(args.device)

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from choices import TTA_CHOICES
 from cli import UserError, run_main
 
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
     p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), a "
                    "checkpoint file, or a cross-validation run group outs/<save_dir> (mean of its fold models)")
-    p.add_argument("--tta", choices=("auto", "none", "flip"), default="auto", help="flip: average each image's "
+    p.add_argument("--tta", choices=("auto", *TTA_CHOICES), default="auto", help="flip: average each image's "
                    "probability with its left/right mirror's; auto (default): as the run was validated (--tta)")
     p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
                    "carry them: columns file,sex,age,bmi")
@@ -149,21 +150,18 @@ def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, floa
 
 
 def check_image(path: Path, image_size: tuple[int, int]) -> None:
-    """Refuse, naming the file, an image the network cannot score; warn about a far-off aspect ratio."""
+    """Refuse, naming the file, an image the network cannot score (``read_image`` gives a finite 2-D
+    array or raises), before any model runs; warn about a far-off aspect ratio."""
     try:
         gray = loader.read_image(path)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
-    if gray.ndim != 2:
-        raise PredictError(f"{path}: expected a 2-D grey image, got shape {gray.shape}")
     try:
         stretched = loader.check_shape(path, gray.shape, image_size)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
     if stretched:
         logger.warning("%s", stretched)
-    if not np.isfinite(gray).all():
-        raise PredictError(f"{path}: image holds NaN or infinite values")
 
 
 def run_checkpoints(run: str | os.PathLike) -> list[Path]:

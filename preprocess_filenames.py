@@ -93,6 +93,7 @@ from typing import Mapping, Sequence
 
 import filenames
 import runfiles
+from choices import MIN_SIDE
 from cli import run_main
 from splits import DEFAULT_FRACTIONS, IMAGE_SIZE, SPLITS, assign_folds, assign_splits, patient_labels
 
@@ -876,12 +877,9 @@ def _fmt(value: float | int | None) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-_TMP = re.compile(r"^\..+\.\d+\.tmp$")
-
-
 def _own_output(name: str) -> bool:
     """A file in OUT/<split>/ that this tool writes (an image with a decodable name, or its temp file)."""
-    if _TMP.match(name):
+    if runfiles.TEMP_NAME.match(name):
         return True
     if not name.endswith(".png"):
         return False
@@ -894,7 +892,7 @@ def _own_output(name: str) -> bool:
 
 def _own_files(out: Path) -> list[Path]:
     files = [out / n for n in OWN_FILES if (out / n).is_file() or (out / n).is_symlink()]
-    files += [p for p in out.iterdir() if _TMP.match(p.name) and p.is_file()]
+    files += [p for p in out.iterdir() if runfiles.TEMP_NAME.match(p.name) and p.is_file()]
     for split in SPLITS:
         folder = out / split
         if folder.is_symlink():
@@ -1177,8 +1175,8 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
 
 def _size(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"size must be a positive number of pixels, got {value}")
+    if value < MIN_SIDE:  # what training accepts (loader.check_shape)
+        raise argparse.ArgumentTypeError(f"size must be at least {MIN_SIDE} pixels, got {value}")
     return value
 
 

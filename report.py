@@ -171,10 +171,10 @@ def data_checks(paths: Mapping[str, Sequence[Path]], clinical_stats: Mapping) ->
                   if same_train else
                   "the training images found do NOT reproduce the run's clinical normalisation statistics: "
                   "the data folder differs from the one the network was trained on")
-    split_patients = {s: {filenames.decode(f).patient for f in paths[s]} for s in loader.SPLITS}
+    in_two = splits.shared_patients({s: paths[s] for s in loader.SPLITS})
     for i, a in enumerate(loader.SPLITS):
         for b in loader.SPLITS[i + 1:]:
-            shared = sorted(split_patients[a] & split_patients[b])
+            shared = [p for p, where in in_two.items() if a in where and b in where]
             if shared:
                 checks.append(f"LEAK: {len(shared)} patient(s) have images in both {a} and {b} "
                               f"(e.g. {', '.join(shared[:3])}); the {b} numbers are optimistic")
@@ -236,10 +236,7 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     The val and test images must be exactly those in the run's prediction files. ``interval``:
     "bca" (default) or "percentile" bootstrap intervals for the AUCs, Brier score and calibration.
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if interval not in confidence.INTERVALS:
-        raise ValueError(f"interval {interval!r} not supported; use one of {confidence.INTERVALS}")
+    confidence._check_bootstrap_args(n_boot, ALPHA, interval)  # before any file is read
     run = run_facts(run_dir)
     paths = runfiles.split_files(run["config"], data_dir, files)
     check_same_images("test", paths["test"], run["test"], "test_predictions.csv")
@@ -346,7 +343,8 @@ import metrics  # noqa: E402
 import report_render  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
-from report_render import FIGURE_DIR, ci as _ci, fmt as _fmt  # noqa: E402,F401 (FIGURE_DIR: the report's folder)
+import splits  # noqa: E402
+from report_render import FIGURE_DIR, ci as _ci  # noqa: E402,F401 (FIGURE_DIR: the report's folder)
 
 if __name__ == "__main__":
     run_main(main)

@@ -79,8 +79,7 @@ class Result:
     hips: list[Hip]
     flipped: bool = False  # the input was upside down and has been turned
     bone_only: bool = False  # a segmentation on black rather than a radiograph
-    marks_found: int = 0  # marker / text components in the whole image
-    marks_masked: int = 0  # of which painted over inside a crop
+    marks_found: int = 0  # marker / text components in the whole image (each crop counts its own painted ones)
     notes: list[str] = field(default_factory=list)
 
 
@@ -448,7 +447,6 @@ def find_hips(img: np.ndarray, aspect: float = IMAGE_SIZE[0] / IMAGE_SIZE[1]) ->
             r = HEAD_PER_DISTANCE * distance
             heads = tuple((c[0], c[1], r) + tuple(c[3:]) for c in heads)
 
-    masked_total = np.zeros_like(marks)
     for side, head, mirrored in (("right", heads[0], False), ("left", heads[1], True)):
         if head is not None and head[4] >= MIN_EVIDENCE:
             hx, hy, hr = head[0], head[1], head[2]
@@ -470,7 +468,6 @@ def find_hips(img: np.ndarray, aspect: float = IMAGE_SIZE[0] / IMAGE_SIZE[1]) ->
         hip_masked = 0
         if m.any():
             crop = cv2.inpaint(crop, m.astype(np.uint8), 3, cv2.INPAINT_TELEA)
-            masked_total[y0:y1, x0:x1] |= m
             hip_masked = cv2.connectedComponents(m.astype(np.uint8))[0] - 1
         if mirrored:
             crop = np.ascontiguousarray(crop[:, ::-1])
@@ -479,6 +476,4 @@ def find_hips(img: np.ndarray, aspect: float = IMAGE_SIZE[0] / IMAGE_SIZE[1]) ->
             if native_head is not None:
                 native_head = (native_head[0], H - 1 - native_head[1], native_head[2])
         result.hips.append(Hip(side, crop, box, found, native_head, hip_masked))
-    if masked_total.any():
-        result.marks_masked = cv2.connectedComponents(masked_total.astype(np.uint8))[0] - 1
     return result

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,11 @@ def run_dir(save_dir: str | os.PathLike, fold: str, root: str | os.PathLike = "o
 
 # --------------------------------------------------------------------------- writing
 
+# the names atomic_write gives its temporary files (mkstemp: ".<name>.<random>.tmp"), so that a tool
+# can recognise what a killed run left behind
+TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
     os.umask(mask)
@@ -64,7 +70,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], fsync: bo
     (many small files, e.g. a generated image set, where a crash means starting again anyway)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # see TEMP_NAME
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:

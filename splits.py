@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
@@ -95,3 +96,15 @@ def assign_folds(labels: Mapping[str, int], k: int, seed: int = 0) -> dict[str, 
             result[patients[i]] = position % k
             position += 1
     return result
+
+
+def shared_patients(files: Mapping[str, Iterable]) -> dict[str, dict[str, list[str]]]:
+    """Patients with images in two or more splits of ``files`` (split -> image paths named as
+    ``filenames.py`` writes them): patient -> split -> file names, sorted by patient."""
+    import filenames  # torch-free; imported here because filenames.py is the higher-level module
+
+    where: dict[str, dict[str, list[str]]] = {}
+    for split, paths in files.items():
+        for path in paths:
+            where.setdefault(filenames.decode(path).patient, {}).setdefault(split, []).append(os.path.basename(path))
+    return {p: where[p] for p in sorted(where) if len(where[p]) > 1}

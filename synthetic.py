@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 import filenames
 import runfiles
+from choices import MIN_SIDE
 from splits import IMAGE_SIZE, SPLITS, assign_splits
 
 logger = logging.getLogger(__name__)
@@ -413,8 +414,8 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
     size = (int(size[0]), int(size[1]))
     if n_patients < 1:
         raise ValueError(f"the number of patients must be at least 1, got {n_patients}")
-    if min(size) < 16:
-        raise ValueError(f"image size (H, W) must be at least 16 x 16 pixels, got {size}")
+    if min(size) < MIN_SIDE:
+        raise ValueError(f"image size (H, W) must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {size}")
     meta = dict(generator="synthetic.py", version=VERSION, n=int(n_patients), seed=int(seed), size=list(size))
     existing = _existing(out, meta)
     if existing is not None:
@@ -678,8 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
-    if min(args.size) < 16:
-        parser.error(f"--size must be at least 16 16, got {args.size[0]} {args.size[1]}")
+    if min(args.size) < MIN_SIDE:
+        parser.error(f"--size must be at least {MIN_SIDE} {MIN_SIDE}, got {args.size[0]} {args.size[1]}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _keep_freed_memory()
     if args.pelvis:

@@ -155,6 +155,8 @@ DATA_CASES = [
                                           "--epoch", "9"], 1, ["--epoch 9", "--epoch 2", "--extend_epochs"]),
     ("resume_other_lr", lambda w, t: ["--resume", "--save_dir", "r", "--fold", "_a", "--out_root", w.outs,
                                       "--lrG", "0.1"], 1, ["--lrG 0.1"]),
+    ("resume_other_fusion", lambda w, t: ["--resume", "--save_dir", "r", "--fold", "_a", "--out_root", w.outs,
+                                          "--late_fuse", "True"], 1, ["--fusion late", "--fusion early"]),
     ("resume_nothing", lambda w, t: ["--resume", "--save_dir", "nothing", "--fold", "_a", "--out_root", w.outs], 1,
      ["--resume", "nothing"]),
     ("test_without_run", lambda w, t: ["--test", "--save_dir", "nothing", "--fold", "_a", "--out_root", w.outs], 1,
@@ -176,6 +178,7 @@ PREPROCESS_CASES = [
                                      t / "out", "--strict"], 1, ["line 4", "age '999'"]),
     ("split_sum", _pre("--split", "0.5", "0.5", "0.5"), 2, ["--split"]),
     ("size_zero", _pre("--size", "0", "10"), 2, ["--size"]),
+    ("size_below_training_minimum", _pre("--size", "8", "37"), 2, ["--size", "at least 16"]),
     ("output_not_empty", lambda w, t: ["--images", w.export / "raw", "--csv", w.export / "patient_list.csv", "--out",
                                        w.export / "full"], 1, ["full", "not empty"]),
     ("one_fold", _pre("--folds", "1"), 2, ["--folds"]),
@@ -235,7 +238,8 @@ CASES = ([("main.py", *c) for c in FLAG_CASES + DATA_CASES]
 # mistakes found only after torch has loaded (a run, a checkpoint or an image read): 3-6 s each in a
 # subprocess, so `pytest -m "not slow"` leaves them to `make test`
 TORCH_CASES = {("main.py", n) for n in ("missing_pretrained", "tiny_image", "undecodable_image", "test_without_run",
-                                        "resume_nothing", "resume_other_epochs", "resume_other_lr")}
+                                        "resume_nothing", "resume_other_epochs", "resume_other_lr",
+                                        "resume_other_fusion")}
 TORCH_CASES |= {(s, c[0]) for s, cases in (("predict.py", PREDICT_CASES), ("visualize_gradcam.py", GRADCAM_CASES))
                 for c in cases if c[2] == 1}
 

@@ -3,6 +3,7 @@ import csv
 import hashlib
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +432,16 @@ def test_non_empty_output_is_refused_and_overwrite_replaces_only_own_files(expor
     assert first.keys() == second.keys() and first != second  # same files, other splits, no stale copies
     assert (export.out / "mine.txt").read_text() == "keep me"
     assert (export.out / "train" / "readme.md").read_text() == "also mine"
+
+
+def test_overwrite_removes_the_temporary_files_a_killed_run_left(export):
+    assert pf.main(export.args()) == 0
+    # what runfiles.atomic_write leaves when killed between writing and renaming
+    left = [Path(tempfile.mkstemp(prefix=".x_1_0-NA-NA-NA.png.", suffix=".tmp", dir=export.out / "train")[1]),
+            Path(tempfile.mkstemp(prefix=".manifest.csv.", suffix=".tmp", dir=export.out)[1])]
+    assert all(runfiles.TEMP_NAME.match(p.name) for p in left)
+    assert pf.main(export.args("--overwrite", "--seed", "1")) == 0
+    assert not any(p.exists() for p in left)
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "containing"])

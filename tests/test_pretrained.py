@@ -85,8 +85,11 @@ def test_a_run_folder_starts_fine_tuning_from_its_best_checkpoint(tiny_data, tmp
     best = torch.load(source / "best.pth", weights_only=True)["model"]
     for key, value in best.items():
         assert torch.equal(start.state_dict()[key], value), key
-    main.main([*common, "--save_dir", "ft", "--fold", "0", "--pretrained", str(source)])
-    assert "ft" in {p.name for p in outs.iterdir()}
+    # a learning rate too small to move a weight: the fine-tuned run must still hold the source's weights
+    main.main([*common, "--save_dir", "ft", "--fold", "0", "--pretrained", str(source), "--lrG", "1e-12"])
+    tuned = torch.load(outs / "ft" / "fold0" / "best.pth", weights_only=True)["model"]
+    weights = [k for k, v in best.items() if v.is_floating_point() and "running_" not in k]
+    assert weights and all(torch.allclose(tuned[k], best[k], atol=1e-6) for k in weights)
     with pytest.raises(UserError, match="a folder must be a run folder holding best.pth"):
         main.main([*common, "--save_dir", "ft2", "--pretrained", str(outs)])
     assert models.resolve_pretrained(str(source / "best.pth"), "dense_net") == str(source / "best.pth")

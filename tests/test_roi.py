@@ -114,10 +114,14 @@ def test_markers_found_and_painted_over_but_not_the_femur(found):
     for x, y, r in heads:
         assert not marks[np.hypot(xx - x, yy - y) < 1.5 * r].any()
     assert result.marks_found >= 2
-    # what lies inside a crop is painted over: no near-white marker pixels are left there
-    for hip in result.hips:
-        if hip.marks_masked:
-            assert hip.image.max() < 235
+    # a side marker burnt in beside the right femur, inside its crop, is painted over there
+    x, y, r = heads[0]
+    marked = view.copy()
+    cv2.putText(marked, "R", (int(x - 2.5 * r), int(y + 3 * r)), cv2.FONT_HERSHEY_SIMPLEX, r / 20, 255,
+                max(1, int(r / 10)))
+    right = roi.find_hips(marked, ASPECT).hips[0]
+    assert right.marks_masked >= 1
+    assert right.image.max() < 235  # no near-white marker pixels are left in the crop
 
 
 def test_nothing_to_find_falls_back_to_the_half_field():
@@ -164,6 +168,7 @@ def test_preprocess_roi_femur_counts_in_manifest_and_summary(tmp_path, capsys):
     assert f"  {'images turned upright':<26}{n_flipped:>6}" in printed
 
 
-def test_roi_excludes_crop_col(tmp_path):
+def test_roi_excludes_crop_col(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pf.main(["--images", str(tmp_path), "--out", str(tmp_path / "o"), "--roi", "femur", "--crop-col", "c"])
+    assert "--roi cuts two hips per image and numbers the crops itself; it excludes --crop-col" in capsys.readouterr().err

@@ -74,3 +74,12 @@ def test_patient_label_is_osteoporotic_if_any_image_is():
 def test_fractions_must_be_three_that_sum_to_one():
     with pytest.raises(ValueError, match="sum to 1"):
         splits.assign_splits({"a": 0}, (0.5, 0.5, 0.5))
+
+
+def test_shared_patients_names_each_patient_in_two_splits_with_its_files():
+    files = {"train": ["d/train/a_1_0-1-60-20.png", "d/train/b_1_1-0-70-25.png"],
+             "val": ["d/val/c_1_0-1-65-22.png"],
+             "test": ["d/test/a_2_0-1-60-20.png", "d/test/c_2_0-1-65-22.png"]}
+    assert splits.shared_patients(files) == {"a": {"train": ["a_1_0-1-60-20.png"], "test": ["a_2_0-1-60-20.png"]},
+                                             "c": {"val": ["c_1_0-1-65-22.png"], "test": ["c_2_0-1-65-22.png"]}}
+    assert splits.shared_patients({"train": files["train"], "val": files["val"]}) == {}
