@@ -437,8 +437,12 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
             resolve_pretrained(args.pretrained, args.model)
         except (ValueError, FileNotFoundError, PretrainedUnavailable) as exc:
             raise UserError(str(exc)) from None
-    if not args.folds:
-        return run(args, given, dist_info)
+    result = run(args, given, dist_info) if not args.folds else cross_validate(args, given, dist_info)
+    runtime.leave_distributed(dist_info)
+    return result
+
+
+def cross_validate(args: argparse.Namespace, given: set[str], dist_info) -> list[dict]:
     import crossval
 
     design = crossval.resolve_design(args.data_dir, args.cv)

@@ -160,6 +160,19 @@ def init_distributed(device: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def leave_distributed(dist_info: Dist) -> None:
+    """End a torchrun job cleanly: every rank waits until rank 0 has written its files, then the
+    process group is destroyed. A rank that exits while rank 0 still writes the report closes its
+    gloo sockets under rank 0, which can abort it (SIGABRT) at exit."""
+    if not dist_info.enabled:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def select_device_for(dist_info: Dist, device: str, gpus: str | None) -> torch.device:
     """Device of this process: under torchrun, local rank i takes the i-th of ``--gpus`` (or GPU i)."""
     import torch

@@ -102,10 +102,11 @@ def evaluate_single_process(run, data, split):
 def test_torchrun_two_gloo_processes_match_single_process(small_data, tmp_path, late_fuse):
     outs = tmp_path / "outs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(29500 + os.getpid() % 1000 + (late_fuse == "true"))]
-    subprocess.run(torchrun + cmd(small_data, outs, "ddp", "--epoch", "2", "--late_fuse", late_fuse,
-                                  "--sampler", "weight", "--bootstrap", "200")[1:], check=True, capture_output=True, cwd=ROOT, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(torchrun + cmd(small_data, outs, "ddp", "--epoch", "2", "--late_fuse", late_fuse,
+                                         "--sampler", "weight", "--bootstrap", "200")[1:],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
     runs = list(outs.iterdir())
     assert [p.name for p in runs] == ["ddp"] and [p.name for p in runs[0].iterdir()] == ["fold_x"]
     run = runs[0] / "fold_x"
