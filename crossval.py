@@ -238,8 +238,57 @@ def _with_ci(y: np.ndarray, p: np.ndarray, decisions: np.ndarray, groups: np.nda
     return {**{k: free[k] for k in THRESHOLD_FREE}, **{k: at[k] for k in AT_THRESHOLD}}
 
 
+# manifest columns broken down by default where the data folder's manifest has them with two or more
+# values: preprocess_filenames.py --roi writes 'field' (radiograph or bone_only segmentation)
+AUTO_SUBGROUPS = ("field",)
+
+
+def manifest_values(data_dir: str | os.PathLike, column: str) -> dict[str, str]:
+    """Image file name -> its value in ``column`` of the data folder's ``manifest.csv``."""
+    path = Path(data_dir) / "manifest.csv"
+    if not path.is_file():
+        raise ValueError(f"--by {column}: {path} not found; subgroups are columns of the manifest "
+                         "preprocess_filenames.py writes")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if column not in table.columns or column == "file":
+        raise ValueError(f"--by {column}: no such column in {path}; it has {', '.join(table.columns[1:])}")
+    return dict(zip(table["file"].map(lambda f: Path(f).name), table[column]))
+
+
+def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns: Sequence[str] | None,
+                     n_boot: int, seed: int) -> list[dict]:
+    """Pooled out-of-fold ROC AUC (patient-bootstrap 95 % CI) within each value of each manifest
+    column. ``columns=None``: those of :data:`AUTO_SUBGROUPS` the manifest has with two or more values."""
+    auto = columns is None
+    rows = []
+    for column in (AUTO_SUBGROUPS if auto else columns):
+        try:
+            values = manifest_values(data_dir, column)
+        except ValueError:
+            if auto:
+                continue
+            raise
+        value = pooled["file"].map(lambda f: values.get(Path(f).name))
+        if value.isna().any():
+            raise ValueError(f"--by {column}: {int(value.isna().sum())} tested image(s) are not in "
+                             f"{Path(data_dir) / 'manifest.csv'} (e.g. {pooled['file'][value.isna()].iloc[0]})")
+        if auto and value.nunique() < 2:
+            continue
+        for v, part in pooled.groupby(value.to_numpy(), sort=True):
+            y = part["label"].to_numpy(dtype=np.int64)
+            row = {"column": column, "value": v, "n_images": len(part), "n_patients": int(part["patient"].nunique()),
+                   "n_osteoporosis_images": int(y.sum()), "roc_auc": None}
+            if 0 < y.sum() < len(y):
+                row["roc_auc"] = confidence.bootstrap_metrics(
+                    y, part["probability"].to_numpy(dtype=float), 0.5, groups=part["patient"].to_numpy(),
+                    n_boot=n_boot, seed=seed, alpha=ALPHA)["roc_auc"]
+            rows.append(row)
+    return rows
+
+
 def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[str | os.PathLike],
-                     n_boot: int = 2000, seed: int = 0) -> dict:
+                     n_boot: int = 2000, seed: int = 0, by: Sequence[str] | None = None,
+                     data_dir: str | os.PathLike | None = None) -> dict:
     """``cv_summary.json`` and ``cv_report.md`` in ``save_dir_path`` over the tested fold runs.
 
     Always: each fold's test metrics at its own validation threshold, and per metric the mean, SD
@@ -250,11 +299,13 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     own threshold). ``heldout`` design: the fold ensemble (mean probability of the K models) on
     the shared test set, with CIs, at the mean of the folds' thresholds.
     The clinical-only baseline of each fold's report enters only where the clinical values vary.
+    ``by``: manifest columns whose values split the pooled result into subgroups (``oof`` design;
+    None = :data:`AUTO_SUBGROUPS` where present); ``data_dir`` defaults to the folds' config.
     """
     out_dir = Path(save_dir_path)
     if not fold_run_dirs:
         raise ValueError("write_cv_summary needs at least one fold run folder")
-    folds, predictions, designs = [], [], set()
+    folds, predictions, designs, data_dirs = [], [], set(), set()
     for run in map(Path, fold_run_dirs):
         for name in ("test_metrics.json", "test_predictions.csv", "config.json"):
             if not (run / name).is_file():
@@ -262,6 +313,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
         tm = runfiles.read_json(run / "test_metrics.json")
         config = runfiles.read_json(run / "config.json")
         designs.add(config.get("cv_design", "heldout") if config.get("cv_folds") else "heldout")
+        data_dirs.add(config.get("data_dir"))
         pred = runfiles.read_predictions(run, "test")
         pred["fold"] = run.name
         predictions.append(pred)
@@ -313,6 +365,14 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
             "n_osteoporosis_images": int(y.sum()),
             "metrics": _with_ci(y, pooled["probability"].to_numpy(dtype=float), pooled["prediction"].to_numpy(),
                                 pooled["patient"].to_numpy(), n_boot, seed)}
+        data_dir = data_dir or (data_dirs.pop() if len(data_dirs) == 1 else None)
+        if data_dir is not None:
+            summary["subgroups"] = subgroup_results(pooled, data_dir, by, n_boot, seed)
+        elif by:
+            raise ValueError(f"--by {by[0]}: the folds name different data folders; give --data_dir")
+    elif by:
+        raise ValueError(f"--by {by[0]}: subgroups split the pooled out-of-fold result; these runs are "
+                         f"design {design} (main.py --cv oof)")
     else:
         sets = {frozenset(pred["file"]) for pred in predictions}
         if len(sets) == 1 and len(predictions) > 1:
@@ -358,6 +418,16 @@ def render_cv_report(name: str, summary: Mapping) -> str:
                       "resamples of patients.", "", "| Metric | Value (95 % CI) |", "|---|---:|"]
             lines += [f"| {k} | {_ci(block['metrics'][k])} |" for k in (*THRESHOLD_FREE, *AT_THRESHOLD)]
             lines.append("")
+    if summary.get("subgroups"):
+        lines += ["## Subgroups", "", "The pooled out-of-fold probabilities within each value of a column of the data "
+                  "folder's manifest.csv; 95 % CIs from a bootstrap over the subgroup's patients. A subgroup's AUC "
+                  "compares its own osteoporosis and normal images only.", "",
+                  "| Column | Value | Images | Patients | Osteoporosis images | ROC AUC (95 % CI) |",
+                  "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {g['column']} | {g['value']} | {g['n_images']} | {g['n_patients']} | "
+                  f"{g['n_osteoporosis_images']} | {_ci(g['roc_auc']) if g['roc_auc'] else 'n/a (one class)'} |"
+                  for g in summary["subgroups"]]
+        lines.append("")
     per = summary["per_metric"]
     shown = [k for k in ("roc_auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy", "brier",
                          "baseline_roc_auc", "roc_auc_difference") if k in per]

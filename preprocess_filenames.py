@@ -954,14 +954,14 @@ def _fingerprint(args: argparse.Namespace, csv_bytes: bytes, images: Path) -> tu
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), settings
 
 
-ROI_COLUMNS = ("roi", "roi_box", "flipped", "marks_found", "marks_masked")
+ROI_COLUMNS = ("roi", "roi_box", "field", "flipped", "marks_found", "marks_masked")
 
 
 def roi_columns(found: "roi.Result", index: int) -> dict[str, str]:
     """Manifest columns of hip ``index`` (0 right, 1 left) of a ``roi.find_hips`` result."""
     hip = found.hips[index]
     return {"roi": "femur" if hip.found else "half", "roi_box": " ".join(map(str, hip.box)),
-            "flipped": str(int(found.flipped)), "marks_found": str(found.marks_found),
+            "field": "bone_only" if found.bone_only else "radiograph", "flipped": str(int(found.flipped)), "marks_found": str(found.marks_found),
             "marks_masked": str(hip.marks_masked)}
 
 
@@ -974,6 +974,7 @@ def roi_summary(manifest: Sequence[Mapping[str, str]]) -> list[str]:
     n, k = len(crops), len(images)
     found = sum(m["roi"] == "femur" for m in crops)
     counts = [("femur found", found), ("fell back to half image", n - found),
+              ("bone-only segmentations", sum(m.get("field") == "bone_only" for m in images.values())),
               ("images turned upright", sum(m["flipped"] == "1" for m in images.values())),
               ("images with markers/text", sum(m["marks_found"] != "0" for m in images.values())),
               ("crops with markers masked", sum(m["marks_masked"] != "0" for m in crops))]

@@ -2,6 +2,7 @@
 
     python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
     python3 report.py --cv outs/<save_dir>          # cross-validation summary (crossval.py)
+    python3 report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
 
 Writes ``report.md`` (figures in ``report_figures/``), ``report.html`` (self-contained, figures
 embedded) and ``report_metrics.json`` into the run folder, each atomically. Contents follow what
@@ -296,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--run", help="run folder outs/<save_dir>/fold<fold>")
     what.add_argument("--cv", metavar="SAVE_DIR", help="summarise every tested fold*/ run in outs/<save_dir>")
     p.add_argument("--data_dir", default=None, help="data folder the run used (default: from the run's config)")
+    p.add_argument("--by", nargs="+", metavar="COLUMN", default=None,
+                   help="with --cv (oof design): pooled out-of-fold ROC AUC within each value of these columns "
+                        "of the data folder's manifest.csv, e.g. field, hip, sex (default: field, where "
+                        "preprocess_filenames.py --roi wrote it)")
     p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
                    help="bootstrap resamples of the test patients (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
@@ -308,12 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     runtime.setup_logging()
+    if args.by and not args.cv:
+        raise SystemExit("--by splits a cross-validation summary into subgroups: use it with --cv SAVE_DIR")
     if args.cv:
         save_dir = Path(args.cv)
         runs = sorted(d for d in save_dir.glob("fold*") if (d / "test_metrics.json").is_file())
         if not runs:
             raise SystemExit(f"--cv {save_dir}: no tested fold*/ run folders (with test_metrics.json) inside")
-        result = crossval.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed)
+        try:
+            result = crossval.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
+                                               data_dir=args.data_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(str(exc)) from None
         print(f"{crossval.headline(result)}; {save_dir / 'cv_report.md'}")
         return result
     try:

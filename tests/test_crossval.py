@@ -186,6 +186,50 @@ def test_oof_summary_refuses_a_patient_tested_twice(tmp_path):
         crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50)
 
 
+def write_manifest(data, rows, column, values):
+    """A data folder's manifest.csv: one train/ file per (patient, label, _) row with ``column``."""
+    data.mkdir(parents=True, exist_ok=True)
+    with open(data / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "patient", column])
+        for (p, y, _), v in zip(rows, values):
+            w.writerow([f"train/{filenames.encode(p, 1, y, None, None, None)}", p, v])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # few patients: some resamples hold one class
+def test_oof_subgroups_pool_each_manifest_value_and_field_is_shown_by_default(tmp_path):
+    import metrics
+    save, data = tmp_path / "cv", tmp_path / "data"
+    fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
+    fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
+    rows = fold0 + fold1
+    field = ["radiograph", "radiograph", "bone_only", "bone_only", "radiograph",
+             "bone_only", "radiograph", "radiograph", "bone_only", "bone_only"]
+    write_fold(save / "fold0", fold0, 0.5)
+    write_fold(save / "fold1", fold1, 0.5)
+    write_manifest(data, rows, "field", field)
+    summary = crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=200, data_dir=data)
+    groups = {g["value"]: g for g in summary["subgroups"]}
+    assert sorted(groups) == ["bone_only", "radiograph"] and {g["column"] for g in groups.values()} == {"field"}
+    for value, g in groups.items():
+        part = [r for r, f in zip(rows, field) if f == value]
+        assert g["n_images"] == g["n_patients"] == len(part)
+        assert g["n_osteoporosis_images"] == sum(r[1] for r in part)
+        assert g["roc_auc"]["point"] == pytest.approx(metrics.roc_auc([r[1] for r in part], [r[2] for r in part]))
+    assert "## Subgroups" in (save / "cv_report.md").read_text()
+    # a column named on purpose; one with a single class in a value has no AUC there
+    write_manifest(data, rows, "hip", ["right"] * 9 + ["left"])
+    summary = crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50, by=["hip"], data_dir=data)
+    left = [g for g in summary["subgroups"] if g["value"] == "left"][0]
+    assert left["n_images"] == 1 and left["roc_auc"] is None
+    assert "n/a (one class)" in (save / "cv_report.md").read_text()
+    with pytest.raises(ValueError, match=r"--by sex: no such column in .*manifest.csv; it has patient, hip"):
+        crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50, by=["sex"], data_dir=data)
+    # without the column the default shows no subgroups
+    assert crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50,
+                                     data_dir=data)["subgroups"] == []
+
+
 def test_heldout_summary_has_a_fold_ensemble_on_the_shared_test_set(tmp_path):
     import metrics
     save = tmp_path / "cv"
@@ -229,3 +273,15 @@ def test_main_folds_oof_tests_every_patient_once_and_writes_the_summary(tiny_dat
     summary = json.loads((outs / "r" / "cv_summary.json").read_text())
     assert summary["design"] == "oof" and summary["pooled"]["n_images"] == len(everything)
     assert "Design: out-of-fold" in (outs / "r" / "cv_report.md").read_text()
+
+
+def test_report_by_is_checked_with_one_line(tmp_path):
+    import report
+    save, data = tmp_path / "cv", tmp_path / "data"
+    rows = [("a", 1, 0.9), ("b", 0, 0.2)]
+    write_fold(save / "fold0", rows, 0.5)
+    write_manifest(data, rows, "field", ["radiograph", "bone_only"])
+    with pytest.raises(SystemExit, match="use it with --cv SAVE_DIR"):
+        report.main(["--run", str(save / "fold0"), "--by", "field"])
+    with pytest.raises(SystemExit, match=r"^--by site: no such column in .*manifest.csv; it has patient, field$"):
+        report.main(["--cv", str(save), "--by", "site", "--data_dir", str(data), "--bootstrap", "20"])

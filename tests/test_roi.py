@@ -90,7 +90,8 @@ def test_upside_down_view_is_turned_and_gives_the_same_boxes():
         assert a.image.shape == b.image.shape
 
 
-def test_bone_only_orientation_from_wings_above_and_shafts_below():
+def drawn_bones() -> np.ndarray:
+    """A bone-only segmentation on black, upright: iliac wings, femoral heads and shafts, pubic bones."""
     img = np.zeros((300, 400), np.uint8)
     for cx in (100, 300):
         cv2.ellipse(img, (cx, 70), (60, 60), 0, 0, 360, 180, -1)  # iliac wings
@@ -98,6 +99,11 @@ def test_bone_only_orientation_from_wings_above_and_shafts_below():
         shaft = cx - 50 if cx < 200 else cx + 50
         cv2.rectangle(img, (shaft - 15, 170), (shaft + 15, 299), 200, -1)  # shafts
     cv2.rectangle(img, (150, 180), (250, 200), 160, -1)  # pubic bones
+    return img
+
+
+def test_bone_only_orientation_from_wings_above_and_shafts_below():
+    img = drawn_bones()
     box, bone_only = roi.field_box(img)
     assert bone_only
     assert not roi.is_upside_down(img, box, bone_only)
@@ -166,6 +172,20 @@ def test_preprocess_roi_femur_counts_in_manifest_and_summary(tmp_path, capsys):
     assert f"  {'femur found':<26}{8:>6}" in printed
     assert f"  {'fell back to half image':<26}{2:>6}" in printed
     assert f"  {'images turned upright':<26}{n_flipped:>6}" in printed
+
+
+def test_manifest_field_tells_bone_only_segmentations_from_radiographs(tmp_path, capsys):
+    export = tmp_path / "export"
+    synthetic.generate_pelvis(export, 2, seed=3, hip_size=HIP, upside_down=0.0)
+    cv2.imwrite(str(export / "raw" / "bones.png"), drawn_bones())
+    with open(export / "patient_list.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["S0", "bones.png", 1, 1, 70, 25])
+    out = tmp_path / "out"
+    assert pf.main(["--images", str(export / "raw"), "--csv", str(export / "patient_list.csv"), "--out", str(out),
+                    "--roi", "femur", "--size", "64", "37", "--split", "1", "0", "0"]) == 0
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert {r["patient"]: r["field"] for r in rows} == {**{r["patient"]: "radiograph" for r in rows}, "S0": "bone_only"}
+    assert f"  {'bone-only segmentations':<26}{1:>6}" in capsys.readouterr().out
 
 
 def test_roi_excludes_crop_col(tmp_path, capsys):
