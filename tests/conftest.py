@@ -43,7 +43,3 @@ def tiny_data(tmp_path) -> Path:
     write_split(root / "val", [(f"v{i}", 1, i % 2, 1, 60 + i, None if i == 0 else 25.5) for i in range(6)], seed=1)
     write_split(root / "test", [(f"s{i}", 1, i % 2, 0, 70 + i, 30.25) for i in range(6)], seed=2)
     return root
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes a minute or more (interrupt-and-resume runs); -m 'not slow' skips")
