@@ -52,15 +52,21 @@ def unavailable_reason(train: pd.DataFrame) -> str | None:
     if train["label"].nunique() < 2:
         return (f"the training split holds only label {train['label'].iloc[0]} ({len(train)} images): "
                 "the clinical baseline needs both classes")
-    states = {}
-    for name in FEATURES:
-        known = train[name].dropna()
-        states[name] = "missing" if known.empty else "constant" if known.nunique() < 2 else "varies"
+    states = clinical_states(train)
     if "varies" in states.values():
         return None
     return ("no clinical value varies in the training split ("
             + ", ".join(f"{name} {state}" for name, state in states.items())
             + "), so there is no clinical-only model to compare with")
+
+
+def clinical_states(table: pd.DataFrame) -> dict[str, str]:
+    """Each clinical value of a :func:`clinical_table`: ``missing``, ``constant`` or ``varies``."""
+    states = {}
+    for name in FEATURES:
+        known = table[name].dropna()
+        states[name] = "missing" if known.empty else "constant" if known.nunique() < 2 else "varies"
+    return states
 
 
 def clinical_table(files: Sequence[str | os.PathLike]) -> pd.DataFrame:

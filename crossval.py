@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+import baseline
 import confidence
 import filenames
 import loader
@@ -217,17 +218,6 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def clinical_values_vary(files: Sequence[str]) -> bool:
-    """Whether any clinical value (sex, age, BMI) is present and takes two or more values in
-    ``files``: without that a clinical-only baseline has nothing to learn from."""
-    infos = [filenames.decode(f) for f in files]
-    for i in range(len(loader.CLINICAL_NAMES)):
-        values = {info.clinical[i] for info in infos if not math.isnan(info.clinical[i])}
-        if len(values) >= 2:
-            return True
-    return False
-
-
 def _with_ci(y: np.ndarray, p: np.ndarray, decisions: np.ndarray, groups: np.ndarray, n_boot: int,
              seed: int) -> dict:
     """Threshold-free metrics of ``p`` and threshold metrics of the 0/1 ``decisions``, each with its
@@ -332,7 +322,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     design = designs.pop()
     all_files = [f for pred in predictions for f in pred["file"]]
     baseline_note = None
-    if not clinical_values_vary(all_files):
+    if "varies" not in baseline.clinical_states(baseline.clinical_table(all_files)).values():
         baseline_note = ("no clinical-only baseline: sex, age and BMI are missing or constant in these images, so "
                          "there is nothing for it to learn from")
         for row in folds:
