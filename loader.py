@@ -21,6 +21,7 @@ handover builds its samples with the same function, so both give the network the
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -199,8 +200,8 @@ class HipDataset(Dataset):
         else:  # images to score whose names need not carry them: the label is unknown (-1)
             self.infos, labels = None, [-1] * len(self.files)
         self.labels = np.array(labels, dtype=np.int64)
-        self.clinical = np.stack([stats.normalise(c) for c in clinical]) if self.files \
-            else np.zeros((0, len(CLINICAL_NAMES)), np.float32)
+        self.raw_clinical = [tuple(c) for c in clinical]
+        self.clinical = self._normalised(stats)
         self.image_size = tuple(image_size)
         self.early_fuse = early_fuse
         self.augment = augment
@@ -217,6 +218,17 @@ class HipDataset(Dataset):
     @property
     def channels(self) -> int:
         return IMAGE_CHANNELS + (len(CLINICAL_NAMES) if self.early_fuse else 0)
+
+    def _normalised(self, stats: ClinicalStats) -> np.ndarray:
+        return np.stack([stats.normalise(c) for c in self.raw_clinical]) if self.raw_clinical \
+            else np.zeros((0, len(CLINICAL_NAMES)), np.float32)
+
+    def with_clinical_stats(self, stats: ClinicalStats) -> "HipDataset":
+        """The same images (and decoded cache, shared) with the clinical values normalised by another
+        model's training statistics: a fold ensemble decodes each image once."""
+        other = copy.copy(self)
+        other.clinical = self._normalised(stats)
+        return other
 
     def _fill_cache(self, desc: str) -> None:
         # one contiguous uint8 block: forked DataLoader workers share it without copying

@@ -202,9 +202,10 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
         check_image(f, members[0].image_size)
     dev = runtime.select_device(device, None)
     probs = np.zeros(len(files))
+    dataset = loader.run_dataset(files, members[0].config, members[0].clinical_stats, clinical=clinical,
+                                 desc="predict")  # decoded once; each fold model normalises the clinical values
     for trained in members:
-        dataset = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=clinical,
-                                     desc="predict")
+        dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
         model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
         model.to(dev)
         mirror = (trained.config.get("tta", "none") if tta == "auto" else tta) == "flip"

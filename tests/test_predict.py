@@ -156,10 +156,13 @@ def test_fold_run_with_ema_and_tta_reproduces_its_test_predictions(cv_group, dat
     assert any(not torch.equal(state["trained"][k], state["model"][k]) for k in state["model"])
 
 
-def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_group, data, tmp_path):
+def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_group, data, tmp_path, monkeypatch):
     folds = [predict.predict(cv_group / f, [data / "test"]) for f in ("fold0", "fold1")]
     out = tmp_path / "ens.csv"
+    decoded, read = [], predict.loader.read_image
+    monkeypatch.setattr(predict.loader, "read_image", lambda path: decoded.append(path) or read(path))
     rows = predict.main(["--run", str(cv_group), str(data / "test"), "--out", str(out), "--device", "cpu"])
+    assert len(decoded) == 2 * len(rows)  # checked once, decoded once for both fold models
     thresholds = [runfiles.load_checkpoint(cv_group / f / "best.pth")["threshold"] for f in ("fold0", "fold1")]
     for r, a, b in zip(rows, *folds):
         assert r["probability"] == pytest.approx((a["probability"] + b["probability"]) / 2, abs=1e-9)
@@ -184,6 +187,9 @@ def test_flip_tta_averages_an_image_and_its_mirror(run, data, monkeypatch):
 
         def __getitem__(self, i):
             return {**self.ds[i], "image": torch.flip(self.ds[i]["image"], dims=(-1,))}
+
+        def with_clinical_stats(self, stats):
+            return Mirrored(self.ds.with_clinical_stats(stats))
 
     monkeypatch.setattr(predict.loader, "run_dataset", lambda *a, **k: Mirrored(real(*a, **k)))
     mirror = predict.predict(run, files, tta="none")  # the network's inputs mirrored left/right
