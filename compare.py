@@ -84,12 +84,6 @@ def seed_groups(runs: Sequence[Mapping]) -> list[list[int]]:
     return [g for g in groups.values() if len(g) > 1 and len({runs[i]["config"].get("seed") for i in g}) == len(g)]
 
 
-def _mean_sd(values: Sequence[float]) -> dict:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    return {"mean": float(v.mean()) if v.size else math.nan, "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan,
-            "n": int(v.size)}
-
-
 def compare_runs(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None, n_boot: int = 2000,
                  seed: int = 0, interval: str = "bca") -> tuple[dict, pd.DataFrame]:
     """The numbers of a comparison (see the module docstring) and the aligned prediction table."""
@@ -115,7 +109,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | N
     across = []
     for g in seed_groups(runs):
         across.append({"runs": [names[i] for i in g], "seeds": [runs[i]["config"].get("seed") for i in g],
-                       **{k: _mean_sd([rows[i][k]["point"] for i in g])
+                       **{k: metrics.mean_sd([rows[i][k]["point"] for i in g])
                           for k in ("roc_auc", "sensitivity", "specificity")}})
         for i in g:
             rows[i]["across_seeds"] = len(across) - 1

@@ -38,6 +38,7 @@ import baseline
 import confidence
 import filenames
 import loader
+import metrics
 import runfiles
 from choices import CV_DESIGNS, CV_VAL_FRACTION
 from report_render import ci as _ci, fmt as _fmt
@@ -332,11 +333,8 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
             if any(k in f for f in folds)]
     per_metric = {}
     for k in keys:
-        v = np.array([_number(f.get(k)) for f in folds], dtype=float)
-        ok = v[np.isfinite(v)]
-        per_metric[k] = {"mean": float(ok.mean()) if ok.size else math.nan,
-                         "sd": float(ok.std(ddof=1)) if ok.size > 1 else math.nan,
-                         "n_folds": int(ok.size), "of": len(folds)}
+        stats = metrics.mean_sd(_number(f.get(k)) for f in folds)
+        per_metric[k] = {"mean": stats["mean"], "sd": stats["sd"], "n_folds": stats["n"], "of": len(folds)}
     summary: dict[str, Any] = {"design": design, "design_text": DESIGN_TEXT[design], "n_folds": len(folds),
                                "n_boot": int(n_boot), "per_metric": per_metric, "folds": folds}
     if baseline_note:

@@ -304,3 +304,11 @@ def youden_threshold(y_true: Any, y_prob: Any) -> float:
     thresholds, tp, fp = _roc_points(y, p)
     score = tp * n_neg - fp * n_pos  # = J * n_pos * n_neg, exact in integers
     return _closest_to_half(thresholds, score == score.max())
+
+
+def mean_sd(values: Any) -> dict[str, float | int]:
+    """Mean, SD (ddof 1) and count of the finite values (None and NaN are left out); NaN where
+    there are too few values for the statistic."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    return {"mean": float(v.mean()) if v.size else math.nan, "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+            "n": int(v.size)}

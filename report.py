@@ -75,12 +75,6 @@ def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFra
 
 # --------------------------------------------------------------------------- numbers
 
-def _mean_sd(values: pd.Series) -> dict:
-    v = values.dropna().to_numpy(dtype=float)
-    return {"mean": float(v.mean()) if v.size else math.nan,
-            "sd": float(v.std(ddof=1)) if v.size > 1 else math.nan, "n": int(v.size)}
-
-
 def describe_split(files: Sequence[str | os.PathLike]) -> dict:
     """Images, patients, prevalence and clinical summaries of one split. Clinical values are
     summarised per patient (mean over the patient's images), missing = missing on all images."""
@@ -94,7 +88,7 @@ def describe_split(files: Sequence[str | os.PathLike]) -> dict:
     return {"images": len(table), "osteoporosis_images": int(table["label"].sum()),
             "prevalence": float(table["label"].mean()), "patients": n_pat,
             "osteoporosis_patients": int(per_patient["label"].sum()),
-            "age": _mean_sd(per_patient["age"]), "bmi": _mean_sd(per_patient["bmi"]),
+            "age": metrics.mean_sd(per_patient["age"]), "bmi": metrics.mean_sd(per_patient["bmi"]),
             "female_percent": float(100 * sex.mean()) if len(sex) else math.nan,
             "missing_percent": {c: float(100 * per_patient[c].isna().mean()) for c in loader.CLINICAL_NAMES}}
 
