@@ -552,8 +552,9 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
     precision = runtime.select_precision(args.dtype, device)
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
-    logger.info("model %s (%s, %d input channels, %.2f M parameters)", config["model"],
-                runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"], count_parameters(model) / 1e6)
+    logger.info("model %s (%s, %d input channels, %.2f M parameters); precision %s; channels_last %s",
+                config["model"], runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"],
+                count_parameters(model) / 1e6, precision.name, channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if args.compile:
         model.compile()  # in place: checkpoints keep the plain parameter names
@@ -590,7 +591,6 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
     from ClassifyTrainer import NonFiniteLossError
 
     device = runtime.select_device_for(dist_info, args.device, args.gpus)
-    precision = runtime.select_precision(args.dtype, device)
     if stats is None:
         stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=args.fusion != "image")
     if dist_info.enabled:
@@ -599,10 +599,8 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
         out.mkdir(parents=True, exist_ok=True)
         runtime.setup_logging(out / "train.log")
     runtime.seed_everything(args.seed, dist_info.rank)
-    channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
-    logger.info("run folder %s; device %s%s; precision %s; channels_last %s; %s", out, device,
-                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", precision.name, channels_last,
-                args.threads)
+    logger.info("run folder %s; device %s%s; %s", out, device,
+                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", args.threads)
     logger.info("data %s: %s", args.data_dir, data_summary)
 
     args.fusion = args.fusion or "early"
