@@ -256,20 +256,30 @@ def resolve_target(target: str, probability: float, threshold: float | None) -> 
 
 
 def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "gradcam", layer: str | None = None,
-            target: str = "osteoporosis", threshold: float | None = None, **cam_kwargs) -> list[Case]:
-    """Heatmap and probability for every image of ``dataset``; ``target`` as :func:`resolve_target`."""
+            target: str = "osteoporosis", threshold: float | None = None, tta: str = "none",
+            **cam_kwargs) -> list[Case]:
+    """Heatmap and probability for every image of ``dataset``; ``target`` as :func:`resolve_target`.
+    ``tta="flip"`` (a run validated with ``--tta flip``): the probability, as the run reported it, is the
+    mean of the image's and its mirror's; the heatmap explains the image's own logit."""
     late = bool(getattr(model, "late_fuse", False))
     cases = []
     for i in runtime.progress(range(len(dataset)), enabled=len(dataset) >= 5, desc=NAMES[method], leave=False):
         sample = dataset[i]
         clinical = sample["clinical"] if late else None
-        probability = 1.0 / (1.0 + math.exp(-predict_logit(model, sample["image"], clinical)))
+        probability = _sigmoid(predict_logit(model, sample["image"], clinical))
+        if tta == "flip":
+            mirrored = torch.flip(sample["image"], dims=(-1,))
+            probability = (probability + _sigmoid(predict_logit(model, mirrored, clinical))) / 2
         explained = resolve_target(target, probability, threshold)
         heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
         path = Path(sample["path"])
         cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat, probability,
                           tuple(loader.read_image(path).shape[:2]), explained))
     return cases
+
+
+def _sigmoid(logit: float) -> float:
+    return 1.0 / (1.0 + math.exp(-logit))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +354,8 @@ def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | 
     rows = []
     threshold = run.threshold
     dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    for case in explain(model, dataset, method, layer, target, threshold, **cam_kwargs):
+    for case in explain(model, dataset, method, layer, target, threshold, tta=run.config.get("tta", "none"),
+                        **cam_kwargs):
         mask = read_mask(case.path, size)
         heat = case.heatmap.astype(np.float64)
         ratio = localisation_ratio(heat, mask)
@@ -568,7 +579,7 @@ def _write_localisation(args, device, out: Path) -> dict:
         row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
         path = Path(first["data_dir"]) / "test" / row["file"]
         (example,) = explain(model, loader.run_dataset([path], run.config, run.clinical_stats), args.method, args.layer,
-                             row["explained"], **kwargs)
+                             row["explained"], tta=run.config.get("tta", "none"), **kwargs)
         mask = read_mask(path, run.image_size)
     figure = Path(args.save) if args.save else out / f"{name}.png"
     save_figure(render_localisation(results, example, mask), figure)
@@ -611,7 +622,8 @@ def main(argv: list[str] | None = None) -> dict:
     target = args.target or "osteoporosis"
     kwargs = _cam_kwargs(args, run, device)
     dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    cases = explain(model, dataset, args.method, args.layer, target, threshold, **kwargs)
+    cases = explain(model, dataset, args.method, args.layer, target, threshold, tta=run.config.get("tta", "none"),
+                    **kwargs)
     _check_against_predictions(args.run, cases)
     title = title_for(args.method, layer, str(args.run), run.epoch, target,
                       len(kwargs["references"]) if "references" in kwargs else None)

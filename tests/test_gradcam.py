@@ -558,15 +558,17 @@ def test_cli_target(lf_run, tiny_data):
 
 
 @pytest.mark.slow
-def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path):
-    """Train one epoch with main.py; the maps' probabilities equal the run's test predictions."""
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path, tta):
+    """Train one epoch with main.py; the maps' probabilities equal the run's test predictions
+    (with --tta flip the mean over the image and its mirror, as the run reported them)."""
     import csv
 
     import main
     outs = tmp_path / "outs"
     main.main(["--model", "dense_net", "--depth", "10", "--growthRate", "4", "--data_dir", str(tiny_data),
                "--image_size", str(H), str(W), "--epoch", "1", "--batch_size", "4", "--workers", "0",
-               "--device", "cpu", "--save_dir", "r", "--fold", "_e", "--out_root", str(outs)])
+               "--device", "cpu", "--save_dir", "r", "--fold", "_e", "--out_root", str(outs), "--tta", tta])
     run = outs / "r" / "fold_e"
     result = vg.main(["--run", str(run), "--all", "--sheet", "--no_npy", "--method", "gradcam"])
     with open(run / vg.PREDICTIONS, newline="") as fh:
