@@ -241,8 +241,11 @@ def manifest_values(data_dir: str | os.PathLike, column: str) -> dict[str, str]:
         raise ValueError(f"--by {column}: {path} not found; subgroups are columns of the manifest "
                          "preprocess_filenames.py writes")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "file" not in table.columns:
+        raise ValueError(f"--by {column}: {path} has no 'file' column; is it the manifest of preprocess_filenames.py?")
     if column not in table.columns or column == "file":
-        raise ValueError(f"--by {column}: no such column in {path}; it has {', '.join(table.columns[1:])}")
+        raise ValueError(f"--by {column}: no such column in {path}; it has "
+                         f"{', '.join(c for c in table.columns if c != 'file')}")
     return dict(zip(table["file"].map(lambda f: Path(f).name), table[column]))
 
 
@@ -260,6 +263,10 @@ def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns:
                 continue
             raise
         value = pooled["file"].map(lambda f: values.get(Path(f).name))
+        if value.isna().any() and auto:  # a default breakdown never stops a finished cross-validation
+            logger.warning("no subgroups by %s: %d tested image(s) are not in %s", column, int(value.isna().sum()),
+                           Path(data_dir) / "manifest.csv")
+            continue
         if value.isna().any():
             raise ValueError(f"--by {column}: {int(value.isna().sum())} tested image(s) are not in "
                              f"{Path(data_dir) / 'manifest.csv'} (e.g. {pooled['file'][value.isna()].iloc[0]})")

@@ -228,6 +228,12 @@ def test_oof_subgroups_pool_each_manifest_value_and_field_is_shown_by_default(tm
     # without the column the default shows no subgroups
     assert crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50,
                                      data_dir=data)["subgroups"] == []
+    # a manifest that misses tested images: refused when asked for, skipped (not fatal) by default
+    write_manifest(data, rows[:-1], "field", field[:-1])
+    with pytest.raises(ValueError, match=r"--by field: 1 tested image\(s\) are not in"):
+        crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50, by=["field"], data_dir=data)
+    assert crossval.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50,
+                                     data_dir=data)["subgroups"] == []
 
 
 def test_heldout_summary_has_a_fold_ensemble_on_the_shared_test_set(tmp_path):
