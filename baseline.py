@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -44,7 +43,7 @@ class BaselineUnavailable(ValueError):
 
 
 def unavailable_reason(train: pd.DataFrame) -> str | None:
-    """Why no clinical baseline can be fitted on the training table (:func:`clinical_table`), or None.
+    """Why no clinical baseline can be fitted on the training table (:func:`loader.clinical_table`), or None.
 
     The baseline needs both classes and at least one clinical value that is known for some
     training images and not the same for all of them.
@@ -52,31 +51,12 @@ def unavailable_reason(train: pd.DataFrame) -> str | None:
     if train["label"].nunique() < 2:
         return (f"the training split holds only label {train['label'].iloc[0]} ({len(train)} images): "
                 "the clinical baseline needs both classes")
-    states = clinical_states(train)
+    states = loader.clinical_states(train)
     if "varies" in states.values():
         return None
     return ("no clinical value varies in the training split ("
             + ", ".join(f"{name} {state}" for name, state in states.items())
             + "), so there is no clinical-only model to compare with")
-
-
-def clinical_states(table: pd.DataFrame) -> dict[str, str]:
-    """Each clinical value of a :func:`clinical_table`: ``missing``, ``constant`` or ``varies``."""
-    states = {}
-    for name in FEATURES:
-        known = table[name].dropna()
-        states[name] = "missing" if known.empty else "constant" if known.nunique() < 2 else "varies"
-    return states
-
-
-def clinical_table(files: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """One row per image: file (name), patient, label, sex, age, bmi (NaN when missing)."""
-    rows = []
-    for f in files:
-        info = filenames.decode(f)
-        rows.append({"file": Path(f).name, "patient": info.patient, "label": info.label,
-                     "sex": info.sex, "age": info.age, "bmi": info.bmi})
-    return pd.DataFrame(rows, columns=["file", "patient", "label", *FEATURES])
 
 
 def clinical_baseline(data_dir: str | os.PathLike | None = None,
@@ -93,7 +73,7 @@ def clinical_baseline(data_dir: str | os.PathLike | None = None,
     if data_dir is None and files is None:
         raise ValueError("give data_dir (a folder with train/ val/ test/) or files (split -> image paths)")
     paths = runfiles.split_files({}, data_dir, files)
-    tables = {s: clinical_table(paths[s]) for s in loader.SPLITS}
+    tables = {s: loader.clinical_table(paths[s]) for s in loader.SPLITS}
     train = tables["train"]
     reason = unavailable_reason(train)
     if reason is not None:

@@ -34,7 +34,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-import baseline
 import confidence
 import filenames
 import loader
@@ -330,7 +329,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     design = designs.pop()
     all_files = [f for pred in predictions for f in pred["file"]]
     baseline_note = None
-    if "varies" not in baseline.clinical_states(baseline.clinical_table(all_files)).values():
+    if "varies" not in loader.clinical_states(loader.clinical_table(all_files)).values():
         baseline_note = ("no clinical-only baseline: sex, age and BMI are missing or constant in these images, so "
                          "there is nothing for it to learn from")
         for row in folds:

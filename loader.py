@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -172,6 +173,25 @@ class ClinicalStats:
     @classmethod
     def from_dict(cls, d: dict) -> "ClinicalStats":
         return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]])
+
+
+def clinical_states(table: pd.DataFrame) -> dict[str, str]:
+    """Each clinical value of a :func:`clinical_table`: ``missing``, ``constant`` or ``varies``."""
+    states = {}
+    for name in CLINICAL_NAMES:
+        known = table[name].dropna()
+        states[name] = "missing" if known.empty else "constant" if known.nunique() < 2 else "varies"
+    return states
+
+
+def clinical_table(files: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per image: file (name), patient, label, sex, age, bmi (NaN when missing)."""
+    rows = []
+    for f in files:
+        info = filenames.decode(f)
+        rows.append({"file": Path(f).name, "patient": info.patient, "label": info.label,
+                     "sex": info.sex, "age": info.age, "bmi": info.bmi})
+    return pd.DataFrame(rows, columns=["file", "patient", "label", *CLINICAL_NAMES])
 
 
 class HipDataset(Dataset):

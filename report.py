@@ -78,7 +78,7 @@ def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFra
 def describe_split(files: Sequence[str | os.PathLike]) -> dict:
     """Images, patients, prevalence and clinical summaries of one split. Clinical values are
     summarised per patient (mean over the patient's images), missing = missing on all images."""
-    table = baseline.clinical_table(files)
+    table = loader.clinical_table(files)
     if table.empty:
         return {"images": 0, "patients": 0}
     per_patient = table.groupby("patient").agg(label=("label", "max"), sex=("sex", "mean"), age=("age", "mean"),
@@ -214,7 +214,7 @@ def compare_with_baseline(paths: Mapping[str, Sequence[Path]], test: pd.DataFram
 
 def scored_test_set(run: Mapping, paths: Mapping[str, Sequence[Path]]) -> pd.DataFrame:
     """The run's test predictions with each image's sex, age and BMI."""
-    clinical = baseline.clinical_table(paths["test"])[["file", *loader.CLINICAL_NAMES]]
+    clinical = loader.clinical_table(paths["test"])[["file", *loader.CLINICAL_NAMES]]
     return run["test"].merge(clinical, on="file", how="left", validate="one_to_one")
 
 
