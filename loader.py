@@ -24,7 +24,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import multiprocessing
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -192,6 +194,27 @@ def clinical_table(files: Sequence[str | os.PathLike]) -> pd.DataFrame:
         rows.append({"file": Path(f).name, "patient": info.patient, "label": info.label,
                      "sex": info.sex, "age": info.age, "bmi": info.bmi})
     return pd.DataFrame(rows, columns=["file", "patient", "label", *CLINICAL_NAMES])
+
+
+def quiet_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the DataLoaders. A worker hands each batch's shared memory to the main
+    process through a thread of ``multiprocessing.resource_sharer``; Ctrl-C in the main process
+    during that handshake breaks the connection, and the thread printed a traceback under the
+    one-line interrupt message. Connection errors of that thread are dropped; every other exception
+    in a thread is reported as before."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        broken = isinstance(args.exc_value, (EOFError, OSError, multiprocessing.AuthenticationError))
+        frames, tb = [], args.exc_traceback
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if broken and any(Path(f).name == "resource_sharer.py" for f in frames):
+            return
+        previous(args)
+
+    threading.excepthook = hook
 
 
 class HipDataset(Dataset):

@@ -260,6 +260,7 @@ def make_loaders(args, stats, files: dict, dist_info=None, device_augment: bool 
         # persistent workers: no start-up every epoch (the dataset's epoch is shared with them)
         out[split] = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                 pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
+                                worker_init_fn=loader.quiet_worker if args.workers > 0 else None,
                                 drop_last=train and len(sampler) % args.batch_size == 1)
     return out
 

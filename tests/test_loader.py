@@ -179,3 +179,27 @@ def test_handover_must_be_known(tiny_data):
     with pytest.raises(ValueError, match="handover 'fp16'"):
         loader.HipDataset(loader.list_split(tiny_data, "val"), loader.ClinicalStats([0] * 3, [1] * 3), (8, 8),
                           handover="fp16")
+
+
+def test_workers_drop_the_resource_sharers_broken_handshake_but_report_other_thread_errors():
+    """Ctrl-C during a batch's handover broke multiprocessing's resource-sharer handshake in a worker,
+    whose thread then printed a traceback under the one-line message (loader.quiet_worker)."""
+    import threading
+    previous, reported = threading.excepthook, []
+    try:
+        threading.excepthook = lambda args: reported.append(str(args.exc_value))  # what the worker had before
+        loader.quiet_worker(0)
+        sharer = {}  # a function whose frames say multiprocessing/resource_sharer.py, as that thread's do
+        exec(compile("def serve():\n    raise EOFError('handshake broken')\n", "/usr/lib/python3/multiprocessing/"
+                     "resource_sharer.py", "exec"), sharer)
+
+        def other():
+            raise EOFError("a real problem elsewhere")
+
+        for target in (sharer["serve"], other):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join()
+    finally:
+        threading.excepthook = previous
+    assert reported == ["a real problem elsewhere"]
