@@ -127,6 +127,7 @@ import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
 import synthetic  # noqa: E402
+from ClassifyTrainer import flip_tta  # noqa: E402
 from cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer  # noqa: E402
 from models import build_model_from_checkpoint  # noqa: E402
 
@@ -266,20 +267,17 @@ def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "g
     for i in runtime.progress(range(len(dataset)), enabled=len(dataset) >= 5, desc=NAMES[method], leave=False):
         sample = dataset[i]
         clinical = sample["clinical"] if late else None
-        probability = _sigmoid(predict_logit(model, sample["image"], clinical))
-        if tta == "flip":
-            mirrored = torch.flip(sample["image"], dims=(-1,))
-            probability = (probability + _sigmoid(predict_logit(model, mirrored, clinical))) / 2
+        def logit(b: dict) -> torch.Tensor:
+            return torch.tensor([predict_logit(model, b["image"], clinical)], dtype=torch.float64)
+
+        as_run = {"image": sample["image"]}  # what the run's validation and test scored (ClassifyTrainer.flip_tta)
+        probability = float(flip_tta(logit, as_run) if tta == "flip" else torch.sigmoid(logit(as_run)))
         explained = resolve_target(target, probability, threshold)
         heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
         path = Path(sample["path"])
         cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat, probability,
                           tuple(loader.read_image(path).shape[:2]), explained))
     return cases
-
-
-def _sigmoid(logit: float) -> float:
-    return 1.0 / (1.0 + math.exp(-logit))
 
 
 # ---------------------------------------------------------------------------------------------

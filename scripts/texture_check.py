@@ -12,7 +12,7 @@ at 0 (a segmentation's black background) are left out of the statistics.
 
 Prints the pooled out-of-fold ROC AUC with a patient-bootstrap 95 % CI, and with ``--by`` the same
 within each value of a manifest column (e.g. ``field`` from ``preprocess_filenames.py --roi``).
-Seconds on a CPU; torch is not needed.
+About 10 s for the 514 hip-dev crops with 2000 resamples on the 2-core CPU machine.
 """
 from __future__ import annotations
 
@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     pooled = out_of_fold(args.data_dir, args.folds, args.seed)
     print(f"texture model, pooled out-of-fold ROC AUC {auc_line(pooled, args.bootstrap, args.seed)}")
-    for column in args.by:
-        values = crossval.manifest_values(args.data_dir, column)
-        for value, part in pooled.groupby(pooled["file"].map(values), sort=True):
-            print(f"  {column} = {value}: {auc_line(part, args.bootstrap, args.seed)}")
+    if args.by:
+        for g in crossval.subgroup_results(pooled, args.data_dir, args.by, args.bootstrap, args.seed):
+            auc = ci(g["roc_auc"]) if g["roc_auc"] else "n/a (one class)"
+            print(f"  {g['column']} = {g['value']}: {auc} over {g['n_images']} images of {g['n_patients']} patients")
     return 0
 
 
