@@ -26,7 +26,7 @@ import logging
 import math
 import multiprocessing
 import os
-import threading
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -199,22 +199,22 @@ def clinical_table(files: Sequence[str | os.PathLike]) -> pd.DataFrame:
 def quiet_worker(worker_id: int) -> None:
     """``worker_init_fn`` of the DataLoaders. A worker hands each batch's shared memory to the main
     process through a thread of ``multiprocessing.resource_sharer``; Ctrl-C in the main process
-    during that handshake breaks the connection, and the thread printed a traceback under the
-    one-line interrupt message. Connection errors of that thread are dropped; every other exception
-    in a thread is reported as before."""
-    previous = threading.excepthook
+    during that handshake breaks the connection, and the thread reported it with ``sys.excepthook``:
+    a traceback under the one-line interrupt message. Connection errors raised in that module are
+    dropped; every other error is reported as before."""
+    previous = sys.excepthook
 
-    def hook(args: threading.ExceptHookArgs) -> None:
-        broken = isinstance(args.exc_value, (EOFError, OSError, multiprocessing.AuthenticationError))
-        frames, tb = [], args.exc_traceback
-        while tb is not None:
-            frames.append(tb.tb_frame.f_code.co_filename)
-            tb = tb.tb_next
+    def hook(kind, value, tb) -> None:
+        frames, step = [], tb
+        while step is not None:
+            frames.append(step.tb_frame.f_code.co_filename)
+            step = step.tb_next
+        broken = isinstance(value, (EOFError, OSError, multiprocessing.AuthenticationError))
         if broken and any(Path(f).name == "resource_sharer.py" for f in frames):
             return
-        previous(args)
+        previous(kind, value, tb)
 
-    threading.excepthook = hook
+    sys.excepthook = hook
 
 
 class HipDataset(Dataset):

@@ -181,13 +181,13 @@ def test_handover_must_be_known(tiny_data):
                           handover="fp16")
 
 
-def test_workers_drop_the_resource_sharers_broken_handshake_but_report_other_thread_errors():
+def test_workers_drop_the_resource_sharers_broken_handshake_but_report_other_errors():
     """Ctrl-C during a batch's handover broke multiprocessing's resource-sharer handshake in a worker,
-    whose thread then printed a traceback under the one-line message (loader.quiet_worker)."""
-    import threading
-    previous, reported = threading.excepthook, []
+    whose thread reported it through sys.excepthook: a traceback under the one-line message."""
+    import sys
+    previous, reported = sys.excepthook, []
     try:
-        threading.excepthook = lambda args: reported.append(str(args.exc_value))  # what the worker had before
+        sys.excepthook = lambda kind, value, tb: reported.append(str(value))  # what the worker had before
         loader.quiet_worker(0)
         sharer = {}  # a function whose frames say multiprocessing/resource_sharer.py, as that thread's do
         exec(compile("def serve():\n    raise EOFError('handshake broken')\n", "/usr/lib/python3/multiprocessing/"
@@ -197,9 +197,10 @@ def test_workers_drop_the_resource_sharers_broken_handshake_but_report_other_thr
             raise EOFError("a real problem elsewhere")
 
         for target in (sharer["serve"], other):
-            t = threading.Thread(target=target)
-            t.start()
-            t.join()
+            try:  # as resource_sharer._serve reports its errors
+                target()
+            except EOFError:
+                sys.excepthook(*sys.exc_info())
     finally:
-        threading.excepthook = previous
+        sys.excepthook = previous
     assert reported == ["a real problem elsewhere"]
