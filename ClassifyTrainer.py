@@ -60,7 +60,7 @@ class ClassifyTrainer:
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
                  dist_info: Dist = Dist(), scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  ema_decay: float = 0.0, tta: str = "none",
-                 device_augment: Callable | None = None) -> None:
+                 device_augment: Callable | None = None, validate_start: bool = False) -> None:
         self.model = model
         # weight averaging: validation, checkpoints and test use the exponential moving average of
         # the weights (and BatchNorm buffers) instead of the last step's (Polyak & Juditsky 1992;
@@ -90,6 +90,9 @@ class ClassifyTrainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
         self.history: list[dict] = []
         self.best: dict | None = None
+        # score the untrained network as epoch 0, a candidate for the best epoch: residual fusion starts
+        # as the clinical model, so the image's correction is kept only where it validates better
+        self.validate_start = validate_start
 
     # -- how a batch reaches the network: the one thing subclasses change -------------------------
     def image(self, batch: dict) -> torch.Tensor:
@@ -225,6 +228,8 @@ class ClassifyTrainer:
         """Train until epoch ``epochs`` (continuing after the history a resumed run restored);
         returns the best epoch's record."""
         start = len(self.history) + 1
+        if start == 1 and self.validate_start:
+            self.score_start()
         for epoch in self.bar(range(start, epochs + 1), desc="epochs", initial=start - 1, total=epochs):
             row = {"epoch": epoch, **self.train_one_epoch(epoch)}
             val, pred = self.validate()
@@ -254,6 +259,18 @@ class ClassifyTrainer:
             raise RuntimeError(f"validation {self.select_metric} was never finite (does val hold both classes?); "
                                "no best checkpoint was written")
         return self.best
+
+    def score_start(self) -> None:
+        """Validate the network before any training step as epoch 0 (not a row of the history)."""
+        val, pred = self.validate()
+        value = val[self.select_metric]
+        if self.is_better(value):
+            self.best = {"epoch": 0, "value": value, "threshold": val["youden_threshold"]}
+            if self.dist.is_main:
+                self.save(runfiles.BEST, 0, val["youden_threshold"], val)
+                self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
+        logger.info("epoch 0 (before training: the clinical model alone)  val loss %.4f  val %s %.4f",
+                    val["loss"], self.select_metric, value)
 
     # -- checkpoints and test ------------------------------------------------------------------------
     def save(self, name: str, epoch: int, threshold: float, val_metrics: dict, **extra) -> None:

@@ -59,6 +59,32 @@ def unavailable_reason(train: pd.DataFrame) -> str | None:
             + "), so there is no clinical-only model to compare with")
 
 
+def design(table: pd.DataFrame, stats: loader.ClinicalStats) -> np.ndarray:
+    """The clinical vectors the networks receive (normalised, missing values imputed) of a
+    :func:`loader.clinical_table`."""
+    return np.stack([stats.normalise(v) for v in table[list(FEATURES)].to_numpy(dtype=np.float64)])
+
+
+def fit_logistic(train: pd.DataFrame, stats: loader.ClinicalStats, C: float = DEFAULT_C) -> LogisticRegression:
+    """The clinical-only logistic regression on the training table's normalised clinical vectors."""
+    model = LogisticRegression(C=C, max_iter=1000)
+    model.fit(design(train, stats), train["label"].to_numpy())
+    return model
+
+
+def clinical_model(train_files: Sequence[str | os.PathLike], stats: loader.ClinicalStats,
+                   C: float = DEFAULT_C) -> tuple[np.ndarray, float]:
+    """Coefficients and intercept of the clinical logistic regression on the training images, on the
+    clinical vector as normalised by ``stats`` (the network's own): the start of residual fusion.
+    Raises :class:`BaselineUnavailable` where no clinical model can be fitted."""
+    train = loader.clinical_table(train_files)
+    reason = unavailable_reason(train)
+    if reason is not None:
+        raise BaselineUnavailable(reason)
+    model = fit_logistic(train, stats, C)
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0])
+
+
 def clinical_baseline(data_dir: str | os.PathLike | None = None,
                       files: Mapping[str, Sequence[str | os.PathLike]] | None = None,
                       C: float = DEFAULT_C) -> dict:
@@ -79,16 +105,11 @@ def clinical_baseline(data_dir: str | os.PathLike | None = None,
     if reason is not None:
         raise BaselineUnavailable(reason)
     stats = loader.ClinicalStats.fit([filenames.decode(f) for f in paths["train"]])
-
-    def design(table: pd.DataFrame) -> np.ndarray:
-        return np.stack([stats.normalise(v) for v in table[list(FEATURES)].to_numpy(dtype=np.float64)])
-
-    model = LogisticRegression(C=C, max_iter=1000)
-    model.fit(design(train), train["label"].to_numpy())
+    model = fit_logistic(train, stats, C)
     out: dict = {}
     for split in ("val", "test"):
         table = tables[split][["file", "patient", "label"]].copy()
-        table["probability"] = model.predict_proba(design(tables[split]))[:, 1]
+        table["probability"] = model.predict_proba(design(tables[split], stats))[:, 1]
         out[split] = table
     val = out["val"]
     threshold = metrics.youden_threshold(val["label"].to_numpy(), val["probability"].to_numpy())
@@ -101,3 +122,22 @@ def clinical_baseline(data_dir: str | os.PathLike | None = None,
     logger.info("clinical baseline: val AUC %.3f, threshold %.3f (validation, Youden's J)",
                 metrics.roc_auc(val["label"], val["probability"]), threshold)
     return out
+
+
+def out_of_fold(fold_files: Sequence[Mapping[str, Sequence[str | os.PathLike]]], C: float = DEFAULT_C) -> pd.DataFrame:
+    """The clinical baseline out of fold: for each cross-validation fold (split -> image paths, as the
+    fold's network was trained, validated and tested), the logistic regression fitted on that fold's
+    training images scores its test images, with the fold's own validation threshold. Returns the
+    pooled test tables (file, patient, label, probability, prediction, fold). Raises
+    :class:`BaselineUnavailable` naming the fold where one cannot be fitted."""
+    tables = []
+    for k, files in enumerate(fold_files):
+        try:
+            base = clinical_baseline(files=files, C=C)
+        except BaselineUnavailable as exc:
+            raise BaselineUnavailable(f"fold {k}: {exc}") from None
+        test = base["test"].copy()
+        test["prediction"] = (test["probability"] >= base["threshold"]).astype(int)
+        test["fold"] = k
+        tables.append(test)
+    return pd.concat(tables, ignore_index=True)

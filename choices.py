@@ -23,6 +23,12 @@ DEVICE_AUGMENTATIONS = ("crop", "flip", "rotate", "cut", "cat_elastic")
 HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipDataset)
 TTA_CHOICES = ("none", "flip")  # test-time augmentation (ClassifyTrainer.flip_tta)
 
+# how sex, age and BMI reach the network (main.py --fusion); those that take them as a vector beside the image
+FUSION_MODES = ("early", "late", "image", "residual")
+FUSION_TEXT = {"early": "early fusion", "late": "late fusion", "image": "image only",
+               "residual": "residual fusion (clinical model + image correction)"}
+CLINICAL_VECTOR_FUSIONS = ("late", "residual")
+
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
 CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)

@@ -283,6 +283,34 @@ def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns:
     return rows
 
 
+def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[Mapping], data_dir: str | os.PathLike,
+                    n_boot: int, seed: int) -> dict:
+    """The clinical-only baseline out of fold beside the pooled network: each fold's logistic regression
+    fitted on that fold's training patients scores its test patients; pooled AUC etc. with CIs, and the
+    pooled paired difference network minus baseline (patient bootstrap, clustered DeLong)."""
+    import baseline
+
+    try:
+        base = baseline.out_of_fold([runfiles.split_files(c, data_dir) for c in configs])
+    except baseline.BaselineUnavailable as exc:
+        return {"baseline_absent": str(exc)}
+    base = pooled[["file"]].assign(file=pooled["file"].map(lambda f: Path(f).name)).merge(
+        base.assign(file=base["file"].map(lambda f: Path(f).name)), on="file", how="left", validate="one_to_one")
+    if base["probability"].isna().any():
+        return {"baseline_absent": f"{int(base['probability'].isna().sum())} tested image(s) are not in the folds' "
+                                   f"test splits of {data_dir}"}
+    y = pooled["label"].to_numpy(dtype=np.int64)
+    groups = pooled["patient"].to_numpy()
+    p_net, p_base = pooled["probability"].to_numpy(dtype=float), base["probability"].to_numpy(dtype=float)
+    return {"baseline": {"what": "clinical-only logistic regression (sex, age, BMI), fitted on each fold's training "
+                                 "patients and scored on its test patients; decisions at each fold's own validation "
+                                 "threshold",
+                         "metrics": _with_ci(y, p_base, base["prediction"].to_numpy(), groups, n_boot, seed)},
+            "comparison": {"auc_difference": confidence.paired_bootstrap_diff(
+                               y, p_net, p_base, metrics.roc_auc, groups=groups, n_boot=n_boot, seed=seed, alpha=ALPHA),
+                           "delong_test": confidence.delong_test(y, p_net, p_base, groups=groups)}}
+
+
 def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[str | os.PathLike],
                      n_boot: int = 2000, seed: int = 0, by: Sequence[str] | None = None,
                      data_dir: str | os.PathLike | None = None) -> dict:
@@ -302,13 +330,14 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     out_dir = Path(save_dir_path)
     if not fold_run_dirs:
         raise ValueError("write_cv_summary needs at least one fold run folder")
-    folds, predictions, designs, data_dirs = [], [], set(), set()
+    folds, predictions, designs, data_dirs, configs = [], [], set(), set(), []
     for run in map(Path, fold_run_dirs):
         for name in ("test_metrics.json", "test_predictions.csv", "config.json"):
             if not (run / name).is_file():
                 raise FileNotFoundError(f"{run / name} not found: test every fold before summarising")
         tm = runfiles.read_json(run / "test_metrics.json")
         config = runfiles.read_json(run / "config.json")
+        configs.append(config)
         designs.add(config.get("cv_design", "heldout") if config.get("cv_folds") else "heldout")
         data_dirs.add(config.get("data_dir"))
         pred = runfiles.read_predictions(run, "test")
@@ -360,6 +389,8 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
             "metrics": _with_ci(y, pooled["probability"].to_numpy(dtype=float), pooled["prediction"].to_numpy(),
                                 pooled["patient"].to_numpy(), n_boot, seed)}
         data_dir = data_dir or (data_dirs.pop() if len(data_dirs) == 1 else None)
+        if data_dir is not None and not baseline_note:
+            summary["pooled"].update(pooled_baseline(pooled, configs, data_dir, n_boot, seed))
         if data_dir is not None:
             summary["subgroups"] = subgroup_results(pooled, data_dir, by, n_boot, seed)
         elif by:
@@ -395,8 +426,10 @@ def headline(summary: Mapping) -> str:
     for key, what in (("pooled", "pooled out-of-fold"), ("ensemble", "fold-ensemble test")):
         if key in summary:
             block = summary[key]
+            base = (f"; clinical baseline {_ci(block['baseline']['metrics']['roc_auc'])}, difference "
+                    f"{_fmt(block['comparison']['auc_difference']['diff'])}" if block.get("baseline") else "")
             return (f"{what} ROC AUC {_ci(block['metrics']['roc_auc'])} over {block['n_images']} images of "
-                    f"{block['n_patients']} patients ({summary['n_folds']} folds, {summary['design']})")
+                    f"{block['n_patients']} patients ({summary['n_folds']} folds, {summary['design']}){base}")
     m = summary["per_metric"]["roc_auc"]
     return (f"{summary['n_folds']} folds ({summary['design']}): ROC AUC {_fmt(m['mean'])} ± {_fmt(m['sd'])} "
             f"(mean ± SD of {m['n_folds']} of {m['of']} folds)")
@@ -410,7 +443,19 @@ def render_cv_report(name: str, summary: Mapping) -> str:
             lines += [f"## {title}", "", f"{block['what'][0].upper()}{block['what'][1:]}. {block['n_images']} "
                       f"images of {block['n_patients']} patients; 95 % CIs from {summary['n_boot']} bootstrap "
                       "resamples of patients.", "", "| Metric | Value (95 % CI) |", "|---|---:|"]
-            lines += [f"| {k} | {_ci(block['metrics'][k])} |" for k in (*THRESHOLD_FREE, *AT_THRESHOLD)]
+            if block.get("baseline"):
+                lines[-2:] = ["| Metric | Network (95 % CI) | Clinical baseline (95 % CI) |", "|---|---:|---:|"]
+                lines += [f"| {k} | {_ci(block['metrics'][k])} | {_ci(block['baseline']['metrics'][k])} |"
+                          for k in (*THRESHOLD_FREE, *AT_THRESHOLD)]
+                diff, delong = block["comparison"]["auc_difference"], block["comparison"]["delong_test"]
+                lines += ["", f"Clinical baseline: {block['baseline']['what']}. Network minus baseline, pooled ROC AUC "
+                          f"difference: {_fmt(diff['diff'])} (95 % CI {_fmt(diff['low'])} to {_fmt(diff['high'])}, "
+                          f"paired patient bootstrap, p {_fmt(diff['p_value'])}; clustered DeLong p "
+                          f"{_fmt(delong['p_value'])})."]
+            else:
+                lines += [f"| {k} | {_ci(block['metrics'][k])} |" for k in (*THRESHOLD_FREE, *AT_THRESHOLD)]
+                if block.get("baseline_absent"):
+                    lines += ["", f"No pooled clinical baseline: {block['baseline_absent']}."]
             lines.append("")
     if summary.get("subgroups"):
         lines += ["## Subgroups", "", "The pooled out-of-fold probabilities within each value of a column of the data "

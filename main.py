@@ -30,7 +30,7 @@ import choices
 import filenames
 import runfiles
 import splits
-from choices import ACTS, MODEL_NAMES, NORMS, STEMS
+from choices import ACTS, CLINICAL_VECTOR_FUSIONS, MODEL_NAMES, NORMS, STEMS
 from cli import UserError, given_flags, positive, run_main, str2bool
 
 # torch and everything built on it are imported inside the functions, after the command line has
@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
     g.add_argument("--fusion", choices=runfiles.FUSION_MODES, default=None, help="how sex, age and BMI reach the "
                    "network: early (constant image channels; the default), late (joined to the pooled image "
-                   "features) or image (not at all: an image-only model, for comparison)")
+                   "features), residual (the clinical logistic regression fitted on train is the start and a "
+                   "fixed offset, the image adds a correction: never below its parts on small data; "
+                   "docs/fusion.md) or image (not at all: an image-only model, for comparison)")
     g.add_argument("--late_fuse", type=str2bool, default=False, metavar="BOOL",
                    help="the original work's flag: True = --fusion late; False = early fusion")
     g.add_argument("--image_only", action="store_true", help="= --fusion image; excludes --late_fuse True")
@@ -553,6 +555,8 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
     precision = runtime.select_precision(args.dtype, device)
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
+    if config["fusion"] == "residual" and not (args.test or args.resume):
+        start_from_clinical_model(model, loaders["train"].dataset.files, stats)
     logger.info("model %s (%s, %d input channels, %.2f M parameters); precision %s; channels_last %s",
                 config["model"], runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"],
                 count_parameters(model) / 1e6, precision.name, channels_last)
@@ -566,7 +570,7 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    trainer_cls = LateFuseClassifyTrainer if config["fusion"] == "late" else ClassifyTrainer
+    trainer_cls = LateFuseClassifyTrainer if config["fusion"] in CLINICAL_VECTOR_FUSIONS else ClassifyTrainer
     optimizer = scheduler = None
     if not args.test:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
@@ -579,7 +583,22 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
                        clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
                        seed=args.seed, channels_last=channels_last, dist_info=dist_info,
                        device_augment=device_augmenter, ema_decay=config.get("ema", 0.0),
-                       tta=config.get("tta", "none"))
+                       tta=config.get("tta", "none"), validate_start=config["fusion"] == "residual")
+
+
+def start_from_clinical_model(model, train_files, stats) -> None:
+    """Residual fusion: the network starts as the clinical logistic regression of the training
+    images (the clinical baseline's model, on the network's own normalisation) with no image part."""
+    import baseline
+
+    try:
+        coef, intercept = baseline.clinical_model(train_files, stats)
+    except baseline.BaselineUnavailable as exc:
+        logger.warning("residual fusion without a clinical model (%s): the image alone is learnt", exc)
+        coef, intercept = [0.0] * model.n_clinical, 0.0
+    model.set_clinical_model(coef, intercept)
+    logger.info("residual fusion starts from the clinical model: logit = %.3f + %s + the image's correction",
+                intercept, " + ".join(f"{c:.3f} {name}" for c, name in zip(coef, baseline.FEATURES)))
 
 
 def train_and_test(args, config, stats, resume_state, out: Path, dist_info, files: dict, data_summary: str) -> dict:
@@ -613,7 +632,7 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
     if config is None:
         flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
         config = {**flags, "in_chans": loaders["train"].dataset.channels,
-                  "trainer": "LateFuseClassifyTrainer" if args.fusion == "late" else "ClassifyTrainer",
+                  "trainer": "LateFuseClassifyTrainer" if args.fusion in CLINICAL_VECTOR_FUSIONS else "ClassifyTrainer",
                   "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
                   "world_size": dist_info.world}
     if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from choices import TTA_CHOICES
+from choices import CLINICAL_VECTOR_FUSIONS, TTA_CHOICES
 from cli import UserError, run_main
 
 
@@ -211,7 +211,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
         mirror = (trained.config.get("tta", "none") if tta == "auto" else tta) == "flip"
 
         def forward(batch: dict) -> torch.Tensor:
-            clin = batch["clinical"].to(dev) if trained.fusion == "late" else None
+            clin = batch["clinical"].to(dev) if trained.fusion in CLINICAL_VECTOR_FUSIONS else None
             return model(batch["image"].to(dev), clin).float().reshape(-1)
 
         member: list[float] = []

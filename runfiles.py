@@ -34,10 +34,7 @@ CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "
 BEST, LAST = "best.pth", "last.pth"
 CONFIG, HISTORY, TEST_METRICS = "config.json", "history.csv", "test_metrics.json"
 PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
-# How the clinical values reach the network: as constant image channels, joined to the pooled image
-# features, or not at all (image-only comparison runs).
-FUSION_MODES = ("early", "late", "image")
-FUSION_TEXT = {"early": "early fusion", "late": "late fusion", "image": "image only"}
+from choices import FUSION_MODES, FUSION_TEXT  # noqa: E402  (the fusion vocabulary; re-exported)
 # what a checkpoint's configuration must say to rebuild the network and its input
 NETWORK_KEYS = ("model", "fusion", "in_chans", "image_size", "depth", "growthRate", "norm", "act", "stem")
 RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "

@@ -82,6 +82,11 @@ AGE_SLOPE, FEMALE_SHIFT, BMI_SLOPE = -0.045, -0.6, 0.08
 PATIENT_SD, IMAGE_SD, BMI_WASHOUT = 1.0, 1.2, 0.11
 Z_CUTOFF = -0.92  # 35 % quantile of z in the population
 Z_CENTRE, Z_SCALE = -0.45, 1.5  # maps z + noise through a logistic onto each parameter's range
+# Population variance of the clinical part of z (age uniform 50-90, 75 % women, BMI SD ~4.5): about a
+# third of z's variance, the default clinical share. --clinical-share rescales the clinical part and
+# the unseen patient term so that the share changes and the variance of z (so the prevalence) stays.
+CLINICAL_VAR = AGE_SLOPE ** 2 * (41 ** 2 - 1) / 12 + FEMALE_SHIFT ** 2 * 0.75 * 0.25 + BMI_SLOPE ** 2 * 4.5 ** 2
+DEFAULT_CLINICAL_SHARE = CLINICAL_VAR / (CLINICAL_VAR + PATIENT_SD ** 2)
 
 # Reference frame of the drawing: width 1, height IMAGE_SIZE H/W (the default aspect); x to the right,
 # y down. A right hip as seen on an AP radiograph: head up right (medial), trochanter up left.
@@ -92,23 +97,43 @@ HEAD = (0.64, 0.42, 0.15)  # centre x, y, radius
 # ---------------------------------------------------------------------------------------------
 # Data model
 
-def draw_patient(rng: np.random.Generator) -> dict:
-    """Clinical values and latent bone density of one patient."""
+REGIME_KEYS = ("clinical_share", "image_noise")  # synthetic.json keys, written only when set
+
+
+def check_regime(clinical_share: float | None, image_noise: float | None) -> None:
+    """ValueError naming the flag unless the regime's values are in range (None: the default)."""
+    if clinical_share is not None and not 0.0 <= clinical_share <= 1.0:
+        raise ValueError(f"--clinical-share must be between 0 and 1 (share of the bone density's variance that "
+                         f"sex, age and BMI explain; the demo's is {DEFAULT_CLINICAL_SHARE:.2f}); got {clinical_share}")
+    if image_noise is not None and not 0.0 <= image_noise <= 100.0:
+        raise ValueError(f"--image-noise must be between 0 and 100 (SD of each picture's noise in bone-density "
+                         f"units; the demo's is {IMAGE_SD}); got {image_noise}")
+
+def draw_patient(rng: np.random.Generator, clinical_share: float | None = None) -> dict:
+    """Clinical values and latent bone density of one patient. ``clinical_share``: the share of z's
+    variance that sex, age and BMI explain (None: the demo's own, :data:`DEFAULT_CLINICAL_SHARE`)."""
     sex = int(rng.random() < 0.75)
     age = int(rng.integers(50, 91))
     bmi = round(float(np.clip(rng.normal(26.0, 4.5), 17.0, 38.0)), 2)
-    z = (AGE_SLOPE * (age - 70) + FEMALE_SHIFT * sex + BMI_SLOPE * (bmi - 26.0)
-         + PATIENT_SD * rng.normal())
+    clinical = AGE_SLOPE * (age - 70) + FEMALE_SHIFT * sex + BMI_SLOPE * (bmi - 26.0)
+    unseen = PATIENT_SD * rng.normal()
+    if clinical_share is not None:  # same total variance and mean, so about the same prevalence
+        total = CLINICAL_VAR + PATIENT_SD ** 2
+        mean = FEMALE_SHIFT * 0.75
+        clinical = mean + math.sqrt(clinical_share * total / CLINICAL_VAR) * (clinical - mean)
+        unseen *= math.sqrt((1.0 - clinical_share) * total) / PATIENT_SD
+    z = clinical + unseen
     return dict(sex=sex, age=age, bmi=bmi, z=float(z), label=int(z < Z_CUTOFF))
 
 
-def draw_picture(patient: dict, rng: np.random.Generator) -> dict:
+def draw_picture(patient: dict, rng: np.random.Generator, image_noise: float = IMAGE_SD) -> dict:
     """Parameters of one picture of ``patient`` (from :func:`draw_patient`): its apparent bone
-    density through noisy bone parameters, plus pose and exposure."""
+    density through noisy bone parameters (per-image noise SD ``image_noise`` in z units), plus
+    pose and exposure."""
     apparent = patient["z"] - BMI_WASHOUT * (patient["bmi"] - 26.0)
 
     def from_z(lo: float, hi: float) -> float:
-        t = (apparent + IMAGE_SD * rng.normal() - Z_CENTRE) / Z_SCALE
+        t = (apparent + image_noise * rng.normal() - Z_CENTRE) / Z_SCALE
         return lo + (hi - lo) / (1.0 + math.exp(-t))
 
     return dict(
@@ -381,10 +406,10 @@ def _existing(out: Path, meta: dict) -> pd.DataFrame | None:
         found = json.loads(meta_path.read_text())
     except ValueError as exc:
         raise FileExistsError(f"{meta_path} is not valid JSON ({exc}); remove {out} and run again") from exc
-    keys = ("version", "n", "seed", "size")
-    if any(found.get(k) != meta[k] for k in keys):
-        have = ", ".join(f"{k}={found.get(k)}" for k in keys)
-        want = ", ".join(f"{k}={meta[k]}" for k in keys)
+    keys = ("version", "n", "seed", "size", *REGIME_KEYS)
+    if any(found.get(k) != meta.get(k) for k in keys):
+        have = ", ".join(f"{k}={found.get(k)}" for k in keys if k in found or k in meta)
+        want = ", ".join(f"{k}={meta.get(k)}" for k in keys if k in found or k in meta)
         raise FileExistsError(
             f"--out {out} holds a synthetic data set made with {have}; asked for {want}. "
             f"Remove it or choose another folder.")
@@ -394,7 +419,7 @@ def _existing(out: Path, meta: dict) -> pd.DataFrame | None:
         raise FileExistsError(f"{out} was made with the same parameters but {len(missing)} files listed in "
                               f"{MANIFEST} are missing (first: {missing[0]}); remove {out} and run again")
     logger.info("%s already holds the synthetic data set with %s; nothing to do", out,
-                ", ".join(f"{k}={meta[k]}" for k in keys))
+                ", ".join(f"{k}={meta[k]}" for k in keys if k in meta))
     return manifest
 
 
@@ -405,10 +430,13 @@ def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
-             size: tuple[int, int] = IMAGE_SIZE) -> pd.DataFrame:
+             size: tuple[int, int] = IMAGE_SIZE, clinical_share: float | None = None,
+             image_noise: float | None = None) -> pd.DataFrame:
     """Write the data set for ``n_patients`` patients (two images each) and return its manifest.
 
-    A folder already holding the same data set (same n, seed, size) is left as it is.
+    ``clinical_share`` and ``image_noise`` set the regime (:func:`draw_patient`, :func:`draw_picture`);
+    None keeps the demo's own. A folder already holding the same data set (same n, seed, size,
+    regime) is left as it is.
     """
     out = Path(out_dir)
     size = (int(size[0]), int(size[1]))
@@ -416,7 +444,9 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
         raise ValueError(f"the number of patients must be at least 1, got {n_patients}")
     if min(size) < MIN_SIDE:
         raise ValueError(f"image size (H, W) must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {size}")
+    check_regime(clinical_share, image_noise)
     meta = dict(generator="synthetic.py", version=VERSION, n=int(n_patients), seed=int(seed), size=list(size))
+    meta.update({k: float(v) for k, v in zip(REGIME_KEYS, (clinical_share, image_noise)) if v is not None})
     existing = _existing(out, meta)
     if existing is not None:
         return existing
@@ -424,7 +454,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
     # One child seed per patient (and per hip below): a patient's images do not depend on n.
     seqs = np.random.SeedSequence(seed).spawn(n_patients)
     hips = [seq.spawn(3) for seq in seqs]  # clinical, right hip, left hip
-    patients = [draw_patient(np.random.default_rng(h[0])) for h in hips]
+    patients = [draw_patient(np.random.default_rng(h[0]), clinical_share) for h in hips]
     labels = np.array([p["label"] for p in patients])
     width = max(5, len(str(n_patients - 1)))
     pids = [f"P{i:0{width}d}" for i in range(n_patients)]
@@ -439,7 +469,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
             split = split_of[pid]
             for crop, side in ((1, "R"), (2, "L")):
                 rng = np.random.default_rng(hip_seqs[crop])
-                params = draw_picture(patient, rng)
+                params = draw_picture(patient, rng, IMAGE_SD if image_noise is None else image_noise)
                 image, mask = render(size, params, side, rng)
                 name = filenames.encode(pid, crop, patient["label"], patient["sex"], patient["age"], patient["bmi"])
                 runfiles.write_bytes(out / split / name, _png(image), fsync=False)
@@ -653,6 +683,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     data.add_argument("--size", type=int, nargs=2, default=list(IMAGE_SIZE), metavar=("H", "W"),
                       help="image height and width in pixels")
+    regime = parser.add_argument_group(
+        "regime", "how much of the disease the clinical values explain and how clearly the picture shows it "
+                  "(docs/fusion.md); left out: the demo's own")
+    regime.add_argument("--clinical-share", type=float, default=None, metavar="S",
+                        help=f"share (0-1) of the latent bone density's variance that sex, age and BMI explain "
+                             f"(demo: {DEFAULT_CLINICAL_SHARE:.2f}); the prevalence stays about 35 %%")
+    regime.add_argument("--image-noise", type=float, default=None, metavar="SD",
+                        help=f"per-picture noise on the drawn bone density, in its SD units (demo: {IMAGE_SD}); "
+                             "larger: the picture shows the disease less clearly")
     extra = parser.add_argument_group("pictures")
     extra.add_argument("--examples", metavar="PATH",
                        help="also draw 2 normal and 2 osteoporosis examples into this PNG")
@@ -681,6 +720,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--n must be at least 1, got {args.n}")
     if min(args.size) < MIN_SIDE:
         parser.error(f"--size must be at least {MIN_SIDE} {MIN_SIDE}, got {args.size[0]} {args.size[1]}")
+    try:
+        check_regime(args.clinical_share, args.image_noise)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.pelvis and (args.clinical_share is not None or args.image_noise is not None):
+        parser.error("--clinical-share and --image-noise apply to the hip data set, not to --pelvis views")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _keep_freed_memory()
     if args.pelvis:
@@ -691,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.out}: {args.n} AP pelvis views in {args.out}/raw, list {PELVIS_LIST}, truth {PELVIS_TRUTH}")
         return 0
     try:
-        manifest = generate(args.out, args.n, args.seed, tuple(args.size))
+        manifest = generate(args.out, args.n, args.seed, tuple(args.size), args.clinical_share, args.image_noise)
     except (FileExistsError, NotADirectoryError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if args.examples:

@@ -20,7 +20,7 @@ __all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstance
            "build_model_from_config", "build_model_from_checkpoint", "count_parameters", "load_pretrained",
            "resolve_pretrained"]
 
-from choices import MODEL_NAMES  # noqa: E402
+from choices import CLINICAL_VECTOR_FUSIONS, MODEL_NAMES  # noqa: E402
 
 assert MODEL_NAMES[1:] == tuple(TORCHVISION_DENSENETS), "choices.MODEL_NAMES lists every network"
 
@@ -28,7 +28,7 @@ assert MODEL_NAMES[1:] == tuple(TORCHVISION_DENSENETS), "choices.MODEL_NAMES lis
 def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, depth: int = 40,
                 growth_rate: int = 12, norm: str = "bn", act: str = "relu", stem: str = "downsample",
                 pretrained: str | None = None, drop_rate: float = 0.0,
-                memory_efficient: bool = False) -> Classifier:
+                memory_efficient: bool = False, clinical_offset: bool = False) -> Classifier:
     """Build a binary classifier (one logit per image).
 
     Args:
@@ -48,6 +48,8 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
         drop_rate: dropout before the final linear layer.
         memory_efficient: recompute the dense layers' bottleneck inputs in backward (torch
             checkpointing) instead of storing them: less memory, slower.
+        clinical_offset: residual fusion (with ``late_fuse``): the logit is a fixed clinical
+            logistic model (:meth:`Classifier.set_clinical_model`) plus the image's correction.
     """
     check_choice(name, MODEL_NAMES, "model")
     check_choice(norm, NORMS, "norm")
@@ -68,7 +70,7 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
         features, num_features = torchvision_features(name, in_chans, memory_efficient)
     convert_norm_act(features, norm, act)
     model = Classifier(features, num_features, in_chans, late_fuse, n_clinical, act, drop_rate,
-                       cam_layer=f"features.{last_dense_block(features)}")
+                       cam_layer=f"features.{last_dense_block(features)}", clinical_offset=clinical_offset)
     if pretrained:
         load_pretrained(model, resolve_pretrained(pretrained, name))
     return model
@@ -77,7 +79,9 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
 def build_model_from_config(config: dict, pretrained: str | None = None) -> Classifier:
     """The network a run's configuration (``config.json`` / a checkpoint's ``config``, with its
     ``fusion`` mode) describes: the one place that maps main.py's flags to :func:`build_model`."""
-    return build_model(config["model"], in_chans=config["in_chans"], late_fuse=config["fusion"] == "late",
+    return build_model(config["model"], in_chans=config["in_chans"],
+                       late_fuse=config["fusion"] in CLINICAL_VECTOR_FUSIONS,
+                       clinical_offset=config["fusion"] == "residual",
                        depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
                        act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
                        pretrained=pretrained)

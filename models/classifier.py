@@ -2,7 +2,11 @@
 
 Early fusion needs nothing here: the clinical values arrive as extra constant image channels and
 the network only sees ``in_chans`` channels. Late fusion joins a small MLP embedding of the clinical
-vector to the globally pooled image features, right before the final linear layer.
+vector to the globally pooled image features, right before the final linear layer. Residual fusion
+(``clinical_offset``) starts from the clinical logistic regression: its logit is a fixed offset
+(buffers ``clinical_coef``, ``clinical_intercept``, set by :meth:`Classifier.set_clinical_model`)
+and the image adds a correction through a zero-initialised head, so the untrained network *is* the
+clinical model and training only moves away from it where the image helps (docs/fusion.md).
 """
 from __future__ import annotations
 
@@ -24,8 +28,11 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, features: nn.Sequential, num_features: int, in_chans: int, late_fuse: bool,
-                 n_clinical: int = 3, act: str = "relu", drop_rate: float = 0.0, cam_layer: str = "") -> None:
+                 n_clinical: int = 3, act: str = "relu", drop_rate: float = 0.0, cam_layer: str = "",
+                 clinical_offset: bool = False) -> None:
         super().__init__()
+        if clinical_offset and not late_fuse:
+            raise ValueError("the clinical offset (residual fusion) needs the clinical vector: build with late_fuse=True")
         self.features = features
         self.num_features = num_features
         self.in_chans = in_chans
@@ -34,7 +41,12 @@ class Classifier(nn.Module):
         self.default_cam_layer = cam_layer
         # Not in-place: a Grad-CAM hook on features.norm5 must see its output unmodified.
         self.final_act = make_act(act, num_features)
-        if self.late_fuse:
+        self.clinical_offset = bool(clinical_offset)
+        if self.clinical_offset:
+            # the clinical model's log-odds per unit of the normalised clinical vector; saved with the weights
+            self.register_buffer("clinical_coef", torch.zeros(n_clinical))
+            self.register_buffer("clinical_intercept", torch.zeros(()))
+        if self.late_fuse and not self.clinical_offset:
             self.clinical_mlp = nn.Sequential(
                 nn.Linear(n_clinical, CLINICAL_HIDDEN), make_act(act, CLINICAL_HIDDEN),
                 nn.Linear(CLINICAL_HIDDEN, CLINICAL_HIDDEN), make_act(act, CLINICAL_HIDDEN),
@@ -48,6 +60,27 @@ class Classifier(nn.Module):
         for m in [self.classifier, *(self.clinical_mlp or [])]:
             if isinstance(m, nn.Linear):
                 nn.init.constant_(m.bias, 0)
+        if self.clinical_offset:
+            nn.init.zeros_(self.classifier.weight)  # the image's correction starts at nothing
+
+    def set_clinical_model(self, coef, intercept: float) -> None:
+        """Start from the clinical model: the fixed clinical logit ``coef . clinical + intercept``
+        (residual fusion; e.g. the clinical baseline's logistic regression fitted on the training
+        split) and a zero image correction, whatever weights a pretrained start brought to the head."""
+        if not self.clinical_offset:
+            raise ValueError("set_clinical_model: this network has no clinical offset (build with clinical_offset=True)")
+        coef = torch.as_tensor(coef, dtype=self.clinical_coef.dtype).reshape(-1)
+        if coef.numel() != self.n_clinical:
+            raise ValueError(f"set_clinical_model: {coef.numel()} coefficients for {self.n_clinical} clinical values")
+        with torch.no_grad():
+            self.clinical_coef.copy_(coef)
+            self.clinical_intercept.fill_(float(intercept))
+            self.classifier.weight.zero_()
+            self.classifier.bias.zero_()
+
+    def clinical_logit(self, clinical: torch.Tensor) -> torch.Tensor:
+        """The clinical model's logit ``(B,)`` (residual fusion only)."""
+        return clinical.to(self.clinical_coef.dtype) @ self.clinical_coef + self.clinical_intercept
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> ``(B, num_features, h, w)``, after the final norm and activation."""
@@ -61,6 +94,8 @@ class Classifier(nn.Module):
         """Global average pool, late fusion with ``clinical`` ``(B, n_clinical)`` if enabled -> logits ``(B,)``."""
         self._check_clinical(clinical, feats.shape[0])
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(feats, 1), 1)
+        if self.clinical_offset:
+            return self.classifier(self.drop(x)).squeeze(1) + self.clinical_logit(clinical).to(x.dtype)
         if self.late_fuse:
             x = torch.cat([x, self.clinical_mlp(clinical.to(x.dtype))], dim=1)
         return self.classifier(self.drop(x)).squeeze(1)
