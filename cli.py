@@ -7,6 +7,7 @@ Stdlib only: a script imports this before torch, so ``--help`` and flag errors a
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -112,6 +113,15 @@ def run_main(main: Callable[[list[str] | None], object], argv: Sequence[str] | N
         _tell(prog, _one_line(str(exc)) or type(exc).__name__)
         sys.exit(1)
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+def run_script(build_parser: Callable[[], argparse.ArgumentParser], script: str | os.PathLike) -> None:
+    """The ``__main__`` of a script whose heavy imports (torch, pandas, the image libraries) stand
+    below this call: the flags are checked first, so ``--help`` and a mistyped flag answer at once;
+    then the script is imported as its module -- loading those libraries -- and its ``main`` is run
+    by :func:`run_main`. ``script`` is the script's ``__file__``; the call never returns."""
+    build_parser().parse_args()
+    run_main(importlib.import_module(Path(script).stem).main)
 
 
 def _one_line(message: str) -> str:

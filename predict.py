@@ -56,6 +56,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import filenames  # noqa: E402
+import imaging  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
@@ -150,10 +151,10 @@ def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, floa
 
 
 def check_image(path: Path, image_size: tuple[int, int]) -> None:
-    """Refuse, naming the file, an image the network cannot score (``read_image`` gives a finite 2-D
+    """Refuse, naming the file, an image the network cannot score (``imaging.read_scaled`` gives a finite 2-D
     array or raises), before any model runs; warn about a far-off aspect ratio."""
     try:
-        gray = loader.read_image(path)
+        gray = imaging.read_scaled(path)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
     try:

@@ -123,6 +123,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402 - no pyplot: no global state, Agg renders the PNG
 
 import filenames  # noqa: E402
+import imaging  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
@@ -165,7 +166,7 @@ def check_image(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"--image {path}: no such file")
     filenames.decode(path)  # label and clinical values come from the name
     try:
-        loader.read_image(path)
+        imaging.read_scaled(path)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. OpenCV refusing a two-channel PNG
@@ -276,7 +277,7 @@ def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "g
         heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
         path = Path(sample["path"])
         cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat, probability,
-                          tuple(loader.read_image(path).shape[:2]), explained))
+                          tuple(imaging.read_scaled(path).shape[:2]), explained))
     return cases
 
 
