@@ -26,6 +26,7 @@ TTA_CHOICES = ("none", "flip")  # test-time augmentation (ClassifyTrainer.flip_t
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
 CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)
+DEVICES = ("auto", "cpu", "cuda")  # --device (runtime.select_device)
 CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (crossval.py)
 CV_VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (--cv oof)
 

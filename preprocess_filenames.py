@@ -18,7 +18,7 @@ from typing import Sequence
 
 import runfiles
 from choices import MIN_SIDE
-from cli import run_script
+from cli import add_output, add_overwrite, add_seed, run_script
 from patient_table import (COLUMN_CANDIDATES, DEFAULT_SEX_MAP, FLAGS, Options, PreprocessError, SkipLog,
                            assign_crops, find_csv, parse_sex_map, read_table, resolve_columns, unused_files,
                            validate)
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--csv", help="the export's patient list (default: patient_list.csv or pateint_list.csv in "
                                  "--images, its parent or the current folder)")
     g.add_argument("--images", required=True, help="folder with the raw X-rays; CSV image paths are relative to it")
-    g.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    add_output(g, "output folder (new or empty; see --overwrite)")
     g.add_argument("--csv-encoding", default="utf-8-sig", help="text encoding of the CSV (default: %(default)s)")
     g.add_argument("--delimiter", default=None, help="CSV field separator (default: detected among , ; tab |)")
 
@@ -176,14 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("splits")
     g.add_argument("--split", nargs=3, type=_fraction, metavar=("TRAIN", "VAL", "TEST"),
                    help="patient fractions, stratified by label (default: 0.7 0.15 0.15)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split and folds (default: %(default)s)")
+    add_seed(g, "the split and folds")
     g.add_argument("--split-col", metavar="NAME", help="take each patient's split from this column (train/val/test)")
     g.add_argument("--folds", type=int, default=None, metavar="K",
                    help="also number train+val patients into K folds (manifest column 'fold')")
 
     g = parser.add_argument_group("safety")
-    g.add_argument("--overwrite", action="store_true",
-                   help="allow a non-empty --out; only files this tool writes are replaced or removed")
+    add_overwrite(g, "an earlier run in a non-empty --out", note=": only files this tool writes are replaced or "
+                  "removed")
     g.add_argument("--strict", action="store_true",
                    help="make a bad row or image fatal instead of skipping it (every bad CSV row is listed)")
     return parser

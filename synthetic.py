@@ -59,6 +59,7 @@ from tqdm import tqdm
 import filenames
 import runfiles
 from choices import MIN_SIDE
+from cli import add_output, add_seed
 from splits import IMAGE_SIZE, SPLITS, assign_splits
 
 logger = logging.getLogger(__name__)
@@ -648,9 +649,9 @@ def plot_examples(out_dir: str | os.PathLike, manifest: pd.DataFrame, path: str 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write the synthetic hip radiograph demo data set.")
     data = parser.add_argument_group("data set")
-    data.add_argument("--out", required=True, help="output folder (new or empty; or an identical earlier run)")
+    add_output(data, "output folder (new or empty; or an identical earlier run)")
     data.add_argument("--n", type=int, default=500, help="number of patients, two hips (images) each")
-    data.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    add_seed(data, "the drawing: the same seed gives the same bytes")
     data.add_argument("--size", type=int, nargs=2, default=list(IMAGE_SIZE), metavar=("H", "W"),
                       help="image height and width in pixels")
     extra = parser.add_argument_group("pictures")

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Sequence
 
 from choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS
-from cli import positive_int, run_main
+from cli import add_data_dir, add_device, add_output, positive_int, run_script
 
 KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
 TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--run", required=True, metavar="DIR", help="run folder outs/<save_dir>/fold<fold>/ of main.py")
-    g.add_argument("--data_dir", default=None, help="where the run's data set lies now (default: the run's "
-                   "--data_dir); only the location of the images, the network comes from the run")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_data_dir(g, default=None, unset="the run's --data_dir; only where its images lie now, the network comes "
+                 "from the run")
+    add_device(g)
 
     g = p.add_argument_group("which images")
     which = g.add_mutually_exclusive_group(required=True)
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the map in input pixels, 0 for none (default: 1/32 of the image width)")
 
     g = p.add_argument_group("output")
-    g.add_argument("--out", default=None, help="folder for the pictures (default: <run>/cams)")
+    add_output(g, "folder for the pictures", unset="<run>/cams")
     g.add_argument("--sheet", action="store_true", help="all cases on one contact sheet")
     g.add_argument("--cols", type=positive_int, default=None, help="columns of the sheet (default: up to 4)")
     g.add_argument("--save", default=None, metavar="PATH", help="write the one picture (a single case, the sheet "
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    build_parser().parse_args()  # --help and a mistyped flag answer here, before the ~5 s torch import
+    run_script(build_parser, __file__)  # --help and a mistyped flag answer before the ~5 s torch import below
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -658,7 +658,3 @@ def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
             logger.warning("%s: probability %.4f here but %s in %s; is --data_dir the run's data, and the "
                            "run's test predictions up to date?", case.path.name, case.probability,
                            row["probability"], path)
-
-
-if __name__ == "__main__":
-    run_main(main)
