@@ -1,42 +1,10 @@
 """python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
 
-The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known
-cause of osteoporosis, so the whole suite can be run and checked without patient data.
-
-Data model. Each patient has sex (1 female, ~75 %), age (50-90) and BMI (17-38). A latent bone
-density ``z`` is a linear function of them (lower with age, for women and for low BMI) plus a
-patient term that the clinical data do not see. Label 1 (osteoporosis) when ``z`` is below a fixed
-cut-off (about 35 % prevalence). Both hips of a patient share ``z``; each hip draws its own picture
-parameters ``trabecular_density``, ``trabecular_contrast`` and ``cortical_thickness`` from the
-*apparent* density (``z`` washed out by the soft tissue of heavier patients) plus per-image noise,
-and its own pose and exposure. The signal is global (brightness and contrast of the cancellous
-bone, width of the cortex), so a small CNN sees it at a quarter of full size (176 x 102).
-
-How much each source tells about the label: test ROC-AUC of a logistic regression on
-standardised inputs fitted on the train rows (:func:`oracle_auc`), n=500 patients (1000 images):
-
-    ==================================  ==============  ==============
-    inputs                              seed 0          seed 1
-    ==================================  ==============  ==============
-    sex, age, BMI (clinical only)       0.723           0.782
-    picture parameters only             0.888           0.877
-    both (the oracle)                   0.925           0.932
-    ==================================  ==============  ==============
-
-(on 20000 patients: 0.771 / 0.878 / 0.931). The clinical data see part of ``z``, the picture sees
-``z`` through per-image noise and the BMI wash-out, so only both together come near the oracle.
-1000 images at 704 x 407 take about 35 s of one CPU core.
-
-Output (``DIR``): ``train|val|test/<name>.png`` (8-bit grey, names from ``filenames.encode``,
-crop 1 = right hip, 2 = left hip drawn mirrored into the same orientation), split ~70/15/15 by
-patient and stratified by label; ``masks/<split>/<name>.png`` (255 on the femur, where the
-disease signal is drawn; see :func:`region_mask`); ``manifest.csv`` (one row per image with the
-drawing parameters); ``synthetic.json`` (n, seed, size: a re-run with the same values is a no-op).
-
-``--pelvis`` instead writes whole AP pelvis views as a hospital exports them (``raw/``,
-``patient_list.csv``, and ``pelvis.csv`` with each femoral head's centre and radius), some with a
-black border and a text line, a tenth upside down: the input of ``preprocess_filenames.py --roi
-femur``, whose finder (``roi.py``) tests/test_roi.py checks against the known heads.
+The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known cause
+of osteoporosis and a mask of where it is drawn, so the whole suite can be run and checked without
+patient data; ``--pelvis`` instead writes whole pelvis views as a hospital exports them, the input
+of ``preprocess_filenames.py --roi femur``. The data model, what each source tells about the label,
+and the files written: docs/data.md, "The demo data".
 """
 from __future__ import annotations
 

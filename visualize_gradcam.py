@@ -1,40 +1,10 @@
 """python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method expected_gradients]
 
-Show what a trained network looked at: a class activation map drawn over the radiograph, for any
-run of main.py. Everything about the network (model, fusion mode, input channels, image size,
-clinical normalisation, threshold) is read from the run's best.pth; only where the test images lie
-may be overridden (--data_dir). Inputs are built by the loader exactly as the network saw them at
-test time.
-
-Which images (one of):
-    --image PATH [PATH ...]        any files named in the data set's format (see filenames.py)
-    --index N [N ...]              images of the run's test split (sorted, as loader.list_split)
-    --select tp fp fn tn [--top K] the K most confident cases of each kind, from the run's
-                                   test_predictions.csv and threshold
-    --all                          every test image
-    --localisation                 how much of the heatmap lies where the demo data draw the disease
-                                   signal (DIR/masks/test/ from synthetic.py); 1 = chance
-
-Whose evidence (--target): osteoporosis (the logit; default for pictures), normal (the negated logit,
-the normal class's score of the one-logit model) or predicted (per image, the class the run predicts at
-its threshold). --localisation reports osteoporosis and predicted unless --target names one.
-
-How (--method): expected_gradients (default) and occlusion explain the input pixels; gradcam,
-gradcam++ and scorecam a layer (--layer). Bone loss is an absence, which a layer map measured against
-zero activation cannot show as evidence for osteoporosis: on the demo run Grad-CAM of the osteoporosis
-logit falls mostly off the femur while expected_gradients, which compares the image with --references
-training radiographs, puts it on the femur (README, "Does the heatmap fall on the bone?"). That is
-why it is the default; Grad-CAM is --method gradcam.
-
-Pictures go to <run>/cams/ (--out to change) as <image>_<method>.png with the raw heatmap beside it
-(.npy); --sheet puts every case on one contact sheet; --save PATH writes the one picture exactly
-there. The README pictures:
-
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn fp tn --top 1 \\
-        --sheet --method gradcam --save images/Grad_CAM.png --no_npy
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn --top 1 --sheet \\
-        --method expected_gradients --save images/Expected_Gradients.png --no_npy
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation [--method M] [--target T]
+Show what a trained network looked at: a heatmap (``cam.py``) drawn over the radiograph, for any
+run of main.py. The network (model, fusion mode, image size, normalisation, threshold) comes from
+the run's best.pth, and the inputs are built by the loader exactly as at test time, so the picture
+explains the run's own test scores; ``--localisation`` measures how much of the map lies on the
+demo data's femur. Methods, targets, outputs and the README pictures' commands: docs/heatmaps.md.
 """
 from __future__ import annotations
 
