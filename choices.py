@@ -1,5 +1,5 @@
 """The names a user chooses from on the command lines: networks, normalisations, activations, stems,
-losses, augmentations, heatmap methods and bootstrap intervals, with the smallest image side.
+losses, augmentations, heatmap methods, bootstrap intervals and devices, with the smallest image side.
 
 The modules that implement them (``models``, ``losses``, ``augment``, ``cam``, ``loader``) import
 their names from here; the scripts build their parsers from here. Nothing here imports torch,

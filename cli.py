@@ -4,7 +4,8 @@ folder, device, seed, output, bootstrap), each declared once here with its one d
 text; and the entry point, :func:`run_main`, which turns a user's mistake into one clear line and
 a non-zero exit instead of a traceback (:func:`run_script` for a script with heavy imports).
 
-Stdlib only: a script imports this before torch, so ``--help`` and flag errors answer at once.
+Stdlib (and choices.py) only: a script imports this before torch, so ``--help`` and flag errors answer
+at once.
 """
 from __future__ import annotations
 

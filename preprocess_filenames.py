@@ -27,6 +27,8 @@ from splits import DEFAULT_FRACTIONS, IMAGE_SIZE, assign_folds, assign_splits, p
 logger = logging.getLogger(__name__)
 
 
+# ----------------------------------------------------------------------------- the steps
+
 def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
     """The steps of a run, from checking the folders to the written data folder; 0 when done."""
     images = Path(args.images)
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
         file_handler.close()
 
 
-
+# ----------------------------------------------------------------------------- command line
 
 def _size(text: str) -> int:
     value = int(text)
