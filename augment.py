@@ -46,6 +46,7 @@ from scipy import ndimage
 
 from choices import AUGMENT_NAMES, parse_augment, unknown_augmentation  # noqa: F401 (parse_augment: augment's API)
 import runfiles
+from cli import add_output, add_seed
 from splits import IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -398,9 +399,9 @@ def preview(path: str, out: str, draws: int = 4, seed: int = 0, size: Sequence[i
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preview", required=True, metavar="FILE", help="8-bit grayscale image to augment")
-    p.add_argument("--out", default="images/augment_preview.png", help="PNG to write (default: %(default)s)")
+    add_output(p, "PNG to write", default="images/augment_preview.png")
     p.add_argument("--draws", type=int, default=4, help="draws of every augmentation (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: %(default)s)")
+    add_seed(p, "the draws")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=list(IMAGE_SIZE),
                    help="resize the input to H x W first, as the loader does (default: %(default)s)")
     return p

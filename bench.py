@@ -49,6 +49,7 @@ import main as train_script
 import runfiles
 import runtime
 import splits
+from cli import add_data_dir, add_device
 
 ROOT = Path(__file__).resolve().parent
 
@@ -318,15 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME", help="augmentations the loader benchmark times, each at p = 1 and 0.3 "
                    "(default: all)")
     p.add_argument("--patients", type=int, default=20, help="synthetic patients (2 images each) per size")
-    p.add_argument("--data_dir", default=None, help="time on this folder's train/ instead of a synthetic set "
-                   "(resized to each --sizes)")
+    add_data_dir(p, default=None, unset="a synthetic set; a data folder's train/ is resized to each --sizes")
     p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES),
                    help="pipelines the pipeline benchmark compares (default: all)")
     p.add_argument("--epochs", type=int, default=2, help="real epochs timed by the pipeline benchmark (the last "
                    "is reported; default: %(default)s)")
     p.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="further main.py flags for every "
                    "configuration, e.g. --flags --compile (must come last)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device(p)
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     return p
 

@@ -1,43 +1,12 @@
-"""Class activation maps: where in the radiograph the osteoporosis logit comes from.
+"""Class activation maps: where in a radiograph a network's osteoporosis logit comes from.
 
     heat = compute_cam(model, image, clinical, method="gradcam")   # (H, W) float32 in [0, 1]
 
-``image`` is one network input ``(C, H, W)`` as the loader builds it (for early fusion the clinical
-planes included); ``clinical`` the normalised clinical vector for late-fusion models, else None.
-``target`` says whose evidence is mapped: ``"osteoporosis"`` (default) the model's one output, the
-osteoporosis logit; ``"normal"`` the negated logit, the normal class's score in a one-logit binary model
-(p(normal) = sigmoid(-logit); pytorch-grad-cam's ``BinaryClassifierOutputTarget(0)``). The sign is
-applied once, to the network every method differentiates or scores (:class:`Negated`). Methods:
-
-* ``gradcam`` - Selvaraju et al., ICCV 2017 (https://arxiv.org/abs/1610.02391): channel weights are
-  the spatial mean of d logit / d activation; map = ReLU(sum_k w_k A_k).
-* ``gradcam++`` - Chattopadhay et al., WACV 2018 (https://arxiv.org/abs/1710.11063): pixel-wise
-  weights alpha = g^2 / (2 g^2 + sum(A) g^3) on the positive gradients (the closed form for an
-  exponential of the logit, their Eq. 19).
-* ``scorecam`` - Wang et al., CVPR-W 2020 (https://arxiv.org/abs/1910.01279), gradient-free: each
-  activation map, upsampled and scaled to [0, 1], masks the picture; its weight is the softmax over
-  channels of the logit's increase over a blank picture.
-* ``occlusion`` - Zeiler & Fergus, ECCV 2014 (https://arxiv.org/abs/1311.2901), gradient-free and
-  layer-free: the drop of the logit when a grey window hides part of the picture, averaged over the
-  windows covering each pixel.
-* ``expected_gradients`` - Erion et al., Nat. Mach. Intell. 2021 (https://arxiv.org/abs/1906.10670):
-  integrated gradients (Sundararajan et al., ICML 2017) from each of a set of *reference* radiographs
-  (the run's training images) to this one, averaged. Pixel-level and layer-free; the attributions
-  add up to ``logit(image) - mean logit(references)`` (completeness), so the map answers "what in
-  this radiograph raises the osteoporosis score above that of typical patients". The map is the
-  positive part, smoothed with a Gaussian of ``smooth`` pixels.
-
-Why the reference matters here. Osteoporosis is a *loss* of bone: thinner cortex, fainter and sparser
-trabeculae. A network that has learnt it scores the femur's bone as evidence *against* osteoporosis,
-and an osteoporotic femur argues less against it. Grad-CAM and its relatives measure evidence
-against an all-zero activation, so for the osteoporosis logit they map the femur only with
-``target="normal"`` and put the osteoporosis evidence on whatever else the score uses; a reference
-population turns "less bone than usual" into positive evidence where the bone is (README, Grad-CAM,
-gives the measured localisation of every method).
-
-Only the leading ``image_channels`` channels (the radiograph and its enhanced copy) are masked or
-occluded; early fusion's constant clinical planes are left as they are. Hooks are removed and the
-model's train/eval modes restored whatever happens; no gradient is left on any parameter.
+Five methods (Grad-CAM, Grad-CAM++, Score-CAM, occlusion, expected gradients) behind one call, so
+that ``visualize_gradcam.py`` and its localisation measure treat them alike; only the radiograph
+channels are masked or occluded, and hooks, train/eval modes and gradients are left as found.
+The methods with their papers, the targets, and why a reference population matters for a loss of
+bone: docs/heatmaps.md.
 """
 from __future__ import annotations
 
@@ -50,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS  # noqa: E402 (torch-free, for --help)
+from choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS  # the names --method and --target offer
+from loader import IMAGE_CHANNELS  # the radiograph and its enhanced copy lead every network input
 
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion",
          "expected_gradients": "Expected Gradients"}
 LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")  # the others explain the input pixels, not a layer
 REFERENCE_METHODS = ("expected_gradients",)  # need reference inputs
-IMAGE_CHANNELS = 2  # loader.IMAGE_CHANNELS: radiograph + enhanced copy lead every network input
 
 
 class ImageOnly(nn.Module):

@@ -1,5 +1,5 @@
 """The names a user chooses from on the command lines: networks, normalisations, activations, stems,
-losses, augmentations, heatmap methods and bootstrap intervals, with the smallest image side.
+losses, augmentations, heatmap methods, bootstrap intervals and devices, with the smallest image side.
 
 The modules that implement them (``models``, ``losses``, ``augment``, ``cam``, ``loader``) import
 their names from here; the scripts build their parsers from here. Nothing here imports torch,
@@ -32,6 +32,7 @@ CLINICAL_VECTOR_FUSIONS = ("late", "residual")
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
 CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)
+DEVICES = ("auto", "cpu", "cuda")  # --device (runtime.select_device)
 CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (crossval.py)
 CV_VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (--cv oof)
 

@@ -1,18 +1,24 @@
 """What every script shares on its command line: value types (argparse ``type=``), so every script
-refuses a bad value the same way naming what is accepted, and :func:`run_main`, which turns a
-user's mistake into one clear line and a non-zero exit instead of a traceback.
+refuses a bad value the same way naming what is accepted; the flags several scripts take (data
+folder, device, seed, output, bootstrap), each declared once here with its one default and help
+text; and the entry point, :func:`run_main`, which turns a user's mistake into one clear line and
+a non-zero exit instead of a traceback (:func:`run_script` for a script with heavy imports).
 
-Stdlib only: a script imports this before torch, so ``--help`` and flag errors answer at once.
+Stdlib (and choices.py) only: a script imports this before torch, so ``--help`` and flag errors answer
+at once.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
+
+from choices import CI_INTERVALS, DEVICES
 
 DEBUG_VARIABLE = "HIPX_DEBUG"  # HIPX_DEBUG=1: full tracebacks, also for a user's mistake
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C (128 + SIGINT)
@@ -49,6 +55,58 @@ def positive(kind=int):
 
 
 positive_int = positive(int)
+
+
+# ----------------------------------------------------------------------------- flags several scripts take
+# ``where`` is a parser or an argument group (``parser.add_argument_group("run")``).
+
+def add_data_dir(where, default: str | None = "data", unset: str = "") -> None:
+    """``--data_dir``, the data folder; ``unset`` says what a script does when the default is None."""
+    shown = "%(default)s" if default is not None else unset
+    where.add_argument("--data_dir", default=default, help=f"data folder with train/ val/ test/ (default: {shown})")
+
+
+def add_device(where) -> None:
+    """``--device``: where the network runs."""
+    where.add_argument("--device", choices=DEVICES, default="auto",
+                       help="where the network runs; auto: CUDA when available, else the CPU (default: %(default)s)")
+
+
+def add_seed(where, what: str) -> None:
+    """``--seed``; ``what`` it seeds, e.g. "the bootstrap"."""
+    where.add_argument("--seed", type=int, default=0, help=f"seed of {what} (default: %(default)s)")
+
+
+def add_bootstrap(where, off: str | None = None, interval: bool = False, seed: bool = False) -> None:
+    """``--bootstrap N``, patient-bootstrap resamples for confidence intervals; with ``interval`` also
+    ``--interval``, with ``seed`` the bootstrap's own ``--seed``. ``off``: what 0 means, for a script
+    that accepts it (it refuses a negative N itself); otherwise N must be positive."""
+    where.add_argument("--bootstrap", type=int if off else positive_int, default=2000, metavar="N",
+                       help="patient-bootstrap resamples for the confidence intervals"
+                            + (f"; 0 = {off}" if off else "") + " (default: %(default)s)")
+    if interval:
+        where.add_argument("--interval", choices=CI_INTERVALS, default="bca",
+                           help="bootstrap interval: bca = bias-corrected and accelerated, percentile = plain "
+                                "percentile (default: %(default)s)")
+    if seed:
+        add_seed(where, "the bootstrap")
+
+
+def add_output(where, what: str, default: str | None = None, unset: str | None = None,
+               overwrite: str | None = None) -> None:
+    """``--out`` (``what`` goes there; required when there is neither ``default`` nor ``unset``, the
+    text for a None default) and, for a script that refuses to replace its earlier output,
+    ``--overwrite`` (``overwrite``: what it replaces)."""
+    required = default is None and unset is None
+    shown = "" if required else " (default: %(default)s)" if default is not None else f" (default: {unset})"
+    where.add_argument("--out", required=required, default=default, help=what + shown)
+    if overwrite:
+        add_overwrite(where, overwrite)
+
+
+def add_overwrite(where, what: str, note: str = "") -> None:
+    """``--overwrite``: a script's earlier output (``what``) is replaced only when it is given."""
+    where.add_argument("--overwrite", action="store_true", help=f"allow replacing {what} (refused otherwise){note}")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -112,6 +170,15 @@ def run_main(main: Callable[[list[str] | None], object], argv: Sequence[str] | N
         _tell(prog, _one_line(str(exc)) or type(exc).__name__)
         sys.exit(1)
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+def run_script(build_parser: Callable[[], argparse.ArgumentParser], script: str | os.PathLike) -> None:
+    """The ``__main__`` of a script whose heavy imports (torch, pandas, the image libraries) stand
+    below this call: the flags are checked first, so ``--help`` and a mistyped flag answer at once;
+    then the script is imported as its module -- loading those libraries -- and its ``main`` is run
+    by :func:`run_main`. ``script`` is the script's ``__file__``; the call never returns."""
+    build_parser().parse_args()
+    run_main(importlib.import_module(Path(script).stem).main)
 
 
 def _one_line(message: str) -> str:

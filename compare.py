@@ -25,8 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from choices import CI_INTERVALS
-from cli import positive_int, run_main
+from cli import add_bootstrap, add_output, run_script
 
 logger = logging.getLogger(__name__)
 
@@ -193,14 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders outs/<save_dir>/fold<fold>; the first is the "
                    "reference of the paired differences")
-    p.add_argument("--out", required=True, help="folder for comparison.md, comparison.html and comparison.json")
+    add_output(p, "folder for comparison.md, comparison.html and comparison.json",
+               overwrite="an existing comparison in --out")
     p.add_argument("--names", nargs="+", default=None, help="a short name per run (default: save_dir/fold)")
-    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
-                   help="bootstrap resamples of the test patients (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--interval", choices=CI_INTERVALS, default="bca",
-                   help="bootstrap interval for the AUC (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --out")
+    add_bootstrap(p.add_argument_group("confidence intervals (of the AUCs and their differences)"), interval=True, seed=True)
     return p
 
 
@@ -221,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    build_parser().parse_args()  # --help and a mistyped flag answer here, before torch and pandas load
+    run_script(build_parser, __file__)  # --help and a mistyped flag answer before the imports below load
 
 # used by the functions above; imported last so that the line above answers without them
 import numpy as np  # noqa: E402
@@ -234,6 +229,3 @@ import report_render  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
 from report_render import ci, fmt, p_text  # noqa: E402
-
-if __name__ == "__main__":
-    run_main(main)

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 import filenames
+import imaging
 from choices import HANDOVERS, MIN_SIDE
 from runtime import progress
 from splits import IMAGE_SIZE, SPLITS  # noqa: F401 - SPLITS: callers iterate loader.SPLITS
@@ -51,33 +52,6 @@ IMAGE_CHANNELS = 2  # original + enhanced
 # the edge map (Sobel magnitude) makes the cortical rims stand out. Weights: mostly CLAHE.
 CLAHE_CLIP, CLAHE_TILES, EDGE_WEIGHT = 2.0, (8, 8), 0.3
 MAX_STRETCH = 1.5  # aspect ratio against the network's input beyond which an image is badly distorted
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode a ``.png`` (8 or 16 bit, grey or colour) or ``.npy`` (2-D) file to float32 [0, 1]."""
-    path = os.fspath(path)
-    if path.lower().endswith(".npy"):
-        try:
-            array = np.load(path, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
-            raise ValueError(f"{path}: cannot read .npy file ({exc})") from exc
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"{path}: expected a 2-D numeric array, got shape {array.shape} dtype {array.dtype}")
-        array = array.astype(np.float32)
-        if not np.isfinite(array).all():
-            raise ValueError(f"{path}: array contains NaN or infinite values")
-        lo, hi = float(array.min()), float(array.max())
-        if array.dtype == np.uint8 or hi > 1.0 or lo < 0.0:
-            # integer-valued images: scale by the type's range when it looks like 8 bit, else min-max
-            array = array / 255.0 if (lo >= 0 and hi <= 255) else (array - lo) / max(hi - lo, 1e-12)
-        return np.clip(array, 0.0, 1.0)
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"{path}: cannot decode image (missing, corrupt or not an image)")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    scale = 65535.0 if image.dtype == np.uint16 else 255.0
-    return image.astype(np.float32) / scale
 
 
 def check_shape(path: str | os.PathLike, shape: tuple[int, ...], size: tuple[int, int]) -> str | None:
@@ -279,7 +253,7 @@ class HipDataset(Dataset):
         stretched = []
         for i, path in enumerate(progress(self.files, enabled=len(self.files) >= 50, leave=False,
                                           desc=f"decode {desc}".strip())):
-            gray = read_image(path)
+            gray = imaging.read_scaled(path)
             stretched.append(check_shape(path, gray.shape, self.image_size))
             cache[i] = np.round(prepare(gray, self.image_size) * 255.0)
         stretched = [s for s in stretched if s]
@@ -300,7 +274,7 @@ class HipDataset(Dataset):
         if self.cache is not None:
             return self.cache[index]
         # the same 8-bit rounding as the cache, so results never depend on --cache_gb
-        gray = read_image(self.files[index])
+        gray = imaging.read_scaled(self.files[index])
         check_shape(self.files[index], gray.shape, self.image_size)
         return np.round(prepare(gray, self.image_size) * 255.0).astype(np.uint8)
 

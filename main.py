@@ -31,7 +31,8 @@ import filenames
 import runfiles
 import splits
 from choices import ACTS, CLINICAL_VECTOR_FUSIONS, MODEL_NAMES, NORMS, STEMS
-from cli import UserError, given_flags, positive, run_main, str2bool
+from cli import (UserError, add_bootstrap, add_data_dir, add_device, add_seed, given_flags, positive, run_main,
+                 str2bool)
 
 # torch and everything built on it are imported inside the functions, after the command line has
 # been checked: --help and a mistyped flag answer in well under a second instead of ~5 s.
@@ -52,7 +53,7 @@ RESULTS = (runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], "report.md", "re
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data_dir", default="data", help="folder with train/ val/ test/ (default: %(default)s)")
+    add_data_dir(g)
     g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(splits.IMAGE_SIZE),
                    help="resize to H x W for the network (default: %(default)s, the original size)")
     g.add_argument("--augment", default="", help="augmentation(s) for training, comma-separated from: "
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out_root", default="outs", help="(default: %(default)s)")
     g.add_argument("--test", nargs="?", const=True, default=False, type=str2bool, metavar="BOOL",
                    help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
-    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    add_seed(g, "the run: weights, data order and sampling, augmentation, folds, the report's bootstrap")
     g.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation: K runs "
                    "fold<fold>0..K-1 on patient-level folds (design: --cv); writes outs/<save_dir>/cv_summary.json "
                    "and cv_report.md")
@@ -133,9 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cv_val", type=float, default=choices.CV_VAL_FRACTION, metavar="FRACTION",
                    help="--cv oof: share of each fold's training patients (per class) that validates it "
                    "(default: %(default)s)")
-    g.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples for the "
-                   "report's confidence intervals; 0 = no report (default: %(default)s)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_bootstrap(g, off="no report")
+    add_device(g)
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
     g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch (default: the cores "
                    "left after the --workers loader processes, at least 1)")

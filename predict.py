@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from choices import CLINICAL_VECTOR_FUSIONS, TTA_CHOICES
-from cli import UserError, run_main
+from cli import UserError, add_device, add_output, run_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,21 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "probability with its left/right mirror's; auto (default): as the run was validated (--tta)")
     p.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI for files whose names do not "
                    "carry them: columns file,sex,age,bmi")
-    p.add_argument("--out", default="predictions.csv", help="output CSV (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_output(p, "output CSV", default="predictions.csv", overwrite="--out if it exists")
+    add_device(p)
     p.add_argument("--batch_size", type=int, default=16, help="(default: %(default)s)")
     return p
 
 
 if __name__ == "__main__":
-    build_parser().parse_args()  # --help and a mistyped flag answer here, before the ~5 s torch import
+    run_script(build_parser, __file__)  # --help and a mistyped flag answer before the ~5 s torch import below
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import filenames  # noqa: E402
+import imaging  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
@@ -150,10 +150,10 @@ def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, floa
 
 
 def check_image(path: Path, image_size: tuple[int, int]) -> None:
-    """Refuse, naming the file, an image the network cannot score (``read_image`` gives a finite 2-D
+    """Refuse, naming the file, an image the network cannot score (``imaging.read_scaled`` gives a finite 2-D
     array or raises), before any model runs; warn about a far-off aspect ratio."""
     try:
-        gray = loader.read_image(path)
+        gray = imaging.read_scaled(path)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
     try:
@@ -250,7 +250,3 @@ def main(argv: list[str] | None = None) -> list[dict]:
     write_predictions(args.out, rows)
     print(f"{len(rows)} predictions ({sum(r['prediction'] for r in rows)} osteoporosis) written to {args.out}")
     return rows
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -32,8 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from choices import CI_INTERVALS
-from cli import positive_int, run_main
+from cli import add_bootstrap, add_data_dir, run_script
 
 logger = logging.getLogger(__name__)
 
@@ -290,17 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--run", help="run folder outs/<save_dir>/fold<fold>")
     what.add_argument("--cv", metavar="SAVE_DIR", help="summarise every tested fold*/ run in outs/<save_dir>")
-    p.add_argument("--data_dir", default=None, help="data folder the run used (default: from the run's config)")
+    add_data_dir(p, default=None, unset="where the run's config says")
     p.add_argument("--by", nargs="+", metavar="COLUMN", default=None,
                    help="with --cv (oof design): pooled out-of-fold ROC AUC within each value of these columns "
                         "of the data folder's manifest.csv, e.g. field, hip, sex (default: field, where "
                         "preprocess_filenames.py --roi wrote it)")
-    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
-                   help="bootstrap resamples of the test patients (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--interval", choices=CI_INTERVALS, default="bca",
-                   help="bootstrap interval for the AUCs, Brier score and calibration: bias-corrected and "
-                        "accelerated, or plain percentile (default: %(default)s)")
+    add_bootstrap(p.add_argument_group("confidence intervals (of the AUCs, Brier score and calibration)"), interval=True, seed=True)
     return p
 
 
@@ -333,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    build_parser().parse_args()  # --help and a mistyped flag answer here, before torch and pandas load
+    run_script(build_parser, __file__)  # --help and a mistyped flag answer before the imports below load
 
 # used by the functions above; imported last so that the line above answers without them
 import numpy as np  # noqa: E402
@@ -350,6 +344,3 @@ import runfiles  # noqa: E402
 import runtime  # noqa: E402
 import splits  # noqa: E402
 from report_render import FIGURE_DIR, ci as _ci  # noqa: E402,F401 (FIGURE_DIR: the report's folder)
-
-if __name__ == "__main__":
-    run_main(main)

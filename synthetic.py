@@ -1,42 +1,10 @@
 """python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
 
-The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known
-cause of osteoporosis, so the whole suite can be run and checked without patient data.
-
-Data model. Each patient has sex (1 female, ~75 %), age (50-90) and BMI (17-38). A latent bone
-density ``z`` is a linear function of them (lower with age, for women and for low BMI) plus a
-patient term that the clinical data do not see. Label 1 (osteoporosis) when ``z`` is below a fixed
-cut-off (about 35 % prevalence). Both hips of a patient share ``z``; each hip draws its own picture
-parameters ``trabecular_density``, ``trabecular_contrast`` and ``cortical_thickness`` from the
-*apparent* density (``z`` washed out by the soft tissue of heavier patients) plus per-image noise,
-and its own pose and exposure. The signal is global (brightness and contrast of the cancellous
-bone, width of the cortex), so a small CNN sees it at a quarter of full size (176 x 102).
-
-How much each source tells about the label: test ROC-AUC of a logistic regression on
-standardised inputs fitted on the train rows (:func:`oracle_auc`), n=500 patients (1000 images):
-
-    ==================================  ==============  ==============
-    inputs                              seed 0          seed 1
-    ==================================  ==============  ==============
-    sex, age, BMI (clinical only)       0.723           0.782
-    picture parameters only             0.888           0.877
-    both (the oracle)                   0.925           0.932
-    ==================================  ==============  ==============
-
-(on 20000 patients: 0.771 / 0.878 / 0.931). The clinical data see part of ``z``, the picture sees
-``z`` through per-image noise and the BMI wash-out, so only both together come near the oracle.
-1000 images at 704 x 407 take about 35 s of one CPU core.
-
-Output (``DIR``): ``train|val|test/<name>.png`` (8-bit grey, names from ``filenames.encode``,
-crop 1 = right hip, 2 = left hip drawn mirrored into the same orientation), split ~70/15/15 by
-patient and stratified by label; ``masks/<split>/<name>.png`` (255 on the femur, where the
-disease signal is drawn; see :func:`region_mask`); ``manifest.csv`` (one row per image with the
-drawing parameters); ``synthetic.json`` (n, seed, size: a re-run with the same values is a no-op).
-
-``--pelvis`` instead writes whole AP pelvis views as a hospital exports them (``raw/``,
-``patient_list.csv``, and ``pelvis.csv`` with each femoral head's centre and radius), some with a
-black border and a text line, a tenth upside down: the input of ``preprocess_filenames.py --roi
-femur``, whose finder (``roi.py``) tests/test_roi.py checks against the known heads.
+The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known cause
+of osteoporosis and a mask of where it is drawn, so the whole suite can be run and checked without
+patient data; ``--pelvis`` instead writes whole pelvis views as a hospital exports them, the input
+of ``preprocess_filenames.py --roi femur``. The data model, what each source tells about the label,
+and the files written: docs/data.md, "The demo data".
 """
 from __future__ import annotations
 
@@ -59,6 +27,7 @@ from tqdm import tqdm
 import filenames
 import runfiles
 from choices import MIN_SIDE
+from cli import add_output, add_seed
 from splits import IMAGE_SIZE, SPLITS, assign_splits
 
 logger = logging.getLogger(__name__)
@@ -77,7 +46,7 @@ ORACLE_COLUMNS = PICTURE_COLUMNS + CLINICAL_COLUMNS
 # heavier patients washes it out (scatter), against the true effect of BMI, so the picture alone
 # is confounded and clinical data plus picture is clearly best. The unseen patient term, the
 # per-image noise (independent for each picture parameter) and the wash-out are tuned for
-# ROC-AUCs of about 0.77 / 0.88 / 0.93 for clinical only / picture only / both (table above).
+# ROC-AUCs of about 0.77 / 0.88 / 0.93 for clinical only / picture only / both (docs/data.md, "The demo data").
 AGE_SLOPE, FEMALE_SHIFT, BMI_SLOPE = -0.045, -0.6, 0.08
 PATIENT_SD, IMAGE_SD, BMI_WASHOUT = 1.0, 1.2, 0.11
 Z_CUTOFF = -0.92  # 35 % quantile of z in the population
@@ -108,6 +77,7 @@ def check_regime(clinical_share: float | None, image_noise: float | None) -> Non
     if image_noise is not None and not 0.0 <= image_noise <= 100.0:
         raise ValueError(f"--image-noise must be between 0 and 100 (SD of each picture's noise in bone-density "
                          f"units; the demo's is {IMAGE_SD}); got {image_noise}")
+
 
 def draw_patient(rng: np.random.Generator, clinical_share: float | None = None) -> dict:
     """Clinical values and latent bone density of one patient. ``clinical_share``: the share of z's
@@ -678,9 +648,9 @@ def plot_examples(out_dir: str | os.PathLike, manifest: pd.DataFrame, path: str 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write the synthetic hip radiograph demo data set.")
     data = parser.add_argument_group("data set")
-    data.add_argument("--out", required=True, help="output folder (new or empty; or an identical earlier run)")
+    add_output(data, "output folder (new or empty; or an identical earlier run)")
     data.add_argument("--n", type=int, default=500, help="number of patients, two hips (images) each")
-    data.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    add_seed(data, "the drawing: the same seed gives the same bytes")
     data.add_argument("--size", type=int, nargs=2, default=list(IMAGE_SIZE), metavar=("H", "W"),
                       help="image height and width in pixels")
     regime = parser.add_argument_group(

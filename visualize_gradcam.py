@@ -1,40 +1,10 @@
 """python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method expected_gradients]
 
-Show what a trained network looked at: a class activation map drawn over the radiograph, for any
-run of main.py. Everything about the network (model, fusion mode, input channels, image size,
-clinical normalisation, threshold) is read from the run's best.pth; only where the test images lie
-may be overridden (--data_dir). Inputs are built by the loader exactly as the network saw them at
-test time.
-
-Which images (one of):
-    --image PATH [PATH ...]        any files named in the data set's format (see filenames.py)
-    --index N [N ...]              images of the run's test split (sorted, as loader.list_split)
-    --select tp fp fn tn [--top K] the K most confident cases of each kind, from the run's
-                                   test_predictions.csv and threshold
-    --all                          every test image
-    --localisation                 how much of the heatmap lies where the demo data draw the disease
-                                   signal (DIR/masks/test/ from synthetic.py); 1 = chance
-
-Whose evidence (--target): osteoporosis (the logit; default for pictures), normal (the negated logit,
-the normal class's score of the one-logit model) or predicted (per image, the class the run predicts at
-its threshold). --localisation reports osteoporosis and predicted unless --target names one.
-
-How (--method): expected_gradients (default) and occlusion explain the input pixels; gradcam,
-gradcam++ and scorecam a layer (--layer). Bone loss is an absence, which a layer map measured against
-zero activation cannot show as evidence for osteoporosis: on the demo run Grad-CAM of the osteoporosis
-logit falls mostly off the femur while expected_gradients, which compares the image with --references
-training radiographs, puts it on the femur (README, "Does the heatmap fall on the bone?"). That is
-why it is the default; Grad-CAM is --method gradcam.
-
-Pictures go to <run>/cams/ (--out to change) as <image>_<method>.png with the raw heatmap beside it
-(.npy); --sheet puts every case on one contact sheet; --save PATH writes the one picture exactly
-there. The README pictures:
-
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn fp tn --top 1 \\
-        --sheet --method gradcam --save images/Grad_CAM.png --no_npy
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --select tp fn --top 1 --sheet \\
-        --method expected_gradients --save images/Expected_Gradients.png --no_npy
-    python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --localisation [--method M] [--target T]
+Show what a trained network looked at: a heatmap (``cam.py``) drawn over the radiograph, for any
+run of main.py. The network (model, fusion mode, image size, normalisation, threshold) comes from
+the run's best.pth, and the inputs are built by the loader exactly as at test time, so the picture
+explains the run's own test scores; ``--localisation`` measures how much of the map lies on the
+demo data's femur. Methods, targets, outputs and the README pictures' commands: docs/heatmaps.md.
 """
 from __future__ import annotations
 
@@ -49,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS
-from cli import positive_int, run_main
+from cli import add_data_dir, add_device, add_output, positive_int, run_script
 
 KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
 TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
@@ -63,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--run", required=True, metavar="DIR", help="run folder outs/<save_dir>/fold<fold>/ of main.py")
-    g.add_argument("--data_dir", default=None, help="where the run's data set lies now (default: the run's "
-                   "--data_dir); only the location of the images, the network comes from the run")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_data_dir(g, default=None, unset="the run's --data_dir; only where its images lie now, the network comes "
+                 "from the run")
+    add_device(g)
 
     g = p.add_argument_group("which images")
     which = g.add_mutually_exclusive_group(required=True)
@@ -102,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the map in input pixels, 0 for none (default: 1/32 of the image width)")
 
     g = p.add_argument_group("output")
-    g.add_argument("--out", default=None, help="folder for the pictures (default: <run>/cams)")
+    add_output(g, "folder for the pictures", unset="<run>/cams")
     g.add_argument("--sheet", action="store_true", help="all cases on one contact sheet")
     g.add_argument("--cols", type=positive_int, default=None, help="columns of the sheet (default: up to 4)")
     g.add_argument("--save", default=None, metavar="PATH", help="write the one picture (a single case, the sheet "
@@ -112,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    build_parser().parse_args()  # --help and a mistyped flag answer here, before the ~5 s torch import
+    run_script(build_parser, __file__)  # --help and a mistyped flag answer before the ~5 s torch import below
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -123,6 +93,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402 - no pyplot: no global state, Agg renders the PNG
 
 import filenames  # noqa: E402
+import imaging  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
@@ -165,7 +136,7 @@ def check_image(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"--image {path}: no such file")
     filenames.decode(path)  # label and clinical values come from the name
     try:
-        loader.read_image(path)
+        imaging.read_scaled(path)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. OpenCV refusing a two-channel PNG
@@ -276,7 +247,7 @@ def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "g
         heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
         path = Path(sample["path"])
         cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat, probability,
-                          tuple(loader.read_image(path).shape[:2]), explained))
+                          tuple(imaging.read_scaled(path).shape[:2]), explained))
     return cases
 
 
@@ -657,7 +628,3 @@ def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
             logger.warning("%s: probability %.4f here but %s in %s; is --data_dir the run's data, and the "
                            "run's test predictions up to date?", case.path.name, case.probability,
                            row["probability"], path)
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -38,6 +38,7 @@ import loader  # noqa: E402
 import runfiles  # noqa: E402
 import main as train_cli  # noqa: E402
 import synthetic  # noqa: E402
+from cli import add_output  # noqa: E402
 from models import build_model  # noqa: E402
 
 DEMO_SIZE = (176, 102)  # the demo's --image_size (Makefile DEMO_FLAGS)
@@ -322,8 +323,7 @@ def draw_filename(name: str, path: Path) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="images", help="folder for the three PNGs (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace pictures already in --out")
+    add_output(p, "folder for the three PNGs", default="images", overwrite="pictures already in --out")
     return p
 
 

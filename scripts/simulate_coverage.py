@@ -27,6 +27,7 @@ from scipy.stats import norm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import confidence  # noqa: E402
+from cli import add_seed  # noqa: E402
 import metrics  # noqa: E402
 
 ICC = 0.6  # share of a score's variance common to both hips of a patient
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per study (default: %(default)s)")
     p.add_argument("--patients", type=int, default=75, help="patients per study, two hips each (default: %(default)s)")
     p.add_argument("--auc", type=float, default=0.927, help="true AUC (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    add_seed(p, "the simulated studies")
     return p
 
 

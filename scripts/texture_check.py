@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import confidence  # noqa: E402
 import crossval  # noqa: E402
 import filenames  # noqa: E402
-from cli import run_main  # noqa: E402
+from cli import add_bootstrap, add_seed, run_main  # noqa: E402
 from report_render import ci  # noqa: E402
 
 WORK_SIZE = (128, 224)  # (width, height) of the image the features are computed on
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_dir", type=Path, help="data folder of preprocess_filenames.py (train/ val/ test/)")
     p.add_argument("--folds", type=int, default=5, help="out-of-fold folds, as main.py --folds (default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="fold seed, as main.py --seed (default: 0)")
+    add_seed(p, "the folds, as main.py --seed")
     p.add_argument("--by", nargs="+", default=[], metavar="COLUMN", help="manifest columns to break down by")
-    p.add_argument("--bootstrap", type=int, default=2000, help="patient-bootstrap resamples (default: 2000)")
+    add_bootstrap(p)
     args = p.parse_args(argv)
     pooled = out_of_fold(args.data_dir, args.folds, args.seed)
     print(f"texture model, pooled out-of-fold ROC AUC {auc_line(pooled, args.bootstrap, args.seed)}")

@@ -68,6 +68,6 @@ def test_a_malformed_name_names_the_field_and_what_is_accepted(name, message):
 
 
 def test_plausible_ranges_are_the_ones_preprocessing_applies():
-    import preprocess_filenames
-    assert preprocess_filenames.AGE_RANGE == filenames.AGE_RANGE == (0.0, 130.0)
-    assert preprocess_filenames.BMI_RANGE == filenames.BMI_RANGE
+    import patient_table
+    assert patient_table.AGE_RANGE == filenames.AGE_RANGE == (0.0, 130.0)
+    assert patient_table.BMI_RANGE == filenames.BMI_RANGE

@@ -2,32 +2,8 @@ import numpy as np
 import pytest
 
 import filenames
+import imaging
 import loader
-
-
-def test_read_png_and_npy_agree(tmp_path):
-    img = (np.arange(64 * 37) % 256).astype(np.uint8).reshape(64, 37)
-    import cv2
-    cv2.imwrite(str(tmp_path / "a_1_0-1-50-20.png"), img)
-    np.save(tmp_path / "a_1_0-1-50-20.npy", img)
-    png = loader.read_image(tmp_path / "a_1_0-1-50-20.png")
-    npy = loader.read_image(tmp_path / "a_1_0-1-50-20.npy")
-    assert png.dtype == np.float32 and png.min() >= 0 and png.max() <= 1
-    np.testing.assert_allclose(png, npy, atol=1e-6)
-
-
-@pytest.mark.parametrize("content", [b"not an image", b""])
-def test_corrupt_image_names_the_file(tmp_path, content):
-    path = tmp_path / "a_1_0-1-50-20.png"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match="a_1_0-1-50-20.png"):
-        loader.read_image(path)
-
-
-def test_npy_must_be_2d(tmp_path):
-    np.save(tmp_path / "a_1_0-1-50-20.npy", np.zeros((2, 3, 4)))
-    with pytest.raises(ValueError, match="2-D"):
-        loader.read_image(tmp_path / "a_1_0-1-50-20.npy")
 
 
 def test_enhance_is_bounded_and_differs_from_input():
@@ -66,7 +42,7 @@ def test_sample_channels(tiny_data, early_fuse):
     assert sample["image"].shape == (5 if early_fuse else 2, 40, 24) and ds.channels == sample["image"].shape[0]
     assert sample["label"].item() == filenames.decode(files[3]).label
     image = sample["image"].numpy()
-    original = loader.prepare(loader.read_image(files[3]), (40, 24))
+    original = loader.prepare(imaging.read_scaled(files[3]), (40, 24))
     np.testing.assert_allclose(image[:2], original, atol=1 / 255 + 1e-6)  # cache is uint8
     if early_fuse:
         for c in range(3):  # constant planes holding the normalised clinical values
@@ -151,7 +127,7 @@ def test_uint8_handover_gives_the_network_identical_inputs(tiny_data, early_fuse
     assert built.dtype == torch.float32 and torch.equal(built, reference)
     # and both are what the loader computed before the 8-bit handover existed: uint8 / 255 + planes
     for i, path in enumerate(files):
-        gray = np.round(loader.prepare(loader.read_image(path), (40, 24)) * 255.0).astype(np.uint8)
+        gray = np.round(loader.prepare(imaging.read_scaled(path), (40, 24)) * 255.0).astype(np.uint8)
         expected = gray.astype(np.float32) / 255.0
         if early_fuse:
             planes = np.broadcast_to(u8.clinical[i][:, None, None], (3, 40, 24))

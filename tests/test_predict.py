@@ -159,8 +159,8 @@ def test_fold_run_with_ema_and_tta_reproduces_its_test_predictions(cv_group, dat
 def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_group, data, tmp_path, monkeypatch):
     folds = [predict.predict(cv_group / f, [data / "test"]) for f in ("fold0", "fold1")]
     out = tmp_path / "ens.csv"
-    decoded, read = [], predict.loader.read_image
-    monkeypatch.setattr(predict.loader, "read_image", lambda path: decoded.append(path) or read(path))
+    decoded, read = [], predict.imaging.read_scaled
+    monkeypatch.setattr(predict.imaging, "read_scaled", lambda path: decoded.append(path) or read(path))
     rows = predict.main(["--run", str(cv_group), str(data / "test"), "--out", str(out), "--device", "cpu"])
     assert len(decoded) == 2 * len(rows)  # checked once, decoded once for both fold models
     thresholds = [runfiles.load_checkpoint(cv_group / f / "best.pth")["threshold"] for f in ("fold0", "fold1")]
