@@ -487,7 +487,7 @@ def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
     both = (w @ yf > 0) & (w @ (1 - yf) > 0)
     # slope fit: (a, b) in logit P = a + b * lp
     a, b = np.zeros(n_b), np.ones(n_b)
-    done = ~both
+    done, singular = ~both, np.zeros(n_b, dtype=bool)
     for _ in range(max_iter):
         mu = expit(a[:, None] + b[:, None] * lp)
         r, v = w * (yf - mu), w * mu * (1 - mu)
@@ -497,19 +497,21 @@ def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
         with np.errstate(divide="ignore", invalid="ignore"):
             s0, s1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
         bad = ~np.isfinite(s0) | ~np.isfinite(s1) | (det <= 1e-12 * np.maximum(h00 * h11, 1e-300))
+        singular |= bad & ~done  # no unique fit (e.g. one distinct probability): stopped, and not valid
         s0, s1 = np.where(bad | done, 0.0, s0), np.where(bad | done, 0.0, s1)
         scale = np.minimum(1.0, 5.0 / np.maximum(np.abs(s0), np.abs(s1)).clip(1e-300))
         a, b = a + scale * s0, b + scale * s1
         done |= bad | (np.maximum(np.abs(s0), np.abs(s1)) < tol)
         if done.all():
             break
-    slope_ok = both & done & np.isfinite(b)
+    slope_ok = both & done & ~singular & np.isfinite(b)
     # intercept fit: a in logit P = a + lp
     c = np.zeros(n_b)
-    done_c = ~both
+    done_c, flat = ~both, np.zeros(n_b, dtype=bool)
     for _ in range(max_iter):
         mu = expit(c[:, None] + lp)
         g, h = (w * (yf - mu)).sum(axis=1), (w * mu * (1 - mu)).sum(axis=1)
+        flat |= (h <= 0) & ~done_c  # zero information: no fit, not a converged one
         with np.errstate(divide="ignore", invalid="ignore"):
             s = np.where(done_c | (h <= 0), 0.0, g / h)
         c = c + np.clip(s, -5.0, 5.0)
@@ -517,7 +519,7 @@ def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
         if done_c.all():
             break
     return {"calibration_slope": np.where(slope_ok, b, np.nan),
-            "calibration_intercept": np.where(both & done_c, c, np.nan)}
+            "calibration_intercept": np.where(both & done_c & ~flat, c, np.nan)}
 
 
 def reliability_curve(y_true: Any, y_prob: Any, n_bins: int = 10,
