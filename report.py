@@ -10,7 +10,7 @@ TRIPOD+AI and CLAIM ask of diagnostic-accuracy studies: the data per split; trai
 and precision-recall curves; the confusion matrix at the threshold chosen on validation; a
 reliability curve with Brier score, calibration slope and intercept with their intervals; every
 test metric with a 95% confidence interval over patients (BCa for the AUCs, DeLong clustered by
-patient beside it); a clinical-only baseline (age, sex, BMI; :mod:`baseline`) on the same splits
+patient beside it); a decision curve (net benefit against treat-all and treat-none, :mod:`decision`); a clinical-only baseline (age, sex, BMI; :mod:`baseline`) on the same splits
 with a paired comparison, which says whether the image adds anything; and AUCs by sex, age band
 and BMI band. One result is named primary: the network's patient-bootstrap AUC and, where a
 baseline exists, the paired AUC difference.
@@ -103,7 +103,8 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, groups: np.ndarray,
                                                     alpha=ALPHA, interval=interval),
             "delong_auc": confidence.delong_auc(y, p, alpha=ALPHA, groups=groups),
             "calibration": confidence.calibration(y, p),
-            "confusion": {k: int(point[k]) for k in ("tp", "fp", "tn", "fn")}}
+            "confusion": {k: int(point[k]) for k in ("tp", "fp", "tn", "fn")},
+            "decision_curve": decision.decision_curve(y, p, run_threshold=float(threshold))}
 
 
 def subgroups(test: pd.DataFrame, n_boot: int, seed: int, interval: str = "bca") -> list[dict]:
@@ -342,6 +343,7 @@ import pandas as pd  # noqa: E402
 import baseline  # noqa: E402
 import confidence  # noqa: E402
 import crossval  # noqa: E402
+import decision  # noqa: E402
 import filenames  # noqa: E402
 import loader  # noqa: E402
 import metrics  # noqa: E402

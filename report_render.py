@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 import confidence
+import decision
 import loader
 import metrics
 import runfiles
@@ -176,6 +177,72 @@ def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, st
         _style(a)
     return _png(fig)
 
+
+def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str]]) -> bytes:
+    """Net benefit against threshold probability of each (name, decision.decision_curve dict, run threshold,
+    colour), with treat-all (of the first curve's data) and treat-none; each run threshold marked."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    first = curves[0][1]
+    t_all = np.asarray(first["thresholds"])
+    ax.plot(t_all, first["treat_all"], color="#555555", lw=1.5, ls="--", label="treat all")
+    ax.plot(t_all, first["treat_none"], color="black", lw=1.2, label="treat none")
+    for name, curve, threshold, colour in curves:
+        ax.plot(curve["thresholds"], curve["net_benefit"], color=colour, lw=2, label=name)
+        at = curve.get("at_run_threshold")
+        if threshold is not None and at is not None and t_all[0] <= threshold <= t_all[-1]:
+            ax.plot([threshold], [at["net_benefit"]], "o", color=colour, ms=8, mec="black")
+            ax.axvline(threshold, color=colour, ls=":", lw=1)
+    prevalence = first["prevalence"]
+    ax.set(xlabel="threshold probability", ylabel="net benefit (true positives per image)",
+           xlim=(t_all[0], t_all[-1]), ylim=(-0.05 * max(prevalence, 0.05), max(prevalence, 0.05) * 1.1))
+    ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+    ax.set_title("Decision curve (dot and dotted line: the run's threshold)", fontsize=11)
+    ax.legend(fontsize=8, frameon=False, loc="upper right")
+    _style(ax)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def decision_rows(models: Sequence[tuple[str, Mapping]], table_thresholds: Sequence[float]) -> tuple[list, list]:
+    """Header and rows of a net-benefit table: one row per threshold probability of ``table_thresholds``
+    found on the curves, columns each (name, decision curve), treat all, treat none."""
+    first = models[0][1]
+    header = ["Threshold probability", *(f"Net benefit, {name}" for name, _ in models), "Treat all", "Treat none"]
+    rows = []
+    for t in table_thresholds:
+        i = int(np.argmin(np.abs(np.asarray(first["thresholds"]) - t)))
+        if abs(first["thresholds"][i] - t) > 1e-9:
+            continue
+        rows.append([f"{100 * t:.0f}%", *(fmt(c["net_benefit"][i]) for _, c in models), fmt(first["treat_all"][i]),
+                     fmt(0.0)])
+    return header, rows
+
+
+def decision_text(name: str, curve: Mapping, threshold: float) -> str:
+    """One sentence: where ``name`` beats treat-all and treat-none, and its net benefit at ``threshold``."""
+    t = np.asarray(curve["thresholds"])
+    nb, ta = np.asarray(curve["net_benefit"]), np.asarray(curve["treat_all"])
+    better = (nb > ta) & (nb > 0)
+    if better.any():
+        where = (f"{name} has a higher net benefit than treat-all and treat-none at {int(better.sum())} of the "
+                 f"{t.size} threshold probabilities from {100 * t[0]:.0f}% to {100 * t[-1]:.0f}% (between "
+                 f"{100 * t[better].min():.0f}% and {100 * t[better].max():.0f}%)")
+    else:
+        where = (f"{name} has no higher net benefit than both treat-all and treat-none anywhere from "
+                 f"{100 * t[0]:.0f}% to {100 * t[-1]:.0f}%")
+    at = curve.get("at_run_threshold")
+    if at is not None:
+        where += (f"; at the run's threshold {100 * threshold:.1f}% its net benefit is {fmt(at['net_benefit'])} "
+                  f"against {fmt(at['treat_all'])} for treat-all")
+    return where + "."
+
+
+DECISION_NOTE = ("Net benefit = TP/n - FP/n × p_t/(1 - p_t): true positives per image, net of the false positives "
+                 "weighted by the odds of the threshold probability p_t (Vickers & Elkin, Med Decis Making 2006). "
+                 "p_t says how a reader weighs a missed osteoporosis against an unneeded work-up: at 20% one found "
+                 "case is worth four unneeded DXA scans. A model is useful where its curve lies above treat-all and "
+                 "treat-none. Net benefit uses this data's prevalence; it is per image and has no interval here.")
 
 
 # --------------------------------------------------------------------------- text
@@ -364,7 +431,16 @@ def report_blocks(r: dict) -> list[tuple]:
                       "clipped values can drive the slope. Brier score: mean squared error of the probability, lower "
                       "is better."))
 
-    b.append(("h2", "7. Does the image add to age, sex and BMI?"))
+    b.append(("h2", "7. Clinical usefulness: decision curve"))
+    b.append(("figures", [("decision", "Net benefit of acting on the model's probability at each threshold "
+                                       "probability, against treating every image and treating none; the dot "
+                                       "and dotted line mark the threshold chosen on validation.")]))
+    b.append(("table", *decision_rows([(name, e["decision_curve"]) for name, e in _model_rows(r)],
+                                      decision.TABLE_THRESHOLDS)))
+    b.append(("p", " ".join(decision_text(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r))))
+    b.append(("note", DECISION_NOTE))
+
+    b.append(("h2", "8. Does the image add to age, sex and BMI?"))
     if cmp_:
         d, dl = cmp_["auc_difference"], cmp_["delong_test"]
         b.append(("table", ["Comparison on the same test images", "Value"],
@@ -382,7 +458,7 @@ def report_blocks(r: dict) -> list[tuple]:
         b.append(("p", f"No clinical-only baseline is fitted: {r['baseline_absent']}. Without it this report cannot "
                        "say whether the image adds to the clinical values."))
 
-    b.append(("h2", "8. Subgroups"))
+    b.append(("h2", "9. Subgroups"))
     if r["subgroups"]:
         b.append(("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images",
                             f"Network ROC AUC ({how} 95% CI)"],
@@ -395,7 +471,7 @@ def report_blocks(r: dict) -> list[tuple]:
     else:
         b.append(("p", "No subgroup holds both classes with a known clinical value; no subgroup AUC is shown."))
 
-    b.append(("h2", "9. Methods and notes"))
+    b.append(("h2", "10. Methods and notes"))
     notes = [f"Network predictions: {r['run']}/test_predictions.csv, written from best.pth (epoch {r['epoch']}); "
              f"threshold {net['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
              "No test label or prediction influences the threshold, the selected epoch or the baseline's fit "
@@ -424,7 +500,9 @@ def report_figures(r: dict, y: np.ndarray, probs: Sequence[np.ndarray],
     figures = {"roc_pr": figure_roc_pr(y, [(name, p, e["threshold"], c) for (name, e), p, c in
                                            zip(rows, probs, colours)]),
                "confusion": figure_confusion([(name, e["confusion"], e["threshold"]) for name, e in rows]),
-               "calibration": figure_calibration(y, [(name, p, c) for (name, _), p, c in zip(rows, probs, colours)])}
+               "calibration": figure_calibration(y, [(name, p, c) for (name, _), p, c in zip(rows, probs, colours)]),
+               "decision": figure_decision_curve([(name, e["decision_curve"], e["threshold"], c)
+                                                  for (name, e), c in zip(rows, colours)])}
     if history is not None:
         figures["training"] = figure_training(history, r["epoch"], r["select_metric"])
     return figures
