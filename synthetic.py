@@ -1,4 +1,5 @@
 """python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
+   python3 synthetic.py --out data_B --n 200 --seed 1 --site B      # a second hospital, for external validation
 
 The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known
 cause of osteoporosis, so the whole suite can be run and checked without patient data.
@@ -33,6 +34,12 @@ patient and stratified by label; ``masks/<split>/<name>.png`` (255 on the femur,
 disease signal is drawn; see :func:`region_mask`); ``manifest.csv`` (one row per image with the
 drawing parameters); ``synthetic.json`` (n, seed, size: a re-run with the same values is a no-op).
 
+``--site B`` draws a second hospital (:data:`SITES`): an older population (60-95 years, 80 % women)
+and so, under the same disease model, more osteoporosis; a harder beam (a flatter exposure curve),
+another gamma range, 1.6 times the quantum noise, and the side markers in the bottom corners. Same
+file format; ``synthetic.json`` names the site. A model trained on site A meets a case-mix shift
+and other pictures there, as at a real second hospital.
+
 ``--pelvis`` instead writes whole AP pelvis views as a hospital exports them (``raw/``,
 ``patient_list.csv``, and ``pelvis.csv`` with each femoral head's centre and radius), some with a
 black border and a text line, a tenth upside down: the input of ``preprocess_filenames.py --roi
@@ -48,6 +55,7 @@ import math
 import os
 import sys
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -83,6 +91,27 @@ PATIENT_SD, IMAGE_SD, BMI_WASHOUT = 1.0, 1.2, 0.11
 Z_CUTOFF = -0.92  # 35 % quantile of z in the population
 Z_CENTRE, Z_SCALE = -0.45, 1.5  # maps z + noise through a logistic onto each parameter's range
 
+
+
+@dataclass(frozen=True)
+class Site:
+    """What differs between hospitals (case mix and equipment); the disease model above is shared, so a
+    model trained at one site meets a shifted population and other pictures at another, not another
+    disease. Site A is the original data set, byte for byte."""
+    age: tuple[int, int] = (50, 91)         # uniform, upper end exclusive
+    female: float = 0.75                    # share of women
+    bmi_mean: float = 26.0
+    exposure: float = 1.4                   # attenuation -> film density: 1 - exp(-exposure * attenuation)
+    gamma: tuple[float, float] = (0.85, 1.15)
+    noise: float = 1.0                      # quantum noise, times site A's
+    marker_corners: tuple[int, int] = (0, 1)  # 0 top left, 1 top right, 2 bottom left, 3 bottom right
+
+
+# Site B: an older population (so more osteoporosis under the same disease model), a harder beam
+# (flatter exposure curve), another gamma, more noise, and the side markers at the bottom.
+SITES = {"A": Site(), "B": Site(age=(60, 96), female=0.8, bmi_mean=25.0, exposure=1.1, gamma=(1.0, 1.35),
+                                noise=1.6, marker_corners=(2, 3))}
+
 # Reference frame of the drawing: width 1, height IMAGE_SIZE H/W (the default aspect); x to the right,
 # y down. A right hip as seen on an AP radiograph: head up right (medial), trochanter up left.
 REF_H = IMAGE_SIZE[0] / IMAGE_SIZE[1]
@@ -92,17 +121,17 @@ HEAD = (0.64, 0.42, 0.15)  # centre x, y, radius
 # ---------------------------------------------------------------------------------------------
 # Data model
 
-def draw_patient(rng: np.random.Generator) -> dict:
+def draw_patient(rng: np.random.Generator, site: Site = SITES["A"]) -> dict:
     """Clinical values and latent bone density of one patient."""
-    sex = int(rng.random() < 0.75)
-    age = int(rng.integers(50, 91))
-    bmi = round(float(np.clip(rng.normal(26.0, 4.5), 17.0, 38.0)), 2)
+    sex = int(rng.random() < site.female)
+    age = int(rng.integers(*site.age))
+    bmi = round(float(np.clip(rng.normal(site.bmi_mean, 4.5), 17.0, 38.0)), 2)
     z = (AGE_SLOPE * (age - 70) + FEMALE_SHIFT * sex + BMI_SLOPE * (bmi - 26.0)
          + PATIENT_SD * rng.normal())
     return dict(sex=sex, age=age, bmi=bmi, z=float(z), label=int(z < Z_CUTOFF))
 
 
-def draw_picture(patient: dict, rng: np.random.Generator) -> dict:
+def draw_picture(patient: dict, rng: np.random.Generator, site: Site = SITES["A"]) -> dict:
     """Parameters of one picture of ``patient`` (from :func:`draw_patient`): its apparent bone
     density through noisy bone parameters, plus pose and exposure."""
     apparent = patient["z"] - BMI_WASHOUT * (patient["bmi"] - 26.0)
@@ -119,10 +148,10 @@ def draw_picture(patient: dict, rng: np.random.Generator) -> dict:
         shift_x=float(rng.uniform(-0.04, 0.04)),
         shift_y=float(rng.uniform(-0.04, 0.04)),
         scale=float(rng.uniform(0.93, 1.07)),
-        gamma=float(rng.uniform(0.85, 1.15)),
+        gamma=float(rng.uniform(*site.gamma)),
         brightness=float(rng.uniform(-0.05, 0.05)),
         contrast=float(rng.uniform(0.88, 1.12)),
-        marker_corner=int(rng.integers(0, 2)),  # 0 top left, 1 top right
+        marker_corner=site.marker_corners[int(rng.integers(0, 2))],  # see Site
     )
 
 
@@ -311,7 +340,8 @@ def _attenuation(f: dict[str, np.ndarray], params: dict, pixel: float) -> np.nda
     return f["soft"] * (1.0 + 0.04 * f["lumps"]) + pelvis + femur
 
 
-def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Generator,
+           site: Site = SITES["A"]) -> tuple[np.ndarray, np.ndarray]:
     """Draw one hip: uint8 (H, W) radiograph and uint8 (H, W) region mask (255 on the femur).
 
     ``params`` as from :func:`draw_picture`; ``side`` is the burned-in marker letter; ``rng``
@@ -333,21 +363,22 @@ def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Genera
     attenuation = _attenuation(f, params, pixel)
     mask = np.where(f["sdf"] < 0, 255, 0).astype(np.uint8)
 
-    image = 1.0 - cv2.exp(-1.4 * attenuation)
+    image = 1.0 - cv2.exp(-site.exposure * attenuation)
     image = cv2.GaussianBlur(image, (0, 0), 0.7)  # detector blur
     image = cv2.pow(np.clip(image, 1e-6, 1.0), params["gamma"])
     image = (image - 0.5) * params["contrast"] + (0.5 + params["brightness"])
     # quantum noise: fewer photons behind bone, so more noise where the image is bright
-    image += (0.012 + 0.025 * np.clip(image, 0.0, 1.0)) * rng.standard_normal(size, dtype=np.float32)
+    image += site.noise * (0.012 + 0.025 * np.clip(image, 0.0, 1.0)) * rng.standard_normal(size, dtype=np.float32)
     out = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    # burned-in side marker (a lead letter, so white) in a top corner
+    # burned-in side marker (a lead letter, so white) in a corner
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 1.6 * max(h, w) / 700.0
     thick = max(1, round(3 * max(h, w) / 700.0))
     (tw, th), _ = cv2.getTextSize(side, font, scale, thick)
     margin = max(2, round(0.04 * w))
-    org_x = margin if params["marker_corner"] == 0 else w - margin - tw
-    cv2.putText(out, side, (org_x, margin + th), font, scale, 245, thick, cv2.LINE_AA)
+    org_x = margin if params["marker_corner"] in (0, 2) else w - margin - tw
+    org_y = margin + th if params["marker_corner"] < 2 else h - margin
+    cv2.putText(out, side, (org_x, org_y), font, scale, 245, thick, cv2.LINE_AA)
     return out, mask
 
 
@@ -381,7 +412,9 @@ def _existing(out: Path, meta: dict) -> pd.DataFrame | None:
         found = json.loads(meta_path.read_text())
     except ValueError as exc:
         raise FileExistsError(f"{meta_path} is not valid JSON ({exc}); remove {out} and run again") from exc
-    keys = ("version", "n", "seed", "size")
+    keys = ("version", "n", "seed", "size", "site")
+    found.setdefault("site", "A")  # folders without a site are site A's
+    meta = {"site": "A", **meta}
     if any(found.get(k) != meta[k] for k in keys):
         have = ", ".join(f"{k}={found.get(k)}" for k in keys)
         want = ", ".join(f"{k}={meta[k]}" for k in keys)
@@ -405,10 +438,11 @@ def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
-             size: tuple[int, int] = IMAGE_SIZE) -> pd.DataFrame:
-    """Write the data set for ``n_patients`` patients (two images each) and return its manifest.
+             size: tuple[int, int] = IMAGE_SIZE, site: str = "A") -> pd.DataFrame:
+    """Write the data set for ``n_patients`` patients (two images each) of hospital ``site`` (:data:`SITES`)
+    and return its manifest.
 
-    A folder already holding the same data set (same n, seed, size) is left as it is.
+    A folder already holding the same data set (same n, seed, size, site) is left as it is.
     """
     out = Path(out_dir)
     size = (int(size[0]), int(size[1]))
@@ -416,7 +450,12 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
         raise ValueError(f"the number of patients must be at least 1, got {n_patients}")
     if min(size) < MIN_SIDE:
         raise ValueError(f"image size (H, W) must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {size}")
+    if site not in SITES:
+        raise ValueError(f"site {site!r} not known; use one of {sorted(SITES)}")
     meta = dict(generator="synthetic.py", version=VERSION, n=int(n_patients), seed=int(seed), size=list(size))
+    if site != "A":  # site A's folders stay as they were
+        meta.update(site=site, site_parameters=asdict(SITES[site]))
+    hospital = SITES[site]
     existing = _existing(out, meta)
     if existing is not None:
         return existing
@@ -424,7 +463,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
     # One child seed per patient (and per hip below): a patient's images do not depend on n.
     seqs = np.random.SeedSequence(seed).spawn(n_patients)
     hips = [seq.spawn(3) for seq in seqs]  # clinical, right hip, left hip
-    patients = [draw_patient(np.random.default_rng(h[0])) for h in hips]
+    patients = [draw_patient(np.random.default_rng(h[0]), hospital) for h in hips]
     labels = np.array([p["label"] for p in patients])
     width = max(5, len(str(n_patients - 1)))
     pids = [f"P{i:0{width}d}" for i in range(n_patients)]
@@ -439,8 +478,8 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
             split = split_of[pid]
             for crop, side in ((1, "R"), (2, "L")):
                 rng = np.random.default_rng(hip_seqs[crop])
-                params = draw_picture(patient, rng)
-                image, mask = render(size, params, side, rng)
+                params = draw_picture(patient, rng, hospital)
+                image, mask = render(size, params, side, rng, hospital)
                 name = filenames.encode(pid, crop, patient["label"], patient["sex"], patient["age"], patient["bmi"])
                 runfiles.write_bytes(out / split / name, _png(image), fsync=False)
                 runfiles.write_bytes(mask_path(out / split / name), _png(mask), fsync=False)
@@ -653,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     data.add_argument("--size", type=int, nargs=2, default=list(IMAGE_SIZE), metavar=("H", "W"),
                       help="image height and width in pixels")
+    data.add_argument("--site", choices=sorted(SITES), default="A",
+                      help="hospital: A (default) or B, an older population with more osteoporosis, another exposure "
+                           "curve, more noise and the side markers at the bottom, for external validation")
     extra = parser.add_argument_group("pictures")
     extra.add_argument("--examples", metavar="PATH",
                        help="also draw 2 normal and 2 osteoporosis examples into this PNG")
@@ -681,6 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--n must be at least 1, got {args.n}")
     if min(args.size) < MIN_SIDE:
         parser.error(f"--size must be at least {MIN_SIDE} {MIN_SIDE}, got {args.size[0]} {args.size[1]}")
+    if args.pelvis and args.site != "A":
+        parser.error("--pelvis draws site A's pelvis views only; leave out --site, or drop --pelvis")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _keep_freed_memory()
     if args.pelvis:
@@ -691,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.out}: {args.n} AP pelvis views in {args.out}/raw, list {PELVIS_LIST}, truth {PELVIS_TRUTH}")
         return 0
     try:
-        manifest = generate(args.out, args.n, args.seed, tuple(args.size))
+        manifest = generate(args.out, args.n, args.seed, tuple(args.size), args.site)
     except (FileExistsError, NotADirectoryError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if args.examples:
