@@ -40,7 +40,8 @@ from metrics import UndefinedMetricWarning, check_inputs
 
 __all__ = [
     "BOOTSTRAP_METRICS", "CALIBRATION_METRICS", "BCA_METRICS", "INTERVALS", "bootstrap_ci", "bootstrap_metrics",
-    "paired_bootstrap_diff", "delong_auc", "delong_test", "calibration", "weighted_calibration",
+    "paired_bootstrap_diff", "delong_auc", "delong_test", "calibration", "recalibration", "recalibrate",
+    "weighted_calibration",
     "reliability_curve", "holm",
 ]
 
@@ -469,6 +470,34 @@ def calibration(y_true: Any, y_prob: Any) -> dict[str, float | int]:
     if large is not None:
         out["intercept"] = float(large[0])
     return out
+
+
+def recalibration(y_true: Any, y_prob: Any, slope: bool = False) -> dict[str, float]:
+    """Logistic recalibration of probabilities on new data (Steyerberg, Clinical Prediction Models 2019,
+    ch. 20): ``intercept`` refits a in logit p' = a + logit(p) (calibration in the large), with
+    ``slope`` also b in logit p' = a + b * logit(p). Returns ``dict(a, b)`` (b = 1.0 without ``slope``);
+    raises ValueError for a single class or a fit that does not converge. Apply with :func:`recalibrate`.
+    """
+    y, p = check_inputs(y_true, y_prob)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        raise ValueError(f"recalibration needs both classes, got {n_pos} positive of {y.size} images")
+    lp = logit(np.clip(p, _CLIP, 1 - _CLIP))
+    yf = y.astype(np.float64)
+    if slope:
+        fit = _logistic_fit(yf, np.column_stack([np.ones_like(lp), lp]), np.zeros_like(lp), np.array([0.0, 1.0]))
+    else:
+        fit = _logistic_fit(yf, np.ones((lp.size, 1)), lp, np.zeros(1))
+    if fit is None:
+        raise ValueError("recalibration: the logistic fit did not converge (the classes are separated by the "
+                         "probability on these images)")
+    return {"a": float(fit[0]), "b": float(fit[1]) if slope else 1.0}
+
+
+def recalibrate(y_prob: Any, a: float, b: float = 1.0) -> np.ndarray:
+    """expit(a + b * logit(p)) with p clipped as in :func:`calibration`."""
+    p = np.asarray(y_prob, dtype=np.float64)
+    return expit(a + b * logit(np.clip(p, _CLIP, 1 - _CLIP)))
 
 
 def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,

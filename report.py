@@ -3,6 +3,8 @@
     python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
     python3 report.py --cv outs/<save_dir>          # cross-validation summary (crossval.py)
     python3 report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
+    python3 report.py --run RUN --external DATA_DIR [--name B] [--recalibrate intercept --calibrate_on val]
+                                                    # another hospital's data (external.py)
 
 Writes ``report.md`` (figures in ``report_figures/``), ``report.html`` (self-contained, figures
 embedded) and ``report_metrics.json`` into the run folder, each atomically. Contents follow what
@@ -299,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
                    help="bootstrap resamples of the test patients (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    ext = p.add_argument_group("external validation (external.py)")
+    ext.add_argument("--external", metavar="DATA_DIR", default=None,
+                     help="with --run (a run folder or a cross-validation group outs/<save_dir>): score every image "
+                          "of this labelled folder of another hospital with the run and write RUN/external/NAME/")
+    ext.add_argument("--name", default=None, help="name of the external validation (default: the folder's name)")
+    ext.add_argument("--recalibrate", choices=("intercept", "logistic"), default=None,
+                     help="refit calibration in the large (intercept) or intercept and slope (logistic) on "
+                          "--calibrate_on, and report the other external images")
+    ext.add_argument("--calibrate_on", metavar="PART", default=None,
+                     help="the external images to recalibrate on: a split (train, val, test) of the external "
+                          "folder, or a share of its patients, e.g. 0.3 (drawn with --seed)")
     p.add_argument("--interval", choices=CI_INTERVALS, default="bca",
                    help="bootstrap interval for the AUCs, Brier score and calibration: bias-corrected and "
                         "accelerated, or plain percentile (default: %(default)s)")
@@ -310,6 +323,24 @@ def main(argv: list[str] | None = None) -> dict:
     runtime.setup_logging()
     if args.by and not args.cv:
         raise SystemExit("--by splits a cross-validation summary into subgroups: use it with --cv SAVE_DIR")
+    external_flags = [f for f, v in (("--name", args.name), ("--recalibrate", args.recalibrate),
+                                     ("--calibrate_on", args.calibrate_on)) if v is not None]
+    if external_flags and not args.external:
+        raise SystemExit(f"{external_flags[0]} belongs to an external validation: add --external DATA_DIR")
+    if args.external:
+        if not args.run:
+            raise SystemExit("--external scores another hospital's data with a trained run: give it with --run RUN")
+        import external  # torch: only here
+
+        try:
+            result = external.validate(args.run, args.external, args.name, args.recalibrate, args.calibrate_on,
+                                       n_boot=args.bootstrap, seed=args.seed, interval=args.interval,
+                                       development_dir=args.data_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(str(exc)) from None
+        print(f"{external.headline(result)}; report in "
+              f"{external.out_folder(args.run, result['name']) / 'external_report.html'}")
+        return result
     if args.cv:
         save_dir = Path(args.cv)
         runs = sorted(d for d in save_dir.glob("fold*") if (d / "test_metrics.json").is_file())
