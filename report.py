@@ -14,7 +14,8 @@ reliability curve with Brier score, calibration slope and intercept with their i
 test metric with a 95% confidence interval over patients (BCa for the AUCs, DeLong clustered by
 patient beside it); a decision curve (net benefit against treat-all and treat-none, :mod:`decision`); a clinical-only baseline (age, sex, BMI; :mod:`baseline`) on the same splits
 with a paired comparison, which says whether the image adds anything; and AUCs by sex, age band
-and BMI band. One result is named primary: the network's patient-bootstrap AUC and, where a
+and BMI band; a case gallery of the most confident hits and misses with their heatmaps (:mod:`gallery`).
+One result is named primary: the network's patient-bootstrap AUC and, where a
 baseline exists, the paired AUC difference.
 
 Only the best epoch's test predictions (``test_predictions.csv``, scored from ``best.pth``) are
@@ -46,6 +47,7 @@ SUBGROUPS = (("Sex", "sex", (("female", 1, 2), ("male", 0, 1))),
              # WHO bands (WHO Technical Report Series 894, 2000)
              ("BMI", "bmi", (("< 25 kg/m²", -math.inf, 25), ("25 to < 30 kg/m²", 25, 30),
                              (">= 30 kg/m²", 30, math.inf))))
+GALLERY = 2  # test images per outcome in the report's case gallery (report.py --gallery)
 # Counts must agree exactly with test_metrics.json, rates to this tolerance (full-precision predictions).
 CROSSCHECK_TOL = 1e-6
 
@@ -225,7 +227,7 @@ def scored_test_set(run: Mapping, paths: Mapping[str, Sequence[Path]]) -> pd.Dat
 
 def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, n_boot: int = 2000,
                  seed: int = 0, files: Mapping[str, Sequence[str | os.PathLike]] | None = None,
-                 interval: str = "bca") -> dict:
+                 interval: str = "bca", gallery: int = GALLERY) -> dict:
     """Write ``report.md`` (+ ``report_figures/*.png``), ``report.html`` and ``report_metrics.json``
     into ``run_dir`` and return the numbers of ``report_metrics.json``.
 
@@ -233,6 +235,7 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     overrides both, e.g. for a cross-validation fold whose config lacks ``cv_folds``/``cv_fold``.
     The val and test images must be exactly those in the run's prediction files. ``interval``:
     "bca" (default) or "percentile" bootstrap intervals for the AUCs, Brier score and calibration.
+    ``gallery``: test images per outcome (TP, TN, FP, FN) in the case gallery (:mod:`gallery`), 0 for none.
     """
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)  # before any file is read
     run = run_facts(run_dir)
@@ -266,6 +269,9 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
         }
         figures = report_render.report_figures(result, y, [p for p in (p_net, p_base) if p is not None],
                                                run["history"])
+        result["gallery"], gallery_figures = case_gallery.case_gallery(run["dir"], paths, gallery)
+        result["gallery_size"] = int(gallery)
+        figures.update(gallery_figures)
     result["warnings"] = list(dict.fromkeys(getattr(w, "label", "") + str(w.message) for w in caught))
     for message in result["warnings"]:
         logger.warning("report: %s", message)
@@ -312,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--calibrate_on", metavar="PART", default=None,
                      help="the external images to recalibrate on: a split (train, val, test) of the external "
                           "folder, or a share of its patients, e.g. 0.3 (drawn with --seed)")
+    p.add_argument("--gallery", type=int, default=GALLERY, metavar="N",
+                   help="case gallery of the run report: the N most confident test images of each outcome (TP, TN, "
+                        "FP, FN) with their expected-gradients maps; 0 for none (default: %(default)s)")
     p.add_argument("--interval", choices=CI_INTERVALS, default="bca",
                    help="bootstrap interval for the AUCs, Brier score and calibration: bias-corrected and "
                         "accelerated, or plain percentile (default: %(default)s)")
@@ -354,7 +363,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{crossval.headline(result)}; {save_dir / 'cv_report.md'}")
         return result
     try:
-        result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval)
+        if args.gallery < 0:
+            raise SystemExit(f"--gallery {args.gallery}: give a number of images per outcome, 0 for no gallery")
+        result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval,
+                              gallery=args.gallery)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     auc = result["network"]["metrics"]["roc_auc"]
@@ -375,6 +387,7 @@ import baseline  # noqa: E402
 import confidence  # noqa: E402
 import crossval  # noqa: E402
 import decision  # noqa: E402
+import gallery as case_gallery  # noqa: E402
 import filenames  # noqa: E402
 import loader  # noqa: E402
 import metrics  # noqa: E402

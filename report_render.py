@@ -183,19 +183,22 @@ def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str
     colour), with treat-all (of the first curve's data) and treat-none; each run threshold marked."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    first = curves[0][1]
+    first = max((c for _, c, _, _ in curves), key=lambda c: len(c["thresholds"]))  # the widest grid
     t_all = np.asarray(first["thresholds"])
     ax.plot(t_all, first["treat_all"], color="#555555", lw=1.5, ls="--", label="treat all")
     ax.plot(t_all, first["treat_none"], color="black", lw=1.2, label="treat none")
+    dots = []
     for name, curve, threshold, colour in curves:
         ax.plot(curve["thresholds"], curve["net_benefit"], color=colour, lw=2, label=name)
         at = curve.get("at_run_threshold")
         if threshold is not None and at is not None and t_all[0] <= threshold <= t_all[-1]:
             ax.plot([threshold], [at["net_benefit"]], "o", color=colour, ms=8, mec="black")
             ax.axvline(threshold, color=colour, ls=":", lw=1)
-    prevalence = first["prevalence"]
+            dots.append(at["net_benefit"])
+    top = max(first["prevalence"], 0.05)
+    low = max(min([-0.05 * top, *(d - 0.03 * top for d in dots)]), -top)  # dots in view, not a plunge to -1
     ax.set(xlabel="threshold probability", ylabel="net benefit (true positives per image)",
-           xlim=(t_all[0], t_all[-1]), ylim=(-0.05 * max(prevalence, 0.05), max(prevalence, 0.05) * 1.1))
+           xlim=(t_all[0], t_all[-1]), ylim=(low, top * 1.1))
     ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     ax.set_title("Decision curve (dot and dotted line: the run's threshold)", fontsize=11)
     ax.legend(fontsize=8, frameon=False, loc="upper right")
@@ -471,7 +474,10 @@ def report_blocks(r: dict) -> list[tuple]:
     else:
         b.append(("p", "No subgroup holds both classes with a known clinical value; no subgroup AUC is shown."))
 
-    b.append(("h2", "10. Methods and notes"))
+    b.append(("h2", "10. Case gallery"))
+    b += gallery_blocks(r)
+
+    b.append(("h2", "11. Methods and notes"))
     notes = [f"Network predictions: {r['run']}/test_predictions.csv, written from best.pth (epoch {r['epoch']}); "
              f"threshold {net['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
              "No test label or prediction influences the threshold, the selected epoch or the baseline's fit "
@@ -488,6 +494,33 @@ def report_blocks(r: dict) -> list[tuple]:
     notes += [f"Check: {w}" for w in r["checks"]]
     notes += [f"Warning: {w}" for w in r["warnings"]]
     b.append(("list", notes))
+    return b
+
+
+GALLERY_CAPTIONS = {"tp": "true positives", "tn": "true negatives", "fp": "false positives", "fn": "false negatives"}
+
+
+def gallery_blocks(r: Mapping) -> list[tuple]:
+    """The case gallery (figures ``gallery_<kind>``) and its table, or a sentence why there is none."""
+    cases = r.get("gallery") or []
+    if not cases:
+        why = ("--gallery 0" if not r.get("gallery_size") else "no test image could be shown")
+        return [("p", f"No case gallery ({why}).")]
+    kinds = list(dict.fromkeys(c["kind"] for c in cases))
+    b: list[tuple] = [("p", f"The {r['gallery_size']} test image(s) the network was most sure of in each outcome at the "
+                            f"threshold {r['network']['threshold']:.3f}: highest probability first where it "
+                            "predicted osteoporosis, lowest first where it predicted normal. Colour: expected "
+                            "gradients of the osteoporosis score against the run's training radiographs (where the "
+                            "image raises the score above typical patients'). The misses are where to look for "
+                            "label noise, artefacts the network relies on, or patients unlike its training data.")]
+    b.append(("figures", [(f"gallery_{k}", f"Most confident {GALLERY_CAPTIONS[k]}.") for k in kinds]))
+    sex = {1.0: "female", 0.0: "male"}
+    b.append(("table", ["Outcome", "File", "True label", "Probability", "Sex", "Age", "BMI"],
+              [[c["kind"].upper(), c["file"], "osteoporosis" if c["label"] else "normal", fmt(c["probability"]),
+                sex.get(c["sex"], "NA"), fmt(c["age"], 0), fmt(c["bmi"], 1)] for c in cases]))
+    missing = [GALLERY_CAPTIONS[k] for k in GALLERY_CAPTIONS if k not in kinds]
+    if missing:
+        b.append(("note", f"No {', '.join(missing)} on this test set at this threshold."))
     return b
 
 
