@@ -146,3 +146,15 @@ def test_mistakes_get_one_line(trained, argv, message):
     argv = [a if a != "X" else str(root / "B") for a in argv]
     with pytest.raises(SystemExit, match=message):
         report.main(["--run", str(run), *argv])
+
+
+def test_a_cross_validation_group_is_scored_by_its_fold_ensemble(trained, tmp_path):
+    run, root = trained
+    group = tmp_path / "cv"
+    for fold in ("fold1", "fold2"):  # two copies of one model: the ensemble's mean is that model's probability
+        shutil.copytree(run, group / fold, ignore=shutil.ignore_patterns(external.OUT_DIR))
+    single = external.validate(run, root / "B", name="single_for_cv", n_boot=50, device="cpu")
+    both = external.validate(group, root / "B", name="B", n_boot=50, device="cpu")
+    assert both["model"] == {"kind": "fold ensemble", "folds": ["fold1", "fold2"]}
+    assert both["at_threshold"] == pytest.approx(single["at_threshold"])
+    assert (group / "external" / "B" / "external_report.md").read_text().count("the mean of its 2 fold models") == 1
