@@ -328,9 +328,9 @@ def blocks(r: Mapping) -> list[tuple]:
     if r.get("recalibrate"):
         c, e = r["parts"]["calibration"], r["parts"]["evaluation"]
         b.append(("callout", f"Recalibration ({r['recalibrate']}) was fitted on {c['images']} images of {c['patients']} "
-                             f"patients (--calibrate_on {r['calibrate_on']}: {', '.join(c['splits'])}); every number "
-                             f"below is on the other {e['images']} images of {e['patients']} patients "
-                             f"({', '.join(e['splits'])}), which the recalibration never saw. external_predictions.csv "
+                             f"patients (--calibrate_on {r['calibrate_on']}; from the external split(s) "
+                             f"{', '.join(c['splits'])}); every number below is on the other {e['images']} images of "
+                             f"{e['patients']} patients (split(s) {', '.join(e['splits'])}), which the recalibration never saw. external_predictions.csv "
                              "names each image's part."))
     primary = (f"External ROC AUC {ci(m['roc_auc'])} ({how} 95% CI over {r['patients']} patients); calibration in the "
                f"large {ci(m['calibration_intercept'])}, calibration slope {ci(m['calibration_slope'])}")
@@ -416,9 +416,10 @@ def figures(r: Mapping, table: pd.DataFrame, part: np.ndarray) -> dict[str, byte
     if r.get("recalibration"):
         probs.append(confidence.recalibrate(p, r["recalibration"]["a"], r["recalibration"]["b"]))
     models = _models(r)
-    return {"roc_pr": report_render.figure_roc_pr(y, [("as trained", p, r["threshold"], colours[0])]),
+    where = f"external {r['name']}"
+    return {"roc_pr": report_render.figure_roc_pr(y, [("as trained", p, r["threshold"], colours[0])], where),
             "calibration": report_render.figure_calibration(y, [(name, q, c) for (name, _), q, c in
-                                                                zip(models, probs, colours)]),
+                                                                zip(models, probs, colours)], where),
             "confusion": report_render.figure_confusion([("external", r["as_trained"]["confusion"], r["threshold"])]),
             "decision": report_render.figure_decision_curve([(name, e["decision_curve"], e["threshold"], c)
                                                             for (name, e), c in zip(models, colours)])}

@@ -81,9 +81,9 @@ def _two_classes(y: np.ndarray) -> bool:
     return 0 < int(np.sum(y)) < len(y)
 
 
-def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, str]]) -> bytes:
+def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, str]], where: str = "test") -> bytes:
     """ROC and precision-recall curves of each (name, probabilities, threshold, colour), with the
-    operating point at the validation threshold."""
+    operating point at the validation threshold; ``where`` names the images in the titles."""
     fig = Figure(figsize=(10, 4.2))
     ax_roc, ax_pr = fig.subplots(1, 2)
     if _two_classes(y):
@@ -106,8 +106,8 @@ def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, 
     ax_roc.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity", xlim=(-0.01, 1.01),
                ylim=(-0.01, 1.01))
     ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax_roc.set_title("ROC curve (test; dot = validation threshold)", fontsize=11)
-    ax_pr.set_title("Precision-recall curve (test)", fontsize=11)
+    ax_roc.set_title(f"ROC curve ({where}; dot = validation threshold)", fontsize=11)
+    ax_pr.set_title(f"Precision-recall curve ({where})", fontsize=11)
     for ax in (ax_roc, ax_pr):
         ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left", frameon=False)
         ax.set_aspect("equal")
@@ -151,7 +151,7 @@ def _wilson(k: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, 
     return centre - half, centre + half
 
 
-def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, str]]) -> bytes:
+def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, str]], where: str = "test") -> bytes:
     """Reliability curve (quantile bins, Wilson 95% intervals) and the distribution of predicted
     probabilities, for each (name, probabilities, colour)."""
     fig = Figure(figsize=(5.6, 5.6))
@@ -169,7 +169,7 @@ def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, st
                     lw=1.5, capsize=2, elinewidth=0.8, label=name)
         ax_hist.hist(p, bins=np.linspace(0, 1, 21), color=colour, alpha=0.5, label=name)
     ax.set(ylabel="observed fraction with osteoporosis", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-    ax.set_title(f"Calibration on test ({n_bins} bins of equal size)", fontsize=11)
+    ax.set_title(f"Calibration on {where} ({n_bins} bins of equal size)", fontsize=11)
     ax.legend(fontsize=8, loc="upper left", frameon=False)
     ax.tick_params(labelbottom=False)
     ax_hist.set(xlabel="predicted probability of osteoporosis", ylabel="images")
