@@ -283,6 +283,9 @@ def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
     blocks = report_render.report_blocks(result)
     for name, png in figures.items():
         runfiles.write_bytes(run_path / FIGURE_DIR / f"{name}.png", png)
+    for stale in (run_path / FIGURE_DIR).glob("gallery_*.png"):  # an earlier report's cases, not this one's
+        if stale.stem not in figures:
+            stale.unlink()
     runfiles.write_text(run_path / "report.md", report_render.render_markdown(blocks))
     runfiles.write_text(run_path / "report.html",
                         report_render.render_html(blocks, figures, f"Run report: {result['run']}"))

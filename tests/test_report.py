@@ -101,6 +101,7 @@ def test_gallery_shows_the_most_confident_case_of_each_outcome_and_can_be_left_o
     none = report.write_report(run_dir, n_boot=50, gallery=0)
     assert none["gallery"] == [] and "No case gallery (--gallery 0)." in (run_dir / "report.md").read_text()
     assert (run_dir / "report.html").read_text().count("data:image/png;base64,") == 5
+    assert not list((run_dir / report.FIGURE_DIR).glob("gallery_*.png"))  # the earlier report's sheets are gone
 
 
 def test_intervals_are_over_patients_from_the_best_epochs_predictions(run):
