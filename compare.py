@@ -2,9 +2,10 @@
 
     python3 compare.py outs/cmp/fold_Dense_LF outs/cmp/fold_Dense_EF outs/cmp/fold_Dense_IO --out outs/cmp/compare
 
-Every run must have scored the same test images with the same labels (refused otherwise). Writes
-``comparison.md`` (figure in ``comparison_figures/``), ``comparison.html`` (self-contained) and
-``comparison.json`` into ``--out``, each atomically; existing files are kept unless ``--overwrite``.
+Every run must have scored the same test images with the same labels (refused otherwise). The table
+is always printed to the terminal; with ``--out`` it also writes ``comparison.md`` (figure in
+``comparison_figures/``), ``comparison.html`` (self-contained) and ``comparison.json`` there, each
+atomically; existing files are kept unless ``--overwrite``.
 
 For each run: the test ROC AUC with its patient-bootstrap 95% CI, and sensitivity and specificity
 at that run's own validation threshold (conditional on the trained model and that threshold). For
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders outs/<save_dir>/fold<fold>; the first is the "
                    "reference of the paired differences")
-    add_output(p, "folder for comparison.md, comparison.html and comparison.json",
+    add_output(p, "folder for comparison.md, comparison.html and comparison.json", unset="print the table only",
                overwrite="an existing comparison in --out")
     p.add_argument("--names", nargs="+", default=None, help="a short name per run (default: save_dir/fold)")
     add_bootstrap(p.add_argument_group("confidence intervals (of the AUCs and their differences)"), interval=True, seed=True)
@@ -203,15 +204,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     runtime.setup_logging()
     try:
-        refuse_existing(args.out, args.overwrite)  # before the bootstrap, not after
+        if args.out is not None:
+            refuse_existing(args.out, args.overwrite)  # before the bootstrap, not after
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)  # undefined values show as n/a
             result, table = compare_runs(args.runs, args.names, args.bootstrap, args.seed, args.interval)
-        page = write_comparison(args.out, result, table, overwrite=args.overwrite)
+        page = None if args.out is None else write_comparison(args.out, result, table, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     print(report_render.render_markdown(comparison_blocks(result)[2:-2]).strip())
-    print(f"\ncomparison in {page}")
+    if page is not None:
+        print(f"\ncomparison in {page}")
     return result
 
 

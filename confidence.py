@@ -40,7 +40,8 @@ from metrics import UndefinedMetricWarning, check_inputs
 
 __all__ = [
     "BOOTSTRAP_METRICS", "CALIBRATION_METRICS", "BCA_METRICS", "INTERVALS", "bootstrap_ci", "bootstrap_metrics",
-    "paired_bootstrap_diff", "delong_auc", "delong_test", "calibration", "weighted_calibration",
+    "paired_bootstrap_diff", "delong_auc", "delong_test", "calibration", "recalibration", "recalibrate",
+    "weighted_calibration",
     "reliability_curve", "holm",
 ]
 
@@ -471,6 +472,34 @@ def calibration(y_true: Any, y_prob: Any) -> dict[str, float | int]:
     return out
 
 
+def recalibration(y_true: Any, y_prob: Any, slope: bool = False) -> dict[str, float]:
+    """Logistic recalibration of probabilities on new data (Steyerberg, Clinical Prediction Models 2019,
+    ch. 20): ``intercept`` refits a in logit p' = a + logit(p) (calibration in the large), with
+    ``slope`` also b in logit p' = a + b * logit(p). Returns ``dict(a, b)`` (b = 1.0 without ``slope``);
+    raises ValueError for a single class or a fit that does not converge. Apply with :func:`recalibrate`.
+    """
+    y, p = check_inputs(y_true, y_prob)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        raise ValueError(f"recalibration needs both classes, got {n_pos} positive of {y.size} images")
+    lp = logit(np.clip(p, _CLIP, 1 - _CLIP))
+    yf = y.astype(np.float64)
+    if slope:
+        fit = _logistic_fit(yf, np.column_stack([np.ones_like(lp), lp]), np.zeros_like(lp), np.array([0.0, 1.0]))
+    else:
+        fit = _logistic_fit(yf, np.ones((lp.size, 1)), lp, np.zeros(1))
+    if fit is None:
+        raise ValueError("recalibration: the logistic fit did not converge (the classes are separated by the "
+                         "probability on these images)")
+    return {"a": float(fit[0]), "b": float(fit[1]) if slope else 1.0}
+
+
+def recalibrate(y_prob: Any, a: float, b: float = 1.0) -> np.ndarray:
+    """expit(a + b * logit(p)) with p clipped as in :func:`calibration`."""
+    p = np.asarray(y_prob, dtype=np.float64)
+    return expit(a + b * logit(np.clip(p, _CLIP, 1 - _CLIP)))
+
+
 def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
                          max_iter: int = 60, tol: float = 1e-9) -> dict[str, np.ndarray]:
     """Calibration slope and intercept (as :func:`calibration`) for each row of (B, n) frequency weights.
@@ -487,7 +516,7 @@ def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
     both = (w @ yf > 0) & (w @ (1 - yf) > 0)
     # slope fit: (a, b) in logit P = a + b * lp
     a, b = np.zeros(n_b), np.ones(n_b)
-    done = ~both
+    done, singular = ~both, np.zeros(n_b, dtype=bool)
     for _ in range(max_iter):
         mu = expit(a[:, None] + b[:, None] * lp)
         r, v = w * (yf - mu), w * mu * (1 - mu)
@@ -497,19 +526,21 @@ def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
         with np.errstate(divide="ignore", invalid="ignore"):
             s0, s1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
         bad = ~np.isfinite(s0) | ~np.isfinite(s1) | (det <= 1e-12 * np.maximum(h00 * h11, 1e-300))
+        singular |= bad & ~done  # no unique fit (e.g. one distinct probability): stopped, and not valid
         s0, s1 = np.where(bad | done, 0.0, s0), np.where(bad | done, 0.0, s1)
         scale = np.minimum(1.0, 5.0 / np.maximum(np.abs(s0), np.abs(s1)).clip(1e-300))
         a, b = a + scale * s0, b + scale * s1
         done |= bad | (np.maximum(np.abs(s0), np.abs(s1)) < tol)
         if done.all():
             break
-    slope_ok = both & done & np.isfinite(b)
+    slope_ok = both & done & ~singular & np.isfinite(b)
     # intercept fit: a in logit P = a + lp
     c = np.zeros(n_b)
-    done_c = ~both
+    done_c, flat = ~both, np.zeros(n_b, dtype=bool)
     for _ in range(max_iter):
         mu = expit(c[:, None] + lp)
         g, h = (w * (yf - mu)).sum(axis=1), (w * mu * (1 - mu)).sum(axis=1)
+        flat |= (h <= 0) & ~done_c  # zero information: no fit, not a converged one
         with np.errstate(divide="ignore", invalid="ignore"):
             s = np.where(done_c | (h <= 0), 0.0, g / h)
         c = c + np.clip(s, -5.0, 5.0)
@@ -517,7 +548,7 @@ def weighted_calibration(y: np.ndarray, p: np.ndarray, weights: np.ndarray,
         if done_c.all():
             break
     return {"calibration_slope": np.where(slope_ok, b, np.nan),
-            "calibration_intercept": np.where(both & done_c, c, np.nan)}
+            "calibration_intercept": np.where(both & done_c & ~flat, c, np.nan)}
 
 
 def reliability_curve(y_true: Any, y_prob: Any, n_bins: int = 10,

@@ -3,6 +3,8 @@
     python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
     python3 report.py --cv outs/<save_dir>          # cross-validation summary (crossval.py)
     python3 report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
+    python3 report.py --run RUN --external DATA_DIR [--name B] [--recalibrate intercept --calibrate_on val]
+                                                    # another hospital's data (external.py)
 
 Writes ``report.md`` (figures in ``report_figures/``), ``report.html`` (self-contained, figures
 embedded) and ``report_metrics.json`` into the run folder, each atomically. Contents follow what
@@ -10,9 +12,10 @@ TRIPOD+AI and CLAIM ask of diagnostic-accuracy studies: the data per split; trai
 and precision-recall curves; the confusion matrix at the threshold chosen on validation; a
 reliability curve with Brier score, calibration slope and intercept with their intervals; every
 test metric with a 95% confidence interval over patients (BCa for the AUCs, DeLong clustered by
-patient beside it); a clinical-only baseline (age, sex, BMI; :mod:`baseline`) on the same splits
+patient beside it); a decision curve (net benefit against treat-all and treat-none, :mod:`decision`); a clinical-only baseline (age, sex, BMI; :mod:`baseline`) on the same splits
 with a paired comparison, which says whether the image adds anything; and AUCs by sex, age band
-and BMI band. One result is named primary: the network's patient-bootstrap AUC and, where a
+and BMI band; a case gallery of the most confident hits and misses with their heatmaps (:mod:`gallery`).
+One result is named primary: the network's patient-bootstrap AUC and, where a
 baseline exists, the paired AUC difference.
 
 Only the best epoch's test predictions (``test_predictions.csv``, scored from ``best.pth``) are
@@ -43,6 +46,7 @@ SUBGROUPS = (("Sex", "sex", (("female", 1, 2), ("male", 0, 1))),
              # WHO bands (WHO Technical Report Series 894, 2000)
              ("BMI", "bmi", (("< 25 kg/m²", -math.inf, 25), ("25 to < 30 kg/m²", 25, 30),
                              (">= 30 kg/m²", 30, math.inf))))
+GALLERY = 2  # test images per outcome in the report's case gallery (report.py --gallery)
 # Counts must agree exactly with test_metrics.json, rates to this tolerance (full-precision predictions).
 CROSSCHECK_TOL = 1e-6
 
@@ -102,7 +106,8 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, groups: np.ndarray,
                                                     alpha=ALPHA, interval=interval),
             "delong_auc": confidence.delong_auc(y, p, alpha=ALPHA, groups=groups),
             "calibration": confidence.calibration(y, p),
-            "confusion": {k: int(point[k]) for k in ("tp", "fp", "tn", "fn")}}
+            "confusion": {k: int(point[k]) for k in ("tp", "fp", "tn", "fn")},
+            "decision_curve": decision.decision_curve(y, p, run_threshold=float(threshold))}
 
 
 def subgroups(test: pd.DataFrame, n_boot: int, seed: int, interval: str = "bca") -> list[dict]:
@@ -221,7 +226,7 @@ def scored_test_set(run: Mapping, paths: Mapping[str, Sequence[Path]]) -> pd.Dat
 
 def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, n_boot: int = 2000,
                  seed: int = 0, files: Mapping[str, Sequence[str | os.PathLike]] | None = None,
-                 interval: str = "bca") -> dict:
+                 interval: str = "bca", gallery: int = GALLERY) -> dict:
     """Write ``report.md`` (+ ``report_figures/*.png``), ``report.html`` and ``report_metrics.json``
     into ``run_dir`` and return the numbers of ``report_metrics.json``.
 
@@ -229,6 +234,7 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     overrides both, e.g. for a cross-validation fold whose config lacks ``cv_folds``/``cv_fold``.
     The val and test images must be exactly those in the run's prediction files. ``interval``:
     "bca" (default) or "percentile" bootstrap intervals for the AUCs, Brier score and calibration.
+    ``gallery``: test images per outcome (TP, TN, FP, FN) in the case gallery (:mod:`gallery`), 0 for none.
     """
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)  # before any file is read
     run = run_facts(run_dir)
@@ -262,6 +268,9 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
         }
         figures = report_render.report_figures(result, y, [p for p in (p_net, p_base) if p is not None],
                                                run["history"])
+        result["gallery"], gallery_figures = case_gallery.case_gallery(run["dir"], paths, gallery)
+        result["gallery_size"] = int(gallery)
+        figures.update(gallery_figures)
     result["warnings"] = list(dict.fromkeys(getattr(w, "label", "") + str(w.message) for w in caught))
     for message in result["warnings"]:
         logger.warning("report: %s", message)
@@ -273,6 +282,9 @@ def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
     blocks = report_render.report_blocks(result)
     for name, png in figures.items():
         runfiles.write_bytes(run_path / FIGURE_DIR / f"{name}.png", png)
+    for stale in (run_path / FIGURE_DIR).glob("gallery_*.png"):  # an earlier report's cases, not this one's
+        if stale.stem not in figures:
+            stale.unlink()
     runfiles.write_text(run_path / "report.md", report_render.render_markdown(blocks))
     runfiles.write_text(run_path / "report.html",
                         report_render.render_html(blocks, figures, f"Run report: {result['run']}"))
@@ -295,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the data folder's manifest.csv, e.g. field, hip, sex (default: field, where "
                         "preprocess_filenames.py --roi wrote it)")
     add_bootstrap(p.add_argument_group("confidence intervals (of the AUCs, Brier score and calibration)"), interval=True, seed=True)
+    ext = p.add_argument_group("external validation (external.py)")
+    ext.add_argument("--external", metavar="DATA_DIR", default=None,
+                     help="with --run (a run folder or a cross-validation group outs/<save_dir>): score every image "
+                          "of this labelled folder of another hospital with the run and write RUN/external/NAME/")
+    ext.add_argument("--name", default=None, help="name of the external validation (default: the folder's name)")
+    ext.add_argument("--recalibrate", choices=("intercept", "logistic"), default=None,
+                     help="refit calibration in the large (intercept) or intercept and slope (logistic) on "
+                          "--calibrate_on, and report the other external images")
+    ext.add_argument("--calibrate_on", metavar="PART", default=None,
+                     help="the external images to recalibrate on: a split (train, val, test) of the external "
+                          "folder, or a share of its patients, e.g. 0.3 (drawn with --seed)")
+    p.add_argument("--gallery", type=int, default=GALLERY, metavar="N",
+                   help="case gallery of the run report: the N most confident test images of each outcome (TP, TN, "
+                        "FP, FN) with their expected-gradients maps; 0 for none (default: %(default)s)")
     return p
 
 
@@ -303,6 +329,24 @@ def main(argv: list[str] | None = None) -> dict:
     runtime.setup_logging()
     if args.by and not args.cv:
         raise SystemExit("--by splits a cross-validation summary into subgroups: use it with --cv SAVE_DIR")
+    external_flags = [f for f, v in (("--name", args.name), ("--recalibrate", args.recalibrate),
+                                     ("--calibrate_on", args.calibrate_on)) if v is not None]
+    if external_flags and not args.external:
+        raise SystemExit(f"{external_flags[0]} belongs to an external validation: add --external DATA_DIR")
+    if args.external:
+        if not args.run:
+            raise SystemExit("--external scores another hospital's data with a trained run: give it with --run RUN")
+        import external  # torch: only here
+
+        try:
+            result = external.validate(args.run, args.external, args.name, args.recalibrate, args.calibrate_on,
+                                       n_boot=args.bootstrap, seed=args.seed, interval=args.interval,
+                                       development_dir=args.data_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(str(exc)) from None
+        print(f"{external.headline(result)}; report in "
+              f"{external.out_folder(args.run, result['name']) / 'external_report.html'}")
+        return result
     if args.cv:
         save_dir = Path(args.cv)
         runs = sorted(d for d in save_dir.glob("fold*") if (d / "test_metrics.json").is_file())
@@ -316,7 +360,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{crossval.headline(result)}; {save_dir / 'cv_report.md'}")
         return result
     try:
-        result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval)
+        if args.gallery < 0:
+            raise SystemExit(f"--gallery {args.gallery}: give a number of images per outcome, 0 for no gallery")
+        result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval,
+                              gallery=args.gallery)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     auc = result["network"]["metrics"]["roc_auc"]
@@ -336,6 +383,8 @@ import pandas as pd  # noqa: E402
 import baseline  # noqa: E402
 import confidence  # noqa: E402
 import crossval  # noqa: E402
+import decision  # noqa: E402
+import gallery as case_gallery  # noqa: E402
 import filenames  # noqa: E402
 import loader  # noqa: E402
 import metrics  # noqa: E402

@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 import confidence
+import decision
 import loader
 import metrics
 import runfiles
@@ -80,9 +81,9 @@ def _two_classes(y: np.ndarray) -> bool:
     return 0 < int(np.sum(y)) < len(y)
 
 
-def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, str]]) -> bytes:
+def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, str]], where: str = "test") -> bytes:
     """ROC and precision-recall curves of each (name, probabilities, threshold, colour), with the
-    operating point at the validation threshold."""
+    operating point at the validation threshold; ``where`` names the images in the titles."""
     fig = Figure(figsize=(10, 4.2))
     ax_roc, ax_pr = fig.subplots(1, 2)
     if _two_classes(y):
@@ -105,8 +106,8 @@ def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, 
     ax_roc.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity", xlim=(-0.01, 1.01),
                ylim=(-0.01, 1.01))
     ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax_roc.set_title("ROC curve (test; dot = validation threshold)", fontsize=11)
-    ax_pr.set_title("Precision-recall curve (test)", fontsize=11)
+    ax_roc.set_title(f"ROC curve ({where}; dot = validation threshold)", fontsize=11)
+    ax_pr.set_title(f"Precision-recall curve ({where})", fontsize=11)
     for ax in (ax_roc, ax_pr):
         ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left", frameon=False)
         ax.set_aspect("equal")
@@ -150,7 +151,7 @@ def _wilson(k: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, 
     return centre - half, centre + half
 
 
-def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, str]]) -> bytes:
+def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, str]], where: str = "test") -> bytes:
     """Reliability curve (quantile bins, Wilson 95% intervals) and the distribution of predicted
     probabilities, for each (name, probabilities, colour)."""
     fig = Figure(figsize=(5.6, 5.6))
@@ -168,7 +169,7 @@ def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, st
                     lw=1.5, capsize=2, elinewidth=0.8, label=name)
         ax_hist.hist(p, bins=np.linspace(0, 1, 21), color=colour, alpha=0.5, label=name)
     ax.set(ylabel="observed fraction with osteoporosis", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-    ax.set_title(f"Calibration on test ({n_bins} bins of equal size)", fontsize=11)
+    ax.set_title(f"Calibration on {where} ({n_bins} bins of equal size)", fontsize=11)
     ax.legend(fontsize=8, loc="upper left", frameon=False)
     ax.tick_params(labelbottom=False)
     ax_hist.set(xlabel="predicted probability of osteoporosis", ylabel="images")
@@ -176,6 +177,75 @@ def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, st
         _style(a)
     return _png(fig)
 
+
+def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str]]) -> bytes:
+    """Net benefit against threshold probability of each (name, decision.decision_curve dict, run threshold,
+    colour), with treat-all (of the first curve's data) and treat-none; each run threshold marked."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    first = max((c for _, c, _, _ in curves), key=lambda c: len(c["thresholds"]))  # the widest grid
+    t_all = np.asarray(first["thresholds"])
+    ax.plot(t_all, first["treat_all"], color="#555555", lw=1.5, ls="--", label="treat all")
+    ax.plot(t_all, first["treat_none"], color="black", lw=1.2, label="treat none")
+    dots = []
+    for name, curve, threshold, colour in curves:
+        ax.plot(curve["thresholds"], curve["net_benefit"], color=colour, lw=2, label=name)
+        at = curve.get("at_run_threshold")
+        if threshold is not None and at is not None and t_all[0] <= threshold <= t_all[-1]:
+            ax.plot([threshold], [at["net_benefit"]], "o", color=colour, ms=8, mec="black")
+            ax.axvline(threshold, color=colour, ls=":", lw=1)
+            dots.append(at["net_benefit"])
+    top = max(first["prevalence"], 0.05)
+    low = max(min([-0.05 * top, *(d - 0.03 * top for d in dots)]), -top)  # dots in view, not a plunge to -1
+    ax.set(xlabel="threshold probability", ylabel="net benefit (true positives per image)",
+           xlim=(t_all[0], t_all[-1]), ylim=(low, top * 1.1))
+    ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+    ax.set_title("Decision curve (dot and dotted line: the run's threshold)", fontsize=11)
+    ax.legend(fontsize=8, frameon=False, loc="upper right")
+    _style(ax)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def decision_rows(models: Sequence[tuple[str, Mapping]], table_thresholds: Sequence[float]) -> tuple[list, list]:
+    """Header and rows of a net-benefit table: one row per threshold probability of ``table_thresholds``
+    found on the curves, columns each (name, decision curve), treat all, treat none."""
+    first = models[0][1]
+    header = ["Threshold probability", *(f"Net benefit, {name}" for name, _ in models), "Treat all", "Treat none"]
+    rows = []
+    for t in table_thresholds:
+        i = int(np.argmin(np.abs(np.asarray(first["thresholds"]) - t)))
+        if abs(first["thresholds"][i] - t) > 1e-9:
+            continue
+        rows.append([f"{100 * t:.0f}%", *(fmt(c["net_benefit"][i]) for _, c in models), fmt(first["treat_all"][i]),
+                     fmt(0.0)])
+    return header, rows
+
+
+def decision_text(name: str, curve: Mapping, threshold: float) -> str:
+    """One sentence: where ``name`` beats treat-all and treat-none, and its net benefit at ``threshold``."""
+    t = np.asarray(curve["thresholds"])
+    nb, ta = np.asarray(curve["net_benefit"]), np.asarray(curve["treat_all"])
+    better = (nb > ta) & (nb > 0)
+    if better.any():
+        where = (f"{name} has a higher net benefit than treat-all and treat-none at {int(better.sum())} of the "
+                 f"{t.size} threshold probabilities from {100 * t[0]:.0f}% to {100 * t[-1]:.0f}% (between "
+                 f"{100 * t[better].min():.0f}% and {100 * t[better].max():.0f}%)")
+    else:
+        where = (f"{name} has no higher net benefit than both treat-all and treat-none anywhere from "
+                 f"{100 * t[0]:.0f}% to {100 * t[-1]:.0f}%")
+    at = curve.get("at_run_threshold")
+    if at is not None:
+        where += (f"; at the run's threshold {100 * threshold:.1f}% its net benefit is {fmt(at['net_benefit'])} "
+                  f"against {fmt(at['treat_all'])} for treat-all")
+    return where + "."
+
+
+DECISION_NOTE = ("Net benefit = TP/n - FP/n × p_t/(1 - p_t): true positives per image, net of the false positives "
+                 "weighted by the odds of the threshold probability p_t (Vickers & Elkin, Med Decis Making 2006). "
+                 "p_t says how a reader weighs a missed osteoporosis against an unneeded work-up: at 20% one found "
+                 "case is worth four unneeded DXA scans. A model is useful where its curve lies above treat-all and "
+                 "treat-none. Net benefit uses this data's prevalence; it is per image and has no interval here.")
 
 
 # --------------------------------------------------------------------------- text
@@ -364,7 +434,16 @@ def report_blocks(r: dict) -> list[tuple]:
                       "clipped values can drive the slope. Brier score: mean squared error of the probability, lower "
                       "is better."))
 
-    b.append(("h2", "7. Does the image add to age, sex and BMI?"))
+    b.append(("h2", "7. Clinical usefulness: decision curve"))
+    b.append(("figures", [("decision", "Net benefit of acting on the model's probability at each threshold "
+                                       "probability, against treating every image and treating none; the dot "
+                                       "and dotted line mark the threshold chosen on validation.")]))
+    b.append(("table", *decision_rows([(name, e["decision_curve"]) for name, e in _model_rows(r)],
+                                      decision.TABLE_THRESHOLDS)))
+    b.append(("p", " ".join(decision_text(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r))))
+    b.append(("note", DECISION_NOTE))
+
+    b.append(("h2", "8. Does the image add to age, sex and BMI?"))
     if cmp_:
         d, dl = cmp_["auc_difference"], cmp_["delong_test"]
         b.append(("table", ["Comparison on the same test images", "Value"],
@@ -382,7 +461,7 @@ def report_blocks(r: dict) -> list[tuple]:
         b.append(("p", f"No clinical-only baseline is fitted: {r['baseline_absent']}. Without it this report cannot "
                        "say whether the image adds to the clinical values."))
 
-    b.append(("h2", "8. Subgroups"))
+    b.append(("h2", "9. Subgroups"))
     if r["subgroups"]:
         b.append(("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images",
                             f"Network ROC AUC ({how} 95% CI)"],
@@ -395,7 +474,10 @@ def report_blocks(r: dict) -> list[tuple]:
     else:
         b.append(("p", "No subgroup holds both classes with a known clinical value; no subgroup AUC is shown."))
 
-    b.append(("h2", "9. Methods and notes"))
+    b.append(("h2", "10. Case gallery"))
+    b += gallery_blocks(r)
+
+    b.append(("h2", "11. Methods and notes"))
     notes = [f"Network predictions: {r['run']}/test_predictions.csv, written from best.pth (epoch {r['epoch']}); "
              f"threshold {net['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
              "No test label or prediction influences the threshold, the selected epoch or the baseline's fit "
@@ -415,6 +497,33 @@ def report_blocks(r: dict) -> list[tuple]:
     return b
 
 
+GALLERY_CAPTIONS = {"tp": "true positives", "tn": "true negatives", "fp": "false positives", "fn": "false negatives"}
+
+
+def gallery_blocks(r: Mapping) -> list[tuple]:
+    """The case gallery (figures ``gallery_<kind>``) and its table, or a sentence why there is none."""
+    cases = r.get("gallery") or []
+    if not cases:
+        why = ("--gallery 0" if not r.get("gallery_size") else "no test image could be shown")
+        return [("p", f"No case gallery ({why}).")]
+    kinds = list(dict.fromkeys(c["kind"] for c in cases))
+    b: list[tuple] = [("p", f"The {r['gallery_size']} test image(s) the network was most sure of in each outcome at the "
+                            f"threshold {r['network']['threshold']:.3f}: highest probability first where it "
+                            "predicted osteoporosis, lowest first where it predicted normal. Colour: expected "
+                            "gradients of the osteoporosis score against the run's training radiographs (where the "
+                            "image raises the score above typical patients'). The misses are where to look for "
+                            "label noise, artefacts the network relies on, or patients unlike its training data.")]
+    b.append(("figures", [(f"gallery_{k}", f"Most confident {GALLERY_CAPTIONS[k]}.") for k in kinds]))
+    sex = {1.0: "female", 0.0: "male"}
+    b.append(("table", ["Outcome", "File", "True label", "Probability", "Sex", "Age", "BMI"],
+              [[c["kind"].upper(), c["file"], "osteoporosis" if c["label"] else "normal", fmt(c["probability"]),
+                sex.get(c["sex"], "NA"), fmt(c["age"], 0), fmt(c["bmi"], 1)] for c in cases]))
+    missing = [GALLERY_CAPTIONS[k] for k in GALLERY_CAPTIONS if k not in kinds]
+    if missing:
+        b.append(("note", f"No {', '.join(missing)} on this test set at this threshold."))
+    return b
+
+
 def report_figures(r: dict, y: np.ndarray, probs: Sequence[np.ndarray],
                    history: pd.DataFrame | None) -> dict[str, bytes]:
     """The PNG figures of a run report; ``probs``: the network's and (if any) the baseline's test probabilities,
@@ -424,7 +533,9 @@ def report_figures(r: dict, y: np.ndarray, probs: Sequence[np.ndarray],
     figures = {"roc_pr": figure_roc_pr(y, [(name, p, e["threshold"], c) for (name, e), p, c in
                                            zip(rows, probs, colours)]),
                "confusion": figure_confusion([(name, e["confusion"], e["threshold"]) for name, e in rows]),
-               "calibration": figure_calibration(y, [(name, p, c) for (name, _), p, c in zip(rows, probs, colours)])}
+               "calibration": figure_calibration(y, [(name, p, c) for (name, _), p, c in zip(rows, probs, colours)]),
+               "decision": figure_decision_curve([(name, e["decision_curve"], e["threshold"], c)
+                                                  for (name, e), c in zip(rows, colours)])}
     if history is not None:
         figures["training"] = figure_training(history, r["epoch"], r["select_metric"])
     return figures

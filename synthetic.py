@@ -1,9 +1,11 @@
 """python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
+   python3 synthetic.py --out data_B --n 200 --seed 1 --site B      # a second hospital, for external validation
 
 The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known cause
 of osteoporosis and a mask of where it is drawn, so the whole suite can be run and checked without
 patient data; ``--pelvis`` instead writes whole pelvis views as a hospital exports them, the input
-of ``preprocess_filenames.py --roi femur``. The data model, what each source tells about the label,
+of ``preprocess_filenames.py --roi femur``; ``--site B`` a second hospital (:data:`SITES`) for
+external validation; ``--clinical-share``/``--image-noise`` set how much each source tells. The data model, what each source tells about the label,
 and the files written: docs/data.md, "The demo data".
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import os
 import sys
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -57,6 +60,27 @@ Z_CENTRE, Z_SCALE = -0.45, 1.5  # maps z + noise through a logistic onto each pa
 CLINICAL_VAR = AGE_SLOPE ** 2 * (41 ** 2 - 1) / 12 + FEMALE_SHIFT ** 2 * 0.75 * 0.25 + BMI_SLOPE ** 2 * 4.5 ** 2
 DEFAULT_CLINICAL_SHARE = CLINICAL_VAR / (CLINICAL_VAR + PATIENT_SD ** 2)
 
+
+
+@dataclass(frozen=True)
+class Site:
+    """What differs between hospitals (case mix and equipment); the disease model above is shared, so a
+    model trained at one site meets a shifted population and other pictures at another, not another
+    disease. Site A is the original data set, byte for byte."""
+    age: tuple[int, int] = (50, 91)         # uniform, upper end exclusive
+    female: float = 0.75                    # share of women
+    bmi_mean: float = 26.0
+    exposure: float = 1.4                   # attenuation -> film density: 1 - exp(-exposure * attenuation)
+    gamma: tuple[float, float] = (0.85, 1.15)
+    noise: float = 1.0                      # quantum noise, times site A's
+    marker_corners: tuple[int, int] = (0, 1)  # 0 top left, 1 top right, 2 bottom left, 3 bottom right
+
+
+# Site B: an older population (so more osteoporosis under the same disease model), a harder beam
+# (flatter exposure curve), another gamma, more noise, and the side markers at the bottom.
+SITES = {"A": Site(), "B": Site(age=(60, 96), female=0.8, bmi_mean=25.0, exposure=1.1, gamma=(1.0, 1.35),
+                                noise=1.6, marker_corners=(2, 3))}
+
 # Reference frame of the drawing: width 1, height IMAGE_SIZE H/W (the default aspect); x to the right,
 # y down. A right hip as seen on an AP radiograph: head up right (medial), trochanter up left.
 REF_H = IMAGE_SIZE[0] / IMAGE_SIZE[1]
@@ -79,12 +103,13 @@ def check_regime(clinical_share: float | None, image_noise: float | None) -> Non
                          f"units; the demo's is {IMAGE_SD}); got {image_noise}")
 
 
-def draw_patient(rng: np.random.Generator, clinical_share: float | None = None) -> dict:
+def draw_patient(rng: np.random.Generator, site: Site = SITES["A"], clinical_share: float | None = None) -> dict:
     """Clinical values and latent bone density of one patient. ``clinical_share``: the share of z's
-    variance that sex, age and BMI explain (None: the demo's own, :data:`DEFAULT_CLINICAL_SHARE`)."""
-    sex = int(rng.random() < 0.75)
-    age = int(rng.integers(50, 91))
-    bmi = round(float(np.clip(rng.normal(26.0, 4.5), 17.0, 38.0)), 2)
+    variance that sex, age and BMI explain in site A's population (None: the demo's own,
+    :data:`DEFAULT_CLINICAL_SHARE`)."""
+    sex = int(rng.random() < site.female)
+    age = int(rng.integers(*site.age))
+    bmi = round(float(np.clip(rng.normal(site.bmi_mean, 4.5), 17.0, 38.0)), 2)
     clinical = AGE_SLOPE * (age - 70) + FEMALE_SHIFT * sex + BMI_SLOPE * (bmi - 26.0)
     unseen = PATIENT_SD * rng.normal()
     if clinical_share is not None:  # same total variance and mean, so about the same prevalence
@@ -96,7 +121,8 @@ def draw_patient(rng: np.random.Generator, clinical_share: float | None = None) 
     return dict(sex=sex, age=age, bmi=bmi, z=float(z), label=int(z < Z_CUTOFF))
 
 
-def draw_picture(patient: dict, rng: np.random.Generator, image_noise: float = IMAGE_SD) -> dict:
+def draw_picture(patient: dict, rng: np.random.Generator, site: Site = SITES["A"],
+                 image_noise: float = IMAGE_SD) -> dict:
     """Parameters of one picture of ``patient`` (from :func:`draw_patient`): its apparent bone
     density through noisy bone parameters (per-image noise SD ``image_noise`` in z units), plus
     pose and exposure."""
@@ -114,10 +140,10 @@ def draw_picture(patient: dict, rng: np.random.Generator, image_noise: float = I
         shift_x=float(rng.uniform(-0.04, 0.04)),
         shift_y=float(rng.uniform(-0.04, 0.04)),
         scale=float(rng.uniform(0.93, 1.07)),
-        gamma=float(rng.uniform(0.85, 1.15)),
+        gamma=float(rng.uniform(*site.gamma)),
         brightness=float(rng.uniform(-0.05, 0.05)),
         contrast=float(rng.uniform(0.88, 1.12)),
-        marker_corner=int(rng.integers(0, 2)),  # 0 top left, 1 top right
+        marker_corner=site.marker_corners[int(rng.integers(0, 2))],  # see Site
     )
 
 
@@ -306,7 +332,8 @@ def _attenuation(f: dict[str, np.ndarray], params: dict, pixel: float) -> np.nda
     return f["soft"] * (1.0 + 0.04 * f["lumps"]) + pelvis + femur
 
 
-def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Generator,
+           site: Site = SITES["A"]) -> tuple[np.ndarray, np.ndarray]:
     """Draw one hip: uint8 (H, W) radiograph and uint8 (H, W) region mask (255 on the femur).
 
     ``params`` as from :func:`draw_picture`; ``side`` is the burned-in marker letter; ``rng``
@@ -328,21 +355,22 @@ def render(size: tuple[int, int], params: dict, side: str, rng: np.random.Genera
     attenuation = _attenuation(f, params, pixel)
     mask = np.where(f["sdf"] < 0, 255, 0).astype(np.uint8)
 
-    image = 1.0 - cv2.exp(-1.4 * attenuation)
+    image = 1.0 - cv2.exp(-site.exposure * attenuation)
     image = cv2.GaussianBlur(image, (0, 0), 0.7)  # detector blur
     image = cv2.pow(np.clip(image, 1e-6, 1.0), params["gamma"])
     image = (image - 0.5) * params["contrast"] + (0.5 + params["brightness"])
     # quantum noise: fewer photons behind bone, so more noise where the image is bright
-    image += (0.012 + 0.025 * np.clip(image, 0.0, 1.0)) * rng.standard_normal(size, dtype=np.float32)
+    image += site.noise * (0.012 + 0.025 * np.clip(image, 0.0, 1.0)) * rng.standard_normal(size, dtype=np.float32)
     out = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    # burned-in side marker (a lead letter, so white) in a top corner
+    # burned-in side marker (a lead letter, so white) in a corner
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 1.6 * max(h, w) / 700.0
     thick = max(1, round(3 * max(h, w) / 700.0))
     (tw, th), _ = cv2.getTextSize(side, font, scale, thick)
     margin = max(2, round(0.04 * w))
-    org_x = margin if params["marker_corner"] == 0 else w - margin - tw
-    cv2.putText(out, side, (org_x, margin + th), font, scale, 245, thick, cv2.LINE_AA)
+    org_x = margin if params["marker_corner"] in (0, 2) else w - margin - tw
+    org_y = margin + th if params["marker_corner"] < 2 else h - margin
+    cv2.putText(out, side, (org_x, org_y), font, scale, 245, thick, cv2.LINE_AA)
     return out, mask
 
 
@@ -376,7 +404,9 @@ def _existing(out: Path, meta: dict) -> pd.DataFrame | None:
         found = json.loads(meta_path.read_text())
     except ValueError as exc:
         raise FileExistsError(f"{meta_path} is not valid JSON ({exc}); remove {out} and run again") from exc
-    keys = ("version", "n", "seed", "size", *REGIME_KEYS)
+    keys = ("version", "n", "seed", "size", "site", *REGIME_KEYS)
+    found.setdefault("site", "A")  # folders without a site are site A's
+    meta = {"site": "A", **meta}
     if any(found.get(k) != meta.get(k) for k in keys):
         have = ", ".join(f"{k}={found.get(k)}" for k in keys if k in found or k in meta)
         want = ", ".join(f"{k}={meta.get(k)}" for k in keys if k in found or k in meta)
@@ -400,13 +430,13 @@ def read_manifest(out_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
-             size: tuple[int, int] = IMAGE_SIZE, clinical_share: float | None = None,
+             size: tuple[int, int] = IMAGE_SIZE, site: str = "A", clinical_share: float | None = None,
              image_noise: float | None = None) -> pd.DataFrame:
-    """Write the data set for ``n_patients`` patients (two images each) and return its manifest.
+    """Write the data set for ``n_patients`` patients (two images each) of hospital ``site`` (:data:`SITES`)
+    and return its manifest. ``clinical_share`` and ``image_noise`` set the regime (:func:`draw_patient`,
+    :func:`draw_picture`); None keeps the demo's own.
 
-    ``clinical_share`` and ``image_noise`` set the regime (:func:`draw_patient`, :func:`draw_picture`);
-    None keeps the demo's own. A folder already holding the same data set (same n, seed, size,
-    regime) is left as it is.
+    A folder already holding the same data set (same n, seed, size, site, regime) is left as it is.
     """
     out = Path(out_dir)
     size = (int(size[0]), int(size[1]))
@@ -414,9 +444,14 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
         raise ValueError(f"the number of patients must be at least 1, got {n_patients}")
     if min(size) < MIN_SIDE:
         raise ValueError(f"image size (H, W) must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {size}")
+    if site not in SITES:
+        raise ValueError(f"site {site!r} not known; use one of {sorted(SITES)}")
     check_regime(clinical_share, image_noise)
     meta = dict(generator="synthetic.py", version=VERSION, n=int(n_patients), seed=int(seed), size=list(size))
+    if site != "A":  # site A's folders stay as they were
+        meta.update(site=site, site_parameters=asdict(SITES[site]))
     meta.update({k: float(v) for k, v in zip(REGIME_KEYS, (clinical_share, image_noise)) if v is not None})
+    hospital = SITES[site]
     existing = _existing(out, meta)
     if existing is not None:
         return existing
@@ -424,7 +459,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
     # One child seed per patient (and per hip below): a patient's images do not depend on n.
     seqs = np.random.SeedSequence(seed).spawn(n_patients)
     hips = [seq.spawn(3) for seq in seqs]  # clinical, right hip, left hip
-    patients = [draw_patient(np.random.default_rng(h[0]), clinical_share) for h in hips]
+    patients = [draw_patient(np.random.default_rng(h[0]), hospital, clinical_share) for h in hips]
     labels = np.array([p["label"] for p in patients])
     width = max(5, len(str(n_patients - 1)))
     pids = [f"P{i:0{width}d}" for i in range(n_patients)]
@@ -439,8 +474,8 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
             split = split_of[pid]
             for crop, side in ((1, "R"), (2, "L")):
                 rng = np.random.default_rng(hip_seqs[crop])
-                params = draw_picture(patient, rng, IMAGE_SD if image_noise is None else image_noise)
-                image, mask = render(size, params, side, rng)
+                params = draw_picture(patient, rng, hospital, IMAGE_SD if image_noise is None else image_noise)
+                image, mask = render(size, params, side, rng, hospital)
                 name = filenames.encode(pid, crop, patient["label"], patient["sex"], patient["age"], patient["bmi"])
                 runfiles.write_bytes(out / split / name, _png(image), fsync=False)
                 runfiles.write_bytes(mask_path(out / split / name), _png(mask), fsync=False)
@@ -653,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_seed(data, "the drawing: the same seed gives the same bytes")
     data.add_argument("--size", type=int, nargs=2, default=list(IMAGE_SIZE), metavar=("H", "W"),
                       help="image height and width in pixels")
+    data.add_argument("--site", choices=sorted(SITES), default="A",
+                      help="hospital: A (default) or B, an older population with more osteoporosis, another exposure "
+                           "curve, more noise and the side markers at the bottom, for external validation")
     regime = parser.add_argument_group(
         "regime", "how much of the disease the clinical values explain and how clearly the picture shows it "
                   "(docs/fusion.md); left out: the demo's own")
@@ -694,8 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_regime(args.clinical_share, args.image_noise)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.pelvis and (args.clinical_share is not None or args.image_noise is not None):
-        parser.error("--clinical-share and --image-noise apply to the hip data set, not to --pelvis views")
+    if args.pelvis and (args.site != "A" or args.clinical_share is not None or args.image_noise is not None):
+        parser.error("--pelvis draws site A's pelvis views in the demo's regime only; leave out --site, "
+                     "--clinical-share and --image-noise, or drop --pelvis")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _keep_freed_memory()
     if args.pelvis:
@@ -706,7 +745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.out}: {args.n} AP pelvis views in {args.out}/raw, list {PELVIS_LIST}, truth {PELVIS_TRUTH}")
         return 0
     try:
-        manifest = generate(args.out, args.n, args.seed, tuple(args.size), args.clinical_share, args.image_noise)
+        manifest = generate(args.out, args.n, args.seed, tuple(args.size), args.site, args.clinical_share,
+                            args.image_noise)
     except (FileExistsError, NotADirectoryError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if args.examples:

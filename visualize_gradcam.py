@@ -183,11 +183,12 @@ def select_cases(run_dir: str | os.PathLike, files: Sequence[Path], kinds: Seque
 
 
 def reference_inputs(run: runfiles.Run, data_dir: str | os.PathLike | None = None, n: int = 16,
-                     seed: int = 0) -> torch.Tensor:
+                     seed: int = 0, files: Sequence[Path] | None = None) -> torch.Tensor:
     """``(n, C, H, W)``: ``n`` of the run's training images (a fixed draw for ``seed``), built as the network
-    saw them without augmentation: the reference population of ``--method expected_gradients``."""
+    saw them without augmentation: the reference population of ``--method expected_gradients``. ``files``:
+    the run's training images when the caller knows them (a cross-validation fold), else from ``data_dir``."""
     try:
-        files = runfiles.split_files(run.config, data_dir)["train"]
+        files = runfiles.split_files(run.config, data_dir)["train"] if files is None else list(files)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc}. Expected gradients compares each image with the run's training images; "
                                 "pass --data_dir where the run's data set lies now") from exc

@@ -71,6 +71,16 @@ def test_table_differences_holm_and_files(runs, tmp_path, capsys):
     assert "| cmp/fold_LF | late fusion of sex, age and BMI |" in printed
 
 
+def test_without_out_the_table_is_printed_and_nothing_written(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    compare.main([*map(str, runs), "--bootstrap", "50"])
+    printed = capsys.readouterr().out
+    assert "| cmp/fold_EF | early fusion" in printed and "AUC difference" not in printed.splitlines()[0]
+    assert "comparison in" not in printed
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_existing_comparison_is_kept_without_overwrite(runs, tmp_path):
     out = tmp_path / "comparison"
     compare.main([*map(str, runs[:2]), "--out", str(out), "--bootstrap", "50"])

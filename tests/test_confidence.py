@@ -388,6 +388,22 @@ def test_weighted_calibration_equals_calibration_of_repeated_data():
     assert np.isnan(one_class["calibration_slope"][0]) and np.isnan(one_class["calibration_intercept"][0])
 
 
+def test_singular_resamples_are_not_valid_calibration_slopes():
+    # One distinct probability: the slope is not identifiable, in the point fit and in every resample.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        out = confidence.bootstrap_metrics([0, 1, 0, 1], [0.3] * 4, 0.5, groups=list("aabb"), n_boot=200)
+    slope = out["calibration_slope"]
+    assert math.isnan(slope["point"]) and math.isnan(slope["low"]) and math.isnan(slope["high"])
+    assert slope["n_boot_valid"] == 0
+    # the intercept (slope fixed at 1) stays defined: logit(0.5) - logit(0.3)
+    assert out["calibration_intercept"]["point"] == pytest.approx(logit(0.5) - logit(0.3))
+    # a resample that keeps only the images of one probability is NaN, its neighbours are not
+    got = confidence.weighted_calibration(np.array([0, 1, 0, 1]), np.array([0.3, 0.3, 0.6, 0.4]),
+                                          np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
+    assert np.isnan(got["calibration_slope"][0]) and np.isfinite(got["calibration_slope"][1])
+
+
 def test_calibration_counts_clipped_probabilities():
     out = confidence.calibration([0, 1, 0, 1, 1, 0], [0.0, 1.0, 0.3, 0.6, 1 - 1e-9, 0.7])
     assert out["n_clipped"] == 3

@@ -10,6 +10,7 @@ import pytest
 import baseline
 import confidence
 import crossval
+import decision
 import filenames
 import main
 import metrics
@@ -19,8 +20,9 @@ from conftest import write_split
 
 SECTIONS = ("## Summary", "## 1. Data", "## 2. Training", "## 3. Discrimination on test",
             "## 4. Test metrics with 95% confidence intervals", "## 5. Confusion matrix at the validation threshold",
-            "## 6. Calibration", "## 7. Does the image add to age, sex and BMI?", "## 8. Subgroups",
-            "## 9. Methods and notes")
+            "## 6. Calibration", "## 7. Clinical usefulness: decision curve",
+            "## 8. Does the image add to age, sex and BMI?", "## 9. Subgroups", "## 10. Case gallery",
+            "## 11. Methods and notes")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,11 @@ def test_report_files_sections_and_embedded_figures(run):
     html = (run_dir / "report.html").read_text()
     for section in SECTIONS:
         assert section in md and section[3:] in html
-    assert html.count("data:image/png;base64,") == 4  # training, ROC/PR, confusion, calibration
+    kinds = {c["kind"] for c in result["gallery"]}
+    # training, ROC/PR, confusion, calibration, decision, and one gallery sheet per outcome shown
+    assert html.count("data:image/png;base64,") == 5 + len(kinds) and kinds
     assert "report_figures/" not in html  # self-contained
-    for name in ("training", "roc_pr", "confusion", "calibration"):
+    for name in ("training", "roc_pr", "confusion", "calibration", "decision"):
         assert (run_dir / report.FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"report_figures/{name}.png" in md
     assert not [p for p in run_dir.rglob("*.tmp")]  # written atomically, nothing half-done left
@@ -67,6 +71,37 @@ def test_report_files_sections_and_embedded_figures(run):
     assert "Primary result: network test ROC AUC" in md and "AUC difference network - clinical-only baseline" in md
     assert "conditional on this trained model and on the threshold chosen on validation" in md
     assert result["network"]["threshold"] == saved["network"]["threshold"]
+    pred = pd.read_csv(run_dir / "test_predictions.csv")
+    curve = saved["network"]["decision_curve"]
+    np.testing.assert_allclose(curve["net_benefit"], decision.net_benefit(pred["label"], pred["probability"],
+                                                                          curve["thresholds"]))
+    assert curve["run_threshold"] == saved["network"]["threshold"] and "decision_curve" in saved["baseline"]
+    assert "| Threshold probability | Net benefit, Network | Net benefit, Clinical baseline | Treat all |" in md
+    assert f"| 5% | {curve['net_benefit'][0]:.3f} |" in md and "report_figures/decision.png" in md
+
+
+def test_gallery_shows_the_most_confident_case_of_each_outcome_and_can_be_left_out(run):
+    run_dir, _ = run
+    result = report.write_report(run_dir, n_boot=50, gallery=1)
+    pred = pd.read_csv(run_dir / "test_predictions.csv")
+    t = result["network"]["threshold"]
+    outcome = {(1, True): "tp", (0, False): "tn", (0, True): "fp", (1, False): "fn"}
+    pred["kind"] = [outcome[(label, p >= t)] for label, p in zip(pred["label"], pred["probability"])]
+    want = {}
+    for kind, rows in pred.groupby("kind"):
+        pick = rows["probability"].idxmax() if kind in ("tp", "fp") else rows["probability"].idxmin()
+        want[kind] = pred.loc[pick, "file"]
+    assert {c["kind"]: c["file"] for c in result["gallery"]} == want
+    for c in result["gallery"]:
+        assert c["probability"] == pytest.approx(pred.set_index("file").loc[c["file"], "probability"])
+        assert (run_dir / report.FIGURE_DIR / f"gallery_{c['kind']}.png").is_file()
+    md = (run_dir / "report.md").read_text()
+    assert "## 10. Case gallery" in md and f"report_figures/gallery_{result['gallery'][0]['kind']}.png" in md
+    assert f"| {result['gallery'][0]['kind'].upper()} | {result['gallery'][0]['file']} |" in md
+    none = report.write_report(run_dir, n_boot=50, gallery=0)
+    assert none["gallery"] == [] and "No case gallery (--gallery 0)." in (run_dir / "report.md").read_text()
+    assert (run_dir / "report.html").read_text().count("data:image/png;base64,") == 5
+    assert not list((run_dir / report.FIGURE_DIR).glob("gallery_*.png"))  # the earlier report's sheets are gone
 
 
 def test_intervals_are_over_patients_from_the_best_epochs_predictions(run):

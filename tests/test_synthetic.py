@@ -145,3 +145,36 @@ def test_rerun_identical_is_a_no_op_and_other_parameters_refused(tmp_path, capsy
     assert "40 images of 20 patients" in printed and "nan" not in printed
     with pytest.raises(FileExistsError, match="n=20.*n=21"):
         synthetic.generate(out, 21, seed=1, size=(64, 37))
+
+
+def test_site_b_is_an_older_sicker_population_with_other_pictures_in_the_same_format(tmp_path):
+    a = synthetic.generate(tmp_path / "A", 150, seed=2, size=(64, 37))
+    b = synthetic.generate(tmp_path / "B", 150, seed=2, size=(64, 37), site="B")
+    assert b["age"].min() >= 60 and b["age"].mean() > a["age"].mean() + 5
+    assert b["label"].mean() > a["label"].mean() + 0.05  # same disease model, older patients
+    assert set(a["marker_corner"]) == {0, 1} and set(b["marker_corner"]) == {2, 3}
+    assert set(b.columns) == set(a.columns)
+    for row in b.itertuples():  # names decode to the manifest, as at site A
+        info = filenames.decode(tmp_path / "B" / row.file)
+        assert (info.label, info.age, info.sex) == (row.label, row.age, row.sex)
+    # the marker is burned into a bottom corner: the bottom rows hold the brightest pixels, the top ones not
+    for name in b["file"].iloc[:6]:
+        image = cv2.imread(str(tmp_path / "B" / name), cv2.IMREAD_GRAYSCALE)
+        assert image[-12:].max() > 200 and image[:12].max() < image[-12:].max() - 40
+    meta = json.loads((tmp_path / "B" / synthetic.METADATA).read_text())
+    assert meta["site"] == "B" and meta["site_parameters"]["noise"] == synthetic.SITES["B"].noise
+    assert "site" not in json.loads((tmp_path / "A" / synthetic.METADATA).read_text())  # site A as before
+    with pytest.raises(FileExistsError, match="site=B.*site=A"):
+        synthetic.generate(tmp_path / "B", 150, seed=2, size=(64, 37))
+
+
+def test_site_a_is_the_default_data_set_byte_for_byte(tmp_path):
+    assert _generated_bytes(tmp_path / "default", seed=5) == {
+        k: v for k, v in _generated_bytes_site(tmp_path / "a", seed=5, site="A").items()}
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path / "p"), "--pelvis", "--site", "B"])
+
+
+def _generated_bytes_site(out, seed, site, n=6):
+    synthetic.generate(out, n, seed=seed, size=(64, 37), site=site)
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
