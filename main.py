@@ -438,30 +438,14 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
             resolve_pretrained(args.pretrained, args.model)
         except (ValueError, FileNotFoundError, PretrainedUnavailable) as exc:
             raise UserError(str(exc)) from None
-    result = run(args, given, dist_info) if not args.folds else cross_validate(args, given, dist_info)
+    if args.folds:
+        import crossval
+
+        result = crossval.cross_validate(args, lambda fold_args: run(fold_args, given, dist_info), dist_info.is_main)
+    else:
+        result = run(args, given, dist_info)
     runtime.leave_distributed(dist_info)
     return result
-
-
-def cross_validate(args: argparse.Namespace, given: set[str], dist_info) -> list[dict]:
-    import crossval
-
-    design = crossval.resolve_design(args.data_dir, args.cv)
-    logger.info("cross-validation design: %s", crossval.DESIGN_TEXT[design])
-    results, runs = [], []
-    for k in range(args.folds):
-        fold_args = argparse.Namespace(**vars(args))
-        fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed, fold_args.cv_design = \
-            f"{args.fold}{k}", args.folds, k, args.seed, design
-        logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, args.folds - 1, fold_args.fold)
-        results.append(run(fold_args, given, dist_info))
-        runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
-    if dist_info.is_main:
-        cv = crossval.write_cv_summary(Path(args.out_root) / args.save_dir, runs, n_boot=args.bootstrap or 2000,
-                                       seed=args.seed)
-        print(crossval.headline(cv))
-        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_report.md'}")
-    return results
 
 
 def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:

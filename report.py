@@ -1,7 +1,7 @@
 """Run report: the test-set numbers of one run with what a clinical reader needs to trust them.
 
     python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
-    python3 report.py --cv outs/<save_dir>          # cross-validation summary (crossval.py)
+    python3 report.py --cv outs/<save_dir>          # cross-validation summary (cv_report.py)
     python3 report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
 
 Writes ``report.md`` (figures in ``report_figures/``), ``report.html`` (self-contained, figures
@@ -315,11 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
         if not runs:
             raise SystemExit(f"--cv {save_dir}: no tested fold*/ run folders (with test_metrics.json) inside")
         try:
-            result = crossval.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
+            result = cv_report.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
                                                data_dir=args.data_dir)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(str(exc)) from None
-        print(f"{crossval.headline(result)}; {save_dir / 'cv_report.md'}")
+        print(f"{cv_report.headline(result)}; {save_dir / 'cv_report.md'}")
         return result
     try:
         result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval)
@@ -341,7 +341,7 @@ import pandas as pd  # noqa: E402
 
 import baseline  # noqa: E402
 import confidence  # noqa: E402
-import crossval  # noqa: E402
+import cv_report  # noqa: E402
 import filenames  # noqa: E402
 import loader  # noqa: E402
 import metrics  # noqa: E402

@@ -337,7 +337,7 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
                                 f"val/ test/ the run was trained on (--data_dir), or make the demo set with "
                                 f"python3 synthetic.py --out {data_dir}")
     if config.get("cv_folds"):
-        import crossval  # torch, through the loader: only for cross-validation folds
+        import folds
 
-        return crossval.config_files(config, data_dir)  # the fold's design decides its three parts
+        return folds.config_files(config, data_dir)  # the fold's design decides its three parts
     return {s: filenames.list_split(data_dir, s) for s in SPLITS}
