@@ -77,6 +77,7 @@ class ClassifyTrainer:
         self.scheduler = scheduler
         self.device = device
         self.run_dir = Path(run_dir)
+        self.run = runfiles.Run(self.run_dir)  # names and writes the run's files
         self.config = config
         self.clinical_stats = clinical_stats
         self.precision = precision
@@ -129,7 +130,7 @@ class ClassifyTrainer:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()}{where}; training stopped. "
-                f"The best checkpoint so far is kept at {self.run_dir / runfiles.BEST}. "
+                f"The best checkpoint so far is kept at {self.run.file(runfiles.BEST)}. "
                 "Try a lower --lrG or --dtype float.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -241,8 +242,8 @@ class ClassifyTrainer:
             if self.dist.is_main:
                 if improved:
                     self.save(runfiles.BEST, epoch, val["youden_threshold"], val)
-                    self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
-                runfiles.write_csv(self.run_dir / runfiles.HISTORY, self.history)
+                    self.write_predictions("val", pred, val["youden_threshold"])
+                self.run.write_history(self.history)
                 self.save_last(epoch)
             # the metric names are history.csv's columns (val_roc_auc, ...); the selecting one is added if not shown
             shown = {"roc_auc": val["roc_auc"], "f2": val["f2"], "accuracy": val["accuracy"]}
@@ -257,9 +258,8 @@ class ClassifyTrainer:
 
     # -- checkpoints and test ------------------------------------------------------------------------
     def save(self, name: str, epoch: int, threshold: float, val_metrics: dict, **extra) -> None:
-        runfiles.save_checkpoint(self.run_dir / name, unwrap(self.eval_model).state_dict(), self.config,
-                                 self.clinical_stats, threshold, epoch,
-                                 val_metrics={k: float(v) for k, v in val_metrics.items()},
+        self.run.save_checkpoint(name, unwrap(self.eval_model).state_dict(), self.config, self.clinical_stats,
+                                 threshold, epoch, val_metrics={k: float(v) for k, v in val_metrics.items()},
                                  select_metric=self.select_metric, **extra)
 
     def save_last(self, epoch: int) -> None:
@@ -292,17 +292,17 @@ class ClassifyTrainer:
         if self.best:
             self.best["epoch"] = int(self.best["epoch"])
 
-    def write_predictions(self, name: str, pred: dict, threshold: float) -> None:
+    def write_predictions(self, split: str, pred: dict, threshold: float) -> None:
         rows = [{"file": Path(p).name, "label": int(y), "probability": runfiles.probability_text(prob),
                  "prediction": int(prob >= threshold)}
                 for p, y, prob in zip(pred["paths"], pred["labels"], pred["probs"])]
-        runfiles.write_csv(self.run_dir / name, rows, ["file", "label", "probability", "prediction"])
+        self.run.write_predictions(split, rows)
 
     def test(self) -> dict:
         """Load ``best.pth`` (never the last epoch's weights) and score it once on test."""
         if self.dist.enabled:
             dist.barrier()  # rank 0 has finished writing best.pth
-        state = runfiles.load_checkpoint(self.run_dir / runfiles.BEST)
+        state = self.run.load_checkpoint(runfiles.BEST)
         unwrap(self.eval_model).load_state_dict(state["model"])
         threshold = float(state["threshold"])
         pred = self.predict("test")
@@ -318,6 +318,6 @@ class ClassifyTrainer:
             "at_0.5": metrics.compute_metrics(pred["labels"], pred["probs"], threshold=0.5),
         }
         if self.dist.is_main:
-            runfiles.write_json(self.run_dir / runfiles.TEST_METRICS, result)
-            self.write_predictions(runfiles.PREDICTIONS["test"], pred, threshold)
+            self.run.write_test_metrics(result)
+            self.write_predictions("test", pred, threshold)
         return result

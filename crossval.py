@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Callable
 
 import cv_report
@@ -33,8 +32,8 @@ def cross_validate(args: argparse.Namespace, run_fold: Callable[[argparse.Namesp
         results.append(run_fold(fold_args))
         runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
     if is_main:
-        cv = cv_report.write_cv_summary(Path(args.out_root) / args.save_dir, runs, n_boot=args.bootstrap or 2000,
-                                        seed=args.seed)
+        group = runfiles.run_group(args.save_dir, args.out_root)
+        cv = cv_report.write_cv_summary(group.dir, runs, n_boot=args.bootstrap or 2000, seed=args.seed)
         print(cv_report.headline(cv))
-        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_report.md'}")
+        print(f"cross-validation summary: {group.report_file}")
     return results

@@ -111,7 +111,8 @@ def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns:
 def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[str | os.PathLike],
                      n_boot: int = 2000, seed: int = 0, by: Sequence[str] | None = None,
                      data_dir: str | os.PathLike | None = None) -> dict:
-    """``cv_summary.json`` and ``cv_report.md`` in ``save_dir_path`` over the tested fold runs.
+    """``cv_summary.json`` and ``cv_report.md`` in ``save_dir_path`` over the tested fold runs (each
+    read through :func:`runfiles.load_run`: a fold whose test metrics are stale is refused).
 
     Always: each fold's test metrics at its own validation threshold, and per metric the mean, SD
     (ddof 1) and how many folds entered them (a fold whose metric is undefined, e.g. a test fold
@@ -128,22 +129,22 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     if not fold_run_dirs:
         raise ValueError("write_cv_summary needs at least one fold run folder")
     folds, predictions, designs, data_dirs = [], [], set(), set()
-    for run in map(Path, fold_run_dirs):
-        for name in ("test_metrics.json", "test_predictions.csv", "config.json"):
-            if not (run / name).is_file():
-                raise FileNotFoundError(f"{run / name} not found: test every fold before summarising")
-        tm = runfiles.read_json(run / "test_metrics.json")
-        config = runfiles.read_json(run / "config.json")
+    for folder in map(Path, fold_run_dirs):
+        for name in (runfiles.BEST, runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], runfiles.CONFIG):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found: test every fold before summarising")
+        run = runfiles.load_run(folder)
+        tm = run.test_metrics()  # refused when stale: scored at another threshold than best.pth holds
+        config = run.read_config()
         designs.add(config.get("cv_design", "heldout") if config.get("cv_folds") else "heldout")
         data_dirs.add(config.get("data_dir"))
-        pred = runfiles.read_predictions(run, "test")
-        pred["fold"] = run.name
+        pred = run.predictions("test")
+        pred["fold"] = folder.name
         predictions.append(pred)
-        row = {"run": run.name, "epoch": tm["epoch"], "threshold": tm["threshold"], "n_images": tm["n_images"],
+        row = {"run": folder.name, "epoch": tm["epoch"], "threshold": tm["threshold"], "n_images": tm["n_images"],
                **{k: _number(tm["at_threshold"].get(k)) for k in FOLD_METRICS}}
-        report_path = run / "report_metrics.json"
-        if report_path.is_file():
-            rep = runfiles.read_json(report_path)
+        rep = run.report_metrics()
+        if rep is not None:
             base = rep.get("baseline") or {}
             if base.get("metrics") and rep.get("comparison"):
                 row["baseline_roc_auc"] = _number(base["metrics"]["roc_auc"]["point"])
@@ -209,9 +210,8 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     summary["note"] = ("per-fold figures: " + ("each fold is scored on its own test patients" if design == "oof" else
                        "every fold is scored on the same held-out test set, so the SD reflects variation between "
                        "trainings (data of the fold, initialisation), not sampling of test patients"))
-    runfiles.write_json(out_dir / "cv_summary.json", summary)
-    runfiles.write_text(out_dir / "cv_report.md", render_cv_report(out_dir.name, summary))
-    logger.info("cross-validation summary of %d folds written to %s", len(folds), out_dir / "cv_summary.json")
+    written = runfiles.RunGroup(out_dir).write_cv_summary(summary, render_cv_report(out_dir.name, summary))
+    logger.info("cross-validation summary of %d folds written to %s", len(folds), written)
     return summary
 
 

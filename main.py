@@ -44,9 +44,6 @@ MODEL_KEYS = ("model", "fusion", "depth", "growthRate", "norm", "act", "stem", "
 # where and how fast this session runs, not what the run is: the only flags --resume lets differ
 SESSION_KEYS = ("device", "gpus", "workers", "cache_gb", "out_root", "save_dir", "fold", "resume", "test",
                 "extend_epochs")
-REPORTED = "report_metrics.json"  # report.write_report writes it last
-# what a finished run's test and report consist of; an extension removes them (they describe the shorter run)
-RESULTS = (runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], "report.md", "report.html", REPORTED, "report_figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,14 +345,14 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
     if not (args.test or args.resume) or new_fold_of_cv:
         if out.exists() and any(out.iterdir()):
             how = (f"it stopped before finishing its first epoch: continue it with --resume"
-                   if not (out / runfiles.LAST).exists() else "continue it with --resume, score it with --test")
+                   if not runfiles.Run(out).has_checkpoint(runfiles.LAST) else "continue it with --resume, score it with --test")
             raise UserError(f"{out} already holds a run; nothing was changed. {how[0].upper() + how[1:]}, or choose "
                             f"another --save_dir / --fold (e.g. {resume_command(args)})")
         return None, None, None
     import loader
 
     if args.test:
-        state = runfiles.load_checkpoint(out / runfiles.BEST)
+        state = runfiles.Run(out).load_checkpoint(runfiles.BEST)
         config = dict(state["config"])
         for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
             if key in config and key in given and getattr(args, key) != config[key]:
@@ -368,14 +365,14 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
                 setattr(args, key, config[key])
         return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), None
 
-    state, config_file = None, out / runfiles.CONFIG
-    if (out / runfiles.LAST).is_file():
-        state = runfiles.load_checkpoint(out / runfiles.LAST)
+    state, folder = None, runfiles.Run(out)
+    if folder.has_checkpoint(runfiles.LAST):
+        state = folder.load_checkpoint(runfiles.LAST)
         config = dict(state["config"])
-    elif config_file.is_file():  # killed in its first epoch: start it again, as configured
-        config = runfiles.read_json(config_file)
+    elif folder.config_file.is_file():  # killed in its first epoch: start it again, as configured
+        config = folder.read_config()
     else:
-        raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or config.json); check "
+        raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or {runfiles.CONFIG}); check "
                         "--save_dir, --fold and --out_root, or start a new run without --resume")
     refuse_changes(args, given, config, out)
     for key, value in config.items():
@@ -391,7 +388,8 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
 def finished(out: Path, config: dict, state: dict | None) -> bool:
     """Whether a run trained all its epochs and wrote its test (and report) files."""
     done = state is not None and len(state.get("history") or []) >= int(config["epoch"])
-    return done and (out / runfiles.TEST_METRICS).is_file() and (not config.get("bootstrap") or (out / REPORTED).is_file())
+    folder = runfiles.Run(out)
+    return done and folder.is_tested() and (not config.get("bootstrap") or folder.has_report())
 
 
 def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> dict:
@@ -405,12 +403,7 @@ def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> di
     config = {**config, "epoch": done + args.extend_epochs,
               "restarts": [*config.get("restarts", []), done]}
     args.epoch = config["epoch"]
-    for name in RESULTS:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    runfiles.Run(out).remove_results()
     logger.info("extending the run from %d to %d epochs%s; its test and report files were removed and are "
                 "written again for the best epoch when the run ends", done, config["epoch"],
                 " (the cosine schedule restarts at --lrG)" if config.get("sched") == "cosine" else "")
@@ -458,13 +451,13 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
             logger.info("the run %s finished all %d epochs (best epoch %d) and is tested; nothing to resume, "
                         "nothing changed. To train it longer: %s --extend_epochs N", out, config["epoch"],
                         int(resume_state["best"]["epoch"]), resume_command(args))
-            result = runfiles.read_json(out / runfiles.TEST_METRICS)
+            result = runfiles.load_run(out).test_metrics()
             summary(result, out)
             return result
         if dist_info.is_main:
             import runtime
 
-            runtime.setup_logging(out / "train.log")  # the log of the run says what happened to it
+            runtime.setup_logging(runfiles.Run(out).log_file)  # the log of the run says what happened to it
     files = runfiles.split_files(vars(args), args.data_dir)
     data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
     if not args.test:
@@ -490,7 +483,7 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
                          resume_command(args))
         else:
             logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
-                         done + 1, done, out / runfiles.LAST, resume_command(args))
+                         done + 1, done, runfiles.Run(out).file(runfiles.LAST), resume_command(args))
         raise SystemExit(130) from None
     except BaseException:
         if created is not None and _saved_epochs(out) == 0:
@@ -510,8 +503,7 @@ def use_settings(args: argparse.Namespace) -> None:
 
 def _saved_epochs(out: Path) -> int:
     """Epochs saved in the run's history.csv (0 when none finished)."""
-    path = out / "history.csv"
-    return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
+    return runfiles.Run(out).saved_epochs()
 
 
 def _remove(path: Path) -> None:
@@ -582,7 +574,7 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
         torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        runtime.setup_logging(out / "train.log")
+        runtime.setup_logging(runfiles.Run(out).log_file)
     runtime.seed_everything(args.seed, dist_info.rank)
     logger.info("run folder %s; device %s%s; %s", out, device,
                 f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", args.threads)
@@ -601,7 +593,7 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
                   "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
                   "world_size": dist_info.world}
     if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):
-        runfiles.write_json(out / runfiles.CONFIG, config)
+        runfiles.Run(out).write_config(config)
     trainer = build_trainer(args, config, loaders, stats, device, out, dist_info, device_augmenter)
     with logging_redirect_tqdm():
         if not args.test:

@@ -168,8 +168,8 @@ def run_checkpoints(run: str | os.PathLike) -> list[Path]:
     """What ``--run`` names: a checkpoint file or a run folder (one model), or a cross-validation run
     group ``outs/<save_dir>`` (the ``fold*/`` run folders inside with a ``best.pth``: a fold ensemble)."""
     path = Path(run)
-    if path.is_dir() and not (path / runfiles.BEST).is_file():
-        folds = sorted(d for d in path.glob("fold*") if (d / runfiles.BEST).is_file())
+    if path.is_dir() and not runfiles.Run(path).has_checkpoint(runfiles.BEST):
+        folds = [fold.dir for fold in runfiles.RunGroup(path).runs(having=runfiles.BEST)]
         if folds:
             return folds
         raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "

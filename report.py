@@ -54,7 +54,7 @@ def run_facts(run_dir: str | os.PathLike) -> dict:
     """What a report reads from a finished run (through :func:`runfiles.load_run`): the checkpoint's
     facts, history, test/val predictions and test_metrics.json."""
     run = runfiles.load_run(run_dir)
-    has_val = (run.dir / runfiles.PREDICTIONS["val"]).is_file()
+    has_val = run.has_predictions("val")
     return {"dir": run.dir, "config": run.config, "threshold": run.threshold, "epoch": run.epoch,
             "clinical_stats": run.clinical_stats, "select_metric": run.select_metric, "test": run.predictions("test"),
             "val": run.predictions("val") if has_val else None, "history": run.history(),
@@ -234,8 +234,8 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)  # before any file is read
     run = run_facts(run_dir)
     paths = runfiles.split_files(run["config"], data_dir, files)
-    check_same_images("test", paths["test"], run["test"], "test_predictions.csv")
-    check_same_images("val", paths["val"], run["val"], "val_predictions.csv")
+    check_same_images("test", paths["test"], run["test"], runfiles.PREDICTIONS["test"])
+    check_same_images("val", paths["val"], run["val"], runfiles.PREDICTIONS["val"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         test = scored_test_set(run, paths)
@@ -270,16 +270,14 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
 
 
 def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
-    """report_figures/*.png, report.md, report.html and report_metrics.json, each atomically."""
+    """report_figures/*.png, report.md, report.html and report_metrics.json, each atomically (runfiles.Run)."""
     blocks = report_render.report_blocks(result)
-    for name, png in figures.items():
-        runfiles.write_bytes(run_path / FIGURE_DIR / f"{name}.png", png)
-    runfiles.write_text(run_path / "report.md", report_render.render_markdown(blocks))
-    runfiles.write_text(run_path / "report.html",
-                        report_render.render_html(blocks, figures, f"Run report: {result['run']}"))
     saved = {k: v for k, v in result.items() if k != "history"}
-    runfiles.write_json(run_path / "report_metrics.json", saved)
-    logger.info("report written: %s", run_path / "report.html")
+    written = runfiles.Run(run_path).write_report(report_render.render_markdown(blocks, figure_dir=FIGURE_DIR),
+                                                  report_render.render_html(blocks, figures,
+                                                                            f"Run report: {result['run']}"),
+                                                  saved, figures)
+    logger.info("report written: %s", written)
     return saved
 
 
@@ -310,16 +308,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.by and not args.cv:
         raise SystemExit("--by splits a cross-validation summary into subgroups: use it with --cv SAVE_DIR")
     if args.cv:
-        save_dir = Path(args.cv)
-        runs = sorted(d for d in save_dir.glob("fold*") if (d / "test_metrics.json").is_file())
+        group = runfiles.RunGroup(Path(args.cv))
+        runs = [run.dir for run in group.runs(having=runfiles.TEST_METRICS)]
         if not runs:
-            raise SystemExit(f"--cv {save_dir}: no tested fold*/ run folders (with test_metrics.json) inside")
+            raise SystemExit(f"--cv {group.dir}: no tested fold*/ run folders (with {runfiles.TEST_METRICS}) inside")
         try:
-            result = cv_report.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
+            result = cv_report.write_cv_summary(group.dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
                                                data_dir=args.data_dir)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(str(exc)) from None
-        print(f"{cv_report.headline(result)}; {save_dir / 'cv_report.md'}")
+        print(f"{cv_report.headline(result)}; {group.report_file}")
         return result
     try:
         result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval)
@@ -328,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
     auc = result["network"]["metrics"]["roc_auc"]
     base = (f"clinical baseline {_ci(result['baseline']['metrics']['roc_auc'])}" if result["baseline"]
             else f"no clinical baseline ({result['baseline_absent']})")
-    print(f"test ROC AUC {_ci(auc)}; {base}; report in {Path(args.run) / 'report.html'}")
+    print(f"test ROC AUC {_ci(auc)}; {base}; report in {runfiles.Run(Path(args.run)).file(runfiles.REPORT_HTML)}")
     return result
 
 
@@ -349,7 +347,7 @@ import report_render  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
 import splits  # noqa: E402
-from report_render import FIGURE_DIR, ci as _ci  # noqa: E402,F401 (FIGURE_DIR: the report's folder)
+from report_render import FIGURE_DIR, ci as _ci  # noqa: E402
 
 if __name__ == "__main__":
     run_main(main)

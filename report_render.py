@@ -31,7 +31,7 @@ import loader
 import metrics
 import runfiles
 
-FIGURE_DIR = "report_figures"
+FIGURE_DIR = runfiles.REPORT_FIGURES  # where report.md finds its figures
 # (key of confidence.bootstrap_metrics, label), in the order of the metrics table
 TABLE_METRICS = (("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC (average precision)"), ("brier", "Brier score"),
                  ("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "PPV (precision)"),

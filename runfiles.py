@@ -34,6 +34,15 @@ CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "
 BEST, LAST = "best.pth", "last.pth"
 CONFIG, HISTORY, TEST_METRICS = "config.json", "history.csv", "test_metrics.json"
 PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
+PREDICTION_COLUMNS = ("file", "label", "probability", "prediction")
+TRAIN_LOG = "train.log"
+# the run report (report.py); report_metrics.json is written last, so its presence means the report is whole
+REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES = ("report.md", "report.html", "report_metrics.json",
+                                                         "report_figures")
+# what a finished run's test and report consist of; --extend_epochs removes them (they describe the shorter run)
+RESULTS = (TEST_METRICS, PREDICTIONS["test"], REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES)
+# a cross-validation run group outs/<save_dir>/: its fold runs fold*/ and the summary over them
+CV_SUMMARY, CV_REPORT = "cv_summary.json", "cv_report.md"
 # How the clinical values reach the network: as constant image channels, joined to the pooled image
 # features, or not at all (image-only comparison runs).
 FUSION_MODES = ("early", "late", "image")
@@ -47,6 +56,11 @@ RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/,
 def run_dir(save_dir: str | os.PathLike, fold: str, root: str | os.PathLike = "outs") -> Path:
     """``<root>/<save_dir>/fold<fold>`` as in the original work (``--fold _Dense_LF`` -> ``fold_Dense_LF``)."""
     return Path(root) / str(save_dir) / f"fold{fold}"
+
+
+def run_group(save_dir: str | os.PathLike, root: str | os.PathLike = "outs") -> "RunGroup":
+    """``<root>/<save_dir>``: the run folders of one group (the folds of a cross-validation)."""
+    return RunGroup(Path(root) / str(save_dir))
 
 
 # --------------------------------------------------------------------------- writing
@@ -199,37 +213,60 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-# --------------------------------------------------------------------------- reading a run back
+# --------------------------------------------------------------------------- the run folder
 
 @dataclass(frozen=True)
 class Run:
-    """A trained run as the tools see it: the folder, its checkpoint (validated by :func:`load_run`)
-    and the configuration stored with the weights."""
+    """A run folder ``outs/<save_dir>/fold<fold>/``: the one place that names its files, writes them
+    (atomically) and reads them back. ``Run(folder)`` names, writes and reads; :func:`load_run` adds
+    the validated checkpoint (``checkpoint``, ``state``) and with it the configuration stored with
+    the weights, the threshold and the staleness check of :meth:`test_metrics`."""
 
     dir: Path
-    checkpoint: Path
-    state: dict
+    checkpoint: Path | None = None
+    state: dict | None = None
+
+    # -- names ------------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / TRAIN_LOG
+
+    def predictions_file(self, split: str) -> Path:
+        return self.dir / PREDICTIONS[split]
+
+    # -- the loaded checkpoint --------------------------------------------------------------------
+    def _state(self) -> dict:
+        if self.state is None:
+            raise ValueError(f"{self.dir}: its checkpoint was not read (runfiles.load_run reads it)")
+        return self.state
 
     @property
     def config(self) -> dict:
-        return self.state["config"]
+        return self._state()["config"]
 
     @property
     def threshold(self) -> float:
         """The decision threshold chosen on validation at the best epoch."""
-        return float(self.state["threshold"])
+        return float(self._state()["threshold"])
 
     @property
     def epoch(self) -> int:
-        return int(self.state["epoch"])
+        return int(self._state()["epoch"])
 
     @property
     def clinical_stats(self) -> dict:
-        return self.state["clinical_stats"]
+        return self._state()["clinical_stats"]
 
     @property
     def select_metric(self) -> str:
-        return self.state.get("select_metric", self.config.get("select_metric", "roc_auc"))
+        return self._state().get("select_metric", self.config.get("select_metric", "roc_auc"))
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -239,6 +276,74 @@ class Run:
     def fusion(self) -> str:
         return self.config["fusion"]
 
+    # -- writing ----------------------------------------------------------------------------------
+    def save_checkpoint(self, name: str, model_state: Mapping[str, Any], config: Mapping, clinical_stats: Mapping,
+                        threshold: float, epoch: int, **extra: Any) -> Path:
+        """``best.pth`` or ``last.pth`` (:func:`save_checkpoint`)."""
+        if name not in (BEST, LAST):
+            raise ValueError(f"a run's checkpoints are {BEST} and {LAST}, not {name!r}")
+        save_checkpoint(self.dir / name, model_state, config, clinical_stats, threshold, epoch, **extra)
+        return self.dir / name
+
+    def write_config(self, config: Mapping) -> Path:
+        return write_json(self.config_file, config)
+
+    def write_history(self, rows: Sequence[Mapping]) -> Path:
+        return write_csv(self.dir / HISTORY, rows)
+
+    def write_predictions(self, split: str, rows: Iterable[Mapping]) -> Path:
+        """``<split>_predictions.csv``: file, label, probability (:func:`probability_text`), prediction."""
+        return write_csv(self.predictions_file(split), rows, PREDICTION_COLUMNS)
+
+    def write_test_metrics(self, result: Mapping) -> Path:
+        return write_json(self.dir / TEST_METRICS, result)
+
+    def write_report(self, markdown: str, html: str, numbers: Mapping, figures: Mapping[str, bytes]) -> Path:
+        """The run report: ``report_figures/*.png``, ``report.md``, ``report.html`` and, last,
+        ``report_metrics.json`` (its presence says the report is whole). Returns the HTML's path."""
+        for name, png in figures.items():
+            write_bytes(self.dir / REPORT_FIGURES / f"{name}.png", png)
+        write_text(self.dir / REPORT_MD, markdown)
+        write_text(self.dir / REPORT_HTML, html)
+        write_json(self.dir / REPORT_METRICS, numbers)
+        return self.dir / REPORT_HTML
+
+    def remove_results(self) -> None:
+        """Remove the test and report files (:data:`RESULTS`), e.g. before a run is trained longer."""
+        import shutil
+
+        for name in RESULTS:
+            path = self.dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def read_config(self) -> dict:
+        """``config.json`` as written (old runs' keys as they were; :mod:`runconfig` converts them)."""
+        return read_json(self.config_file)
+
+    def load_checkpoint(self, name: str = BEST) -> dict:
+        return load_checkpoint(self.dir / name)
+
+    def has_checkpoint(self, name: str = BEST) -> bool:
+        return (self.dir / name).is_file()
+
+    def is_tested(self) -> bool:
+        return (self.dir / TEST_METRICS).is_file()
+
+    def has_report(self) -> bool:
+        return (self.dir / REPORT_METRICS).is_file()
+
+    def has_predictions(self, split: str) -> bool:
+        return self.predictions_file(split).is_file()
+
+    def saved_epochs(self) -> int:
+        """Epochs saved in ``history.csv`` (0 when none finished)."""
+        path = self.dir / HISTORY
+        return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
+
     def predictions(self, split: str = "test") -> "pd.DataFrame":
         return read_predictions(self.dir, split)
 
@@ -247,6 +352,10 @@ class Run:
 
         path = self.dir / HISTORY
         return pd.read_csv(path) if path.is_file() else None
+
+    def report_metrics(self) -> dict | None:
+        """``report_metrics.json`` (None before the run has a report)."""
+        return read_json(self.dir / REPORT_METRICS) if self.has_report() else None
 
     def test_metrics(self) -> dict | None:
         """``test_metrics.json`` (None before the run was tested); refused when it was scored at another
@@ -259,6 +368,39 @@ class Run:
             raise ValueError(f"{self.dir}: {TEST_METRICS} used threshold {metrics['threshold']} but {self.checkpoint.name} "
                              f"holds {self.threshold}; re-score the run (main.py --test) before using it")
         return metrics
+
+    def unchecked_test_metrics(self) -> dict:
+        """``test_metrics.json`` without the staleness check: only for a run that has just been tested
+        here, whose checkpoint is the one scored."""
+        return read_json(self.dir / TEST_METRICS)
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """A run group ``outs/<save_dir>/``: its run folders ``fold*/`` and, for a cross-validation, the
+    summary over them (``cv_summary.json``, ``cv_report.md``)."""
+
+    dir: Path
+
+    def run(self, fold: str) -> Run:
+        return Run(self.dir / f"fold{fold}")
+
+    def runs(self, having: str = BEST) -> list[Run]:
+        """The run folders ``fold*/`` that hold ``having`` (a checkpoint, or ``test_metrics.json``), sorted."""
+        return [Run(d) for d in sorted(self.dir.glob("fold*")) if (d / having).is_file()]
+
+    @property
+    def summary_file(self) -> Path:
+        return self.dir / CV_SUMMARY
+
+    @property
+    def report_file(self) -> Path:
+        return self.dir / CV_REPORT
+
+    def write_cv_summary(self, summary: Mapping, markdown: str) -> Path:
+        write_json(self.summary_file, summary)
+        write_text(self.report_file, markdown)
+        return self.summary_file
 
 
 def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:

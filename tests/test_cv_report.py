@@ -6,6 +6,7 @@ import pytest
 
 import cv_report
 import filenames
+import runfiles
 
 
 def write_fold(run, rows, threshold, design="oof", clinical=False, epoch=3):
@@ -25,7 +26,14 @@ def write_fold(run, rows, threshold, design="oof", clinical=False, epoch=3):
     (run / "test_metrics.json").write_text(json.dumps(
         {"epoch": epoch, "threshold": threshold, "n_images": len(rows),
          "at_threshold": {k: (None if isinstance(v, float) and v != v else v) for k, v in m.items()}}))
-    (run / "config.json").write_text(json.dumps({"cv_folds": 2, "cv_fold": int(run.name[-1]), "cv_design": design}))
+    config = {"cv_folds": 2, "cv_fold": int(run.name[-1]), "cv_design": design}
+    (run / "config.json").write_text(json.dumps(config))
+    # the checkpoint holds the threshold the test metrics must have used (no weights needed to summarise)
+    runfiles.save_checkpoint(run / "best.pth", {}, {**NETWORK, **config}, {}, threshold, epoch)
+
+
+NETWORK = {"model": "dense_net", "fusion": "early", "in_chans": 5, "image_size": [64, 37], "depth": 10,
+           "growthRate": 4, "norm": "bn", "act": "relu", "stem": "downsample"}
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # seven patients: some resamples hold one class
@@ -61,6 +69,16 @@ def test_oof_summary_refuses_a_patient_tested_twice(tmp_path):
     write_fold(save / "fold0", [("a", 1, 0.9), ("b", 0, 0.2)], 0.5)
     write_fold(save / "fold1", [("a", 1, 0.7), ("c", 0, 0.1)], 0.5)
     with pytest.raises(ValueError, match="tested in more than one fold"):
+        cv_report.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50)
+
+
+def test_summary_refuses_a_fold_whose_test_metrics_are_stale(tmp_path):
+    """As runfiles.Run.test_metrics: metrics scored at another threshold than best.pth holds are refused."""
+    save = tmp_path / "cv"
+    write_fold(save / "fold0", [("a", 1, 0.9), ("b", 0, 0.2)], 0.5)
+    write_fold(save / "fold1", [("c", 1, 0.7), ("d", 0, 0.1)], 0.5)
+    runfiles.save_checkpoint(save / "fold1" / "best.pth", {}, {**NETWORK, "cv_folds": 2}, {}, 0.3, 3)
+    with pytest.raises(ValueError, match=r"fold1: test_metrics.json used threshold 0.5 but best.pth holds 0.3"):
         cv_report.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50)
 
 
