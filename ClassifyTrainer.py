@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+import fusion
 import loader
 import metrics
 import runfiles
@@ -37,16 +38,6 @@ class NonFiniteLossError(RuntimeError):
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The network inside a DistributedDataParallel wrapper (checkpoints never carry ``module.``)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def flip_tta(forward: Callable[[dict], torch.Tensor], batch: dict,
-             logits: torch.Tensor | None = None) -> torch.Tensor:
-    """Probabilities of a batch averaged with those of its left/right mirror (flip test-time
-    augmentation); the mirror of every image channel, clinical values unchanged. ``logits``: the
-    batch's own, when the caller has them already (one forward pass fewer)."""
-    mirrored = {**batch, "image": torch.flip(batch["image"], dims=(-1,))}
-    own = forward(batch) if logits is None else logits
-    return (torch.sigmoid(own) + torch.sigmoid(forward(mirrored))) / 2
 
 
 class ClassifyTrainer:
@@ -85,7 +76,8 @@ class ClassifyTrainer:
         self.seed = seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.dist = dist_info
-        self.early_fuse = runfiles.fusion_of(config) == "early"
+        self.fusion = fusion.of_config(config)  # what the network receives (fusion.network_inputs)
+        self.early_fuse = fusion.mode(self.fusion).clinical_planes
         self.device_augment = device_augment  # augment_device.DeviceAugmenter, applied to training batches
         self.epoch = 0
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
@@ -105,8 +97,14 @@ class ClassifyTrainer:
             image = loader.network_image(image, clinical, self.early_fuse)
         return image.contiguous(memory_format=self.memory_format)
 
+    def clinical(self, batch: dict) -> torch.Tensor | None:
+        """The clinical vector on the device, where the fusion mode gives it to the network."""
+        if not fusion.mode(self.fusion).clinical_vector:
+            return None
+        return batch["clinical"].to(self.device, non_blocking=True)
+
     def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        return (self.image(batch),)
+        return fusion.network_inputs(self.fusion, self.image(batch), self.clinical(batch))
 
     def forward(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
         autocast = (torch.autocast(self.device.type, dtype=self.precision.dtype)
@@ -187,7 +185,7 @@ class ClassifyTrainer:
         for batch in self.bar(loader, desc=split, leave=False):
             logits = self.forward(batch, model)
             if self.tta == "flip":
-                prob = flip_tta(lambda b: self.forward(b, model), batch, logits)
+                prob = fusion.probability(lambda b: self.forward(b, model), batch, self.tta, logits)
                 logits = torch.logit(prob.clamp(1e-7, 1 - 1e-7))  # the loss of the averaged probability
             total += self.loss_fn(logits, batch["label"].to(self.device)).item() * len(logits)
             probs.append(torch.sigmoid(logits).cpu().numpy())

@@ -21,7 +21,7 @@ AUGMENT_NAMES = ("crop", "flip", "rotate", "cut", "elastic", "cat_elastic", "gam
 # those with a device version (augment_device.py): the others recompute the enhanced channel (CLAHE)
 DEVICE_AUGMENTATIONS = ("crop", "flip", "rotate", "cut", "cat_elastic")
 HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipDataset)
-TTA_CHOICES = ("none", "flip")  # test-time augmentation (ClassifyTrainer.flip_tta)
+TTA_CHOICES = ("none", "flip")  # test-time augmentation (fusion.probability)
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")

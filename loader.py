@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 import filenames
+import fusion
 from choices import HANDOVERS, MIN_SIDE
 from runtime import progress
 from splits import IMAGE_SIZE, SPLITS  # noqa: F401 - SPLITS: callers iterate loader.SPLITS
@@ -333,8 +334,8 @@ def run_dataset(files: Sequence[str | os.PathLike], config: dict, clinical_stats
     ``runfiles.load_run`` gives it), 8-bit rounding as the cache, no augmentation. The one input
     builder of ``predict.py`` and ``visualize_gradcam.py``."""
     return HipDataset(files, ClinicalStats.from_dict(clinical_stats), tuple(int(v) for v in config["image_size"]),
-                      early_fuse=config["fusion"] == "early", cache_gb=float(config.get("cache_gb", 4.0)), desc=desc,
-                      clinical=clinical)
+                      early_fuse=fusion.mode(config["fusion"]).clinical_planes,
+                      cache_gb=float(config.get("cache_gb", 4.0)), desc=desc, clinical=clinical)
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import choices
 import filenames
+import fusion
 import runfiles
 import splits
 from choices import ACTS, MODEL_NAMES, NORMS, STEMS
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
-    g.add_argument("--fusion", choices=runfiles.FUSION_MODES, default=None, help="how sex, age and BMI reach the "
+    g.add_argument("--fusion", choices=fusion.NAMES, default=None, help="how sex, age and BMI reach the "
                    "network: early (constant image channels; the default), late (joined to the pooled image "
                    "features) or image (not at all: an image-only model, for comparison)")
     g.add_argument("--late_fuse", type=str2bool, default=False, metavar="BOOL",
@@ -179,14 +180,10 @@ def check_args(args: argparse.Namespace) -> None:
                          "(and --fold)")
     if args.test and args.resume:
         raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
-    if args.image_only and args.late_fuse:
-        raise SystemExit("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
-    given = {args.fusion} if args.fusion else set()
-    given |= {"late"} if args.late_fuse else {"image"} if args.image_only else set()
-    if len(given) > 1:
-        raise SystemExit(f"--fusion {args.fusion} and --{'late_fuse True' if args.late_fuse else 'image_only'} "
-                         "exclude each other: give one fusion mode")
-    args.fusion = given.pop() if given else None  # None: early for a new run, the run's own for --test/--resume
+    try:
+        args.fusion = fusion.from_flags(args.fusion, args.late_fuse, args.image_only)  # None: the default or the run's
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if args.folds == 1 or args.folds < 0:
         raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
     if not 0.0 <= args.ema < 1.0:
@@ -245,7 +242,8 @@ def make_loaders(args, stats, files: dict, dist_info=None, device_augment: bool 
     out = {}
     for split in loader.SPLITS:
         train = split == "train"
-        ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=args.fusion == "early",
+        ds = loader.HipDataset(files[split], stats, tuple(args.image_size),
+                               early_fuse=fusion.mode(args.fusion).clinical_planes,
                                augment=augmenter if train else None, seed=args.seed, cache_gb=args.cache_gb,
                                desc=split, handover=args.handover)
         if train:
@@ -530,7 +528,7 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
     model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
     logger.info("model %s (%s, %d input channels, %.2f M parameters); precision %s; channels_last %s",
-                config["model"], runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"],
+                config["model"], fusion.text(config["fusion"]), config["in_chans"],
                 count_parameters(model) / 1e6, precision.name, channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if args.compile:
@@ -542,7 +540,7 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    trainer_cls = LateFuseClassifyTrainer if config["fusion"] == "late" else ClassifyTrainer
+    trainer_cls = LateFuseClassifyTrainer if fusion.mode(config["fusion"]).clinical_vector else ClassifyTrainer
     optimizer = scheduler = None
     if not args.test:
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
@@ -589,7 +587,7 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
     if config is None:
         flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
         config = {**flags, "in_chans": loaders["train"].dataset.channels,
-                  "trainer": "LateFuseClassifyTrainer" if args.fusion == "late" else "ClassifyTrainer",
+                  "trainer": "LateFuseClassifyTrainer" if fusion.mode(args.fusion).clinical_vector else "ClassifyTrainer",
                   "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
                   "world_size": dist_info.world}
     if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):

@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 import confidence
+import fusion
 import loader
 import metrics
 import runfiles
@@ -238,8 +239,8 @@ def verdict(diff: Mapping) -> str:
 
 def fusion_text(config: Mapping) -> str:
     """How the run used sex, age and BMI, in words."""
-    mode = runfiles.fusion_of(config)
-    return "image only, no clinical values" if mode == "image" else f"{runfiles.FUSION_TEXT[mode]} of sex, age and BMI"
+    mode = fusion.of_config(config)
+    return "image only, no clinical values" if mode == "image" else f"{fusion.text(mode)} of sex, age and BMI"
 
 
 def interval_text(interval: str) -> str:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+import fusion
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -43,10 +45,6 @@ REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES = ("report.md", "report.h
 RESULTS = (TEST_METRICS, PREDICTIONS["test"], REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES)
 # a cross-validation run group outs/<save_dir>/: its fold runs fold*/ and the summary over them
 CV_SUMMARY, CV_REPORT = "cv_summary.json", "cv_report.md"
-# How the clinical values reach the network: as constant image channels, joined to the pooled image
-# features, or not at all (image-only comparison runs).
-FUSION_MODES = ("early", "late", "image")
-FUSION_TEXT = {"early": "early fusion", "late": "late fusion", "image": "image only"}
 # what a checkpoint's configuration must say to rebuild the network and its input
 NETWORK_KEYS = ("model", "fusion", "in_chans", "image_size", "depth", "growthRate", "norm", "act", "stem")
 RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
@@ -153,22 +151,11 @@ def probability_text(probability: float) -> str:
     return f"{probability:.9g}"
 
 
-def fusion_of(config: Mapping) -> str:
-    """The run's fusion mode (:data:`FUSION_MODES`). Runs written before it was one value carry two
-    booleans: ``late_fuse`` (late fusion) and ``image_only``; neither means early fusion."""
-    mode = config.get("fusion")
-    if mode is None and "late_fuse" in config:
-        mode = "late" if config["late_fuse"] else "image" if config.get("image_only") else "early"
-    if mode not in FUSION_MODES:
-        raise ValueError(f"fusion mode {mode!r}: choose one of {', '.join(FUSION_MODES)}")
-    return mode
-
-
 def _with_fusion(config: Any) -> Any:
     """The configuration with its fusion mode as one value (old ``late_fuse``/``image_only`` replaced)."""
     if not isinstance(config, dict) or ("fusion" not in config and "late_fuse" not in config):
         return config  # nothing to say about fusion: load_run names what is missing
-    mode = fusion_of(config)
+    mode = fusion.of_config(config)
     config = {k: v for k, v in config.items() if k not in ("late_fuse", "image_only")}
     config["fusion"] = mode
     return config
@@ -190,7 +177,7 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], con
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint safely; a clear error for a missing, truncated, foreign or unsafe file.
-    The configuration comes back with its fusion mode as one value (:func:`fusion_of`)."""
+    The configuration comes back with its fusion mode as one value (:func:`fusion.of_config`)."""
     import torch
 
     path = Path(path)
