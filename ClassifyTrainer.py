@@ -26,6 +26,7 @@ import loader
 import metrics
 import runfiles
 from choices import TTA_CHOICES
+from runconfig import RunConfig
 from runtime import Dist, Precision, progress
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ClassifyTrainer:
 
     def __init__(self, *, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
-                 config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
+                 config: RunConfig, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
                  dist_info: Dist = Dist(), scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  ema_decay: float = 0.0, tta: str = "none",
@@ -76,7 +77,7 @@ class ClassifyTrainer:
         self.seed = seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.dist = dist_info
-        self.fusion = fusion.of_config(config)  # what the network receives (fusion.network_inputs)
+        self.fusion = config.fusion  # what the network receives (fusion.network_inputs)
         self.early_fuse = fusion.mode(self.fusion).clinical_planes
         self.device_augment = device_augment  # augment_device.DeviceAugmenter, applied to training batches
         self.epoch = 0

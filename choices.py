@@ -26,7 +26,7 @@ TTA_CHOICES = ("none", "flip")  # test-time augmentation (fusion.probability)
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
 CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)
-CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (crossval.py)
+CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (folds.py)
 CV_VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (--cv oof)
 
 

@@ -21,6 +21,7 @@ import confidence
 import loader
 import metrics
 import runfiles
+from runconfig import RunConfig
 from report_render import ci as _ci, fmt as _fmt, render_markdown
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,9 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
                 raise FileNotFoundError(f"{folder / name} not found: test every fold before summarising")
         run = runfiles.load_run(folder)
         tm = run.test_metrics()  # refused when stale: scored at another threshold than best.pth holds
-        config = run.read_config()
-        designs.add(config.get("cv_design", "heldout") if config.get("cv_folds") else "heldout")
-        data_dirs.add(config.get("data_dir"))
+        config = RunConfig.from_dict(run.read_config())
+        designs.add(config.cv_design if config.is_fold else "heldout")
+        data_dirs.add(config.data_dir)
         pred = run.predictions("test")
         pred["fold"] = folder.name
         predictions.append(pred)

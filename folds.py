@@ -33,6 +33,7 @@ from typing import Mapping
 import numpy as np
 
 import filenames
+import runconfig
 from choices import CV_DESIGNS, CV_VAL_FRACTION
 from splits import SPLITS, assign_folds, patient_labels
 
@@ -181,11 +182,11 @@ def fold_files(data_dir: str | os.PathLike, design: str, k: int, fold: int, seed
 
 
 def config_files(config: Mapping, data_dir: str | os.PathLike) -> dict[str, list[Path]] | None:
-    """A cross-validation fold run's images from its config (``cv_folds``, ``cv_fold``, ``cv_seed``,
-    ``cv_design`` -- ``heldout`` for runs made before there were designs -- and ``cv_val``);
-    None for a run that was not a cross-validation fold."""
+    """A cross-validation fold run's images from its saved config (``cv_folds``, ``cv_fold``,
+    ``cv_seed``, ``cv_design``, ``cv_val``; an older run's brought up to date by
+    :func:`runconfig.upgrade`); None for a run that was not a cross-validation fold."""
+    config = runconfig.upgrade(config)
     if not config.get("cv_folds"):
         return None
-    return fold_files(data_dir, config.get("cv_design", "heldout"), int(config["cv_folds"]), int(config["cv_fold"]),
-                      int(config.get("cv_seed", config.get("seed", 0))),
-                      float(config.get("cv_val") or CV_VAL_FRACTION))
+    return fold_files(data_dir, config["cv_design"], int(config["cv_folds"]), int(config["cv_fold"]),
+                      int(config["cv_seed"]), float(config.get("cv_val", CV_VAL_FRACTION)))

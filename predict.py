@@ -208,7 +208,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
         dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
         model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
         model.to(dev)
-        scored_as = trained.config.get("tta", "none") if tta == "auto" else tta
+        scored_as = trained.config.tta if tta == "auto" else tta
 
         def forward(batch: dict) -> torch.Tensor:
             inputs = fusion.network_inputs(trained.fusion, batch["image"].to(dev), batch["clinical"].to(dev))

@@ -55,7 +55,7 @@ def run_facts(run_dir: str | os.PathLike) -> dict:
     facts, history, test/val predictions and test_metrics.json."""
     run = runfiles.load_run(run_dir)
     has_val = run.has_predictions("val")
-    return {"dir": run.dir, "config": run.config, "threshold": run.threshold, "epoch": run.epoch,
+    return {"dir": run.dir, "config": run.config.to_dict(), "threshold": run.threshold, "epoch": run.epoch,
             "clinical_stats": run.clinical_stats, "select_metric": run.select_metric, "test": run.predictions("test"),
             "val": run.predictions("val") if has_val else None, "history": run.history(),
             "test_metrics": run.test_metrics()}

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-import fusion
+import runconfig
+from runconfig import RunConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,8 +46,6 @@ REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES = ("report.md", "report.h
 RESULTS = (TEST_METRICS, PREDICTIONS["test"], REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES)
 # a cross-validation run group outs/<save_dir>/: its fold runs fold*/ and the summary over them
 CV_SUMMARY, CV_REPORT = "cv_summary.json", "cv_report.md"
-# what a checkpoint's configuration must say to rebuild the network and its input
-NETWORK_KEYS = ("model", "fusion", "in_chans", "image_size", "depth", "growthRate", "norm", "act", "stem")
 RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
               "the run's configuration, clinical statistics and threshold), config.json and test_predictions.csv")
 
@@ -151,23 +150,14 @@ def probability_text(probability: float) -> str:
     return f"{probability:.9g}"
 
 
-def _with_fusion(config: Any) -> Any:
-    """The configuration with its fusion mode as one value (old ``late_fuse``/``image_only`` replaced)."""
-    if not isinstance(config, dict) or ("fusion" not in config and "late_fuse" not in config):
-        return config  # nothing to say about fusion: load_run names what is missing
-    mode = fusion.of_config(config)
-    config = {k: v for k, v in config.items() if k not in ("late_fuse", "image_only")}
-    config["fusion"] = mode
-    return config
-
-
-def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], config: Mapping,
+def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], config: RunConfig | Mapping,
                     clinical_stats: Mapping, threshold: float, epoch: int, **extra: Any) -> None:
     """Write a checkpoint (weights + everything needed to use them) atomically."""
     import torch
 
     state = {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model_state.items()},
-             "config": _jsonable(dict(config)), "clinical_stats": _jsonable(dict(clinical_stats)),
+             "config": _jsonable(config.to_dict() if isinstance(config, RunConfig) else dict(config)),
+             "clinical_stats": _jsonable(dict(clinical_stats)),
              "threshold": float(threshold), "epoch": int(epoch)}
     state.update(extra)  # e.g. optimizer state, validation metrics: tensors and plain values only
     buf = io.BytesIO()
@@ -177,7 +167,8 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], con
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint safely; a clear error for a missing, truncated, foreign or unsafe file.
-    The configuration comes back with its fusion mode as one value (:func:`fusion.of_config`)."""
+    The configuration comes back as a plain dict brought up to date (:func:`runconfig.upgrade`: e.g. the
+    fusion mode as one value where older runs saved two booleans)."""
     import torch
 
     path = Path(path)
@@ -196,7 +187,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
-    state["config"] = _with_fusion(state["config"])
+    if isinstance(state["config"], dict):
+        state["config"] = runconfig.upgrade(state["config"])
     return state
 
 
@@ -235,8 +227,9 @@ class Run:
         return self.state
 
     @property
-    def config(self) -> dict:
-        return self._state()["config"]
+    def config(self) -> RunConfig:
+        """The configuration stored with the weights, typed (load_run has checked it names a network)."""
+        return RunConfig.from_dict(self._state()["config"])
 
     @property
     def threshold(self) -> float:
@@ -253,18 +246,19 @@ class Run:
 
     @property
     def select_metric(self) -> str:
-        return self._state().get("select_metric", self.config.get("select_metric", "roc_auc"))
+        return self._state().get("select_metric", self.config.select_metric)
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.config["image_size"])
+        return tuple(int(v) for v in self.config.image_size)
 
     @property
     def fusion(self) -> str:
-        return self.config["fusion"]
+        return self.config.fusion
 
     # -- writing ----------------------------------------------------------------------------------
-    def save_checkpoint(self, name: str, model_state: Mapping[str, Any], config: Mapping, clinical_stats: Mapping,
+    def save_checkpoint(self, name: str, model_state: Mapping[str, Any], config: RunConfig | Mapping,
+                        clinical_stats: Mapping,
                         threshold: float, epoch: int, **extra: Any) -> Path:
         """``best.pth`` or ``last.pth`` (:func:`save_checkpoint`)."""
         if name not in (BEST, LAST):
@@ -272,8 +266,8 @@ class Run:
         save_checkpoint(self.dir / name, model_state, config, clinical_stats, threshold, epoch, **extra)
         return self.dir / name
 
-    def write_config(self, config: Mapping) -> Path:
-        return write_json(self.config_file, config)
+    def write_config(self, config: RunConfig | Mapping) -> Path:
+        return write_json(self.config_file, config.to_dict() if isinstance(config, RunConfig) else config)
 
     def write_history(self, rows: Sequence[Mapping]) -> Path:
         return write_csv(self.dir / HISTORY, rows)
@@ -308,7 +302,7 @@ class Run:
 
     # -- reading ----------------------------------------------------------------------------------
     def read_config(self) -> dict:
-        """``config.json`` as written (old runs' keys as they were; :mod:`runconfig` converts them)."""
+        """``config.json`` as written (old runs' keys as they were; ``RunConfig.from_dict`` converts them)."""
         return read_json(self.config_file)
 
     def load_checkpoint(self, name: str = BEST) -> dict:
@@ -393,7 +387,7 @@ class RunGroup:
 def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
     """A run folder (or a checkpoint file) read back: its ``checkpoint`` (default ``best.pth``) loaded
     with :func:`load_checkpoint` and its configuration checked to say which network and input to
-    build (:data:`NETWORK_KEYS`). Errors say what a run folder is and how to make one."""
+    build (:data:`runconfig.REQUIRED`). Errors say what a run folder is and how to make one."""
     path = Path(run)
     if path.is_file():
         folder, ckpt = path.parent, path
@@ -412,7 +406,7 @@ def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
                          "image size), clinical statistics and threshold stored with the weights, as main.py "
                          f"writes {checkpoint}") from exc
     config = state["config"]
-    missing = [k for k in NETWORK_KEYS if not isinstance(config, dict) or k not in config]
+    missing = [k for k in runconfig.REQUIRED if not isinstance(config, dict) or k not in config]
     if missing:
         raise ValueError(f"{ckpt}: the checkpoint's configuration lacks {', '.join(missing)}; it cannot say which "
                          f"network to build. {RUN_FOLDER}")
@@ -442,13 +436,13 @@ def read_predictions(run: str | os.PathLike, split: str = "test") -> "pd.DataFra
     return table
 
 
-def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
+def split_files(config: RunConfig | Mapping, data_dir: str | os.PathLike | None = None,
                 files: Mapping[str, Sequence[str | os.PathLike]] | None = None) -> dict[str, list[Path]]:
     """The images of a run's train, val and test, as main.py trained and scored it.
 
     ``files`` (split -> image paths) when given; else the folders of ``data_dir`` (default: the
-    run's ``config["data_dir"]``), with train and val of cross-validation fold ``cv_fold`` of
-    ``cv_folds`` (seed ``cv_seed``, default ``seed``) when the configuration names one.
+    run's ``data_dir``), with train and val of cross-validation fold ``cv_fold`` of ``cv_folds``
+    (:func:`folds.config_files`) when the configuration names one.
     """
     from splits import SPLITS
 
@@ -459,8 +453,9 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
         return {s: [Path(f) for f in files[s]] for s in SPLITS}
     import filenames
 
+    config = config.to_dict() if isinstance(config, RunConfig) else runconfig.upgrade(config)
     source = "--data_dir" if data_dir is not None else "the run's configuration"
-    data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", "data"))
+    data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", RunConfig.data_dir))
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder with train/ "
                                 f"val/ test/ the run was trained on (--data_dir), or make the demo set with "

@@ -336,7 +336,7 @@ def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | 
     row's ``explained`` says which class its map shows. ``run`` and its ``model`` (:func:`load_network`)
     are loaded once by the caller, whatever the number of targets.
     """
-    data_dir = Path(data_dir or run.config["data_dir"])
+    data_dir = Path(data_dir or run.config.data_dir)
     files = runfiles.split_files(run.config, data_dir)[split]
     folder = synthetic.mask_path(files[0]).parent
     if not folder.is_dir():
@@ -354,7 +354,7 @@ def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | 
     rows = []
     threshold = run.threshold
     dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    for case in explain(model, dataset, method, layer, target, threshold, tta=run.config.get("tta", "none"),
+    for case in explain(model, dataset, method, layer, target, threshold, tta=run.config.tta,
                         fusion_mode=run.fusion,
                         **cam_kwargs):
         mask = read_mask(case.path, size)
@@ -580,7 +580,7 @@ def _write_localisation(args, device, out: Path) -> dict:
         row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
         path = Path(first["data_dir"]) / "test" / row["file"]
         (example,) = explain(model, loader.run_dataset([path], run.config, run.clinical_stats), args.method, args.layer,
-                             row["explained"], tta=run.config.get("tta", "none"), fusion_mode=run.fusion, **kwargs)
+                             row["explained"], tta=run.config.tta, fusion_mode=run.fusion, **kwargs)
         mask = read_mask(path, run.image_size)
     figure = Path(args.save) if args.save else out / f"{name}.png"
     save_figure(render_localisation(results, example, mask), figure)
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         all_test = test_files(run, args.data_dir)
         if args.index is not None:
-            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or run.config['data_dir']}")
+            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or run.config.data_dir}")
         elif args.select:
             files = select_cases(args.run, all_test, args.select, args.top, threshold)
         else:
@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict:
     target = args.target or "osteoporosis"
     kwargs = _cam_kwargs(args, run, device)
     dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    cases = explain(model, dataset, args.method, args.layer, target, threshold, tta=run.config.get("tta", "none"),
+    cases = explain(model, dataset, args.method, args.layer, target, threshold, tta=run.config.tta,
                     fusion_mode=run.fusion,
                     **kwargs)
     _check_against_predictions(args.run, cases)

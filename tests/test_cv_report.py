@@ -26,10 +26,11 @@ def write_fold(run, rows, threshold, design="oof", clinical=False, epoch=3):
     (run / "test_metrics.json").write_text(json.dumps(
         {"epoch": epoch, "threshold": threshold, "n_images": len(rows),
          "at_threshold": {k: (None if isinstance(v, float) and v != v else v) for k, v in m.items()}}))
-    config = {"cv_folds": 2, "cv_fold": int(run.name[-1]), "cv_design": design}
+    config = {**NETWORK, "cv_folds": 2, "cv_fold": int(run.name[-1]), "cv_design": design,
+              "data_dir": str(run.parent / "no_data")}  # no manifest there: no subgroups unless data_dir is given
     (run / "config.json").write_text(json.dumps(config))
     # the checkpoint holds the threshold the test metrics must have used (no weights needed to summarise)
-    runfiles.save_checkpoint(run / "best.pth", {}, {**NETWORK, **config}, {}, threshold, epoch)
+    runfiles.save_checkpoint(run / "best.pth", {}, config, {}, threshold, epoch)
 
 
 NETWORK = {"model": "dense_net", "fusion": "early", "in_chans": 5, "image_size": [64, 37], "depth": 10,

@@ -68,7 +68,9 @@ def test_fusion_is_one_value_and_old_two_boolean_configs_still_load(tmp_path, ol
     config = {**CONFIG, **old, "in_chans": 5 if fusion == "early" else 2}
     model = save(tmp_path, config, late=fusion == "late")
     run = runfiles.load_run(tmp_path)
-    assert run.fusion == fusion and "late_fuse" not in run.config and "image_only" not in run.config
+    assert run.fusion == fusion and run.config.fusion == fusion
+    assert "late_fuse" not in run.state["config"] and "image_only" not in run.state["config"]
+    assert "late_fuse" not in run.config.to_dict() and "image_only" not in run.config.to_dict()
     assert (run.threshold, run.epoch, run.image_size, run.dir) == (0.4, 3, (64, 37), tmp_path)
     rebuilt = build_model_from_checkpoint(run.state)
     assert rebuilt.late_fuse == (fusion == "late") and not rebuilt.training
