@@ -22,14 +22,14 @@ def cross_validate(cfg: RunConfig, run_fold: Callable[[RunConfig], dict], is_mai
     writes files). Returns each fold's test metrics."""
     design = folds.resolve_design(cfg.data_dir, cfg.cv)
     logger.info("cross-validation design: %s", cv_report.DESIGN_TEXT[design])
+    group = runfiles.run_group(cfg.save_dir, cfg.out_root)
     results, runs = [], []
     for k in range(cfg.folds):
         fold_cfg = cfg.replace(fold=f"{cfg.fold}{k}", cv_folds=cfg.folds, cv_fold=k, cv_seed=cfg.seed, cv_design=design)
         logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, cfg.folds - 1, fold_cfg.fold)
         results.append(run_fold(fold_cfg))
-        runs.append(runfiles.run_dir(cfg.save_dir, fold_cfg.fold, cfg.out_root))
+        runs.append(group.run(fold_cfg.fold).dir)
     if is_main:
-        group = runfiles.run_group(cfg.save_dir, cfg.out_root)
         cv = cv_report.write_cv_summary(group.dir, runs, n_boot=cfg.bootstrap or 2000, seed=cfg.seed)
         print(cv_report.headline(cv))
         print(f"cross-validation summary: {group.report_file}")
