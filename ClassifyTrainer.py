@@ -21,10 +21,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+import fusion
 import loader
 import metrics
 import runfiles
 from choices import TTA_CHOICES
+from runconfig import RunConfig
 from runtime import Dist, Precision, progress
 
 logger = logging.getLogger(__name__)
@@ -39,16 +41,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def flip_tta(forward: Callable[[dict], torch.Tensor], batch: dict,
-             logits: torch.Tensor | None = None) -> torch.Tensor:
-    """Probabilities of a batch averaged with those of its left/right mirror (flip test-time
-    augmentation); the mirror of every image channel, clinical values unchanged. ``logits``: the
-    batch's own, when the caller has them already (one forward pass fewer)."""
-    mirrored = {**batch, "image": torch.flip(batch["image"], dims=(-1,))}
-    own = forward(batch) if logits is None else logits
-    return (torch.sigmoid(own) + torch.sigmoid(forward(mirrored))) / 2
-
-
 class ClassifyTrainer:
     """Train ``model`` on ``loaders['train']``, validate every epoch on ``loaders['val']``, keep the
     best epoch by ``select_metric`` in ``run_dir/best.pth`` (and every epoch in ``last.pth`` for
@@ -56,7 +48,7 @@ class ClassifyTrainer:
 
     def __init__(self, *, model: torch.nn.Module, loaders: dict[str, DataLoader], loss_fn: Callable,
                  optimizer: torch.optim.Optimizer | None, device: torch.device, run_dir: Path,
-                 config: dict, clinical_stats: dict, precision: Precision = Precision(None, False),
+                 config: RunConfig, clinical_stats: dict, precision: Precision = Precision(None, False),
                  select_metric: str = "roc_auc", seed: int = 0, channels_last: bool = False,
                  dist_info: Dist = Dist(), scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  ema_decay: float = 0.0, tta: str = "none",
@@ -77,6 +69,7 @@ class ClassifyTrainer:
         self.scheduler = scheduler
         self.device = device
         self.run_dir = Path(run_dir)
+        self.run = runfiles.Run(self.run_dir)  # names and writes the run's files
         self.config = config
         self.clinical_stats = clinical_stats
         self.precision = precision
@@ -84,7 +77,8 @@ class ClassifyTrainer:
         self.seed = seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.dist = dist_info
-        self.early_fuse = runfiles.fusion_of(config) == "early"
+        self.fusion = config.fusion  # what the network receives (fusion.network_inputs)
+        self.early_fuse = fusion.mode(self.fusion).clinical_planes
         self.device_augment = device_augment  # augment_device.DeviceAugmenter, applied to training batches
         self.epoch = 0
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
@@ -107,8 +101,14 @@ class ClassifyTrainer:
             image = loader.network_image(image, clinical, self.early_fuse)
         return image.contiguous(memory_format=self.memory_format)
 
+    def clinical(self, batch: dict) -> torch.Tensor | None:
+        """The clinical vector on the device, where the fusion mode gives it to the network."""
+        if not fusion.mode(self.fusion).clinical_vector:
+            return None
+        return batch["clinical"].to(self.device, non_blocking=True)
+
     def model_inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        return (self.image(batch),)
+        return fusion.network_inputs(self.fusion, self.image(batch), self.clinical(batch))
 
     def forward(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
         autocast = (torch.autocast(self.device.type, dtype=self.precision.dtype)
@@ -132,7 +132,7 @@ class ClassifyTrainer:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()}{where}; training stopped. "
-                f"The best checkpoint so far is kept at {self.run_dir / runfiles.BEST}. "
+                f"The best checkpoint so far is kept at {self.run.file(runfiles.BEST)}. "
                 "Try a lower --lrG or --dtype float.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -189,7 +189,7 @@ class ClassifyTrainer:
         for batch in self.bar(loader, desc=split, leave=False):
             logits = self.forward(batch, model)
             if self.tta == "flip":
-                prob = flip_tta(lambda b: self.forward(b, model), batch, logits)
+                prob = fusion.probability(lambda b: self.forward(b, model), batch, self.tta, logits)
                 logits = torch.logit(prob.clamp(1e-7, 1 - 1e-7))  # the loss of the averaged probability
             total += self.loss_fn(logits, batch["label"].to(self.device)).item() * len(logits)
             probs.append(torch.sigmoid(logits).cpu().numpy())
@@ -246,8 +246,8 @@ class ClassifyTrainer:
             if self.dist.is_main:
                 if improved:
                     self.save(runfiles.BEST, epoch, val["youden_threshold"], val)
-                    self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
-                runfiles.write_csv(self.run_dir / runfiles.HISTORY, self.history)
+                    self.write_predictions("val", pred, val["youden_threshold"])
+                self.run.write_history(self.history)
                 self.save_last(epoch)
             # the metric names are history.csv's columns (val_roc_auc, ...); the selecting one is added if not shown
             shown = {"roc_auc": val["roc_auc"], "f2": val["f2"], "accuracy": val["accuracy"]}
@@ -274,9 +274,8 @@ class ClassifyTrainer:
 
     # -- checkpoints and test ------------------------------------------------------------------------
     def save(self, name: str, epoch: int, threshold: float, val_metrics: dict, **extra) -> None:
-        runfiles.save_checkpoint(self.run_dir / name, unwrap(self.eval_model).state_dict(), self.config,
-                                 self.clinical_stats, threshold, epoch,
-                                 val_metrics={k: float(v) for k, v in val_metrics.items()},
+        self.run.save_checkpoint(name, unwrap(self.eval_model).state_dict(), self.config, self.clinical_stats,
+                                 threshold, epoch, val_metrics={k: float(v) for k, v in val_metrics.items()},
                                  select_metric=self.select_metric, **extra)
 
     def save_last(self, epoch: int) -> None:
@@ -309,17 +308,17 @@ class ClassifyTrainer:
         if self.best:
             self.best["epoch"] = int(self.best["epoch"])
 
-    def write_predictions(self, name: str, pred: dict, threshold: float) -> None:
+    def write_predictions(self, split: str, pred: dict, threshold: float) -> None:
         rows = [{"file": Path(p).name, "label": int(y), "probability": runfiles.probability_text(prob),
                  "prediction": int(prob >= threshold)}
                 for p, y, prob in zip(pred["paths"], pred["labels"], pred["probs"])]
-        runfiles.write_csv(self.run_dir / name, rows, ["file", "label", "probability", "prediction"])
+        self.run.write_predictions(split, rows)
 
     def test(self) -> dict:
         """Load ``best.pth`` (never the last epoch's weights) and score it once on test."""
         if self.dist.enabled:
             dist.barrier()  # rank 0 has finished writing best.pth
-        state = runfiles.load_checkpoint(self.run_dir / runfiles.BEST)
+        state = self.run.load_checkpoint(runfiles.BEST)
         unwrap(self.eval_model).load_state_dict(state["model"])
         threshold = float(state["threshold"])
         pred = self.predict("test")
@@ -335,6 +334,6 @@ class ClassifyTrainer:
             "at_0.5": metrics.compute_metrics(pred["labels"], pred["probs"], threshold=0.5),
         }
         if self.dist.is_main:
-            runfiles.write_json(self.run_dir / runfiles.TEST_METRICS, result)
-            self.write_predictions(runfiles.PREDICTIONS["test"], pred, threshold)
+            self.run.write_test_metrics(result)
+            self.write_predictions("test", pred, threshold)
         return result

@@ -50,6 +50,7 @@ import runfiles
 import runtime
 import splits
 from cli import add_data_dir, add_device
+from runconfig import RunConfig
 
 ROOT = Path(__file__).resolve().parent
 
@@ -90,19 +91,20 @@ def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
     (its make_loaders, augment_on_device and build_trainer: the trainer's own step and loss)."""
     args = train_script.build_parser().parse_args([*cfg["flags"], "--device", cfg["device"], "--bootstrap", "0"])
     train_script.check_args(args)
-    args.fusion = args.fusion or "early"
-    threads = runtime.choose_threads(args.cpus, args.workers)
-    device = runtime.select_device(args.device, None)
+    settings = RunConfig.from_args(args)  # as main.py builds it: the flags once, the fusion mode as one value
+    threads = runtime.choose_threads(settings.cpus, settings.workers)
+    device = runtime.select_device(settings.device, None)
     files = [Path(f) for f in cfg["files"]]
     stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files])
-    device_augmenter = train_script.augment_on_device(args, device)
-    few = files[:args.batch_size]  # val and test are not timed
-    loaders = train_script.make_loaders(args, stats, {"train": files, "val": few, "test": few},
+    device_augmenter = train_script.augment_on_device(settings, device)
+    few = files[:settings.batch_size]  # val and test are not timed
+    loaders = train_script.make_loaders(settings, stats, {"train": files, "val": few, "test": few},
                                         device_augment=device_augmenter is not None)
     if not with_trainer:
         return loaders["train"], None, threads
-    config = {**vars(args), "in_chans": loaders["train"].dataset.channels}
-    trainer = train_script.build_trainer(args, config, loaders, stats, device, run_dir, device_augmenter=device_augmenter)
+    config = settings.replace(in_chans=loaders["train"].dataset.channels)
+    trainer = train_script.build_trainer(settings, config, loaders, stats, device, run_dir,
+                                         device_augmenter=device_augmenter)
     return loaders["train"], trainer, threads
 
 

@@ -21,19 +21,13 @@ AUGMENT_NAMES = ("crop", "flip", "rotate", "cut", "elastic", "cat_elastic", "gam
 # those with a device version (augment_device.py): the others recompute the enhanced channel (CLAHE)
 DEVICE_AUGMENTATIONS = ("crop", "flip", "rotate", "cut", "cat_elastic")
 HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipDataset)
-TTA_CHOICES = ("none", "flip")  # test-time augmentation (ClassifyTrainer.flip_tta)
-
-# how sex, age and BMI reach the network (main.py --fusion); those that take them as a vector beside the image
-FUSION_MODES = ("early", "late", "image", "residual")
-FUSION_TEXT = {"early": "early fusion", "late": "late fusion", "image": "image only",
-               "residual": "residual fusion (clinical model + image correction)"}
-CLINICAL_VECTOR_FUSIONS = ("late", "residual")
+TTA_CHOICES = ("none", "flip")  # test-time augmentation (fusion.probability)
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")
 CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)
 DEVICES = ("auto", "cpu", "cuda")  # --device (runtime.select_device)
-CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (crossval.py)
+CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (folds.py)
 CV_VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (--cv oof)
 
 

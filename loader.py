@@ -29,7 +29,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -38,10 +38,14 @@ import torch
 from torch.utils.data import Dataset
 
 import filenames
+import fusion
 import imaging
 from choices import HANDOVERS, MIN_SIDE
 from runtime import progress
 from splits import IMAGE_SIZE, SPLITS  # noqa: F401 - SPLITS: callers iterate loader.SPLITS
+
+if TYPE_CHECKING:
+    from runconfig import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -300,15 +304,15 @@ class HipDataset(Dataset):
                 "path": self.files[index], "index": index}
 
 
-def run_dataset(files: Sequence[str | os.PathLike], config: dict, clinical_stats: dict,
+def run_dataset(files: Sequence[str | os.PathLike], config: RunConfig, clinical_stats: dict,
                 clinical: Sequence[Sequence[float]] | None = None, desc: str = "") -> HipDataset:
     """What a trained run's network reads for ``files``, exactly as its validation and test images:
-    the run's image size, clinical normalisation and fusion mode (``config`` with ``fusion``, as
-    ``runfiles.load_run`` gives it), 8-bit rounding as the cache, no augmentation. The one input
+    the run's image size, clinical normalisation and fusion mode (its ``config``, as ``runfiles.load_run``
+    gives it), 8-bit rounding as the cache, no augmentation. The one input
     builder of ``predict.py`` and ``visualize_gradcam.py``."""
-    return HipDataset(files, ClinicalStats.from_dict(clinical_stats), tuple(int(v) for v in config["image_size"]),
-                      early_fuse=config["fusion"] == "early", cache_gb=float(config.get("cache_gb", 4.0)), desc=desc,
-                      clinical=clinical)
+    return HipDataset(files, ClinicalStats.from_dict(clinical_stats), tuple(int(v) for v in config.image_size),
+                      early_fuse=fusion.mode(config.fusion).clinical_planes, cache_gb=float(config.cache_gb),
+                      desc=desc, clinical=clinical)
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -24,15 +24,19 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import choices
 import filenames
+import fusion
+import runconfig
 import runfiles
 import splits
-from choices import ACTS, CLINICAL_VECTOR_FUSIONS, MODEL_NAMES, NORMS, STEMS
+from choices import ACTS, MODEL_NAMES, NORMS, STEMS
 from cli import (UserError, add_bootstrap, add_data_dir, add_device, add_seed, given_flags, positive, run_main,
                  str2bool)
+from runconfig import RunConfig
 
 # torch and everything built on it are imported inside the functions, after the command line has
 # been checked: --help and a mistyped flag answer in well under a second instead of ~5 s.
@@ -40,14 +44,23 @@ from cli import (UserError, add_bootstrap, add_data_dir, add_device, add_seed, g
 logger = logging.getLogger("main")
 
 SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", "balanced_accuracy", "mcc")
-# settings a run's checkpoint fixes; --test reads them back instead of trusting the command line
-MODEL_KEYS = ("model", "fusion", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
-# where and how fast this session runs, not what the run is: the only flags --resume lets differ
-SESSION_KEYS = ("device", "gpus", "workers", "cache_gb", "out_root", "save_dir", "fold", "resume", "test",
-                "extend_epochs")
-REPORTED = "report_metrics.json"  # report.write_report writes it last
-# what a finished run's test and report consist of; an extension removes them (they describe the shorter run)
-RESULTS = (runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], "report.md", "report.html", REPORTED, "report_figures")
+# what a run's settings are -- which the checkpoint fixes (--test reads them back instead of trusting the
+# command line), which only say where and how fast this session runs (the only flags --resume lets
+# differ) -- is said once, by the fields of runconfig.RunConfig
+
+
+@dataclass(frozen=True)
+class Action:
+    """What this command does with its run: train a new one (the default), only score it on test
+    (``--test``), or continue it (``--resume``, ``--extend_epochs N`` more epochs)."""
+
+    test: bool = False
+    resume: bool = False
+    extend_epochs: int | None = None
+
+    @property
+    def reads_run(self) -> bool:
+        return self.test or self.resume
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
-    g.add_argument("--fusion", choices=runfiles.FUSION_MODES, default=None, help="how sex, age and BMI reach the "
+    g.add_argument("--fusion", choices=fusion.NAMES, default=None, help="how sex, age and BMI reach the "
                    "network: early (constant image channels; the default), late (joined to the pooled image "
                    "features), residual (the clinical logistic regression fitted on train is the start and a "
                    "fixed offset, the image adds a correction: never below its parts on small data; "
@@ -120,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_dir", default=None, help="run group under outs/ (default: a new timestamp)")
     g.add_argument("--fold", default="", help="run name; files go to outs/<save_dir>/fold<fold>/")
     g.add_argument("--out_root", default="outs", help="(default: %(default)s)")
+    g.add_argument("--config", default=None, metavar="RUN_OR_JSON", help="re-run a saved configuration as a new "
+                   "run: a run folder outs/<save_dir>/fold<fold> or its config.json; flags given beside it "
+                   "override it (each is logged), e.g. --save_dir for the new run's folder")
     g.add_argument("--test", nargs="?", const=True, default=False, type=str2bool, metavar="BOOL",
                    help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
     add_seed(g, "the run: weights, data order and sampling, augmentation, folds, the report's bootstrap")
@@ -157,83 +173,118 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse flag combinations that make no sense, naming the flag."""
-    if args.model == "dense_net" and (args.depth < 10 or (args.depth - 4) % 6):
-        raise SystemExit(f"--depth {args.depth}: DenseNet-BC needs depth >= 10 with (depth - 4) divisible by 6, "
+    """Refuse flag combinations that make no sense, naming the flag; ``args`` is not changed."""
+    check_settings(args, flags=True)
+
+
+def check_settings(x: argparse.Namespace | RunConfig, flags: bool = False) -> None:
+    """Refuse settings that make no sense, naming the flag: of the command line (``flags``, with the
+    flags that are no setting: the actions and the older fusion spellings) or of a configuration
+    read with ``--config``."""
+    if x.model == "dense_net" and (x.depth < 10 or (x.depth - 4) % 6):
+        raise SystemExit(f"--depth {x.depth}: DenseNet-BC needs depth >= 10 with (depth - 4) divisible by 6, "
                          "e.g. 40, 100, 190")
-    if args.model != "dense_net" and args.stem != "downsample":
-        raise SystemExit(f"--stem {args.stem}: only dense_net has a choice of stem")
-    if not 0.0 <= args.augment_p <= 1.0:
-        raise SystemExit(f"--augment_p {args.augment_p}: must be within [0, 1]")
-    if not 0.0 <= args.beta < 1.0:
-        raise SystemExit(f"--beta {args.beta}: Adam beta1 must be within [0, 1)")
-    if args.t_alpha is not None and not 0.0 < args.t_alpha < 1.0:
-        raise SystemExit(f"--t_alpha {args.t_alpha}: must be within (0, 1)")
-    if args.focal_gamma is not None and args.loss != "focal":
+    if x.model != "dense_net" and x.stem != "downsample":
+        raise SystemExit(f"--stem {x.stem}: only dense_net has a choice of stem")
+    if not 0.0 <= x.augment_p <= 1.0:
+        raise SystemExit(f"--augment_p {x.augment_p}: must be within [0, 1]")
+    if not 0.0 <= x.beta < 1.0:
+        raise SystemExit(f"--beta {x.beta}: Adam beta1 must be within [0, 1)")
+    if x.t_alpha is not None and not 0.0 < x.t_alpha < 1.0:
+        raise SystemExit(f"--t_alpha {x.t_alpha}: must be within (0, 1)")
+    if flags and x.focal_gamma is not None and x.loss != "focal":
         raise SystemExit("--focal_gamma only applies with --loss focal")
-    if args.focal_gamma is None:
-        args.focal_gamma = 2.0
-    if args.focal_gamma < 0:
-        raise SystemExit(f"--focal_gamma {args.focal_gamma}: must be >= 0")
-    if args.workers < 0:
-        raise SystemExit(f"--workers {args.workers}: must be >= 0")
-    if not 0.0 <= args.drop_rate < 1.0:
-        raise SystemExit(f"--drop_rate {args.drop_rate}: must be within [0, 1)")
-    if (args.test or args.resume) and args.save_dir is None:
-        raise SystemExit(f"--{'test' if args.test else 'resume'} needs an existing run: give its --save_dir "
-                         "(and --fold)")
-    if args.test and args.resume:
-        raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
-    if args.image_only and args.late_fuse:
-        raise SystemExit("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
-    given = {args.fusion} if args.fusion else set()
-    given |= {"late"} if args.late_fuse else {"image"} if args.image_only else set()
-    if len(given) > 1:
-        raise SystemExit(f"--fusion {args.fusion} and --{'late_fuse True' if args.late_fuse else 'image_only'} "
-                         "exclude each other: give one fusion mode")
-    args.fusion = given.pop() if given else None  # None: early for a new run, the run's own for --test/--resume
-    if args.folds == 1 or args.folds < 0:
-        raise SystemExit(f"--folds {args.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
-    if not 0.0 <= args.ema < 1.0:
-        raise SystemExit(f"--ema {args.ema}: the decay must be within [0, 1), e.g. 0.99 (0 = off)")
-    if not 0.0 < args.cv_val < 1.0:
-        raise SystemExit(f"--cv_val {args.cv_val}: must be within (0, 1), e.g. 0.2")
-    if args.bootstrap < 0:
-        raise SystemExit(f"--bootstrap {args.bootstrap}: must be >= 0 (0 = no report)")
-    if args.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if x.focal_gamma is not None and x.focal_gamma < 0:
+        raise SystemExit(f"--focal_gamma {x.focal_gamma}: must be >= 0")
+    if x.workers < 0:
+        raise SystemExit(f"--workers {x.workers}: must be >= 0")
+    if not 0.0 <= x.drop_rate < 1.0:
+        raise SystemExit(f"--drop_rate {x.drop_rate}: must be within [0, 1)")
+    if flags:
+        if (x.test or x.resume) and x.save_dir is None:
+            raise SystemExit(f"--{'test' if x.test else 'resume'} needs an existing run: give its --save_dir "
+                             "(and --fold)")
+        if x.test and x.resume:
+            raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
+        if x.config and (x.test or x.resume):
+            raise SystemExit(f"--config re-runs a saved configuration as a new run; --{'test' if x.test else 'resume'}"
+                             " reads the run's own (give its --save_dir and --fold instead)")
+        try:
+            fusion.from_flags(x.fusion, x.late_fuse, x.image_only)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+    elif x.fusion not in fusion.NAMES:
+        raise SystemExit(f"--fusion {x.fusion}: choose one of {', '.join(fusion.NAMES)}")
+    if x.folds == 1 or x.folds < 0:
+        raise SystemExit(f"--folds {x.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
+    if not 0.0 <= x.ema < 1.0:
+        raise SystemExit(f"--ema {x.ema}: the decay must be within [0, 1), e.g. 0.99 (0 = off)")
+    if not 0.0 < x.cv_val < 1.0:
+        raise SystemExit(f"--cv_val {x.cv_val}: must be within (0, 1), e.g. 0.2")
+    if x.bootstrap < 0:
+        raise SystemExit(f"--bootstrap {x.bootstrap}: must be >= 0 (0 = no report)")
+    if x.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise SystemExit("--sync_bn only applies to torchrun runs with several processes")
-    if args.extend_epochs and not args.resume:
+    if flags and x.extend_epochs and not x.resume:
         raise SystemExit("--extend_epochs N trains an existing, finished run longer: give it with --resume "
                          "--save_dir/--fold")
-    smallest = 32 if args.model in choices.TORCHVISION_DENSENETS else choices.MIN_SIDE  # their total stride
-    if min(args.image_size) < smallest:
-        raise SystemExit(f"--image_size {args.image_size[0]} {args.image_size[1]}: each side must be at least "
-                         f"{smallest} pixels for --model {args.model}")
+    smallest = 32 if x.model in choices.TORCHVISION_DENSENETS else choices.MIN_SIDE  # their total stride
+    if min(x.image_size) < smallest:
+        raise SystemExit(f"--image_size {x.image_size[0]} {x.image_size[1]}: each side must be at least "
+                         f"{smallest} pixels for --model {x.model}")
     try:
-        args.augment = ",".join(choices.parse_augment(args.augment))
+        names = choices.parse_augment(x.augment)
     except ValueError as exc:
         raise SystemExit(f"--augment: {exc}") from None
-    if args.augment_device == "true":
-        if args.handover != "uint8":
+    if x.augment_device == "true":
+        if x.handover != "uint8":
             raise SystemExit("--augment_device true needs --handover uint8 (the device finishes the images)")
-        missing = choices.without_device_version(choices.parse_augment(args.augment))
+        missing = choices.without_device_version(names)
         if missing:
             raise SystemExit(f"--augment_device true: --augment {','.join(missing)} has no device version; on the "
                              f"device: {', '.join(choices.DEVICE_AUGMENTATIONS)}")
 
 
-def augment_on_device(args, device):
+def settings(args: argparse.Namespace, given: set[str]) -> tuple[RunConfig, list[str]]:
+    """The run's configuration, built once: from the flags, or with ``--config`` a saved run's with the
+    flags given beside it over it. Returns it and a line for each flag that overrode the saved value."""
+    cfg = RunConfig.from_args(args)
+    if not args.config:
+        return cfg, []
+    path = Path(args.config)
+    source = runfiles.Run(path).config_file if path.is_dir() else path
+    try:
+        saved = RunConfig.from_dict(runfiles.read_json(source))
+    except FileNotFoundError:
+        raise UserError(f"--config {args.config}: no {source} (no such file); give a run folder "
+                        f"outs/<save_dir>/fold<fold> or its {runfiles.CONFIG}") from None
+    except (ValueError, TypeError) as exc:  # not JSON, or not a configuration of this suite
+        raise UserError(f"--config {source}: not a run configuration ({exc})") from None
+    keys = [k for k in runconfig.FIELDS if k in given or (k == "fusion" and given & {"late_fuse", "image_only"})]
+    notes = [f"--{k} {getattr(cfg, k)} (the saved configuration says {getattr(saved, k)})"
+             for k in keys if getattr(cfg, k) != getattr(saved, k)]
+    changes = {k: getattr(cfg, k) for k in keys}
+    if saved.restarts:  # one run of the whole length: the saved schedule restarts belong to --extend_epochs
+        changes["restarts"] = []
+        notes.append(f"the saved run was extended at epochs {saved.restarts}; this run trains its {saved.epoch} "
+                     "epochs in one schedule")
+    cfg = saved.replace(**changes)
+    check_settings(cfg)
+    return cfg, notes
+
+
+def augment_on_device(cfg: RunConfig, device):
     """The device-side augmenter of ``--augment_device`` (auto: on CUDA when it can), or None."""
     import augment_device
 
-    names = choices.parse_augment(args.augment)
-    use = {"true": True, "false": False}.get(args.augment_device, device.type == "cuda")
-    if not (use and names and args.handover == "uint8" and augment_device.supported(names)):
+    names = choices.parse_augment(cfg.augment)
+    use = {"true": True, "false": False}.get(cfg.augment_device, device.type == "cuda")
+    if not (use and names and cfg.handover == "uint8" and augment_device.supported(names)):
         return None
-    return augment_device.DeviceAugmenter(names, args.augment_p, args.seed)
+    return augment_device.DeviceAugmenter(names, cfg.augment_p, cfg.seed)
 
 
-def make_loaders(args, stats, files: dict, dist_info=None, device_augment: bool = False) -> dict:
+def make_loaders(cfg: RunConfig, stats, files: dict, dist_info=None, device_augment: bool = False) -> dict:
     """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
     Validation and test: every image exactly once, in file order (sharded over ranks and gathered).
     With ``device_augment`` the training workers only decode (the trainer augments)."""
@@ -245,25 +296,26 @@ def make_loaders(args, stats, files: dict, dist_info=None, device_augment: bool 
     import runtime
 
     dist_info = dist_info or runtime.Dist()
-    names = [] if device_augment else augment.parse_augment(args.augment)
-    augmenter = augment.Augmenter(names, p=args.augment_p, enhance=loader.enhance) if names else None
+    names = [] if device_augment else augment.parse_augment(cfg.augment)
+    augmenter = augment.Augmenter(names, p=cfg.augment_p, enhance=loader.enhance) if names else None
     out = {}
     for split in loader.SPLITS:
         train = split == "train"
-        ds = loader.HipDataset(files[split], stats, tuple(args.image_size), early_fuse=args.fusion == "early",
-                               augment=augmenter if train else None, seed=args.seed, cache_gb=args.cache_gb,
-                               desc=split, handover=args.handover)
+        ds = loader.HipDataset(files[split], stats, tuple(cfg.image_size),
+                               early_fuse=fusion.mode(cfg.fusion).clinical_planes,
+                               augment=augmenter if train else None, seed=cfg.seed, cache_gb=cfg.cache_gb,
+                               desc=split, handover=cfg.handover)
         if train:
-            sampler = loader.EpochSampler(ds.labels, args.seed, args.sampler == "weight", dist_info.rank,
+            sampler = loader.EpochSampler(ds.labels, cfg.seed, cfg.sampler == "weight", dist_info.rank,
                                           dist_info.world)
         else:
             sampler = loader.ShardSampler(len(ds), dist_info.rank, dist_info.world)
         # a last training batch of one image would make BatchNorm's statistics meaningless
         # persistent workers: no start-up every epoch (the dataset's epoch is shared with them)
-        out[split] = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                                pin_memory=torch.cuda.is_available(), persistent_workers=args.workers > 0,
-                                worker_init_fn=loader.quiet_worker if args.workers > 0 else None,
-                                drop_last=train and len(sampler) % args.batch_size == 1)
+        out[split] = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                                pin_memory=torch.cuda.is_available(), persistent_workers=cfg.workers > 0,
+                                worker_init_fn=loader.quiet_worker if cfg.workers > 0 else None,
+                                drop_last=train and len(sampler) % cfg.batch_size == 1)
     return out
 
 
@@ -310,19 +362,19 @@ def command(*arguments: str) -> str:
     return shlex.join([python, script, *map(str, arguments)])
 
 
-def resume_command(args: argparse.Namespace) -> str:
+def resume_command(cfg: RunConfig) -> str:
     """The command that continues this run."""
-    fold = args.fold
+    fold = cfg.fold
     extra = []
-    if getattr(args, "cv_folds", 0):  # a cross-validation fold: continue the whole cross-validation
-        fold = fold[: len(fold) - len(str(args.cv_fold))]
-        extra = ["--folds", str(args.cv_folds)]
-    if args.out_root != "outs":
-        extra += ["--out_root", str(args.out_root)]
-    return command("--resume", "--save_dir", args.save_dir, "--fold", fold, *extra)
+    if cfg.is_fold:  # a cross-validation fold: continue the whole cross-validation
+        fold = fold[: len(fold) - len(str(cfg.cv_fold))]
+        extra = ["--folds", str(cfg.cv_folds)]
+    if cfg.out_root != "outs":
+        extra += ["--out_root", str(cfg.out_root)]
+    return command("--resume", "--save_dir", cfg.save_dir, "--fold", fold, *extra)
 
 
-def refuse_changes(args: argparse.Namespace, given: set[str], config: dict, out: Path) -> None:
+def refuse_changes(cfg: RunConfig, given: set[str], config: RunConfig, out: Path) -> None:
     """``--resume`` continues the run as configured: a flag given with another value than the run's
     is refused, naming it (the session's device, GPUs, workers and cache may differ)."""
     def shown(value) -> str:
@@ -333,89 +385,81 @@ def refuse_changes(args: argparse.Namespace, given: set[str], config: dict, out:
             return os.path.normpath(a) == os.path.normpath(b)
         return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
 
-    for key in sorted(given - set(SESSION_KEYS)):
-        if key in config and not same(key, getattr(args, key), config[key]):
-            raise UserError(f"--{key} {shown(getattr(args, key))}: the run {out} was configured with --{key} "
-                            f"{shown(config[key])}, and --resume continues a run exactly as configured (leave the "
-                            "flag out). To train longer use --resume --extend_epochs N; to train differently start "
-                            "a new run (another --save_dir or --fold)")
+    for key in sorted((given & set(runconfig.FIELDS)) - set(runconfig.SESSION_KEYS)):
+        if not same(key, getattr(cfg, key), getattr(config, key)):
+            raise UserError(f"--{key} {shown(getattr(cfg, key))}: the run {out} was configured with --{key} "
+                            f"{shown(getattr(config, key))}, and --resume continues a run exactly as configured "
+                            "(leave the flag out). To train longer use --resume --extend_epochs N; to train "
+                            "differently start a new run (another --save_dir or --fold)")
 
 
-def prepare_run(args, given: set[str], save_dir: str, out: Path):
-    """Config and clinical statistics of this run: new, or read back from an existing run for
-    ``--test`` (best.pth) and ``--resume`` (last.pth, or config.json of a run stopped in its first
-    epoch). Returns (config, stats, resume_state); for ``--resume`` every setting of the run is
-    copied onto ``args``."""
-    new_fold_of_cv = args.resume and getattr(args, "cv_folds", 0) and not out.exists()
-    if not (args.test or args.resume) or new_fold_of_cv:
+def prepare_run(cfg: RunConfig, action: Action, given: set[str], out: Path):
+    """This session's settings, the run's configuration and clinical statistics: new, or read back from
+    an existing run for ``--test`` (best.pth: the network from the run, the rest from the command
+    line) and ``--resume`` (last.pth, or config.json of a run stopped in its first epoch: every
+    setting from the run but where this session runs). Returns (cfg, config, stats, resume_state);
+    config is None for a new run."""
+    new_fold_of_cv = action.resume and cfg.is_fold and not out.exists()
+    folder = runfiles.Run(out)
+    if not action.reads_run or new_fold_of_cv:
         if out.exists() and any(out.iterdir()):
             how = (f"it stopped before finishing its first epoch: continue it with --resume"
-                   if not (out / runfiles.LAST).exists() else "continue it with --resume, score it with --test")
+                   if not folder.has_checkpoint(runfiles.LAST) else "continue it with --resume, score it with --test")
             raise UserError(f"{out} already holds a run; nothing was changed. {how[0].upper() + how[1:]}, or choose "
-                            f"another --save_dir / --fold (e.g. {resume_command(args)})")
-        return None, None, None
+                            f"another --save_dir / --fold (e.g. {resume_command(cfg)})")
+        return cfg, None, None, None
     import loader
 
-    if args.test:
-        state = runfiles.load_checkpoint(out / runfiles.BEST)
-        config = dict(state["config"])
-        for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
-            if key in config and key in given and getattr(args, key) != config[key]:
-                logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
-            setattr(args, key, config[key])
+    if action.test:
+        state = folder.load_checkpoint(runfiles.BEST)
+        config = RunConfig.from_dict(state["config"])
+        for key in runconfig.NETWORK_KEYS:  # the run fixes the network; say so when the command line disagrees
+            if key in given and getattr(cfg, key) != getattr(config, key):
+                logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(cfg, key),
+                               getattr(config, key))
+        changes = {key: getattr(config, key) for key in runconfig.NETWORK_KEYS}
         if "data_dir" not in given:
-            args.data_dir = config["data_dir"]
-        for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):  # a fold keeps its own splits
-            if key in config:
-                setattr(args, key, config[key])
-        return config, loader.ClinicalStats.from_dict(state["clinical_stats"]), None
+            changes["data_dir"] = config.data_dir
+        if config.is_fold:  # a fold keeps its own splits
+            changes.update(cv_folds=config.cv_folds, cv_fold=config.cv_fold, cv_seed=config.cv_seed,
+                           cv_design=config.cv_design, cv_val=config.cv_val)
+        return cfg.replace(**changes), config, loader.ClinicalStats.from_dict(state["clinical_stats"]), None
 
-    state, config_file = None, out / runfiles.CONFIG
-    if (out / runfiles.LAST).is_file():
-        state = runfiles.load_checkpoint(out / runfiles.LAST)
-        config = dict(state["config"])
-    elif config_file.is_file():  # killed in its first epoch: start it again, as configured
-        config = runfiles.read_json(config_file)
+    state = None
+    if folder.has_checkpoint(runfiles.LAST):
+        state = folder.load_checkpoint(runfiles.LAST)
+        config = RunConfig.from_dict(state["config"])
+    elif folder.config_file.is_file():  # killed in its first epoch: start it again, as configured
+        config = RunConfig.from_dict(folder.read_config())
     else:
-        raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or config.json); check "
+        raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or {runfiles.CONFIG}); check "
                         "--save_dir, --fold and --out_root, or start a new run without --resume")
-    refuse_changes(args, given, config, out)
-    for key, value in config.items():
-        if key in vars(args) and key not in SESSION_KEYS:
-            setattr(args, key, value)
-    for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):
-        if key in config:
-            setattr(args, key, config[key])
+    refuse_changes(cfg, given, config, out)
+    cfg = config.replace(**{key: getattr(cfg, key) for key in runconfig.SESSION_KEYS})
     stats = loader.ClinicalStats.from_dict(state["clinical_stats"]) if state else None
-    return config, stats, state
+    return cfg, config, stats, state
 
 
-def finished(out: Path, config: dict, state: dict | None) -> bool:
+def finished(out: Path, config: RunConfig, state: dict | None) -> bool:
     """Whether a run trained all its epochs and wrote its test (and report) files."""
-    done = state is not None and len(state.get("history") or []) >= int(config["epoch"])
-    return done and (out / runfiles.TEST_METRICS).is_file() and (not config.get("bootstrap") or (out / REPORTED).is_file())
+    done = state is not None and len(state.get("history") or []) >= int(config.epoch)
+    folder = runfiles.Run(out)
+    return done and folder.is_tested() and (not config.bootstrap or folder.has_report())
 
 
-def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> dict:
+def extend(cfg: RunConfig, epochs: int, config: RunConfig, state: dict, out: Path) -> RunConfig:
     """``--resume --extend_epochs N`` on a finished run: N more epochs, a new cosine cycle from --lrG
     (warm restart) for the cosine schedule, and the old test and report files removed, since they
     describe the shorter run; the extended run writes them anew when it ends."""
     done = len(state.get("history") or [])
-    if done < int(config["epoch"]):
-        raise UserError(f"--extend_epochs: the run {out} has finished {done} of its {config['epoch']} epochs; "
-                        f"finish it first ({resume_command(args)}), then extend it")
-    config = {**config, "epoch": done + args.extend_epochs,
-              "restarts": [*config.get("restarts", []), done]}
-    args.epoch = config["epoch"]
-    for name in RESULTS:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    if done < int(config.epoch):
+        raise UserError(f"--extend_epochs: the run {out} has finished {done} of its {config.epoch} epochs; "
+                        f"finish it first ({resume_command(cfg)}), then extend it")
+    config = config.replace(epoch=done + epochs, restarts=[*config.restarts, done])
+    runfiles.Run(out).remove_results()
     logger.info("extending the run from %d to %d epochs%s; its test and report files were removed and are "
-                "written again for the best epoch when the run ends", done, config["epoch"],
-                " (the cosine schedule restarts at --lrG)" if config.get("sched") == "cosine" else "")
+                "written again for the best epoch when the run ends", done, config.epoch,
+                " (the cosine schedule restarts at --lrG)" if config.sched == "cosine" else "")
     return config
 
 
@@ -424,79 +468,69 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
+    cfg, overrides = settings(args, given)  # the one configuration; args is not read after this
     if given & {"late_fuse", "image_only"}:  # the older spellings of --fusion: checked as --fusion on --resume/--test
-        given.add("fusion")
-        args.fusion = args.fusion or "early"  # only an explicit --late_fuse False leaves it unset
+        given = given | {"fusion"}
+    action = Action(test=bool(args.test), resume=args.resume, extend_epochs=args.extend_epochs)
     import runtime
 
-    dist_info = runtime.init_distributed(args.device)
+    dist_info = runtime.init_distributed(cfg.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
-    args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
-    if args.pretrained and not (args.test or args.resume):
+    for note in overrides:
+        logger.info("--config %s: %s", args.config, note)
+    if cfg.save_dir is None:
+        cfg = cfg.replace(save_dir=time.strftime("%Y%m%d-%H%M%S"))
+    if cfg.pretrained and not action.reads_run:
         from models import resolve_pretrained
         from models.pretrained import PretrainedUnavailable
 
         try:  # at once: an offline --pretrained imagenet or a wrong path stops before any data is read
-            resolve_pretrained(args.pretrained, args.model)
+            resolve_pretrained(cfg.pretrained, cfg.model)
         except (ValueError, FileNotFoundError, PretrainedUnavailable) as exc:
             raise UserError(str(exc)) from None
-    result = run(args, given, dist_info) if not args.folds else cross_validate(args, given, dist_info)
+    if cfg.runs_folds:
+        import crossval
+
+        result = crossval.cross_validate(cfg, lambda fold_cfg: run(fold_cfg, action, given, dist_info),
+                                         dist_info.is_main)
+    else:
+        result = run(cfg, action, given, dist_info)
     runtime.leave_distributed(dist_info)
     return result
 
 
-def cross_validate(args: argparse.Namespace, given: set[str], dist_info) -> list[dict]:
-    import crossval
-
-    design = crossval.resolve_design(args.data_dir, args.cv)
-    logger.info("cross-validation design: %s", crossval.DESIGN_TEXT[design])
-    results, runs = [], []
-    for k in range(args.folds):
-        fold_args = argparse.Namespace(**vars(args))
-        fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed, fold_args.cv_design = \
-            f"{args.fold}{k}", args.folds, k, args.seed, design
-        logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, args.folds - 1, fold_args.fold)
-        results.append(run(fold_args, given, dist_info))
-        runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
-    if dist_info.is_main:
-        cv = crossval.write_cv_summary(Path(args.out_root) / args.save_dir, runs, n_boot=args.bootstrap or 2000,
-                                       seed=args.seed)
-        print(crossval.headline(cv))
-        print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_report.md'}")
-    return results
-
-
-def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
+def run(cfg: RunConfig, action: Action, given: set[str], dist_info) -> dict:
     """Train (or resume, or only test) one run folder; returns the test metrics. A new run that fails
     or is interrupted before its first epoch is saved leaves no folder behind."""
-    out = runfiles.run_dir(args.save_dir, args.fold, args.out_root)
-    config, stats, resume_state = prepare_run(args, given, args.save_dir, out)
-    if args.resume and config is not None:
-        if finished(out, config, resume_state) and not args.extend_epochs:
+    out = runfiles.run_dir(cfg.save_dir, cfg.fold, cfg.out_root)
+    cfg, config, stats, resume_state = prepare_run(cfg, action, given, out)
+    if action.resume and config is not None:
+        if finished(out, config, resume_state) and not action.extend_epochs:
             logger.info("the run %s finished all %d epochs (best epoch %d) and is tested; nothing to resume, "
-                        "nothing changed. To train it longer: %s --extend_epochs N", out, config["epoch"],
-                        int(resume_state["best"]["epoch"]), resume_command(args))
-            result = runfiles.read_json(out / runfiles.TEST_METRICS)
+                        "nothing changed. To train it longer: %s --extend_epochs N", out, config.epoch,
+                        int(resume_state["best"]["epoch"]), resume_command(cfg))
+            result = runfiles.load_run(out).test_metrics()
             summary(result, out)
             return result
         if dist_info.is_main:
             import runtime
 
-            runtime.setup_logging(out / "train.log")  # the log of the run says what happened to it
-    files = runfiles.split_files(vars(args), args.data_dir)
-    data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
-    if not args.test:
-        check_patients(files, args.allow_shared_patients)
-    if args.extend_epochs:  # after the data checks: a refused extension leaves the run as it was
+            runtime.setup_logging(runfiles.Run(out).log_file)  # the log of the run says what happened to it
+    files = runfiles.split_files(cfg, cfg.data_dir)
+    data_summary = describe(files, training=not action.test)  # refuses unusable splits before any file is written
+    if not action.test:
+        check_patients(files, cfg.allow_shared_patients)
+    if action.extend_epochs:  # after the data checks: a refused extension leaves the run as it was
         if resume_state is None:
             raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
-                            f"{resume_command(args)}")
-        config = extend(args, config, resume_state, out)
-    use_settings(args)
+                            f"{resume_command(cfg)}")
+        config = extend(cfg, action.extend_epochs, config, resume_state, out)
+        cfg = cfg.replace(epoch=config.epoch, restarts=config.restarts)
+    threads = use_settings(cfg)
     created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \
         if config is None and dist_info.is_main else None
     try:
-        return train_and_test(args, config, stats, resume_state, out, dist_info, files, data_summary)
+        return train_and_test(cfg, action, config, stats, resume_state, out, dist_info, files, data_summary, threads)
     except KeyboardInterrupt:
         done = _saved_epochs(out)
         if done == 0 and created is not None:
@@ -505,10 +539,10 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
                          command(*sys.argv[1:]))
         elif done == 0:
             logger.error("interrupted in epoch 1, before any epoch was saved; continue (from epoch 1) with: %s",
-                         resume_command(args))
+                         resume_command(cfg))
         else:
             logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
-                         done + 1, done, out / runfiles.LAST, resume_command(args))
+                         done + 1, done, runfiles.Run(out).file(runfiles.LAST), resume_command(cfg))
         raise SystemExit(130) from None
     except BaseException:
         if created is not None and _saved_epochs(out) == 0:
@@ -516,20 +550,21 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
         raise
 
 
-def use_settings(args: argparse.Namespace) -> None:
+def use_settings(cfg: RunConfig) -> str:
     """Threads and determinism, once prepare_run has read a resumed run's settings: both change the
-    last digits of the results, so a resumed run uses the ones it was configured with."""
+    last digits of the results, so a resumed run uses the ones it was configured with. Returns the
+    threads chosen, in words."""
     import runtime
 
-    args.threads = runtime.choose_threads(args.cpus, args.workers)
-    if args.deterministic:
+    threads = runtime.choose_threads(cfg.cpus, cfg.workers)
+    if cfg.deterministic:
         runtime.make_deterministic()
+    return threads
 
 
 def _saved_epochs(out: Path) -> int:
     """Epochs saved in the run's history.csv (0 when none finished)."""
-    path = out / "history.csv"
-    return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
+    return runfiles.Run(out).saved_epochs()
 
 
 def _remove(path: Path) -> None:
@@ -539,10 +574,11 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, dist_info=None,
-                  device_augmenter=None):
-    """The network (on ``device``, compiled and DDP-wrapped as asked), optimiser and the trainer of
-    this run's fusion mode: what ``train_and_test`` trains and ``bench.py`` times."""
+def build_trainer(cfg: RunConfig, config: RunConfig, loaders: dict, stats, device, out: Path, dist_info=None,
+                  device_augmenter=None, action: Action = Action()):
+    """The network of the run's ``config`` (on ``device``, compiled and DDP-wrapped as this session's
+    ``cfg`` asks), optimiser and the trainer of its fusion mode: what ``train_and_test`` trains and
+    ``bench.py`` times."""
     import torch
 
     import losses
@@ -552,38 +588,37 @@ def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, d
     from models import build_model_from_config, count_parameters
 
     dist_info = dist_info or runtime.Dist()
-    precision = runtime.select_precision(args.dtype, device)
-    channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
-    model = build_model_from_config(config, pretrained=None if (args.test or args.resume) else args.pretrained)
-    if config["fusion"] == "residual" and not (args.test or args.resume):
+    precision = runtime.select_precision(cfg.dtype, device)
+    channels_last = runtime.use_channels_last(cfg.channels_last, device, tuple(cfg.image_size))
+    model = build_model_from_config(config.to_dict(), pretrained=None if action.reads_run else cfg.pretrained)
+    if fusion.mode(config.fusion).clinical_offset and not action.reads_run:
         start_from_clinical_model(model, loaders["train"].dataset.files, stats)
     logger.info("model %s (%s, %d input channels, %.2f M parameters); precision %s; channels_last %s",
-                config["model"], runfiles.FUSION_TEXT[config["fusion"]], config["in_chans"],
+                config.model, fusion.text(config.fusion), config.in_chans,
                 count_parameters(model) / 1e6, precision.name, channels_last)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if args.compile:
+    if cfg.compile:
         model.compile()  # in place: checkpoints keep the plain parameter names
         logger.info("torch.compile: the first training and the first validation batch compile the network")
     if dist_info.enabled:
-        if args.sync_bn:
+        if cfg.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    trainer_cls = LateFuseClassifyTrainer if config["fusion"] in CLINICAL_VECTOR_FUSIONS else ClassifyTrainer
+    trainer_cls = LateFuseClassifyTrainer if fusion.mode(config.fusion).clinical_vector else ClassifyTrainer
     optimizer = scheduler = None
-    if not args.test:
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lrG, betas=(args.beta, 0.999))
-        if args.sched == "cosine":  # over the run's epochs, or since the last --extend_epochs restart
-            cycle = args.epoch - (config.get("restarts") or [0])[-1]
+    if not action.test:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lrG, betas=(cfg.beta, 0.999))
+        if cfg.sched == "cosine":  # over the run's epochs, or since the last --extend_epochs restart
+            cycle = cfg.epoch - (config.restarts or [0])[-1]
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cycle)
-    return trainer_cls(model=model, loaders=loaders, loss_fn=losses.build_loss(args.loss, args.focal_gamma,
-                                                                              args.t_alpha),
+    return trainer_cls(model=model, loaders=loaders, loss_fn=losses.build_loss(cfg.loss, cfg.focal_gamma, cfg.t_alpha),
                        optimizer=optimizer, scheduler=scheduler, device=device, run_dir=out, config=config,
-                       clinical_stats=stats.to_dict(), precision=precision, select_metric=args.select_metric,
-                       seed=args.seed, channels_last=channels_last, dist_info=dist_info,
-                       device_augment=device_augmenter, ema_decay=config.get("ema", 0.0),
-                       tta=config.get("tta", "none"), validate_start=config["fusion"] == "residual")
+                       clinical_stats=stats.to_dict(), precision=precision, select_metric=cfg.select_metric,
+                       seed=cfg.seed, channels_last=channels_last, dist_info=dist_info,
+                       device_augment=device_augmenter, ema_decay=config.ema, tta=config.tta,
+                       validate_start=fusion.mode(config.fusion).clinical_offset)
 
 
 def start_from_clinical_model(model, train_files, stats) -> None:
@@ -601,7 +636,8 @@ def start_from_clinical_model(model, train_files, stats) -> None:
                 intercept, " + ".join(f"{c:.3f} {name}" for c, name in zip(coef, baseline.FEATURES)))
 
 
-def train_and_test(args, config, stats, resume_state, out: Path, dist_info, files: dict, data_summary: str) -> dict:
+def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, stats, resume_state, out: Path,
+                   dist_info, files: dict, data_summary: str, threads: str) -> dict:
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -610,57 +646,57 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
     import runtime
     from ClassifyTrainer import NonFiniteLossError
 
-    device = runtime.select_device_for(dist_info, args.device, args.gpus)
+    device = runtime.select_device_for(dist_info, cfg.device, cfg.gpus)
     if stats is None:
-        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]], warn=args.fusion != "image")
+        stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]],
+                                         warn=fusion.mode(cfg.fusion).uses_clinical)
     if dist_info.enabled:
         torch.distributed.barrier()  # every rank has checked the run folder before rank 0 creates it
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        runtime.setup_logging(out / "train.log")
-    runtime.seed_everything(args.seed, dist_info.rank)
+        runtime.setup_logging(runfiles.Run(out).log_file)
+    runtime.seed_everything(cfg.seed, dist_info.rank)
     logger.info("run folder %s; device %s%s; %s", out, device,
-                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", args.threads)
-    logger.info("data %s: %s", args.data_dir, data_summary)
+                f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", threads)
+    logger.info("data %s: %s", cfg.data_dir, data_summary)
 
-    args.fusion = args.fusion or "early"
-    device_augmenter = None if args.test else augment_on_device(args, device)
-    logger.info("loader hands over %s images; augmentation %s", args.handover,
+    device_augmenter = None if action.test else augment_on_device(cfg, device)
+    logger.info("loader hands over %s images; augmentation %s", cfg.handover,
                 f"on the device ({device_augmenter})" if device_augmenter else
-                ("in the loader workers" if args.augment else "none"))
-    loaders = make_loaders(args, stats, files, dist_info, device_augmenter is not None)
-    if config is None:
-        flags = {k: v for k, v in vars(args).items() if k not in ("late_fuse", "image_only")}  # said by fusion
-        config = {**flags, "in_chans": loaders["train"].dataset.channels,
-                  "trainer": "LateFuseClassifyTrainer" if args.fusion in CLINICAL_VECTOR_FUSIONS else "ClassifyTrainer",
-                  "clinical_names": list(loader.CLINICAL_NAMES), "torch": torch.__version__,
-                  "world_size": dist_info.world}
-    if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):
-        runfiles.write_json(out / runfiles.CONFIG, config)
-    trainer = build_trainer(args, config, loaders, stats, device, out, dist_info, device_augmenter)
+                ("in the loader workers" if cfg.augment else "none"))
+    loaders = make_loaders(cfg, stats, files, dist_info, device_augmenter is not None)
+    if config is None:  # a new run: its configuration, with what the data and this machine say
+        config = cfg.replace(in_chans=loaders["train"].dataset.channels,
+                             trainer="LateFuseClassifyTrainer" if fusion.mode(cfg.fusion).clinical_vector
+                             else "ClassifyTrainer",
+                             clinical_names=list(loader.CLINICAL_NAMES), torch=torch.__version__,
+                             world_size=dist_info.world)
+    if dist_info.is_main and not action.test and (resume_state is None or action.extend_epochs):
+        runfiles.Run(out).write_config(config.to_dict())
+    trainer = build_trainer(cfg, config, loaders, stats, device, out, dist_info, device_augmenter, action)
     with logging_redirect_tqdm():
-        if not args.test:
+        if not action.test:
             if resume_state is not None:
-                if args.extend_epochs:  # weights, optimizer moments and history go on; the schedule restarts
+                if action.extend_epochs:  # weights, optimizer moments and history go on; the schedule restarts
                     resume_state = {**resume_state, "scheduler": None}
                 trainer.restore(resume_state)
-                if args.extend_epochs:
+                if action.extend_epochs:
                     for group in trainer.optimizer.param_groups:
-                        group["lr"] = group["initial_lr"] = args.lrG
+                        group["lr"] = group["initial_lr"] = cfg.lrG
                     if dist_info.is_main:
                         trainer.save_last(len(trainer.history))  # from here --resume continues the extended run
-                logger.info("resuming after epoch %d of %d", len(trainer.history), args.epoch)
+                logger.info("resuming after epoch %d of %d", len(trainer.history), cfg.epoch)
             try:
-                best = trainer.fit(args.epoch)
+                best = trainer.fit(cfg.epoch)
             except NonFiniteLossError as exc:
                 logger.error("%s", exc)
                 raise SystemExit(1) from None
             logger.info("best epoch %d (val %s %.4f); scoring its checkpoint on test", best["epoch"],
-                        args.select_metric, best["value"])
+                        cfg.select_metric, best["value"])
         result = trainer.test()
     if dist_info.is_main:
-        if args.bootstrap:
-            report.write_report(out, data_dir=args.data_dir, n_boot=args.bootstrap, seed=args.seed,
+        if cfg.bootstrap:
+            report.write_report(out, data_dir=cfg.data_dir, n_boot=cfg.bootstrap, seed=cfg.seed,
                                 files={k: [str(f) for f in v] for k, v in files.items()})
         summary(result, out)
     runtime.close_log_file()

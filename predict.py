@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from choices import CLINICAL_VECTOR_FUSIONS, TTA_CHOICES
+from choices import TTA_CHOICES
 from cli import UserError, add_device, add_output, run_script
 
 
@@ -55,11 +55,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import filenames  # noqa: E402
+import fusion  # noqa: E402
 import imaging  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
-from ClassifyTrainer import flip_tta  # noqa: E402
 from models import build_model_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger("predict")
@@ -168,8 +168,8 @@ def run_checkpoints(run: str | os.PathLike) -> list[Path]:
     """What ``--run`` names: a checkpoint file or a run folder (one model), or a cross-validation run
     group ``outs/<save_dir>`` (the ``fold*/`` run folders inside with a ``best.pth``: a fold ensemble)."""
     path = Path(run)
-    if path.is_dir() and not (path / runfiles.BEST).is_file():
-        folds = sorted(d for d in path.glob("fold*") if (d / runfiles.BEST).is_file())
+    if path.is_dir() and not runfiles.Run(path).has_checkpoint(runfiles.BEST):
+        folds = [fold.dir for fold in runfiles.RunGroup(path).runs(having=runfiles.BEST)]
         if folds:
             return folds
         raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
@@ -208,15 +208,15 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
         dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
         model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
         model.to(dev)
-        mirror = (trained.config.get("tta", "none") if tta == "auto" else tta) == "flip"
+        scored_as = trained.config.tta if tta == "auto" else tta
 
         def forward(batch: dict) -> torch.Tensor:
-            clin = batch["clinical"].to(dev) if trained.fusion in CLINICAL_VECTOR_FUSIONS else None
-            return model(batch["image"].to(dev), clin).float().reshape(-1)
+            inputs = fusion.network_inputs(trained.fusion, batch["image"].to(dev), batch["clinical"].to(dev))
+            return model(*inputs).float().reshape(-1)
 
         member: list[float] = []
         for batch in DataLoader(dataset, batch_size=batch_size):
-            p = flip_tta(forward, batch) if mirror else torch.sigmoid(forward(batch))
+            p = fusion.probability(forward, batch, scored_as)
             member += p.cpu().double().tolist()
         probs += np.asarray(member, dtype=np.float64) / len(members)
     threshold = float(np.mean([m.threshold for m in members]))

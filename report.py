@@ -1,7 +1,7 @@
 """Run report: the test-set numbers of one run with what a clinical reader needs to trust them.
 
     python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
-    python3 report.py --cv outs/<save_dir>          # cross-validation summary (crossval.py)
+    python3 report.py --cv outs/<save_dir>          # cross-validation summary (cv_report.py)
     python3 report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
     python3 report.py --run RUN --external DATA_DIR [--name B] [--recalibrate intercept --calibrate_on val]
                                                     # another hospital's data (external.py)
@@ -57,8 +57,8 @@ def run_facts(run_dir: str | os.PathLike) -> dict:
     """What a report reads from a finished run (through :func:`runfiles.load_run`): the checkpoint's
     facts, history, test/val predictions and test_metrics.json."""
     run = runfiles.load_run(run_dir)
-    has_val = (run.dir / runfiles.PREDICTIONS["val"]).is_file()
-    return {"dir": run.dir, "config": run.config, "threshold": run.threshold, "epoch": run.epoch,
+    has_val = run.has_predictions("val")
+    return {"dir": run.dir, "config": run.config.to_dict(), "threshold": run.threshold, "epoch": run.epoch,
             "clinical_stats": run.clinical_stats, "select_metric": run.select_metric, "test": run.predictions("test"),
             "val": run.predictions("val") if has_val else None, "history": run.history(),
             "test_metrics": run.test_metrics()}
@@ -239,8 +239,8 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)  # before any file is read
     run = run_facts(run_dir)
     paths = runfiles.split_files(run["config"], data_dir, files)
-    check_same_images("test", paths["test"], run["test"], "test_predictions.csv")
-    check_same_images("val", paths["val"], run["val"], "val_predictions.csv")
+    check_same_images("test", paths["test"], run["test"], runfiles.PREDICTIONS["test"])
+    check_same_images("val", paths["val"], run["val"], runfiles.PREDICTIONS["val"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         test = scored_test_set(run, paths)
@@ -278,19 +278,18 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
 
 
 def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
-    """report_figures/*.png, report.md, report.html and report_metrics.json, each atomically."""
+    """report_figures/*.png, report.md, report.html and report_metrics.json, each atomically (runfiles.Run)."""
     blocks = report_render.report_blocks(result)
-    for name, png in figures.items():
-        runfiles.write_bytes(run_path / FIGURE_DIR / f"{name}.png", png)
-    for stale in (run_path / FIGURE_DIR).glob("gallery_*.png"):  # an earlier report's cases, not this one's
+    stale_dir = runfiles.Run(run_path).file(runfiles.REPORT_FIGURES)
+    for stale in stale_dir.glob("gallery_*.png"):  # an earlier report's cases, not this one's
         if stale.stem not in figures:
             stale.unlink()
-    runfiles.write_text(run_path / "report.md", report_render.render_markdown(blocks))
-    runfiles.write_text(run_path / "report.html",
-                        report_render.render_html(blocks, figures, f"Run report: {result['run']}"))
     saved = {k: v for k, v in result.items() if k != "history"}
-    runfiles.write_json(run_path / "report_metrics.json", saved)
-    logger.info("report written: %s", run_path / "report.html")
+    written = runfiles.Run(run_path).write_report(report_render.render_markdown(blocks, figure_dir=FIGURE_DIR),
+                                                  report_render.render_html(blocks, figures,
+                                                                            f"Run report: {result['run']}"),
+                                                  saved, figures)
+    logger.info("report written: %s", written)
     return saved
 
 
@@ -348,16 +347,16 @@ def main(argv: list[str] | None = None) -> dict:
               f"{external.out_folder(args.run, result['name']) / 'external_report.html'}")
         return result
     if args.cv:
-        save_dir = Path(args.cv)
-        runs = sorted(d for d in save_dir.glob("fold*") if (d / "test_metrics.json").is_file())
+        group = runfiles.RunGroup(Path(args.cv))
+        runs = [run.dir for run in group.runs(having=runfiles.TEST_METRICS)]
         if not runs:
-            raise SystemExit(f"--cv {save_dir}: no tested fold*/ run folders (with test_metrics.json) inside")
+            raise SystemExit(f"--cv {group.dir}: no tested fold*/ run folders (with {runfiles.TEST_METRICS}) inside")
         try:
-            result = crossval.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
+            result = cv_report.write_cv_summary(group.dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
                                                data_dir=args.data_dir)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(str(exc)) from None
-        print(f"{crossval.headline(result)}; {save_dir / 'cv_report.md'}")
+        print(f"{cv_report.headline(result)}; {group.report_file}")
         return result
     try:
         if args.gallery < 0:
@@ -369,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
     auc = result["network"]["metrics"]["roc_auc"]
     base = (f"clinical baseline {_ci(result['baseline']['metrics']['roc_auc'])}" if result["baseline"]
             else f"no clinical baseline ({result['baseline_absent']})")
-    print(f"test ROC AUC {_ci(auc)}; {base}; report in {Path(args.run) / 'report.html'}")
+    print(f"test ROC AUC {_ci(auc)}; {base}; report in {runfiles.Run(Path(args.run)).file(runfiles.REPORT_HTML)}")
     return result
 
 
@@ -382,7 +381,7 @@ import pandas as pd  # noqa: E402
 
 import baseline  # noqa: E402
 import confidence  # noqa: E402
-import crossval  # noqa: E402
+import cv_report  # noqa: E402
 import decision  # noqa: E402
 import gallery as case_gallery  # noqa: E402
 import filenames  # noqa: E402

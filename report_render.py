@@ -28,11 +28,12 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 import confidence
 import decision
+import fusion
 import loader
 import metrics
 import runfiles
 
-FIGURE_DIR = "report_figures"
+FIGURE_DIR = runfiles.REPORT_FIGURES  # where report.md finds its figures
 # (key of confidence.bootstrap_metrics, label), in the order of the metrics table
 TABLE_METRICS = (("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC (average precision)"), ("brier", "Brier score"),
                  ("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "PPV (precision)"),
@@ -308,8 +309,8 @@ def verdict(diff: Mapping) -> str:
 
 def fusion_text(config: Mapping) -> str:
     """How the run used sex, age and BMI, in words."""
-    mode = runfiles.fusion_of(config)
-    return "image only, no clinical values" if mode == "image" else f"{runfiles.FUSION_TEXT[mode]} of sex, age and BMI"
+    mode = fusion.of_config(config)
+    return "image only, no clinical values" if mode == "image" else f"{fusion.text(mode)} of sex, age and BMI"
 
 
 def interval_text(interval: str) -> str:

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+import runconfig
+from runconfig import RunConfig
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -34,9 +37,15 @@ CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "
 BEST, LAST = "best.pth", "last.pth"
 CONFIG, HISTORY, TEST_METRICS = "config.json", "history.csv", "test_metrics.json"
 PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
-from choices import FUSION_MODES, FUSION_TEXT  # noqa: E402  (the fusion vocabulary; re-exported)
-# what a checkpoint's configuration must say to rebuild the network and its input
-NETWORK_KEYS = ("model", "fusion", "in_chans", "image_size", "depth", "growthRate", "norm", "act", "stem")
+PREDICTION_COLUMNS = ("file", "label", "probability", "prediction")
+TRAIN_LOG = "train.log"
+# the run report (report.py); report_metrics.json is written last, so its presence means the report is whole
+REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES = ("report.md", "report.html", "report_metrics.json",
+                                                         "report_figures")
+# what a finished run's test and report consist of; --extend_epochs removes them (they describe the shorter run)
+RESULTS = (TEST_METRICS, PREDICTIONS["test"], REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES)
+# a cross-validation run group outs/<save_dir>/: its fold runs fold*/ and the summary over them
+CV_SUMMARY, CV_REPORT = "cv_summary.json", "cv_report.md"
 RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
               "the run's configuration, clinical statistics and threshold), config.json and test_predictions.csv")
 
@@ -44,6 +53,11 @@ RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/,
 def run_dir(save_dir: str | os.PathLike, fold: str, root: str | os.PathLike = "outs") -> Path:
     """``<root>/<save_dir>/fold<fold>`` as in the original work (``--fold _Dense_LF`` -> ``fold_Dense_LF``)."""
     return Path(root) / str(save_dir) / f"fold{fold}"
+
+
+def run_group(save_dir: str | os.PathLike, root: str | os.PathLike = "outs") -> "RunGroup":
+    """``<root>/<save_dir>``: the run folders of one group (the folds of a cross-validation)."""
+    return RunGroup(Path(root) / str(save_dir))
 
 
 # --------------------------------------------------------------------------- writing
@@ -136,34 +150,14 @@ def probability_text(probability: float) -> str:
     return f"{probability:.9g}"
 
 
-def fusion_of(config: Mapping) -> str:
-    """The run's fusion mode (:data:`FUSION_MODES`). Runs written before it was one value carry two
-    booleans: ``late_fuse`` (late fusion) and ``image_only``; neither means early fusion."""
-    mode = config.get("fusion")
-    if mode is None and "late_fuse" in config:
-        mode = "late" if config["late_fuse"] else "image" if config.get("image_only") else "early"
-    if mode not in FUSION_MODES:
-        raise ValueError(f"fusion mode {mode!r}: choose one of {', '.join(FUSION_MODES)}")
-    return mode
-
-
-def _with_fusion(config: Any) -> Any:
-    """The configuration with its fusion mode as one value (old ``late_fuse``/``image_only`` replaced)."""
-    if not isinstance(config, dict) or ("fusion" not in config and "late_fuse" not in config):
-        return config  # nothing to say about fusion: load_run names what is missing
-    mode = fusion_of(config)
-    config = {k: v for k, v in config.items() if k not in ("late_fuse", "image_only")}
-    config["fusion"] = mode
-    return config
-
-
-def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], config: Mapping,
+def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], config: RunConfig | Mapping,
                     clinical_stats: Mapping, threshold: float, epoch: int, **extra: Any) -> None:
     """Write a checkpoint (weights + everything needed to use them) atomically."""
     import torch
 
     state = {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model_state.items()},
-             "config": _jsonable(dict(config)), "clinical_stats": _jsonable(dict(clinical_stats)),
+             "config": _jsonable(config.to_dict() if isinstance(config, RunConfig) else dict(config)),
+             "clinical_stats": _jsonable(dict(clinical_stats)),
              "threshold": float(threshold), "epoch": int(epoch)}
     state.update(extra)  # e.g. optimizer state, validation metrics: tensors and plain values only
     buf = io.BytesIO()
@@ -173,7 +167,8 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, Any], con
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint safely; a clear error for a missing, truncated, foreign or unsafe file.
-    The configuration comes back with its fusion mode as one value (:func:`fusion_of`)."""
+    The configuration comes back as a plain dict brought up to date (:func:`runconfig.upgrade`: e.g. the
+    fusion mode as one value where older runs saved two booleans)."""
     import torch
 
     path = Path(path)
@@ -192,49 +187,143 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
-    state["config"] = _with_fusion(state["config"])
+    if isinstance(state["config"], dict):
+        state["config"] = runconfig.upgrade(state["config"])
     return state
 
 
-# --------------------------------------------------------------------------- reading a run back
+# --------------------------------------------------------------------------- the run folder
 
 @dataclass(frozen=True)
 class Run:
-    """A trained run as the tools see it: the folder, its checkpoint (validated by :func:`load_run`)
-    and the configuration stored with the weights."""
+    """A run folder ``outs/<save_dir>/fold<fold>/``: the one place that names its files, writes them
+    (atomically) and reads them back. ``Run(folder)`` names, writes and reads; :func:`load_run` adds
+    the validated checkpoint (``checkpoint``, ``state``) and with it the configuration stored with
+    the weights, the threshold and the staleness check of :meth:`test_metrics`."""
 
     dir: Path
-    checkpoint: Path
-    state: dict
+    checkpoint: Path | None = None
+    state: dict | None = None
+
+    # -- names ------------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.dir / name
 
     @property
-    def config(self) -> dict:
-        return self.state["config"]
+    def config_file(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / TRAIN_LOG
+
+    def predictions_file(self, split: str) -> Path:
+        return self.dir / PREDICTIONS[split]
+
+    # -- the loaded checkpoint --------------------------------------------------------------------
+    def _state(self) -> dict:
+        if self.state is None:
+            raise ValueError(f"{self.dir}: its checkpoint was not read (runfiles.load_run reads it)")
+        return self.state
+
+    @property
+    def config(self) -> RunConfig:
+        """The configuration stored with the weights, typed (load_run has checked it names a network)."""
+        return RunConfig.from_dict(self._state()["config"])
 
     @property
     def threshold(self) -> float:
         """The decision threshold chosen on validation at the best epoch."""
-        return float(self.state["threshold"])
+        return float(self._state()["threshold"])
 
     @property
     def epoch(self) -> int:
-        return int(self.state["epoch"])
+        return int(self._state()["epoch"])
 
     @property
     def clinical_stats(self) -> dict:
-        return self.state["clinical_stats"]
+        return self._state()["clinical_stats"]
 
     @property
     def select_metric(self) -> str:
-        return self.state.get("select_metric", self.config.get("select_metric", "roc_auc"))
+        return self._state().get("select_metric", self.config.select_metric)
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.config["image_size"])
+        return tuple(int(v) for v in self.config.image_size)
 
     @property
     def fusion(self) -> str:
-        return self.config["fusion"]
+        return self.config.fusion
+
+    # -- writing ----------------------------------------------------------------------------------
+    def save_checkpoint(self, name: str, model_state: Mapping[str, Any], config: RunConfig | Mapping,
+                        clinical_stats: Mapping,
+                        threshold: float, epoch: int, **extra: Any) -> Path:
+        """``best.pth`` or ``last.pth`` (:func:`save_checkpoint`)."""
+        if name not in (BEST, LAST):
+            raise ValueError(f"a run's checkpoints are {BEST} and {LAST}, not {name!r}")
+        save_checkpoint(self.dir / name, model_state, config, clinical_stats, threshold, epoch, **extra)
+        return self.dir / name
+
+    def write_config(self, config: RunConfig | Mapping) -> Path:
+        return write_json(self.config_file, config.to_dict() if isinstance(config, RunConfig) else config)
+
+    def write_history(self, rows: Sequence[Mapping]) -> Path:
+        return write_csv(self.dir / HISTORY, rows)
+
+    def write_predictions(self, split: str, rows: Iterable[Mapping]) -> Path:
+        """``<split>_predictions.csv``: file, label, probability (:func:`probability_text`), prediction."""
+        return write_csv(self.predictions_file(split), rows, PREDICTION_COLUMNS)
+
+    def write_test_metrics(self, result: Mapping) -> Path:
+        return write_json(self.dir / TEST_METRICS, result)
+
+    def write_report(self, markdown: str, html: str, numbers: Mapping, figures: Mapping[str, bytes]) -> Path:
+        """The run report: ``report_figures/*.png``, ``report.md``, ``report.html`` and, last,
+        ``report_metrics.json`` (its presence says the report is whole). Returns the HTML's path."""
+        for name, png in figures.items():
+            write_bytes(self.dir / REPORT_FIGURES / f"{name}.png", png)
+        write_text(self.dir / REPORT_MD, markdown)
+        write_text(self.dir / REPORT_HTML, html)
+        write_json(self.dir / REPORT_METRICS, numbers)
+        return self.dir / REPORT_HTML
+
+    def remove_results(self) -> None:
+        """Remove the test and report files (:data:`RESULTS`), e.g. before a run is trained longer."""
+        import shutil
+
+        for name in RESULTS:
+            path = self.dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def read_config(self) -> dict:
+        """``config.json`` as written (old runs' keys as they were; ``RunConfig.from_dict`` converts them)."""
+        return read_json(self.config_file)
+
+    def load_checkpoint(self, name: str = BEST) -> dict:
+        return load_checkpoint(self.dir / name)
+
+    def has_checkpoint(self, name: str = BEST) -> bool:
+        return (self.dir / name).is_file()
+
+    def is_tested(self) -> bool:
+        return (self.dir / TEST_METRICS).is_file()
+
+    def has_report(self) -> bool:
+        return (self.dir / REPORT_METRICS).is_file()
+
+    def has_predictions(self, split: str) -> bool:
+        return self.predictions_file(split).is_file()
+
+    def saved_epochs(self) -> int:
+        """Epochs saved in ``history.csv`` (0 when none finished)."""
+        path = self.dir / HISTORY
+        return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
 
     def predictions(self, split: str = "test") -> "pd.DataFrame":
         return read_predictions(self.dir, split)
@@ -244,6 +333,10 @@ class Run:
 
         path = self.dir / HISTORY
         return pd.read_csv(path) if path.is_file() else None
+
+    def report_metrics(self) -> dict | None:
+        """``report_metrics.json`` (None before the run has a report)."""
+        return read_json(self.dir / REPORT_METRICS) if self.has_report() else None
 
     def test_metrics(self) -> dict | None:
         """``test_metrics.json`` (None before the run was tested); refused when it was scored at another
@@ -257,11 +350,44 @@ class Run:
                              f"holds {self.threshold}; re-score the run (main.py --test) before using it")
         return metrics
 
+    def unchecked_test_metrics(self) -> dict:
+        """``test_metrics.json`` without the staleness check: only for a run that has just been tested
+        here, whose checkpoint is the one scored."""
+        return read_json(self.dir / TEST_METRICS)
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """A run group ``outs/<save_dir>/``: its run folders ``fold*/`` and, for a cross-validation, the
+    summary over them (``cv_summary.json``, ``cv_report.md``)."""
+
+    dir: Path
+
+    def run(self, fold: str) -> Run:
+        return Run(self.dir / f"fold{fold}")
+
+    def runs(self, having: str = BEST) -> list[Run]:
+        """The run folders ``fold*/`` that hold ``having`` (a checkpoint, or ``test_metrics.json``), sorted."""
+        return [Run(d) for d in sorted(self.dir.glob("fold*")) if (d / having).is_file()]
+
+    @property
+    def summary_file(self) -> Path:
+        return self.dir / CV_SUMMARY
+
+    @property
+    def report_file(self) -> Path:
+        return self.dir / CV_REPORT
+
+    def write_cv_summary(self, summary: Mapping, markdown: str) -> Path:
+        write_json(self.summary_file, summary)
+        write_text(self.report_file, markdown)
+        return self.summary_file
+
 
 def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
     """A run folder (or a checkpoint file) read back: its ``checkpoint`` (default ``best.pth``) loaded
     with :func:`load_checkpoint` and its configuration checked to say which network and input to
-    build (:data:`NETWORK_KEYS`). Errors say what a run folder is and how to make one."""
+    build (:data:`runconfig.REQUIRED`). Errors say what a run folder is and how to make one."""
     path = Path(run)
     if path.is_file():
         folder, ckpt = path.parent, path
@@ -280,7 +406,7 @@ def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
                          "image size), clinical statistics and threshold stored with the weights, as main.py "
                          f"writes {checkpoint}") from exc
     config = state["config"]
-    missing = [k for k in NETWORK_KEYS if not isinstance(config, dict) or k not in config]
+    missing = [k for k in runconfig.REQUIRED if not isinstance(config, dict) or k not in config]
     if missing:
         raise ValueError(f"{ckpt}: the checkpoint's configuration lacks {', '.join(missing)}; it cannot say which "
                          f"network to build. {RUN_FOLDER}")
@@ -310,13 +436,13 @@ def read_predictions(run: str | os.PathLike, split: str = "test") -> "pd.DataFra
     return table
 
 
-def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
+def split_files(config: RunConfig | Mapping, data_dir: str | os.PathLike | None = None,
                 files: Mapping[str, Sequence[str | os.PathLike]] | None = None) -> dict[str, list[Path]]:
     """The images of a run's train, val and test, as main.py trained and scored it.
 
     ``files`` (split -> image paths) when given; else the folders of ``data_dir`` (default: the
-    run's ``config["data_dir"]``), with train and val of cross-validation fold ``cv_fold`` of
-    ``cv_folds`` (seed ``cv_seed``, default ``seed``) when the configuration names one.
+    run's ``data_dir``), with train and val of cross-validation fold ``cv_fold`` of ``cv_folds``
+    (:func:`folds.config_files`) when the configuration names one.
     """
     from splits import SPLITS
 
@@ -327,14 +453,15 @@ def split_files(config: Mapping, data_dir: str | os.PathLike | None = None,
         return {s: [Path(f) for f in files[s]] for s in SPLITS}
     import filenames
 
+    config = config.to_dict() if isinstance(config, RunConfig) else runconfig.upgrade(config)
     source = "--data_dir" if data_dir is not None else "the run's configuration"
-    data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", "data"))
+    data_dir = Path(data_dir if data_dir is not None else config.get("data_dir", RunConfig.data_dir))
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder with train/ "
                                 f"val/ test/ the run was trained on (--data_dir), or make the demo set with "
                                 f"python3 synthetic.py --out {data_dir}")
     if config.get("cv_folds"):
-        import crossval  # torch, through the loader: only for cross-validation folds
+        import folds
 
-        return crossval.config_files(config, data_dir)  # the fold's design decides its three parts
+        return folds.config_files(config, data_dir)  # the fold's design decides its three parts
     return {s: filenames.list_split(data_dir, s) for s in SPLITS}

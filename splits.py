@@ -4,7 +4,7 @@
     split_of = assign_splits({"P001": 1, "P002": 0, ...}, seed=0)   # patient -> "train" / "val" / "test"
     fold_of = assign_folds({p: y for p, y in labels.items() if split_of[p] != "test"}, k=5)
 
-One rule for preprocessing (``preprocess_filenames.py``), cross-validation (``crossval.py``) and
+One rule for preprocessing (``preprocess_filenames.py``), cross-validation (``folds.py``) and
 the demo generator (``synthetic.py``): every image of a patient goes where the patient goes, and
 patients are stratified by label (a patient counts as osteoporotic if any of their images is), so
 each split and fold has the prevalence of the whole set. No torch here: preprocessing imports it.

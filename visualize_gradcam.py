@@ -93,12 +93,12 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402 - no pyplot: no global state, Agg renders the PNG
 
 import filenames  # noqa: E402
+import fusion  # noqa: E402
 import imaging  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
 import synthetic  # noqa: E402
-from ClassifyTrainer import flip_tta  # noqa: E402
 from cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer  # noqa: E402
 from models import build_model_from_checkpoint  # noqa: E402
 
@@ -229,21 +229,23 @@ def resolve_target(target: str, probability: float, threshold: float | None) -> 
 
 
 def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "gradcam", layer: str | None = None,
-            target: str = "osteoporosis", threshold: float | None = None, tta: str = "none",
-            **cam_kwargs) -> list[Case]:
-    """Heatmap and probability for every image of ``dataset``; ``target`` as :func:`resolve_target`.
-    ``tta="flip"`` (a run validated with ``--tta flip``): the probability, as the run reported it, is the
-    mean of the image's and its mirror's; the heatmap explains the image's own logit."""
-    late = bool(getattr(model, "late_fuse", False))
+            target: str = "osteoporosis", threshold: float | None = None, tta: str = "none", *,
+            fusion_mode: str, **cam_kwargs) -> list[Case]:
+    """Heatmap and probability for every image of ``dataset`` for a network of ``fusion_mode`` (the
+    run's); ``target`` as :func:`resolve_target`. ``tta="flip"`` (a run validated with ``--tta flip``):
+    the probability, as the run reported it, is the mean of the image's and its mirror's
+    (:func:`fusion.probability`); the heatmap explains the image's own logit."""
     cases = []
     for i in runtime.progress(range(len(dataset)), enabled=len(dataset) >= 5, desc=NAMES[method], leave=False):
         sample = dataset[i]
-        clinical = sample["clinical"] if late else None
+        # the clinical vector where the mode gives the network one (held fixed while the image is explained)
+        clinical = fusion.clinical_input(fusion_mode, sample["clinical"])
+
         def logit(b: dict) -> torch.Tensor:
             return torch.tensor([predict_logit(model, b["image"], clinical)], dtype=torch.float64)
 
-        as_run = {"image": sample["image"]}  # what the run's validation and test scored (ClassifyTrainer.flip_tta)
-        probability = float(flip_tta(logit, as_run) if tta == "flip" else torch.sigmoid(logit(as_run)))
+        as_run = {"image": sample["image"]}  # what the run's validation and test scored
+        probability = float(fusion.probability(logit, as_run, tta))
         explained = resolve_target(target, probability, threshold)
         heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
         path = Path(sample["path"])
@@ -306,7 +308,7 @@ def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | 
     row's ``explained`` says which class its map shows. ``run`` and its ``model`` (:func:`load_network`)
     are loaded once by the caller, whatever the number of targets.
     """
-    data_dir = Path(data_dir or run.config["data_dir"])
+    data_dir = Path(data_dir or run.config.data_dir)
     files = runfiles.split_files(run.config, data_dir)[split]
     folder = synthetic.mask_path(files[0]).parent
     if not folder.is_dir():
@@ -324,7 +326,8 @@ def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | 
     rows = []
     threshold = run.threshold
     dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    for case in explain(model, dataset, method, layer, target, threshold, tta=run.config.get("tta", "none"),
+    for case in explain(model, dataset, method, layer, target, threshold, tta=run.config.tta,
+                        fusion_mode=run.fusion,
                         **cam_kwargs):
         mask = read_mask(case.path, size)
         heat = case.heatmap.astype(np.float64)
@@ -549,7 +552,7 @@ def _write_localisation(args, device, out: Path) -> dict:
         row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
         path = Path(first["data_dir"]) / "test" / row["file"]
         (example,) = explain(model, loader.run_dataset([path], run.config, run.clinical_stats), args.method, args.layer,
-                             row["explained"], tta=run.config.get("tta", "none"), **kwargs)
+                             row["explained"], tta=run.config.tta, fusion_mode=run.fusion, **kwargs)
         mask = read_mask(path, run.image_size)
     figure = Path(args.save) if args.save else out / f"{name}.png"
     save_figure(render_localisation(results, example, mask), figure)
@@ -581,7 +584,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         all_test = test_files(run, args.data_dir)
         if args.index is not None:
-            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or run.config['data_dir']}")
+            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or run.config.data_dir}")
         elif args.select:
             files = select_cases(args.run, all_test, args.select, args.top, threshold)
         else:
@@ -592,7 +595,8 @@ def main(argv: list[str] | None = None) -> dict:
     target = args.target or "osteoporosis"
     kwargs = _cam_kwargs(args, run, device)
     dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    cases = explain(model, dataset, args.method, args.layer, target, threshold, tta=run.config.get("tta", "none"),
+    cases = explain(model, dataset, args.method, args.layer, target, threshold, tta=run.config.tta,
+                    fusion_mode=run.fusion,
                     **kwargs)
     _check_against_predictions(args.run, cases)
     title = title_for(args.method, layer, str(args.run), run.epoch, target,

@@ -20,7 +20,8 @@ __all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstance
            "build_model_from_config", "build_model_from_checkpoint", "count_parameters", "load_pretrained",
            "resolve_pretrained"]
 
-from choices import CLINICAL_VECTOR_FUSIONS, MODEL_NAMES  # noqa: E402
+import fusion  # noqa: E402
+from choices import MODEL_NAMES  # noqa: E402
 
 assert MODEL_NAMES[1:] == tuple(TORCHVISION_DENSENETS), "choices.MODEL_NAMES lists every network"
 
@@ -80,8 +81,8 @@ def build_model_from_config(config: dict, pretrained: str | None = None) -> Clas
     """The network a run's configuration (``config.json`` / a checkpoint's ``config``, with its
     ``fusion`` mode) describes: the one place that maps main.py's flags to :func:`build_model`."""
     return build_model(config["model"], in_chans=config["in_chans"],
-                       late_fuse=config["fusion"] in CLINICAL_VECTOR_FUSIONS,
-                       clinical_offset=config["fusion"] == "residual",
+                       late_fuse=fusion.mode(config["fusion"]).clinical_vector,
+                       clinical_offset=fusion.mode(config["fusion"]).clinical_offset,
                        depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
                        act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
                        pretrained=pretrained)

@@ -30,9 +30,10 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import confidence  # noqa: E402
-import crossval  # noqa: E402
+import cv_report  # noqa: E402
 import filenames  # noqa: E402
 from cli import add_bootstrap, add_seed, run_main  # noqa: E402
+from folds import oof_splits  # noqa: E402
 from report_render import ci  # noqa: E402
 
 WORK_SIZE = (128, 224)  # (width, height) of the image the features are computed on
@@ -68,7 +69,7 @@ def read_grey(path: Path) -> np.ndarray:
 
 def out_of_fold(data_dir: Path, folds: int, seed: int) -> pd.DataFrame:
     """file, patient, label, probability of every image, each scored by the fold model that never saw it."""
-    splits = crossval.oof_splits(data_dir, folds, seed)
+    splits = oof_splits(data_dir, folds, seed)
     files = sorted({f for s in splits for f in s["test"]})
     features = {f: texture_features(read_grey(f)) for f in files}
     rows = []
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     pooled = out_of_fold(args.data_dir, args.folds, args.seed)
     print(f"texture model, pooled out-of-fold ROC AUC {auc_line(pooled, args.bootstrap, args.seed)}")
     if args.by:
-        for g in crossval.subgroup_results(pooled, args.data_dir, args.by, args.bootstrap, args.seed):
+        for g in cv_report.subgroup_results(pooled, args.data_dir, args.by, args.bootstrap, args.seed):
             auc = ci(g["roc_auc"]) if g["roc_auc"] else "n/a (one class)"
             print(f"  {g['column']} = {g['value']}: {auc} over {g['n_images']} images of {g['n_patients']} patients")
     return 0

@@ -1,182 +1,53 @@
-"""Residual fusion (--fusion residual): the clinical logistic model as a fixed offset, the image adding
-a correction; and the pooled out-of-fold clinical baseline of a cross-validation."""
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
+"""fusion.py: the fusion mode's one home and what the network receives at inference."""
 import pytest
 import torch
-from scipy.stats import spearmanr
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
-import baseline
-import filenames
-import loader
-import runfiles
-import synthetic
-from models import build_model, build_model_from_config
-
-ROOT = Path(__file__).resolve().parents[1]
+import fusion
 
 
-def residual_model(seed=0):
-    torch.manual_seed(seed)
-    return build_model("dense_net", in_chans=2, late_fuse=True, depth=10, growth_rate=4,
-                       clinical_offset=True).eval()
+@pytest.mark.parametrize("flags,mode", [((None, False, False), None), (("late", False, False), "late"),
+                                        ((None, True, False), "late"), ((None, False, True), "image"),
+                                        (("image", False, True), "image"), (("early", False, False), "early")])
+def test_the_three_flags_name_one_mode(flags, mode):
+    assert fusion.from_flags(*flags) == mode
 
 
-def test_untrained_residual_network_is_the_clinical_model():
-    model = residual_model()
-    coef, intercept = [0.7, -1.3, 0.25], -0.4
-    model.set_clinical_model(coef, intercept)
-    image = torch.rand(5, 2, 64, 37)
-    clinical = torch.randn(5, 3)
-    expected = clinical.double() @ torch.tensor(coef, dtype=torch.float64) + intercept
-    torch.testing.assert_close(model(image, clinical).double(), expected, rtol=0, atol=1e-5)
-    # the image changes nothing yet: its correction starts at zero
-    torch.testing.assert_close(model(torch.rand(5, 2, 64, 37), clinical), model(image, clinical))
+def test_flags_naming_two_modes_are_refused():
+    with pytest.raises(ValueError, match="--image_only and --late_fuse True exclude each other"):
+        fusion.from_flags(None, True, True)
+    with pytest.raises(ValueError, match="--fusion early and --late_fuse True exclude each other"):
+        fusion.from_flags("early", True, False)
 
 
-def test_residual_network_without_clinical_signal_is_the_image_network():
-    image_only = build_model("dense_net", in_chans=2, late_fuse=False, depth=10, growth_rate=4).eval()
-    residual = residual_model(seed=1)
-    residual.set_clinical_model([0.0, 0.0, 0.0], 0.0)
-    state = {k: v for k, v in image_only.state_dict().items()}
-    missing, unexpected = residual.load_state_dict(state, strict=False)
-    assert set(missing) == {"clinical_coef", "clinical_intercept"} and not unexpected
-    image = torch.rand(4, 2, 64, 37)
-    torch.testing.assert_close(residual(image, torch.randn(4, 3)), image_only(image))
+@pytest.mark.parametrize("config,mode", [({"fusion": "late"}, "late"), ({"late_fuse": True}, "late"),
+                                         ({"late_fuse": False}, "early"),
+                                         ({"late_fuse": False, "image_only": True}, "image")])
+def test_saved_configurations_old_and_new_name_their_mode(config, mode):
+    assert fusion.of_config(config) == mode
 
 
-def test_set_clinical_model_resets_a_pretrained_head_and_checks_its_length():
-    model = residual_model()
-    with torch.no_grad():
-        model.classifier.weight.fill_(1.0)
-    model.set_clinical_model([1.0, 2.0, 3.0], 0.5)
-    assert not model.classifier.weight.detach().any() and not model.classifier.bias.detach().any()
-    with pytest.raises(ValueError, match="2 coefficients for 3 clinical values"):
-        model.set_clinical_model([1.0, 2.0], 0.0)
-    plain = build_model("dense_net", in_chans=2, late_fuse=True, depth=10, growth_rate=4)
-    with pytest.raises(ValueError, match="no clinical offset"):
-        plain.set_clinical_model([1.0, 2.0, 3.0], 0.0)
+def test_network_inputs_follow_the_mode():
+    image, clinical = torch.zeros(2, 5, 8, 4), torch.ones(2, 3)
+    assert fusion.network_inputs("early", image, clinical) == (image,)
+    assert fusion.network_inputs("image", image, clinical) == (image,)
+    late = fusion.network_inputs("late", image, clinical)
+    assert late[0] is image and late[1] is clinical
+    assert fusion.clinical_input("late", clinical) is clinical and fusion.clinical_input("early", clinical) is None
+    with pytest.raises(ValueError, match="late fusion needs the clinical vector"):
+        fusion.network_inputs("late", image, None)
+    assert [m.uses_clinical for m in fusion.MODES.values()] == [True, True, False]
 
 
-def test_the_offset_travels_with_the_weights():
-    model = residual_model()
-    model.set_clinical_model([0.5, -0.5, 1.5], 0.25)
-    config = {"model": "dense_net", "in_chans": 2, "fusion": "residual", "depth": 10, "growthRate": 4,
-              "norm": "bn", "act": "relu", "stem": "downsample"}
-    again = build_model_from_config(config).eval()
-    again.load_state_dict(model.state_dict())
-    image, clinical = torch.rand(3, 2, 64, 37), torch.randn(3, 3)
-    torch.testing.assert_close(again(image, clinical), model(image, clinical))
+def test_flip_probability_is_the_mean_of_the_image_and_its_mirror():
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(3, 2, 6, 4, generator=g), "clinical": torch.rand(3, 3, generator=g)}
+    weights = torch.rand(6 * 4, generator=g)
 
+    def forward(b):  # not mirror-symmetric, and blind to the clinical values' order
+        return (b["image"][:, 0].reshape(3, -1) * weights).sum(1) + b["clinical"].sum(1)
 
-def test_clinical_model_is_the_baselines_regression(tiny_data):
-    files = {s: filenames.list_split(tiny_data, s) for s in loader.SPLITS}
-    stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files["train"]])
-    coef, intercept = baseline.clinical_model(files["train"], stats)
-    base = baseline.clinical_baseline(files=files)
-    np.testing.assert_allclose(coef, [base["coef"][name] for name in baseline.FEATURES], rtol=1e-12)
-    assert intercept == pytest.approx(base["intercept"], rel=1e-12)
-
-
-def run_main(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
-
-
-@pytest.mark.slow
-def test_uninformative_image_keeps_the_clinical_ranking(tmp_path):
-    """Pictures that show nothing (noise SD 100): the residual network ranks the test patients as the
-    clinical logistic regression does (its start), within the noise that training adds."""
-    data = tmp_path / "data"
-    synthetic.generate(data, 80, seed=3, size=(64, 37), clinical_share=0.9, image_noise=100.0)
-    done = run_main("--fusion", "residual", "--data_dir", data, "--image_size", 64, 37, "--epoch", 2,
-                    "--batch_size", 16, "--workers", 0, "--cpus", 1, "--bootstrap", 0, "--save_dir", "r",
-                    "--fold", "_x", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    test = runfiles.read_predictions(tmp_path / "outs" / "r" / "fold_x", "test")
-    files = {s: filenames.list_split(data, s) for s in loader.SPLITS}
-    base = baseline.clinical_baseline(files=files)["test"]
-    both = test.assign(file=test["file"]).merge(base.assign(file=base["file"].map(lambda f: Path(f).name)),
-                                                on="file", suffixes=("_net", "_base"))
-    assert len(both) == len(test) > 20
-    rho = spearmanr(both["probability_net"], both["probability_base"]).statistic
-    assert rho > 0.95, rho
-    log = (tmp_path / "outs" / "r" / "fold_x" / "train.log").read_text()
-    assert "residual fusion starts from the clinical model" in log and "epoch 0 (before training" in log
-
-
-@pytest.mark.slow
-def test_cv_report_pools_a_baseline_refitted_per_fold(tmp_path):
-    data = tmp_path / "data"
-    synthetic.generate(data, 40, seed=1, size=(64, 37))
-    done = run_main("--fusion", "late", "--data_dir", data, "--image_size", 64, 37, "--epoch", 1,
-                    "--batch_size", 16, "--workers", 0, "--cpus", 1, "--bootstrap", 50, "--folds", 2,
-                    "--cv", "oof", "--save_dir", "cv", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    group = tmp_path / "outs" / "cv"
-    summary = json.loads((group / "cv_summary.json").read_text())
-    # by hand: per fold, standardise sex/age/BMI on its training images, fit, score its test images
-    rows = []
-    for k in range(2):
-        config = json.loads((group / f"fold{k}" / "config.json").read_text())
-        paths = runfiles.split_files(config)
-
-        def table(split):
-            infos = [filenames.decode(f) for f in paths[split]]
-            return np.array([i.clinical for i in infos], dtype=float), np.array([i.label for i in infos])
-
-        (x_train, y_train), (x_test, y_test) = table("train"), table("test")
-        mean, sd = x_train.mean(axis=0), x_train.std(axis=0)
-        fit = LogisticRegression(C=1.0, max_iter=1000).fit((x_train - mean) / sd, y_train)
-        rows.append(pd.DataFrame({"file": [p.name for p in paths["test"]], "label": y_test,
-                                  "probability": fit.predict_proba((x_test - mean) / sd)[:, 1]}))
-    by_hand = pd.concat(rows)
-    pooled = summary["pooled"]
-    assert pooled["baseline"]["metrics"]["roc_auc"]["point"] == pytest.approx(
-        roc_auc_score(by_hand["label"], by_hand["probability"]), abs=1e-9)
-    network = pd.concat(runfiles.read_predictions(group / f"fold{k}", "test") for k in range(2))
-    both = network.merge(by_hand, on="file", suffixes=("_net", "_base"))
-    assert len(both) == 80
-    expected = roc_auc_score(both["label_net"], both["probability_net"]) - roc_auc_score(both["label_net"],
-                                                                                      both["probability_base"])
-    assert pooled["comparison"]["auc_difference"]["diff"] == pytest.approx(expected, abs=1e-9)
-    report = (group / "cv_report.md").read_text()
-    assert "| Metric | Network (95 % CI) | Clinical baseline (95 % CI) |" in report
-    assert f"pooled ROC AUC difference: {expected:.3f}" in report
-
-
-def test_regime_flags_move_what_each_source_tells(tmp_path):
-    aucs = {}
-    for share, noise in ((0.9, 5.0), (0.05, 0.5)):
-        manifest = synthetic.generate(tmp_path / f"d{share}", 600, seed=0, size=(16, 16), clinical_share=share,
-                                      image_noise=noise)
-        aucs[share] = {name: synthetic.oracle_auc(manifest, cols) for name, cols in
-                       (("clinical", synthetic.CLINICAL_COLUMNS), ("picture", synthetic.PICTURE_COLUMNS))}
-        assert 0.25 < manifest["label"].mean() < 0.45  # the prevalence stays about 35 %
-    assert aucs[0.9]["clinical"] > 0.9 > aucs[0.9]["picture"]
-    assert aucs[0.05]["picture"] > 0.9 > aucs[0.05]["clinical"]
-
-
-def test_default_regime_is_the_demo_and_a_different_regime_is_refused(tmp_path):
-    plain = synthetic.generate(tmp_path / "a", 20, seed=0, size=(16, 16))
-    same = synthetic.generate(tmp_path / "b", 20, seed=0, size=(16, 16), clinical_share=None, image_noise=None)
-    pd.testing.assert_frame_equal(plain, same)
-    assert "clinical_share" not in json.loads((tmp_path / "a" / synthetic.METADATA).read_text())
-    with pytest.raises(FileExistsError, match="clinical_share=0.5"):
-        synthetic.generate(tmp_path / "a", 20, seed=0, size=(16, 16), clinical_share=0.5)
-
-
-@pytest.mark.parametrize("flag, value", [("--clinical-share", "1.5"), ("--image-noise", "-1")])
-def test_bad_regime_flag_is_named(tmp_path, flag, value):
-    done = subprocess.run([sys.executable, str(ROOT / "synthetic.py"), "--out", str(tmp_path / "d"), "--n", "5",
-                           flag, value], capture_output=True, text=True)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert flag in done.stderr
-    assert not (tmp_path / "d").exists()
+    own = torch.sigmoid(forward(batch))
+    mirror = torch.sigmoid(forward({**batch, "image": batch["image"].flip(-1)}))
+    assert torch.allclose(fusion.probability(forward, batch, "flip"), (own + mirror) / 2)
+    assert torch.equal(fusion.probability(forward, batch, "none"), own)
+    assert not torch.allclose(own, mirror)  # the mirror changed something

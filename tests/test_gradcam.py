@@ -414,7 +414,7 @@ def test_select_without_predictions_says_how_to_make_them(lf_run):
 def test_caption_shows_label_probability_threshold_and_clinical_values(lf_run, tiny_data):
     model, trained = load(lf_run)
     val = loader.list_split(tiny_data, "val")[0]  # BMI missing in the file name
-    (case,) = vg.explain(model, inputs([val], trained), "gradcam")
+    (case,) = vg.explain(model, inputs([val], trained), "gradcam", fusion_mode=trained.fusion)
     text = vg.caption(case, 0.25)
     info = filenames.decode(val)
     assert val.name in text and f"true: {vg.LABELS[info.label]}" in text
@@ -520,9 +520,10 @@ def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
     assert vg.resolve_target("normal", 0.99, 0.3) == "normal"
     model, trained = load(lf_run)
     dataset = inputs(vg.test_files(trained), trained)
-    plain = vg.explain(model, dataset, "gradcam")
+    plain = vg.explain(model, dataset, "gradcam", fusion_mode=trained.fusion)
     threshold = float(np.median([c.probability for c in plain]))  # both predictions occur
-    cases = vg.explain(model, dataset, "gradcam", target="predicted", threshold=threshold)
+    cases = vg.explain(model, dataset, "gradcam", target="predicted", threshold=threshold,
+                       fusion_mode=trained.fusion)
     assert {c.target for c in cases} == {"osteoporosis", "normal"}
     for i, (case, base) in enumerate(zip(cases, plain)):
         assert case.target == ("osteoporosis" if case.probability >= threshold else "normal")

@@ -9,9 +9,9 @@ import pytest
 
 import baseline
 import confidence
-import crossval
 import decision
 import filenames
+import folds
 import main
 import metrics
 import report
@@ -275,6 +275,6 @@ def test_cross_validation_run_is_described_with_its_folds_train_and_val(run):
     _, data = run
     config = {"data_dir": str(data), "cv_folds": 3, "cv_fold": 1, "seed": 4}
     files = runfiles.split_files(config)
-    split = crossval.crossval_splits(data, 3, 4)[1]
+    split = folds.crossval_splits(data, 3, 4)[1]
     assert files["train"] == split["train"] and files["val"] == split["val"]
     assert [f.name for f in files["test"]] == sorted(p.name for p in (data / "test").iterdir())

@@ -68,7 +68,9 @@ def test_fusion_is_one_value_and_old_two_boolean_configs_still_load(tmp_path, ol
     config = {**CONFIG, **old, "in_chans": 5 if fusion == "early" else 2}
     model = save(tmp_path, config, late=fusion == "late")
     run = runfiles.load_run(tmp_path)
-    assert run.fusion == fusion and "late_fuse" not in run.config and "image_only" not in run.config
+    assert run.fusion == fusion and run.config.fusion == fusion
+    assert "late_fuse" not in run.state["config"] and "image_only" not in run.state["config"]
+    assert "late_fuse" not in run.config.to_dict() and "image_only" not in run.config.to_dict()
     assert (run.threshold, run.epoch, run.image_size, run.dir) == (0.4, 3, (64, 37), tmp_path)
     rebuilt = build_model_from_checkpoint(run.state)
     assert rebuilt.late_fuse == (fusion == "late") and not rebuilt.training
@@ -119,3 +121,28 @@ def test_split_files_from_folders_or_given(tiny_data, tmp_path):
         runfiles.split_files({"data_dir": str(tmp_path / "nowhere")})
     with pytest.raises(ValueError, match="missing \\['test'\\]"):
         runfiles.split_files({}, files={"train": [], "val": []})
+
+
+def test_run_folder_names_writes_and_reads_its_files(tmp_path):
+    """runfiles.Run is the one owner of a run folder's files, for single runs and run groups alike."""
+    run = runfiles.Run(tmp_path / "outs" / "g" / "fold_A")
+    assert run.dir == runfiles.run_dir("g", "_A", tmp_path / "outs") and run.saved_epochs() == 0
+    run.write_config({"model": "dense_net"})
+    run.write_history([{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4}])
+    run.write_predictions("test", [{"file": "p1_1_1-1-60-25.png", "label": 1, "probability": "0.75",
+                                    "prediction": 1}])
+    run.write_test_metrics({"threshold": 0.5, "epoch": 2})
+    html = run.write_report("# r\n", "<html></html>", {"n_boot": 10}, {"roc": b"\x89PNG"})
+    assert run.read_config() == {"model": "dense_net"} and run.saved_epochs() == 2
+    assert run.predictions("test")["patient"].tolist() == ["p1"] and run.is_tested()
+    assert html == run.dir / "report.html" and run.report_metrics() == {"n_boot": 10}
+    assert (run.dir / "report_figures" / "roc.png").read_bytes() == b"\x89PNG"
+    with pytest.raises(ValueError, match="checkpoint was not read"):
+        run.test_metrics()  # the staleness check needs the checkpoint: load_run reads it
+    run.remove_results()
+    assert not run.is_tested() and not run.has_report() and not (run.dir / "report_figures").exists()
+    assert run.read_config() == {"model": "dense_net"}  # the run itself stays
+    group = runfiles.run_group("g", tmp_path / "outs")
+    assert group.runs(having=runfiles.CONFIG) == [run] and group.runs() == []  # no best.pth yet
+    group.write_cv_summary({"n_folds": 1}, "# cv\n")
+    assert runfiles.read_json(group.summary_file) == {"n_folds": 1} and group.report_file.read_text() == "# cv\n"

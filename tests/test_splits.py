@@ -3,8 +3,8 @@ import logging
 
 import pytest
 
-import crossval
 import filenames
+import folds
 import splits
 import synthetic
 
@@ -55,7 +55,7 @@ def test_crossval_deals_patients_with_the_shared_rule(tmp_path):
             (tmp_path / split / filenames.encode(*row)).write_bytes(b"")
     labels = splits.patient_labels((r[0], r[2]) for r in rows)
     expected = splits.assign_folds(labels, 4, seed=5)
-    for fold in crossval.crossval_splits(tmp_path, 4, seed=5):
+    for fold in folds.crossval_splits(tmp_path, 4, seed=5):
         assert {filenames.decode(f).patient for f in fold["val"]} == {p for p, k in expected.items()
                                                                        if k == fold["fold"]}
 

@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import crossval  # noqa: E402
+import folds  # noqa: E402
 import metrics  # noqa: E402
 import texture_check  # noqa: E402
 from conftest import write_split  # noqa: E402
@@ -23,7 +23,7 @@ def labelled(tmp_path):
 def test_every_image_is_scored_once_by_the_fold_that_never_saw_its_patient(labelled, capsys):
     pooled = texture_check.out_of_fold(labelled, folds=4, seed=0)
     assert len(pooled) == 48 and pooled["file"].is_unique
-    for split in crossval.oof_splits(labelled, 4, 0):
+    for split in folds.oof_splits(labelled, 4, 0):
         tested = {Path(f).name for f in split["test"]}
         assert set(pooled.loc[pooled["file"].isin(tested), "patient"]).isdisjoint(
             {Path(f).name.split("_")[0] for f in split["train"] + split["val"]})

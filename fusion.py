@@ -1,0 +1,111 @@
+"""The fusion mode -- how sex, age and BMI reach the network -- and what the network receives: its
+inputs for a batch and the probability a run reports (with flip test-time augmentation, the mean
+of an image's and its mirror's). The trainer, ``predict.py`` and ``visualize_gradcam.py`` all ask
+here, so a run is scored the same way wherever it is used.
+
+A new mode is one entry in :data:`MODES` (and, where the network changes, its head in ``models/``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    text: str  # as logs and reports name it
+    clinical_planes: bool  # the clinical values as constant image channels (the loader builds them)
+    clinical_vector: bool  # the normalised clinical vector as the network's second input
+    clinical_offset: bool = False  # the clinical logistic model is a fixed part of the logit (models.Classifier)
+
+    @property
+    def uses_clinical(self) -> bool:
+        """Whether sex, age and BMI reach the network at all (missing values are then worth a warning)."""
+        return self.clinical_planes or self.clinical_vector
+
+
+MODES: dict[str, Mode] = {m.name: m for m in (
+    Mode("early", "early fusion", clinical_planes=True, clinical_vector=False),
+    Mode("late", "late fusion", clinical_planes=False, clinical_vector=True),  # joined to the pooled features
+    Mode("image", "image only", clinical_planes=False, clinical_vector=False),  # image-only comparison runs
+    # the clinical baseline's logistic regression as a fixed offset, the image adding a correction (docs/fusion.md)
+    Mode("residual", "residual fusion (clinical model + image correction)", clinical_planes=False,
+         clinical_vector=True, clinical_offset=True),
+)}
+NAMES = tuple(MODES)
+DEFAULT = "early"
+
+
+def mode(name: str) -> Mode:
+    if name not in MODES:
+        raise ValueError(f"fusion mode {name!r}: choose one of {', '.join(NAMES)}")
+    return MODES[name]
+
+
+def text(name: str) -> str:
+    return mode(name).text
+
+
+def from_flags(fusion: str | None, late_fuse: bool, image_only: bool) -> str | None:
+    """The mode ``--fusion``, ``--late_fuse`` (the original work's flag) and ``--image_only`` name
+    together; None when none names one (early for a new run, the run's own for --test/--resume).
+    Flags that name two modes raise ``ValueError`` naming them."""
+    if image_only and late_fuse:
+        raise ValueError("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
+    given = {fusion} if fusion else set()
+    given |= {"late"} if late_fuse else {"image"} if image_only else set()
+    if len(given) > 1:
+        raise ValueError(f"--fusion {fusion} and --{'late_fuse True' if late_fuse else 'image_only'} exclude each "
+                         "other: give one fusion mode")
+    return given.pop() if given else None
+
+
+def of_config(config: Mapping) -> str:
+    """The mode a saved configuration names. Runs written before it was one value carry two
+    booleans: ``late_fuse`` (late fusion) and ``image_only``; neither means early fusion."""
+    name = config.get("fusion")
+    if name is None and "late_fuse" in config:
+        name = "late" if config["late_fuse"] else "image" if config.get("image_only") else "early"
+    return mode(name).name
+
+
+def clinical_input(name: str, clinical: torch.Tensor | None) -> torch.Tensor | None:
+    """The clinical vector the network of mode ``name`` is given beside the image, or None."""
+    return clinical if mode(name).clinical_vector else None
+
+
+def network_inputs(name: str, image: torch.Tensor, clinical: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """What the network of mode ``name`` is called with: the image (for early fusion with its
+    clinical planes already in it) and, where the mode takes one, the clinical vector."""
+    if not mode(name).clinical_vector:
+        return (image,)
+    if clinical is None:
+        raise ValueError(f"{text(name)} needs the clinical vector of every image")
+    return image, clinical
+
+
+def flip_mean(forward: Callable[[dict], torch.Tensor], batch: dict,
+              logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Probabilities of a batch averaged with those of its left/right mirror (flip test-time
+    augmentation); the mirror of every image channel, clinical values unchanged. ``logits``: the
+    batch's own, when the caller has them already (one forward pass fewer)."""
+    import torch
+
+    mirrored = {**batch, "image": torch.flip(batch["image"], dims=(-1,))}
+    own = forward(batch) if logits is None else logits
+    return (torch.sigmoid(own) + torch.sigmoid(forward(mirrored))) / 2
+
+
+def probability(forward: Callable[[dict], torch.Tensor], batch: dict, tta: str = "none",
+                logits: torch.Tensor | None = None) -> torch.Tensor:
+    """P(osteoporosis) of a batch as a run scores it: the sigmoid of the logit, or with ``tta`` flip
+    :func:`flip_mean`."""
+    import torch
+
+    if tta == "flip":
+        return flip_mean(forward, batch, logits)
+    return torch.sigmoid(forward(batch) if logits is None else logits)
