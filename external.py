@@ -239,7 +239,7 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
         name=name, run=str(Path(run)), data_dir=str(data_dir), created=time.strftime("%Y-%m-%d %H:%M"),
         model=({"kind": "best checkpoint", "epoch": members[0].epoch} if len(members) == 1 else
                {"kind": "fold ensemble", "folds": [str(m.dir.name) for m in members]}),
-        run_config={k: members[0].config.get(k) for k in ("model", "fusion", "image_size", "tta", "seed")},
+        run_config={k: members[0].config.to_dict().get(k) for k in ("model", "fusion", "image_size", "tta", "seed")},
         calibrate_on=calibrate_on, case_mix=case_mix(dev, table), development_absent=dev_absent,
         development_test=_development_test(members),
         warnings=list(dict.fromkeys(str(w.message) for w in caught)))

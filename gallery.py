@@ -60,7 +60,7 @@ def case_gallery(run_dir: str | os.PathLike, files: Mapping[str, Sequence[Path]]
             continue
         dataset = loader.run_dataset(paths, run.config, run.clinical_stats, desc=f"gallery {kind}")
         cases = vg.explain(model, dataset, METHOD, target="osteoporosis", threshold=run.threshold,
-                           tta=run.config.get("tta", "none"), references=references)
+                           tta=run.config.tta, fusion_mode=run.fusion, references=references)
         for case in cases:
             stored = rows_by_file[case.path.name]
             if not np.isclose(case.probability, float(stored["probability"]), atol=1e-4):

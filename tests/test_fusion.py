@@ -35,7 +35,9 @@ def test_network_inputs_follow_the_mode():
     assert fusion.clinical_input("late", clinical) is clinical and fusion.clinical_input("early", clinical) is None
     with pytest.raises(ValueError, match="late fusion needs the clinical vector"):
         fusion.network_inputs("late", image, None)
-    assert [m.uses_clinical for m in fusion.MODES.values()] == [True, True, False]
+    assert [m.uses_clinical for m in fusion.MODES.values()] == [True, True, False, True]
+    residual = fusion.network_inputs("residual", image, clinical)  # the clinical model's input beside the image
+    assert residual[0] is image and residual[1] is clinical
 
 
 def test_flip_probability_is_the_mean_of_the_image_and_its_mirror():
