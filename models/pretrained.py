@@ -4,8 +4,10 @@
 and torch's hub cache (``$TORCH_HOME/hub/checkpoints``); they are downloaded only when that flag is
 given and the file is not cached yet, and without a connection the run stops at once, naming
 ``--pretrained PATH`` for a copy fetched elsewhere. A run folder (``outs/<save_dir>/fold<fold>``)
-means its ``best.pth``: e.g. a model trained on demo radiographs, fine-tuned on your own. Anything
-else is a local file; nothing else is ever downloaded.
+means its ``best.pth``: e.g. a model trained on demo radiographs, fine-tuned on your own; a
+pretraining run folder of ``pretrain.py`` means its ``encoder.pth`` (the encoder learnt without
+labels: ``features.*`` only, the head starts new). Anything else is a local file; nothing else is
+ever downloaded.
 
 Accepted: a state dict, or a dict holding one under ``"model"`` or ``"state_dict"``, saved with
 ``torch.save`` and readable with ``weights_only=True`` (tensors and plain Python values only; a file
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 IMAGENET = "imagenet"
 RUN_CHECKPOINT = "best.pth"  # the checkpoint of a run folder (runfiles.BEST; models/ does not import the app)
+ENCODER_FILE = "encoder.pth"  # the weights of a pretraining run folder (pretrain.ENCODER)
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation: an offline machine fails at once, a slow link still finishes
 
 FIRST_CONV = "features.conv0.weight"
@@ -79,15 +82,18 @@ def imagenet_weights(name: str) -> str:
 
 def resolve(pretrained: str | os.PathLike, model_name: str) -> str:
     """The weights file ``--pretrained`` means: ImageNet weights from the cache for ``imagenet``, a run
-    folder's ``best.pth``, or the file itself. Raises for a folder without ``best.pth``."""
+    folder's ``best.pth``, a pretraining run folder's ``encoder.pth``, or the file itself. Raises
+    for a folder holding neither."""
     if str(pretrained) == IMAGENET:
         return imagenet_weights(model_name)
     path = Path(pretrained)
     if path.is_dir():
-        if not (path / RUN_CHECKPOINT).is_file():
-            raise FileNotFoundError(f"--pretrained {path}: a folder must be a run folder holding {RUN_CHECKPOINT} "
-                                    "(outs/<save_dir>/fold<fold>)")
-        return str(path / RUN_CHECKPOINT)
+        for name in (RUN_CHECKPOINT, ENCODER_FILE):
+            if (path / name).is_file():
+                return str(path / name)
+        raise FileNotFoundError(f"--pretrained {path}: a folder must be a run folder holding {RUN_CHECKPOINT} "
+                                f"(outs/<save_dir>/fold<fold>) or a pretrain.py run folder holding {ENCODER_FILE} "
+                                "(outs/<save_dir>)")
     return str(path)
 
 
