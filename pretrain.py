@@ -226,9 +226,6 @@ def load_images(args: argparse.Namespace):
             continue
         images += parts
         sources += [str(path)] * len(parts)
-    if skipped:
-        logger.warning("skipped %d of %d files that could not be read (listed in %s), e.g. %s: %s", len(skipped),
-                       len(files), SKIPPED, skipped[0]["file"], skipped[0]["reason"])
     if not images:
         raise UserError(f"none of the {len(files)} image files could be read, e.g. {skipped[0]['file']}: "
                         f"{skipped[0]['reason']}")
@@ -383,6 +380,9 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
             runfiles.write_json(out / runfiles.CONFIG, config)
         runfiles.write_csv(out / SKIPPED, skipped, ["file", "reason"])
         runfiles.write_csv(out / IMAGES, [{"file": f} for f in dict.fromkeys(sources)], ["file"])
+    if skipped:  # once the run's log exists, so that train.log says it too
+        logger.warning("skipped %d of %d files that could not be read (listed in %s), e.g. %s: %s", len(skipped),
+                       len(skipped) + len(set(sources)), out / SKIPPED, skipped[0]["file"], skipped[0]["reason"])
     runtime.seed_everything(args.seed, dist_info.rank)
     precision = runtime.select_precision(args.dtype, device)
     channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
