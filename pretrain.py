@@ -165,7 +165,8 @@ def load_last(path: Path) -> dict:
     return state
 
 
-def prepare(args: argparse.Namespace, given: set[str], out: Path) -> tuple[dict | None, dict | None]:
+def prepare(args: argparse.Namespace, given: set[str], out: Path, is_main: bool = True
+            ) -> tuple[dict | None, dict | None]:
     """(config, last.pth state) of the run to continue, or (None, None) for a new run. A new run
     refuses an existing folder unless ``--overwrite``; ``--resume`` copies the run's settings onto
     ``args`` and refuses a flag given with another value."""
@@ -175,7 +176,8 @@ def prepare(args: argparse.Namespace, given: set[str], out: Path) -> tuple[dict 
                 how = "continue it with --resume" if (out / runfiles.LAST).is_file() else "it has no epoch saved"
                 raise UserError(f"{out} already holds a run ({how}); nothing was changed. Choose another --save_dir, "
                                 "or pass --overwrite to replace it")
-            shutil.rmtree(out)
+            if is_main:  # under torchrun one process removes it, before the barrier in pretrain()
+                shutil.rmtree(out)
         return None, None
     config_file = out / runfiles.CONFIG
     if not config_file.is_file():
@@ -338,13 +340,21 @@ def train_one_epoch(model, data, optimizer, scaler, precision, device, memory_fo
 
 
 def gather(z1, z2, dist_info):
-    """Under torchrun: every rank's projections, with gradients, and this rank's offset among them."""
+    """Under torchrun: every rank's projections and this rank's offset among them. The other ranks'
+    rows come without gradient, this rank's keep theirs (each rank differentiates its own anchors and
+    DDP averages: open_clip's default, without a deprecated autograd all_gather)."""
     if not dist_info.enabled:
         return None
     import torch
-    from torch.distributed.nn.functional import all_gather
+    import torch.distributed as dist
 
-    return torch.cat(all_gather(z1)), torch.cat(all_gather(z2)), dist_info.rank * len(z1)
+    gathered = []
+    for z in (z1, z2):
+        parts = [torch.empty_like(z) for _ in range(dist_info.world)]
+        dist.all_gather(parts, z.detach().contiguous())
+        parts[dist_info.rank] = z
+        gathered.append(torch.cat(parts))
+    return gathered[0], gathered[1], dist_info.rank * len(z1)
 
 
 def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: dict | None, dist_info) -> dict:
@@ -398,8 +408,9 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
         model.load_state_dict(state["model"])
     model = model.to(device, memory_format=memory_format)
     net = model
-    if dist_info.enabled:  # SimCLR's global BatchNorm: statistics over every rank's views
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same parameters, synchronised
+    if dist_info.enabled:
+        if device.type == "cuda":  # SimCLR's global BatchNorm: statistics over every rank's views (GPUs only)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same parameters, synchronised
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     # after the move: a restored optimizer state lands on the parameters' device
@@ -460,7 +471,7 @@ def main(argv: list[str] | None = None) -> dict:
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
     args.save_dir = args.save_dir or time.strftime("pretrain-%Y%m%d-%H%M%S")
     out = Path(args.out_root) / args.save_dir
-    config, state = prepare(args, given, out)
+    config, state = prepare(args, given, out, dist_info.is_main)
     args.threads = runtime.choose_threads(args.cpus, args.workers)
     if args.deterministic:
         runtime.make_deterministic()

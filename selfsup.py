@@ -222,7 +222,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
 
     Every anchor's positive is its image's other view; the 2B - 2 views of the other images are its
     negatives (B = b, or under torchrun the global batch: ``gathered`` = (all z1, all z2, offset of
-    this rank's rows), gathered with gradients). A random encoder scores about log(2B - 1).
+    this rank's rows). A random encoder scores about log(2B - 1).
     """
     z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
     all1, all2, offset = gathered if gathered is not None else (z1, z2, 0)

@@ -232,3 +232,17 @@ def test_ctrl_c_exits_130_with_the_resume_command(drawn, tmp_path):
     resumed = subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert len(read_rows(outs / "sig" / "history.csv")) == 8
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_pretrain_one_encoder(drawn, tmp_path):
+    outs = tmp_path / "outs"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run([*torchrun, "pretrain.py", "--data_dir", str(drawn),
+                           *pretrain_args(outs, "ddp", "--epoch", 2, "--batch_size", 8)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = read_rows(outs / "ddp" / "history.csv")
+    assert len(history) == 2 and math.isclose(float(history[0]["chance_loss"]), math.log(2 * 16 - 1))
+    assert "rank 0 of 2" in (outs / "ddp" / "train.log").read_text()
+    assert torch.load(outs / "ddp" / "encoder.pth", weights_only=True)
