@@ -154,13 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse flag combinations that make no sense, naming the flag."""
+def check_network(args: argparse.Namespace) -> None:
+    """Refuse network flags (--model, --depth, --stem, --image_size) that do not make a network;
+    pretrain.py checks its encoder with the same rules."""
     if args.model == "dense_net" and (args.depth < 10 or (args.depth - 4) % 6):
         raise SystemExit(f"--depth {args.depth}: DenseNet-BC needs depth >= 10 with (depth - 4) divisible by 6, "
                          "e.g. 40, 100, 190")
     if args.model != "dense_net" and args.stem != "downsample":
         raise SystemExit(f"--stem {args.stem}: only dense_net has a choice of stem")
+    smallest = 32 if args.model in choices.TORCHVISION_DENSENETS else choices.MIN_SIDE  # their total stride
+    if min(args.image_size) < smallest:
+        raise SystemExit(f"--image_size {args.image_size[0]} {args.image_size[1]}: each side must be at least "
+                         f"{smallest} pixels for --model {args.model}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flag combinations that make no sense, naming the flag."""
+    check_network(args)
     if not 0.0 <= args.augment_p <= 1.0:
         raise SystemExit(f"--augment_p {args.augment_p}: must be within [0, 1]")
     if not 0.0 <= args.beta < 1.0:
@@ -203,10 +213,6 @@ def check_args(args: argparse.Namespace) -> None:
     if args.extend_epochs and not args.resume:
         raise SystemExit("--extend_epochs N trains an existing, finished run longer: give it with --resume "
                          "--save_dir/--fold")
-    smallest = 32 if args.model in choices.TORCHVISION_DENSENETS else choices.MIN_SIDE  # their total stride
-    if min(args.image_size) < smallest:
-        raise SystemExit(f"--image_size {args.image_size[0]} {args.image_size[1]}: each side must be at least "
-                         f"{smallest} pixels for --model {args.model}")
     try:
         args.augment = ",".join(choices.parse_augment(args.augment))
     except ValueError as exc:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import runfiles
 import splits
-from choices import ACTS, MIN_SIDE, MODEL_NAMES, NORMS, STEMS, TORCHVISION_DENSENETS
+from choices import ACTS, MODEL_NAMES, NORMS, STEMS
 from cli import UserError, given_flags, positive, run_main
 
 # torch is imported inside the functions, after the command line has been checked (--help at once)
@@ -111,15 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse flag combinations that make no sense, naming the flag."""
-    if args.model == "dense_net" and (args.depth < 10 or (args.depth - 4) % 6):
-        raise SystemExit(f"--depth {args.depth}: DenseNet-BC needs depth >= 10 with (depth - 4) divisible by 6, "
-                         "e.g. 40, 100, 190")
-    if args.model != "dense_net" and args.stem != "downsample":
-        raise SystemExit(f"--stem {args.stem}: only dense_net has a choice of stem")
-    smallest = 32 if args.model in TORCHVISION_DENSENETS else MIN_SIDE
-    if min(args.image_size) < smallest:
-        raise SystemExit(f"--image_size {args.image_size[0]} {args.image_size[1]}: each side must be at least "
-                         f"{smallest} pixels for --model {args.model}")
+    from main import check_network  # main.py's rules for the network flags (no torch import)
+
+    check_network(args)
     if args.batch_size < 2:
         raise SystemExit(f"--batch_size {args.batch_size}: SimCLR needs at least 2 images per step (the others "
                          "are each image's negatives)")
