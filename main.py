@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import choices
 import filenames
@@ -502,22 +503,27 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
     try:
         return train_and_test(args, config, stats, resume_state, out, dist_info, files, data_summary)
     except KeyboardInterrupt:
-        done = _saved_epochs(out)
-        if done == 0 and created is not None:
-            _remove(created)
-            logger.error("interrupted before the first epoch finished; nothing was kept. Start again with: %s",
-                         command(*sys.argv[1:]))
-        elif done == 0:
-            logger.error("interrupted in epoch 1, before any epoch was saved; continue (from epoch 1) with: %s",
-                         resume_command(args))
-        else:
-            logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
-                         done + 1, done, out / runfiles.LAST, resume_command(args))
-        raise SystemExit(130) from None
+        interrupted(out, created, command(*sys.argv[1:]), resume_command(args))
     except BaseException:
-        if created is not None and _saved_epochs(out) == 0:
-            _remove(created)  # a failed start leaves nothing: the same command works once the cause is fixed
+        if created is not None and saved_epochs(out) == 0:
+            remove_run(created)  # a failed start leaves nothing: the same command works once the cause is fixed
         raise
+
+
+def interrupted(out: Path, created: Path | None, again: str, resume: str) -> NoReturn:
+    """Ctrl-C: one line saying what is kept and the command that continues (``resume``) or, for a new
+    run stopped before its first epoch was saved, whose folder ``created`` is removed, starts it
+    ``again``; then exit 130. pretrain.py stops the same way."""
+    done = saved_epochs(out)
+    if done == 0 and created is not None:
+        remove_run(created)
+        logger.error("interrupted before the first epoch finished; nothing was kept. Start again with: %s", again)
+    elif done == 0:
+        logger.error("interrupted in epoch 1, before any epoch was saved; continue (from epoch 1) with: %s", resume)
+    else:
+        logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
+                     done + 1, done, out / runfiles.LAST, resume)
+    raise SystemExit(130) from None
 
 
 def use_settings(args: argparse.Namespace) -> None:
@@ -530,13 +536,13 @@ def use_settings(args: argparse.Namespace) -> None:
         runtime.make_deterministic()
 
 
-def _saved_epochs(out: Path) -> int:
+def saved_epochs(out: Path) -> int:
     """Epochs saved in the run's history.csv (0 when none finished)."""
     path = out / "history.csv"
     return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
 
 
-def _remove(path: Path) -> None:
+def remove_run(path: Path) -> None:
     import runtime
 
     runtime.close_log_file()

@@ -449,17 +449,13 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
     return history[-1]
 
 
-def _saved_epochs(out: Path) -> int:
-    path = out / runfiles.HISTORY
-    return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
     import runtime
+    from main import interrupted, remove_run, saved_epochs  # how a run stops, as main.py's do
 
     dist_info = runtime.init_distributed(args.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
@@ -474,31 +470,14 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         result = pretrain(args, out, config, state, dist_info)
     except KeyboardInterrupt:
-        done = _saved_epochs(out)
-        if done == 0 and created is not None:
-            _remove(created)
-            logger.error("interrupted before the first epoch finished; nothing was kept. Start again with: %s",
-                         command(*(sys.argv[1:] if argv is None else argv)))
-        elif done == 0:
-            logger.error("interrupted in epoch 1, before any epoch was saved; continue with: %s", resume_command(args))
-        else:
-            logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
-                         done + 1, done, out / runfiles.LAST, resume_command(args))
-        raise SystemExit(130) from None
+        interrupted(out, created, command(*(sys.argv[1:] if argv is None else argv)), resume_command(args))
     except BaseException:
-        if created is not None and _saved_epochs(out) == 0:
-            _remove(created)  # a failed start leaves nothing behind
+        if created is not None and saved_epochs(out) == 0:
+            remove_run(created)  # a failed start leaves nothing behind
         raise
     runtime.close_log_file()
     runtime.leave_distributed(dist_info)
     return result
-
-
-def _remove(path: Path) -> None:
-    import runtime
-
-    runtime.close_log_file()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":
