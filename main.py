@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop_rate", type=float, default=0.0, help="dropout before the classifier")
     g.add_argument("--pretrained", default=None, metavar="imagenet|RUN|PATH", help="start from: imagenet = "
                    "torchvision's ImageNet weights (densenet121/169/201; downloaded into torch's cache only when "
-                   "this is given), a run folder (its best.pth, e.g. a model trained on demo radiographs) or a "
-                   "local weights file")
+                   "this is given), a run folder (its best.pth, e.g. a model trained on demo radiographs), a "
+                   "pretrain.py run folder (its encoder.pth, learnt without labels) or a local weights file")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epoch", type=positive(int), default=50, help="epochs (default: %(default)s)")
