@@ -16,9 +16,13 @@ with pickled objects is refused, since unpickling it could run arbitrary code). 
 ``classifier.*``, including the old ``norm.1`` spelling of its published DenseNet files).
 
 Tensors whose shape does not fit are skipped, except the first convolution ``features.conv0.weight``
-trained on another number of channels (e.g. RGB ImageNet weights for 2 or 5 input channels): its
-kernel is averaged over the input channels and repeated for every channel of the model, scaled by
-``old_channels / new_channels`` so an image of constant intensity gives the same response.
+trained on another number of channels. Trained on this suite's two image channels (radiograph,
+enhanced copy: a ``pretrain.py`` encoder, an image-only or late-fusion run) and loaded into a model
+with more (early fusion: the clinical planes follow the image channels), its kernel is kept for the
+image channels and the clinical channels keep the model's initialisation. Otherwise (e.g. RGB
+ImageNet weights for 2 or 5 input channels) the kernel is averaged over the input channels and
+repeated for every channel of the model, scaled by ``old_channels / new_channels`` so an image of
+constant intensity gives the same response.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ ENCODER_FILE = "encoder.pth"  # the weights of a pretraining run folder (pretrai
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation: an offline machine fails at once, a slow link still finishes
 
 FIRST_CONV = "features.conv0.weight"
+IMAGE_CHANNELS = 2  # the loader's radiograph + enhanced copy (loader.IMAGE_CHANNELS), first in every input
 HEAD_PREFIXES = ("classifier.", "clinical_mlp.", "final_act.")
 _PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
 # torchvision's published DenseNet files spell 'denselayer1.norm.1.weight' for 'denselayer1.norm1.weight'
@@ -136,6 +141,14 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return mean.repeat(1, in_chans, 1, 1) * (weight.shape[1] / in_chans)
 
 
+def extend_first_conv(weight: torch.Tensor, model_weight: torch.Tensor) -> torch.Tensor:
+    """A kernel of the :data:`IMAGE_CHANNELS` image channels into a model with more input channels:
+    the image channels get it unchanged, the others (early fusion's clinical planes) keep ``model_weight``'s."""
+    out = model_weight.detach().clone()
+    out[:, :weight.shape[1]] = weight
+    return out
+
+
 def _summary(keys: list[str]) -> str:
     return f"{len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
 
@@ -159,10 +172,16 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list
             report["loaded"].append(key)
         elif (key == FIRST_CONV and tensor.dim() == 4
               and tensor.shape[:1] + tensor.shape[2:] == target[key].shape[:1] + target[key].shape[2:]):
-            new_state[key] = adapt_first_conv(tensor, target[key].shape[1])
             report["adapted"].append(key)
-            logger.info("%s: %s %s adapted to %d input channels (channel mean x %d/%d)", path, key,
-                        tuple(tensor.shape), target[key].shape[1], tensor.shape[1], target[key].shape[1])
+            if tensor.shape[1] == IMAGE_CHANNELS < target[key].shape[1]:
+                new_state[key] = extend_first_conv(tensor, target[key])
+                logger.info("%s: %s %s kept for the %d image channels; the other %d input channels keep their "
+                            "initialisation", path, key, tuple(tensor.shape), IMAGE_CHANNELS,
+                            target[key].shape[1] - IMAGE_CHANNELS)
+            else:
+                new_state[key] = adapt_first_conv(tensor, target[key].shape[1])
+                logger.info("%s: %s %s adapted to %d input channels (channel mean x %d/%d)", path, key,
+                            tuple(tensor.shape), target[key].shape[1], tensor.shape[1], target[key].shape[1])
         else:
             report["skipped"].append(key)
     report["missing"] = [k for k in target if k not in source]
