@@ -181,6 +181,8 @@ def prepare(args: argparse.Namespace, given: set[str], out: Path, is_main: bool 
     if config.get("method") != "simclr":
         raise UserError(f"--resume: {out} is not a pretrain.py run (its {runfiles.CONFIG} names no pretraining "
                         "method); main.py continues training runs")
+    if not args.folders:  # argparse sets a positional nargs="*" to [] whether given or not
+        given = given - {"folders"}
     for key in sorted(given - set(SESSION_KEYS)):
         if key in config and _differs(getattr(args, key), config[key]):
             raise UserError(f"--{key} {getattr(args, key)}: the run {out} was configured with --{key} {config[key]}, "
@@ -444,8 +446,11 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
             logger.info("epoch %d  loss %.4f (chance %.3f)  positives found %.3f  %.1f img/s", epoch, row["loss"],
                         row["chance_loss"], row["pos_top1"], row["images_per_s"])
     if dist_info.is_main:
+        network = " ".join(f"--{k} {config[k]}" for k in ("model", "depth", "growthRate", "norm", "act", "stem")
+                           if k == "model" or config[k] != build_parser().get_default(k))
         print(f"encoder ({args.epoch} epochs, final loss {history[-1]['loss']:.4f}) in {out / ENCODER}; fine-tune "
-              f"with: python3 main.py --pretrained {out} --model {config['model']} ...")
+              f"with: python3 main.py --pretrained {out} {network} --image_size {' '.join(map(str, args.image_size))} "
+              "...")
     return history[-1]
 
 

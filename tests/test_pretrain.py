@@ -213,6 +213,25 @@ def test_existing_runs_and_unreadable_folders_are_refused_in_one_line(straight, 
     assert not (tmp_path / "new").exists()
 
 
+def test_resume_refuses_other_images_and_a_finished_run_stays_as_it_was(drawn, tmp_path, capsys):
+    films = tmp_path / "films"
+    films.mkdir()
+    for path in sorted((drawn / "train").glob("*.png"))[:16]:
+        (films / path.name).write_bytes(path.read_bytes())
+    outs = tmp_path / "outs"
+    pretrain.main([str(films), *pretrain_args(outs, "r", "--epoch", 1, "--batch_size", 8)])
+    before = (outs / "r" / "encoder.pth").read_bytes()
+    pretrain.main(["--resume", "--save_dir", "r", "--out_root", str(outs)])  # finished: nothing to train
+    assert (outs / "r" / "encoder.pth").read_bytes() == before
+    (films / "new.png").write_bytes((films / sorted(p.name for p in films.iterdir())[0]).read_bytes())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(pretrain.main, ["--resume", "--save_dir", "r", "--out_root", str(outs)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(err) == 1 and "the images are not those the run" in err[0], err
+    assert (outs / "r" / "encoder.pth").read_bytes() == before
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_the_resume_command(drawn, tmp_path):
     outs = tmp_path / "outs"
