@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import choices
 import filenames
@@ -106,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop_rate", type=float, default=0.0, help="dropout before the classifier")
     g.add_argument("--pretrained", default=None, metavar="imagenet|RUN|PATH", help="start from: imagenet = "
                    "torchvision's ImageNet weights (densenet121/169/201; downloaded into torch's cache only when "
-                   "this is given), a run folder (its best.pth, e.g. a model trained on demo radiographs) or a "
-                   "local weights file")
+                   "this is given), a run folder (its best.pth, e.g. a model trained on demo radiographs), a "
+                   "pretrain.py run folder (its encoder.pth, learnt without labels) or a local weights file")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epoch", type=positive(int), default=50, help="epochs (default: %(default)s)")
@@ -172,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_network(x: argparse.Namespace | RunConfig) -> None:
+    """Refuse network settings (--model, --depth, --stem, --image_size) that do not make a network;
+    pretrain.py checks its encoder with the same rules."""
+    if x.model == "dense_net" and (x.depth < 10 or (x.depth - 4) % 6):
+        raise SystemExit(f"--depth {x.depth}: DenseNet-BC needs depth >= 10 with (depth - 4) divisible by 6, "
+                         "e.g. 40, 100, 190")
+    if x.model != "dense_net" and x.stem != "downsample":
+        raise SystemExit(f"--stem {x.stem}: only dense_net has a choice of stem")
+    smallest = 32 if x.model in choices.TORCHVISION_DENSENETS else choices.MIN_SIDE  # their total stride
+    if min(x.image_size) < smallest:
+        raise SystemExit(f"--image_size {x.image_size[0]} {x.image_size[1]}: each side must be at least "
+                         f"{smallest} pixels for --model {x.model}")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse flag combinations that make no sense, naming the flag; ``args`` is not changed."""
     check_settings(args, flags=True)
@@ -181,11 +196,7 @@ def check_settings(x: argparse.Namespace | RunConfig, flags: bool = False) -> No
     """Refuse settings that make no sense, naming the flag: of the command line (``flags``, with the
     flags that are no setting: the actions and the older fusion spellings) or of a configuration
     read with ``--config``."""
-    if x.model == "dense_net" and (x.depth < 10 or (x.depth - 4) % 6):
-        raise SystemExit(f"--depth {x.depth}: DenseNet-BC needs depth >= 10 with (depth - 4) divisible by 6, "
-                         "e.g. 40, 100, 190")
-    if x.model != "dense_net" and x.stem != "downsample":
-        raise SystemExit(f"--stem {x.stem}: only dense_net has a choice of stem")
+    check_network(x)
     if not 0.0 <= x.augment_p <= 1.0:
         raise SystemExit(f"--augment_p {x.augment_p}: must be within [0, 1]")
     if not 0.0 <= x.beta < 1.0:
@@ -228,10 +239,6 @@ def check_settings(x: argparse.Namespace | RunConfig, flags: bool = False) -> No
     if flags and x.extend_epochs and not x.resume:
         raise SystemExit("--extend_epochs N trains an existing, finished run longer: give it with --resume "
                          "--save_dir/--fold")
-    smallest = 32 if x.model in choices.TORCHVISION_DENSENETS else choices.MIN_SIDE  # their total stride
-    if min(x.image_size) < smallest:
-        raise SystemExit(f"--image_size {x.image_size[0]} {x.image_size[1]}: each side must be at least "
-                         f"{smallest} pixels for --model {x.model}")
     try:
         names = choices.parse_augment(x.augment)
     except ValueError as exc:
@@ -532,22 +539,27 @@ def run(cfg: RunConfig, action: Action, given: set[str], dist_info) -> dict:
     try:
         return train_and_test(cfg, action, config, stats, resume_state, out, dist_info, files, data_summary, threads)
     except KeyboardInterrupt:
-        done = _saved_epochs(out)
-        if done == 0 and created is not None:
-            _remove(created)
-            logger.error("interrupted before the first epoch finished; nothing was kept. Start again with: %s",
-                         command(*sys.argv[1:]))
-        elif done == 0:
-            logger.error("interrupted in epoch 1, before any epoch was saved; continue (from epoch 1) with: %s",
-                         resume_command(cfg))
-        else:
-            logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
-                         done + 1, done, runfiles.Run(out).file(runfiles.LAST), resume_command(cfg))
-        raise SystemExit(130) from None
+        interrupted(out, created, command(*sys.argv[1:]), resume_command(cfg))
     except BaseException:
-        if created is not None and _saved_epochs(out) == 0:
-            _remove(created)  # a failed start leaves nothing: the same command works once the cause is fixed
+        if created is not None and saved_epochs(out) == 0:
+            remove_run(created)  # a failed start leaves nothing: the same command works once the cause is fixed
         raise
+
+
+def interrupted(out: Path, created: Path | None, again: str, resume: str) -> NoReturn:
+    """Ctrl-C: one line saying what is kept and the command that continues (``resume``) or, for a new
+    run stopped before its first epoch was saved, whose folder ``created`` is removed, starts it
+    ``again``; then exit 130. pretrain.py stops the same way."""
+    done = saved_epochs(out)
+    if done == 0 and created is not None:
+        remove_run(created)
+        logger.error("interrupted before the first epoch finished; nothing was kept. Start again with: %s", again)
+    elif done == 0:
+        logger.error("interrupted in epoch 1, before any epoch was saved; continue (from epoch 1) with: %s", resume)
+    else:
+        logger.error("interrupted in epoch %d; epochs 1-%d are saved in %s; continue exactly from there with: %s",
+                     done + 1, done, runfiles.Run(out).file(runfiles.LAST), resume)
+    raise SystemExit(130) from None
 
 
 def use_settings(cfg: RunConfig) -> str:
@@ -562,12 +574,12 @@ def use_settings(cfg: RunConfig) -> str:
     return threads
 
 
-def _saved_epochs(out: Path) -> int:
+def saved_epochs(out: Path) -> int:
     """Epochs saved in the run's history.csv (0 when none finished)."""
     return runfiles.Run(out).saved_epochs()
 
 
-def _remove(path: Path) -> None:
+def remove_run(path: Path) -> None:
     import runtime
 
     runtime.close_log_file()

@@ -4,8 +4,10 @@
 and torch's hub cache (``$TORCH_HOME/hub/checkpoints``); they are downloaded only when that flag is
 given and the file is not cached yet, and without a connection the run stops at once, naming
 ``--pretrained PATH`` for a copy fetched elsewhere. A run folder (``outs/<save_dir>/fold<fold>``)
-means its ``best.pth``: e.g. a model trained on demo radiographs, fine-tuned on your own. Anything
-else is a local file; nothing else is ever downloaded.
+means its ``best.pth``: e.g. a model trained on demo radiographs, fine-tuned on your own; a
+pretraining run folder of ``pretrain.py`` means its ``encoder.pth`` (the encoder learnt without
+labels: ``features.*`` only, the head starts new). Anything else is a local file; nothing else is
+ever downloaded.
 
 Accepted: a state dict, or a dict holding one under ``"model"`` or ``"state_dict"``, saved with
 ``torch.save`` and readable with ``weights_only=True`` (tensors and plain Python values only; a file
@@ -14,9 +16,13 @@ with pickled objects is refused, since unpickling it could run arbitrary code). 
 ``classifier.*``, including the old ``norm.1`` spelling of its published DenseNet files).
 
 Tensors whose shape does not fit are skipped, except the first convolution ``features.conv0.weight``
-trained on another number of channels (e.g. RGB ImageNet weights for 2 or 5 input channels): its
-kernel is averaged over the input channels and repeated for every channel of the model, scaled by
-``old_channels / new_channels`` so an image of constant intensity gives the same response.
+trained on another number of channels. Trained on this suite's two image channels (radiograph,
+enhanced copy: a ``pretrain.py`` encoder, an image-only or late-fusion run) and loaded into a model
+with more (early fusion: the clinical planes follow the image channels), its kernel is kept for the
+image channels and the clinical channels keep the model's initialisation. Otherwise (e.g. RGB
+ImageNet weights for 2 or 5 input channels) the kernel is averaged over the input channels and
+repeated for every channel of the model, scaled by ``old_channels / new_channels`` so an image of
+constant intensity gives the same response.
 """
 from __future__ import annotations
 
@@ -39,9 +45,11 @@ logger = logging.getLogger(__name__)
 
 IMAGENET = "imagenet"
 RUN_CHECKPOINT = "best.pth"  # the checkpoint of a run folder (runfiles.BEST; models/ does not import the app)
+ENCODER_FILE = "encoder.pth"  # the weights of a pretraining run folder (pretrain.ENCODER)
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation: an offline machine fails at once, a slow link still finishes
 
 FIRST_CONV = "features.conv0.weight"
+IMAGE_CHANNELS = 2  # the loader's radiograph + enhanced copy (loader.IMAGE_CHANNELS), first in every input
 HEAD_PREFIXES = ("classifier.", "clinical_mlp.", "final_act.")
 _PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
 # torchvision's published DenseNet files spell 'denselayer1.norm.1.weight' for 'denselayer1.norm1.weight'
@@ -79,15 +87,18 @@ def imagenet_weights(name: str) -> str:
 
 def resolve(pretrained: str | os.PathLike, model_name: str) -> str:
     """The weights file ``--pretrained`` means: ImageNet weights from the cache for ``imagenet``, a run
-    folder's ``best.pth``, or the file itself. Raises for a folder without ``best.pth``."""
+    folder's ``best.pth``, a pretraining run folder's ``encoder.pth``, or the file itself. Raises
+    for a folder holding neither."""
     if str(pretrained) == IMAGENET:
         return imagenet_weights(model_name)
     path = Path(pretrained)
     if path.is_dir():
-        if not (path / RUN_CHECKPOINT).is_file():
-            raise FileNotFoundError(f"--pretrained {path}: a folder must be a run folder holding {RUN_CHECKPOINT} "
-                                    "(outs/<save_dir>/fold<fold>)")
-        return str(path / RUN_CHECKPOINT)
+        for name in (RUN_CHECKPOINT, ENCODER_FILE):
+            if (path / name).is_file():
+                return str(path / name)
+        raise FileNotFoundError(f"--pretrained {path}: a folder must be a run folder holding {RUN_CHECKPOINT} "
+                                f"(outs/<save_dir>/fold<fold>) or a pretrain.py run folder holding {ENCODER_FILE} "
+                                "(outs/<save_dir>)")
     return str(path)
 
 
@@ -130,6 +141,14 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return mean.repeat(1, in_chans, 1, 1) * (weight.shape[1] / in_chans)
 
 
+def extend_first_conv(weight: torch.Tensor, model_weight: torch.Tensor) -> torch.Tensor:
+    """A kernel of the :data:`IMAGE_CHANNELS` image channels into a model with more input channels:
+    the image channels get it unchanged, the others (early fusion's clinical planes) keep ``model_weight``'s."""
+    out = model_weight.detach().clone()
+    out[:, :weight.shape[1]] = weight
+    return out
+
+
 def _summary(keys: list[str]) -> str:
     return f"{len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
 
@@ -153,10 +172,16 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list
             report["loaded"].append(key)
         elif (key == FIRST_CONV and tensor.dim() == 4
               and tensor.shape[:1] + tensor.shape[2:] == target[key].shape[:1] + target[key].shape[2:]):
-            new_state[key] = adapt_first_conv(tensor, target[key].shape[1])
             report["adapted"].append(key)
-            logger.info("%s: %s %s adapted to %d input channels (channel mean x %d/%d)", path, key,
-                        tuple(tensor.shape), target[key].shape[1], tensor.shape[1], target[key].shape[1])
+            if tensor.shape[1] == IMAGE_CHANNELS < target[key].shape[1]:
+                new_state[key] = extend_first_conv(tensor, target[key])
+                logger.info("%s: %s %s kept for the %d image channels; the other %d input channels keep their "
+                            "initialisation", path, key, tuple(tensor.shape), IMAGE_CHANNELS,
+                            target[key].shape[1] - IMAGE_CHANNELS)
+            else:
+                new_state[key] = adapt_first_conv(tensor, target[key].shape[1])
+                logger.info("%s: %s %s adapted to %d input channels (channel mean x %d/%d)", path, key,
+                            tuple(tensor.shape), target[key].shape[1], tensor.shape[1], target[key].shape[1])
         else:
             report["skipped"].append(key)
     report["missing"] = [k for k in target if k not in source]
