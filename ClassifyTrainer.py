@@ -268,7 +268,7 @@ class ClassifyTrainer:
             self.best = {"epoch": 0, "value": value, "threshold": val["youden_threshold"]}
             if self.dist.is_main:
                 self.save(runfiles.BEST, 0, val["youden_threshold"], val)
-                self.write_predictions(runfiles.PREDICTIONS["val"], pred, val["youden_threshold"])
+                self.write_predictions("val", pred, val["youden_threshold"])
         logger.info("epoch 0 (before training: the clinical model alone)  val loss %.4f  val %s %.4f",
                     val["loss"], self.select_metric, value)
 

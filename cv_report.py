@@ -22,7 +22,9 @@ import loader
 import metrics
 import runfiles
 from runconfig import RunConfig
-from report_render import ci as _ci, fmt as _fmt, render_markdown
+import decision
+from report_render import (DECISION_NOTE, PALETTE, ci as _ci, decision_rows, figure_calibration,
+                           figure_decision_curve, figure_roc_pr, fmt as _fmt, render_html, render_markdown)
 
 logger = logging.getLogger(__name__)
 
@@ -110,21 +112,22 @@ def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns:
 
 
 def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[Mapping], data_dir: str | os.PathLike,
-                    n_boot: int, seed: int) -> dict:
+                    n_boot: int, seed: int) -> tuple[dict, np.ndarray | None]:
     """The clinical-only baseline out of fold beside the pooled network: each fold's logistic regression
     fitted on that fold's training patients scores its test patients; pooled AUC etc. with CIs, and the
-    pooled paired difference network minus baseline (patient bootstrap, clustered DeLong)."""
+    pooled paired difference network minus baseline (patient bootstrap, clustered DeLong). Returns the
+    numbers and the baseline's pooled probabilities (None where there is no baseline)."""
     import baseline
 
     try:
         base = baseline.out_of_fold([runfiles.split_files(c, data_dir) for c in configs])
     except baseline.BaselineUnavailable as exc:
-        return {"baseline_absent": str(exc)}
+        return {"baseline_absent": str(exc)}, None
     base = pooled[["file"]].assign(file=pooled["file"].map(lambda f: Path(f).name)).merge(
         base.assign(file=base["file"].map(lambda f: Path(f).name)), on="file", how="left", validate="one_to_one")
     if base["probability"].isna().any():
         return {"baseline_absent": f"{int(base['probability'].isna().sum())} tested image(s) are not in the folds' "
-                                   f"test splits of {data_dir}"}
+                                   f"test splits of {data_dir}"}, None
     y = pooled["label"].to_numpy(dtype=np.int64)
     groups = pooled["patient"].to_numpy()
     p_net, p_base = pooled["probability"].to_numpy(dtype=float), base["probability"].to_numpy(dtype=float)
@@ -134,7 +137,23 @@ def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[Mapping], data_dir: 
                          "metrics": _with_ci(y, p_base, base["prediction"].to_numpy(), groups, n_boot, seed)},
             "comparison": {"auc_difference": confidence.paired_bootstrap_diff(
                                y, p_net, p_base, metrics.roc_auc, groups=groups, n_boot=n_boot, seed=seed, alpha=ALPHA),
-                           "delong_test": confidence.delong_test(y, p_net, p_base, groups=groups)}}
+                           "delong_test": confidence.delong_test(y, p_net, p_base, groups=groups)}}, p_base
+
+
+def cv_figures(block: dict, y: np.ndarray, p: np.ndarray, p_base: np.ndarray | None,
+               threshold: float | None = None) -> dict[str, bytes]:
+    """The figures of ``cv_report.html``: ROC and PR curves, calibration and the decision curve of the
+    pooled (or ensemble) probabilities, the clinical baseline's beside them where it exists. The
+    decision curves' numbers join ``block`` (``decision_curve``, ``baseline_decision_curve``)."""
+    models = [("network", p, PALETTE[0])] + ([("clinical baseline", p_base, PALETTE[1])] if p_base is not None else [])
+    where = "pooled out of fold" if threshold is None else "fold ensemble, shared test set"
+    curves = []
+    for (name, probs, colour), key in zip(models, ("decision_curve", "baseline_decision_curve")):
+        block[key] = decision.decision_curve(y, probs, run_threshold=threshold)
+        curves.append((name, block[key], threshold, colour))
+    return {"roc_pr": figure_roc_pr(y, [(n, q, threshold, c) for n, q, c in models], where=where),
+            "calibration": figure_calibration(y, models, where=where),
+            "decision": figure_decision_curve(curves)}
 
 
 def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[str | os.PathLike],
@@ -202,6 +221,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     if baseline_note:
         summary["baseline_note"] = baseline_note
     pooled = pd.concat(predictions, ignore_index=True)
+    figures: dict[str, bytes] = {}
     if design == "oof":
         tested = pooled.groupby("patient")["fold"].nunique()
         if (tested > 1).any() or pooled["file"].duplicated().any():
@@ -216,8 +236,11 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
             "metrics": _with_ci(y, pooled["probability"].to_numpy(dtype=float), pooled["prediction"].to_numpy(),
                                 pooled["patient"].to_numpy(), n_boot, seed)}
         data_dir = data_dir or (data_dirs.pop() if len(data_dirs) == 1 else None)
+        p_base = None
         if data_dir is not None and not baseline_note:
-            summary["pooled"].update(pooled_baseline(pooled, configs, data_dir, n_boot, seed))
+            numbers, p_base = pooled_baseline(pooled, configs, data_dir, n_boot, seed)
+            summary["pooled"].update(numbers)
+        figures = cv_figures(summary["pooled"], y, pooled["probability"].to_numpy(dtype=float), p_base)
         if data_dir is not None:
             summary["subgroups"] = subgroup_results(pooled, data_dir, by, n_boot, seed)
         elif by:
@@ -239,10 +262,14 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
                         "the mean of the folds' validation thresholds",
                 "threshold": threshold, "n_images": len(p), "n_patients": int(first["patient"].nunique()),
                 "metrics": _with_ci(y, p, (p >= threshold).astype(int), first["patient"].to_numpy(), n_boot, seed)}
+            figures = cv_figures(summary["ensemble"], y, p, None, threshold)
     summary["note"] = ("per-fold figures: " + ("each fold is scored on its own test patients" if design == "oof" else
                        "every fold is scored on the same held-out test set, so the SD reflects variation between "
                        "trainings (data of the fold, initialisation), not sampling of test patients"))
-    written = runfiles.RunGroup(out_dir).write_cv_summary(summary, render_cv_report(out_dir.name, summary))
+    written = runfiles.RunGroup(out_dir).write_cv_summary(
+        summary, render_cv_report(out_dir.name, summary),
+        render_html(report_blocks(out_dir.name, summary, figures), figures,
+                    f"Cross-validation summary: {out_dir.name}"))
     logger.info("cross-validation summary of %d folds written to %s", len(folds), written)
     return summary
 
@@ -261,8 +288,9 @@ def headline(summary: Mapping) -> str:
             f"(mean ± SD of {m['n_folds']} of {m['of']} folds)")
 
 
-def report_blocks(name: str, summary: Mapping) -> list[tuple]:
-    """The blocks of ``cv_report.md`` (:func:`report_render.render_markdown` draws them)."""
+def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | None = None) -> list[tuple]:
+    """The blocks of ``cv_report.md`` (:func:`report_render.render_markdown` draws them) and, with
+    ``figures`` (:func:`cv_figures`), of ``cv_report.html``."""
     b: list[tuple] = [("h1", f"Cross-validation summary: {name}"), ("p", f"Design: {summary['design_text']}.")]
     for key, title in (("pooled", "Pooled out-of-fold result"), ("ensemble", "Fold-ensemble test result")):
         if key in summary:
@@ -271,7 +299,7 @@ def report_blocks(name: str, summary: Mapping) -> list[tuple]:
                   ("p", f"{block['what'][0].upper()}{block['what'][1:]}. {block['n_images']} images of "
                         f"{block['n_patients']} patients; 95 % CIs from {summary['n_boot']} bootstrap resamples of "
                         "patients."),
-                  *pooled_tables(block)]
+                  *pooled_tables(block), *(figure_blocks(block) if figures else [])]
     if summary.get("subgroups"):
         b += [("h2", "Subgroups"),
               ("p", "The pooled out-of-fold probabilities within each value of a column of the data folder's "
@@ -295,6 +323,21 @@ def report_blocks(name: str, summary: Mapping) -> list[tuple]:
     if summary.get("baseline_note"):
         b.append(("p", f"Note: {summary['baseline_note']}."))
     return b
+
+
+def figure_blocks(block: Mapping) -> list[tuple]:
+    """The figures of the pooled (or ensemble) result and the net-benefit table, for cv_report.html."""
+    curves = [("network", block["decision_curve"])]
+    if block.get("baseline_decision_curve"):
+        curves.append(("clinical baseline", block["baseline_decision_curve"]))
+    return [("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves of the probabilities above; "
+                                    "the clinical baseline's beside the network's where it exists."),
+                         ("calibration", "Observed fraction with osteoporosis (Wilson 95% interval) against the mean "
+                                         "predicted probability in bins of about equal size; below: the probabilities."),
+                         ("decision", "Net benefit of acting on each probability at each threshold probability, "
+                                      "against treating every image and treating none.")]),
+            ("table", *decision_rows(curves, decision.TABLE_THRESHOLDS)),
+            ("note", DECISION_NOTE)]
 
 
 def pooled_tables(block: Mapping) -> list[tuple]:

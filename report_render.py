@@ -82,22 +82,26 @@ def _two_classes(y: np.ndarray) -> bool:
     return 0 < int(np.sum(y)) < len(y)
 
 
-def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, str]], where: str = "test") -> bytes:
+def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float | None, str]],
+                  where: str = "test") -> bytes:
     """ROC and precision-recall curves of each (name, probabilities, threshold, colour), with the
-    operating point at the validation threshold; ``where`` names the images in the titles."""
+    operating point at the validation threshold (none where it is None); ``where`` names the images
+    in the titles."""
     fig = Figure(figsize=(10, 4.2))
     ax_roc, ax_pr = fig.subplots(1, 2)
     if _two_classes(y):
         for name, p, t, colour in models:
             fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
             prec, rec, _ = precision_recall_curve(y, p)
+            ax_roc.plot(fpr, tpr, color=colour, lw=2, label=f"{name} (AUC {metrics.roc_auc(y, p):.3f})")
+            ax_pr.step(rec, prec, where="post", color=colour, lw=2,
+                       label=f"{name} (AP {metrics.pr_auc(y, p):.3f})")
+            if t is None:  # no single threshold, e.g. pooled folds that each chose their own
+                continue
             pred = p >= t
             sens, spec = pred[y == 1].mean(), 1 - pred[y == 0].mean()
             ppv = y[pred].mean() if pred.any() else math.nan
-            ax_roc.plot(fpr, tpr, color=colour, lw=2, label=f"{name} (AUC {metrics.roc_auc(y, p):.3f})")
             ax_roc.plot([1 - spec], [sens], "o", color=colour, ms=8, mec="black")
-            ax_pr.step(rec, prec, where="post", color=colour, lw=2,
-                       label=f"{name} (AP {metrics.pr_auc(y, p):.3f})")
             ax_pr.plot([sens], [ppv], "o", color=colour, ms=8, mec="black")
         ax_pr.axhline(y.mean(), color="grey", ls="--", lw=1, label=f"prevalence {y.mean():.2f}")
     else:
@@ -107,7 +111,8 @@ def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float, 
     ax_roc.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity", xlim=(-0.01, 1.01),
                ylim=(-0.01, 1.01))
     ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax_roc.set_title(f"ROC curve ({where}; dot = validation threshold)", fontsize=11)
+    dots = "; dot = validation threshold" if any(t is not None for _, _, t, _ in models) else ""
+    ax_roc.set_title(f"ROC curve ({where}{dots})", fontsize=11)
     ax_pr.set_title(f"Precision-recall curve ({where})", fontsize=11)
     for ax in (ax_roc, ax_pr):
         ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left", frameon=False)

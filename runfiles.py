@@ -45,7 +45,7 @@ REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES = ("report.md", "report.h
 # what a finished run's test and report consist of; --extend_epochs removes them (they describe the shorter run)
 RESULTS = (TEST_METRICS, PREDICTIONS["test"], REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES)
 # a cross-validation run group outs/<save_dir>/: its fold runs fold*/ and the summary over them
-CV_SUMMARY, CV_REPORT = "cv_summary.json", "cv_report.md"
+CV_SUMMARY, CV_REPORT, CV_REPORT_HTML = "cv_summary.json", "cv_report.md", "cv_report.html"
 RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
               "the run's configuration, clinical statistics and threshold), config.json and test_predictions.csv")
 
@@ -378,9 +378,17 @@ class RunGroup:
     def report_file(self) -> Path:
         return self.dir / CV_REPORT
 
-    def write_cv_summary(self, summary: Mapping, markdown: str) -> Path:
-        write_json(self.summary_file, summary)
+    @property
+    def html_report_file(self) -> Path:
+        return self.dir / CV_REPORT_HTML
+
+    def write_cv_summary(self, summary: Mapping, markdown: str, html: str | None = None) -> Path:
+        """``cv_report.md``, ``cv_report.html`` (self-contained, with the figures) and, last,
+        ``cv_summary.json``."""
         write_text(self.report_file, markdown)
+        if html is not None:
+            write_text(self.html_report_file, html)
+        write_json(self.summary_file, summary)
         return self.summary_file
 
 
