@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shlex
 import shutil

@@ -23,9 +23,9 @@ view has exactly the two channels a classifier reads. No colour jitter (grey ima
 (it would wipe out the trabecular texture that carries the bone density).
 
 Images. :func:`find_images` lists every image under some folders (PNG, JPEG, TIFF, BMP, DICOM,
-``.npy``); :func:`decode` reads one with the decoders of ``preprocess_filenames.py`` (``.npy`` with
+``.npy``); :func:`decode` reads one with the decoders of ``imaging.py`` (``.npy`` with
 ``loader.py``'s) and, with ``roi="femur"``, cuts both hips' proximal femurs as ``--roi femur`` does
-(``roi.py``); each image or crop is fitted to the size by padding (``preprocess_filenames.fit_image``).
+(``roi.py``); each image or crop is fitted to the size by padding (``imaging.fit_image``).
 """
 from __future__ import annotations
 
@@ -92,19 +92,19 @@ def find_images(folders: Sequence[str | os.PathLike]) -> list[Path]:
 def decode(path: str | os.PathLike, size: tuple[int, int], roi: str | None = None) -> list[np.ndarray]:
     """The uint8 (H, W) images ``path`` gives at ``size``: the image itself, or with ``roi='femur'``
     both hips' proximal-femur crops. Raises ValueError naming the file when it cannot be used."""
-    import preprocess_filenames as pf  # the decoders of every supported format (PNG 8/16 bit, JPEG, TIFF, DICOM)
+    import imaging  # the decoders of every supported format (PNG 8/16 bit, JPEG, TIFF, DICOM)
     import roi as roi_finder
 
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        gray = np.round(loader.read_image(path) * 255.0).astype(np.uint8)
+        gray = np.round(imaging.read_scaled(path) * 255.0).astype(np.uint8)
     else:
-        gray = pf.read_image(path)
+        gray = imaging.read_image(path)
     if min(gray.shape) < MIN_SIDE:
         raise ValueError(f"{path}: image of {gray.shape[0]} x {gray.shape[1]} pixels is too small "
                          f"(at least {MIN_SIDE} on a side)")
     parts = [hip.image for hip in roi_finder.find_hips(gray, aspect=size[0] / size[1]).hips] if roi else [gray]
-    return [pf.fit_image(part, size, "pad") for part in parts]
+    return [imaging.fit_image(part, size, "pad") for part in parts]
 
 
 # ----------------------------------------------------------------------------- views
