@@ -19,7 +19,7 @@ probability, decision, and with recalibration its part and recalibrated probabil
 
 The report: case mix of development and external data (age, sex, BMI, prevalence per patient, with
 standardised differences; Austin, Stat Med 2009;28:3083-3107); discrimination with patient-bootstrap
-and DeLong CIs (:func:`report.evaluate`); calibration in the large and slope with CIs and a
+and DeLong CIs (:func:`evaluation.evaluate`); calibration in the large and slope with CIs and a
 calibration plot; the threshold metrics at the run's threshold; a decision curve (:mod:`decision`).
 
 Recalibration (Steyerberg, Clinical Prediction Models 2019, ch. 20; Van Calster et al., BMC Med
@@ -50,7 +50,7 @@ import decision
 import filenames
 import loader
 import metrics
-import report
+from evaluation import ALPHA, evaluate
 import report_render
 import runfiles
 from report_render import ci, fmt
@@ -222,7 +222,7 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
                             "external data (e.g. --recalibrate intercept --calibrate_on val)")
     if recalibrate is not None and recalibrate not in RECALIBRATION:
         raise ExternalError(f"--recalibrate {recalibrate!r}: use one of {', '.join(RECALIBRATION)}")
-    confidence._check_bootstrap_args(n_boot, report.ALPHA, interval)
+    confidence._check_bootstrap_args(n_boot, ALPHA, interval)
     table = external_images(data_dir)
     part = (calibration_part(table, calibrate_on, seed) if recalibrate else np.zeros(len(table), dtype=bool))
     members = [runfiles.load_run(r) for r in predict.run_checkpoints(run)]
@@ -277,7 +277,7 @@ def numbers(table: pd.DataFrame, part: np.ndarray, threshold: float, recalibrate
                            "images": int(len(rest)), "patients": int(rest["patient"].nunique()),
                            "osteoporosis_images": int(y.sum()), "recalibrate": recalibrate,
                            "at_threshold": metrics.compute_metrics(y, p, threshold),
-                           "as_trained": {**report.evaluate(y, p, threshold, groups, n_boot, seed, interval),
+                           "as_trained": {**evaluate(y, p, threshold, groups, n_boot, seed, interval),
                                           "mean_predicted": float(p.mean())}}
     if recalibrate:
         fitted = table[part]
@@ -290,7 +290,7 @@ def numbers(table: pd.DataFrame, part: np.ndarray, threshold: float, recalibrate
         t_new = float(confidence.recalibrate([threshold], fit["a"], fit["b"])[0])
         p_new = confidence.recalibrate(p, fit["a"], fit["b"])
         out["recalibration"] = {**fit, "method": recalibrate, "threshold": t_new}
-        out["recalibrated"] = {**report.evaluate(y, p_new, t_new, groups, n_boot, seed, interval),
+        out["recalibrated"] = {**evaluate(y, p_new, t_new, groups, n_boot, seed, interval),
                                "mean_predicted": float(p_new.mean())}
     return out
 

@@ -33,13 +33,12 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from cli import add_bootstrap, add_data_dir, run_script
 
 logger = logging.getLogger(__name__)
 
-ALPHA = 0.05
 # Subgroups of the test set: (variable, decoded field, [(label, low, high)]) with low <= value < high.
 SUBGROUPS = (("Sex", "sex", (("female", 1, 2), ("male", 0, 1))),
              ("Age", "age", (("< 65 years", -math.inf, 65), (">= 65 years", 65, math.inf))),
@@ -94,20 +93,6 @@ def describe_split(files: Sequence[str | os.PathLike]) -> dict:
             "age": metrics.mean_sd(per_patient["age"]), "bmi": metrics.mean_sd(per_patient["bmi"]),
             "female_percent": float(100 * sex.mean()) if len(sex) else math.nan,
             "missing_percent": {c: float(100 * per_patient[c].isna().mean()) for c in loader.CLINICAL_NAMES}}
-
-
-def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, groups: np.ndarray, n_boot: int, seed: int,
-             interval: str = "bca") -> dict:
-    """Every test metric and the calibration slope and intercept with patient-bootstrap 95% CIs (all on
-    the same resamples), the DeLong AUC CI clustered by patient, calibration and confusion counts."""
-    point = metrics.compute_metrics(y, p, threshold)
-    return {"threshold": float(threshold),
-            "metrics": confidence.bootstrap_metrics(y, p, threshold, groups=groups, n_boot=n_boot, seed=seed,
-                                                    alpha=ALPHA, interval=interval),
-            "delong_auc": confidence.delong_auc(y, p, alpha=ALPHA, groups=groups),
-            "calibration": confidence.calibration(y, p),
-            "confusion": {k: int(point[k]) for k in ("tp", "fp", "tn", "fn")},
-            "decision_curve": decision.decision_curve(y, p, run_threshold=float(threshold))}
 
 
 def subgroups(test: pd.DataFrame, n_boot: int, seed: int, interval: str = "bca") -> list[dict]:
@@ -382,7 +367,7 @@ import pandas as pd  # noqa: E402
 import baseline  # noqa: E402
 import confidence  # noqa: E402
 import cv_report  # noqa: E402
-import decision  # noqa: E402
+from evaluation import ALPHA, evaluate  # noqa: E402
 import gallery as case_gallery  # noqa: E402
 import filenames  # noqa: E402
 import loader  # noqa: E402

@@ -10,6 +10,7 @@ import pytest
 import baseline
 import confidence
 import decision
+import evaluation
 import filenames
 import folds
 import main
@@ -253,7 +254,7 @@ def test_report_intervals_cover_the_point_and_shrink_with_more_patients():
     widths = []
     for n in (40, 400):
         y, p, g = calibrated(n, seed=n, images_per_patient=2)
-        res = report.evaluate(y, p, 0.5, g, n_boot=200, seed=0)
+        res = evaluation.evaluate(y, p, 0.5, g, n_boot=200, seed=0)
         for key in ("roc_auc", "sensitivity", "specificity", "brier"):
             ci = res["metrics"][key]
             assert ci["low"] <= ci["point"] <= ci["high"]
@@ -264,10 +265,10 @@ def test_report_intervals_cover_the_point_and_shrink_with_more_patients():
 @pytest.mark.slow
 def test_calibration_slope_of_a_calibrated_predictor_is_near_one():
     y, p, g = calibrated(4000, seed=0)
-    cal = report.evaluate(y, p, 0.5, g, n_boot=20, seed=0)["calibration"]
+    cal = evaluation.evaluate(y, p, 0.5, g, n_boot=20, seed=0)["calibration"]
     assert cal["slope"] == pytest.approx(1.0, abs=0.12)
     assert cal["intercept"] == pytest.approx(0.0, abs=0.1)
-    overconfident = report.evaluate(y, np.clip(1 / (1 + ((1 - p) / p) ** 2), 0, 1), 0.5, g, n_boot=20, seed=0)
+    overconfident = evaluation.evaluate(y, np.clip(1 / (1 + ((1 - p) / p) ** 2), 0, 1), 0.5, g, n_boot=20, seed=0)
     assert overconfident["calibration"]["slope"] == pytest.approx(0.5, abs=0.08)
 
 
