@@ -206,7 +206,7 @@ def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str
     ax.set(xlabel="threshold probability", ylabel="net benefit (true positives per image)",
            xlim=(t_all[0], t_all[-1]), ylim=(low, top * 1.1))
     ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
-    ax.set_title("Decision curve (dot and dotted line: the run's threshold)", fontsize=11)
+    ax.set_title("Decision curve" + (" (dot and dotted line: the run's threshold)" if dots else ""), fontsize=11)
     ax.legend(fontsize=8, frameon=False, loc="upper right")
     _style(ax)
     fig.tight_layout()
