@@ -43,7 +43,7 @@ SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", 
 MODEL_KEYS = ("model", "fusion", "depth", "growthRate", "norm", "act", "stem", "image_size", "drop_rate")
 # where and how fast this session runs, not what the run is: the only flags --resume lets differ
 SESSION_KEYS = ("device", "gpus", "workers", "cache_gb", "out_root", "save_dir", "fold", "resume", "test",
-                "extend_epochs")
+                "extend_epochs", "overwrite")
 REPORTED = "report_metrics.json"  # report.write_report writes it last
 # what a finished run's test and report consist of; an extension removes them (they describe the shorter run)
 RESULTS = (runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], "report.md", "report.html", REPORTED, "report_figures")
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out_root", default="outs", help="(default: %(default)s)")
     g.add_argument("--test", nargs="?", const=True, default=False, type=str2bool, metavar="BOOL",
                    help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
+    g.add_argument("--overwrite", action="store_true", help="with --test: replace the run's existing test "
+                   "result (test_metrics.json, test_predictions.csv and report); refused without it")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     g.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation: K runs "
                    "fold<fold>0..K-1 on patient-level folds (design: --cv); writes outs/<save_dir>/cv_summary.json "
@@ -180,6 +182,8 @@ def check_args(args: argparse.Namespace) -> None:
     if (args.test or args.resume) and args.save_dir is None:
         raise SystemExit(f"--{'test' if args.test else 'resume'} needs an existing run: give its --save_dir "
                          "(and --fold)")
+    if args.overwrite and not args.test:
+        raise SystemExit("--overwrite only applies with --test (scoring a run again replaces its test result)")
     if args.test and args.resume:
         raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
     if args.image_only and args.late_fuse:
@@ -265,8 +269,9 @@ def make_loaders(args, stats, files: dict, dist_info=None, device_augment: bool 
     return out
 
 
-def describe(files: dict, training: bool) -> str:
-    """Images and cases per split; training needs both classes in train and val."""
+def describe(files: dict, training: bool, folds: int = 0) -> str:
+    """Images and cases per split; training needs both classes in train and val (of each fold of
+    ``folds``-fold cross-validation)."""
     parts = []
     for split in files:
         labels = [filenames.decode(f).label for f in files[split]]
@@ -274,7 +279,11 @@ def describe(files: dict, training: bool) -> str:
         if training and split != "test" and len(set(labels)) < 2:
             raise SystemExit(f"the {split} split holds only {'osteoporosis' if labels[0] else 'normal'} images "
                              f"({len(labels)}); training and choosing the best epoch need both classes in train "
-                             "and val. Re-split the data (preprocess_filenames.py splits stratified by label)")
+                             "and val. " + (f"With --folds {folds} a fold's {split} part is too small to hold both: "
+                                            f"use fewer folds (e.g. --folds {folds - 1}), or add data"
+                                            if folds > 2 else "Cross-validation needs more patients of each class"
+                                            if folds else "Re-split the data (preprocess_filenames.py splits "
+                                            "stratified by label)"))
     return ", ".join(parts)
 
 
@@ -320,23 +329,58 @@ def resume_command(args: argparse.Namespace) -> str:
     return command("--resume", "--save_dir", args.save_dir, "--fold", fold, *extra)
 
 
+def test_command(args: argparse.Namespace) -> str:
+    """The command that scores this run on test."""
+    extra = ["--out_root", str(args.out_root)] if args.out_root != "outs" else []
+    return command("--test", "--save_dir", args.save_dir, "--fold", args.fold, *extra)
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _same(key: str, a, b) -> bool:
+    if key in ("data_dir", "pretrained") and isinstance(a, str) and isinstance(b, str):
+        return os.path.normpath(a) == os.path.normpath(b)
+    return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
+
 def refuse_changes(args: argparse.Namespace, given: set[str], config: dict, out: Path) -> None:
     """``--resume`` continues the run as configured: a flag given with another value than the run's
     is refused, naming it (the session's device, GPUs, workers and cache may differ)."""
-    def shown(value) -> str:
-        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-    def same(key: str, a, b) -> bool:
-        if key in ("data_dir", "pretrained") and isinstance(a, str) and isinstance(b, str):
-            return os.path.normpath(a) == os.path.normpath(b)
-        return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+    shown, same = _shown, _same
 
     for key in sorted(given - set(SESSION_KEYS)):
+        if key == "data_dir" and not same(key, args.data_dir, config.get("data_dir", args.data_dir)):
+            moved_data(args, config, out)
+            continue
+        if key == "folds" and config.get("cv_folds") and args.folds != config["cv_folds"]:
+            right = resume_command(argparse.Namespace(**{**vars(args), "cv_folds": config["cv_folds"]}))
+            raise UserError(f"--folds {args.folds}: the cross-validation {out.parent} has {config['cv_folds']} folds "
+                            f"and --resume continues it as configured; continue it with: {right}")
         if key in config and not same(key, getattr(args, key), config[key]):
             raise UserError(f"--{key} {shown(getattr(args, key))}: the run {out} was configured with --{key} "
                             f"{shown(config[key])}, and --resume continues a run exactly as configured (leave the "
-                            "flag out). To train longer use --resume --extend_epochs N; to train differently start "
-                            "a new run (another --save_dir or --fold)")
+                            f"flag out: {resume_command(args)}). To train longer use --resume --extend_epochs N; to "
+                            "train differently start a new run (another --save_dir or --fold)")
+
+
+def moved_data(args: argparse.Namespace, config: dict, out: Path) -> None:
+    """``--resume --data_dir NEW`` for a run whose data folder moved: accepted when NEW holds the images
+    (and sizes) the run recorded in data_files.csv; refused, saying what differs, otherwise."""
+    listing = {**config, "data_dir": args.data_dir}
+    try:
+        files = runfiles.split_files(listing, args.data_dir)
+        differ = runfiles.data_files_differ(out, files, args.data_dir)
+    except (OSError, ValueError) as exc:
+        differ = str(exc)
+    if differ:
+        raise UserError(f"--data_dir {args.data_dir}: the run {out} was trained on {config.get('data_dir')}, and "
+                        f"--resume continues it on the same images only; {differ}. Continue on the run's own folder "
+                        f"with {resume_command(args)}")
+    logger.info("the run's data folder moved from %s to %s: it holds the images the run recorded, so the run goes "
+                "on with it", config.get("data_dir"), args.data_dir)
+    args.moved_data_dir = args.data_dir
 
 
 def prepare_run(args, given: set[str], save_dir: str, out: Path):
@@ -346,7 +390,7 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
     copied onto ``args``."""
     new_fold_of_cv = args.resume and getattr(args, "cv_folds", 0) and not out.exists()
     if not (args.test or args.resume) or new_fold_of_cv:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != runfiles.LOCK for p in out.iterdir()):
             how = (f"it stopped before finishing its first epoch: continue it with --resume"
                    if not (out / runfiles.LAST).exists() else "continue it with --resume, score it with --test")
             raise UserError(f"{out} already holds a run; nothing was changed. {how[0].upper() + how[1:]}, or choose "
@@ -355,12 +399,22 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
     import loader
 
     if args.test:
+        if not (out / runfiles.BEST).is_file():
+            raise UserError(f"--test: no {runfiles.BEST} in {out} to score (check --save_dir, --fold and "
+                            f"--out_root). {runfiles.missing_advice(out)}")
         state = runfiles.load_checkpoint(out / runfiles.BEST)
         config = dict(state["config"])
-        for key in MODEL_KEYS:  # the run fixes the network; say so when the command line disagrees
-            if key in config and key in given and getattr(args, key) != config[key]:
-                logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(args, key), config[key])
+        for key in MODEL_KEYS:  # the run fixes the network: a command line that disagrees is refused
+            if key in config and key in given and not _same(key, getattr(args, key), config[key]):
+                raise UserError(f"--{key} {_shown(getattr(args, key))}: the run {out} was trained with --{key} "
+                                f"{_shown(config[key])}, and --test scores it as trained; leave the flag out: "
+                                f"{test_command(args)}")
             setattr(args, key, config[key])
+        if (out / runfiles.TEST_METRICS).is_file() and not args.overwrite:
+            raise UserError(f"{out} already holds its test result ({runfiles.TEST_METRICS}); nothing was changed. "
+                            f"To score the run again and replace it: {test_command(args)} --overwrite")
+        if "bootstrap" not in given:  # the run's own report settings, e.g. --bootstrap 0 = no report
+            args.bootstrap = config.get("bootstrap", args.bootstrap)
         if "data_dir" not in given:
             args.data_dir = config["data_dir"]
         for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):  # a fold keeps its own splits
@@ -375,12 +429,20 @@ def prepare_run(args, given: set[str], save_dir: str, out: Path):
     elif config_file.is_file():  # killed in its first epoch: start it again, as configured
         config = runfiles.read_json(config_file)
     else:
+        first_fold = out.parent / f"fold{args.fold}0" / runfiles.CONFIG
+        if not getattr(args, "cv_folds", 0) and first_fold.is_file():
+            k = runfiles.read_json(first_fold).get("cv_folds")
+            raise UserError(f"--resume: {out.parent} holds a {k}-fold cross-validation (fold{args.fold}0 ...), not "
+                            f"one run fold{args.fold}; give its number of folds: "
+                            f"{resume_command(args)} --folds {k}")
         raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or config.json); check "
                         "--save_dir, --fold and --out_root, or start a new run without --resume")
     refuse_changes(args, given, config, out)
     for key, value in config.items():
         if key in vars(args) and key not in SESSION_KEYS:
             setattr(args, key, value)
+    if getattr(args, "moved_data_dir", None):  # checked by moved_data: the same images in their new place
+        args.data_dir = args.moved_data_dir
     for key in ("cv_folds", "cv_fold", "cv_seed", "cv_design", "cv_val"):
         if key in config:
             setattr(args, key, config[key])
@@ -411,9 +473,6 @@ def extend(args: argparse.Namespace, config: dict, state: dict, out: Path) -> di
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    logger.info("extending the run from %d to %d epochs%s; its test and report files were removed and are "
-                "written again for the best epoch when the run ends", done, config["epoch"],
-                " (the cosine schedule restarts at --lrG)" if config.get("sched") == "cosine" else "")
     return config
 
 
@@ -422,14 +481,36 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
+    if "late_fuse" in given and not args.late_fuse and args.fusion not in (None, "early"):
+        other = f"--fusion {args.fusion}" if "fusion" in given else "--image_only"
+        raise SystemExit(f"--late_fuse False (early fusion) and {other} exclude each other: give one fusion mode, "
+                         f"e.g. only --fusion {args.fusion}")
     if given & {"late_fuse", "image_only"}:  # the older spellings of --fusion: checked as --fusion on --resume/--test
         given.add("fusion")
         args.fusion = args.fusion or "early"  # only an explicit --late_fuse False leaves it unset
     import runtime
 
+    runtime.short_openmp_spin()  # before torch loads: threads that wait do not spin away a shared core
     dist_info = runtime.init_distributed(args.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
-    args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")
+    group = None  # a default run group this job made: removed again when the job fails and leaves it empty
+    if args.save_dir is None and not dist_info.enabled:
+        args.save_dir = group = runfiles.new_group(args.out_root, time.strftime("%Y%m%d-%H%M%S"))
+    args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")  # torchrun: every rank names it alike
+    try:
+        return _main(args, given, dist_info)
+    except BaseException:
+        if group is not None:
+            try:
+                os.rmdir(Path(args.out_root) / group)  # only while empty: a run saved there stays
+            except OSError:
+                pass
+        raise
+
+
+def _main(args: argparse.Namespace, given: set[str], dist_info) -> dict | list[dict]:
+    import runtime
+
     if args.pretrained and not (args.test or args.resume):
         from models import resolve_pretrained
         from models.pretrained import PretrainedUnavailable
@@ -448,7 +529,7 @@ def cross_validate(args: argparse.Namespace, given: set[str], dist_info) -> list
 
     design = crossval.resolve_design(args.data_dir, args.cv)
     logger.info("cross-validation design: %s", crossval.DESIGN_TEXT[design])
-    results, runs = [], []
+    results, runs, unchanged, n_boot, seed = [], [], [], args.bootstrap, args.seed
     for k in range(args.folds):
         fold_args = argparse.Namespace(**vars(args))
         fold_args.fold, fold_args.cv_folds, fold_args.cv_fold, fold_args.cv_seed, fold_args.cv_design = \
@@ -456,9 +537,17 @@ def cross_validate(args: argparse.Namespace, given: set[str], dist_info) -> list
         logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, args.folds - 1, fold_args.fold)
         results.append(run(fold_args, given, dist_info))
         runs.append(runfiles.run_dir(args.save_dir, fold_args.fold, args.out_root))
-    if dist_info.is_main:
-        cv = crossval.write_cv_summary(Path(args.out_root) / args.save_dir, runs, n_boot=args.bootstrap or 2000,
-                                       seed=args.seed)
+        unchanged.append(getattr(fold_args, "unchanged", False))
+        n_boot, seed = fold_args.bootstrap, fold_args.seed  # a resumed fold has its run's own settings
+    group = Path(args.out_root) / args.save_dir
+    if dist_info.is_main and all(unchanged) and (group / "cv_summary.json").is_file():
+        logger.info("every fold of the cross-validation %s is finished and tested; its summary stays as it was, "
+                    "nothing changed", group)
+        print(crossval.headline(runfiles.read_json(group / "cv_summary.json")))
+        print(f"cross-validation summary: {group / 'cv_report.md'}")
+    elif dist_info.is_main:
+        cv = crossval.write_cv_summary(Path(args.out_root) / args.save_dir, runs, n_boot=n_boot or 2000,
+                                       seed=seed)
         print(crossval.headline(cv))
         print(f"cross-validation summary: {Path(args.out_root) / args.save_dir / 'cv_report.md'}")
     return results
@@ -476,24 +565,29 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
                         int(resume_state["best"]["epoch"]), resume_command(args))
             result = runfiles.read_json(out / runfiles.TEST_METRICS)
             summary(result, out)
+            args.unchanged = True  # cross_validate: a group of unchanged folds keeps its summary too
             return result
-        if dist_info.is_main:
-            import runtime
-
-            runtime.setup_logging(out / "train.log")  # the log of the run says what happened to it
+    if args.resume and not Path(args.data_dir).is_dir():
+        raise UserError(f"the run's data folder {args.data_dir} is not there; nothing was changed. If it moved, "
+                        f"continue with: {resume_command(args)} --data_dir NEW_FOLDER (accepted when it holds the "
+                        f"images the run recorded in {out / runfiles.DATA_FILES})")
     files = runfiles.split_files(vars(args), args.data_dir)
-    data_summary = describe(files, training=not args.test)  # refuses unusable splits before any file is written
+    data_summary = describe(files, training=not args.test, folds=getattr(args, "cv_folds", 0))  # refuses unusable splits before any file is written
     if not args.test:
         check_patients(files, args.allow_shared_patients)
-    if args.extend_epochs:  # after the data checks: a refused extension leaves the run as it was
-        if resume_state is None:
-            raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
-                            f"{resume_command(args)}")
-        config = extend(args, config, resume_state, out)
-    use_settings(args)
-    created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \
-        if config is None and dist_info.is_main else None
+    if args.extend_epochs and resume_state is None:  # after the data checks: the run stays as it was
+        raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
+                        f"{resume_command(args)}")
+    claim = runfiles.claim_run(out) if dist_info.is_main else None  # a second job on this folder stops here
+    created = claim if claim is not None and config is None and claim.dir in claim.created else None
+    if claim is not None and config is None and any(p.name != runfiles.LOCK for p in out.iterdir()):
+        claim.release()  # another job wrote a run here since prepare_run looked
+        raise UserError(f"{out} already holds a run (another job wrote it a moment ago); nothing was changed. "
+                        f"Choose another --save_dir / --fold, or continue that run with {resume_command(args)}")
     try:
+        if args.extend_epochs:
+            config = extend(args, config, resume_state, out)
+        use_settings(args)
         return train_and_test(args, config, stats, resume_state, out, dist_info, files, data_summary)
     except KeyboardInterrupt:
         done = _saved_epochs(out)
@@ -512,6 +606,9 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
         if created is not None and _saved_epochs(out) == 0:
             _remove(created)  # a failed start leaves nothing: the same command works once the cause is fixed
         raise
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def use_settings(args: argparse.Namespace) -> None:
@@ -530,11 +627,11 @@ def _saved_epochs(out: Path) -> int:
     return max(len(path.read_text(encoding="utf-8").strip().splitlines()) - 1, 0) if path.is_file() else 0
 
 
-def _remove(path: Path) -> None:
+def _remove(claim: runfiles.Claim) -> None:
     import runtime
 
     runtime.close_log_file()
-    shutil.rmtree(path, ignore_errors=True)
+    claim.undo()
 
 
 def build_trainer(args, config: dict, loaders: dict, stats, device, out: Path, dist_info=None,
@@ -603,6 +700,10 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
     logger.info("run folder %s; device %s%s; %s", out, device,
                 f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", args.threads)
     logger.info("data %s: %s", args.data_dir, data_summary)
+    if args.extend_epochs:  # extend() made config["restarts"] end with the epochs done before
+        logger.info("extending the run from %d to %d epochs%s; its test and report files were removed and are "
+                    "written again for the best epoch when the run ends", config["restarts"][-1], config["epoch"],
+                    " (the cosine schedule restarts at --lrG)" if config.get("sched") == "cosine" else "")
 
     args.fusion = args.fusion or "early"
     device_augmenter = None if args.test else augment_on_device(args, device)
@@ -618,6 +719,8 @@ def train_and_test(args, config, stats, resume_state, out: Path, dist_info, file
                   "world_size": dist_info.world}
     if dist_info.is_main and not args.test and (resume_state is None or args.extend_epochs):
         runfiles.write_json(out / runfiles.CONFIG, config)
+    if dist_info.is_main and not args.test and not (out / runfiles.DATA_FILES).is_file():
+        runfiles.write_data_files(out, files, args.data_dir)
     trainer = build_trainer(args, config, loaders, stats, device, out, dist_info, device_augmenter)
     with logging_redirect_tqdm():
         if not args.test:

@@ -84,6 +84,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -145,6 +146,14 @@ class ImageReadError(ValueError):
 
 class BoxError(ValueError):
     """A crop box that does not fit the image."""
+
+
+class OddImageError(ValueError):
+    """An image that decodes but cannot be a training image (roi.image_problem): too small, or blank."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 class RowProblem(ValueError):
@@ -1135,6 +1144,9 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
             img = read_image(row.path)
             if row.box is not None:
                 img = crop_box(img, row.box)
+            problem = roi.image_problem(img, bool(args.roi))
+            if problem is not None:
+                raise OddImageError(problem[0], f"{row.path}: {problem[1]}")
             if args.roi:
                 found = roi.find_hips(img, aspect=args.size[0] / args.size[1])
                 for note in found.notes:
@@ -1143,11 +1155,11 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
             else:
                 parts = split_hips(img) if args.split_hips else (img,)
             fitted = [fit_image(part, args.size, args.fit) for part in parts]
-        except (ImageReadError, BoxError) as exc:
+        except (ImageReadError, BoxError, OddImageError) as exc:
             if args.strict:
                 raise PreprocessError(f"--strict: {skips.csv_path.name} line {row.line}: {exc}") from exc
-            skips.skip(row.line, row.image, row.patient_csv,
-                        "bad_box" if isinstance(exc, BoxError) else "unreadable_image", str(exc))
+            skips.skip(row.line, row.image, row.patient_csv, exc.kind if isinstance(exc, OddImageError) else
+                       "bad_box" if isinstance(exc, BoxError) else "unreadable_image", str(exc))
             return None
         for (_, _, path), arr in zip(targets, fitted):
             ok, png = cv2.imencode(".png", arr)
@@ -1298,13 +1310,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.setLevel(logging.INFO)
     root.addHandler(console)
     root.addHandler(buffer)
+    fresh = not Path(args.out).exists()  # made by this run: a failure removes it again
     try:
         return run(args, buffer)
     except PreprocessError as exc:
         logger.error("%s", exc)
         return 1
     except OSError as exc:  # disk full, permissions, ...: say so plainly
-        logger.error("%s", exc)
+        removed = fresh and Path(args.out).is_dir()
+        if removed:
+            shutil.rmtree(args.out, ignore_errors=True)
+        logger.error("%s%s", exc, f" (removed {args.out}, which this run had begun to write)" if removed else "")
         return 1
     except KeyboardInterrupt:
         logger.error("interrupted; run the same command again to finish (images written so far are kept)")

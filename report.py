@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cv (oof design): pooled out-of-fold ROC AUC within each value of these columns "
                         "of the data folder's manifest.csv, e.g. field, hip, sex (default: field, where "
                         "preprocess_filenames.py --roi wrote it)")
-    p.add_argument("--bootstrap", type=positive_int, default=2000, metavar="N",
-                   help="bootstrap resamples of the test patients (default: %(default)s)")
+    p.add_argument("--bootstrap", type=positive_int, default=None, metavar="N",
+                   help="bootstrap resamples of the test patients (default: with --cv the summary's own, as "
+                        "main.py --folds wrote it; else 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--interval", choices=CI_INTERVALS, default="bca",
                    help="bootstrap interval for the AUCs, Brier score and calibration: bias-corrected and "
@@ -314,15 +315,24 @@ def main(argv: list[str] | None = None) -> dict:
         runs = sorted(d for d in save_dir.glob("fold*") if (d / "test_metrics.json").is_file())
         if not runs:
             raise SystemExit(f"--cv {save_dir}: no tested fold*/ run folders (with test_metrics.json) inside")
+        plain = [d for d in runs if not (d / runfiles.CONFIG).is_file()
+                 or not runfiles.read_json(d / runfiles.CONFIG).get("cv_folds")]
+        if plain:
+            raise SystemExit(f"--cv {save_dir}: {plain[0].name} is not a cross-validation fold (trained without "
+                             f"main.py --folds K), so there is nothing to summarise over folds; nothing was written. "
+                             f"For one run's report: python3 report.py --run {plain[0]}")
+        summary_file = save_dir / "cv_summary.json"
+        n_boot = args.bootstrap or (runfiles.read_json(summary_file).get("n_boot", 2000) if summary_file.is_file()
+                                    else runfiles.read_json(runs[0] / runfiles.CONFIG).get("bootstrap") or 2000)
         try:
-            result = crossval.write_cv_summary(save_dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
+            result = crossval.write_cv_summary(save_dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
                                                data_dir=args.data_dir)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(str(exc)) from None
         print(f"{crossval.headline(result)}; {save_dir / 'cv_report.md'}")
         return result
     try:
-        result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval)
+        result = write_report(args.run, args.data_dir, args.bootstrap or 2000, args.seed, interval=args.interval)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     auc = result["network"]["metrics"]["roc_auc"]
