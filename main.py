@@ -279,12 +279,17 @@ def describe(files: dict, training: bool, folds: int = 0) -> str:
         if training and split != "test" and len(set(labels)) < 2:
             raise SystemExit(f"the {split} split holds only {'osteoporosis' if labels[0] else 'normal'} images "
                              f"({len(labels)}); training and choosing the best epoch need both classes in train "
-                             "and val. " + (f"With --folds {folds} a fold's {split} part is too small to hold both: "
-                                            f"use fewer folds (e.g. --folds {folds - 1}), or add data"
-                                            if folds > 2 else "Cross-validation needs more patients of each class"
-                                            if folds else "Re-split the data (preprocess_filenames.py splits "
-                                            "stratified by label)"))
+                             f"and val. {_one_class_advice(split, folds)}")
     return ", ".join(parts)
+
+
+def _one_class_advice(split: str, folds: int) -> str:
+    if folds > 2:
+        return (f"With --folds {folds} a fold's {split} part is too small to hold both: use fewer folds (e.g. "
+                f"--folds {folds - 1}), or add data")
+    if folds:
+        return "Even 2 folds leave a fold with one class: cross-validation needs more patients of each class"
+    return "Re-split the data (preprocess_filenames.py splits stratified by label)"
 
 
 def check_patients(files: dict, allow: bool) -> None:
@@ -572,7 +577,8 @@ def run(args: argparse.Namespace, given: set[str], dist_info) -> dict:
                         f"continue with: {resume_command(args)} --data_dir NEW_FOLDER (accepted when it holds the "
                         f"images the run recorded in {out / runfiles.DATA_FILES})")
     files = runfiles.split_files(vars(args), args.data_dir)
-    data_summary = describe(files, training=not args.test, folds=getattr(args, "cv_folds", 0))  # refuses unusable splits before any file is written
+    # refuses unusable splits before any file is written
+    data_summary = describe(files, training=not args.test, folds=getattr(args, "cv_folds", 0))
     if not args.test:
         check_patients(files, args.allow_shared_patients)
     if args.extend_epochs and resume_state is None:  # after the data checks: the run stays as it was

@@ -151,7 +151,7 @@ def crosscheck(stored: Mapping | None, y: np.ndarray, p: np.ndarray, threshold: 
     if differ:
         return [f"MISMATCH: metrics recomputed from test_predictions.csv differ from test_metrics.json: "
                 f"{'; '.join(differ)}. The run folder changed after testing, or its predictions were written with "
-                "fewer digits by an older version; re-score with main.py --test"]
+                "fewer digits by an older version; re-score with main.py --test --overwrite"]
     return [f"all {sum(k in at for k in now)} metrics recomputed from test_predictions.csv equal test_metrics.json "
             f"(counts exactly, rates within {CROSSCHECK_TOL:g})"]
 

@@ -382,7 +382,7 @@ class Run:
         metrics = read_json(path)
         if not math.isclose(metrics["threshold"], self.threshold):
             raise ValueError(f"{self.dir}: {TEST_METRICS} used threshold {metrics['threshold']} but {self.checkpoint.name} "
-                             f"holds {self.threshold}; re-score the run (main.py --test) before using it")
+                             f"holds {self.threshold}; re-score the run (main.py --test --overwrite) before using it")
         return metrics
 
 
