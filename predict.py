@@ -177,7 +177,7 @@ def run_checkpoints(run: str | os.PathLike) -> list[Path]:
         if folds:
             return folds
         raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
-                           f"group (no fold*/{runfiles.BEST} inside)")
+                           f"group (no fold*/{runfiles.BEST} inside). {runfiles.missing_advice(path)}")
     return [path]
 
 

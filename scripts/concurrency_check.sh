@@ -3,13 +3,14 @@
 # libgomp's default spin before sleeping, the project's GOMP_SPINCOUNT (runtime.SPIN_COUNT, what main.py sets
 # when the user set neither GOMP_SPINCOUNT nor OMP_WAIT_POLICY), a shorter spin and OMP_WAIT_POLICY=PASSIVE.
 #
-#     bash scripts/concurrency_check.sh            # on an otherwise idle machine; about 5 minutes
+#     bash scripts/concurrency_check.sh            # on an otherwise idle machine; 3-5 minutes
 #
 # Job A: main.py --cpus 2 --workers 1; job B: main.py --cpus 1 --workers 0; both DenseNet-BC-40 at 176 x 102 on
 # a synthetic set. Figures are training images/s (history.csv), the median over the epochs after the first.
 # In the pair, B keeps training until A has ended and only B's epochs that ended before then count, so every
 # pair figure was measured with both jobs running. Goal (issue 23): in the pair each job keeps >= 35 % of its
 # solo speed, and A alone keeps >= 95 % of its solo speed under libgomp's default.
+# Each run is stopped after 28 s (its finished epochs still count): 12 runs, so the script ends within 6 minutes.
 # QUICK=1: a smoke test of this script (64 x 37 images, depth 10); its figures mean nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,8 +46,8 @@ share() {  # 100 * $1 / $2
 train() {  # train NAME EPOCHS ENV... -- FLAGS...: one run, in the foreground
     local name=$1 epochs=$2; shift 2
     local envs=(); while [[ $1 != -- ]]; do envs+=("$1"); shift; done; shift
-    env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY -u OMP_NUM_THREADS "${envs[@]}" \
-        "$PY" main.py "${COMMON[@]}" --save_dir "$name" --epoch "$epochs" "$@" >"$TMP/$name.log" 2>&1
+    timeout 28 env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY -u OMP_NUM_THREADS "${envs[@]}" \
+        "$PY" main.py "${COMMON[@]}" --save_dir "$name" --epoch "$epochs" "$@" >"$TMP/$name.log" 2>&1 || true
 }
 
 pair() {  # pair NAME ENV...: A for EPOCHS epochs beside B, which trains until A has ended
