@@ -498,18 +498,20 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     runtime.short_openmp_spin()  # before torch loads: threads that wait do not spin away a shared core
     dist_info = runtime.init_distributed(args.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
-    group = None  # a default run group this job made: removed again when the job fails and leaves it empty
+    made = []  # a default run group (and --out_root) this job made: removed again if it fails and leaves them empty
     if args.save_dir is None and not dist_info.enabled:
-        args.save_dir = group = runfiles.new_group(args.out_root, time.strftime("%Y%m%d-%H%M%S"))
+        made = [] if Path(args.out_root).exists() else [Path(args.out_root)]
+        args.save_dir = runfiles.new_group(args.out_root, time.strftime("%Y%m%d-%H%M%S"))
+        made.append(Path(args.out_root) / args.save_dir)
     args.save_dir = args.save_dir or time.strftime("%Y%m%d-%H%M%S")  # torchrun: every rank names it alike
     try:
         return _main(args, given, dist_info)
     except BaseException:
-        if group is not None:
+        for folder in reversed(made):
             try:
-                os.rmdir(Path(args.out_root) / group)  # only while empty: a run saved there stays
+                os.rmdir(folder)  # only while empty: a run saved there stays
             except OSError:
-                pass
+                break
         raise
 
 

@@ -216,8 +216,9 @@ def select_device_for(dist_info: Dist, device: str, gpus: str | None) -> torch.d
 # How long an idle OpenMP thread of torch (GNU OpenMP here: torch.__config__.parallel_info()) spins before it
 # sleeps. libgomp spins 300000 rounds by default: beside another job on the same cores the spinning threads
 # take the time slices the working ones need (issue 23: a --cpus 2 training fell from 105 to 7.4 img/s beside a
-# --cpus 1 one). OMP_WAIT_POLICY=PASSIVE (no spin) gave 39 img/s there but cost a third when alone; a short
-# spin still catches the next parallel region of a busy job. scripts/concurrency_check.sh measures the choice.
+# --cpus 1 one). OMP_WAIT_POLICY=PASSIVE (no spin) gave 39 img/s there but cost a third when alone. A spin 30
+# times shorter than the default is meant to keep most of both (a busy job's next parallel region comes within
+# it); it is not measured yet: scripts/concurrency_check.sh measures it against the default, 1000 and PASSIVE.
 SPIN_COUNT = "10000"
 OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
