@@ -77,13 +77,16 @@ def add_seed(where, what: str) -> None:
     where.add_argument("--seed", type=int, default=0, help=f"seed of {what} (default: %(default)s)")
 
 
-def add_bootstrap(where, off: str | None = None, interval: bool = False, seed: bool = False) -> None:
+def add_bootstrap(where, off: str | None = None, interval: bool = False, seed: bool = False,
+                  default: int | None = 2000, unset: str = "") -> None:
     """``--bootstrap N``, patient-bootstrap resamples for confidence intervals; with ``interval`` also
     ``--interval``, with ``seed`` the bootstrap's own ``--seed``. ``off``: what 0 means, for a script
-    that accepts it (it refuses a negative N itself); otherwise N must be positive."""
-    where.add_argument("--bootstrap", type=int if off else positive_int, default=2000, metavar="N",
+    that accepts it (it refuses a negative N itself); otherwise N must be positive. ``unset``: what a
+    None ``default`` means."""
+    shown = "%(default)s" if default is not None else unset
+    where.add_argument("--bootstrap", type=int if off else positive_int, default=default, metavar="N",
                        help="patient-bootstrap resamples for the confidence intervals"
-                            + (f"; 0 = {off}" if off else "") + " (default: %(default)s)")
+                            + (f"; 0 = {off}" if off else "") + f" (default: {shown})")
     if interval:
         where.add_argument("--interval", choices=CI_INTERVALS, default="bca",
                            help="bootstrap interval: bca = bias-corrected and accelerated, percentile = plain "

@@ -203,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     runtime.setup_logging()
+    given: dict[str, str] = {}
+    for run in args.runs:  # a run beside itself differs by nothing: p 1.000 would look like a finding
+        first = given.get(os.path.realpath(run))
+        given.setdefault(os.path.realpath(run), run)
+        if first is not None:
+            raise SystemExit(f"RUN {run} is given twice{'' if first == run else f' (also as {first})'}: a run "
+                             "compared with itself differs by nothing; name different run folders, e.g. python3 "
+                             "compare.py outs/A/fold_x outs/B/fold_x --out comparison")
     try:
         if args.out is not None:
             refuse_existing(args.out, args.overwrite)  # before the bootstrap, not after

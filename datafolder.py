@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import filenames
 import roi
 import runfiles
-from imaging import BoxError, ImageReadError, crop_box, fit_image, read_image, split_hips
+from imaging import BoxError, ImageReadError, OddImageError, crop_box, fit_image, read_image, split_hips
 from patient_table import PreprocessError, Row, SkipLog
 from splits import SPLITS
 
@@ -236,6 +236,9 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
             img = read_image(row.path)
             if row.box is not None:
                 img = crop_box(img, row.box)
+            problem = roi.image_problem(img, bool(args.roi))
+            if problem is not None:
+                raise OddImageError(problem[0], f"{row.path}: {problem[1]}")
             if args.roi:
                 found = roi.find_hips(img, aspect=args.size[0] / args.size[1])
                 for note in found.notes:
@@ -244,11 +247,11 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
             else:
                 parts = split_hips(img) if args.split_hips else (img,)
             fitted = [fit_image(part, args.size, args.fit) for part in parts]
-        except (ImageReadError, BoxError) as exc:
+        except (ImageReadError, BoxError, OddImageError) as exc:
             if args.strict:
                 raise PreprocessError(f"--strict: {skips.csv_path.name} line {row.line}: {exc}") from exc
-            skips.skip(row.line, row.image, row.patient_csv,
-                        "bad_box" if isinstance(exc, BoxError) else "unreadable_image", str(exc))
+            skips.skip(row.line, row.image, row.patient_csv, exc.kind if isinstance(exc, OddImageError) else
+                       "bad_box" if isinstance(exc, BoxError) else "unreadable_image", str(exc))
             return None
         for (_, _, path), arr in zip(targets, fitted):
             ok, png = cv2.imencode(".png", arr)

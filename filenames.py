@@ -121,6 +121,12 @@ def _which_field(stem: str) -> str:
     if not re.fullmatch(r"\d+", crop):
         return f"crop {crop!r} is not a whole number"
     values = tail.split("-")
+    if len(values) == len(FIELDS) + 1 and "" in values[1:]:  # "50--5": a minus sign, read as a separator
+        at = values.index("", 1)
+        field = FIELDS[at] if at < len(FIELDS) else FIELDS[-1]
+        return (f"{field} '-{values[at + 1]}' is negative; clinical values are >= 0 (age {AGE_RANGE[0]:g}.."
+                f"{AGE_RANGE[1]:g} years, BMI {BMI_RANGE[0]:g}..{BMI_RANGE[1]:g}), or NA when unknown: rename the "
+                f"file with the right value or NA (preprocess_filenames.py writes names from a CSV)")
     if len(values) != len(FIELDS):
         return (f"{len(values)} '-'-separated values {tail!r} after the crop number; the format has "
                 f"{len(FIELDS)}: {'-'.join(FIELDS)}")
@@ -139,6 +145,10 @@ def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
             f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
             f"{PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+    folders = [p for p in files if p.is_dir()]
+    if folders:
+        raise ValueError(f"{folders[0]} is a folder named like an image; {folder} must hold image files only: "
+                         "move or rename that folder")
     if not files:
         raise ValueError(f"{folder} holds no .png or .npy images; expected files named {PATTERN}")
     for p in files:

@@ -161,12 +161,31 @@ def oof_splits(data_dir: str | os.PathLike, k: int, seed: int = 0,
         split = {"fold": fold, **{r: [f for f in files if role[infos[f].patient] == r] for r in SPLITS}}
         if any(len({infos[f].label for f in split[r]}) < 2 for r in ("train", "val")):
             raise ValueError(f"{k} out-of-fold folds leave fold {fold} with one class in its training or "
-                             f"validation part ({len(labels)} patients); use fewer folds or a larger --cv_val")
+                             f"validation part ({len(labels)} patients); {fold_advice(labels, k)}")
         splits.append(split)
     logger.info("%d-fold out-of-fold cross-validation over all %d images of %d patients (stratified, seed %d); "
                 "test images per fold: %s; %.0f%% of each fold's training patients validate it", k, len(files),
                 len(labels), seed, ", ".join(str(len(s["test"])) for s in splits), 100 * val_fraction)
     return splits
+
+
+def fold_advice(labels: Mapping[str, int], k: int) -> str:
+    """What to do when ``k`` out-of-fold folds leave a fold's training or validation part with one class:
+    each fold keeps the patients of a class outside its test fold, and needs two of them (one trains,
+    one validates); the rarer class decides how many folds that allows."""
+    counts = {y: sum(1 for v in labels.values() if v == y) for y in (0, 1)}
+    rarer = min(counts, key=counts.get)
+    name = "osteoporosis" if rarer == 1 else "normal"
+    if counts[rarer] == 0:
+        return (f"the data holds no {name} images at all: training and choosing an epoch need both classes; add "
+                f"{name} images (fewer folds or --cv_val cannot help)")
+    n = counts[rarer]
+    fits = [j for j in range(2, max(k, len(labels)) + 1) if n - -(-n // j) >= 2]  # outside the largest test fold
+    if not fits:
+        return (f"only {n} {name} patient(s): every fold needs one to test, one to train and one to validate, so 3 "
+                "or more; add data, or train on the fixed split without --folds")
+    return (f"only {n} {name} patients, dealt over the folds: use --folds {min(fits, key=lambda j: abs(j - k))} "
+            "(--cv_val cannot help)")
 
 
 def fold_files(data_dir: str | os.PathLike, design: str, k: int, fold: int, seed: int = 0,

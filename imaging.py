@@ -29,6 +29,14 @@ class ImageReadError(ValueError):
     """An image file that cannot be decoded into a 2-D grey image."""
 
 
+class OddImageError(ValueError):
+    """An image that decodes but cannot be a training image (roi.image_problem): too small, or blank."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class BoxError(ValueError):
     """A crop box that does not fit the image."""
 

@@ -83,6 +83,10 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                 raise PredictError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             out += found
         elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise PredictError(f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}); give image files or "
+                                   "folders of images, e.g. python3 predict.py --run RUN data/test --out "
+                                   "predictions.csv")
             out.append(path)
         else:
             raise PredictError(f"{path}: no such file or folder")
@@ -173,7 +177,7 @@ def run_checkpoints(run: str | os.PathLike) -> list[Path]:
         if folds:
             return folds
         raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
-                           f"group (no fold*/{runfiles.BEST} inside)")
+                           f"group (no fold*/{runfiles.BEST} inside). {runfiles.missing_advice(path)}")
     return [path]
 
 

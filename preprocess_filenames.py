@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -227,13 +228,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.setLevel(logging.INFO)
     root.addHandler(console)
     root.addHandler(buffer)
+    fresh = not Path(args.out).exists()  # made by this run: a failure removes it again
     try:
         return run(args, buffer)
     except PreprocessError as exc:
         logger.error("%s", exc)
         return 1
     except OSError as exc:  # disk full, permissions, ...: say so plainly
-        logger.error("%s", exc)
+        removed = fresh and Path(args.out).is_dir()
+        if removed:
+            shutil.rmtree(args.out, ignore_errors=True)
+        logger.error("%s%s", exc, f" (removed {args.out}, which this run had begun to write)" if removed else "")
         return 1
     except KeyboardInterrupt:
         logger.error("interrupted; run the same command again to finish (images written so far are kept)")

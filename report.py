@@ -140,7 +140,7 @@ def crosscheck(stored: Mapping | None, y: np.ndarray, p: np.ndarray, threshold: 
     if differ:
         return [f"MISMATCH: metrics recomputed from test_predictions.csv differ from test_metrics.json: "
                 f"{'; '.join(differ)}. The run folder changed after testing, or its predictions were written with "
-                "fewer digits by an older version; re-score with main.py --test"]
+                "fewer digits by an older version; re-score with main.py --test --overwrite"]
     return [f"all {sum(k in at for k in now)} metrics recomputed from test_predictions.csv equal test_metrics.json "
             f"(counts exactly, rates within {CROSSCHECK_TOL:g})"]
 
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cv (oof design): pooled out-of-fold ROC AUC within each value of these columns "
                         "of the data folder's manifest.csv, e.g. field, hip, sex (default: field, where "
                         "preprocess_filenames.py --roi wrote it)")
-    add_bootstrap(p.add_argument_group("confidence intervals (of the AUCs, Brier score and calibration)"), interval=True, seed=True)
+    add_bootstrap(p.add_argument_group("confidence intervals (of the AUCs, Brier score and calibration)"), interval=True,
+                  seed=True, default=None, unset="with --cv the summary's own, as main.py --folds wrote it; else 2000")
     ext = p.add_argument_group("external validation (external.py)")
     ext.add_argument("--external", metavar="DATA_DIR", default=None,
                      help="with --run (a run folder or a cross-validation group outs/<save_dir>): score every image "
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         try:
             result = external.validate(args.run, args.external, args.name, args.recalibrate, args.calibrate_on,
-                                       n_boot=args.bootstrap, seed=args.seed, interval=args.interval,
+                                       n_boot=args.bootstrap or 2000, seed=args.seed, interval=args.interval,
                                        development_dir=args.data_dir)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(str(exc)) from None
@@ -336,8 +337,17 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [run.dir for run in group.runs(having=runfiles.TEST_METRICS)]
         if not runs:
             raise SystemExit(f"--cv {group.dir}: no tested fold*/ run folders (with {runfiles.TEST_METRICS}) inside")
+        plain = [d for d in runs if not runfiles.Run(d).config_file.is_file()
+                 or not runfiles.Run(d).read_config().get("cv_folds")]
+        if plain:
+            raise SystemExit(f"--cv {group.dir}: {plain[0].name} is not a cross-validation fold (trained without "
+                             f"main.py --folds K), so there is nothing to summarise over folds; nothing was written. "
+                             f"For one run's report: python3 report.py --run {plain[0]}")
+        n_boot = args.bootstrap or (runfiles.read_json(group.summary_file).get("n_boot", 2000)
+                                    if group.summary_file.is_file()
+                                    else runfiles.Run(runs[0]).read_config().get("bootstrap") or 2000)
         try:
-            result = cv_report.write_cv_summary(group.dir, runs, n_boot=args.bootstrap, seed=args.seed, by=args.by,
+            result = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
                                                data_dir=args.data_dir)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(str(exc)) from None
@@ -346,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if args.gallery < 0:
             raise SystemExit(f"--gallery {args.gallery}: give a number of images per outcome, 0 for no gallery")
-        result = write_report(args.run, args.data_dir, args.bootstrap, args.seed, interval=args.interval,
+        result = write_report(args.run, args.data_dir, args.bootstrap or 2000, args.seed, interval=args.interval,
                               gallery=args.gallery)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)

@@ -398,6 +398,30 @@ def _fit_inside(box: tuple[float, float, float, float], w: int, h: int) -> tuple
     return x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)
 
 
+# ----------------------------------------------------------------------------- images that hold no hip
+
+MIN_SOURCE_SIDE = 24  # below: an icon or an export's thumbnail (16-20 px), not a radiograph, however enlarged
+MIN_ROI_SIDE = 64  # --roi femur: a head is 3-8 % of the width (PRIOR), so below this it is a few pixels
+MIN_GREY_RANGE = 8  # grey levels between the 0.5th and 99.5th percentiles: less is a blank exposure
+
+
+def image_problem(img: np.ndarray, roi: bool = False) -> tuple[str, str] | None:
+    """Why ``img`` (8-bit grey) cannot become a training image, as (skipped.csv reason, sentence):
+    a side shorter than :data:`MIN_SOURCE_SIDE` (:data:`MIN_ROI_SIDE` for ``roi``), or blank or
+    near-constant (all black, all white, one grey). None for an image worth using."""
+    h, w = img.shape[:2]
+    smallest = MIN_ROI_SIDE if roi else MIN_SOURCE_SIDE
+    if min(h, w) < smallest:
+        return "too_small", (f"{h} x {w} pixels: each side must be at least {smallest} pixels"
+                             f"{' for --roi femur' if roi else ''} (a thumbnail is not a radiograph)")
+    step = max(1, min(h, w) // 512)  # a subsample is enough to tell a blank image
+    low, high = np.percentile(img[::step, ::step], (0.5, 99.5))
+    if high - low < MIN_GREY_RANGE:
+        return "blank_image", (f"blank or near-constant image (99 % of its pixels within grey levels "
+                               f"{low:.0f}-{high:.0f}): it holds nothing to learn from")
+    return None
+
+
 # ----------------------------------------------------------------------------- the whole image
 
 def find_hips(img: np.ndarray, aspect: float = IMAGE_SIZE[0] / IMAGE_SIZE[1]) -> Result:

@@ -15,12 +15,15 @@ objects is refused.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -36,6 +39,7 @@ CHECKPOINT_FORMAT = "osteoporosis-hip-classifier/1"
 CHECKPOINT_KEYS = ("format", "model", "config", "clinical_stats", "threshold", "epoch")
 BEST, LAST = "best.pth", "last.pth"
 CONFIG, HISTORY, TEST_METRICS = "config.json", "history.csv", "test_metrics.json"
+DATA_FILES = "data_files.csv"  # the images of the run's splits (relative to its data folder) and their sizes
 PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
 PREDICTION_COLUMNS = ("file", "label", "probability", "prediction")
 TRAIN_LOG = "train.log"
@@ -60,6 +64,95 @@ def run_group(save_dir: str | os.PathLike, root: str | os.PathLike = "outs") -> 
     return RunGroup(Path(root) / str(save_dir))
 
 
+# --------------------------------------------------------------------------- claiming a run folder
+
+LOCK = ".lock"  # in a run folder: an empty file, locked (flock) by the job writing the run
+
+
+@dataclass
+class Claim:
+    """A run folder held by this process until :meth:`release` or the process ends (the kernel drops
+    an flock with its file descriptor, also after kill -9, so a crashed job never blocks the folder)."""
+
+    dir: Path
+    fd: int
+    created: list[Path]  # the folders this claim made, outermost first
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def undo(self) -> None:
+        """Release and remove what the claim made: the run folder if it made it, then each folder above
+        it that it made and that is empty (another job's run beside it stays)."""
+        self.release()
+        for folder in reversed(self.created):
+            if folder == self.dir:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+
+
+def claim_run(folder: str | os.PathLike, what: str = "another --save_dir / --fold") -> Claim:
+    """Hold ``folder`` (made if missing, each missing folder created exclusively) for this process's
+    writing; a second job on the same folder is refused at once, naming the pid that holds it."""
+    import fcntl
+
+    from cli import UserError
+
+    folder = Path(folder)
+    created = []
+    for path in [*reversed(folder.parents), folder]:
+        if not path.is_dir():
+            try:
+                os.mkdir(path)
+                created.append(path)
+            except FileExistsError:
+                pass  # another job made it a moment ago: not ours to remove
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise UserError(f"{folder} is in use by another job (pid {holder}, holding {folder / LOCK}); one run "
+                        f"folder takes one job at a time: wait until it ends, or use {what}") from None
+    return Claim(folder, fd, created)
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid holding an flock on the file of ``fd``, from /proc/locks (Linux); "unknown" elsewhere. The
+    lock file itself stays empty, so claiming a finished run's folder never changes a byte of it."""
+    inode = os.fstat(fd).st_ino
+    try:
+        with open("/proc/locks", encoding="ascii") as fh:
+            for line in fh:  # "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234567 0 EOF"
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                    return fields[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def new_group(root: str | os.PathLike, name: str) -> str:
+    """``name`` (e.g. a timestamp) made as a new folder under ``root``, or ``name-2``, ``name-3``...
+    when taken: two jobs started in the same second never share a default run group."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = name if n == 1 else f"{name}-{n}"
+        try:
+            os.mkdir(Path(root) / candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{root}: every name {name}-N is taken; give --save_dir")
+
+
 # --------------------------------------------------------------------------- writing
 
 # the names atomic_write gives its temporary files (mkstemp: ".<name>.<random>.tmp"), so that a tool
@@ -73,7 +166,33 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], fsync: bool = True) -> Path:
+def disk_full(path: str | os.PathLike, needed: int | None = None) -> OSError:
+    """The error for a write of ``path`` that found its file system full: one line naming the path, the
+    space the file needs (when known) and the space free there."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{_size_text(shutil.disk_usage(folder).free)} is free there"
+    except OSError:
+        free = "the free space there is unknown"
+    need = f"it needs {_size_text(needed)} and " if needed else ""
+    error = OSError(f"no space left on the device to write {path}: {need}{free}; free some space (or write "
+                    "somewhere else) and run the command again")
+    error.errno = errno.ENOSPC
+    return error
+
+
+def _size_text(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], fsync: bool = True,
+                 size: int | None = None) -> Path:
     """Write ``path`` through ``write(binary file)`` into a temporary file beside it, then rename it
     over ``path``: readers see the old file or the whole new one, never a part. The file gets the
     permissions a plain ``open()`` would give it (0666 less the umask), not ``mkstemp``'s 0600, so
@@ -90,15 +209,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], fsync: bo
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on the device" not in str(exc):
+            raise disk_full(path, size) from None
         raise
     return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
-    return atomic_write(path, lambda fh: fh.write(data), fsync)
+    return atomic_write(path, lambda fh: fh.write(data), fsync, size=len(data))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -180,6 +301,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             reason = "it contains pickled Python objects, which are refused for safety (weights_only=True)"
+        elif not zipfile.is_zipfile(path) or "PytorchStreamReader" in str(exc):
+            reason = (f"the file is damaged or incomplete (torch says: {reason}), e.g. cut short by a full disk, a "
+                      "killed copy or a transfer in text mode; copy it again from where the run was made, or train "
+                      f"the run again. {missing_advice(path.parent)}")
         raise ValueError(f"cannot load checkpoint {path}: {reason}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this suite (expected format {CHECKPOINT_FORMAT!r}); "
@@ -347,7 +472,7 @@ class Run:
         metrics = read_json(path)
         if not math.isclose(metrics["threshold"], self.threshold):
             raise ValueError(f"{self.dir}: {TEST_METRICS} used threshold {metrics['threshold']} but {self.checkpoint.name} "
-                             f"holds {self.threshold}; re-score the run (main.py --test) before using it")
+                             f"holds {self.threshold}; re-score the run (main.py --test --overwrite) before using it")
         return metrics
 
     def unchecked_test_metrics(self) -> dict:
@@ -403,7 +528,8 @@ def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
         folder, ckpt = path, path / checkpoint
         if not ckpt.is_file():
             found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-            raise FileNotFoundError(f"{path} holds no {checkpoint} (found: {found}); {RUN_FOLDER}")
+            raise FileNotFoundError(f"{path} holds no {checkpoint} (found: {found}); {RUN_FOLDER}. "
+                                    f"{missing_advice(path)}")
     else:
         raise FileNotFoundError(f"no run folder {path} (and no checkpoint file of that name): {RUN_FOLDER}. "
                                 "Train one with e.g. python3 main.py --save_dir NAME --fold _X")
@@ -419,6 +545,18 @@ def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
         raise ValueError(f"{ckpt}: the checkpoint's configuration lacks {', '.join(missing)}; it cannot say which "
                          f"network to build. {RUN_FOLDER}")
     return Run(folder, ckpt, state)
+
+
+def missing_advice(folder: str | os.PathLike) -> str:
+    """What to do about a run folder whose best.pth is missing or unusable: continue the run from its
+    last.pth when it has one (a best.pth is written at every better epoch), else train it again."""
+    folder = Path(folder)
+    save_dir, fold = folder.parent.name, folder.name[4:] if folder.name.startswith("fold") else folder.name
+    root = f" --out_root {folder.parent.parent}" if folder.parent.parent.name != "outs" else ""
+    if (folder / LAST).is_file() and not (folder / TEST_METRICS).is_file():  # unfinished: --resume goes on
+        return (f"It holds {LAST}: python3 main.py --resume --save_dir {save_dir} --fold {fold}{root} continues "
+                f"the run and writes {BEST} at its best epoch")
+    return f"Train the run again: python3 main.py --save_dir {save_dir} --fold {fold}{root} ... (a new name)"
 
 
 def read_predictions(run: str | os.PathLike, split: str = "test") -> "pd.DataFrame":
@@ -473,3 +611,31 @@ def split_files(config: RunConfig | Mapping, data_dir: str | os.PathLike | None 
 
         return folds.config_files(config, data_dir)  # the fold's design decides its three parts
     return {s: filenames.list_split(data_dir, s) for s in SPLITS}
+
+
+def write_data_files(run: str | os.PathLike, files: Mapping[str, Sequence[str | os.PathLike]],
+                     data_dir: str | os.PathLike) -> Path:
+    """Record the images a run uses (split, path within ``data_dir``, bytes): a moved data folder can be
+    checked against it (:func:`data_files_differ`)."""
+    rows = [{"split": split, "file": os.path.relpath(f, data_dir), "bytes": os.path.getsize(f)}
+            for split in files for f in files[split]]
+    return write_csv(Path(run) / DATA_FILES, rows, ["split", "file", "bytes"])
+
+
+def data_files_differ(run: str | os.PathLike, files: Mapping[str, Sequence[str | os.PathLike]],
+                      data_dir: str | os.PathLike) -> str | None:
+    """None when ``files`` (from ``data_dir``) are the images, with the sizes, the run recorded in
+    ``data_files.csv``; else a short sentence saying what differs."""
+    path = Path(run) / DATA_FILES
+    if not path.is_file():
+        return f"the run records no {DATA_FILES} (it was made before runs recorded their images) to compare with"
+    with open(path, newline="", encoding="utf-8") as fh:
+        recorded = {(r["split"], r["file"], int(r["bytes"])) for r in csv.DictReader(fh)}
+    found = {(s, os.path.relpath(f, data_dir), os.path.getsize(f)) for s in files for f in files[s]}
+    if recorded == found:
+        return None
+    missing, extra = sorted(recorded - found), sorted(found - recorded)
+    parts = [f"{len(missing)} recorded image(s) missing or changed (e.g. {missing[0][0]}/{missing[0][1]})"] if missing \
+        else []
+    parts += [f"{len(extra)} image(s) the run never used (e.g. {extra[0][0]}/{extra[0][1]})"] if extra else []
+    return " and ".join(parts)

@@ -5,6 +5,7 @@ before it imports torch (its ``--help`` and flag errors answer at once).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -39,8 +40,9 @@ def select_device(device: str, gpus: str | None) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         if device == "cuda" or ids:
-            raise RuntimeError(f"--device {device} --gpus {gpus or ''} asked for CUDA, but no CUDA device is "
-                               "available here; use --device cpu")
+            raise ValueError(f"--device {device}{f' --gpus {gpus}' if gpus else ''} asked for CUDA, but no CUDA "
+                             "device is available here (torch.cuda.is_available() is False); run the same command "
+                             "with --device cpu (or --device auto, which takes a GPU when there is one)")
         return torch.device("cpu")
     if len(ids) > 1:
         raise ValueError(f"--gpus {gpus}: one process uses one GPU. To train on several GPUs, start one process "
@@ -101,10 +103,30 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
                 root.removeHandler(h)
                 h.close()
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler = QuietFileHandler(log_file, encoding="utf-8")
         handler.setFormatter(fmt)
         handler._osteo_file = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+
+
+class QuietFileHandler(logging.FileHandler):
+    """The run's log file; a record it cannot write (a full disk) is noted once on the console instead
+    of logging's "--- Logging error ---" traceback for every record: the console keeps the whole log."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if getattr(error, "errno", None) == errno.ENOSPC:
+            return  # the next file the run writes fails too, with one line naming it and the space it needs
+        if not getattr(self, "_failed", False):
+            self._failed = True
+            print(f"warning: cannot write the log file {self.baseFilename} ({error}); the log goes on on the "
+                  "console only", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last lines could not be flushed (a full disk): they were on the console
+            self.stream = None
 
 
 def on_terminal() -> bool:
@@ -181,13 +203,34 @@ def select_device_for(dist_info: Dist, device: str, gpus: str | None) -> torch.d
         return select_device(device, gpus)
     if device == "cpu" or not torch.cuda.is_available():
         if device == "cuda":
-            raise RuntimeError("--device cuda under torchrun, but no CUDA device is available here")
+            raise ValueError("--device cuda under torchrun, but no CUDA device is available here; run the same "
+                             "command with --device cpu")
         return torch.device("cpu")
     ids = [int(g) for g in gpus.split(",")] if gpus else list(range(torch.cuda.device_count()))
     if dist_info.local_rank >= len(ids):
         raise ValueError(f"local rank {dist_info.local_rank} has no GPU: --gpus {gpus} names {len(ids)}")
     torch.cuda.set_device(ids[dist_info.local_rank])
     return torch.device("cuda", ids[dist_info.local_rank])
+
+
+# How long an idle OpenMP thread of torch (GNU OpenMP here: torch.__config__.parallel_info()) spins before it
+# sleeps. libgomp spins 300000 rounds by default: beside another job on the same cores the spinning threads
+# take the time slices the working ones need (issue 23: a --cpus 2 training fell from 105 to 7.4 img/s beside a
+# --cpus 1 one). OMP_WAIT_POLICY=PASSIVE (no spin) gave 39 img/s there but cost a third when alone. A spin 30
+# times shorter than the default is meant to keep most of both (a busy job's next parallel region comes within
+# it); it is not measured yet: scripts/concurrency_check.sh measures it against the default, 1000 and PASSIVE.
+SPIN_COUNT = "10000"
+OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def short_openmp_spin() -> str | None:
+    """Set ``GOMP_SPINCOUNT`` to :data:`SPIN_COUNT` unless the user set it or ``OMP_WAIT_POLICY``; returns
+    what was set, or None. Must run before torch is imported (libgomp reads the variables when it loads),
+    and is inherited by DataLoader workers and by subprocesses."""
+    if "torch" in sys.modules or any(name in os.environ for name in OPENMP_WAIT):
+        return None
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    return f"GOMP_SPINCOUNT={SPIN_COUNT}"
 
 
 def choose_threads(cpus: int | None, workers: int) -> str:

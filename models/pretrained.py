@@ -33,6 +33,7 @@ import re
 import socket
 import urllib.error
 import urllib.parse
+import zipfile
 from pathlib import Path
 
 import torch
@@ -99,7 +100,18 @@ def resolve(pretrained: str | os.PathLike, model_name: str) -> str:
         raise FileNotFoundError(f"--pretrained {path}: a folder must be a run folder holding {RUN_CHECKPOINT} "
                                 f"(outs/<save_dir>/fold<fold>) or a pretrain.py run folder holding {ENCODER_FILE} "
                                 "(outs/<save_dir>)")
+    if path.is_file() and not _torch_file(path):
+        raise ValueError(f"--pretrained {path}: not a torch weights file (torch.save writes a zip archive); give "
+                         "imagenet, a run folder (outs/<save_dir>/fold<fold>), a pretrain.py run folder or a .pth "
+                         "file of weights, e.g. --pretrained outs/demo/fold_x")
     return str(path)
+
+
+def _torch_file(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a legacy pickle (first byte 0x80): what torch.load reads."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -59,9 +59,9 @@ def test_train_validate_test_writes_run_and_tests_best_epoch(tiny_data, tmp_path
     assert all(int(r["prediction"]) == (float(r["probability"]) >= metrics["threshold"]) for r in preds)
     assert metrics["n_images"] == len(test_files)
 
-    # --test re-scores the same best checkpoint and reproduces the metrics
-    again = main.main(["--test", "--save_dir", "r", "--fold", fold, "--out_root", str(outs), "--data_dir",
-                       str(tiny_data), "--workers", "0", "--device", "cpu"])
+    # --test --overwrite re-scores the same best checkpoint and reproduces the metrics
+    again = main.main(["--test", "--overwrite", "--save_dir", "r", "--fold", fold, "--out_root", str(outs),
+                       "--data_dir", str(tiny_data), "--workers", "0", "--device", "cpu"])
     for key in ("roc_auc", "accuracy", "f2", "brier"):
         a, b = again["at_threshold"][key], metrics["at_threshold"][key]
         assert (math.isnan(a) and b is None) or a == pytest.approx(b, abs=1e-6)

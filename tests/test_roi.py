@@ -153,8 +153,10 @@ def test_single_hip_view_finds_that_hip_and_falls_back_on_the_empty_side():
 def test_preprocess_roi_femur_counts_in_manifest_and_summary(tmp_path, capsys):
     export = tmp_path / "export"
     frame = synthetic.generate_pelvis(export, 4, seed=1, hip_size=HIP, upside_down=0.5)
-    # one image with nothing to find: both its hips fall back to the half image
-    cv2.imwrite(str(export / "raw" / "blank.png"), np.full((120, 200), 90, np.uint8))
+    # one image with nothing to find (two flat greys; a blank one is skipped): both hips fall back to the halves
+    flat = np.full((120, 200), 90, np.uint8)
+    flat[:, 100:] = 130
+    cv2.imwrite(str(export / "raw" / "blank.png"), flat)
     with open(export / "patient_list.csv", "a", newline="") as f:
         csv.writer(f).writerow(["B0", "blank.png", 0, 1, 70, 25])
     out = tmp_path / "out"
