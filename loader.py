@@ -76,7 +76,10 @@ def enhance(gray: np.ndarray) -> np.ndarray:
     u8 = np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8)
     clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=CLAHE_TILES).apply(u8).astype(np.float32) / 255.0
     smooth = cv2.GaussianBlur(clahe, (3, 3), 0)
-    edges = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    sx, sy = cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)
+    # not cv2.magnitude: its SIMD square root rounds differently with the arrays' memory alignment, so the
+    # same image could give two enhanced copies within one process (one grey level apart)
+    edges = np.sqrt(sx * sx + sy * sy)
     edges /= max(float(np.percentile(edges, 99)), 1e-6)
     return np.clip((1 - EDGE_WEIGHT) * clahe + EDGE_WEIGHT * np.minimum(edges, 1.0), 0.0, 1.0)
 
