@@ -355,10 +355,7 @@ def blocks(r: Mapping) -> list[tuple]:
     b.append(("h2", "2. Discrimination"))
     b.append(("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the external images; dot: the "
                                      "run's threshold.")]))
-    b.append(("table", ["Model", f"ROC AUC, {how} 95% CI", "ROC AUC, DeLong clustered by patient 95% CI",
-                        f"PR AUC, {how} 95% CI"],
-              [[name, ci(e["metrics"]["roc_auc"]), ci(e["delong_auc"], "auc"), ci(e["metrics"]["pr_auc"])]
-               for name, e in models[:1]]))
+    b.append(report_render.discrimination_table(models[:1], how))
     b.append(("note", "Recalibration is monotone and leaves the ranking, and so the AUCs, unchanged."
               if len(models) > 1 else "Intervals resample the external patients (all images of a patient together)."))
 

@@ -213,6 +213,15 @@ def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str
     return _png(fig)
 
 
+def discrimination_table(models: Sequence[tuple[str, Mapping]], how: str) -> tuple:
+    """The table of each (name, evaluation.evaluate result): ROC AUC with its bootstrap and clustered
+    DeLong CIs, PR AUC with its bootstrap CI."""
+    return ("table", ["Model", f"ROC AUC, {how} 95% CI", "ROC AUC, DeLong clustered by patient 95% CI",
+                      f"PR AUC, {how} 95% CI"],
+            [[name, ci(e["metrics"]["roc_auc"]), ci(e["delong_auc"], "auc"), ci(e["metrics"]["pr_auc"])]
+             for name, e in models])
+
+
 def decision_rows(models: Sequence[tuple[str, Mapping]], table_thresholds: Sequence[float]) -> tuple[list, list]:
     """Header and rows of a net-benefit table: one row per threshold probability of ``table_thresholds``
     found on the curves, columns each (name, decision curve), treat all, treat none."""
@@ -402,10 +411,7 @@ def report_blocks(r: dict) -> list[tuple]:
     b.append(("h2", "3. Discrimination on test"))
     b.append(("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the test set; dots: each "
                                      "model's operating point at its validation threshold.")]))
-    b.append(("table", ["Model", f"ROC AUC, {how} 95% CI", "ROC AUC, DeLong clustered by patient 95% CI",
-                        f"PR AUC, {how} 95% CI"],
-              [[name, ci(e["metrics"]["roc_auc"]), ci(e["delong_auc"], "auc"), ci(e["metrics"]["pr_auc"])]
-               for name, e in _model_rows(r)]))
+    b.append(discrimination_table(_model_rows(r), how))
 
     b.append(("h2", "4. Test metrics with 95% confidence intervals"))
     b.append(("table", ["Metric", *(name for name, _ in _model_rows(r))],
