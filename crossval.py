@@ -11,26 +11,37 @@ from typing import Callable
 import cv_report
 import folds
 import runfiles
+from runchecks import Outcome
 from runconfig import RunConfig
 
 logger = logging.getLogger(__name__)
 
 
-def cross_validate(cfg: RunConfig, run_fold: Callable[[RunConfig], dict], is_main: bool = True) -> list[dict]:
+def cross_validate(cfg: RunConfig, run_fold: Callable[[RunConfig], Outcome], is_main: bool = True) -> list[dict]:
     """Train and test fold ``<fold>0`` .. ``<fold>K-1`` with ``run_fold`` (each fold's configuration
-    names its design, fold and seed), then write the summary over them (``is_main``: this process
-    writes files). Returns each fold's test metrics."""
+    names its design, fold and seed; it returns the fold's test metrics, the configuration the fold
+    ran with and whether it was left unchanged), then write the summary over them (``is_main``: this
+    process writes files) with the folds' own bootstrap settings. A cross-validation whose folds were
+    all finished before keeps its summary as it was. Returns each fold's test metrics."""
     design = folds.resolve_design(cfg.data_dir, cfg.cv)
     logger.info("cross-validation design: %s", cv_report.DESIGN_TEXT[design])
     group = runfiles.run_group(cfg.save_dir, cfg.out_root)
-    results, runs = [], []
+    results, runs, unchanged, n_boot, seed = [], [], [], cfg.bootstrap, cfg.seed
     for k in range(cfg.folds):
         fold_cfg = cfg.replace(fold=f"{cfg.fold}{k}", cv_folds=cfg.folds, cv_fold=k, cv_seed=cfg.seed, cv_design=design)
         logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, cfg.folds - 1, fold_cfg.fold)
-        results.append(run_fold(fold_cfg))
+        outcome = run_fold(fold_cfg)
+        results.append(outcome.result)
         runs.append(group.run(fold_cfg.fold).dir)
-    if is_main:
-        cv = cv_report.write_cv_summary(group.dir, runs, n_boot=cfg.bootstrap or 2000, seed=cfg.seed)
+        unchanged.append(outcome.unchanged)
+        n_boot, seed = outcome.cfg.bootstrap, outcome.cfg.seed  # a resumed fold has its run's own settings
+    if is_main and all(unchanged) and group.summary_file.is_file():
+        logger.info("every fold of the cross-validation %s is finished and tested; its summary stays as it was, "
+                    "nothing changed", group.dir)
+        print(cv_report.headline(runfiles.read_json(group.summary_file)))
+        print(f"cross-validation summary: {group.report_file}")
+    elif is_main:
+        cv = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot or 2000, seed=seed)
         print(cv_report.headline(cv))
         print(f"cross-validation summary: {group.report_file}")
     return results

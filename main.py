@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -37,6 +35,7 @@ import splits
 from choices import ACTS, MODEL_NAMES, NORMS, STEMS
 from cli import (UserError, add_bootstrap, add_data_dir, add_device, add_seed, given_flags, positive, run_main,
                  str2bool)
+from runchecks import Action, Outcome, command, extend, finished, prepare_run, resume_command
 from runconfig import RunConfig
 
 # torch and everything built on it are imported inside the functions, after the command line has
@@ -49,19 +48,6 @@ SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", 
 # command line), which only say where and how fast this session runs (the only flags --resume lets
 # differ) -- is said once, by the fields of runconfig.RunConfig
 
-
-@dataclass(frozen=True)
-class Action:
-    """What this command does with its run: train a new one (the default), only score it on test
-    (``--test``), or continue it (``--resume``, ``--extend_epochs N`` more epochs)."""
-
-    test: bool = False
-    resume: bool = False
-    extend_epochs: int | None = None
-
-    @property
-    def reads_run(self) -> bool:
-        return self.test or self.resume
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "override it (each is logged), e.g. --save_dir for the new run's folder")
     g.add_argument("--test", nargs="?", const=True, default=False, type=str2bool, metavar="BOOL",
                    help="only score the best checkpoint of an existing run (--save_dir/--fold) on test")
+    g.add_argument("--overwrite", action="store_true", help="with --test: replace the run's existing test "
+                   "result (test_metrics.json, test_predictions.csv and report); refused without it")
     add_seed(g, "the run: weights, data order and sampling, augmentation, folds, the report's bootstrap")
     g.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation: K runs "
                    "fold<fold>0..K-1 on patient-level folds (design: --cv); writes outs/<save_dir>/cv_summary.json "
@@ -215,6 +203,8 @@ def check_settings(x: argparse.Namespace | RunConfig, flags: bool = False) -> No
         if (x.test or x.resume) and x.save_dir is None:
             raise SystemExit(f"--{'test' if x.test else 'resume'} needs an existing run: give its --save_dir "
                              "(and --fold)")
+        if x.overwrite and not x.test:
+            raise SystemExit("--overwrite only applies with --test (scoring a run again replaces its test result)")
         if x.test and x.resume:
             raise SystemExit("--test and --resume exclude each other: --resume trains, --test only scores")
         if x.config and (x.test or x.resume):
@@ -326,8 +316,9 @@ def make_loaders(cfg: RunConfig, stats, files: dict, dist_info=None, device_augm
     return out
 
 
-def describe(files: dict, training: bool) -> str:
-    """Images and cases per split; training needs both classes in train and val."""
+def describe(files: dict, training: bool, folds: int = 0) -> str:
+    """Images and cases per split; training needs both classes in train and val (of each fold of
+    ``folds``-fold cross-validation)."""
     parts = []
     for split in files:
         labels = [filenames.decode(f).label for f in files[split]]
@@ -335,8 +326,17 @@ def describe(files: dict, training: bool) -> str:
         if training and split != "test" and len(set(labels)) < 2:
             raise SystemExit(f"the {split} split holds only {'osteoporosis' if labels[0] else 'normal'} images "
                              f"({len(labels)}); training and choosing the best epoch need both classes in train "
-                             "and val. Re-split the data (preprocess_filenames.py splits stratified by label)")
+                             f"and val. {_one_class_advice(split, folds)}")
     return ", ".join(parts)
+
+
+def _one_class_advice(split: str, folds: int) -> str:
+    if folds > 2:
+        return (f"With --folds {folds} a fold's {split} part is too small to hold both: use fewer folds (e.g. "
+                f"--folds {folds - 1}), or add data")
+    if folds:
+        return "Even 2 folds leave a fold with one class: cross-validation needs more patients of each class"
+    return "Re-split the data (preprocess_filenames.py splits stratified by label)"
 
 
 def check_patients(files: dict, allow: bool) -> None:
@@ -359,134 +359,49 @@ def check_patients(files: dict, allow: bool) -> None:
                     "--allow_shared_patients")
 
 
-def command(*arguments: str) -> str:
-    """``python main.py ARGUMENTS`` as the user can paste it: this interpreter (relative when it lies
-    below the current folder, e.g. .venv/bin/python) and this script."""
-    python = sys.executable or "python3"
-    if python.startswith(os.getcwd() + os.sep):
-        python = os.path.relpath(python)
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("main.py") else "main.py"
-    return shlex.join([python, script, *map(str, arguments)])
-
-
-def resume_command(cfg: RunConfig) -> str:
-    """The command that continues this run."""
-    fold = cfg.fold
-    extra = []
-    if cfg.is_fold:  # a cross-validation fold: continue the whole cross-validation
-        fold = fold[: len(fold) - len(str(cfg.cv_fold))]
-        extra = ["--folds", str(cfg.cv_folds)]
-    if cfg.out_root != "outs":
-        extra += ["--out_root", str(cfg.out_root)]
-    return command("--resume", "--save_dir", cfg.save_dir, "--fold", fold, *extra)
-
-
-def refuse_changes(cfg: RunConfig, given: set[str], config: RunConfig, out: Path) -> None:
-    """``--resume`` continues the run as configured: a flag given with another value than the run's
-    is refused, naming it (the session's device, GPUs, workers and cache may differ)."""
-    def shown(value) -> str:
-        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-    def same(key: str, a, b) -> bool:
-        if key in ("data_dir", "pretrained") and isinstance(a, str) and isinstance(b, str):
-            return os.path.normpath(a) == os.path.normpath(b)
-        return list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
-
-    for key in sorted((given & set(runconfig.FIELDS)) - set(runconfig.SESSION_KEYS)):
-        if not same(key, getattr(cfg, key), getattr(config, key)):
-            raise UserError(f"--{key} {shown(getattr(cfg, key))}: the run {out} was configured with --{key} "
-                            f"{shown(getattr(config, key))}, and --resume continues a run exactly as configured "
-                            "(leave the flag out). To train longer use --resume --extend_epochs N; to train "
-                            "differently start a new run (another --save_dir or --fold)")
-
-
-def prepare_run(cfg: RunConfig, action: Action, given: set[str], out: Path):
-    """This session's settings, the run's configuration and clinical statistics: new, or read back from
-    an existing run for ``--test`` (best.pth: the network from the run, the rest from the command
-    line) and ``--resume`` (last.pth, or config.json of a run stopped in its first epoch: every
-    setting from the run but where this session runs). Returns (cfg, config, stats, resume_state);
-    config is None for a new run."""
-    new_fold_of_cv = action.resume and cfg.is_fold and not out.exists()
-    folder = runfiles.Run(out)
-    if not action.reads_run or new_fold_of_cv:
-        if out.exists() and any(out.iterdir()):
-            how = (f"it stopped before finishing its first epoch: continue it with --resume"
-                   if not folder.has_checkpoint(runfiles.LAST) else "continue it with --resume, score it with --test")
-            raise UserError(f"{out} already holds a run; nothing was changed. {how[0].upper() + how[1:]}, or choose "
-                            f"another --save_dir / --fold (e.g. {resume_command(cfg)})")
-        return cfg, None, None, None
-    import loader
-
-    if action.test:
-        state = folder.load_checkpoint(runfiles.BEST)
-        config = RunConfig.from_dict(state["config"])
-        for key in runconfig.NETWORK_KEYS:  # the run fixes the network; say so when the command line disagrees
-            if key in given and getattr(cfg, key) != getattr(config, key):
-                logger.warning("--%s %s ignored: the run was trained with %s", key, getattr(cfg, key),
-                               getattr(config, key))
-        changes = {key: getattr(config, key) for key in runconfig.NETWORK_KEYS}
-        if "data_dir" not in given:
-            changes["data_dir"] = config.data_dir
-        if config.is_fold:  # a fold keeps its own splits
-            changes.update(cv_folds=config.cv_folds, cv_fold=config.cv_fold, cv_seed=config.cv_seed,
-                           cv_design=config.cv_design, cv_val=config.cv_val)
-        return cfg.replace(**changes), config, loader.ClinicalStats.from_dict(state["clinical_stats"]), None
-
-    state = None
-    if folder.has_checkpoint(runfiles.LAST):
-        state = folder.load_checkpoint(runfiles.LAST)
-        config = RunConfig.from_dict(state["config"])
-    elif folder.config_file.is_file():  # killed in its first epoch: start it again, as configured
-        config = RunConfig.from_dict(folder.read_config())
-    else:
-        raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or {runfiles.CONFIG}); check "
-                        "--save_dir, --fold and --out_root, or start a new run without --resume")
-    refuse_changes(cfg, given, config, out)
-    cfg = config.replace(**{key: getattr(cfg, key) for key in runconfig.SESSION_KEYS})
-    stats = loader.ClinicalStats.from_dict(state["clinical_stats"]) if state else None
-    return cfg, config, stats, state
-
-
-def finished(out: Path, config: RunConfig, state: dict | None) -> bool:
-    """Whether a run trained all its epochs and wrote its test (and report) files."""
-    done = state is not None and len(state.get("history") or []) >= int(config.epoch)
-    folder = runfiles.Run(out)
-    return done and folder.is_tested() and (not config.bootstrap or folder.has_report())
-
-
-def extend(cfg: RunConfig, epochs: int, config: RunConfig, state: dict, out: Path) -> RunConfig:
-    """``--resume --extend_epochs N`` on a finished run: N more epochs, a new cosine cycle from --lrG
-    (warm restart) for the cosine schedule, and the old test and report files removed, since they
-    describe the shorter run; the extended run writes them anew when it ends."""
-    done = len(state.get("history") or [])
-    if done < int(config.epoch):
-        raise UserError(f"--extend_epochs: the run {out} has finished {done} of its {config.epoch} epochs; "
-                        f"finish it first ({resume_command(cfg)}), then extend it")
-    config = config.replace(epoch=done + epochs, restarts=[*config.restarts, done])
-    runfiles.Run(out).remove_results()
-    logger.info("extending the run from %d to %d epochs%s; its test and report files were removed and are "
-                "written again for the best epoch when the run ends", done, config.epoch,
-                " (the cosine schedule restarts at --lrG)" if config.sched == "cosine" else "")
-    return config
-
-
 def main(argv: list[str] | None = None) -> dict | list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
+    if "late_fuse" in given and not args.late_fuse and (args.image_only or args.fusion not in (None, "early")):
+        mode = args.fusion or "image"
+        other = f"--fusion {mode}" if args.fusion else "--image_only"
+        raise SystemExit(f"--late_fuse False (early fusion) and {other} exclude each other: give one fusion mode, "
+                         f"e.g. only --fusion {mode}")
     cfg, overrides = settings(args, given)  # the one configuration; args is not read after this
     if given & {"late_fuse", "image_only"}:  # the older spellings of --fusion: checked as --fusion on --resume/--test
         given = given | {"fusion"}
-    action = Action(test=bool(args.test), resume=args.resume, extend_epochs=args.extend_epochs)
+    action = Action(test=bool(args.test), resume=args.resume, extend_epochs=args.extend_epochs,
+                    overwrite=args.overwrite)
     import runtime
 
+    runtime.short_openmp_spin()  # before torch loads: threads that wait do not spin away a shared core
     dist_info = runtime.init_distributed(cfg.device)
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
     for note in overrides:
         logger.info("--config %s: %s", args.config, note)
-    if cfg.save_dir is None:
+    made = []  # a default run group (and --out_root) this job made: removed again if it fails and leaves them empty
+    if cfg.save_dir is None and not dist_info.enabled:
+        made = [] if Path(cfg.out_root).exists() else [Path(cfg.out_root)]
+        cfg = cfg.replace(save_dir=runfiles.new_group(cfg.out_root, time.strftime("%Y%m%d-%H%M%S")))
+        made.append(Path(cfg.out_root) / cfg.save_dir)
+    elif cfg.save_dir is None:  # torchrun: every rank names it alike
         cfg = cfg.replace(save_dir=time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        result = _main(cfg, action, given, dist_info)
+    except BaseException:
+        for folder in reversed(made):
+            try:
+                os.rmdir(folder)  # only while empty: a run saved there stays
+            except OSError:
+                break
+        raise
+    runtime.leave_distributed(dist_info)
+    return result
+
+
+def _main(cfg: RunConfig, action: Action, given: set[str], dist_info) -> dict | list[dict]:
     if cfg.pretrained and not action.reads_run:
         from models import resolve_pretrained
         from models.pretrained import PretrainedUnavailable
@@ -498,55 +413,61 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     if cfg.runs_folds:
         import crossval
 
-        result = crossval.cross_validate(cfg, lambda fold_cfg: run(fold_cfg, action, given, dist_info),
-                                         dist_info.is_main)
-    else:
-        result = run(cfg, action, given, dist_info)
-    runtime.leave_distributed(dist_info)
-    return result
+        return crossval.cross_validate(cfg, lambda fold_cfg: run(fold_cfg, action, given, dist_info),
+                                       dist_info.is_main)
+    return run(cfg, action, given, dist_info).result
 
 
-def run(cfg: RunConfig, action: Action, given: set[str], dist_info) -> dict:
-    """Train (or resume, or only test) one run folder; returns the test metrics. A new run that fails
-    or is interrupted before its first epoch is saved leaves no folder behind."""
+def run(cfg: RunConfig, action: Action, given: set[str], dist_info) -> Outcome:
+    """Train (or resume, or only test) one run folder. A new run that fails or is interrupted before
+    its first epoch is saved leaves no folder behind; a refused command writes nothing into the run."""
     out = runfiles.run_dir(cfg.save_dir, cfg.fold, cfg.out_root)
     cfg, config, stats, resume_state = prepare_run(cfg, action, given, out)
-    if action.resume and config is not None:
-        if finished(out, config, resume_state) and not action.extend_epochs:
-            logger.info("the run %s finished all %d epochs (best epoch %d) and is tested; nothing to resume, "
-                        "nothing changed. To train it longer: %s --extend_epochs N", out, config.epoch,
-                        int(resume_state["best"]["epoch"]), resume_command(cfg))
-            result = runfiles.load_run(out).test_metrics()
-            summary(result, out)
-            return result
-        if dist_info.is_main:
-            import runtime
-
-            runtime.setup_logging(runfiles.Run(out).log_file)  # the log of the run says what happened to it
+    if action.resume and config is not None and finished(out, config, resume_state) and not action.extend_epochs:
+        logger.info("the run %s finished all %d epochs (best epoch %d) and is tested; nothing to resume, "
+                    "nothing changed. To train it longer: %s --extend_epochs N", out, config.epoch,
+                    int(resume_state["best"]["epoch"]), resume_command(cfg))
+        result = runfiles.load_run(out).test_metrics()
+        summary(result, out)
+        return Outcome(result, cfg, unchanged=True)
+    if action.resume and not Path(cfg.data_dir).is_dir():
+        raise UserError(f"the run's data folder {cfg.data_dir} is not there; nothing was changed. If it moved, "
+                        f"continue with: {resume_command(cfg)} --data_dir NEW_FOLDER (accepted when it holds the "
+                        f"images the run recorded in {runfiles.Run(out).file(runfiles.DATA_FILES)})")
     files = runfiles.split_files(cfg, cfg.data_dir)
-    data_summary = describe(files, training=not action.test)  # refuses unusable splits before any file is written
+    # refuses unusable splits before any file is written
+    data_summary = describe(files, training=not action.test, folds=cfg.cv_folds)
     if not action.test:
         check_patients(files, cfg.allow_shared_patients)
-    if action.extend_epochs:  # after the data checks: a refused extension leaves the run as it was
-        if resume_state is None:
-            raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
-                            f"{resume_command(cfg)}")
-        config = extend(cfg, action.extend_epochs, config, resume_state, out)
-        cfg = cfg.replace(epoch=config.epoch, restarts=config.restarts)
-    threads = use_settings(cfg)
-    created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \
-        if config is None and dist_info.is_main else None
+    if action.extend_epochs and resume_state is None:  # after the data checks: the run stays as it was
+        raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
+                        f"{resume_command(cfg)}")
+    claim = runfiles.claim_run(out) if dist_info.is_main else None  # a second job on this folder stops here
+    created = claim if claim is not None and config is None and claim.dir in claim.created else None
+    if claim is not None and config is None and any(p.name != runfiles.LOCK for p in out.iterdir()):
+        claim.release()  # another job wrote a run here since prepare_run looked
+        raise UserError(f"{out} already holds a run (another job wrote it a moment ago); nothing was changed. "
+                        f"Choose another --save_dir / --fold, or continue that run with {resume_command(cfg)}")
     try:
-        return train_and_test(cfg, action, config, stats, resume_state, out, dist_info, files, data_summary, threads)
+        if action.extend_epochs:
+            config = extend(cfg, action.extend_epochs, config, resume_state, out)
+            cfg = cfg.replace(epoch=config.epoch, restarts=config.restarts)
+        threads = use_settings(cfg)
+        result = train_and_test(cfg, action, config, stats, resume_state, out, dist_info, files, data_summary,
+                                threads)
+        return Outcome(result, cfg)
     except KeyboardInterrupt:
         interrupted(out, created, command(*sys.argv[1:]), resume_command(cfg))
     except BaseException:
         if created is not None and saved_epochs(out) == 0:
             remove_run(created)  # a failed start leaves nothing: the same command works once the cause is fixed
         raise
+    finally:
+        if claim is not None:
+            claim.release()
 
 
-def interrupted(out: Path, created: Path | None, again: str, resume: str) -> NoReturn:
+def interrupted(out: Path, created: Path | runfiles.Claim | None, again: str, resume: str) -> NoReturn:
     """Ctrl-C: one line saying what is kept and the command that continues (``resume``) or, for a new
     run stopped before its first epoch was saved, whose folder ``created`` is removed, starts it
     ``again``; then exit 130. pretrain.py stops the same way."""
@@ -579,11 +500,15 @@ def saved_epochs(out: Path) -> int:
     return runfiles.Run(out).saved_epochs()
 
 
-def remove_run(path: Path) -> None:
+def remove_run(created: Path | runfiles.Claim) -> None:
+    """Remove what a failed start made: a folder (pretrain.py), or what a run folder's claim made."""
     import runtime
 
     runtime.close_log_file()
-    shutil.rmtree(path, ignore_errors=True)
+    if isinstance(created, runfiles.Claim):
+        created.undo()
+    else:
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def build_trainer(cfg: RunConfig, config: RunConfig, loaders: dict, stats, device, out: Path, dist_info=None,
@@ -671,6 +596,10 @@ def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, sta
     logger.info("run folder %s; device %s%s; %s", out, device,
                 f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", threads)
     logger.info("data %s: %s", cfg.data_dir, data_summary)
+    if action.extend_epochs:  # runchecks.extend made config.restarts end with the epochs done before
+        logger.info("extending the run from %d to %d epochs%s; its test and report files were removed and are "
+                    "written again for the best epoch when the run ends", config.restarts[-1], config.epoch,
+                    " (the cosine schedule restarts at --lrG)" if config.sched == "cosine" else "")
 
     device_augmenter = None if action.test else augment_on_device(cfg, device)
     logger.info("loader hands over %s images; augmentation %s", cfg.handover,
@@ -685,6 +614,8 @@ def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, sta
                              world_size=dist_info.world)
     if dist_info.is_main and not action.test and (resume_state is None or action.extend_epochs):
         runfiles.Run(out).write_config(config.to_dict())
+    if dist_info.is_main and not action.test and not runfiles.Run(out).file(runfiles.DATA_FILES).is_file():
+        runfiles.write_data_files(out, files, cfg.data_dir)
     trainer = build_trainer(cfg, config, loaders, stats, device, out, dist_info, device_augmenter, action)
     with logging_redirect_tqdm():
         if not action.test:

@@ -23,7 +23,7 @@ import splits
 
 NETWORK, SESSION, DERIVED = "network", "session", "derived"
 # flags that say what to do with a run, not what the run is: never part of a configuration
-ACTIONS = ("test", "resume", "extend_epochs", "config")
+ACTIONS = ("test", "resume", "extend_epochs", "config", "overwrite")
 # keys older runs saved that say nothing today: the two fusion booleans (now ``fusion``), the actions,
 # and the thread count, which the session chooses (runtime.choose_threads)
 RETIRED = ("late_fuse", "image_only", "threads", *ACTIONS)

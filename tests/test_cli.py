@@ -39,8 +39,9 @@ def test_each_script_keeps_its_defaults():
     assert default(p["predict"], "--out") == "predictions.csv" and default(p["visualize_gradcam"], "--out") is None
     for name in ("main", "predict", "visualize_gradcam"):
         assert default(p[name], "--device") == "auto"
-    for name in ("main", "report", "compare"):
+    for name in ("main", "compare"):
         assert default(p[name], "--bootstrap") == 2000
+    assert default(p["report"], "--bootstrap") is None  # with --cv the summary's own resamples, else 2000
 
 
 def test_bootstrap_zero_means_no_report_in_main_only(capsys):

@@ -23,7 +23,7 @@ def test_defaults_are_main_pys_defaults():
     assert differ == {}
     # every flag that is a setting is a field; the rest are actions or the fusion flags' older spellings
     rest = {a.dest for a in parser._actions} - set(runconfig.FIELDS) - {"help"}
-    assert rest == {"late_fuse", "image_only", "test", "resume", "extend_epochs", "config"}
+    assert rest == {"late_fuse", "image_only", "test", "resume", "extend_epochs", "config", "overwrite"}
 
 
 @pytest.mark.parametrize("flags,fusion", [([], "early"), (["--late_fuse", "True"], "late"), (["--image_only"], "image"),
