@@ -3,10 +3,10 @@
 Early fusion needs nothing here: the clinical values arrive as extra constant image channels and
 the network only sees ``in_chans`` channels. Late fusion joins a small MLP embedding of the clinical
 vector to the globally pooled image features, right before the final linear layer. Residual fusion
-(``clinical_offset``) starts from the clinical logistic regression: its logit is a fixed offset
-(buffers ``clinical_coef``, ``clinical_intercept``, set by :meth:`Classifier.set_clinical_model`)
-and the image adds a correction through a zero-initialised head, so the untrained network *is* the
-clinical model and training only moves away from it where the image helps (docs/fusion.md).
+(``clinical_offset``) starts from the clinical logistic regression: a linear term of the clinical
+vector (``clinical_coef``, ``clinical_intercept``, set by :meth:`Classifier.set_clinical_model`)
+plus the image's correction through a zero-initialised head, so the untrained network *is* the
+clinical model and training only moves away from it where that validates better (docs/fusion.md).
 """
 from __future__ import annotations
 
@@ -43,9 +43,12 @@ class Classifier(nn.Module):
         self.final_act = make_act(act, num_features)
         self.clinical_offset = bool(clinical_offset)
         if self.clinical_offset:
-            # the clinical model's log-odds per unit of the normalised clinical vector; saved with the weights
-            self.register_buffer("clinical_coef", torch.zeros(n_clinical))
-            self.register_buffer("clinical_intercept", torch.zeros(()))
+            # the clinical model's log-odds per unit of the normalised clinical vector: set to the clinical
+            # logistic regression before training (set_clinical_model), then trained with the rest, so the
+            # clinical coefficients can become the ones that hold beside the image (e.g. BMI's, which the
+            # picture confounds); saved with the weights
+            self.clinical_coef = nn.Parameter(torch.zeros(n_clinical))
+            self.clinical_intercept = nn.Parameter(torch.zeros(()))
         if self.late_fuse and not self.clinical_offset:
             self.clinical_mlp = nn.Sequential(
                 nn.Linear(n_clinical, CLINICAL_HIDDEN), make_act(act, CLINICAL_HIDDEN),
