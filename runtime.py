@@ -217,8 +217,9 @@ def select_device_for(dist_info: Dist, device: str, gpus: str | None) -> torch.d
 # sleeps. libgomp spins 300000 rounds by default: beside another job on the same cores the spinning threads
 # take the time slices the working ones need (issue 23: a --cpus 2 training fell from 105 to 7.4 img/s beside a
 # --cpus 1 one). OMP_WAIT_POLICY=PASSIVE (no spin) gave 39 img/s there but cost a third when alone. A spin 30
-# times shorter than the default is meant to keep most of both (a busy job's next parallel region comes within
-# it); it is not measured yet: scripts/concurrency_check.sh measures it against the default, 1000 and PASSIVE.
+# times shorter than the default keeps most of both (a busy job's next parallel region comes within it):
+# measured with scripts/concurrency_check.sh in docs/speed.md (the pair keeps 36 % and 95 %, alone 100 %;
+# a spin of 1000 or PASSIVE cost the job alone about 30 %).
 SPIN_COUNT = "10000"
 OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
