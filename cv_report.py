@@ -111,7 +111,7 @@ def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns:
     return rows
 
 
-def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[Mapping], data_dir: str | os.PathLike,
+def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[RunConfig], data_dir: str | os.PathLike,
                     n_boot: int, seed: int) -> tuple[dict, np.ndarray | None]:
     """The clinical-only baseline out of fold beside the pooled network: each fold's logistic regression
     fitted on that fold's training patients scores its test patients; pooled AUC etc. with CIs, and the
@@ -184,7 +184,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
         run = runfiles.load_run(folder)
         tm = run.test_metrics()  # refused when stale: scored at another threshold than best.pth holds
         config = RunConfig.from_dict(run.read_config())
-        configs.append(run.read_config())
+        configs.append(config)
         designs.add(config.cv_design if config.is_fold else "heldout")
         data_dirs.add(config.data_dir)
         pred = run.predictions("test")

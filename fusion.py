@@ -20,7 +20,7 @@ class Mode:
     text: str  # as logs and reports name it
     clinical_planes: bool  # the clinical values as constant image channels (the loader builds them)
     clinical_vector: bool  # the normalised clinical vector as the network's second input
-    clinical_offset: bool = False  # the clinical logistic model is a fixed part of the logit (models.Classifier)
+    clinical_offset: bool = False  # a linear clinical term, started at the logistic regression (models.Classifier)
 
     @property
     def uses_clinical(self) -> bool:
@@ -32,7 +32,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("early", "early fusion", clinical_planes=True, clinical_vector=False),
     Mode("late", "late fusion", clinical_planes=False, clinical_vector=True),  # joined to the pooled features
     Mode("image", "image only", clinical_planes=False, clinical_vector=False),  # image-only comparison runs
-    # the clinical baseline's logistic regression as a fixed offset, the image adding a correction (docs/fusion.md)
+    # starts as the clinical baseline's logistic regression, the image adding a correction (docs/fusion.md)
     Mode("residual", "residual fusion (clinical model + image correction)", clinical_planes=False,
          clinical_vector=True, clinical_offset=True),
 )}

@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
     g.add_argument("--fusion", choices=fusion.NAMES, default=None, help="how sex, age and BMI reach the "
                    "network: early (constant image channels; the default), late (joined to the pooled image "
-                   "features), residual (the clinical logistic regression fitted on train is the start and a "
-                   "fixed offset, the image adds a correction: never below its parts on small data; "
+                   "features), residual (starts as the clinical logistic regression fitted on train, the "
+                   "image adds a correction; for small sets where the clinical values may carry the signal, "
                    "docs/fusion.md) or image (not at all: an image-only model, for comparison)")
     g.add_argument("--late_fuse", type=str2bool, default=False, metavar="BOOL",
                    help="the original work's flag: True = --fusion late; False = early fusion")

@@ -1,5 +1,5 @@
-"""Residual fusion (--fusion residual): the clinical logistic model as a fixed offset, the image adding
-a correction; and the pooled out-of-fold clinical baseline of a cross-validation."""
+"""Residual fusion (--fusion residual): the network starts as the clinical logistic model, the image
+adding a correction; and the pooled out-of-fold clinical baseline of a cross-validation."""
 import json
 import subprocess
 import sys
