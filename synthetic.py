@@ -53,6 +53,14 @@ ORACLE_COLUMNS = PICTURE_COLUMNS + CLINICAL_COLUMNS
 AGE_SLOPE, FEMALE_SHIFT, BMI_SLOPE = -0.045, -0.6, 0.08
 PATIENT_SD, IMAGE_SD, BMI_WASHOUT = 1.0, 1.2, 0.11
 Z_CUTOFF = -0.92  # 35 % quantile of z in the population
+# The T-score a DXA scan would report: z in SD units, shifted so that the label's cut is the WHO one
+# (osteoporosis: T <= -2.5). Written to the manifest's measure column (measures.py).
+T_AT_CUTOFF = -2.5
+
+
+def t_score(z: float) -> float:
+    """The drawn density as a T-score: label 1 exactly when T <= -2.5 (z < Z_CUTOFF)."""
+    return T_AT_CUTOFF + (z - Z_CUTOFF)
 Z_CENTRE, Z_SCALE = -0.45, 1.5  # maps z + noise through a logistic onto each parameter's range
 # Population variance of the clinical part of z (age uniform 50-90, 75 % women, BMI SD ~4.5): about a
 # third of z's variance, the default clinical share. --clinical-share rescales the clinical part and
@@ -482,6 +490,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
                 rows.append(dict(file=f"{split}/{name}", split=split, patient=pid, crop=crop, side=side,
                                  label=patient["label"], sex=patient["sex"], age=patient["age"],
                                  bmi=patient["bmi"], z=patient["z"], **params,
+                                 measure=t_score(patient["z"]), measure_name="T-score",
                                  mask=mask_path(Path(split) / name).as_posix()))
                 bar.update()
     manifest = pd.DataFrame(rows)
