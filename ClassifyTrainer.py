@@ -25,6 +25,7 @@ import fusion
 import loader
 import metrics
 import runfiles
+import targets
 from choices import TTA_CHOICES
 from runconfig import RunConfig
 from runtime import Dist, Precision, progress
@@ -124,11 +125,20 @@ class ClassifyTrainer:
     def bar(self, iterable, **kwargs):
         return progress(iterable, enabled=self.dist.is_main, **kwargs)
 
+    def batch_loss(self, logits: torch.Tensor, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """The loss of the run's target (targets.py): the binary loss of the label, or that of the grade or
+        measurement behind it."""
+        net = unwrap(model or self.model)
+        label = batch["label"].to(self.device, non_blocking=True)
+        if net.target.kind == "binary":
+            return self.loss_fn(logits, label)
+        return targets.loss(net.target, logits, label, batch["measure"].to(self.device, non_blocking=True),
+                            net.ordinal_offsets())
+
     def train_step(self, batch: dict, where: str = "") -> torch.Tensor:
         """One optimiser step on one batch; returns the (detached) loss. ``where`` names the step in
         the error raised when the loss is not finite."""
-        target = batch["label"].to(self.device, non_blocking=True)
-        loss = self.loss_fn(self.forward(batch), target)
+        loss = self.batch_loss(self.forward(batch), batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()}{where}; training stopped. "
@@ -185,31 +195,37 @@ class ClassifyTrainer:
         model.eval()
         loader = self.loaders[split]
         indices = list(iter(loader.sampler))
-        probs, total = [], 0.0
+        probs, values, total = [], [], 0.0
+        net = unwrap(model)
         for batch in self.bar(loader, desc=split, leave=False):
             logits = self.forward(batch, model)
             if self.tta == "flip":
                 prob = fusion.probability(lambda b: self.forward(b, model), batch, self.tta, logits)
                 logits = torch.logit(prob.clamp(1e-7, 1 - 1e-7))  # the loss of the averaged probability
-            total += self.loss_fn(logits, batch["label"].to(self.device)).item() * len(logits)
+            total += self.batch_loss(logits, batch, model).item() * len(logits)
             probs.append(torch.sigmoid(logits).cpu().numpy())
+            value = net.predicted_value(logits)
+            values.append(np.full(len(logits), np.nan) if value is None else value.float().cpu().numpy())
         probs = np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
-        part = (indices, probs.tolist(), total)
+        values = np.concatenate(values).astype(np.float64) if values else np.zeros(0)
+        part = (indices, probs.tolist(), values.tolist(), total)
         parts = [part]
         if self.dist.enabled:
             parts = [None] * self.dist.world
             dist.all_gather_object(parts, part)
         n = len(loader.dataset)
-        out = np.full(n, np.nan)
+        out, predicted = np.full(n, np.nan), np.full(n, np.nan)
         total = 0.0
-        for idx, p, t in parts:
+        for idx, p, v, t in parts:
             out[idx] = p
+            predicted[idx] = v
             total += t
         if np.isnan(out).any():
             raise RuntimeError(f"{split}: {int(np.isnan(out).sum())} images were not scored")
         ds = loader.dataset
         return {"labels": np.asarray(ds.labels, dtype=int), "probs": out, "paths": list(ds.files),
-                "loss": total / max(n, 1)}
+                "loss": total / max(n, 1), "measure": np.asarray(ds.measure, dtype=np.float64),
+                "predicted": predicted}
 
     def validate(self) -> tuple[dict, dict]:
         """Validation metrics (threshold-dependent ones at 0.5) and the predictions."""
@@ -312,6 +328,9 @@ class ClassifyTrainer:
         rows = [{"file": Path(p).name, "label": int(y), "probability": runfiles.probability_text(prob),
                  "prediction": int(prob >= threshold)}
                 for p, y, prob in zip(pred["paths"], pred["labels"], pred["probs"])]
+        if unwrap(self.model).target.kind != "binary":  # the measurement and its prediction beside them
+            for row, m, v in zip(rows, pred["measure"], pred["predicted"]):
+                row.update(measure="" if np.isnan(m) else f"{m:.9g}", predicted=f"{v:.9g}")
         self.run.write_predictions(split, rows)
 
     def test(self) -> dict:

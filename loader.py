@@ -7,7 +7,8 @@ A sample is a dict ``image``, ``clinical``, ``label``, ``path``:
   For early fusion three more constant channels hold the normalised sex, age and BMI.
 * ``clinical`` - float32 (3,): sex, age, BMI normalised with statistics of the training split
   only; a missing value is imputed with the training mean (0 after normalisation).
-* ``label`` - float32 scalar, 1 = osteoporosis.
+* ``label`` - float32 scalar, 1 = osteoporosis (-1: no binary label, an unscored image).
+* ``measure`` - float32 scalar, the T-score/grade behind the label (NaN unknown; graded targets).
 * ``index`` - position in the split (seeds per-sample augmentation draws, also on the device).
 
 Decoding, resizing and enhancement happen once per image (kept in memory as uint8 when it fits
@@ -213,17 +214,22 @@ class HipDataset(Dataset):
                  image_size: tuple[int, int] = IMAGE_SIZE, early_fuse: bool = False,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  seed: int = 0, cache_gb: float = 4.0, desc: str = "",
-                 clinical: Sequence[Sequence[float]] | None = None, handover: str = "float") -> None:
+                 clinical: Sequence[Sequence[float]] | None = None, handover: str = "float",
+                 measure: Sequence[float] | None = None) -> None:
         if handover not in HANDOVERS:
             raise ValueError(f"handover {handover!r}: choose one of {', '.join(HANDOVERS)}")
         self.handover = handover
         self.files = [str(f) for f in files]
         if clinical is None:  # label and clinical values from the file names
             self.infos: list[filenames.SampleInfo] | None = [filenames.decode(f) for f in self.files]
-            labels, clinical = [i.label for i in self.infos], [i.clinical for i in self.infos]
+            labels = [-1 if i.label is None else i.label for i in self.infos]  # None: unscored (measures.py)
+            clinical = [i.clinical for i in self.infos]
         else:  # images to score whose names need not carry them: the label is unknown (-1)
             self.infos, labels = None, [-1] * len(self.files)
         self.labels = np.array(labels, dtype=np.int64)
+        # the measurement behind the label (T-score, grade; NaN unknown) for graded targets (targets.py)
+        self.measure = np.full(len(self.files), np.nan, np.float32) if measure is None else \
+            np.asarray(measure, dtype=np.float32)
         self.raw_clinical = [tuple(c) for c in clinical]
         self.clinical = self._normalised(stats)
         self.image_size = tuple(image_size)
@@ -304,7 +310,7 @@ class HipDataset(Dataset):
         if self.handover == "float":
             image = network_image(image[None], clinical[None], self.early_fuse)[0]
         return {"image": image, "clinical": clinical, "label": torch.tensor(float(self.labels[index])),
-                "path": self.files[index], "index": index}
+                "measure": torch.tensor(self.measure[index]), "path": self.files[index], "index": index}
 
 
 def run_dataset(files: Sequence[str | os.PathLike], config: RunConfig, clinical_stats: dict,
@@ -342,9 +348,9 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch, 7919])
         n = len(self.labels)
-        if self.weighted:
-            counts = np.bincount(self.labels, minlength=2).astype(np.float64)
-            weights = 1.0 / np.maximum(counts, 1)[self.labels]
+        if self.weighted:  # unscored images (label -1) are a group of their own
+            counts = np.bincount(self.labels + 1, minlength=3).astype(np.float64)
+            weights = 1.0 / np.maximum(counts, 1)[self.labels + 1]
             order = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
         else:
             order = rng.permutation(n)

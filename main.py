@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tta", choices=choices.TTA_CHOICES, default="none", help="test-time augmentation for "
                    "validation and test: flip = mean probability of each image and its left/right mirror "
                    "(default: %(default)s)")
+    g.add_argument("--target", choices=("binary", "ordinal", "continuous"), default="binary", help="what the "
+                   "network learns: binary = the yes/no label (default); ordinal = ordered classes of the "
+                   "measurement (a grade's levels, or the WHO classes of a T-score); continuous = the T-score or "
+                   "BMD itself. Needs the measurement in the data folder's manifest.csv (preprocess_filenames.py "
+                   "--tscore-col/--grade-col/--bmd-col; the demo has its T-score). Every metric is on one "
+                   "osteoporosis score, at --cut (docs/targets.md)")
+    g.add_argument("--cut", type=float, default=None, metavar="VALUE", help="the clinical cut: osteoporosis when "
+                   "the measurement <= VALUE (default: -2.5 for a T-score, 2 for a grade; BMD needs it)")
     g.add_argument("--select_metric", choices=SELECT_METRICS, default="roc_auc", help="validation metric that "
                    "picks the best epoch (default: %(default)s; f2acc = 1.5*F2 + accuracy, the original's)")
 
@@ -216,6 +224,14 @@ def check_settings(x: argparse.Namespace | RunConfig, flags: bool = False) -> No
             raise SystemExit(str(exc)) from None
     elif x.fusion not in fusion.NAMES:
         raise SystemExit(f"--fusion {x.fusion}: choose one of {', '.join(fusion.NAMES)}")
+    if x.target != "binary" and fusion.mode(x.fusion if not flags else
+                                            fusion.from_flags(x.fusion, x.late_fuse, x.image_only) or "early"
+                                            ).clinical_offset:
+        raise SystemExit(f"--target {x.target} and --fusion residual exclude each other: residual fusion starts from "
+                         "the clinical logistic regression of the binary label")
+    if x.target != "binary" and (x.loss != "bce" or x.t_alpha is not None):
+        raise SystemExit(f"--loss {x.loss}/--t_alpha weigh the binary label's loss; --target {x.target} has its own "
+                         "(targets.py)")
     if x.folds == 1 or x.folds < 0:
         raise SystemExit(f"--folds {x.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
     if not 0.0 <= x.ema < 1.0:
@@ -281,10 +297,12 @@ def augment_on_device(cfg: RunConfig, device):
     return augment_device.DeviceAugmenter(names, cfg.augment_p, cfg.seed)
 
 
-def make_loaders(cfg: RunConfig, stats, files: dict, dist_info=None, device_augment: bool = False) -> dict:
+def make_loaders(cfg: RunConfig, stats, files: dict, dist_info=None, device_augment: bool = False,
+                 measure=None) -> dict:
     """Training: a fresh (optionally class-balanced) order each epoch, sharded over ranks.
     Validation and test: every image exactly once, in file order (sharded over ranks and gathered).
-    With ``device_augment`` the training workers only decode (the trainer augments)."""
+    With ``device_augment`` the training workers only decode (the trainer augments). ``measure``: the
+    data folder's ``measures.Measures``, which graded targets learn from."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -301,7 +319,8 @@ def make_loaders(cfg: RunConfig, stats, files: dict, dist_info=None, device_augm
         ds = loader.HipDataset(files[split], stats, tuple(cfg.image_size),
                                early_fuse=fusion.mode(cfg.fusion).clinical_planes,
                                augment=augmenter if train else None, seed=cfg.seed, cache_gb=cfg.cache_gb,
-                               desc=split, handover=cfg.handover)
+                               desc=split, handover=cfg.handover,
+                               measure=measure.of(files[split]) if measure is not None else None)
         if train:
             sampler = loader.EpochSampler(ds.labels, cfg.seed, cfg.sampler == "weight", dist_info.rank,
                                           dist_info.world)
@@ -322,7 +341,10 @@ def describe(files: dict, training: bool, folds: int = 0) -> str:
     parts = []
     for split in files:
         labels = [filenames.decode(f).label for f in files[split]]
-        parts.append(f"{split} {len(labels)} images ({sum(labels)} osteoporosis)")
+        unscored = labels.count(None)  # images without a binary label: train graded targets only
+        labels = [y for y in labels if y is not None]
+        parts.append(f"{split} {len(labels)} images ({sum(labels)} osteoporosis)"
+                     + (f" + {unscored} without a binary label (train only, never scored)" if unscored else ""))
         if training and split != "test" and len(set(labels)) < 2:
             raise SystemExit(f"the {split} split holds only {'osteoporosis' if labels[0] else 'normal'} images "
                              f"({len(labels)}); training and choosing the best epoch need both classes in train "
@@ -605,9 +627,12 @@ def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, sta
     logger.info("loader hands over %s images; augmentation %s", cfg.handover,
                 f"on the device ({device_augmenter})" if device_augmenter else
                 ("in the loader workers" if cfg.augment else "none"))
-    loaders = make_loaders(cfg, stats, files, dist_info, device_augmenter is not None)
+    measure, spec = target_of(cfg, config, files)
+    logger.info("target: %s", spec.describe())
+    loaders = make_loaders(cfg, stats, files, dist_info, device_augmenter is not None,
+                           measure if spec.kind != "binary" else None)
     if config is None:  # a new run: its configuration, with what the data and this machine say
-        config = cfg.replace(in_chans=loaders["train"].dataset.channels,
+        config = cfg.replace(in_chans=loaders["train"].dataset.channels, target_spec=spec.to_dict(),
                              trainer="LateFuseClassifyTrainer" if fusion.mode(cfg.fusion).clinical_vector
                              else "ClassifyTrainer",
                              clinical_names=list(loader.CLINICAL_NAMES), torch=torch.__version__,
@@ -644,6 +669,22 @@ def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, sta
         summary(result, out)
     runtime.close_log_file()
     return result
+
+
+def target_of(cfg: RunConfig, config: RunConfig | None, files: dict):
+    """The data folder's measurement (``measures.read``) and the run's target: a saved run's own, or for
+    a new run fitted to its training images (targets.build_spec). A user's mistake is one line."""
+    import measures
+    import targets
+
+    try:
+        measure = measures.read(cfg.data_dir)
+        if config is not None:
+            return measure, targets.TargetSpec.from_dict(config.target_spec)
+        train = measure.of(files["train"]) if measure is not None else []
+        return measure, targets.build_spec(cfg.target, measure, train, cfg.cut)
+    except (measures.MeasureError, targets.TargetError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def summary(result: dict, out: Path) -> None:

@@ -75,6 +75,9 @@ class RunConfig:
     ema: float = _f(0.0)
     tta: str = _f("none")
     select_metric: str = _f("roc_auc")
+    # what is learnt (targets.py): the binary label, ordinal classes or the continuous measurement
+    target: str = _f("binary", NETWORK)
+    cut: float | None = _f(None)
     # run
     save_dir: str | None = _f(None, SESSION)
     fold: str = _f("", SESSION)
@@ -104,6 +107,7 @@ class RunConfig:
     torch: str | None = _f(None, DERIVED)
     world_size: int | None = _f(None, DERIVED)
     restarts: list = _f((), DERIVED)
+    target_spec: dict | None = _f(None, DERIVED)  # targets.TargetSpec of the training images
 
     # -- building -----------------------------------------------------------------------------------
     @classmethod

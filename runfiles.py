@@ -42,6 +42,7 @@ CONFIG, HISTORY, TEST_METRICS = "config.json", "history.csv", "test_metrics.json
 DATA_FILES = "data_files.csv"  # the images of the run's splits (relative to its data folder) and their sizes
 PREDICTIONS = {"val": "val_predictions.csv", "test": "test_predictions.csv"}
 PREDICTION_COLUMNS = ("file", "label", "probability", "prediction")
+MEASURE_COLUMNS = ("measure", "predicted")  # graded targets (targets.py): measured value, predicted value/class
 TRAIN_LOG = "train.log"
 # the run report (report.py); report_metrics.json is written last, so its presence means the report is whole
 REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES = ("report.md", "report.html", "report_metrics.json",
@@ -398,8 +399,11 @@ class Run:
         return write_csv(self.dir / HISTORY, rows)
 
     def write_predictions(self, split: str, rows: Iterable[Mapping]) -> Path:
-        """``<split>_predictions.csv``: file, label, probability (:func:`probability_text`), prediction."""
-        return write_csv(self.predictions_file(split), rows, PREDICTION_COLUMNS)
+        """``<split>_predictions.csv``: file, label, probability (:func:`probability_text`), prediction;
+        for graded targets also :data:`MEASURE_COLUMNS`."""
+        rows = list(rows)
+        graded = bool(rows) and all(c in rows[0] for c in MEASURE_COLUMNS)
+        return write_csv(self.predictions_file(split), rows, PREDICTION_COLUMNS + (MEASURE_COLUMNS if graded else ()))
 
     def write_test_metrics(self, result: Mapping) -> Path:
         return write_json(self.dir / TEST_METRICS, result)

@@ -21,6 +21,7 @@ __all__ = ["MODEL_NAMES", "NORMS", "ACTS", "STEMS", "Classifier", "BatchInstance
            "resolve_pretrained"]
 
 import fusion  # noqa: E402
+import targets  # noqa: E402
 from choices import MODEL_NAMES  # noqa: E402
 
 assert MODEL_NAMES[1:] == tuple(TORCHVISION_DENSENETS), "choices.MODEL_NAMES lists every network"
@@ -29,7 +30,8 @@ assert MODEL_NAMES[1:] == tuple(TORCHVISION_DENSENETS), "choices.MODEL_NAMES lis
 def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, depth: int = 40,
                 growth_rate: int = 12, norm: str = "bn", act: str = "relu", stem: str = "downsample",
                 pretrained: str | None = None, drop_rate: float = 0.0,
-                memory_efficient: bool = False, clinical_offset: bool = False) -> Classifier:
+                memory_efficient: bool = False, clinical_offset: bool = False,
+                target: "targets.TargetSpec | None" = None) -> Classifier:
     """Build a binary classifier (one logit per image).
 
     Args:
@@ -51,6 +53,7 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
             checkpointing) instead of storing them: less memory, slower.
         clinical_offset: residual fusion (with ``late_fuse``): the logit is a fixed clinical
             logistic model (:meth:`Classifier.set_clinical_model`) plus the image's correction.
+        target: what the head learns (``targets.TargetSpec``; default the binary label).
     """
     check_choice(name, MODEL_NAMES, "model")
     check_choice(norm, NORMS, "norm")
@@ -71,7 +74,8 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
         features, num_features = torchvision_features(name, in_chans, memory_efficient)
     convert_norm_act(features, norm, act)
     model = Classifier(features, num_features, in_chans, late_fuse, n_clinical, act, drop_rate,
-                       cam_layer=f"features.{last_dense_block(features)}", clinical_offset=clinical_offset)
+                       cam_layer=f"features.{last_dense_block(features)}", clinical_offset=clinical_offset,
+                       target=target)
     if pretrained:
         load_pretrained(model, resolve_pretrained(pretrained, name))
     return model
@@ -85,7 +89,7 @@ def build_model_from_config(config: dict, pretrained: str | None = None) -> Clas
                        clinical_offset=fusion.mode(config["fusion"]).clinical_offset,
                        depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
                        act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
-                       pretrained=pretrained)
+                       pretrained=pretrained, target=targets.TargetSpec.from_dict(config.get("target_spec")))
 
 
 def build_model_from_checkpoint(state: dict, source: str = "the checkpoint") -> Classifier:

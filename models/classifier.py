@@ -7,11 +7,19 @@ vector to the globally pooled image features, right before the final linear laye
 vector (``clinical_coef``, ``clinical_intercept``, set by :meth:`Classifier.set_clinical_model`)
 plus the image's correction through a zero-initialised head, so the untrained network *is* the
 clinical model and training only moves away from it where that validates better (docs/fusion.md).
+
+Whatever the target (``targets.py``: binary, ordinal grades, a continuous T-score), the network
+returns one osteoporosis logit per image; an ordinal head adds its ordered class offsets
+(``ordinal_steps``), a continuous one reads its single output as the standardised value.
 """
 from __future__ import annotations
 
 import torch
+import math
+
 from torch import nn
+
+import targets
 
 from .layers import make_act
 
@@ -29,8 +37,11 @@ class Classifier(nn.Module):
 
     def __init__(self, features: nn.Sequential, num_features: int, in_chans: int, late_fuse: bool,
                  n_clinical: int = 3, act: str = "relu", drop_rate: float = 0.0, cam_layer: str = "",
-                 clinical_offset: bool = False) -> None:
+                 clinical_offset: bool = False, target: targets.TargetSpec | None = None) -> None:
         super().__init__()
+        self.target = target or targets.TargetSpec()
+        if self.target.kind != "binary" and clinical_offset:
+            raise ValueError("residual fusion starts from the clinical logistic regression: binary targets only")
         if clinical_offset and not late_fuse:
             raise ValueError("the clinical offset (residual fusion) needs the clinical vector: build with late_fuse=True")
         self.features = features
@@ -65,6 +76,30 @@ class Classifier(nn.Module):
                 nn.init.constant_(m.bias, 0)
         if self.clinical_offset:
             nn.init.zeros_(self.classifier.weight)  # the image's correction starts at nothing
+        if self.target.kind == "ordinal" and self.target.n_classes > 2:
+            # gaps between the ordered class offsets, through softplus: one class-width apart at the start
+            self.ordinal_steps = nn.Parameter(torch.full((self.target.n_classes - 2,), math.log(math.e - 1)))
+        else:
+            self.ordinal_steps = None
+
+    def ordinal_offsets(self) -> torch.Tensor:
+        """``delta_k`` of the cumulative logits ``h + delta_k`` (ordinal targets): 0, then increasing."""
+        zero = self.classifier.bias.new_zeros(1)
+        if self.ordinal_steps is None:
+            return zero
+        return torch.cat([zero, torch.cumsum(nn.functional.softplus(self.ordinal_steps), 0)])
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """The head's output ``h`` -> the osteoporosis logit (targets.py)."""
+        if self.target.kind == "ordinal":
+            return h + self.ordinal_offsets()[self.target.cut_class]
+        if self.target.kind == "continuous":
+            return targets.LOGIT_PER_SD * (self.target.z_cut - h)
+        return h
+
+    def predicted_value(self, logit: torch.Tensor) -> torch.Tensor | None:
+        """The prediction in the measurement's terms (value or class index), None for binary targets."""
+        return targets.predicted_value(self.target, logit, self.ordinal_offsets())
 
     def set_clinical_model(self, coef, intercept: float) -> None:
         """Start from the clinical model: the fixed clinical logit ``coef . clinical + intercept``
@@ -101,7 +136,7 @@ class Classifier(nn.Module):
             return self.classifier(self.drop(x)).squeeze(1) + self.clinical_logit(clinical).to(x.dtype)
         if self.late_fuse:
             x = torch.cat([x, self.clinical_mlp(clinical.to(x.dtype))], dim=1)
-        return self.classifier(self.drop(x)).squeeze(1)
+        return self.score(self.classifier(self.drop(x)).squeeze(1))
 
     def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         """One logit (osteoporosis) per image: ``(B,)``. ``clinical`` is required iff ``late_fuse``."""

@@ -38,7 +38,8 @@ def test_sample_channels(tiny_data, early_fuse):
     stats = loader.ClinicalStats.fit([filenames.decode(p) for p in files])
     ds = loader.HipDataset(files, stats, (40, 24), early_fuse=early_fuse)
     sample = ds[3]
-    assert set(sample) == {"image", "clinical", "label", "path", "index"} and sample["index"] == 3
+    assert set(sample) == {"image", "clinical", "label", "measure", "path", "index"} and sample["index"] == 3
+    assert sample["measure"].isnan()  # no measurement given: NaN
     assert sample["image"].shape == (5 if early_fuse else 2, 40, 24) and ds.channels == sample["image"].shape[0]
     assert sample["label"].item() == filenames.decode(files[3]).label
     image = sample["image"].numpy()

@@ -1,0 +1,198 @@
+"""Graded targets (main.py --target binary|ordinal|continuous, targets.py): one osteoporosis score,
+the right way round, from the measurement behind the label."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import roc_auc_score
+
+import filenames
+import measures
+import targets
+from models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (64, 37)
+
+
+def write_measured(root: Path, values: dict[str, list[float]], name: str = "T-score", cut: float = -2.5,
+                   seed: int = 0) -> Path:
+    """A data folder whose images show their measurement: the share of rows lit from the top is
+    linear in the value (a known linear relation), plus noise; label = value <= cut."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    lo, hi = min(min(v) for v in values.values()), max(max(v) for v in values.values())
+    for split, split_values in values.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i, value in enumerate(split_values):
+            share = 0.1 + 0.8 * (value - lo) / (hi - lo)
+            image = rng.normal(40, 10, SIZE)
+            image[: int(round(share * SIZE[0])), :] += 160
+            label = int(value <= cut)
+            fname = filenames.encode(f"{split[:2]}{i:03d}", 1, label, 1, 70, 25.0)
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / split / fname)
+            rows.append({"file": f"{split}/{fname}", "split": split, "label": label,
+                         "measure": repr(float(value)), "measure_name": name})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def run_main(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+def small(data, save_dir, target, *extra):
+    return ["--data_dir", data, "--image_size", *SIZE, "--depth", 10, "--growthRate", 6, "--workers", 0,
+            "--cpus", 1, "--bootstrap", 0, "--image_only", "--out_root", "outs", "--save_dir", save_dir,
+            "--target", target, *extra]
+
+
+# -- the spec ------------------------------------------------------------------------------------------
+def measure(name, values):
+    return measures.Measures(name, {f"f{i}.png": v for i, v in enumerate(values)})
+
+
+def test_ordinal_classes_of_a_t_score_are_the_who_classes():
+    spec = targets.build_spec("ordinal", measure("T-score", [-3.0, -2.0, 0.5]), [-3.0, -2.0, 0.5])
+    assert spec.classes == ("osteoporosis", "osteopenia", "normal")
+    assert spec.classify(np.array([-2.5, -2.49, -1.0, -0.99, np.nan])).tolist() == [0, 1, 1, 2, -1]
+    assert spec.cut_class == 0
+
+
+def test_ordinal_grades_cut_at_two_score_grades_one_and_two():
+    spec = targets.build_spec("ordinal", measure("grade", [1, 2, 5, 6, 3]), [1, 2, 3, 5, 6])
+    assert spec.bounds == (1.0, 2.0, 3.0, 5.0) and spec.cut_class == 1
+    osteoporosis = spec.classify(np.array([1, 2, 3, 5, 6])) <= spec.cut_class
+    assert osteoporosis.tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("kind, name, values, cut, words", [
+    ("continuous", None, [], None, "--tscore-col"),
+    ("continuous", "BMD", [0.7, 0.9], None, "--cut"),
+    ("ordinal", "BMD", [0.7, 0.9], 0.8, "--target continuous"),
+    ("ordinal", "T-score", [-3, 0], -2.0, "--cut -2"),
+    ("continuous", "T-score", [-1.0, -1.0], None, "every training image"),
+])
+def test_a_target_the_data_cannot_give_is_one_line(kind, name, values, cut, words):
+    with pytest.raises(targets.TargetError, match=words.replace("-", r"\-")):
+        targets.build_spec(kind, measure(name, values) if name else None, values, cut)
+
+
+# -- the score's direction -----------------------------------------------------------------------------
+def net(spec, seed=0):
+    torch.manual_seed(seed)
+    return build_model("dense_net", in_chans=2, late_fuse=False, depth=10, growth_rate=4, target=spec).eval()
+
+
+def test_lower_predicted_value_is_a_higher_osteoporosis_score():
+    image = torch.rand(16, 2, *SIZE)
+    continuous = net(targets.TargetSpec("continuous", "T-score", -2.5, mean=-1.5, sd=1.2))
+    with torch.no_grad():
+        continuous.classifier.bias.fill_(0.3)
+        logit = continuous(image)
+        value = continuous.predicted_value(logit)
+        z_hat = continuous.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(
+            continuous.forward_features(image), 1), 1)).squeeze(1)
+    torch.testing.assert_close(value, -1.5 + 1.2 * z_hat)  # the head's output is the standardised value
+    assert spearmanr(logit.numpy(), value.numpy())[0] == pytest.approx(-1.0)
+    # the logit crosses 0 exactly at the cut
+    assert float(targets.LOGIT_PER_SD * (continuous.target.z_cut - (-2.5 + 1.5) / 1.2)) == pytest.approx(0.0)
+
+    ordinal = net(targets.TargetSpec("ordinal", "grade", 2.0, bounds=(1.0, 2.0, 3.0, 4.0, 5.0),
+                                     classes=tuple(f"grade {g}" for g in range(1, 7))))
+    with torch.no_grad():
+        logits = torch.linspace(-6, 6, 25)
+        classes = ordinal.predicted_value(logits)
+    # a higher osteoporosis logit never predicts a higher (better) grade
+    assert (np.diff(classes.numpy()) <= 0).all() and classes[0] > classes[-1]
+
+
+def test_ordinal_offsets_are_ordered_and_cumulative_probabilities_rise():
+    spec = targets.TargetSpec("ordinal", "grade", 2.0, bounds=(1.0, 2.0, 3.0, 4.0, 5.0), classes=tuple("123456"))
+    model = net(spec)
+    with torch.no_grad():
+        model.ordinal_steps.copy_(torch.tensor([-3.0, 0.0, 2.0, -1.0]))
+    deltas = model.ordinal_offsets()
+    assert deltas[0] == 0 and (torch.diff(deltas) > 0).all()
+    cum = targets.cumulative_logits(spec, torch.tensor([0.4, -2.0]), deltas)
+    assert cum[:, spec.cut_class].tolist() == pytest.approx([0.4, -2.0])
+    assert (torch.diff(cum, dim=1) > 0).all()
+
+
+def test_ordinal_loss_with_two_classes_is_the_binary_loss():
+    spec = targets.TargetSpec("ordinal", "grade", 2.0, bounds=(2.0,), classes=("low", "high"))
+    logit = torch.randn(9)
+    value = torch.tensor([1, 2, 5, 6, 1, 5, 2, 6, float("nan")])
+    label = (value <= 2).float()
+    label[-1] = 1.0  # no measurement: the label's task remains
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logit, label)
+    got = targets.loss(spec, logit, label, value, torch.zeros(1))
+    torch.testing.assert_close(got, expected)
+
+
+def test_continuous_loss_skips_images_without_a_measurement():
+    spec = targets.TargetSpec("continuous", "T-score", -2.5, mean=-2.0, sd=1.0)
+    logit = torch.tensor([0.0, 1.0, 2.0])
+    both = targets.loss(spec, logit, torch.zeros(3), torch.tensor([-3.0, float("nan"), -1.0]))
+    alone = targets.loss(spec, logit[[0, 2]], torch.zeros(2), torch.tensor([-3.0, -1.0]))
+    torch.testing.assert_close(both, alone)
+
+
+# -- end to end ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ordinal_with_two_grades_ranks_as_the_binary_model(tmp_path):
+    rng = np.random.default_rng(3)
+    grades = {s: rng.choice([1.0, 5.0], n).tolist() for s, n in (("train", 40), ("val", 16), ("test", 16))}
+    data = write_measured(tmp_path / "data", grades, name="grade", cut=2.0)
+    for target in ("binary", "ordinal"):
+        done = run_main(*small(data, target, target, "--epoch", 2, "--seed", 1), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    read = {t: pd.read_csv(tmp_path / "outs" / t / "fold" / "test_predictions.csv") for t in ("binary", "ordinal")}
+    assert (read["binary"]["file"] == read["ordinal"]["file"]).all()
+    np.testing.assert_allclose(read["ordinal"]["probability"], read["binary"]["probability"], atol=1e-4)
+    assert spearmanr(read["ordinal"]["probability"], read["binary"]["probability"])[0] > 0.999
+    assert set(read["ordinal"]["predicted"]) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_continuous_training_recovers_a_known_linear_relation(tmp_path):
+    rng = np.random.default_rng(0)
+    values = {s: rng.uniform(-4.0, 0.5, n).round(3).tolist() for s, n in (("train", 120), ("val", 30), ("test", 40))}
+    data = write_measured(tmp_path / "data", values)
+    done = run_main(*small(data, "cont", "continuous", "--epoch", 12, "--batch_size", 16), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    test = pd.read_csv(tmp_path / "outs" / "cont" / "fold" / "test_predictions.csv")
+    r = pearsonr(test["predicted"], test["measure"])[0]
+    slope = np.polyfit(test["measure"], test["predicted"], 1)[0]
+    assert r > 0.9, f"Pearson {r:.3f}"
+    assert 0.6 < slope < 1.4, f"slope {slope:.2f}"
+    # the score runs the right way: low T-scores get high probabilities, everywhere the probability is used
+    assert spearmanr(test["probability"], test["predicted"])[0] == pytest.approx(-1.0)
+    assert roc_auc_score(test["label"], test["probability"]) > 0.9
+    assert "continuous T-score" in (tmp_path / "outs" / "cont" / "fold" / "train.log").read_text()
+
+
+def test_graded_target_without_a_measurement_is_one_line(tmp_path):
+    data = write_measured(tmp_path / "data", {"train": [-3.0, 0.0, -3.0, 0.0], "val": [-3.0, 0.0],
+                                              "test": [-3.0, 0.0]})
+    (data / "manifest.csv").unlink()
+    done = run_main(*small(data, "x", "continuous", "--epoch", 1), cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "--tscore-col" in done.stderr
+    assert not (tmp_path / "outs" / "x").exists()
+
+
+def test_graded_target_refuses_residual_fusion(tmp_path):
+    done = run_main("--target", "ordinal", "--fusion", "residual", "--data_dir", tmp_path, cwd=tmp_path)
+    assert done.returncode != 0 and "residual" in done.stderr and "Traceback" not in done.stderr
