@@ -16,7 +16,8 @@ grey, as the loader does. Refused, with the file named and nothing written: a fi
 decode, an array that is not 2-D, non-finite values, an image under 16 pixels on a side.
 
 Output (written atomically): ``file,probability,prediction`` with prediction 1 (osteoporosis)
-when probability >= the run's threshold. An existing ``--out`` is replaced only with ``--overwrite``.
+when probability >= the run's threshold; a run with a graded target (``main.py --target``) adds the
+measurement it predicts (``predicted_T-score``, ``predicted_class``). An existing ``--out`` is replaced only with ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ import imaging  # noqa: E402
 import loader  # noqa: E402
 import runfiles  # noqa: E402
 import runtime  # noqa: E402
+import targets  # noqa: E402
 from models import build_model_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger("predict")
@@ -205,7 +207,8 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
     for f in files:  # refuse before any scoring
         check_image(f, members[0].image_size)
     dev = runtime.select_device(device, None)
-    probs = np.zeros(len(files))
+    probs, values = np.zeros(len(files)), np.zeros(len(files))
+    spec = targets.TargetSpec.from_dict(members[0].config.target_spec)
     dataset = loader.run_dataset(files, members[0].config, members[0].clinical_stats, clinical=clinical,
                                  desc="predict")  # decoded once; each fold model normalises the clinical values
     for trained in members:
@@ -219,21 +222,34 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
             return model(*inputs).float().reshape(-1)
 
         member: list[float] = []
+        value: list[float] = []
         for batch in DataLoader(dataset, batch_size=batch_size):
             p = fusion.probability(forward, batch, scored_as)
             member += p.cpu().double().tolist()
+            if spec.kind != "binary":  # the measurement it stands for (graded targets, targets.py)
+                value += model.predicted_value(torch.logit(p.clamp(1e-7, 1 - 1e-7))).cpu().double().tolist()
         probs += np.asarray(member, dtype=np.float64) / len(members)
+        if value:
+            values += np.asarray(value, dtype=np.float64) / len(members)
     threshold = float(np.mean([m.threshold for m in members]))
     logger.info("scored %d images with %s (%s, threshold %.4f from validation)", len(files), Path(run),
                 f"mean of {len(members)} fold models" if len(members) > 1 else f"epoch {members[0].epoch}",
                 threshold)
-    return [{"file": str(f), "probability": float(p), "prediction": int(p >= threshold)}
+    rows = [{"file": str(f), "probability": float(p), "prediction": int(p >= threshold)}
             for f, p in zip(files, probs)]
+    if spec.kind == "continuous":  # e.g. predicted_T-score; a fold ensemble's is the mean of its models'
+        for row, v in zip(rows, values):
+            row[f"predicted_{spec.name}"] = f"{v:.4g}"
+    elif spec.kind == "ordinal":  # the class at the ensemble's mean class index
+        for row, v in zip(rows, values):
+            row["predicted_class"] = spec.classes[int(np.clip(np.round(v), 0, spec.n_classes - 1))]
+    return rows
 
 
 def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
+    extra = [k for k in rows[0] if k.startswith("predicted_")] if rows else []
     runfiles.write_csv(path, [{**r, "probability": runfiles.probability_text(r["probability"])} for r in rows],
-                       ["file", "probability", "prediction"])
+                       ["file", "probability", "prediction", *extra])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -181,6 +181,14 @@ def test_continuous_training_recovers_a_known_linear_relation(tmp_path):
     assert spearmanr(test["probability"], test["predicted"])[0] == pytest.approx(-1.0)
     assert roc_auc_score(test["label"], test["probability"]) > 0.9
     assert "continuous T-score" in (tmp_path / "outs" / "cont" / "fold" / "train.log").read_text()
+    # predict.py writes the predicted T-score beside the probability, as the run scored it
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", "outs/cont/fold", str(data / "test"),
+                           "--out", "p.csv"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scored = pd.read_csv(tmp_path / "p.csv").assign(file=lambda d: d["file"].map(lambda f: Path(f).name))
+    both = scored.merge(test, on="file", suffixes=("", "_run"))
+    assert len(both) == len(test)
+    np.testing.assert_allclose(both["predicted_T-score"], both["predicted"], atol=2e-3)
 
 
 def test_graded_target_without_a_measurement_is_one_line(tmp_path):
