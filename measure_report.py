@@ -36,12 +36,11 @@ import measures
 from report_render import NET, BASE, _png, _style, ci, interval_text
 
 KINDS = ("binary", "ordinal", "continuous")
-GRADED = ("ordinal", "continuous")
 ALPHA = 0.05
 FIGURE = {"continuous": "measure_scatter", "ordinal": "measure_confusion"}  # report_figures/<name>.png
-UNSCORED_TEXT = ("Images without a binary label (the data folder's {folder}/ images, e.g. Singh grades 3-4 or "
-                 "osteopenia{count}) train an ordinal or continuous model but are never scored: every binary metric "
-                 "of this report compares osteoporosis with normal images only and keeps its meaning.")
+UNSCORED_TEXT = ("Images without a binary label (the data folder's {folder}/ images, e.g. Singh grades 3-4{count}) "
+                 "train an ordinal or continuous model but are never scored: every binary metric of this report "
+                 "compares osteoporosis with normal images only and keeps its meaning.")
 
 
 # --------------------------------------------------------------------------- the target
@@ -338,6 +337,7 @@ def measurement_figures(block: Mapping, predictions: pd.DataFrame, spec: Mapping
 
 # --------------------------------------------------------------------------- text
 
+UNIT_TEXT = {"SD": "T-score units"}  # not "(SD)" beside an error, which reads as its standard deviation
 STAT_LABELS = {"mae": "Mean absolute error ({unit})", "pearson_r": "Pearson r, predicted against measured",
                "spearman_rho": "Spearman ρ, predicted against measured",
                "mae_classes": "Mean absolute error (classes)",
@@ -368,9 +368,10 @@ def report_blocks(block: Mapping, figures: bool = True) -> list[tuple]:
     b.append(("p", f"The run was trained on the {name} ({target}).{cut_text} This section compares its prediction "
                    "with the measurement."))
     patients = f" of {block['n_patients']} patients" if block.get("n_images") else ""
+    none = block["n_without_measure"]
     b.append(("p", f"Of the {block['n_scored']} scored {block.get('what', 'test')} images, {block['n_images']}"
-                   f"{patients} have a measured {name} and count here; {block['n_without_measure']} have none and are "
-                   "left out."))
+                   f"{patients} have a measured {name} and count here; {none} "
+                   f"{'has' if none == 1 else 'have'} none and {'is' if none == 1 else 'are'} left out."))
     count = block.get("n_unscored_in_data")
     b.append(("p", UNSCORED_TEXT.format(folder=measures.UNSCORED,
                                         count=f"; {count} image(s) in this data folder" if count is not None else "")))
@@ -381,7 +382,7 @@ def report_blocks(block: Mapping, figures: bool = True) -> list[tuple]:
     keys = ("mae", "pearson_r", "spearman_rho") if kind == "continuous" else ("mae_classes", "spearman_rho",
                                                                               "kappa_quadratic")
     b.append(("table", ["Statistic", "Value (95 % CI)"],
-              [[STAT_LABELS[k].format(unit=unit or "units"), ci(stats[k])] for k in keys]))
+              [[STAT_LABELS[k].format(unit=UNIT_TEXT.get(unit, unit) or "units"), ci(stats[k])] for k in keys]))
     if kind == "ordinal":
         classes = block["classes"]
         bounds = block["bounds"]

@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     auc = result["network"]["metrics"]["roc_auc"]
     base = (f"clinical baseline {_ci(result['baseline']['metrics']['roc_auc'])}" if result["baseline"]
             else f"no clinical baseline ({result['baseline_absent']})")
-    print(f"test ROC AUC {_ci(auc)}{measure_report.headline(result.get('measurement'))}; {base}; report in {runfiles.Run(Path(args.run)).file(runfiles.REPORT_HTML)}")
+    measured = measure_report.headline(result.get("measurement"))  # '' for a binary run
+    print(f"test ROC AUC {_ci(auc)}{measured}; {base}; report in {runfiles.Run(Path(args.run)).file(runfiles.REPORT_HTML)}")
     return result
 
 
