@@ -80,6 +80,22 @@ def test_weighted_statistics_equal_those_of_the_repeated_sample():
                                       abs=1e-12)
 
 
+@pytest.mark.parametrize("interval", ["bca", "percentile"])
+def test_bootstrap_weighted_draws_the_resamples_of_bootstrap_ci(interval):
+    """The Brier score as a statistic of weights gets exactly bootstrap_ci's interval (same patients drawn)."""
+    import confidence
+    import metrics
+    rng = np.random.default_rng(6)
+    y, p = rng.integers(0, 2, 60), rng.random(60)
+    groups = np.repeat(np.arange(30), 2)
+    want = confidence.bootstrap_ci(y, p, metrics.brier, groups=groups, n_boot=300, seed=7, interval=interval)
+    got = confidence.bootstrap_weighted(lambda w: mr.weighted_mae(w, (p - y) ** 2, np.zeros(60)), 60, groups=groups,
+                                        n_boot=300, seed=7, interval=interval)
+    for key in ("point", "low", "high"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12)
+    assert got["interval"] == want["interval"] == interval
+
+
 def test_a_constant_side_gives_nan_not_a_spurious_correlation():
     w = np.ones((1, 4))
     x = np.array([0.1, 0.1, 0.1, 0.1]) * 3  # not exactly representable: centring leaves rounding noise
@@ -237,10 +253,10 @@ def test_binary_run_report_has_no_measurement(tmp_path):
 
 # --------------------------------------------------------------------------- cross-validation
 
-def write_fold(run, rows, spec):
-    """A tested oof fold without weights: rows of (patient, label, probability, measure, predicted)."""
+def write_fold(run, rows, spec, design="oof"):
+    """A tested fold without weights: rows of (patient, label, probability, measure, predicted)."""
     run.mkdir(parents=True)
-    config = {**NETWORK, "cv_folds": 2, "cv_fold": int(run.name[-1]), "cv_design": "oof",
+    config = {**NETWORK, "cv_folds": 2, "cv_fold": int(run.name[-1]), "cv_design": design,
               "data_dir": str(run.parent / "no_data"), **({"target_spec": spec} if spec else {})}
     (run / "config.json").write_text(json.dumps(config))
     runfiles.save_checkpoint(run / "best.pth", {}, config, {}, 0.5, 3)
@@ -301,3 +317,14 @@ def test_cv_summary_of_binary_folds_has_no_measurement_and_mixed_targets_are_ref
     write_fold(mixed / "fold1", b, None)
     with pytest.raises(ValueError, match="different targets"):
         cv_report.write_cv_summary(mixed, [mixed / "fold0", mixed / "fold1"], n_boot=100)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_heldout_folds_say_the_measurement_needs_out_of_fold_predictions(tmp_path):
+    a, _ = folds()
+    save = tmp_path / "heldout"
+    write_fold(save / "fold0", a, TSCORE, design="heldout")
+    write_fold(save / "fold1", a, TSCORE, design="heldout")
+    summary = cv_report.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50)
+    assert "measurement" not in summary and "ensemble" in summary
+    assert "Measurement: the measurement statistics pool out-of-fold predictions" in (save / "cv_report.md").read_text()
