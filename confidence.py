@@ -40,8 +40,8 @@ from metrics import UndefinedMetricWarning, check_inputs
 
 __all__ = [
     "BOOTSTRAP_METRICS", "CALIBRATION_METRICS", "BCA_METRICS", "INTERVALS", "bootstrap_ci", "bootstrap_metrics",
-    "paired_bootstrap_diff", "delong_auc", "delong_test", "calibration", "recalibration", "recalibrate",
-    "weighted_calibration",
+    "paired_bootstrap_diff", "bootstrap_weighted", "delong_auc", "delong_test", "calibration", "recalibration",
+    "recalibrate", "weighted_calibration",
     "reliability_curve", "holm",
 ]
 
@@ -290,6 +290,27 @@ def paired_bootstrap_diff(y_true: Any, p1: Any, p2: Any, metric: Metric, groups:
     return {"diff": ci["point"], "low": ci["low"], "high": ci["high"], "p_value": float(p_value),
             "n_boot_valid": ci["n_boot_valid"]}
 
+
+def bootstrap_weighted(statistic: Callable[[np.ndarray], np.ndarray], n: int, groups: Any = None,
+                       n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                       interval: str = "bca") -> dict[str, Any]:
+    """Bootstrap interval of any statistic of ``n`` cases written as a function of frequency weights:
+    ``statistic((B, n) weights) -> (B,)`` values, NaN where undefined (dropped, warned). The point is
+    ``statistic`` at weight 1 everywhere. Resamples (patients when ``groups`` is given) and the BCa
+    jackknife are those of :func:`bootstrap_ci`; e.g. the correlations of :mod:`measure_report`.
+    Returns ``dict(point, low, high, n_boot_valid, interval)``."""
+    _check_bootstrap_args(n_boot, alpha, interval)
+    codes, n_units = _unit_codes(groups, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = float(statistic(np.ones((1, n)))[0])
+        reps = np.concatenate([statistic(w) for w in
+                               _resample_weights(codes, n_units, n_boot, np.random.default_rng(seed))])
+        jack = (np.concatenate([statistic(w) for w in _jackknife_weights(codes, n_units)])
+                if interval == "bca" else None)
+    out = _bca(point, reps, jack, alpha) if jack is not None else _percentile(point, reps, alpha)
+    _warn_dropped({getattr(statistic, "__name__", "statistic"): n_boot - out["n_boot_valid"]}
+                  if out["n_boot_valid"] < n_boot else {}, n_boot)
+    return out
 
 def holm(p_values: Any) -> np.ndarray:
     """Holm's step-down adjustment of several p-values (Holm, Scand J Stat 1979;6:65-70).

@@ -19,6 +19,7 @@ import pandas as pd
 
 import confidence
 import loader
+import measure_report
 import metrics
 import runfiles
 from runconfig import RunConfig
@@ -202,6 +203,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     if len(designs) > 1:
         raise ValueError(f"the fold runs mix cross-validation designs {sorted(designs)}; summarise one run group")
     design = designs.pop()
+    spec = measure_report.group_target_spec(fold_run_dirs)  # None for binary folds
     all_files = [f for pred in predictions for f in pred["file"]]
     baseline_note = None
     if "varies" not in loader.clinical_states(loader.clinical_table(all_files)).values():
@@ -241,6 +243,11 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
             numbers, p_base = pooled_baseline(pooled, configs, data_dir, n_boot, seed)
             summary["pooled"].update(numbers)
         figures = cv_figures(summary["pooled"], y, pooled["probability"].to_numpy(dtype=float), p_base)
+        if spec:  # a graded target (main.py --target): predicted against measured, pooled out of fold
+            summary["measurement"] = measure_report.measurement(pooled, spec, n_boot, seed, data_dir=data_dir,
+                                                                source="the folds' test_predictions.csv",
+                                                                what="out-of-fold")
+            figures.update(measure_report.measurement_figures(summary["measurement"], pooled, spec))
         if data_dir is not None:
             summary["subgroups"] = subgroup_results(pooled, data_dir, by, n_boot, seed)
         elif by:
@@ -263,6 +270,9 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
                 "threshold": threshold, "n_images": len(p), "n_patients": int(first["patient"].nunique()),
                 "metrics": _with_ci(y, p, (p >= threshold).astype(int), first["patient"].to_numpy(), n_boot, seed)}
             figures = cv_figures(summary["ensemble"], y, p, None, threshold)
+    if spec and design != "oof":
+        summary["measurement_note"] = ("the measurement statistics pool out-of-fold predictions (main.py --cv oof); "
+                                       "this heldout design has none")
     summary["note"] = ("per-fold figures: " + ("each fold is scored on its own test patients" if design == "oof" else
                        "every fold is scored on the same held-out test set, so the SD reflects variation between "
                        "trainings (data of the fold, initialisation), not sampling of test patients"))
@@ -282,7 +292,8 @@ def headline(summary: Mapping) -> str:
             base = (f"; clinical baseline {_ci(block['baseline']['metrics']['roc_auc'])}, difference "
                     f"{_fmt(block['comparison']['auc_difference']['diff'])}" if block.get("baseline") else "")
             return (f"{what} ROC AUC {_ci(block['metrics']['roc_auc'])} over {block['n_images']} images of "
-                    f"{block['n_patients']} patients ({summary['n_folds']} folds, {summary['design']}){base}")
+                    f"{block['n_patients']} patients ({summary['n_folds']} folds, {summary['design']}){base}"
+                    f"{measure_report.headline(summary.get('measurement')) if key == 'pooled' else ''}")
     m = summary["per_metric"]["roc_auc"]
     return (f"{summary['n_folds']} folds ({summary['design']}): ROC AUC {_fmt(m['mean'])} ± {_fmt(m['sd'])} "
             f"(mean ± SD of {m['n_folds']} of {m['of']} folds)")
@@ -300,6 +311,10 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
                         f"{block['n_patients']} patients; 95 % CIs from {summary['n_boot']} bootstrap resamples of "
                         "patients."),
                   *pooled_tables(block), *(figure_blocks(block) if figures else [])]
+    if summary.get("measurement"):
+        b += measure_report.report_blocks(summary["measurement"], figures=bool(figures))
+    elif summary.get("measurement_note"):
+        b.append(("p", f"Measurement: {summary['measurement_note']}."))
     if summary.get("subgroups"):
         b += [("h2", "Subgroups"),
               ("p", "The pooled out-of-fold probabilities within each value of a column of the data folder's "

@@ -60,7 +60,7 @@ def run_facts(run_dir: str | os.PathLike) -> dict:
     return {"dir": run.dir, "config": run.config.to_dict(), "threshold": run.threshold, "epoch": run.epoch,
             "clinical_stats": run.clinical_stats, "select_metric": run.select_metric, "test": run.predictions("test"),
             "val": run.predictions("val") if has_val else None, "history": run.history(),
-            "test_metrics": run.test_metrics()}
+            "test_metrics": run.test_metrics(), "target_spec": measure_report.run_target_spec(run)}
 
 
 def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFrame | None, source: str) -> None:
@@ -253,6 +253,12 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
         }
         figures = report_render.report_figures(result, y, [p for p in (p_net, p_base) if p is not None],
                                                run["history"])
+        if run["target_spec"]:  # a graded target (main.py --target): its own section; binary runs get none
+            result["measurement"] = _labelled(
+                caught, "measurement", measure_report.measurement, run["test"], run["target_spec"], n_boot, seed,
+                interval, data_dir if data_dir is not None else run["config"].get("data_dir"),
+                source=str(runfiles.Run(run["dir"]).predictions_file("test")))
+            figures.update(measure_report.measurement_figures(result["measurement"], run["test"], run["target_spec"]))
         result["gallery"], gallery_figures = case_gallery.case_gallery(run["dir"], paths, gallery)
         result["gallery_size"] = int(gallery)
         figures.update(gallery_figures)
@@ -363,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     auc = result["network"]["metrics"]["roc_auc"]
     base = (f"clinical baseline {_ci(result['baseline']['metrics']['roc_auc'])}" if result["baseline"]
             else f"no clinical baseline ({result['baseline_absent']})")
-    print(f"test ROC AUC {_ci(auc)}; {base}; report in {runfiles.Run(Path(args.run)).file(runfiles.REPORT_HTML)}")
+    measured = measure_report.headline(result.get("measurement"))  # '' for a binary run
+    print(f"test ROC AUC {_ci(auc)}{measured}; {base}; report in {runfiles.Run(Path(args.run)).file(runfiles.REPORT_HTML)}")
     return result
 
 
@@ -381,6 +388,7 @@ from evaluation import ALPHA, evaluate  # noqa: E402
 import gallery as case_gallery  # noqa: E402
 import filenames  # noqa: E402
 import loader  # noqa: E402
+import measure_report  # noqa: E402
 import metrics  # noqa: E402
 import report_render  # noqa: E402
 import runfiles  # noqa: E402

@@ -489,6 +489,10 @@ def report_blocks(r: dict) -> list[tuple]:
     b.append(("h2", "10. Case gallery"))
     b += gallery_blocks(r)
 
+    if r.get("measurement"):  # a graded target's (measure_report.py); binary runs have none
+        import measure_report  # it draws with this module's helpers: imported here, not at the top
+
+        b += measure_report.report_blocks(r["measurement"])
     b.append(("h2", "11. Methods and notes"))
     notes = [f"Network predictions: {r['run']}/test_predictions.csv, written from best.pth (epoch {r['epoch']}); "
              f"threshold {net['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
