@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 import confidence
 import filenames
 import measures
+import targets
 from report_render import NET, BASE, _png, _style, ci, interval_text
 
 KINDS = ("binary", "ordinal", "continuous")
@@ -84,22 +85,23 @@ def run_target_spec(run: Any) -> dict | None:
 def group_target_spec(run_dirs: Sequence[str | os.PathLike]) -> dict | None:
     """The one target of a group of fold runs; ValueError when the folds were trained on different ones."""
     specs = [run_target_spec(d) for d in run_dirs]
-    if any(s != specs[0] for s in specs[1:]):
+    # each fold standardises a continuous target on its own training images: mean and SD may differ
+    same = [{k: v for k, v in (s or {}).items() if k not in ("mean", "sd")} for s in specs]
+    if any(s != same[0] for s in same[1:]):
         kinds = sorted({(s or {}).get("kind", "binary") for s in specs})
-        raise ValueError(f"the fold runs were trained on different targets ({', '.join(kinds)} or different cuts, "
-                         "bounds or scaling); summarise the folds of one cross-validation")
+        raise ValueError(f"the fold runs were trained on different targets ({', '.join(kinds)} or different cuts "
+                         "or classes); summarise the folds of one cross-validation")
     return specs[0] if specs else None
 
 
 def classes_of(values: Any, bounds: Sequence[float]) -> np.ndarray:
-    """The class of each value: how many bounds it exceeds (class 0 the lowest, i.e. worst)."""
-    v = np.asarray(values, dtype=np.float64)
-    return np.sum(v[:, None] > np.asarray(bounds, dtype=np.float64)[None, :], axis=1)
+    """The class of each value: how many bounds it exceeds (class 0 the lowest, i.e. worst; targets.py's rule)."""
+    return targets.TargetSpec(kind="ordinal", bounds=tuple(bounds)).classify(values)
 
 
 def cut_class(spec: Mapping) -> int | None:
-    """The highest class at or below the clinical cut (the osteoporosis classes are 0..this)."""
-    return None if spec.get("cut") is None else int(classes_of([spec["cut"]], spec["bounds"])[0])
+    """The highest class whose values all lie at or below the clinical cut (the osteoporosis classes are 0..this)."""
+    return None if spec.get("cut") is None else targets.TargetSpec.from_dict(spec).cut_class
 
 
 def unscored_count(data_dir: str | os.PathLike | None) -> int | None:
