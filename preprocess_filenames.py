@@ -79,6 +79,11 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
             splits.setdefault(row.patient, row.split)
     else:
         splits = assign_splits(labels, args.split or DEFAULT_FRACTIONS, args.seed)
+    mixed = sorted({row.patient for row in rows if row.label is None} & set(splits))
+    if mixed:  # their unscored/ images must stay on their patient's side of every split and fold
+        logger.warning("%d patient(s) have images in %s/ and labelled ones (e.g. %s): training on %s/ must leave "
+                       "out the images of patients in val, test or the held-out fold (manifest column patient)",
+                       len(mixed), UNSCORED, ", ".join(mixed[:3]), UNSCORED)
     folds: dict[str, int] = {}
     if args.folds:
         dev = {p: y for p, y in labels.items() if splits[p] != "test"}

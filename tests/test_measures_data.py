@@ -127,6 +127,17 @@ def test_rows_with_a_grade_but_no_label_go_to_unscored(tmp_path, capsys):
     total = next(line for line in printed.out.splitlines() if line.startswith("total"))
     assert total.split()[2] == str(len(manifest) - 4)
     assert "4 of them without a label to unscored/" in (out / "preprocess.log").read_text()
+    assert "patient(s) have images in unscored/ and labelled ones" not in printed.err  # P02, P03 have no label
+
+
+def test_a_patient_with_labelled_and_unscored_images_is_named(tmp_path, capsys):
+    export = Export(tmp_path, n_patients=4, kinds=["png8"])
+    _graded(export, ["1", "6", "2", "5", "3"], ["1", "0", "1", "0", ""])  # P00's second image: grade 3
+    assert pf.main(export.args("--grade-col", "singh")) == 0
+    assert "1 patient(s) have images in unscored/ and labelled ones (e.g. P00)" in capsys.readouterr().err
+    manifest = read_csv(export.out / "manifest.csv")
+    assert sorted((m["crop"], m["split"] == "unscored") for m in manifest if m["patient"] == "P00") == [
+        ("1", False), ("2", True)]
 
 
 def test_without_a_measure_column_an_empty_label_is_still_skipped(tmp_path):
