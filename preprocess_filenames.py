@@ -3,9 +3,10 @@
 From a hospital's export (one CSV row per X-ray plus the raw images) to the data folder training
 reads: fixed-size 8-bit PNGs named in the file-name format, split by patient into
 ``OUT/train|val|test``, with ``manifest.csv`` (keeping the T-score, BMD or grade as ``measure``) and
-``skipped.csv``; rows with a measurement but an empty label go to ``OUT/unscored/``. The script owns the command line
-and the order of the steps; ``patient_table.py`` reads and checks the CSV, ``imaging.py`` decodes
-and shapes the images, ``datafolder.py`` writes the folder. The manual: docs/data.md.
+``skipped.csv``; rows with a measurement but an empty label go to ``OUT/unscored/``. The script owns
+the command line and the order of the steps; ``patient_table.py`` reads and checks the CSV,
+``imaging.py`` decodes and shapes the images, ``datafolder.py`` writes the folder. The manual:
+docs/data.md.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from typing import Sequence
 
 import runfiles
 from choices import MIN_SIDE
-from measures import UNSCORED
 from cli import add_output, add_overwrite, add_seed, run_script
+from measures import UNSCORED
 from patient_table import (COLUMN_CANDIDATES, DEFAULT_SEX_MAP, FLAGS, Options, PreprocessError, SkipLog,
                            assign_crops, find_csv, parse_sex_map, read_table, resolve_columns, unused_files,
                            validate)
