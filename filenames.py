@@ -89,7 +89,8 @@ def encode(patient: str, crop: int, label: int | None, sex: float | None, age: f
         raise ValueError(f"extension {ext!r} not supported; use one of {EXTENSIONS}")
     if sex is not None and not (isinstance(sex, float) and math.isnan(sex)) and sex not in (0, 1):
         raise ValueError(f"sex must be 1 (female), 0 (male) or missing, got {sex!r}")
-    name = f"{patient}_{int(crop)}_{'NA' if label is None else int(label)}-{_fmt(sex, True)}-{_fmt(age)}-{_fmt(bmi)}{ext}"
+    label_text = "NA" if label is None else str(int(label))
+    name = f"{patient}_{int(crop)}_{label_text}-{_fmt(sex, True)}-{_fmt(age)}-{_fmt(bmi)}{ext}"
     decode(name)  # the format must round-trip
     return name
 
