@@ -1,5 +1,7 @@
 """Writing a data folder from a checked patient table: ``OUT/train|val|test`` with one PNG per crop
-named in the file-name format, ``manifest.csv``, ``skipped.csv`` and the summary table.
+named in the file-name format, ``OUT/unscored`` for rows with a measurement but no label (label
+``NA``, never scored), ``manifest.csv`` (with the ``measure`` kept, measures.py), ``skipped.csv`` and
+the summary table.
 
 The second half of ``preprocess_filenames.py`` (the first reads the table: ``patient_table.py``). It
 owns what makes the output safe: nothing but its own files is replaced (``--overwrite``), every file
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import filenames
+import measures
 import roi
 import runfiles
 from imaging import BoxError, ImageReadError, OddImageError, crop_box, fit_image, read_image, split_hips
@@ -36,7 +39,8 @@ SKIPPED = "skipped.csv"
 CONFIG = "preprocess_config.json"
 LOG = "preprocess.log"
 OWN_FILES = (MANIFEST, SKIPPED, CONFIG, LOG, MARKER)
-FORMAT_VERSION = 1  # part of the resume fingerprint: bump when outputs for the same input change
+FORMAT_VERSION = 2  # part of the resume fingerprint: bump when outputs for the same input change
+FOLDERS = SPLITS + (measures.UNSCORED,)  # where this tool writes images
 
 
 def _fmt(value: float | int | None) -> str:
@@ -62,7 +66,7 @@ def _own_output(name: str) -> bool:
 def _own_files(out: Path) -> list[Path]:
     files = [out / n for n in OWN_FILES if (out / n).is_file() or (out / n).is_symlink()]
     files += [p for p in out.iterdir() if runfiles.TEMP_NAME.match(p.name) and p.is_file()]
-    for split in SPLITS:
+    for split in FOLDERS:
         folder = out / split
         if folder.is_symlink():
             raise PreprocessError(f"{folder} is a symbolic link; refusing to write through it")
@@ -103,14 +107,18 @@ def prepare_out(out: Path, fingerprint: str, overwrite: bool) -> bool:
             logger.warning("--overwrite: %d other file(s) in %s are not this tool's and were left alone", others, out)
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        folder = out / split
-        if folder.is_symlink():
-            raise PreprocessError(f"{folder} is a symbolic link; refusing to write through it")
-        folder.mkdir(exist_ok=True)
+        make_folder(out / split)
     if not resume:
         runfiles.write_bytes(marker, json.dumps({"fingerprint": fingerprint, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                          "command": sys.argv}, indent=1).encode("utf-8"))
     return resume
+
+
+def make_folder(folder: Path) -> None:
+    """An image folder of OUT, never written through a symbolic link."""
+    if folder.is_symlink():
+        raise PreprocessError(f"{folder} is a symbolic link; refusing to write through it")
+    folder.mkdir(exist_ok=True)
 
 
 def settings_fingerprint(args: argparse.Namespace, csv_bytes: bytes, images: Path) -> tuple[str, dict]:
@@ -157,7 +165,7 @@ def summary_table(manifest: Sequence[Mapping[str, str]], skipped: Sequence[Mappi
     """The text printed at the end: counts per split and class, missing values, skipped rows."""
     lines = [f"{'split':<7}{'patients':>9}{'images':>8}{'normal':>8}{'osteo':>7}{'prevalence':>12}"]
     for split in SPLITS + ("total",):
-        rows = [m for m in manifest if split == "total" or m["split"] == split]
+        rows = [m for m in manifest if m["split"] == split or split == "total" and m["split"] in SPLITS]
         n, pos = len(rows), sum(m["label"] == "1" for m in rows)
         prevalence = f"{pos / n:.1%}" if n else "-"
         lines.append(f"{split:<7}{len({m['patient'] for m in rows}):>9}{n:>8}{n - pos:>8}{pos:>7}{prevalence:>12}")
@@ -168,8 +176,15 @@ def summary_table(manifest: Sequence[Mapping[str, str]], skipped: Sequence[Mappi
             rows = [m for m in manifest if m.get("fold") == str(k)]
             lines.append(f"{k:<7}{len({m['patient'] for m in rows}):>9}{len(rows):>8}"
                          f"{sum(m['label'] == '1' for m in rows):>7}")
+    unscored = [m for m in manifest if m["split"] == measures.UNSCORED]
+    if unscored:
+        lines += ["", f"{measures.UNSCORED}: {len(unscored)} images of {len({m['patient'] for m in unscored})} "
+                  f"patients with a {unscored[0][measures.NAME_COLUMN]} but no label ({measures.UNSCORED}/: they "
+                  "train graded targets, never scored)"]
     n = len(manifest)
     missing = ", ".join(f"{c} {sum(m[c] == 'NA' for m in manifest)}/{n}" for c in ("sex", "age", "bmi"))
+    if measures.COLUMN in (manifest[0] if manifest else {}):
+        missing += f", {manifest[0][measures.NAME_COLUMN]} {sum(m[measures.COLUMN] == '' for m in manifest)}/{n}"
     lines += ["", f"missing values (images): {missing}"]
     reasons = Counter(r["reason"] for r in skipped)
     lines += roi_summary(manifest)
@@ -181,29 +196,40 @@ def summary_table(manifest: Sequence[Mapping[str, str]], skipped: Sequence[Mappi
 
 
 def write_images(args: argparse.Namespace, out: Path, rows: list[Row], splits: dict[str, str],
-                 folds: dict[str, int], skips: SkipLog, resume: bool) -> int:
-    """Every row's image(s) into ``out``, then manifest.csv and skipped.csv; prints the summary table."""
+                 folds: dict[str, int], skips: SkipLog, resume: bool, measure_name: str | None = None) -> int:
+    """Every row's image(s) into ``out`` (a row without a label into unscored/), then manifest.csv
+    (with the ``measure`` columns when ``measure_name`` is given) and skipped.csv; prints the summary."""
     root = Path(args.images).resolve()
     manifest: list[dict[str, str]] = []
     reused = 0
+    if any(row.label is None for row in rows):
+        make_folder(out / measures.UNSCORED)
     with logging_redirect_tqdm():  # warnings print above the progress bar, not through it
         for row in tqdm(rows, desc="images", unit="img", disable=None):
-            result = _write_row(args, out, root, row, splits[row.patient], folds, skips, resume)
+            split = measures.UNSCORED if row.label is None else splits[row.patient]
+            result = _write_row(args, out, root, row, split, folds, skips, resume)
             if result is not None:
+                for entry in result[0]:
+                    if measure_name is not None:
+                        entry.update({measures.COLUMN: "" if row.measure is None else _fmt(row.measure),
+                                      measures.NAME_COLUMN: measure_name})
                 manifest += result[0]
                 reused += result[1]
     if resume:
         logger.info("resumed: %d row(s) were already written, %d made now", reused, len(rows) - reused)
 
     fieldnames = ["file", "source", "patient", "crop", "split"] + (["fold"] if args.folds else []) + \
-        ["label", "sex", "age", "bmi", "row"] + (["hip"] if args.split_hips else []) + \
+        ["label", "sex", "age", "bmi"] + ([measures.COLUMN, measures.NAME_COLUMN] if measure_name else []) + \
+        ["row"] + (["hip"] if args.split_hips else []) + \
         (list(ROI_COLUMNS) if args.roi else []) + (["patient_csv"] if args.sanitize_ids else [])
     runfiles.write_csv(out / MANIFEST, manifest, fieldnames)
     runfiles.write_csv(out / SKIPPED, skips.rows, ["row", "image", "patient", "reason", "message"])
 
     # Images of an interrupted run that this run did not make again (e.g. their source became unreadable).
     written = {m["file"] for m in manifest}
-    for split in SPLITS:
+    for split in FOLDERS:
+        if not (out / split).is_dir():
+            continue
         for path in sorted((out / split).iterdir()):
             if path.is_file() and _own_output(path.name) and f"{split}/{path.name}" not in written:
                 logger.warning("removing %s: not part of this run", path)
@@ -218,7 +244,9 @@ def write_images(args: argparse.Namespace, out: Path, rows: list[Row], splits: d
             logger.warning("split %s has only class %s (%d images): AUC and similar metrics are undefined there",
                            split, labels.pop(), count)
     (out / MARKER).unlink()
-    logger.info("wrote %d images to %s (%s, %s)", len(manifest), out, MANIFEST, SKIPPED)
+    n_unscored = sum(m["split"] == measures.UNSCORED for m in manifest)
+    logger.info("wrote %d images to %s (%s, %s)%s", len(manifest), out, MANIFEST, SKIPPED,
+                f", {n_unscored} of them without a label to {measures.UNSCORED}/ (never scored)" if n_unscored else "")
     print(summary_table(manifest, skips.rows, args.folds))
     return 0
 
@@ -263,8 +291,8 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
         entry = {"file": f"{split}/{path.name}", "source": row.path.relative_to(root).as_posix(),
                  "patient": row.patient, "crop": str(crop), "split": split}
         if args.folds:
-            entry["fold"] = str(folds[row.patient]) if row.patient in folds else "NA"
-        entry.update(label=str(row.label), sex=_fmt(row.sex), age=_fmt(row.age), bmi=_fmt(row.bmi),
+            entry["fold"] = str(folds[row.patient]) if row.patient in folds and row.label is not None else "NA"
+        entry.update(label=_fmt(row.label), sex=_fmt(row.sex), age=_fmt(row.age), bmi=_fmt(row.bmi),
                      row=str(row.line))
         if args.split_hips:
             entry["hip"] = hip

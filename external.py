@@ -85,7 +85,7 @@ def external_images(data_dir: str | os.PathLike) -> pd.DataFrame:
             raise ExternalError(f"--external {root}: no train/ val/ test/ folders and no images inside; expected "
                                 f"files named {filenames.PATTERN}")
         for p in flat:
-            filenames.decode(p)  # fail early, naming the file
+            filenames.scored(p)  # fail early, naming the file (a test image needs its label)
         parts = [("", flat)]
     frames = []
     for split, files in parts:

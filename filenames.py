@@ -5,6 +5,10 @@
 
 label 0 normal / 1 osteoporosis; sex 1 female / 0 male; age in years; BMI unrounded.
 A missing clinical value is written ``NA``. ``.png`` and ``.npy`` (a 2-D array) are read.
+
+The label may be ``NA`` too (no binary label, ``SampleInfo.label`` None): only for the images of
+a data folder's ``unscored/`` (:func:`list_unscored`), which have a measurement (e.g. a Singh grade
+between the cut's classes) that trains graded targets but are never scored (``measures.py``).
 """
 from __future__ import annotations
 
@@ -14,12 +18,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from measures import UNSCORED
+
 EXTENSIONS = (".png", ".npy")
 PATTERN = "<patient>_<crop>_<label>-<sex>-<age>-<bmi>.<png|npy>  (e.g. 20180187_1_0-1-44-25.03404305.png; missing values as NA)"
 
 _NUM = r"(?:\d+(?:\.\d+)?|NA)"
 _RE = re.compile(
-    rf"^(?P<patient>[^/\\]+?)_(?P<crop>\d+)_(?P<label>[01])-(?P<sex>[01]|NA)-(?P<age>{_NUM})-(?P<bmi>{_NUM})$"
+    rf"^(?P<patient>[^/\\]+?)_(?P<crop>\d+)_(?P<label>[01]|NA)-(?P<sex>[01]|NA)-(?P<age>{_NUM})-(?P<bmi>{_NUM})$"
 )
 
 
@@ -29,7 +35,7 @@ BMI_RANGE = (5.0, 150.0)  # kg/m^2
 
 FIELDS = ("label", "sex", "age", "bmi")  # after <patient>_<crop>_, separated by '-'
 _FIELD_RULES = {
-    "label": (r"[01]", "0 (normal) or 1 (osteoporosis)"),
+    "label": (r"[01]|NA", "0 (normal), 1 (osteoporosis) or NA (no binary label: unscored/ only)"),
     "sex": (r"[01]|NA", "1 (female), 0 (male) or NA"),
     "age": (_NUM, "a number of years such as 44 or 71.5, or NA"),
     "bmi": (_NUM, "a number such as 25.03404305, or NA"),
@@ -44,7 +50,7 @@ class FileNameError(ValueError):
 class SampleInfo:
     patient: str
     crop: int
-    label: int
+    label: int | None  # None: NA, no binary label (an image of unscored/)
     sex: float  # 1 female, 0 male, NaN missing
     age: float  # years, NaN missing
     bmi: float  # kg/m^2, NaN missing
@@ -70,19 +76,21 @@ def _fmt(value: float | None, integer: bool = False) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def encode(patient: str, crop: int, label: int, sex: float | None, age: float | None,
+def encode(patient: str, crop: int, label: int | None, sex: float | None, age: float | None,
            bmi: float | None, ext: str = ".png") -> str:
-    """File name for one image. ``None`` or NaN clinical values are written ``NA``."""
+    """File name for one image. ``None`` or NaN clinical values, and a ``None`` label (an unscored
+    image), are written ``NA``."""
     patient = str(patient)
     if not patient or any(c in patient for c in "/\\-") or patient.strip() != patient:
         raise ValueError(f"patient id {patient!r} must be non-empty, without '/', '\\', '-' or surrounding spaces")
-    if label not in (0, 1):
-        raise ValueError(f"label must be 0 (normal) or 1 (osteoporosis), got {label!r}")
+    if label is not None and label not in (0, 1):
+        raise ValueError(f"label must be 0 (normal), 1 (osteoporosis) or None (unscored), got {label!r}")
     if ext not in EXTENSIONS:
         raise ValueError(f"extension {ext!r} not supported; use one of {EXTENSIONS}")
     if sex is not None and not (isinstance(sex, float) and math.isnan(sex)) and sex not in (0, 1):
         raise ValueError(f"sex must be 1 (female), 0 (male) or missing, got {sex!r}")
-    name = f"{patient}_{int(crop)}_{label}-{_fmt(sex, True)}-{_fmt(age)}-{_fmt(bmi)}{ext}"
+    label_text = "NA" if label is None else str(int(label))
+    name = f"{patient}_{int(crop)}_{label_text}-{_fmt(sex, True)}-{_fmt(age)}-{_fmt(bmi)}{ext}"
     decode(name)  # the format must round-trip
     return name
 
@@ -101,7 +109,7 @@ def decode(path: str | os.PathLike) -> SampleInfo:
     def num(text: str) -> float:
         return math.nan if text == "NA" else float(text)
 
-    info = SampleInfo(patient=g["patient"], crop=int(g["crop"]), label=int(g["label"]),
+    info = SampleInfo(patient=g["patient"], crop=int(g["crop"]), label=None if g["label"] == "NA" else int(g["label"]),
                       sex=num(g["sex"]), age=num(g["age"]), bmi=num(g["bmi"]))
     for field, value, (lo, hi) in (("age", info.age, AGE_RANGE), ("bmi", info.bmi, BMI_RANGE)):
         if not math.isnan(value) and not lo <= value <= hi:
@@ -137,20 +145,49 @@ def _which_field(stem: str) -> str:
     return "see the pattern"
 
 
-def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """Sorted image files of one split, with every file name checked."""
-    folder = Path(data_dir) / split
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
-            f"{PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
+def scored(path: str | os.PathLike) -> SampleInfo:
+    """:func:`decode` for an image that is scored (train/val/test, a test set, a Grad-CAM case):
+    raise :class:`FileNameError` naming the file when its label is NA."""
+    info = decode(path)
+    if info.label is None:
+        raise FileNameError(f"{path}: label NA (no binary label) belongs in {UNSCORED}/, which trains graded "
+                            "targets only; a scored image needs label 0 (normal) or 1 (osteoporosis)")
+    return info
+
+
+def _images(folder: Path) -> list[Path]:
+    """Sorted image files of ``folder``; a folder named like an image is refused."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
     folders = [p for p in files if p.is_dir()]
     if folders:
         raise ValueError(f"{folders[0]} is a folder named like an image; {folder} must hold image files only: "
                          "move or rename that folder")
+    return files
+
+
+def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """Sorted image files of one split, with every file name checked (and a binary label: an
+    image labelled NA belongs in ``unscored/``, :func:`list_unscored`)."""
+    folder = Path(data_dir) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
+            f"{PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
+    files = _images(folder)
     if not files:
         raise ValueError(f"{folder} holds no .png or .npy images; expected files named {PATTERN}")
+    for p in files:
+        scored(p)  # fail early, naming the file
+    return files
+
+
+def list_unscored(data_dir: str | os.PathLike) -> list[Path]:
+    """Sorted image files of ``data_dir/unscored/`` (images with a measurement but no binary label,
+    written by ``preprocess_filenames.py``), names checked; [] when the folder is absent."""
+    folder = Path(data_dir) / UNSCORED
+    if not folder.is_dir():
+        return []
+    files = _images(folder)
     for p in files:
         decode(p)  # fail early, naming the file
     return files

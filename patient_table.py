@@ -40,6 +40,7 @@ COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
     "weight": ("weight", "weight_kg"),
 }
 FLAGS = {"id": "--id-col", "image": "--image-col", "label": "--label-col", "tscore": "--tscore-col",
+         "grade": "--grade-col", "bmd": "--bmd-col",
          "sex": "--sex-col", "age": "--age-col", "bmi": "--bmi-col", "height": "--height-col",
          "weight": "--weight-col", "crop": "--crop-col", "split": "--split-col", "box": "--box-cols"}
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -48,6 +49,9 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 # Plausible ranges: a value outside is a typo (e.g. T-score -25 for -2.5), not a patient.
 AGE_RANGE, BMI_RANGE = filenames.AGE_RANGE, filenames.BMI_RANGE  # the file-name format's plausible ranges
 TSCORE_RANGE = (-10.0, 10.0)
+BMD_RANGE = (0.05, 3.0)  # g/cm^2 (DXA hip BMD lies around 0.4-1.3); 850 would be mg/cm^2
+GRADE_RANGE = (0.0, 10.0)  # ordered grades such as Singh 1-6 or WHO classes 0-2
+MEASURE_RANGES = {"T-score": TSCORE_RANGE, "BMD": BMD_RANGE, "grade": GRADE_RANGE}  # by measures.NAMES
 HEIGHT_RANGE_M = (0.3, 2.8)
 WEIGHT_RANGE_KG = (1.0, 500.0)
 
@@ -73,17 +77,19 @@ class Row:
     path: Path
     patient: str
     patient_csv: str
-    label: int
+    label: int | None  # None: no binary label, a measurement only (an unscored row)
     sex: int | None
     age: float | None
     bmi: float | None
+    measure: float | None = None  # the T-score, BMD or grade (--tscore-col/--bmd-col/--grade-col)
     crop: int | None = None
     split: str | None = None
     box: tuple[int, int, int, int] | None = None
     crops: list[tuple[int, str]] = field(default_factory=list)
 
     def values(self) -> tuple:
-        return (self.patient, self.label, self.sex, self.age, self.bmi, self.crop, self.split, self.box)
+        return (self.patient, self.label, self.sex, self.age, self.bmi, self.measure, self.crop, self.split,
+                self.box)
 
 
 @dataclass
@@ -100,6 +106,8 @@ class Columns:
     crop: str | None
     split: str | None
     box: tuple[str, str, str, str] | None
+    measure: str | None = None  # the column kept as the measurement: --grade-col/--bmd-col, else --tscore-col
+    measure_name: str | None = None  # what it is: a name of measures.NAMES
 
 
 def find_csv(images: Path, cwd: Path | None = None) -> Path:
@@ -196,12 +204,17 @@ def resolve_columns(header: Sequence[str], args: argparse.Namespace, csv_path: P
     box = None
     if args.box_cols:
         box = tuple(find("box", name) for name in args.box_cols)  # type: ignore[assignment]
+    measure_name, measure_col = ("T-score", tscore_col) if tscore_col is not None else (None, None)
+    for role, name in (("grade", "grade"), ("bmd", "BMD")):
+        if getattr(args, f"{role}_col", None) is not None:
+            measure_name, measure_col = name, find(role, getattr(args, f"{role}_col"))
     cols = Columns(id=id_col, image=image_col, label=label_col, tscore=tscore_col,
                    sex=find("sex", args.sex_col), age=find("age", args.age_col), bmi=find("bmi", args.bmi_col),
                    height=find("height", args.height_col), weight=find("weight", args.weight_col),
                    crop=find("crop", args.crop_col, auto=False), split=find("split", args.split_col, auto=False),
-                   box=box)
+                   box=box, measure=measure_col, measure_name=measure_name)
     used = {"patient id": cols.id, "image": cols.image, "label": cols.label, "T-score": cols.tscore,
+            f"measure ({measure_name})": cols.measure,
             "sex": cols.sex, "age": cols.age, "BMI": cols.bmi, "height": cols.height, "weight": cols.weight,
             "crop": cols.crop, "split": cols.split}
     logger.info("columns: %s", ", ".join(f"{k} <- {v!r}" for k, v in used.items() if v is not None))
@@ -341,17 +354,51 @@ def parse_image(record: Mapping[str, str], cols: Columns, opts: Options) -> Path
     return resolve_image(opts.root, text)
 
 
-def parse_label(record: Mapping[str, str], cols: Columns, opts: Options) -> int:
-    """1 (osteoporosis) / 0 from the label column, or from the T-score at ``--tscore-cutoff``."""
-    if cols.tscore is not None:
-        text = _cell(record, cols.tscore)
-        if _missing(text):
-            raise RowProblem("missing_value", f"T-score is missing ({text!r} in column {cols.tscore!r})")
-        t = _in_range(_number(text, "T-score"), TSCORE_RANGE, "T-score", text)
-        return int(t <= opts.tscore_cutoff)
-    text = _cell(record, cols.label)
+def parse_measure(record: Mapping[str, str], cols: Columns, opts: Options) -> float | None:
+    """The measurement (T-score, BMD or grade) kept in the manifest; None when the row has none."""
+    if cols.measure is None:
+        return None
+    text = _cell(record, cols.measure)
     if _missing(text):
-        raise RowProblem("missing_value", f"label is missing ({text!r} in column {cols.label!r})")
+        if unscored(record, cols):
+            label = cols.tscore if cols.tscore is not None else cols.label
+            raise RowProblem("missing_value", f"label is missing (column {label!r}) and so is the "
+                                              f"{cols.measure_name} ({text!r} in column {cols.measure!r})")
+        return None  # a labelled row without its measurement (or a T-score label's empty cell: parse_label)
+    return _measure(text, cols.measure_name, cols.measure)
+
+
+def unscored(record: Mapping[str, str], cols: Columns) -> bool:
+    """A row whose label cell (or T-score giving the label) is empty while a separate measurement
+    column exists: kept with label None when that measurement is known; its images go to unscored/."""
+    col = cols.tscore if cols.tscore is not None else cols.label
+    return cols.measure not in (None, col) and _missing(_cell(record, col))
+
+
+def _measure(text: str, name: str, col: str) -> float:
+    """A measurement cell as a number in its plausible range (a grade: a whole number)."""
+    try:
+        value = _in_range(_number(text, name), MEASURE_RANGES[name], name, text)
+    except RowProblem as exc:
+        raise RowProblem(exc.kind, f"{exc} (column {col!r})") from None
+    if name == "grade" and not value.is_integer():
+        raise RowProblem("unparsable_value", f"grade {text!r} is not a whole number (column {col!r}); grades are "
+                                             "ordered levels such as Singh 1-6")
+    return value
+
+
+def parse_label(record: Mapping[str, str], cols: Columns, opts: Options) -> int | None:
+    """1 (osteoporosis) / 0 from the label column, or from the T-score at ``--tscore-cutoff``; None
+    when that cell is empty and a separate measurement column exists (:func:`unscored`)."""
+    col = cols.tscore if cols.tscore is not None else cols.label
+    text = _cell(record, col)
+    if unscored(record, cols):
+        return None
+    if _missing(text):
+        what = "T-score" if cols.tscore is not None else "label"
+        raise RowProblem("missing_value", f"{what} is missing ({text!r} in column {col!r})")
+    if cols.tscore is not None:
+        return int(_measure(text, "T-score", cols.tscore) <= opts.tscore_cutoff)
     try:
         value = float(text)
     except ValueError:
@@ -409,6 +456,8 @@ def parse_crop(record: Mapping[str, str], cols: Columns, opts: Options) -> int |
 def parse_split(record: Mapping[str, str], cols: Columns, opts: Options) -> str | None:
     if cols.split is None:
         return None
+    if unscored(record, cols):
+        return None  # never scored: no split
     text = _cell(record, cols.split)
     value = SPLIT_ALIASES.get(text.casefold())
     if value is None:
@@ -431,22 +480,25 @@ def parse_box(record: Mapping[str, str], cols: Columns, opts: Options) -> tuple[
 
 
 # Row field -> its parser, in the order problems are reported.
-FIELD_PARSERS = (("patient", parse_patient), ("path", parse_image), ("label", parse_label), ("sex", parse_sex),
-                 ("age", parse_age), ("bmi", parse_bmi), ("crop", parse_crop), ("split", parse_split),
-                 ("box", parse_box))
+FIELD_PARSERS = (("patient", parse_patient), ("path", parse_image), ("label", parse_label),
+                 ("measure", parse_measure), ("sex", parse_sex), ("age", parse_age), ("bmi", parse_bmi),
+                 ("crop", parse_crop), ("split", parse_split), ("box", parse_box))
 
 
 def parse_row(line: int, record: Mapping[str, str], cols: Columns, opts: Options
               ) -> tuple[Row | None, list[RowProblem], Path | None]:
     """Parse one CSV row: (row or None, every problem found, the image file if it resolved).
-    Every field is parsed, so one pass reports all of a row's problems."""
+    Every field is parsed, so one pass reports all of a row's problems (a cell read by two fields,
+    a T-score that is label and measurement, once). A row whose label cell is empty but whose
+    measurement is known is kept with label None: its images go to unscored/ (:func:`unscored`)."""
     problems: list[RowProblem] = []
     values: dict = {}
     for name, parse in FIELD_PARSERS:
         try:
             values[name] = parse(record, cols, opts)
         except RowProblem as exc:
-            problems.append(exc)
+            if str(exc) not in map(str, problems):
+                problems.append(exc)
             values[name] = None
     if problems:
         return None, problems, values["path"]

@@ -2,9 +2,11 @@
 
 From a hospital's export (one CSV row per X-ray plus the raw images) to the data folder training
 reads: fixed-size 8-bit PNGs named in the file-name format, split by patient into
-``OUT/train|val|test``, with ``manifest.csv`` and ``skipped.csv``. The script owns the command line
-and the order of the steps; ``patient_table.py`` reads and checks the CSV, ``imaging.py`` decodes
-and shapes the images, ``datafolder.py`` writes the folder. The manual: docs/data.md.
+``OUT/train|val|test``, with ``manifest.csv`` (keeping the T-score, BMD or grade as ``measure``) and
+``skipped.csv``; rows with a measurement but an empty label go to ``OUT/unscored/``. The script owns
+the command line and the order of the steps; ``patient_table.py`` reads and checks the CSV,
+``imaging.py`` decodes and shapes the images, ``datafolder.py`` writes the folder. The manual:
+docs/data.md.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Sequence
 import runfiles
 from choices import MIN_SIDE
 from cli import add_output, add_overwrite, add_seed, run_script
+from measures import UNSCORED
 from patient_table import (COLUMN_CANDIDATES, DEFAULT_SEX_MAP, FLAGS, Options, PreprocessError, SkipLog,
                            assign_crops, find_csv, parse_sex_map, read_table, resolve_columns, unused_files,
                            validate)
@@ -69,13 +72,19 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
         raise PreprocessError(f"{csv_path}: no usable rows ({len(skips.rows)} skipped); see the messages above")
 
     assign_crops(rows, args.split_hips)
-    labels = patient_labels((row.patient, row.label) for row in rows)
+    scored = [row for row in rows if row.label is not None]  # unscored rows take no split and no fold
+    labels = patient_labels((row.patient, row.label) for row in scored)
     if cols.split is not None:
         splits = {}
-        for row in rows:
+        for row in scored:
             splits.setdefault(row.patient, row.split)
     else:
         splits = assign_splits(labels, args.split or DEFAULT_FRACTIONS, args.seed)
+    mixed = sorted({row.patient for row in rows if row.label is None} & set(splits))
+    if mixed:  # their unscored/ images must stay on their patient's side of every split and fold
+        logger.warning("%d patient(s) have images in %s/ and labelled ones (e.g. %s): training on %s/ must leave "
+                       "out the images of patients in val, test or the held-out fold (manifest column patient)",
+                       len(mixed), UNSCORED, ", ".join(mixed[:3]), UNSCORED)
     folds: dict[str, int] = {}
     if args.folds:
         dev = {p: y for p, y in labels.items() if splits[p] != "test"}
@@ -96,7 +105,7 @@ def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
         config = {"csv": str(csv_path.resolve()), "images": str(root), "out": str(out_real),
                   "columns": vars(cols), "settings": settings, "fingerprint": fingerprint}
         runfiles.write_bytes(out / datafolder.CONFIG, json.dumps(config, indent=1, default=str).encode("utf-8"))
-        return datafolder.write_images(args, out, rows, splits, folds, skips, resume)
+        return datafolder.write_images(args, out, rows, splits, folds, skips, resume, cols.measure_name)
     finally:
         logging.getLogger().removeHandler(file_handler)
         file_handler.close()
@@ -144,9 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
                             ("label", "label 0 normal / 1 osteoporosis")):
         g.add_argument(FLAGS[role], dest=f"{role}_col", metavar="NAME",
                        help=f"{help_text} (default: first of {', '.join(COLUMN_CANDIDATES[role])})")
-    g.add_argument("--tscore-col", metavar="NAME", help="derive the label from this T-score column instead")
+    g.add_argument("--tscore-col", metavar="NAME", help="derive the label from this T-score column instead; the "
+                   "T-score is kept in manifest.csv (measure, measure_name T-score) unless --grade-col/--bmd-col")
     g.add_argument("--tscore-cutoff", type=float, default=-2.5,
                    help="label 1 when T-score <= this (default: %(default)s, the WHO definition)")
+    g.add_argument("--grade-col", metavar="NAME", help="an ordered whole-number grade (e.g. Singh 1-6, lower = "
+                   "worse) kept in manifest.csv (measure, measure_name grade) for graded training targets; the "
+                   "label still comes from the label column or --tscore-col. A row with an empty label and a "
+                   f"grade goes to OUT/{UNSCORED}/ (label NA): it trains graded targets and is never scored")
+    g.add_argument("--bmd-col", metavar="NAME", help="a bone mineral density in g/cm^2 kept in manifest.csv (measure, "
+                   f"measure_name BMD), as --grade-col (an empty label with a BMD: OUT/{UNSCORED}/)")
     for role, help_text in (("sex", "sex"), ("age", "age in years"), ("bmi", "BMI in kg/m^2"),
                             ("height", "height in cm or m, with --weight-col: BMI where --bmi-col is empty"),
                             ("weight", "weight in kg")):
@@ -217,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--split-hips numbers the crops itself; it excludes --crop-col")
     if args.tscore_col is not None and args.label_col is not None:
         parser.error("give either --label-col or --tscore-col, not both")
+    if args.grade_col is not None and args.bmd_col is not None:
+        parser.error("one measurement per data folder: give either --grade-col or --bmd-col, not both")
     if args.folds is not None and args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
 

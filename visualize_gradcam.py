@@ -134,7 +134,7 @@ def check_image(path: str | os.PathLike) -> Path:
                                 "test split, --data_dir for where it lies)")
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: no such file")
-    filenames.decode(path)  # label and clinical values come from the name
+    filenames.scored(path)  # label and clinical values come from the name
     try:
         imaging.read_scaled(path)
     except ValueError:

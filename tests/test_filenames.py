@@ -52,7 +52,7 @@ def test_encode_refuses_bad_values(kwargs):
 
 
 @pytest.mark.parametrize("name,message", [
-    ("p_1_2-1-44-25.0.png", "label '2' is not 0 (normal) or 1 (osteoporosis)"),
+    ("p_1_2-1-44-25.0.png", "label '2' is not 0 (normal), 1 (osteoporosis) or NA (no binary label: unscored/ only)"),
     ("p_1_0-F-44-25.0.png", "sex 'F' is not 1 (female), 0 (male) or NA"),
     ("p_1_0-1-abc-25.0.png", "age 'abc' is not a number"),
     ("p_1_0-1-44-x.png", "bmi 'x' is not a number"),
@@ -71,3 +71,39 @@ def test_plausible_ranges_are_the_ones_preprocessing_applies():
     import patient_table
     assert patient_table.AGE_RANGE == filenames.AGE_RANGE == (0.0, 130.0)
     assert patient_table.BMI_RANGE == filenames.BMI_RANGE
+
+
+# ----------------------------------------------------------------------------- label NA: unscored/ only
+
+def test_label_none_is_written_na_and_read_back_as_none():
+    name = filenames.encode("p1", 3, None, 1, 70, 24.5)
+    assert name == "p1_3_NA-1-70-24.5.png"
+    info = filenames.decode("data/unscored/" + name)
+    assert info.label is None and (info.patient, info.crop, info.sex, info.age) == ("p1", 3, 1.0, 70.0)
+    assert filenames.field_spans(name)["label"] == (5, 7)
+
+
+def _touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_a_split_holding_a_label_na_image_is_refused_naming_the_file(tmp_path):
+    _touch(tmp_path / "train", "a_1_0-1-50-22.png", "b_1_NA-1-50-22.png")
+    with pytest.raises(ValueError, match=r"b_1_NA-1-50-22.png: label NA \(no binary label\) belongs in unscored/"):
+        filenames.list_split(tmp_path, "train")
+    with pytest.raises(filenames.FileNameError, match="belongs in unscored/"):
+        filenames.scored(tmp_path / "train" / "b_1_NA-1-50-22.png")
+    assert filenames.scored(tmp_path / "train" / "a_1_0-1-50-22.png").label == 0
+
+
+def test_list_unscored_lists_sorted_checked_images_and_nothing_when_absent(tmp_path):
+    assert filenames.list_unscored(tmp_path) == []
+    _touch(tmp_path / "unscored")
+    assert filenames.list_unscored(tmp_path) == []
+    _touch(tmp_path / "unscored", "b_2_NA-0-61-NA.png", "a_1_NA-1-50-22.png", "notes.txt")
+    assert [p.name for p in filenames.list_unscored(tmp_path)] == ["a_1_NA-1-50-22.png", "b_2_NA-0-61-NA.png"]
+    _touch(tmp_path / "unscored", "c_1_NA-2-50-22.png")
+    with pytest.raises(filenames.FileNameError, match="c_1_NA-2-50-22.png.*sex '2'"):
+        filenames.list_unscored(tmp_path)
