@@ -59,6 +59,12 @@ def unavailable_reason(train: pd.DataFrame) -> str | None:
             + "), so there is no clinical-only model to compare with")
 
 
+def labelled(table: pd.DataFrame) -> pd.DataFrame:
+    """The images with a binary label: a graded target's run also trains on images without one
+    (measures.UNSCORED), which a logistic regression of the label cannot use."""
+    return table[table["label"].notna()].astype({"label": int})
+
+
 def design(table: pd.DataFrame, stats: loader.ClinicalStats) -> np.ndarray:
     """The clinical vectors the networks receive (normalised, missing values imputed) of a
     :func:`loader.clinical_table`."""
@@ -77,7 +83,7 @@ def clinical_model(train_files: Sequence[str | os.PathLike], stats: loader.Clini
     """Coefficients and intercept of the clinical logistic regression on the training images, on the
     clinical vector as normalised by ``stats`` (the network's own): the start of residual fusion.
     Raises :class:`BaselineUnavailable` where no clinical model can be fitted."""
-    train = loader.clinical_table(train_files)
+    train = labelled(loader.clinical_table(train_files))
     reason = unavailable_reason(train)
     if reason is not None:
         raise BaselineUnavailable(reason)
@@ -100,7 +106,7 @@ def clinical_baseline(data_dir: str | os.PathLike | None = None,
         raise ValueError("give data_dir (a folder with train/ val/ test/) or files (split -> image paths)")
     paths = runfiles.split_files({}, data_dir, files)
     tables = {s: loader.clinical_table(paths[s]) for s in loader.SPLITS}
-    train = tables["train"]
+    train = labelled(tables["train"])
     reason = unavailable_reason(train)
     if reason is not None:
         raise BaselineUnavailable(reason)

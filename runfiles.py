@@ -613,8 +613,21 @@ def split_files(config: RunConfig | Mapping, data_dir: str | os.PathLike | None 
     if config.get("cv_folds"):
         import folds
 
-        return folds.config_files(config, data_dir)  # the fold's design decides its three parts
-    return {s: filenames.list_split(data_dir, s) for s in SPLITS}
+        parts = folds.config_files(config, data_dir)  # the fold's design decides its three parts
+    else:
+        parts = {s: filenames.list_split(data_dir, s) for s in SPLITS}
+    if config.get("target", "binary") != "binary":
+        parts["train"] = parts["train"] + unscored_for_training(data_dir, parts)
+    return parts
+
+
+def unscored_for_training(data_dir: str | os.PathLike, parts: Mapping[str, Sequence[Path]]) -> list[Path]:
+    """The data folder's images without a binary label (``unscored/``, measures.py) that may train a graded
+    target beside ``parts``: all but those of a patient whose images validate or test this run."""
+    import filenames
+
+    held = {filenames.decode(f).patient for split in ("val", "test") for f in parts[split]}
+    return [f for f in filenames.list_unscored(data_dir) if filenames.decode(f).patient not in held]
 
 
 def write_data_files(run: str | os.PathLike, files: Mapping[str, Sequence[str | os.PathLike]],

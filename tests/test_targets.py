@@ -204,3 +204,33 @@ def test_graded_target_without_a_measurement_is_one_line(tmp_path):
 def test_graded_target_refuses_residual_fusion(tmp_path):
     done = run_main("--target", "ordinal", "--fusion", "residual", "--data_dir", tmp_path, cwd=tmp_path)
     assert done.returncode != 0 and "residual" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_unscored_images_train_graded_targets_and_are_never_scored(tmp_path):
+    grades = {"train": [1, 6, 1, 6, 2, 5, 1, 6], "val": [1, 6, 2, 5], "test": [1, 6, 2, 5], "unscored": [3, 4, 3, 4]}
+    data = write_measured(tmp_path / "data", {s: [float(g) for g in v] for s, v in grades.items()}, name="grade",
+                          cut=2.0)
+    # unscored/ holds the grades between the classes: label NA, as preprocess_filenames.py writes them;
+    # one of them belongs to a test patient and must not train
+    manifest = pd.read_csv(data / "manifest.csv")
+    test_patient = filenames.decode(sorted((data / "test").iterdir())[0]).patient
+    for i, old in enumerate(sorted((data / "unscored").iterdir())):
+        patient = test_patient if i == 0 else f"un{i:03d}"
+        new = old.with_name(filenames.encode(patient, 2 if i == 0 else 1, None, 1, 70, 25.0))
+        old.rename(new)
+        manifest.loc[manifest["file"] == f"unscored/{old.name}", ["file", "label"]] = [f"unscored/{new.name}", None]
+    manifest.to_csv(data / "manifest.csv", index=False)
+    for target in ("ordinal", "binary"):
+        done = run_main(*small(data, target, target, "--epoch", 1), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    used = {t: pd.read_csv(tmp_path / "outs" / t / "fold" / "data_files.csv") for t in ("ordinal", "binary")}
+    trained = used["ordinal"][used["ordinal"]["split"] == "train"]["file"].tolist()
+    assert sum(f.startswith("unscored/") for f in trained) == 3  # the test patient's one is held out
+    assert not any(test_patient in f for f in trained if f.startswith("unscored/"))
+    assert not used["binary"]["file"].str.startswith("unscored/").any()
+    log = (tmp_path / "outs" / "ordinal" / "fold" / "train.log").read_text()
+    assert "3 without a binary label" in log
+    for t in ("ordinal", "binary"):
+        scored = pd.read_csv(tmp_path / "outs" / t / "fold" / "test_predictions.csv")
+        assert len(scored) == 4 and set(scored["label"]) == {0, 1}
