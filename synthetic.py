@@ -568,7 +568,7 @@ def draw_pelvis(patient: dict, rng: np.random.Generator, hip_size: tuple[int, in
 def generate_pelvis(out_dir: str | os.PathLike, n_patients: int, seed: int,
                     hip_size: tuple[int, int] = PELVIS_HIP_SIZE, upside_down: float = 0.1) -> pd.DataFrame:
     """Write ``n_patients`` AP pelvis views as a hospital export: ``raw/<patient>.png``,
-    ``patient_list.csv`` (patient_id, image, label, t_score, sex, age, bmi; the T-score rounded to 0.1 as
+    ``patient_list.csv`` (patient_id, image, label, sex, age, bmi, t_score; the T-score rounded to 0.1 as
     a DXA report gives it, so label = t_score <= -2.5 only up to that rounding) for ``preprocess_filenames.py``,
     and ``pelvis.csv`` with the truth (head centres and radii in raw pixels, border, upside_down).
     A share ``upside_down`` of the views is stored upside down; every other view has a black border."""
@@ -586,9 +586,8 @@ def generate_pelvis(out_dir: str | os.PathLike, n_patients: int, seed: int,
         view, heads = draw_pelvis(patient, rng, hip_size, border=border, upside_down=flip)
         pid = f"V{i:0{width}d}"
         runfiles.write_bytes(out / "raw" / f"{pid}.png", _png(view), fsync=False)
-        rows.append(dict(patient_id=pid, image=f"{pid}.png", label=patient["label"],
-                         t_score=round(t_score(patient["z"]), 1), sex=patient["sex"], age=patient["age"],
-                         bmi=patient["bmi"]))
+        rows.append(dict(patient_id=pid, image=f"{pid}.png", label=patient["label"], sex=patient["sex"],
+                         age=patient["age"], bmi=patient["bmi"], t_score=round(t_score(patient["z"]), 1)))
         truth.append(dict(image=f"{pid}.png", height=view.shape[0], width=view.shape[1], border=border,
                           upside_down=int(flip), **{f"{side}_{k}": v for side, head in zip(("right", "left"), heads)
                                                     for k, v in zip(("x", "y", "r"), head)}))

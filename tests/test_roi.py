@@ -158,7 +158,7 @@ def test_preprocess_roi_femur_counts_in_manifest_and_summary(tmp_path, capsys):
     flat[:, 100:] = 130
     cv2.imwrite(str(export / "raw" / "blank.png"), flat)
     with open(export / "patient_list.csv", "a", newline="") as f:
-        csv.writer(f).writerow(["B0", "blank.png", 0, 1, 70, 25])
+        csv.writer(f).writerow(["B0", "blank.png", 0, 1, 70, 25, -1.0])
     out = tmp_path / "out"
     assert pf.main(["--images", str(export / "raw"), "--csv", str(export / "patient_list.csv"), "--out", str(out),
                     "--roi", "femur", "--size", "64", "37", "--split", "1", "0", "0", "--folds", "2"]) == 0
@@ -181,7 +181,7 @@ def test_manifest_field_tells_bone_only_segmentations_from_radiographs(tmp_path,
     synthetic.generate_pelvis(export, 2, seed=3, hip_size=HIP, upside_down=0.0)
     cv2.imwrite(str(export / "raw" / "bones.png"), drawn_bones())
     with open(export / "patient_list.csv", "a", newline="") as f:
-        csv.writer(f).writerow(["S0", "bones.png", 1, 1, 70, 25])
+        csv.writer(f).writerow(["S0", "bones.png", 1, 1, 70, 25, -3.0])
     out = tmp_path / "out"
     assert pf.main(["--images", str(export / "raw"), "--csv", str(export / "patient_list.csv"), "--out", str(out),
                     "--roi", "femur", "--size", "64", "37", "--split", "1", "0", "0"]) == 0
