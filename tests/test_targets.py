@@ -189,6 +189,11 @@ def test_continuous_training_recovers_a_known_linear_relation(tmp_path):
     both = scored.merge(test, on="file", suffixes=("", "_run"))
     assert len(both) == len(test)
     np.testing.assert_allclose(both["predicted_T-score"], both["predicted"], atol=2e-3)
+    # and the heatmap explains the same osteoporosis score
+    done = subprocess.run([sys.executable, str(ROOT / "visualize_gradcam.py"), "--run", "outs/cont/fold", "--index", "0",
+                           "--out", "cams"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list((tmp_path / "cams").glob("*.png"))
 
 
 def test_graded_target_without_a_measurement_is_one_line(tmp_path):
