@@ -239,3 +239,30 @@ def test_unscored_images_train_graded_targets_and_are_never_scored(tmp_path):
     for t in ("ordinal", "binary"):
         scored = pd.read_csv(tmp_path / "outs" / t / "fold" / "test_predictions.csv")
         assert len(scored) == 4 and set(scored["label"]) == {0, 1}
+
+
+@pytest.mark.parametrize("fusion_mode, in_chans", [("early", 5), ("late", 2), ("image", 2)])
+@pytest.mark.parametrize("kind", ["ordinal", "continuous"])
+def test_every_fusion_mode_learns_a_graded_target(fusion_mode, in_chans, kind):
+    from models import build_model_from_config
+
+    spec = (targets.TargetSpec("ordinal", "T-score", -2.5, bounds=measures.WHO_BOUNDS,
+                               classes=("osteoporosis", "osteopenia", "normal")) if kind == "ordinal"
+            else targets.TargetSpec("continuous", "T-score", -2.5, mean=-2.0, sd=1.2))
+    config = {"model": "dense_net", "in_chans": in_chans, "fusion": fusion_mode, "depth": 10, "growthRate": 4,
+              "norm": "bn", "act": "relu", "stem": "downsample", "target_spec": spec.to_dict()}
+    torch.manual_seed(0)
+    model = build_model_from_config(config)
+    inputs = (torch.rand(6, in_chans, *SIZE),) + ((torch.randn(6, 3),) if fusion_mode == "late" else ())
+    measure_values = torch.tensor([-3.1, -2.0, 0.4, -2.6, -0.5, -1.5])
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        logit = model(*inputs)
+        loss = targets.loss(spec, logit, (measure_values <= -2.5).float(), measure_values, model.ordinal_offsets())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert logit.shape == (6,) and losses[-1] < losses[0]
+    assert model.predicted_value(logit.detach()).shape == (6,)
