@@ -663,10 +663,11 @@ def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, sta
                         cfg.select_metric, best["value"])
         result = trainer.test()
     if dist_info.is_main:
+        numbers = {}
         if cfg.bootstrap:
-            report.write_report(out, data_dir=cfg.data_dir, n_boot=cfg.bootstrap, seed=cfg.seed,
-                                files={k: [str(f) for f in v] for k, v in files.items()})
-        summary(result, out)
+            numbers = report.write_report(out, data_dir=cfg.data_dir, n_boot=cfg.bootstrap, seed=cfg.seed,
+                                          files={k: [str(f) for f in v] for k, v in files.items()})
+        summary(result, out, numbers.get("measurement"))
     runtime.close_log_file()
     return result
 
@@ -687,12 +688,17 @@ def target_of(cfg: RunConfig, config: RunConfig | None, files: dict):
         raise UserError(str(exc)) from None
 
 
-def summary(result: dict, out: Path) -> None:
+def summary(result: dict, out: Path, measurement: dict | None = None) -> None:
+    """The test result on the console; ``measurement``: the report's predicted-against-measured block."""
+    import measure_report
+
     m = result["at_threshold"]
     print(f"test set ({result['n_images']} images), best epoch {result['epoch']}, "
           f"threshold {result['threshold']:.3f} from validation:")
     keys = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "f0_5", "f1", "f2", "brier")
     print("  " + "  ".join(f"{k} {_number(m[k])}" for k in keys))
+    if measurement:
+        print("  predicted against measured: " + measure_report.headline(measurement).lstrip("; "))
     print(f"files in {out}")
 
 
