@@ -27,7 +27,7 @@ LABELLED=${LABELLED:-500}            # the demo set's patients (PATIENTS are tak
 PATIENTS=${PATIENTS:-25 50 100 250}
 FOLDS=${FOLDS:-5}
 SEED=${SEED:-0}
-SSL_EPOCHS=${SSL_EPOCHS:-8}          # pretrain.py epochs over the pool (size it to the machine)
+SSL_EPOCHS=${SSL_EPOCHS:-20}         # pretrain.py epochs over the pool: 23 min on one CPU core (docs/pretraining.md)
 SSL_BATCH=${SSL_BATCH:-32}
 SUP_EPOCHS=${SUP_EPOCHS:-15}         # supervised pretraining epochs on the pool (the demo's 15)
 FT_EPOCHS=${FT_EPOCHS:-15}           # fine-tuning epochs per fold
@@ -56,22 +56,7 @@ timed pretrain_supervised $PY main.py --data_dir "$OUT/pool" $FT_FLAGS --image_s
     --epoch "$SUP_EPOCHS" --seed "$SEED" --bootstrap 0 --out_root "$RUNS" --save_dir supervised --fold _pool
 
 for n in $PATIENTS; do
-  [ -d "$OUT/n$n/train" ] || $PY - "$OUT/labelled" "$OUT/n$n" "$n" "$SEED" <<'EOF'
-import shutil, sys
-from pathlib import Path
-import numpy as np
-import filenames
-source, target, n, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-files = [f for split in ("train", "val", "test") for f in filenames.list_split(source, split)]
-patients = sorted({filenames.decode(f).patient for f in files})
-if n > len(patients):
-    sys.exit(f"{n} patients asked for, {source} has {len(patients)}: raise LABELLED")
-chosen = set(np.random.default_rng(seed).permutation(patients)[:n])  # one order for every N: nested subsets
-(target / "train").mkdir(parents=True)
-for f in files:
-    if filenames.decode(f).patient in chosen:
-        shutil.copy2(f, target / "train" / f.name)
-EOF
+  [ -d "$OUT/n$n/train" ] || $PY scripts/nested_subset.py "$OUT/labelled" "$OUT/n$n" "$n" "$SEED"
   for start in scratch supervised ssl; do
     case $start in
       scratch) from=();;
