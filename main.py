@@ -224,9 +224,8 @@ def check_settings(x: argparse.Namespace | RunConfig, flags: bool = False) -> No
             raise SystemExit(str(exc)) from None
     elif x.fusion not in fusion.NAMES:
         raise SystemExit(f"--fusion {x.fusion}: choose one of {', '.join(fusion.NAMES)}")
-    if x.target != "binary" and fusion.mode(x.fusion if not flags else
-                                            fusion.from_flags(x.fusion, x.late_fuse, x.image_only) or "early"
-                                            ).clinical_offset:
+    chosen = (fusion.from_flags(x.fusion, x.late_fuse, x.image_only) or fusion.DEFAULT) if flags else x.fusion
+    if x.target != "binary" and fusion.mode(chosen).clinical_offset:
         raise SystemExit(f"--target {x.target} and --fusion residual exclude each other: residual fusion starts from "
                          "the clinical logistic regression of the binary label")
     if x.target != "binary" and (x.loss != "bce" or x.t_alpha is not None):
