@@ -14,9 +14,9 @@ returns one osteoporosis logit per image; an ordinal head adds its ordered class
 """
 from __future__ import annotations
 
-import torch
 import math
 
+import torch
 from torch import nn
 
 import targets
