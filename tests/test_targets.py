@@ -106,8 +106,9 @@ def test_lower_predicted_value_is_a_higher_osteoporosis_score():
             continuous.forward_features(image), 1), 1)).squeeze(1)
     torch.testing.assert_close(value, -1.5 + 1.2 * z_hat)  # the head's output is the standardised value
     assert spearmanr(logit.numpy(), value.numpy())[0] == pytest.approx(-1.0)
-    # the logit crosses 0 exactly at the cut
-    assert float(targets.LOGIT_PER_SD * (continuous.target.z_cut - (-2.5 + 1.5) / 1.2)) == pytest.approx(0.0)
+    # the logit crosses 0 (probability 0.5) exactly where the predicted value is the cut
+    assert float(continuous.predicted_value(torch.zeros(1))) == pytest.approx(-2.5)
+    assert float(continuous.score(torch.tensor([(-2.5 + 1.5) / 1.2]))) == pytest.approx(0.0, abs=1e-6)
 
     ordinal = net(targets.TargetSpec("ordinal", "grade", 2.0, bounds=(1.0, 2.0, 3.0, 4.0, 5.0),
                                      classes=tuple(f"grade {g}" for g in range(1, 7))))
