@@ -43,14 +43,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import augment
-import filenames
-import loader
+from hipx.data import filenames
+from hipx.data import loader
 import main as train_script
-import runfiles
-import runtime
-import splits
-from cli import add_data_dir, add_device
-from runconfig import RunConfig
+from hipx.runs import runfiles
+from hipx.core import runtime
+from hipx.data import splits
+from hipx.core.cli import add_data_dir, add_device
+from hipx.core.runconfig import RunConfig
 
 ROOT = Path(__file__).resolve().parent
 

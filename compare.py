@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from cli import add_bootstrap, add_output, run_script
+from hipx.core.cli import add_bootstrap, add_output, run_script
 
 logger = logging.getLogger(__name__)
 
@@ -233,10 +233,10 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import confidence  # noqa: E402
-import metrics  # noqa: E402
+from hipx.stats import confidence  # noqa: E402
+from hipx.stats import metrics  # noqa: E402
 import report  # noqa: E402
-import report_render  # noqa: E402
-import runfiles  # noqa: E402
-import runtime  # noqa: E402
-from report_render import ci, fmt, p_text  # noqa: E402
+from hipx.reports import render as report_render  # noqa: E402
+from hipx.runs import runfiles  # noqa: E402
+from hipx.core import runtime  # noqa: E402
+from hipx.reports.render import ci, fmt, p_text  # noqa: E402

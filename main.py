@@ -26,17 +26,17 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-import choices
-import filenames
-import fusion
-import runconfig
-import runfiles
-import splits
-from choices import ACTS, MODEL_NAMES, NORMS, STEMS
-from cli import (UserError, add_bootstrap, add_data_dir, add_device, add_seed, given_flags, positive, run_main,
+from hipx.core import choices
+from hipx.data import filenames
+from hipx.core import fusion
+from hipx.core import runconfig
+from hipx.runs import runfiles
+from hipx.data import splits
+from hipx.core.choices import ACTS, MODEL_NAMES, NORMS, STEMS
+from hipx.core.cli import (UserError, add_bootstrap, add_data_dir, add_device, add_seed, given_flags, positive, run_main,
                  str2bool)
-from runchecks import Action, Outcome, command, extend, finished, prepare_run, resume_command
-from runconfig import RunConfig
+from hipx.runs.runchecks import Action, Outcome, command, extend, finished, prepare_run, resume_command
+from hipx.core.runconfig import RunConfig
 
 # torch and everything built on it are imported inside the functions, after the command line has
 # been checked: --help and a mistyped flag answer in well under a second instead of ~5 s.
@@ -287,7 +287,7 @@ def settings(args: argparse.Namespace, given: set[str]) -> tuple[RunConfig, list
 
 def augment_on_device(cfg: RunConfig, device):
     """The device-side augmenter of ``--augment_device`` (auto: on CUDA when it can), or None."""
-    import augment_device
+    from hipx.data import augment_device
 
     names = choices.parse_augment(cfg.augment)
     use = {"true": True, "false": False}.get(cfg.augment_device, device.type == "cuda")
@@ -306,8 +306,8 @@ def make_loaders(cfg: RunConfig, stats, files: dict, dist_info=None, device_augm
     from torch.utils.data import DataLoader
 
     import augment
-    import loader
-    import runtime
+    from hipx.data import loader
+    from hipx.core import runtime
 
     dist_info = dist_info or runtime.Dist()
     names = [] if device_augment else augment.parse_augment(cfg.augment)
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
         given = given | {"fusion"}
     action = Action(test=bool(args.test), resume=args.resume, extend_epochs=args.extend_epochs,
                     overwrite=args.overwrite)
-    import runtime
+    from hipx.core import runtime
 
     runtime.short_openmp_spin()  # before torch loads: threads that wait do not spin away a shared core
     dist_info = runtime.init_distributed(cfg.device)
@@ -424,15 +424,15 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
 
 def _main(cfg: RunConfig, action: Action, given: set[str], dist_info) -> dict | list[dict]:
     if cfg.pretrained and not action.reads_run:
-        from models import resolve_pretrained
-        from models.pretrained import PretrainedUnavailable
+        from hipx.models import resolve_pretrained
+        from hipx.models.pretrained import PretrainedUnavailable
 
         try:  # at once: an offline --pretrained imagenet or a wrong path stops before any data is read
             resolve_pretrained(cfg.pretrained, cfg.model)
         except (ValueError, FileNotFoundError, PretrainedUnavailable) as exc:
             raise UserError(str(exc)) from None
     if cfg.runs_folds:
-        import crossval
+        from hipx.training import crossval
 
         return crossval.cross_validate(cfg, lambda fold_cfg: run(fold_cfg, action, given, dist_info),
                                        dist_info.is_main)
@@ -508,7 +508,7 @@ def use_settings(cfg: RunConfig) -> str:
     """Threads and determinism, once prepare_run has read a resumed run's settings: both change the
     last digits of the results, so a resumed run uses the ones it was configured with. Returns the
     threads chosen, in words."""
-    import runtime
+    from hipx.core import runtime
 
     threads = runtime.choose_threads(cfg.cpus, cfg.workers)
     if cfg.deterministic:
@@ -523,7 +523,7 @@ def saved_epochs(out: Path) -> int:
 
 def remove_run(created: Path | runfiles.Claim) -> None:
     """Remove what a failed start made: a folder (pretrain.py), or what a run folder's claim made."""
-    import runtime
+    from hipx.core import runtime
 
     runtime.close_log_file()
     if isinstance(created, runfiles.Claim):
@@ -539,11 +539,11 @@ def build_trainer(cfg: RunConfig, config: RunConfig, loaders: dict, stats, devic
     ``bench.py`` times."""
     import torch
 
-    import losses
-    import runtime
-    from ClassifyTrainer import ClassifyTrainer
+    from hipx.training import losses
+    from hipx.core import runtime
+    from hipx.training.trainer import ClassifyTrainer
     from LateFuseClassifyTrainer import LateFuseClassifyTrainer
-    from models import build_model_from_config, count_parameters
+    from hipx.models import build_model_from_config, count_parameters
 
     dist_info = dist_info or runtime.Dist()
     precision = runtime.select_precision(cfg.dtype, device)
@@ -582,7 +582,7 @@ def build_trainer(cfg: RunConfig, config: RunConfig, loaders: dict, stats, devic
 def start_from_clinical_model(model, train_files, stats) -> None:
     """Residual fusion: the network starts as the clinical logistic regression of the training
     images (the clinical baseline's model, on the network's own normalisation) with no image part."""
-    import baseline
+    from hipx.reports import baseline
 
     try:
         coef, intercept = baseline.clinical_model(train_files, stats)
@@ -599,10 +599,10 @@ def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, sta
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    import loader
+    from hipx.data import loader
     import report
-    import runtime
-    from ClassifyTrainer import NonFiniteLossError
+    from hipx.core import runtime
+    from hipx.training.trainer import NonFiniteLossError
 
     device = runtime.select_device_for(dist_info, cfg.device, cfg.gpus)
     if stats is None:
@@ -674,8 +674,8 @@ def train_and_test(cfg: RunConfig, action: Action, config: RunConfig | None, sta
 def target_of(cfg: RunConfig, config: RunConfig | None, files: dict):
     """The data folder's measurement (``measures.read``) and the run's target: a saved run's own, or for
     a new run fitted to its training images (targets.build_spec). A user's mistake is one line."""
-    import measures
-    import targets
+    from hipx.core import measures
+    from hipx.core import targets
 
     try:
         measure = measures.read(cfg.data_dir)
@@ -689,7 +689,7 @@ def target_of(cfg: RunConfig, config: RunConfig | None, files: dict):
 
 def summary(result: dict, out: Path, measurement: dict | None = None) -> None:
     """The test result on the console; ``measurement``: the report's predicted-against-measured block."""
-    import measure_report
+    from hipx.reports import measurement as measure_report
 
     m = result["at_threshold"]
     print(f"test set ({result['n_images']} images), best epoch {result['epoch']}, "

@@ -29,8 +29,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from choices import TTA_CHOICES
-from cli import UserError, add_device, add_output, run_script
+from hipx.core.choices import TTA_CHOICES
+from hipx.core.cli import UserError, add_device, add_output, run_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,14 +55,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import filenames  # noqa: E402
-import fusion  # noqa: E402
-import imaging  # noqa: E402
-import loader  # noqa: E402
-import runfiles  # noqa: E402
-import runtime  # noqa: E402
-import targets  # noqa: E402
-from models import build_model_from_checkpoint  # noqa: E402
+from hipx.data import filenames  # noqa: E402
+from hipx.core import fusion  # noqa: E402
+from hipx.data import imaging  # noqa: E402
+from hipx.data import loader  # noqa: E402
+from hipx.runs import runfiles  # noqa: E402
+from hipx.core import runtime  # noqa: E402
+from hipx.core import targets  # noqa: E402
+from hipx.models import build_model_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger("predict")
 

@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import runfiles
-from choices import MIN_SIDE
-from cli import add_output, add_overwrite, add_seed, run_script
-from measures import UNSCORED
-from patient_table import (COLUMN_CANDIDATES, DEFAULT_SEX_MAP, FLAGS, Options, PreprocessError, SkipLog,
+from hipx.runs import runfiles
+from hipx.core.choices import MIN_SIDE
+from hipx.core.cli import add_output, add_overwrite, add_seed, run_script
+from hipx.core.measures import UNSCORED
+from hipx.prepare.patient_table import (COLUMN_CANDIDATES, DEFAULT_SEX_MAP, FLAGS, Options, PreprocessError, SkipLog,
                            assign_crops, find_csv, parse_sex_map, read_table, resolve_columns, unused_files,
                            validate)
-from splits import DEFAULT_FRACTIONS, IMAGE_SIZE, assign_folds, assign_splits, patient_labels
+from hipx.data.splits import DEFAULT_FRACTIONS, IMAGE_SIZE, assign_folds, assign_splits, patient_labels
 
 logger = logging.getLogger(__name__)
 
@@ -270,4 +270,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     run_script(build_parser, __file__)  # --help and a mistyped flag answer before the image libraries load
 
-import datafolder  # noqa: E402 - numpy, OpenCV, Pillow: after the command line is checked
+from hipx.prepare import datafolder  # noqa: E402 - numpy, OpenCV, Pillow: after the command line is checked

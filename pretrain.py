@@ -32,10 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-import runfiles
-import splits
-from choices import ACTS, MODEL_NAMES, NORMS, STEMS
-from cli import UserError, add_data_dir, add_device, add_seed, given_flags, positive, run_main
+from hipx.runs import runfiles
+from hipx.data import splits
+from hipx.core.choices import ACTS, MODEL_NAMES, NORMS, STEMS
+from hipx.core.cli import UserError, add_data_dir, add_device, add_seed, given_flags, positive, run_main
 
 # torch is imported inside the functions, after the command line has been checked (--help at once)
 
@@ -203,9 +203,9 @@ def load_images(args: argparse.Namespace):
     """Decode every image once: (uint8 (N, H, W), one source file per image, skipped (file, reason))."""
     import numpy as np
 
-    import filenames
-    import selfsup
-    from runtime import progress
+    from hipx.data import filenames
+    from hipx.training import selfsup
+    from hipx.core.runtime import progress
 
     files = selfsup.find_images(args.folders) if args.folders else []
     if args.data_dir is not None:
@@ -294,9 +294,9 @@ def train_one_epoch(model, data, optimizer, scaler, precision, device, memory_fo
 
     import torch
 
-    import loader
-    import selfsup
-    from runtime import progress
+    from hipx.data import loader
+    from hipx.training import selfsup
+    from hipx.core.runtime import progress
 
     for part in (data.dataset, data.sampler):
         part.set_epoch(epoch)  # fresh order and views every epoch, the same on a resumed run
@@ -357,9 +357,9 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
     from torch.utils.data import DataLoader
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    import loader
-    import runtime
-    import selfsup
+    from hipx.data import loader
+    from hipx.core import runtime
+    from hipx.training import selfsup
 
     device = runtime.select_device_for(dist_info, args.device, args.gpus)
     images, sources, skipped = load_images(args)
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
     check_args(args)
-    import runtime
+    from hipx.core import runtime
     from main import interrupted, remove_run, saved_epochs  # how a run stops, as main.py's do
 
     dist_info = runtime.init_distributed(args.device)

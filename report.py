@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from cli import add_bootstrap, add_data_dir, run_script
+from hipx.core.cli import add_bootstrap, add_data_dir, run_script
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.external:
         if not args.run:
             raise SystemExit("--external scores another hospital's data with a trained run: give it with --run RUN")
-        import external  # torch: only here
+        from hipx.reports import external  # torch: only here
 
         try:
             result = external.validate(args.run, args.external, args.name, args.recalibrate, args.calibrate_on,
@@ -381,17 +381,17 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import baseline  # noqa: E402
-import confidence  # noqa: E402
-import cv_report  # noqa: E402
-from evaluation import ALPHA, evaluate  # noqa: E402
-import gallery as case_gallery  # noqa: E402
-import filenames  # noqa: E402
-import loader  # noqa: E402
-import measure_report  # noqa: E402
-import metrics  # noqa: E402
-import report_render  # noqa: E402
-import runfiles  # noqa: E402
-import runtime  # noqa: E402
-import splits  # noqa: E402
-from report_render import FIGURE_DIR, ci as _ci  # noqa: E402,F401 (FIGURE_DIR: the report's folder)
+from hipx.reports import baseline  # noqa: E402
+from hipx.stats import confidence  # noqa: E402
+from hipx.reports import cv as cv_report  # noqa: E402
+from hipx.stats.evaluation import ALPHA, evaluate  # noqa: E402
+from hipx.reports import gallery as case_gallery  # noqa: E402
+from hipx.data import filenames  # noqa: E402
+from hipx.data import loader  # noqa: E402
+from hipx.reports import measurement as measure_report  # noqa: E402
+from hipx.stats import metrics  # noqa: E402
+from hipx.reports import render as report_render  # noqa: E402
+from hipx.runs import runfiles  # noqa: E402
+from hipx.core import runtime  # noqa: E402
+from hipx.data import splits  # noqa: E402
+from hipx.reports.render import FIGURE_DIR, ci as _ci  # noqa: E402,F401 (FIGURE_DIR: the report's folder)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS
-from cli import add_data_dir, add_device, add_output, positive_int, run_script
+from hipx.core.choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS
+from hipx.core.cli import add_data_dir, add_device, add_output, positive_int, run_script
 
 KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
 TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
@@ -92,15 +92,15 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402 - no pyplot: no global state, Agg renders the PNG
 
-import filenames  # noqa: E402
-import fusion  # noqa: E402
-import imaging  # noqa: E402
-import loader  # noqa: E402
-import runfiles  # noqa: E402
-import runtime  # noqa: E402
+from hipx.data import filenames  # noqa: E402
+from hipx.core import fusion  # noqa: E402
+from hipx.data import imaging  # noqa: E402
+from hipx.data import loader  # noqa: E402
+from hipx.runs import runfiles  # noqa: E402
+from hipx.core import runtime  # noqa: E402
 import synthetic  # noqa: E402
-from cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer  # noqa: E402
-from models import build_model_from_checkpoint  # noqa: E402
+from hipx.inference.cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer  # noqa: E402
+from hipx.models import build_model_from_checkpoint  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -33,13 +33,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-import filenames  # noqa: E402
-import loader  # noqa: E402
-import runfiles  # noqa: E402
+from hipx.data import filenames  # noqa: E402
+from hipx.data import loader  # noqa: E402
+from hipx.runs import runfiles  # noqa: E402
 import main as train_cli  # noqa: E402
 import synthetic  # noqa: E402
-from cli import add_output  # noqa: E402
-from models import build_model  # noqa: E402
+from hipx.core.cli import add_output  # noqa: E402
+from hipx.models import build_model  # noqa: E402
 
 DEMO_SIZE = (176, 102)  # the demo's --image_size (Makefile DEMO_FLAGS)
 FIGURES = {"early": "Dense.png", "late": "Dense2.png", "filename": "explanation.png"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import filenames  # noqa: E402
+from hipx.data import filenames  # noqa: E402
 
 
 def main(source: Path, target: Path, n: int, seed: int) -> None:

@@ -26,9 +26,9 @@ from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import confidence  # noqa: E402
-from cli import add_seed  # noqa: E402
-import metrics  # noqa: E402
+from hipx.stats import confidence  # noqa: E402
+from hipx.core.cli import add_seed  # noqa: E402
+from hipx.stats import metrics  # noqa: E402
 
 ICC = 0.6  # share of a score's variance common to both hips of a patient
 HIPS = 2

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import confidence  # noqa: E402
-import filenames  # noqa: E402
-import metrics  # noqa: E402
-from report_render import ci  # noqa: E402
+from hipx.stats import confidence  # noqa: E402
+from hipx.data import filenames  # noqa: E402
+from hipx.stats import metrics  # noqa: E402
+from hipx.reports.render import ci  # noqa: E402
 
 TARGETS = ("binary", "continuous", "ordinal")
 

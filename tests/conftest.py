@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import filenames  # noqa: E402
+from hipx.data import filenames  # noqa: E402
 
 
 def pytest_configure(config):

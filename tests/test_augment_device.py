@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import augment
-import augment_device
+from hipx.data import augment_device
 
 H, W = 64, 37
 NAMES = list(augment_device.DEVICE_AUGMENTATIONS)

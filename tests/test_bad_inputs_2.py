@@ -294,7 +294,7 @@ def test_preprocessing_on_a_full_disk_says_where_and_leaves_nothing(world, full_
 def test_a_write_that_finds_the_disk_full_names_the_file_and_the_space(tmp_path, monkeypatch):
     import errno
 
-    import runfiles
+    from hipx.runs import runfiles
 
     def full(fd, *args):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -389,7 +389,7 @@ def test_device_cuda_without_a_gpu_is_one_line(world, tmp_path):
                                           ({"OMP_WAIT_POLICY": "ACTIVE"}, "None None"),
                                           ({"GOMP_SPINCOUNT": "5"}, "None 5")])
 def test_openmp_threads_spin_briefly_unless_the_user_said_otherwise(env, expected):
-    probe = ("import os, runtime\nset = runtime.short_openmp_spin()\nimport torch\n"
+    probe = ("import os\nfrom hipx.core import runtime\nset = runtime.short_openmp_spin()\nimport torch\n"
              "print(set, os.environ.get('GOMP_SPINCOUNT'), runtime.short_openmp_spin())")
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env={**clean, **env}, capture_output=True,

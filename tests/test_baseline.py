@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-import baseline
-import filenames
-import metrics
+from hipx.reports import baseline
+from hipx.data import filenames
+from hipx.stats import metrics
 
 
 def make_split(folder, rows):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import main
-import runfiles
+from hipx.runs import runfiles
 
 
 def run_args(data, out_root, fold, *extra):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import cam
-from models import build_model
+from hipx.inference import cam
+from hipx.models import build_model
 
 captum_attr = pytest.importorskip("captum.attr")
 

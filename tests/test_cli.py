@@ -69,7 +69,7 @@ def test_run_script_checks_flags_before_the_imports_below_it(tmp_path):
     script = tmp_path / "tool.py"
     script.write_text(textwrap.dedent('''
         import argparse, sys
-        from cli import UserError, run_script
+        from hipx.core.cli import UserError, run_script
 
         def build_parser():
             p = argparse.ArgumentParser()

@@ -7,10 +7,10 @@ import pytest
 from scipy.special import expit
 
 import compare
-import confidence
-import filenames
-import metrics
-import runfiles
+from hipx.stats import confidence
+from hipx.data import filenames
+from hipx.stats import metrics
+from hipx.runs import runfiles
 
 N_PATIENTS = 40
 

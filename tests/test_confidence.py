@@ -6,9 +6,9 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
-import confidence
-import metrics
-from metrics import UndefinedMetricWarning
+from hipx.stats import confidence
+from hipx.stats import metrics
+from hipx.stats.metrics import UndefinedMetricWarning
 
 
 def _scores(n, seed=0, shift=1.0, prevalence=0.4):

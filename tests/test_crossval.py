@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-import filenames
+from hipx.data import filenames
 
 
 def patients(files):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-import cv_report
-import filenames
-import runfiles
+from hipx.reports import cv as cv_report
+from hipx.data import filenames
+from hipx.runs import runfiles
 
 
 def write_fold(run, rows, threshold, design="oof", clinical=False, epoch=3):
@@ -19,7 +19,7 @@ def write_fold(run, rows, threshold, design="oof", clinical=False, epoch=3):
         w.writerow(["file", "label", "probability", "prediction"])
         for f, (_, y, prob) in zip(files, rows):
             w.writerow([f, y, prob, int(prob >= threshold)])
-    import metrics
+    from hipx.stats import metrics
     y = [r[1] for r in rows]
     p = [r[2] for r in rows]
     m = metrics.compute_metrics(y, p, threshold)
@@ -39,7 +39,7 @@ NETWORK = {"model": "dense_net", "fusion": "early", "in_chans": 5, "image_size":
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # seven patients: some resamples hold one class
 def test_oof_summary_pools_every_patient_with_ci_and_counts_folds(tmp_path):
-    import metrics
+    from hipx.stats import metrics
     save = tmp_path / "cv"
     fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6)]
     fold1 = [("e", 1, 0.7), ("f", 1, 0.8), ("g", 1, 0.95)]  # one class only: its AUC is undefined
@@ -95,7 +95,7 @@ def write_manifest(data, rows, column, values):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # few patients: some resamples hold one class
 def test_oof_subgroups_pool_each_manifest_value_and_field_is_shown_by_default(tmp_path):
-    import metrics
+    from hipx.stats import metrics
     save, data = tmp_path / "cv", tmp_path / "data"
     fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
     fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
@@ -134,7 +134,7 @@ def test_oof_subgroups_pool_each_manifest_value_and_field_is_shown_by_default(tm
 
 
 def test_heldout_summary_has_a_fold_ensemble_on_the_shared_test_set(tmp_path):
-    import metrics
+    from hipx.stats import metrics
     save = tmp_path / "cv"
     ids = [("a", 1), ("b", 0), ("c", 1), ("d", 0), ("e", 1), ("f", 0)]
     p0 = [0.9, 0.3, 0.4, 0.5, 0.8, 0.1]

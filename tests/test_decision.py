@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import decision
+from hipx.stats import decision
 
 
 def _random(seed, n=300, prevalence=0.3):

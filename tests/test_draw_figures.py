@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-import filenames
-import loader
-from models import build_model
+from hipx.data import filenames
+from hipx.data import loader
+from hipx.models import build_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "draw_figures.py"
 

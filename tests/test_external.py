@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
-import confidence
-import external
+from hipx.stats import confidence
+from hipx.reports import external
 import main
-import metrics
+from hipx.stats import metrics
 import report
-import runfiles
+from hipx.runs import runfiles
 import synthetic
 
 

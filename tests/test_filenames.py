@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-import filenames
+from hipx.data import filenames
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -68,7 +68,7 @@ def test_a_malformed_name_names_the_field_and_what_is_accepted(name, message):
 
 
 def test_plausible_ranges_are_the_ones_preprocessing_applies():
-    import patient_table
+    from hipx.prepare import patient_table
     assert patient_table.AGE_RANGE == filenames.AGE_RANGE == (0.0, 130.0)
     assert patient_table.BMI_RANGE == filenames.BMI_RANGE
 

@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-import filenames
-import folds
+from hipx.data import filenames
+from hipx.data import folds
 
 
 def make_split(folder, rows):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import fusion
+from hipx.core import fusion
 
 
 @pytest.mark.parametrize("flags,mode", [((None, False, False), None), (("late", False, False), "late"),

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import cam
-import filenames
-import loader
-import runfiles
+from hipx.inference import cam
+from hipx.data import filenames
+from hipx.data import loader
+from hipx.runs import runfiles
 import synthetic
 import visualize_gradcam as vg
-from models import build_model
+from hipx.models import build_model
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imaging
+from hipx.data import imaging
 
 
 # ----------------------------------------------------------------------------- image files of every kind

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-import filenames
-import imaging
-import loader
+from hipx.data import filenames
+from hipx.data import imaging
+from hipx.data import loader
 
 
 def test_enhance_is_bounded_and_differs_from_input():

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-import cli
-import filenames
-import losses
+from hipx.core import cli
+from hipx.data import filenames
+from hipx.training import losses
 import main
-import models
-import runfiles
+from hipx import models
+from hipx.runs import runfiles
 
 
 def run_args(data, out_root, *extra):

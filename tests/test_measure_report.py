@@ -9,12 +9,12 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, mean_absolute_error
 
-import cv_report
-import filenames
-import loader
-import measure_report as mr
+from hipx.reports import cv as cv_report
+from hipx.data import filenames
+from hipx.data import loader
+from hipx.reports import measurement as mr
 import report
-import runfiles
+from hipx.runs import runfiles
 from conftest import write_split
 
 NETWORK = {"model": "dense_net", "fusion": "early", "in_chans": 5, "image_size": [64, 37], "depth": 10,
@@ -83,8 +83,8 @@ def test_weighted_statistics_equal_those_of_the_repeated_sample():
 @pytest.mark.parametrize("interval", ["bca", "percentile"])
 def test_bootstrap_weighted_draws_the_resamples_of_bootstrap_ci(interval):
     """The Brier score as a statistic of weights gets exactly bootstrap_ci's interval (same patients drawn)."""
-    import confidence
-    import metrics
+    from hipx.stats import confidence
+    from hipx.stats import metrics
     rng = np.random.default_rng(6)
     y, p = rng.integers(0, 2, 60), rng.random(60)
     groups = np.repeat(np.arange(30), 2)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import datafolder
-import filenames
-import measures
+from hipx.prepare import datafolder
+from hipx.data import filenames
+from hipx.core import measures
 import preprocess_filenames as pf
 import synthetic
 from test_preprocess import Export, output_images, read_csv

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-import metrics
-from metrics import UndefinedMetricWarning
+from hipx.stats import metrics
+from hipx.stats.metrics import UndefinedMetricWarning
 
 
 def _scores(seed, n, ties=False):

@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-import models
-from models import MODEL_NAMES, BatchInstanceNorm2d, build_model, count_parameters
+from hipx import models
+from hipx.models import MODEL_NAMES, BatchInstanceNorm2d, build_model, count_parameters
 
 torch.set_num_threads(1)
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import filenames
-import loader
+from hipx.data import filenames
+from hipx.data import loader
 import main
 import predict
-import runfiles
+from hipx.runs import runfiles
 from conftest import write_split
 
 

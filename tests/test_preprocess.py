@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import datafolder
-import filenames
+from hipx.prepare import datafolder
+from hipx.data import filenames
 import preprocess_filenames as pf
-import runfiles
-from splits import SPLITS
+from hipx.runs import runfiles
+from hipx.data.splits import SPLITS
 from test_imaging import KINDS, write_image
 
 SIZE = ["--size", "64", "37"]
@@ -288,7 +288,7 @@ def test_output_overlapping_the_images_is_refused(export, capsys, where):
 
 
 def test_interrupted_run_is_resumed_by_the_same_command(export, monkeypatch, capsys):
-    real_write = runfiles.write_bytes
+    real_write = datafolder.fileio.write_bytes
     calls = {"n": 0}
 
     def flaky_write(path, data, fsync=True):
@@ -298,11 +298,11 @@ def test_interrupted_run_is_resumed_by_the_same_command(export, monkeypatch, cap
                 raise KeyboardInterrupt
         return real_write(path, data, fsync)
 
-    monkeypatch.setattr(runfiles, "write_bytes", flaky_write)
+    monkeypatch.setattr(datafolder.fileio, "write_bytes", flaky_write)
     assert pf.main(export.args()) == 130
     assert (export.out / datafolder.MARKER).is_file() and len(output_images(export.out)) == 4
     assert not list(export.out.rglob("*.tmp"))
-    monkeypatch.setattr(runfiles, "write_bytes", real_write)
+    monkeypatch.setattr(datafolder.fileio, "write_bytes", real_write)
 
     assert pf.main(export.args("--seed", "5")) == 1  # other settings: refused, nothing changed
     assert "interrupted run made from a different CSV or settings" in capsys.readouterr().err

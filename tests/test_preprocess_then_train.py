@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-import filenames
+from hipx.data import filenames
 import main
 import preprocess_filenames
 

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-import loader
+from hipx.data import loader
 import main
 import pretrain
-import selfsup
+from hipx.training import selfsup
 import synthetic
-from cli import run_main
-from models import build_model
+from hipx.core.cli import run_main
+from hipx.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ("64", "37")

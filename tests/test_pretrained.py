@@ -6,9 +6,9 @@ import torch
 import torchvision
 
 import main
-from cli import UserError
-import models
-from models import build_model, pretrained
+from hipx.core.cli import UserError
+from hipx import models
+from hipx.models import build_model, pretrained
 
 torch.set_num_threads(1)
 

@@ -7,16 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import baseline
-import confidence
-import decision
-import evaluation
-import filenames
-import folds
+from hipx.reports import baseline
+from hipx.stats import confidence
+from hipx.stats import decision
+from hipx.stats import evaluation
+from hipx.data import filenames
+from hipx.data import folds
 import main
-import metrics
+from hipx.stats import metrics
 import report
-import runfiles
+from hipx.runs import runfiles
 from conftest import write_split
 
 SECTIONS = ("## Summary", "## 1. Data", "## 2. Training", "## 3. Discrimination on test",

@@ -13,12 +13,12 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-import baseline
-import filenames
-import loader
-import runfiles
+from hipx.reports import baseline
+from hipx.data import filenames
+from hipx.data import loader
+from hipx.runs import runfiles
 import synthetic
-from models import build_model, build_model_from_config
+from hipx.models import build_model, build_model_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import filenames
-import loader
+from hipx.data import filenames
+from hipx.data import loader
 import main
-import metrics
-import runfiles
-from models import build_model_from_checkpoint
+from hipx.stats import metrics
+from hipx.runs import runfiles
+from hipx.models import build_model_from_checkpoint
 from conftest import write_split
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import preprocess_filenames as pf
-import roi
+from hipx.data import roi
 import synthetic
 
 ASPECT = 704 / 407

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from hipx.core import cli
 import main
-import runconfig
-from runconfig import RunConfig
+from hipx.core import runconfig
+from hipx.core.runconfig import RunConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_run"  # a run made by main.py at cc93d00, before RunConfig
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import runfiles
-from models import build_model, build_model_from_checkpoint
+from hipx.runs import runfiles
+from hipx.models import build_model, build_model_from_checkpoint
 
 CONFIG = {"model": "dense_net", "in_chans": 2, "image_size": [64, 37], "depth": 10, "growthRate": 4, "norm": "bn",
           "act": "relu", "stem": "downsample", "data_dir": "data"}
@@ -48,7 +48,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_writer_imports_without_torch():
-    code = "import runfiles, splits, sys; print('torch' in sys.modules)"
+    code = "from hipx.runs import runfiles; from hipx.data import splits; import sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "False"

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-import runtime
+from hipx.core import runtime
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@ import logging
 
 import pytest
 
-import filenames
-import folds
-import splits
+from hipx.data import filenames
+from hipx.data import folds
+from hipx.data import splits
 import synthetic
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import filenames
+from hipx.data import filenames
 import synthetic
 
 SIZE = (128, 74)

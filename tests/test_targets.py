@@ -13,10 +13,10 @@ from PIL import Image
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import roc_auc_score
 
-import filenames
-import measures
-import targets
-from models import build_model
+from hipx.data import filenames
+from hipx.core import measures
+from hipx.core import targets
+from hipx.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (64, 37)
@@ -245,7 +245,7 @@ def test_unscored_images_train_graded_targets_and_are_never_scored(tmp_path):
 @pytest.mark.parametrize("fusion_mode, in_chans", [("early", 5), ("late", 2), ("image", 2)])
 @pytest.mark.parametrize("kind", ["ordinal", "continuous"])
 def test_every_fusion_mode_learns_a_graded_target(fusion_mode, in_chans, kind):
-    from models import build_model_from_config
+    from hipx.models import build_model_from_config
 
     spec = (targets.TargetSpec("ordinal", "T-score", -2.5, bounds=measures.WHO_BOUNDS,
                                classes=("osteoporosis", "osteopenia", "normal")) if kind == "ordinal"

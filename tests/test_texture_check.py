@@ -6,8 +6,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import folds  # noqa: E402
-import metrics  # noqa: E402
+from hipx.data import folds  # noqa: E402
+from hipx.stats import metrics  # noqa: E402
 import texture_check  # noqa: E402
 from conftest import write_split  # noqa: E402
 

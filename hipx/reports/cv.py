@@ -1,0 +1,375 @@
+"""The summary of a cross-validation over its tested fold runs: ``cv_summary.json`` (the numbers)
+and ``cv_report.md`` (drawn with :mod:`report_render`'s blocks, as the run report is).
+
+Per fold, each fold's test metrics at its own validation threshold with mean, SD and how many
+folds entered them; for the ``oof`` design the out-of-fold probabilities pooled over every patient
+(and per subgroup of the data folder's manifest); for ``heldout`` the fold ensemble on the shared
+test set. Which images each fold saw is :mod:`folds`; running the folds is :mod:`crossval`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hipx.stats import confidence
+from hipx.data import loader
+from hipx.reports import measurement as measure_report
+from hipx.stats import metrics
+from hipx.runs import runfiles
+from hipx.core.runconfig import RunConfig
+from hipx.stats import decision
+from hipx.reports.render import (DECISION_NOTE, PALETTE, ci as _ci, decision_rows, figure_calibration,
+                           figure_decision_curve, figure_roc_pr, fmt as _fmt, render_html, render_markdown)
+
+logger = logging.getLogger(__name__)
+
+DESIGN_TEXT = {
+    "oof": "out-of-fold (--cv oof): all images pooled into K patient-level folds; fold k is the test set of "
+           "model k, which picked its epoch and threshold on a validation part carved from the other folds; "
+           "every patient is tested exactly once",
+    "heldout": "rotating validation with a held-out test set (--cv heldout): fold k of train+val validates "
+               "model k, and every model is scored on the same test set",
+}
+FOLD_METRICS = ("roc_auc", "pr_auc", "brier", "accuracy", "sensitivity", "specificity", "precision", "npv",
+                "f1", "f2", "balanced_accuracy", "mcc")
+THRESHOLD_FREE = ("roc_auc", "pr_auc", "brier")
+AT_THRESHOLD = ("sensitivity", "specificity", "balanced_accuracy", "accuracy", "precision", "npv", "f1", "mcc")
+ALPHA = 0.05
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _with_ci(y: np.ndarray, p: np.ndarray, decisions: np.ndarray, groups: np.ndarray, n_boot: int,
+             seed: int) -> dict:
+    """Threshold-free metrics of ``p`` and threshold metrics of the 0/1 ``decisions``, each with its
+    patient-bootstrap 95 % CI (the same resamples, as both calls share ``seed``)."""
+    free = confidence.bootstrap_metrics(y, p, 0.5, groups=groups, n_boot=n_boot, seed=seed, alpha=ALPHA)
+    at = confidence.bootstrap_metrics(y, decisions.astype(float), 0.5, groups=groups, n_boot=n_boot, seed=seed,
+                                      alpha=ALPHA)
+    return {**{k: free[k] for k in THRESHOLD_FREE}, **{k: at[k] for k in AT_THRESHOLD}}
+
+
+# manifest columns broken down by default where the data folder's manifest has them with two or more
+# values: preprocess_filenames.py --roi writes 'field' (radiograph or bone_only segmentation)
+AUTO_SUBGROUPS = ("field",)
+
+
+def manifest_values(data_dir: str | os.PathLike, column: str) -> dict[str, str]:
+    """Image file name -> its value in ``column`` of the data folder's ``manifest.csv``."""
+    path = Path(data_dir) / "manifest.csv"
+    if not path.is_file():
+        raise ValueError(f"--by {column}: {path} not found; subgroups are columns of the manifest "
+                         "preprocess_filenames.py writes")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "file" not in table.columns:
+        raise ValueError(f"--by {column}: {path} has no 'file' column; is it the manifest of preprocess_filenames.py?")
+    if column not in table.columns or column == "file":
+        raise ValueError(f"--by {column}: no such column in {path}; it has "
+                         f"{', '.join(c for c in table.columns if c != 'file')}")
+    return dict(zip(table["file"].map(lambda f: Path(f).name), table[column]))
+
+
+def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns: Sequence[str] | None,
+                     n_boot: int, seed: int) -> list[dict]:
+    """Pooled out-of-fold ROC AUC (patient-bootstrap 95 % CI) within each value of each manifest
+    column. ``columns=None``: those of :data:`AUTO_SUBGROUPS` the manifest has with two or more values."""
+    auto = columns is None
+    rows = []
+    for column in (AUTO_SUBGROUPS if auto else columns):
+        try:
+            values = manifest_values(data_dir, column)
+        except ValueError:
+            if auto:
+                continue
+            raise
+        value = pooled["file"].map(lambda f: values.get(Path(f).name))
+        if value.isna().any() and auto:  # a default breakdown never stops a finished cross-validation
+            logger.warning("no subgroups by %s: %d tested image(s) are not in %s", column, int(value.isna().sum()),
+                           Path(data_dir) / "manifest.csv")
+            continue
+        if value.isna().any():
+            raise ValueError(f"--by {column}: {int(value.isna().sum())} tested image(s) are not in "
+                             f"{Path(data_dir) / 'manifest.csv'} (e.g. {pooled['file'][value.isna()].iloc[0]})")
+        if auto and value.nunique() < 2:
+            continue
+        for v, part in pooled.groupby(value.to_numpy(), sort=True):
+            y = part["label"].to_numpy(dtype=np.int64)
+            row = {"column": column, "value": v, "n_images": len(part), "n_patients": int(part["patient"].nunique()),
+                   "n_osteoporosis_images": int(y.sum()), "roc_auc": None}
+            if 0 < y.sum() < len(y):
+                row["roc_auc"] = confidence.bootstrap_metrics(
+                    y, part["probability"].to_numpy(dtype=float), 0.5, groups=part["patient"].to_numpy(),
+                    n_boot=n_boot, seed=seed, alpha=ALPHA)["roc_auc"]
+            rows.append(row)
+    return rows
+
+
+def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[RunConfig], data_dir: str | os.PathLike,
+                    n_boot: int, seed: int) -> tuple[dict, np.ndarray | None]:
+    """The clinical-only baseline out of fold beside the pooled network: each fold's logistic regression
+    fitted on that fold's training patients scores its test patients; pooled AUC etc. with CIs, and the
+    pooled paired difference network minus baseline (patient bootstrap, clustered DeLong). Returns the
+    numbers and the baseline's pooled probabilities (None where there is no baseline)."""
+    from hipx.reports import baseline
+
+    try:
+        base = baseline.out_of_fold([runfiles.split_files(c, data_dir) for c in configs])
+    except baseline.BaselineUnavailable as exc:
+        return {"baseline_absent": str(exc)}, None
+    base = pooled[["file"]].assign(file=pooled["file"].map(lambda f: Path(f).name)).merge(
+        base.assign(file=base["file"].map(lambda f: Path(f).name)), on="file", how="left", validate="one_to_one")
+    if base["probability"].isna().any():
+        return {"baseline_absent": f"{int(base['probability'].isna().sum())} tested image(s) are not in the folds' "
+                                   f"test splits of {data_dir}"}, None
+    y = pooled["label"].to_numpy(dtype=np.int64)
+    groups = pooled["patient"].to_numpy()
+    p_net, p_base = pooled["probability"].to_numpy(dtype=float), base["probability"].to_numpy(dtype=float)
+    return {"baseline": {"what": "clinical-only logistic regression (sex, age, BMI), fitted on each fold's training "
+                                 "patients and scored on its test patients; decisions at each fold's own validation "
+                                 "threshold",
+                         "metrics": _with_ci(y, p_base, base["prediction"].to_numpy(), groups, n_boot, seed)},
+            "comparison": {"auc_difference": confidence.paired_bootstrap_diff(
+                               y, p_net, p_base, metrics.roc_auc, groups=groups, n_boot=n_boot, seed=seed, alpha=ALPHA),
+                           "delong_test": confidence.delong_test(y, p_net, p_base, groups=groups)}}, p_base
+
+
+def cv_figures(block: dict, y: np.ndarray, p: np.ndarray, p_base: np.ndarray | None,
+               threshold: float | None = None) -> dict[str, bytes]:
+    """The figures of ``cv_report.html``: ROC and PR curves, calibration and the decision curve of the
+    pooled (or ensemble) probabilities, the clinical baseline's beside them where it exists. The
+    decision curves' numbers join ``block`` (``decision_curve``, ``baseline_decision_curve``)."""
+    models = [("network", p, PALETTE[0])] + ([("clinical baseline", p_base, PALETTE[1])] if p_base is not None else [])
+    where = "pooled out of fold" if threshold is None else "fold ensemble, shared test set"
+    curves = []
+    for (name, probs, colour), key in zip(models, ("decision_curve", "baseline_decision_curve")):
+        block[key] = decision.decision_curve(y, probs, run_threshold=threshold)
+        curves.append((name, block[key], threshold, colour))
+    return {"roc_pr": figure_roc_pr(y, [(n, q, threshold, c) for n, q, c in models], where=where),
+            "calibration": figure_calibration(y, models, where=where),
+            "decision": figure_decision_curve(curves)}
+
+
+def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[str | os.PathLike],
+                     n_boot: int = 2000, seed: int = 0, by: Sequence[str] | None = None,
+                     data_dir: str | os.PathLike | None = None) -> dict:
+    """``cv_summary.json`` and ``cv_report.md`` in ``save_dir_path`` over the tested fold runs (each
+    read through :func:`runfiles.load_run`: a fold whose test metrics are stale is refused).
+
+    Always: each fold's test metrics at its own validation threshold, and per metric the mean, SD
+    (ddof 1) and how many folds entered them (a fold whose metric is undefined, e.g. a test fold
+    with one class, is counted out visibly, not dropped silently).
+    ``oof`` design: the out-of-fold probabilities of all folds pooled into one result over every
+    patient, with patient-bootstrap 95 % CIs (sensitivity etc. from each fold's decisions at its
+    own threshold). ``heldout`` design: the fold ensemble (mean probability of the K models) on
+    the shared test set, with CIs, at the mean of the folds' thresholds.
+    The clinical-only baseline of each fold's report enters only where the clinical values vary.
+    ``by``: manifest columns whose values split the pooled result into subgroups (``oof`` design;
+    None = :data:`AUTO_SUBGROUPS` where present); ``data_dir`` defaults to the folds' config.
+    """
+    out_dir = Path(save_dir_path)
+    if not fold_run_dirs:
+        raise ValueError("write_cv_summary needs at least one fold run folder")
+    folds, predictions, designs, data_dirs, configs = [], [], set(), set(), []
+    for folder in map(Path, fold_run_dirs):
+        for name in (runfiles.BEST, runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], runfiles.CONFIG):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found: test every fold before summarising")
+        run = runfiles.load_run(folder)
+        tm = run.test_metrics()  # refused when stale: scored at another threshold than best.pth holds
+        config = RunConfig.from_dict(run.read_config())
+        configs.append(config)
+        designs.add(config.cv_design if config.is_fold else "heldout")
+        data_dirs.add(config.data_dir)
+        pred = run.predictions("test")
+        pred["fold"] = folder.name
+        predictions.append(pred)
+        row = {"run": folder.name, "epoch": tm["epoch"], "threshold": tm["threshold"], "n_images": tm["n_images"],
+               **{k: _number(tm["at_threshold"].get(k)) for k in FOLD_METRICS}}
+        rep = run.report_metrics()
+        if rep is not None:
+            base = rep.get("baseline") or {}
+            if base.get("metrics") and rep.get("comparison"):
+                row["baseline_roc_auc"] = _number(base["metrics"]["roc_auc"]["point"])
+                row["roc_auc_difference"] = _number(rep["comparison"]["auc_difference"]["diff"])
+        folds.append(row)
+    if len(designs) > 1:
+        raise ValueError(f"the fold runs mix cross-validation designs {sorted(designs)}; summarise one run group")
+    design = designs.pop()
+    spec = measure_report.group_target_spec(fold_run_dirs)  # None for binary folds
+    all_files = [f for pred in predictions for f in pred["file"]]
+    baseline_note = None
+    if "varies" not in loader.clinical_states(loader.clinical_table(all_files)).values():
+        baseline_note = ("no clinical-only baseline: sex, age and BMI are missing or constant in these images, so "
+                         "there is nothing for it to learn from")
+        for row in folds:
+            row.pop("baseline_roc_auc", None)
+            row.pop("roc_auc_difference", None)
+    keys = [k for k in ("threshold", *FOLD_METRICS, "baseline_roc_auc", "roc_auc_difference")
+            if any(k in f for f in folds)]
+    per_metric = {}
+    for k in keys:
+        stats = metrics.mean_sd(_number(f.get(k)) for f in folds)
+        per_metric[k] = {"mean": stats["mean"], "sd": stats["sd"], "n_folds": stats["n"], "of": len(folds)}
+    summary: dict[str, Any] = {"design": design, "design_text": DESIGN_TEXT[design], "n_folds": len(folds),
+                               "n_boot": int(n_boot), "per_metric": per_metric, "folds": folds}
+    if baseline_note:
+        summary["baseline_note"] = baseline_note
+    pooled = pd.concat(predictions, ignore_index=True)
+    figures: dict[str, bytes] = {}
+    if design == "oof":
+        tested = pooled.groupby("patient")["fold"].nunique()
+        if (tested > 1).any() or pooled["file"].duplicated().any():
+            raise ValueError(f"{int((tested > 1).sum())} patient(s) were tested in more than one fold (e.g. "
+                             f"{list(tested[tested > 1].index[:3])}); these are not out-of-fold runs of one design")
+        y = pooled["label"].to_numpy(dtype=np.int64)
+        summary["pooled"] = {
+            "what": "out-of-fold probabilities of all folds pooled: every patient once, each scored by the model "
+                    "that never saw it; sensitivity etc. from each fold's decision at its own validation threshold",
+            "n_images": len(pooled), "n_patients": int(pooled["patient"].nunique()),
+            "n_osteoporosis_images": int(y.sum()),
+            "metrics": _with_ci(y, pooled["probability"].to_numpy(dtype=float), pooled["prediction"].to_numpy(),
+                                pooled["patient"].to_numpy(), n_boot, seed)}
+        data_dir = data_dir or (data_dirs.pop() if len(data_dirs) == 1 else None)
+        p_base = None
+        if data_dir is not None and not baseline_note:
+            numbers, p_base = pooled_baseline(pooled, configs, data_dir, n_boot, seed)
+            summary["pooled"].update(numbers)
+        figures = cv_figures(summary["pooled"], y, pooled["probability"].to_numpy(dtype=float), p_base)
+        if spec:  # a graded target (main.py --target): predicted against measured, pooled out of fold
+            summary["measurement"] = measure_report.measurement(pooled, spec, n_boot, seed, data_dir=data_dir,
+                                                                source="the folds' test_predictions.csv",
+                                                                what="out-of-fold")
+            figures.update(measure_report.measurement_figures(summary["measurement"], pooled, spec))
+        if data_dir is not None:
+            summary["subgroups"] = subgroup_results(pooled, data_dir, by, n_boot, seed)
+        elif by:
+            raise ValueError(f"--by {by[0]}: the folds name different data folders; give --data_dir")
+    elif by:
+        raise ValueError(f"--by {by[0]}: subgroups split the pooled out-of-fold result; these runs are "
+                         f"design {design} (main.py --cv oof)")
+    else:
+        sets = {frozenset(pred["file"]) for pred in predictions}
+        if len(sets) == 1 and len(predictions) > 1:
+            table = pd.concat([pred.set_index("file")["probability"].rename(pred["fold"].iloc[0])
+                               for pred in predictions], axis=1)
+            first = predictions[0].set_index("file").loc[table.index]
+            p = table.mean(axis=1).to_numpy(dtype=float)
+            threshold = float(np.mean([f["threshold"] for f in folds]))
+            y = first["label"].to_numpy(dtype=np.int64)
+            summary["ensemble"] = {
+                "what": f"mean probability of the {len(folds)} fold models on the shared test set; decisions at "
+                        "the mean of the folds' validation thresholds",
+                "threshold": threshold, "n_images": len(p), "n_patients": int(first["patient"].nunique()),
+                "metrics": _with_ci(y, p, (p >= threshold).astype(int), first["patient"].to_numpy(), n_boot, seed)}
+            figures = cv_figures(summary["ensemble"], y, p, None, threshold)
+    if spec and design != "oof":
+        summary["measurement_note"] = ("the measurement statistics pool out-of-fold predictions (main.py --cv oof); "
+                                       "this heldout design has none")
+    summary["note"] = ("per-fold figures: " + ("each fold is scored on its own test patients" if design == "oof" else
+                       "every fold is scored on the same held-out test set, so the SD reflects variation between "
+                       "trainings (data of the fold, initialisation), not sampling of test patients"))
+    written = runfiles.RunGroup(out_dir).write_cv_summary(
+        summary, render_cv_report(out_dir.name, summary),
+        render_html(report_blocks(out_dir.name, summary, figures), figures,
+                    f"Cross-validation summary: {out_dir.name}"))
+    logger.info("cross-validation summary of %d folds written to %s", len(folds), written)
+    return summary
+
+
+def headline(summary: Mapping) -> str:
+    """One line for the console: the pooled (oof) or ensemble (heldout) AUC with CI, else the fold mean."""
+    for key, what in (("pooled", "pooled out-of-fold"), ("ensemble", "fold-ensemble test")):
+        if key in summary:
+            block = summary[key]
+            base = (f"; clinical baseline {_ci(block['baseline']['metrics']['roc_auc'])}, difference "
+                    f"{_fmt(block['comparison']['auc_difference']['diff'])}" if block.get("baseline") else "")
+            return (f"{what} ROC AUC {_ci(block['metrics']['roc_auc'])} over {block['n_images']} images of "
+                    f"{block['n_patients']} patients ({summary['n_folds']} folds, {summary['design']}){base}"
+                    f"{measure_report.headline(summary.get('measurement')) if key == 'pooled' else ''}")
+    m = summary["per_metric"]["roc_auc"]
+    return (f"{summary['n_folds']} folds ({summary['design']}): ROC AUC {_fmt(m['mean'])} ± {_fmt(m['sd'])} "
+            f"(mean ± SD of {m['n_folds']} of {m['of']} folds)")
+
+
+def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | None = None) -> list[tuple]:
+    """The blocks of ``cv_report.md`` (:func:`report_render.render_markdown` draws them) and, with
+    ``figures`` (:func:`cv_figures`), of ``cv_report.html``."""
+    b: list[tuple] = [("h1", f"Cross-validation summary: {name}"), ("p", f"Design: {summary['design_text']}.")]
+    for key, title in (("pooled", "Pooled out-of-fold result"), ("ensemble", "Fold-ensemble test result")):
+        if key in summary:
+            block = summary[key]
+            b += [("h2", title),
+                  ("p", f"{block['what'][0].upper()}{block['what'][1:]}. {block['n_images']} images of "
+                        f"{block['n_patients']} patients; 95 % CIs from {summary['n_boot']} bootstrap resamples of "
+                        "patients."),
+                  *pooled_tables(block), *(figure_blocks(block) if figures else [])]
+    if summary.get("measurement"):
+        b += measure_report.report_blocks(summary["measurement"], figures=bool(figures))
+    elif summary.get("measurement_note"):
+        b.append(("p", f"Measurement: {summary['measurement_note']}."))
+    if summary.get("subgroups"):
+        b += [("h2", "Subgroups"),
+              ("p", "The pooled out-of-fold probabilities within each value of a column of the data folder's "
+                    "manifest.csv; 95 % CIs from a bootstrap over the subgroup's patients. A subgroup's AUC compares "
+                    "its own osteoporosis and normal images only."),
+              ("table", ["Column", "Value", "Images", "Patients", "Osteoporosis images", "ROC AUC (95 % CI)"],
+               [[str(g["column"]), str(g["value"]), str(g["n_images"]), str(g["n_patients"]),
+                 str(g["n_osteoporosis_images"]), _ci(g["roc_auc"]) if g["roc_auc"] else "n/a (one class)"]
+                for g in summary["subgroups"]])]
+    per = summary["per_metric"]
+    shown = [k for k in ("roc_auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy", "brier",
+                         "baseline_roc_auc", "roc_auc_difference") if k in per]
+    rows = [[f["run"], str(f["n_images"]), str(f["epoch"]), _fmt(f["threshold"]), *(_fmt(f.get(k)) for k in shown)]
+            for f in summary["folds"]]
+    rows.append(["**mean ± SD**", "", "", *(f"{_fmt(per[k]['mean'])} ± {_fmt(per[k]['sd'])}"
+                                            for k in ("threshold", *shown))])
+    rows.append(["folds entered", "", "", *(f"{per[k]['n_folds']} of {per[k]['of']}" for k in ("threshold", *shown))])
+    b += [("h2", "Per fold"),
+          ("p", f"Test metrics of each fold's best checkpoint at its own validation threshold; {summary['note']}."),
+          ("table", ["Fold", "Images", "Best epoch", "Threshold", *shown], rows)]
+    if summary.get("baseline_note"):
+        b.append(("p", f"Note: {summary['baseline_note']}."))
+    return b
+
+
+def figure_blocks(block: Mapping) -> list[tuple]:
+    """The figures of the pooled (or ensemble) result and the net-benefit table, for cv_report.html."""
+    curves = [("network", block["decision_curve"])]
+    if block.get("baseline_decision_curve"):
+        curves.append(("clinical baseline", block["baseline_decision_curve"]))
+    return [("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves of the probabilities above; "
+                                    "the clinical baseline's beside the network's where it exists."),
+                         ("calibration", "Observed fraction with osteoporosis (Wilson 95% interval) against the mean "
+                                         "predicted probability in bins of about equal size; below: the probabilities."),
+                         ("decision", "Net benefit of acting on each probability at each threshold probability, "
+                                      "against treating every image and treating none.")]),
+            ("table", *decision_rows(curves, decision.TABLE_THRESHOLDS)),
+            ("note", DECISION_NOTE)]
+
+
+def pooled_tables(block: Mapping) -> list[tuple]:
+    """The pooled metrics table, with the clinical baseline's column and the paired difference where it exists."""
+    names = (*THRESHOLD_FREE, *AT_THRESHOLD)
+    if not block.get("baseline"):
+        out = [("table", ["Metric", "Value (95 % CI)"], [[k, _ci(block["metrics"][k])] for k in names])]
+        if block.get("baseline_absent"):
+            out.append(("p", f"No pooled clinical baseline: {block['baseline_absent']}."))
+        return out
+    diff, delong = block["comparison"]["auc_difference"], block["comparison"]["delong_test"]
+    return [("table", ["Metric", "Network (95 % CI)", "Clinical baseline (95 % CI)"],
+             [[k, _ci(block["metrics"][k]), _ci(block["baseline"]["metrics"][k])] for k in names]),
+            ("p", f"Clinical baseline: {block['baseline']['what']}. Network minus baseline, pooled ROC AUC difference: "
+                  f"{_fmt(diff['diff'])} (95 % CI {_fmt(diff['low'])} to {_fmt(diff['high'])}, paired patient "
+                  f"bootstrap, p {_fmt(diff['p_value'])}; clustered DeLong p {_fmt(delong['p_value'])}).")]
+
+
+def render_cv_report(name: str, summary: Mapping) -> str:
+    return render_markdown(report_blocks(name, summary))
