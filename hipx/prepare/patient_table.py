@@ -533,6 +533,14 @@ class SkipLog:
 def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Columns, opts: Options,
              skips: SkipLog) -> tuple[list[Row], set[Path]]:
     """Every row parsed and cross-checked; returns the usable rows and every file the CSV names."""
+    rows, referenced = parse_rows(header, records, cols, opts, skips)
+    return cross_check(rows, cols, skips), referenced
+
+
+def parse_rows(header: list[str], records: list[tuple[int, list[str]]], cols: Columns, opts: Options,
+               skips: SkipLog) -> tuple[list[Row], set[Path]]:
+    """Each row parsed on its own (a broken or unusable row is skipped, naming its line); returns the
+    parsed rows and every file the CSV names."""
     rows: list[Row] = []
     referenced: set[Path] = set()
     for line, fields in records:
@@ -553,7 +561,12 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
                         "; ".join(str(p) for p in problems))
             continue
         rows.append(row)
+    return rows, referenced
 
+
+def cross_check(rows: list[Row], cols: Columns, skips: SkipLog) -> list[Row]:
+    """Rows checked against each other: the same file twice, ids that would share file names, one
+    patient with two sexes or splits, a crop listed twice. Returns the rows left."""
     def grouped(rows: list[Row], key) -> dict:
         """Rows by ``key(row)``, in CSV order."""
         groups: dict = defaultdict(list)
@@ -612,7 +625,7 @@ def validate(header: list[str], records: list[tuple[int, list[str]]], cols: Colu
                 lines = ", ".join(str(r.line) for r in group)
                 refuse(group, "duplicate_crop", lambda r: f"patient {r.patient_csv!r} has crop {crop} on lines {lines}")
         rows = drop()
-    return rows, referenced
+    return rows
 
 
 def assign_crops(rows: Sequence[Row], hips: bool) -> None:
