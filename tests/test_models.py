@@ -237,7 +237,7 @@ def imagenet_like(tmp_path_factory):
 @pytest.mark.parametrize("in_chans", [2, 5])
 def test_pretrained_loads_features_and_adapts_first_conv(imagenet_like, in_chans, caplog):
     path, state = imagenet_like
-    with caplog.at_level(logging.INFO, logger="models.pretrained"):
+    with caplog.at_level(logging.INFO, logger="hipx.models.pretrained"):
         model = build_model("densenet121", in_chans=in_chans, late_fuse=False, pretrained=str(path))
     loaded = model.state_dict()
     for key, value in state.items():

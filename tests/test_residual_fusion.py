@@ -23,14 +23,19 @@ from hipx.models import build_model, build_model_from_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def residual_model(seed=0):
+def residual_model(seed=0, head="late", target=None):
     torch.manual_seed(seed)
     return build_model("dense_net", in_chans=2, late_fuse=True, depth=10, growth_rate=4,
-                       clinical_offset=True).eval()
+                       clinical_offset=True, residual_head=head, target=target).eval()
 
 
-def test_untrained_residual_network_is_the_clinical_model():
-    model = residual_model()
+RESIDUAL_CONFIG = {"model": "dense_net", "in_chans": 2, "fusion": "residual", "depth": 10, "growthRate": 4,
+                   "norm": "bn", "act": "relu", "stem": "downsample"}
+
+
+@pytest.mark.parametrize("head", ["late", "linear"])
+def test_untrained_residual_network_is_the_clinical_model(head):
+    model = residual_model(head=head)
     coef, intercept = [0.7, -1.3, 0.25], -0.4
     model.set_clinical_model(coef, intercept)
     image = torch.rand(5, 2, 64, 37)
@@ -43,7 +48,7 @@ def test_untrained_residual_network_is_the_clinical_model():
 
 def test_residual_network_without_clinical_signal_is_the_image_network():
     image_only = build_model("dense_net", in_chans=2, late_fuse=False, depth=10, growth_rate=4).eval()
-    residual = residual_model(seed=1)
+    residual = residual_model(seed=1, head="linear")
     residual.set_clinical_model([0.0, 0.0, 0.0], 0.0)
     state = {k: v for k, v in image_only.state_dict().items()}
     missing, unexpected = residual.load_state_dict(state, strict=False)
@@ -65,15 +70,64 @@ def test_set_clinical_model_resets_a_pretrained_head_and_checks_its_length():
         plain.set_clinical_model([1.0, 2.0, 3.0], 0.0)
 
 
-def test_the_offset_travels_with_the_weights():
-    model = residual_model()
+@pytest.mark.parametrize("saved_head, head", [({"residual_head": "late"}, "late"), ({}, "linear")])
+def test_the_offset_travels_with_the_weights(saved_head, head):
+    """A run's configuration names its residual head; one made before the late head (no key) is linear."""
+    model = residual_model(head=head)
     model.set_clinical_model([0.5, -0.5, 1.5], 0.25)
-    config = {"model": "dense_net", "in_chans": 2, "fusion": "residual", "depth": 10, "growthRate": 4,
-              "norm": "bn", "act": "relu", "stem": "downsample"}
-    again = build_model_from_config(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_()  # a trained correction
+    again = build_model_from_config({**RESIDUAL_CONFIG, **saved_head}).eval()
     again.load_state_dict(model.state_dict())
     image, clinical = torch.rand(3, 2, 64, 37), torch.randn(3, 3)
     torch.testing.assert_close(again(image, clinical), model(image, clinical))
+
+
+def test_the_late_head_corrects_with_the_clinical_values_beside_the_image():
+    """Residual fusion's correction sees the clinical embedding (late fusion's head): with the image
+    features' weights at zero, a clinical-only correction still moves the logit."""
+    model = residual_model()
+    model.set_clinical_model([0.0, 0.0, 0.0], 0.0)
+    with torch.no_grad():
+        model.classifier.weight[0, model.num_features:] = 1.0  # the clinical embedding's part only
+    image = torch.rand(4, 2, 64, 37)
+    a, b = torch.zeros(4, 3), torch.full((4, 3), 2.0)
+    assert not torch.allclose(model(image, a), model(image, b))
+    torch.testing.assert_close(model(torch.rand(4, 2, 64, 37), b), model(image, b))
+
+
+def graded_spec(kind):
+    from hipx.core import targets
+    if kind == "ordinal":
+        return targets.TargetSpec("ordinal", "T-score", -2.5, bounds=(-2.5, -1.0),
+                                  classes=("osteoporosis", "osteopenia", "normal"))
+    return targets.TargetSpec("continuous", "T-score", -2.5, mean=-1.5, sd=1.2)
+
+
+def test_untrained_ordinal_residual_is_the_clinical_cumulative_link_model():
+    from hipx.core import targets
+    spec = graded_spec("ordinal")
+    model = residual_model(target=spec)
+    coef, intercept, offsets = [0.4, -0.9, 0.2], -1.1, [0.0, 1.7]
+    model.set_clinical_model(coef, intercept, offsets)
+    image, clinical = torch.rand(5, 2, 64, 37), torch.randn(5, 3)
+    h = clinical.double() @ torch.tensor(coef, dtype=torch.float64) + intercept
+    logit = model(image, clinical).double()
+    torch.testing.assert_close(logit, h + offsets[spec.cut_class], rtol=0, atol=1e-5)
+    cum = targets.cumulative_logits(spec, logit, model.ordinal_offsets().double())
+    torch.testing.assert_close(cum, h[:, None] + torch.tensor(offsets, dtype=torch.float64)[None, :],
+                               rtol=0, atol=1e-5)
+
+
+def test_untrained_continuous_residual_predicts_the_clinical_regression():
+    spec = graded_spec("continuous")
+    model = residual_model(target=spec)
+    coef, intercept = [0.3, -0.6, 0.1], 0.2
+    model.set_clinical_model(coef, intercept)
+    image, clinical = torch.rand(5, 2, 64, 37), torch.randn(5, 3)
+    z_hat = clinical.double() @ torch.tensor(coef, dtype=torch.float64) + intercept
+    value = model.predicted_value(model(image, clinical)).double()
+    torch.testing.assert_close(value, spec.mean + spec.sd * z_hat, rtol=0, atol=1e-4)
 
 
 def test_clinical_model_is_the_baselines_regression(tiny_data):

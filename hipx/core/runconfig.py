@@ -107,6 +107,8 @@ class RunConfig:
     world_size: int | None = _f(None, DERIVED)
     restarts: list = _f((), DERIVED)
     target_spec: dict | None = _f(None, DERIVED)  # targets.TargetSpec of the training images
+    # residual fusion's correction (models.classifier.RESIDUAL_HEADS): None, runs made before it, is "linear"
+    residual_head: str | None = _f(None, DERIVED)
 
     # -- building -----------------------------------------------------------------------------------
     @classmethod

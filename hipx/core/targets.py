@@ -144,19 +144,20 @@ def cumulative_logits(spec: TargetSpec, logit, deltas):
     return (logit - deltas[spec.cut_class])[:, None] + deltas[None, :]
 
 
-def predicted_value(spec: TargetSpec, logit, deltas=None):
+def predicted_value(spec: TargetSpec, logit, deltas=None, scale=None):
     """The prediction in the measurement's terms, from the osteoporosis logit: continuous the value
-    (T-score, BMD), ordinal the median class index (0 = lowest); None for binary."""
+    (T-score, BMD; ``scale`` the network's logit per SD, :data:`LOGIT_PER_SD` unless fitted), ordinal
+    the median class index (0 = lowest); None for binary."""
     import torch
 
     if spec.kind == "continuous":
-        return spec.mean + spec.sd * (spec.z_cut - logit / LOGIT_PER_SD)
+        return spec.mean + spec.sd * (spec.z_cut - logit / (LOGIT_PER_SD if scale is None else scale))
     if spec.kind == "ordinal":
         return (cumulative_logits(spec, logit, deltas) < 0).sum(dim=1).to(torch.float32)
     return None
 
 
-def loss(spec: TargetSpec, logit, label, measure, deltas=None, binary_loss=None):
+def loss(spec: TargetSpec, logit, label, measure, deltas=None, binary_loss=None, scale=None):
     """The training loss of a batch. Binary: ``binary_loss(logit, label)`` (BCE or focal). Ordinal: the
     summed BCE of the K-1 cumulative logits (an image without a measurement keeps its label's task).
     Continuous: Huber on the standardised value, over images with a measurement."""
@@ -169,7 +170,7 @@ def loss(spec: TargetSpec, logit, label, measure, deltas=None, binary_loss=None)
     if spec.kind == "continuous":
         if not known.any():
             return logit.sum() * 0.0
-        z_hat = spec.z_cut - logit / LOGIT_PER_SD
+        z_hat = spec.z_cut - logit / (LOGIT_PER_SD if scale is None else scale)
         z = (measure - spec.mean) / spec.sd
         return F.huber_loss(z_hat[known], z[known], delta=HUBER_DELTA)
     cum = cumulative_logits(spec, logit, deltas)

@@ -31,7 +31,7 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
                 growth_rate: int = 12, norm: str = "bn", act: str = "relu", stem: str = "downsample",
                 pretrained: str | None = None, drop_rate: float = 0.0,
                 memory_efficient: bool = False, clinical_offset: bool = False,
-                target: "targets.TargetSpec | None" = None) -> Classifier:
+                target: "targets.TargetSpec | None" = None, residual_head: str = "late") -> Classifier:
     """Build a binary classifier (one logit per image).
 
     Args:
@@ -53,6 +53,8 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
             checkpointing) instead of storing them: less memory, slower.
         clinical_offset: residual fusion (with ``late_fuse``): the logit is a fixed clinical
             logistic model (:meth:`Classifier.set_clinical_model`) plus the image's correction.
+        residual_head: residual fusion's correction, ``"late"`` (image features and the clinical
+            embedding) or ``"linear"`` (image features only; runs made before the late head).
         target: what the head learns (``targets.TargetSpec``; default the binary label).
     """
     check_choice(name, MODEL_NAMES, "model")
@@ -75,7 +77,7 @@ def build_model(name: str, in_chans: int, late_fuse: bool, n_clinical: int = 3, 
     convert_norm_act(features, norm, act)
     model = Classifier(features, num_features, in_chans, late_fuse, n_clinical, act, drop_rate,
                        cam_layer=f"features.{last_dense_block(features)}", clinical_offset=clinical_offset,
-                       target=target)
+                       target=target, residual_head=residual_head)
     if pretrained:
         load_pretrained(model, resolve_pretrained(pretrained, name))
     return model
@@ -87,6 +89,7 @@ def build_model_from_config(config: dict, pretrained: str | None = None) -> Clas
     return build_model(config["model"], in_chans=config["in_chans"],
                        late_fuse=fusion.mode(config["fusion"]).clinical_vector,
                        clinical_offset=fusion.mode(config["fusion"]).clinical_offset,
+                       residual_head=config.get("residual_head") or "linear",
                        depth=config["depth"], growth_rate=config["growthRate"], norm=config["norm"],
                        act=config["act"], stem=config["stem"], drop_rate=config.get("drop_rate", 0.0),
                        pretrained=pretrained, target=targets.TargetSpec.from_dict(config.get("target_spec")))
@@ -98,8 +101,11 @@ def build_model_from_checkpoint(state: dict, source: str = "the checkpoint") -> 
     file in the error when the weights do not fit the configured network."""
     config = state["config"]
     model = build_model_from_config(config)
+    weights = dict(state["model"])
+    if getattr(model, "logit_scale", None) is not None:  # a continuous run made before the scale was fitted
+        weights.setdefault("logit_scale", model.logit_scale.clone())
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ValueError(f"{source}: the weights do not fit the configured network ({config['model']}, "
                          f"{config['in_chans']} input channels, {config['fusion']} fusion): "

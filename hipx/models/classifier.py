@@ -5,8 +5,12 @@ the network only sees ``in_chans`` channels. Late fusion joins a small MLP embed
 vector to the globally pooled image features, right before the final linear layer. Residual fusion
 (``clinical_offset``) starts from the clinical logistic regression: a linear term of the clinical
 vector (``clinical_coef``, ``clinical_intercept``, set by :meth:`Classifier.set_clinical_model`)
-plus the image's correction through a zero-initialised head, so the untrained network *is* the
-clinical model and training only moves away from it where that validates better (docs/fusion.md).
+plus a correction through a zero-initialised head, so the untrained network *is* the clinical model
+and training only moves away from it where that validates better (docs/fusion.md). The correction
+sees the pooled image features and, as late fusion's head does, an embedding of the clinical vector
+(``residual_head="late"``, new runs); runs made before it see the image only (``"linear"``). For
+graded targets the clinical term is in the head's units: the standardised measurement (continuous)
+or the cumulative-link score with its class offsets (ordinal), from ``hipx.stats.clinical_models``.
 
 Whatever the target (``targets.py``: binary, ordinal grades, a continuous T-score), the network
 returns one osteoporosis logit per image; an ordinal head adds its ordered class offsets
@@ -24,6 +28,9 @@ from hipx.core import targets
 from .layers import make_act
 
 CLINICAL_HIDDEN = 16
+# residual fusion's correction: "late" sees the image features and the clinical embedding (late fusion's
+# head, started at zero); "linear", runs made before it, the image features only
+RESIDUAL_HEADS = ("late", "linear")
 
 
 class Classifier(nn.Module):
@@ -37,11 +44,12 @@ class Classifier(nn.Module):
 
     def __init__(self, features: nn.Sequential, num_features: int, in_chans: int, late_fuse: bool,
                  n_clinical: int = 3, act: str = "relu", drop_rate: float = 0.0, cam_layer: str = "",
-                 clinical_offset: bool = False, target: targets.TargetSpec | None = None) -> None:
+                 clinical_offset: bool = False, target: targets.TargetSpec | None = None,
+                 residual_head: str = "late") -> None:
         super().__init__()
         self.target = target or targets.TargetSpec()
-        if self.target.kind != "binary" and clinical_offset:
-            raise ValueError("residual fusion starts from the clinical logistic regression: binary targets only")
+        if residual_head not in RESIDUAL_HEADS:
+            raise ValueError(f"residual_head {residual_head!r}: choose one of {', '.join(RESIDUAL_HEADS)}")
         if clinical_offset and not late_fuse:
             raise ValueError("the clinical offset (residual fusion) needs the clinical vector: build with late_fuse=True")
         self.features = features
@@ -60,7 +68,8 @@ class Classifier(nn.Module):
             # picture confounds); saved with the weights
             self.clinical_coef = nn.Parameter(torch.zeros(n_clinical))
             self.clinical_intercept = nn.Parameter(torch.zeros(()))
-        if self.late_fuse and not self.clinical_offset:
+        self.residual_head = residual_head if self.clinical_offset else None
+        if self.late_fuse and self.residual_head != "linear":
             self.clinical_mlp = nn.Sequential(
                 nn.Linear(n_clinical, CLINICAL_HIDDEN), make_act(act, CLINICAL_HIDDEN),
                 nn.Linear(CLINICAL_HIDDEN, CLINICAL_HIDDEN), make_act(act, CLINICAL_HIDDEN),
@@ -81,6 +90,11 @@ class Classifier(nn.Module):
             self.ordinal_steps = nn.Parameter(torch.full((self.target.n_classes - 2,), math.log(math.e - 1)))
         else:
             self.ordinal_steps = None
+        if self.target.kind == "continuous":
+            # osteoporosis logit per training SD below the cut; validation refits it (the residual's scale)
+            self.register_buffer("logit_scale", torch.tensor(targets.LOGIT_PER_SD))
+        else:
+            self.logit_scale = None
 
     def ordinal_offsets(self) -> torch.Tensor:
         """``delta_k`` of the cumulative logits ``h + delta_k`` (ordinal targets): 0, then increasing."""
@@ -94,17 +108,18 @@ class Classifier(nn.Module):
         if self.target.kind == "ordinal":
             return h + self.ordinal_offsets()[self.target.cut_class]
         if self.target.kind == "continuous":
-            return targets.LOGIT_PER_SD * (self.target.z_cut - h)
+            return self.logit_scale * (self.target.z_cut - h)
         return h
 
     def predicted_value(self, logit: torch.Tensor) -> torch.Tensor | None:
         """The prediction in the measurement's terms (value or class index), None for binary targets."""
-        return targets.predicted_value(self.target, logit, self.ordinal_offsets())
+        return targets.predicted_value(self.target, logit, self.ordinal_offsets(), self.logit_scale)
 
-    def set_clinical_model(self, coef, intercept: float) -> None:
-        """Start from the clinical model: the fixed clinical logit ``coef . clinical + intercept``
-        (residual fusion; e.g. the clinical baseline's logistic regression fitted on the training
-        split) and a zero image correction, whatever weights a pretrained start brought to the head."""
+    def set_clinical_model(self, coef, intercept: float, offsets=None) -> None:
+        """Start from the clinical model: the clinical term ``coef . clinical + intercept`` in the head's
+        units (residual fusion: ``hipx.stats.clinical_models`` fitted on the training split; for an
+        ordinal target also its class ``offsets``, ``[0, ...]`` increasing) and a zero correction,
+        whatever weights a pretrained start brought to the head."""
         if not self.clinical_offset:
             raise ValueError("set_clinical_model: this network has no clinical offset (build with clinical_offset=True)")
         coef = torch.as_tensor(coef, dtype=self.clinical_coef.dtype).reshape(-1)
@@ -115,9 +130,15 @@ class Classifier(nn.Module):
             self.clinical_intercept.fill_(float(intercept))
             self.classifier.weight.zero_()
             self.classifier.bias.zero_()
+            if offsets is not None and self.ordinal_steps is not None:
+                gaps = torch.as_tensor(offsets, dtype=self.ordinal_steps.dtype).diff().clamp_min(1e-4)
+                if gaps.numel() != self.ordinal_steps.numel():
+                    raise ValueError(f"set_clinical_model: {gaps.numel() + 1} class offsets for "
+                                     f"{self.target.n_classes} classes")
+                self.ordinal_steps.copy_(gaps + torch.log(-torch.expm1(-gaps)))  # softplus^-1
 
     def clinical_logit(self, clinical: torch.Tensor) -> torch.Tensor:
-        """The clinical model's logit ``(B,)`` (residual fusion only)."""
+        """The clinical term ``(B,)`` in the head's units (residual fusion only)."""
         return clinical.to(self.clinical_coef.dtype) @ self.clinical_coef + self.clinical_intercept
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
@@ -132,11 +153,12 @@ class Classifier(nn.Module):
         """Global average pool, late fusion with ``clinical`` ``(B, n_clinical)`` if enabled -> logits ``(B,)``."""
         self._check_clinical(clinical, feats.shape[0])
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(feats, 1), 1)
-        if self.clinical_offset:
-            return self.classifier(self.drop(x)).squeeze(1) + self.clinical_logit(clinical).to(x.dtype)
-        if self.late_fuse:
+        if self.clinical_mlp is not None:
             x = torch.cat([x, self.clinical_mlp(clinical.to(x.dtype))], dim=1)
-        return self.score(self.classifier(self.drop(x)).squeeze(1))
+        h = self.classifier(self.drop(x)).squeeze(1)
+        if self.clinical_offset:
+            h = h + self.clinical_logit(clinical).to(x.dtype)
+        return self.score(h)
 
     def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         """One logit (osteoporosis) per image: ``(B,)``. ``clinical`` is required iff ``late_fuse``."""

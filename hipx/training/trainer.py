@@ -133,7 +133,7 @@ class ClassifyTrainer:
         if net.target.kind == "binary":
             return self.loss_fn(logits, label)
         return targets.loss(net.target, logits, label, batch["measure"].to(self.device, non_blocking=True),
-                            net.ordinal_offsets())
+                            net.ordinal_offsets(), scale=net.logit_scale)
 
     def train_step(self, batch: dict, where: str = "") -> torch.Tensor:
         """One optimiser step on one batch; returns the (detached) loss. ``where`` names the step in
