@@ -1,5 +1,6 @@
 """subsets.py: nested, stratified, seeded patient subsets of a fold's training side for learning curves."""
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,18 @@ def test_one_size_at_a_time_nests_too_so_a_resumed_curve_gets_the_same_patients(
 def test_sizes_are_fractions_or_counts():
     assert subsets.resolve_sizes([0.25, 0.5, 1.0], 30) == [8, 15, 30]  # 7.5 rounds half up
     assert subsets.resolve_sizes([10, "20", "0.9", 1.0], 30) == [10, 20, 27, 30]
+
+
+def test_command_line_sizes_keep_fractions_and_counts_apart():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--learning_curve", nargs="+", type=subsets.parse_size)
+    assert parser.parse_args(["--learning_curve", "0.25", "50", "1.0"]).learning_curve == [0.25, 50, 1.0]
+    for bad, message in (("1", "write 1.0 for all the training patients"), ("1.5", "fraction 1.5 is outside (0, 1]"),
+                         ("half", "size 'half' is not a number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+            subsets.parse_size(bad)
 
 
 @pytest.mark.parametrize("sizes, message", [

@@ -6,6 +6,7 @@ model sees when it learns from 25 %, 50 % or 100 % of the fold's training patien
     quarter = subset_files(train, 0.25, seed=[0, k])      # the images of a quarter of the patients
     for s in nested_subsets(train, [0.25, 0.5, 1.0], seed=[0, k]):
         s["n_patients"], s["files"]
+    parser.add_argument("--learning_curve", nargs="+", type=parse_size)   # 0.25 -> fraction, 50 -> patients
 
 One seeded order of the training patients (:func:`patient_order`) and a subset is its first N
 patients (the rule ``scripts/nested_subset.py`` uses for whole data folders), so:
@@ -26,6 +27,7 @@ so every point of a learning curve is chosen and scored on the same patients.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import os
@@ -37,7 +39,7 @@ from hipx.data import filenames
 from hipx.data.splits import patient_labels
 
 # numpy stream of the subsets, apart from assign_splits' (seed), assign_folds' ([seed, 1]) and
-# carve_validation's ([seed, 2, fold]) so that drawing subsets never mirrors drawing folds
+# carve_validation's ([seed, 2, fold]), so that drawing subsets never repeats a draw of the folds
 _STREAM = 3
 
 Size = float | int | str
@@ -58,9 +60,9 @@ def training_labels(files: Sequence[str | os.PathLike]) -> dict[str, int]:
 
 def _rng(seed: int | Sequence[int]) -> np.random.Generator:
     entropy = [int(s) for s in np.atleast_1d(np.asarray(seed, dtype=object))]
-    if any(s < 0 for s in entropy):
+    if not entropy or any(s < 0 for s in entropy):
         raise ValueError(f"seed must be a non-negative integer or a sequence of them, got {seed!r}")
-    return np.random.default_rng([*entropy, _STREAM])
+    return np.random.default_rng([entropy[0], _STREAM, *entropy[1:]])  # [seed, 3, fold]: no other stream's
 
 
 def patient_order(labels: Mapping[str, int], seed: int | Sequence[int] = 0) -> list[str]:
@@ -95,17 +97,34 @@ def patient_order(labels: Mapping[str, int], seed: int | Sequence[int] = 0) -> l
     return order
 
 
+def _parse(text: str) -> float | int:
+    """A size as the command line gives it: text with a decimal point is a fraction, without one a count."""
+    stripped = text.strip()
+    try:
+        return float(stripped) if any(ch in stripped for ch in ".eE") else int(stripped)
+    except ValueError:
+        raise ValueError(f"learning-curve size {text!r} is not a number; give fractions of the training "
+                         "patients such as 0.25 0.5 1.0, or whole numbers of patients such as 50 100") from None
+
+
+def parse_size(text: str) -> float | int:
+    """``type=`` for a command-line flag of sizes: '0.25' -> 0.25 (a fraction), '50' -> 50 (patients),
+    '1' refused (one patient; 1.0 is every patient). Checks what it can without the data; :func:`resolve_sizes`
+    checks the rest against a fold's patients. A plain ``type=float`` would turn '50' into a fraction."""
+    try:
+        size = _parse(text)
+        _count(size, 10 ** 9)  # the range checks, which do not need the patients
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return size
+
+
 def _count(size: Size, n_patients: int) -> int:
     """Patients of one size: a fraction (a float in (0, 1], or text with a decimal point) of
     ``n_patients``, rounded half up, or a whole number of patients (an int, or text without one)."""
     given = size
     if isinstance(size, str):
-        text = size.strip()
-        try:
-            size = float(text) if any(ch in text for ch in ".eE") else int(text)
-        except ValueError:
-            raise ValueError(f"learning-curve size {given!r} is not a number; give fractions of the training "
-                             "patients such as 0.25 0.5 1.0, or whole numbers of patients such as 50 100") from None
+        size = _parse(size)
     if isinstance(size, bool) or not isinstance(size, numbers.Real):
         raise ValueError(f"learning-curve size {given!r} is not a number; give fractions such as 0.25 or patient "
                          "counts such as 50")
