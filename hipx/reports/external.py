@@ -7,9 +7,9 @@
 
 Every image of the external folder (its ``train/``, ``val/`` and ``test/``, or the images directly in
 it) is scored by the run's best checkpoint, or by the mean of a cross-validation group's fold models,
-through :func:`predict.predict`: the run's own preprocessing, clinical normalisation and test-time
-augmentation, and the threshold chosen on the run's validation split. Nothing is refitted unless
-recalibration is asked for.
+through :func:`hipx.inference.predict.predict`: the run's own preprocessing, clinical normalisation
+and test-time augmentation, and the threshold chosen on the run's validation split. Nothing is
+refitted unless recalibration is asked for.
 
 Written into ``<run>/external/<name>/`` (refused when it exists; written to a temporary folder and
 renamed, so it appears complete or not at all; nothing else in the run changes):
@@ -212,7 +212,8 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
     """Score ``data_dir`` with ``run`` and write ``<run>/external/<name>/`` (see the module docstring).
     ``development_dir``: the run's own data folder for the case-mix table (default: from its configuration).
     Returns the numbers of ``external_metrics.json``."""
-    import predict  # torch: only once an external validation is asked for
+    # torch: only once an external validation is asked for
+    from hipx.inference.predict import run_checkpoints, predict
 
     name = check_name(name or Path(data_dir).resolve().name)
     out = out_folder(run, name)
@@ -225,9 +226,9 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)
     table = external_images(data_dir)
     part = (calibration_part(table, calibrate_on, seed) if recalibrate else np.zeros(len(table), dtype=bool))
-    members = [runfiles.load_run(r) for r in predict.run_checkpoints(run)]
+    members = [runfiles.load_run(r) for r in run_checkpoints(run)]
     threshold = float(np.mean([m.threshold for m in members]))
-    rows = predict.predict(run, table["path"].tolist(), device=device, batch_size=batch_size)
+    rows = predict(run, table["path"].tolist(), device=device, batch_size=batch_size)
     table["probability"] = [r["probability"] for r in rows]
     table["prediction"] = [r["prediction"] for r in rows]
     dev, dev_absent = development_images(members[0].config, development_dir)
