@@ -4,111 +4,21 @@ From a hospital's export (one CSV row per X-ray plus the raw images) to the data
 reads: fixed-size 8-bit PNGs named in the file-name format, split by patient into
 ``OUT/train|val|test``, with ``manifest.csv`` (keeping the T-score, BMD or grade as ``measure``) and
 ``skipped.csv``; rows with a measurement but an empty label go to ``OUT/unscored/``. The script owns
-the command line and the order of the steps; ``patient_table.py`` reads and checks the CSV,
-``imaging.py`` decodes and shapes the images, ``datafolder.py`` writes the folder. The manual:
-docs/data.md.
+the command line; ``hipx/prepare/export.py`` the order of the steps, ``patient_table.py`` reads and
+checks the CSV, ``imaging.py`` decodes and shapes the images, ``datafolder.py`` writes the folder. The
+manual: docs/data.md.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import math
-import shutil
-import sys
-from pathlib import Path
 from typing import Sequence
 
-from hipx.runs import runfiles
 from hipx.core.choices import MIN_SIDE
-from hipx.core.cli import add_output, add_overwrite, add_seed, run_script
+from hipx.core.cli import add_output, add_overwrite, add_seed, run_main
 from hipx.core.measures import UNSCORED
-from hipx.prepare.patient_table import (COLUMN_CANDIDATES, DEFAULT_SEX_MAP, FLAGS, Options, PreprocessError, SkipLog,
-                           assign_crops, find_csv, parse_sex_map, read_table, resolve_columns, unused_files,
-                           validate)
-from hipx.data.splits import DEFAULT_FRACTIONS, IMAGE_SIZE, assign_folds, assign_splits, patient_labels
-
-logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- the steps
-
-def run(args: argparse.Namespace, buffer: "_Buffer") -> int:
-    """The steps of a run, from checking the folders to the written data folder; 0 when done."""
-    images = Path(args.images)
-    if not images.is_dir():
-        raise PreprocessError(f"--images {images} is not a folder")
-    root = images.resolve()
-    out = Path(args.out)
-    out_real = out.resolve()
-    if out_real == root or out_real.is_relative_to(root) or root.is_relative_to(out_real):
-        raise PreprocessError(f"--out {out} must be outside --images {images} (and not contain it): "
-                              "outputs are never written among the inputs")
-    csv_path = Path(args.csv) if args.csv else find_csv(images)
-    if not csv_path.is_file():
-        raise PreprocessError(f"--csv {csv_path} is not a file")
-    if csv_path.resolve().is_relative_to(out_real):
-        raise PreprocessError(f"--out {out} contains the CSV {csv_path}; choose an output folder of its own")
-
-    csv_bytes = csv_path.read_bytes()
-    header, records = read_table(csv_path, args.csv_encoding, args.delimiter)
-    logger.info("%s: %d rows, columns: %s", csv_path, len(records), ", ".join(header))
-    cols = resolve_columns(header, args, csv_path)
-    sex_map = args.sex_map if args.sex_map is not None else parse_sex_map(DEFAULT_SEX_MAP)
-    if cols.sex is not None:
-        logger.info("sex map (1 female, 0 male): %s", ", ".join(f"{k}={v}" for k, v in sex_map.items()))
-    opts = Options(root=root, sex_map=sex_map, tscore_cutoff=args.tscore_cutoff,
-                   height_unit=args.height_unit, sanitize_ids=args.sanitize_ids)
-    skips = SkipLog(csv_path, args.strict)
-    rows, referenced = validate(header, records, cols, opts, skips)
-    skips.fail_if_strict()
-    unused = unused_files(root, referenced, {csv_path.resolve()})
-    for name in unused:
-        skips.skip("", name, "", "not_in_csv", f"file {name} under --images is not listed in the CSV", warn=False)
-    if unused:
-        logger.info("%d file(s) under --images are not listed in the CSV (e.g. %s); they are listed in %s",
-                    len(unused), ", ".join(unused[:3]), datafolder.SKIPPED)
-    if not rows:
-        raise PreprocessError(f"{csv_path}: no usable rows ({len(skips.rows)} skipped); see the messages above")
-
-    assign_crops(rows, args.split_hips)
-    scored = [row for row in rows if row.label is not None]  # unscored rows take no split and no fold
-    labels = patient_labels((row.patient, row.label) for row in scored)
-    if cols.split is not None:
-        splits = {}
-        for row in scored:
-            splits.setdefault(row.patient, row.split)
-    else:
-        splits = assign_splits(labels, args.split or DEFAULT_FRACTIONS, args.seed)
-    mixed = sorted({row.patient for row in rows if row.label is None} & set(splits))
-    if mixed:  # their unscored/ images must stay on their patient's side of every split and fold
-        logger.warning("%d patient(s) have images in %s/ and labelled ones (e.g. %s): training on %s/ must leave "
-                       "out the images of patients in val, test or the held-out fold (manifest column patient)",
-                       len(mixed), UNSCORED, ", ".join(mixed[:3]), UNSCORED)
-    folds: dict[str, int] = {}
-    if args.folds:
-        dev = {p: y for p, y in labels.items() if splits[p] != "test"}
-        try:
-            folds = assign_folds(dev, args.folds, args.seed)
-        except ValueError as exc:
-            raise PreprocessError(f"{exc} (train+val patients)") from exc
-
-    fingerprint, settings = datafolder.settings_fingerprint(args, csv_bytes, root)
-    resume = datafolder.prepare_out(out, fingerprint, args.overwrite)
-    file_handler = logging.FileHandler(out / datafolder.LOG, mode="a" if resume else "w", encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
-    logging.getLogger().addHandler(file_handler)
-    logging.getLogger().removeHandler(buffer)
-    try:
-        for record in buffer.records:
-            file_handler.handle(record)
-        config = {"csv": str(csv_path.resolve()), "images": str(root), "out": str(out_real),
-                  "columns": vars(cols), "settings": settings, "fingerprint": fingerprint}
-        runfiles.write_bytes(out / datafolder.CONFIG, json.dumps(config, indent=1, default=str).encode("utf-8"))
-        return datafolder.write_images(args, out, rows, splits, folds, skips, resume, cols.measure_name)
-    finally:
-        logging.getLogger().removeHandler(file_handler)
-        file_handler.close()
+from hipx.data.splits import IMAGE_SIZE
+from hipx.prepare.patient_table import COLUMN_CANDIDATES, DEFAULT_SEX_MAP, FLAGS, parse_sex_map
 
 
 # ----------------------------------------------------------------------------- command line
@@ -208,18 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Buffer(logging.Handler):
-    """Holds log records until the output folder (and its log file) exists."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and cross-check the flags, then build the data folder (:func:`hipx.prepare.export.run`);
+    returns the exit status (0 done, 1 a bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.split is not None and args.split_col is not None:
@@ -238,36 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.folds is not None and args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
 
-    root = logging.getLogger()
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(levelname)-7s %(message)s"))
-    buffer = _Buffer()
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    root.addHandler(console)
-    root.addHandler(buffer)
-    fresh = not Path(args.out).exists()  # made by this run: a failure removes it again
-    try:
-        return run(args, buffer)
-    except PreprocessError as exc:
-        logger.error("%s", exc)
-        return 1
-    except OSError as exc:  # disk full, permissions, ...: say so plainly
-        removed = fresh and Path(args.out).is_dir()
-        if removed:
-            shutil.rmtree(args.out, ignore_errors=True)
-        logger.error("%s%s", exc, f" (removed {args.out}, which this run had begun to write)" if removed else "")
-        return 1
-    except KeyboardInterrupt:
-        logger.error("interrupted; run the same command again to finish (images written so far are kept)")
-        return 130
-    finally:
-        root.removeHandler(console)
-        root.removeHandler(buffer)
-        root.setLevel(old_level)
+    from hipx.prepare import export  # numpy, OpenCV, Pillow: after the command line is checked
+
+    return export.run(args)
 
 
 if __name__ == "__main__":
-    run_script(build_parser, __file__)  # --help and a mistyped flag answer before the image libraries load
-
-from hipx.prepare import datafolder  # noqa: E402 - numpy, OpenCV, Pillow: after the command line is checked
+    run_main(main)

@@ -4,30 +4,31 @@ Show what a trained network looked at: a heatmap (``cam.py``) drawn over the rad
 run of main.py. The network (model, fusion mode, image size, normalisation, threshold) comes from
 the run's best.pth, and the inputs are built by the loader exactly as at test time, so the picture
 explains the run's own test scores; ``--localisation`` measures how much of the map lies on the
-demo data's femur. Methods, targets, outputs and the README pictures' commands: docs/heatmaps.md.
+demo data's femur; ``--explain`` says whose evidence is mapped (``--target`` is its old name, kept as a
+deprecated alias: main.py's ``--target`` is the training target). The work is done by
+``hipx.inference.heatmaps``. Methods, targets, outputs and the README pictures' commands: docs/heatmaps.md.
 """
 from __future__ import annotations
 
 import argparse
-import io
-import logging
-import math
-import os
-import textwrap
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
+import sys
 
-from hipx.core.choices import CAM_METHODS as METHODS, CAM_TARGETS as TARGETS
-from hipx.core.cli import add_data_dir, add_device, add_output, positive_int, run_script
-
-KINDS = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}  # kind -> (label, prediction)
-TARGET_CHOICES = (*TARGETS, "predicted")  # predicted: per image, the class the run predicts at its threshold
-DEFAULT_METHOD = "expected_gradients"  # the method that localises on the demo (README, "Does the heatmap fall on the bone?")
+from hipx.core.choices import CAM_DEFAULT_METHOD, CAM_EXPLAIN_CHOICES, CAM_METHODS, OUTCOMES
+from hipx.core.cli import add_data_dir, add_device, add_output, positive_int, run_main
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
+class _DeprecatedAlias(argparse.Action):
+    """Stores as its ``dest`` does, and says on stderr which flag replaces it (as argparse's
+    ``deprecated=True`` of Python 3.13)."""
+
+    def __init__(self, *args, replacement: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,23 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     which = g.add_mutually_exclusive_group(required=True)
     which.add_argument("--image", nargs="+", metavar="PATH", help="image files named in the data set's format")
     which.add_argument("--index", nargs="+", type=int, metavar="N", help="positions in the sorted test split")
-    which.add_argument("--select", nargs="+", choices=tuple(KINDS), metavar="KIND",
+    which.add_argument("--select", nargs="+", choices=tuple(OUTCOMES), metavar="KIND",
                        help="most confident test cases of each kind: tp, fp, fn, tn (from test_predictions.csv "
                        "and the run's threshold)")
     which.add_argument("--all", action="store_true", help="every test image")
     which.add_argument("--localisation", action="store_true", help="measure how much heatmap mass falls on the "
-                       "region masks of the demo data (DIR/masks/test/), for each --target; writes "
+                       "region masks of the demo data (DIR/masks/test/), for each --explain; writes "
                        "localisation_<method>[_<target>].json/.csv/.png")
     g.add_argument("--top", type=positive_int, default=3, help="cases per kind for --select (default: %(default)s)")
 
     g = p.add_argument_group("method")
-    g.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="(default: %(default)s, which puts "
-                   "the evidence on the femur of the demo run; gradcam maps a layer's activations and lights up "
+    g.add_argument("--method", choices=CAM_METHODS, default=CAM_DEFAULT_METHOD, help="(default: %(default)s, which "
+                   "puts the evidence on the femur of the demo run; gradcam maps a layer's activations and lights up "
                    "mostly soft tissue and shaft there)")
-    g.add_argument("--target", choices=TARGET_CHOICES, default=None, help="whose evidence to map: osteoporosis "
-                   "(the logit), normal (the negated logit) or predicted (per image, the class predicted at the "
-                   "run's threshold). Default: osteoporosis for pictures; for --localisation both osteoporosis "
-                   "and predicted")
+    g.add_argument("--explain", choices=CAM_EXPLAIN_CHOICES, default=None, help="whose evidence to map: "
+                   "osteoporosis (the logit), normal (the negated logit) or predicted (per image, the class "
+                   "predicted at the run's threshold). Default: osteoporosis for pictures; for --localisation "
+                   "both osteoporosis and predicted")
+    g.add_argument("--target", dest="explain", choices=CAM_EXPLAIN_CHOICES, action=_DeprecatedAlias,
+                   replacement="--explain", help="deprecated alias of --explain (main.py's --target is the "
+                   "training target, not the class a map explains)")
     g.add_argument("--layer", default=None, help="module to explain, e.g. features.denseblock3 or features.norm5 "
                    "(default: the model's last dense block; only for gradcam, gradcam++, scorecam)")
     g.add_argument("--window", type=positive_int, default=None, help="occlusion window in pixels of the network "
@@ -81,555 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-if __name__ == "__main__":
-    run_script(build_parser, __file__)  # --help and a mistyped flag answer before the ~5 s torch import below
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402 - no pyplot: no global state, Agg renders the PNG
-
-from hipx.data import filenames  # noqa: E402
-from hipx.core import fusion  # noqa: E402
-from hipx.data import imaging  # noqa: E402
-from hipx.data import loader  # noqa: E402
-from hipx.runs import runfiles  # noqa: E402
-from hipx.core import runtime  # noqa: E402
-import synthetic  # noqa: E402
-from hipx.inference.cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer  # noqa: E402
-from hipx.models import build_model_from_checkpoint  # noqa: E402
-
-logger = logging.getLogger(__name__)
-
-CAMS_DIR = "cams"
-PREDICTIONS = runfiles.PREDICTIONS["test"]
-LABELS = {0: "normal", 1: "osteoporosis"}
-ALPHA, DPI = 0.4, 150
-LOCALISATION_TARGETS = ("osteoporosis", "predicted")  # --localisation without --target
-TARGET_TEXT = {"osteoporosis": "the osteoporosis logit", "normal": "the normal class (negated logit)",
-               "predicted": "the predicted class"}
-
-
-# ---------------------------------------------------------------------------------------------
-# The run and its inputs
-
-def load_network(run: runfiles.Run, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The run's best network in eval mode on ``device``."""
-    return build_model_from_checkpoint(run.state, str(run.checkpoint)).to(device)
-
-
-def test_files(run: runfiles.Run, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The run's test images (``--data_dir`` overrides where they are), sorted as the loader lists them."""
-    return runfiles.split_files(run.config, data_dir)["test"]
-
-
-def check_image(path: str | os.PathLike) -> Path:
-    """Refuse, naming the file, anything the loader could not turn into a network input."""
-    path = Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(f"--image {path} is a folder; give image files (or --all / --index for the run's "
-                                "test split, --data_dir for where it lies)")
-    if not path.is_file():
-        raise FileNotFoundError(f"--image {path}: no such file")
-    filenames.scored(path)  # label and clinical values come from the name
-    try:
-        imaging.read_scaled(path)
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - e.g. OpenCV refusing a two-channel PNG
-        raise ValueError(f"{path}: cannot read it as a grey radiograph ({type(exc).__name__}: {exc}); expected a "
-                         ".png (8/16 bit, grey or colour) or a 2-D .npy") from exc
-    return path
-
-
-def pick_indices(files: Sequence[Path], indices: Sequence[int], where: str) -> list[Path]:
-    bad = [i for i in indices if not 0 <= i < len(files)]
-    if bad:
-        raise IndexError(f"--index {bad[0]} is out of range: {where} holds {len(files)} images, so valid indices "
-                         f"are 0..{len(files) - 1}")
-    return [files[i] for i in indices]
-
-
-def prediction_rows(run_dir: str | os.PathLike) -> dict[str, dict]:
-    """The run's test predictions by file name: label, probability, prediction."""
-    return {r["file"]: r for r in runfiles.read_predictions(run_dir, "test").to_dict("records")}
-
-
-def select_cases(run_dir: str | os.PathLike, files: Sequence[Path], kinds: Sequence[str], top: int,
-                 threshold: float) -> list[Path]:
-    """The ``top`` most confident test cases of each kind (tp, fp, fn, tn) at the run's threshold:
-    highest probability first for predicted osteoporosis, lowest first for predicted normal."""
-    rows = prediction_rows(run_dir)
-    by_name = {p.name: p for p in files}
-    absent = [name for name in rows if name not in by_name]
-    if absent:
-        raise ValueError(f"{Path(run_dir) / PREDICTIONS} lists {len(absent)} files that are not in the test split "
-                         f"(e.g. {absent[0]}); does --data_dir point at the run's data?")
-    chosen = []
-    for kind in kinds:
-        label, predicted = KINDS[kind]
-        match = [(float(r["probability"]), name) for name, r in rows.items()
-                 if int(r["label"]) == label and (float(r["probability"]) >= threshold) == bool(predicted)]
-        match.sort(key=lambda t: (-t[0] if predicted else t[0], t[1]))
-        if not match:
-            logger.warning("no %s case among the %d test images at threshold %.3f", kind, len(rows), threshold)
-        chosen += [by_name[name] for _, name in match[:top]]
-    if not chosen:
-        raise ValueError(f"no test image is of kind {', '.join(kinds)} at threshold {threshold:.3f}")
-    return chosen
-
-
-def reference_inputs(run: runfiles.Run, data_dir: str | os.PathLike | None = None, n: int = 16,
-                     seed: int = 0, files: Sequence[Path] | None = None) -> torch.Tensor:
-    """``(n, C, H, W)``: ``n`` of the run's training images (a fixed draw for ``seed``), built as the network
-    saw them without augmentation: the reference population of ``--method expected_gradients``. ``files``:
-    the run's training images when the caller knows them (a cross-validation fold), else from ``data_dir``."""
-    try:
-        files = runfiles.split_files(run.config, data_dir)["train"] if files is None else list(files)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}. Expected gradients compares each image with the run's training images; "
-                                "pass --data_dir where the run's data set lies now") from exc
-    chosen = sorted(np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False))
-    dataset = loader.run_dataset([files[i] for i in chosen], run.config, run.clinical_stats, desc="references")
-    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-
-
-# ---------------------------------------------------------------------------------------------
-# Maps
-
-@dataclass
-class Case:
-    """One explained image: what the network saw (channel 0), its heatmap and its prediction."""
-
-    path: Path
-    info: filenames.SampleInfo
-    image: np.ndarray  # (H, W) radiograph channel of the network input, [0, 1]
-    heatmap: np.ndarray  # (H, W) in [0, 1]
-    probability: float
-    original_size: tuple[int, int]  # (H, W) of the file: the real aspect ratio
-    target: str = "osteoporosis"  # whose evidence the heatmap shows (cam.TARGETS)
-
-    def prediction(self, threshold: float) -> int:
-        return int(self.probability >= threshold)
-
-
-def resolve_target(target: str, probability: float, threshold: float | None) -> str:
-    """The class whose evidence to map: ``target`` itself, or for ``"predicted"`` the class the run
-    predicts (osteoporosis iff ``probability >= threshold``, as :meth:`Case.prediction`)."""
-    if target in TARGETS:
-        return target
-    if target != "predicted":
-        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGET_CHOICES)}")
-    if threshold is None:
-        raise ValueError("target 'predicted' needs the run's threshold")
-    return LABELS[int(probability >= threshold)]
-
-
-def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "gradcam", layer: str | None = None,
-            target: str = "osteoporosis", threshold: float | None = None, tta: str = "none", *,
-            fusion_mode: str, **cam_kwargs) -> list[Case]:
-    """Heatmap and probability for every image of ``dataset`` for a network of ``fusion_mode`` (the
-    run's); ``target`` as :func:`resolve_target`. ``tta="flip"`` (a run validated with ``--tta flip``):
-    the probability, as the run reported it, is the mean of the image's and its mirror's
-    (:func:`fusion.probability`); the heatmap explains the image's own logit."""
-    cases = []
-    for i in runtime.progress(range(len(dataset)), enabled=len(dataset) >= 5, desc=NAMES[method], leave=False):
-        sample = dataset[i]
-        # the clinical vector where the mode gives the network one (held fixed while the image is explained)
-        clinical = fusion.clinical_input(fusion_mode, sample["clinical"])
-
-        def logit(b: dict) -> torch.Tensor:
-            return torch.tensor([predict_logit(model, b["image"], clinical)], dtype=torch.float64)
-
-        as_run = {"image": sample["image"]}  # what the run's validation and test scored
-        probability = float(fusion.probability(logit, as_run, tta))
-        explained = resolve_target(target, probability, threshold)
-        heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
-        path = Path(sample["path"])
-        cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat, probability,
-                          tuple(imaging.read_scaled(path).shape[:2]), explained))
-    return cases
-
-
-# ---------------------------------------------------------------------------------------------
-# Localisation on the demo data
-
-def localisation_ratio(heat: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heatmap's mass inside ``mask`` divided by the mask's share of the image.
-
-    1 is chance (a flat map), ``1 / mask share`` the most possible (all mass on the region), 0 none.
-    ``mask`` may be fractional (pixel coverage). NaN when undefined: an all-zero map or an empty mask.
-    """
-    heat = np.asarray(heat, dtype=np.float64)
-    mask = np.asarray(mask, dtype=np.float64)
-    if heat.shape != mask.shape:
-        raise ValueError(f"heatmap {heat.shape} and mask {mask.shape} differ in shape")
-    total, area = float(heat.sum()), float(mask.mean())
-    if not total > 0 or not area > 0:
-        return math.nan
-    return float((heat * mask).sum() / total / area)
-
-
-def read_mask(image: Path, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32 at the network's size: the fraction of each input pixel on the image's region
-    (the demo generator's mask, :func:`synthetic.region_mask`)."""
-    mask = synthetic.region_mask(image).astype(np.float32)
-    return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-
-
-def _summary(rows: list[dict]) -> dict:
-    ratios = np.array([r["ratio"] for r in rows], dtype=np.float64)
-    ok = np.isfinite(ratios)
-    if ok.any():
-        inside = np.array([r["inside_share"] for r in rows])[ok]
-        hits = np.array([r["peak_on_region"] for r in rows])[ok]
-        return {"n": len(rows), "n_undefined": int((~ok).sum()), "mean_ratio": float(ratios[ok].mean()),
-                "median_ratio": float(np.median(ratios[ok])), "mean_inside_share": float(inside.mean()),
-                "mean_mask_share": float(np.mean([r["mask_share"] for r in rows])),
-                "peak_on_region": float(hits.mean())}
-    return {"n": len(rows), "n_undefined": int((~ok).sum()), "mean_ratio": math.nan, "median_ratio": math.nan,
-            "mean_inside_share": math.nan, "mean_mask_share": math.nan, "peak_on_region": math.nan}
-
-
-def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | os.PathLike | None = None,
-                     method: str = "gradcam", layer: str | None = None, split: str = "test",
-                     target: str = "osteoporosis", **cam_kwargs) -> dict:
-    """How much of the heatmap falls on the region where the demo data draw the disease signal.
-
-    For each image of ``split``: ``ratio`` = share of heatmap mass inside the mask / mask's share of
-    the image (1 = chance, see :func:`localisation_ratio`); also whether the map's peak lies on the
-    region (the pointing game). Returns the summary over all images (``"all"``) and per class
-    (``"normal"``, ``"osteoporosis"``) with mean and median ratio, plus one row per image (``"images"``).
-    Images with an all-zero map count in ``n_undefined`` and are left out of the means. ``target`` is
-    whose evidence is mapped (:func:`resolve_target`; ``"predicted"`` uses the run's threshold); each
-    row's ``explained`` says which class its map shows. ``run`` and its ``model`` (:func:`load_network`)
-    are loaded once by the caller, whatever the number of targets.
-    """
-    data_dir = Path(data_dir or run.config.data_dir)
-    files = runfiles.split_files(run.config, data_dir)[split]
-    folder = synthetic.mask_path(files[0]).parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no masks folder {folder}: the localisation measure needs the region masks the "
-                                f"demo generator writes (python3 synthetic.py --out {data_dir} writes "
-                                f"{folder.parent}/<split>/<image file name>); real radiographs have none")
-    missing = [p.name for p in files if not synthetic.mask_path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(files)} {split} images have no mask in {folder} "
-                                f"(e.g. {missing[0]}); regenerate the data with synthetic.py")
-    size = run.image_size
-    layer_name = resolve_layer(model, layer)[0] if method in LAYER_METHODS else ""
-    if method in REFERENCE_METHODS and cam_kwargs.get("references") is None:
-        cam_kwargs["references"] = reference_inputs(run, data_dir).to(next(model.parameters()).device)
-    rows = []
-    threshold = run.threshold
-    dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    for case in explain(model, dataset, method, layer, target, threshold, tta=run.config.tta,
-                        fusion_mode=run.fusion,
-                        **cam_kwargs):
-        mask = read_mask(case.path, size)
-        heat = case.heatmap.astype(np.float64)
-        ratio = localisation_ratio(heat, mask)
-        peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        rows.append({"file": case.path.name, "label": case.info.label, "probability": case.probability,
-                     "target": target, "explained": case.target, "ratio": ratio,
-                     "inside_share": float((heat * mask).sum() / heat.sum()) if heat.sum() > 0
-                     else math.nan, "mask_share": float(mask.mean()),
-                     "peak_on_region": int(mask[peak] >= 0.5) if heat.max() > 0 else 0})
-    n_references = len(cam_kwargs["references"]) if method in REFERENCE_METHODS else None
-    return {"run": str(run.dir), "data_dir": str(data_dir), "split": split, "method": method, "layer": layer_name,
-            "n_references": n_references, "target": target, "threshold": threshold, "epoch": run.epoch, "chance": 1.0,
-            "all": _summary(rows),
-            **{LABELS[k]: _summary([r for r in rows if r["label"] == k]) for k in (0, 1)}, "images": rows}
-
-
-# ---------------------------------------------------------------------------------------------
-# Pictures
-
-def _clinical_text(info: filenames.SampleInfo) -> str:
-    sex = {1.0: "female", 0.0: "male"}.get(info.sex, "NA")  # NaN matches neither key
-    age = "NA" if math.isnan(info.age) else f"{info.age:g}"
-    bmi = "NA" if math.isnan(info.bmi) else f"{info.bmi:.1f}"
-    return f"age {age}, sex {sex}, BMI {bmi}"
-
-
-def _outcome(label: int, prediction: int) -> str:
-    return {(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}[(label, prediction)]
-
-
-def caption(case: Case, threshold: float, short: bool = False) -> str:
-    """File name, true label, probability against the run's threshold, whose evidence the map shows,
-    age/sex/BMI (NA if missing)."""
-    pred = case.prediction(threshold)
-    label = case.info.label
-    if short:
-        return (f"{case.path.name}\ntrue {LABELS[label]}, p {case.probability:.2f} ({_outcome(label, pred)}), "
-                f"map {case.target}\n{_clinical_text(case.info)}")
-    return (f"{case.path.name}\ntrue: {LABELS[label]}    predicted: {LABELS[pred]} ({_outcome(label, pred)})\n"
-            f"p(osteoporosis) = {case.probability:.3f}    threshold {threshold:.3f}\n"
-            f"map: evidence for {case.target}    {_clinical_text(case.info)}")
-
-
-def _draw(ax, image: np.ndarray, heatmap: np.ndarray, original_size: tuple[int, int], alpha: float = ALPHA):
-    h0, w0 = original_size
-    extent = (0, w0, h0, 0)  # the file's size: the real aspect ratio whatever the network's input size
-    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, extent=extent, interpolation="bilinear")
-    ax.imshow(heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=alpha, extent=extent, interpolation="bilinear")
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _colorbar(fig: Figure, axes, label: str) -> None:
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormaps["jet"]), ax=axes, shrink=0.7, pad=0.02)
-    bar.set_label(label, fontsize=7)
-    bar.ax.tick_params(labelsize=6)
-
-
-def where_text(method: str, layer: str, n_references: int | None = None) -> str:
-    """How the method looks: at which layer, or against how many reference radiographs."""
-    if method in LAYER_METHODS:
-        return f" at {layer}"
-    if method in REFERENCE_METHODS:
-        return f" vs {n_references or 'the'} training radiographs"
-    return ""
-
-
-def title_for(method: str, layer: str, run: str, epoch: int, target: str = "osteoporosis",
-              n_references: int | None = None) -> str:
-    where = where_text(method, layer, n_references)
-    return f"{NAMES[method]} of {TARGET_TEXT[target]}{where}\nrun {run}, epoch {epoch}"
-
-
-def render_case(case: Case, threshold: float, title: str) -> Figure:
-    aspect = case.original_size[0] / case.original_size[1]
-    width = 3.0
-    fig = Figure(figsize=(width + 1.0, width * aspect + 1.4), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
-    _draw(ax, case.image, case.heatmap, case.original_size)
-    # wrapped to the picture's width: one long line is centred and clipped at both ends ("xpected Gradients")
-    ax.set_title("\n".join(textwrap.fill(line, 48) for line in title.splitlines()), fontsize=7)
-    ax.set_xlabel(caption(case, threshold), fontsize=7, loc="left")
-    _colorbar(fig, ax, "relative contribution (0 none, 1 most)")
-    return fig
-
-
-def render_sheet(cases: Sequence[Case], threshold: float, title: str, cols: int | None = None) -> Figure:
-    n = len(cases)
-    cols = max(1, min(cols or min(n, 4), n))
-    rows = math.ceil(n / cols)
-    aspect = float(np.median([c.original_size[0] / c.original_size[1] for c in cases]))
-    cell = 2.2
-    fig = Figure(figsize=(cols * cell + 0.9, rows * (cell * aspect + 0.55) + 0.4), dpi=DPI, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, case in zip(axes.flat, cases):
-        _draw(ax, case.image, case.heatmap, case.original_size)
-        ax.set_xlabel(caption(case, threshold, short=True), fontsize=5.5, loc="left")
-    for ax in axes.flat[n:]:
-        ax.set_axis_off()
-    fig.suptitle(f"{title}, threshold {threshold:.3f}", fontsize=7)
-    _colorbar(fig, axes, "relative contribution (0 none, 1 most)")
-    return fig
-
-
-def render_localisation(results: dict | Sequence[dict], example: Case | None = None,
-                        mask: np.ndarray | None = None) -> Figure:
-    """Ratios per class against chance (1), one panel per target, and one example (the first target's
-    median image) with the region outlined."""
-    results = [results] if isinstance(results, dict) else list(results)
-    n = len(results)
-    fig = Figure(figsize=(4.0 * n + (3.0 if example is not None else 0.0), 4.2), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, n + (example is not None), squeeze=False,
-                        width_ratios=[1.4] * n + [1] if example is not None else None)[0]
-    rng = np.random.default_rng(0)  # jitter of the dots only
-    for ax, result in zip(axes, results):
-        for k, name in enumerate(("normal", "osteoporosis")):
-            ratios = np.array([r["ratio"] for r in result["images"] if LABELS[r["label"]] == name], dtype=float)
-            ratios = ratios[np.isfinite(ratios)]
-            if ratios.size:
-                ax.boxplot([ratios], positions=[k], widths=0.5, showfliers=False)
-                ax.scatter(k + rng.uniform(-0.15, 0.15, ratios.size), ratios, s=8, alpha=0.6,
-                           color=("tab:blue", "tab:red")[k])
-        ax.axhline(result["chance"], color="grey", linestyle="--", linewidth=1)
-        ax.text(1.9, result["chance"], "chance ", ha="right", va="bottom", fontsize=7, color="grey")
-        ax.set_xticks([0, 1], [f"true normal (n={result['normal']['n']})",
-                               f"true osteoporosis (n={result['osteoporosis']['n']})"], fontsize=7)
-        ax.set_xlim(-0.6, 1.9)
-        ax.set_ylabel("heatmap share on region / region's share of image", fontsize=7)
-        ax.tick_params(labelsize=7)
-        s = result["all"]
-        where = where_text(result["method"], result["layer"], result.get("n_references"))
-        target = TARGET_TEXT[result.get("target", "osteoporosis")]
-        ax.set_title(f"{NAMES[result['method']]} of {target}{where}, {result['split']} images\nmean "
-                     f"{s['mean_ratio']:.2f}, median {s['median_ratio']:.2f}, peak on region "
-                     f"{s['peak_on_region']:.0%}", fontsize=7)
-    if example is not None:
-        ax = axes[-1]
-        _draw(ax, example.image, example.heatmap, example.original_size)
-        h0, w0 = example.original_size
-        if mask is not None:
-            ys, xs = (np.arange(n) + 0.5 for n in mask.shape)
-            ax.contour(xs * w0 / mask.shape[1], ys * h0 / mask.shape[0], mask, levels=[0.5], colors="white",
-                       linewidths=0.8)
-        ratio = localisation_ratio(example.heatmap, mask) if mask is not None else math.nan
-        ax.set_xlabel(f"{example.path.name}\nmedian case of {results[0].get('target', 'osteoporosis')}: ratio "
-                      f"{ratio:.2f}; region outlined", fontsize=6, loc="left")
-    return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically (:func:`runfiles.write_bytes`)."""
-    runfiles.write_bytes(path, _png(fig))
-    return Path(path)
-
-
-def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
-    runfiles.write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-def _slug(method: str, target: str = "osteoporosis") -> str:
-    # gradcam++ -> gradcampp: no '+' in file names; the default target keeps the names it always had
-    return method.replace("+", "p") + ("" if target == "osteoporosis" else f"_{target}")
-
-
-def localisation_table(results: Sequence[dict]) -> str:
-    """One line per target and class: n, mean and median ratio, peak on region (1 = chance)."""
-    first = results[0]
-    where = where_text(first["method"], first["layer"], first.get("n_references"))
-    lines = [f"{NAMES[first['method']]}{where} localisation, {first['split']} images: heatmap share on region / "
-             "region's share of image (1 = chance)",
-             f"{'target':13s} {'true class':13s} {'n':>4s} {'mean':>6s} {'median':>6s} {'peak on region':>15s}"]
-    for result in results:
-        for k in ("all", "normal", "osteoporosis"):
-            c = result[k]
-            lines.append(f"{result['target']:13s} {k:13s} {c['n']:4d} {c['mean_ratio']:6.2f} {c['median_ratio']:6.2f} "
-                         f"{c['peak_on_region']:15.0%}"
-                         + (f"  ({c['n_undefined']} all-zero maps left out)" if c["n_undefined"] else ""))
-    return "\n".join(lines)
-
-
-def _cam_kwargs(args, run: runfiles.Run, device) -> dict:
-    """The per-method options of the command line, as compute_cam takes them."""
-    kwargs = {"window": args.window, "batch_size": args.batch_size, "steps": args.steps, "smooth": args.smooth}
-    if args.method in REFERENCE_METHODS:
-        kwargs["references"] = reference_inputs(run, args.data_dir, args.references).to(device)
-    return kwargs
-
-
-def _write_localisation(args, device, out: Path) -> dict:
-    targets = [args.target] if args.target else list(LOCALISATION_TARGETS)
-    run = runfiles.load_run(args.run)
-    model = load_network(run, device)
-    kwargs = _cam_kwargs(args, run, device)
-    results = [cam_localisation(run, model, args.data_dir, args.method, args.layer, target=target, **kwargs)
-               for target in targets]
-    name = f"localisation_{_slug(args.method)}" + (f"_{args.target}" if args.target else "")
-    common = {k: v for k, v in results[0].items() if k in ("run", "data_dir", "split", "method", "layer",
-                                                            "n_references", "threshold", "epoch", "chance")}
-    summary = {**common, "targets": {r["target"]: {k: r[k] for k in ("all", "normal", "osteoporosis")}
-                                     for r in results}}
-    runfiles.write_json(out / f"{name}.json", summary)
-    runfiles.write_csv(out / f"{name}.csv", [row for r in results for row in r["images"]])  # column target
-    # the first target's median image as the example, with its region outlined
-    first = results[0]
-    finite = [r for r in first["images"] if math.isfinite(r["ratio"])]
-    example = mask = None
-    if finite:
-        row = sorted(finite, key=lambda r: r["ratio"])[len(finite) // 2]
-        path = Path(first["data_dir"]) / "test" / row["file"]
-        (example,) = explain(model, loader.run_dataset([path], run.config, run.clinical_stats), args.method, args.layer,
-                             row["explained"], tta=run.config.tta, fusion_mode=run.fusion, **kwargs)
-        mask = read_mask(path, run.image_size)
-    figure = Path(args.save) if args.save else out / f"{name}.png"
-    save_figure(render_localisation(results, example, mask), figure)
-    summary["written"] = [str(out / f"{name}.json"), str(out / f"{name}.csv"), str(figure)]
-    print(localisation_table(results))
-    for path in summary["written"]:
-        print(path)
-    return summary
-
-
 def main(argv: list[str] | None = None) -> dict:
+    """Parse the flags, then draw (:func:`hipx.inference.heatmaps.run`); returns what it wrote."""
     args = build_parser().parse_args(argv)
-    runtime.setup_logging()
-    device = runtime.select_device(args.device, None)
-    out = Path(args.out) if args.out else Path(args.run) / CAMS_DIR
-    if args.layer and args.method not in LAYER_METHODS:
-        logger.warning("--layer %s ignored: %s looks at the input pixels, not at a layer", args.layer, args.method)
-    if args.smooth is not None and not (math.isfinite(args.smooth) and args.smooth >= 0):
-        raise SystemExit(f"--smooth {args.smooth}: must be a finite number of pixels >= 0")
-    if args.localisation:
-        return _write_localisation(args, device, out)
+    from hipx.inference import heatmaps  # torch and matplotlib: after --help and a mistyped flag have answered
 
-    run = runfiles.load_run(args.run)
-    model = load_network(run, device)
-    threshold = run.threshold
-    layer = resolve_layer(model, args.layer)[0] if args.method in LAYER_METHODS else ""
-    if args.image:
-        files = [check_image(p) for p in args.image]
-    else:
-        all_test = test_files(run, args.data_dir)
-        if args.index is not None:
-            files = pick_indices(all_test, args.index, f"the test split of {args.data_dir or run.config.data_dir}")
-        elif args.select:
-            files = select_cases(args.run, all_test, args.select, args.top, threshold)
-        else:
-            files = all_test
-    if args.save and len(files) > 1 and not args.sheet:
-        raise SystemExit(f"--save names one picture but {len(files)} cases were chosen: add --sheet, or choose one")
-
-    target = args.target or "osteoporosis"
-    kwargs = _cam_kwargs(args, run, device)
-    dataset = loader.run_dataset(files, run.config, run.clinical_stats, desc="cam")
-    cases = explain(model, dataset, args.method, args.layer, target, threshold, tta=run.config.tta,
-                    fusion_mode=run.fusion,
-                    **kwargs)
-    _check_against_predictions(args.run, cases)
-    title = title_for(args.method, layer, str(args.run), run.epoch, target,
-                      len(kwargs["references"]) if "references" in kwargs else None)
-    written = []
-    if args.sheet:
-        png = Path(args.save) if args.save else out / f"sheet_{_slug(args.method, target)}.png"
-        written.append(save_figure(render_sheet(cases, threshold, title, args.cols), png))
-        if not args.no_npy:  # (N, H, W) in the sheet's order
-            written.append(save_array(np.stack([c.heatmap for c in cases]), png.with_suffix(".npy")))
-    else:
-        for case in cases:
-            png = Path(args.save) if args.save else out / f"{case.path.stem}_{_slug(args.method, target)}.png"
-            written.append(save_figure(render_case(case, threshold, title), png))
-            if not args.no_npy:
-                written.append(save_array(case.heatmap, png.with_suffix(".npy")))
-    for path in written:
-        print(path)
-    return {"written": [str(p) for p in written], "threshold": threshold, "method": args.method, "layer": layer,
-            "target": target, "cases": [{"file": c.path.name, "label": c.info.label, "probability": c.probability,
-                                         "prediction": c.prediction(threshold), "target": c.target} for c in cases]}
+    return heatmaps.run(args)
 
 
-def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
-    """Warn when a probability differs from the run's test predictions: other images or a stale run."""
-    path = Path(run_dir) / PREDICTIONS
-    if not path.is_file():
-        return
-    rows = prediction_rows(run_dir)
-    for case in cases:
-        row = rows.get(case.path.name)
-        # reduced precision on a GPU (bf16 autocast) moves test probabilities by well under 0.02
-        if row is not None and abs(float(row["probability"]) - case.probability) > 0.02:
-            logger.warning("%s: probability %.4f here but %s in %s; is --data_dir the run's data, and the "
-                           "run's test predictions up to date?", case.path.name, case.probability,
-                           row["probability"], path)
+if __name__ == "__main__":
+    run_main(main)

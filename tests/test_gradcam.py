@@ -1,4 +1,4 @@
-"""Class activation maps (cam.py) and the picture-writing script (visualize_gradcam.py), train-free:
+"""Class activation maps (cam.py), heatmaps.py and the picture-writing script (visualize_gradcam.py), train-free:
 tiny random networks saved as runs of main.py over a tiny generated data set."""
 import csv
 import json
@@ -17,9 +17,11 @@ from hipx.inference import cam
 from hipx.data import filenames
 from hipx.data import loader
 from hipx.runs import runfiles
-import synthetic
-import visualize_gradcam as vg
+import visualize_gradcam as vg  # the command, driven as a user runs it
+from hipx.core.choices import OUTCOMES
+from hipx.inference import heatmaps
 from hipx.models import build_model
+from hipx.prepare import synthetic
 
 torch.set_num_threads(1)
 
@@ -42,9 +44,9 @@ def make_run(root, data, name="dense_net", late_fuse=True, seed=0, threshold=0.5
 
 
 def load(run):
-    """(network, run) as visualize_gradcam.py loads them."""
+    """(network, run) as visualize_gradcam.py loads them (heatmaps.load_network)."""
     trained = runfiles.load_run(run)
-    return vg.load_network(trained), trained
+    return heatmaps.load_network(trained), trained
 
 
 def inputs(files, trained):
@@ -53,7 +55,7 @@ def inputs(files, trained):
 
 def first_test_sample(run):
     model, trained = load(run)
-    sample = inputs(vg.test_files(trained)[:1], trained)[0]
+    sample = inputs(heatmaps.test_files(trained)[:1], trained)[0]
     return model, sample["image"], sample["clinical"] if trained.fusion == "late" else None
 
 
@@ -171,9 +173,9 @@ def test_occlusion_and_scorecam_find_the_region_the_logit_depends_on():
     heat = cam.compute_cam(model, image, method="occlusion", window=4)
     assert heat[region > 0].min() > 0 and heat.max() == 1.0
     assert heat[:12].max() == 0 and heat[48:].max() == 0  # no window there touches the region
-    assert vg.localisation_ratio(heat, region) > 0.5 / region.mean()
+    assert heatmaps.localisation_ratio(heat, region) > 0.5 / region.mean()
     scored = cam.compute_cam(model, image, method="scorecam")
-    assert vg.localisation_ratio(scored, region) == pytest.approx(1 / region.mean(), rel=0.05)
+    assert heatmaps.localisation_ratio(scored, region) == pytest.approx(1 / region.mean(), rel=0.05)
 
 
 class BoneModel(RegionModel):
@@ -198,9 +200,9 @@ def test_expected_gradients_find_missing_bone_where_gradcam_cannot():
     # against typical patients: exactly where the bone is missing
     heat = cam.compute_cam(model, image, method="expected_gradients", references=references, smooth=0)
     assert heat.max() == 1.0 and heat[region == 0].max() == 0.0
-    assert vg.localisation_ratio(heat, region) == pytest.approx(1 / region.mean())
+    assert heatmaps.localisation_ratio(heat, region) == pytest.approx(1 / region.mean())
     smoothed = cam.compute_cam(model, image, method="expected_gradients", references=references)
-    assert 0.5 / region.mean() < vg.localisation_ratio(smoothed, region) < 1 / region.mean()
+    assert 0.5 / region.mean() < heatmaps.localisation_ratio(smoothed, region) < 1 / region.mean()
 
 
 @pytest.mark.parametrize("late_fuse", [False, True], ids=["early", "late"])
@@ -230,14 +232,14 @@ def test_expected_gradients_need_fitting_references(lf_run):
 
 def test_references_are_a_fixed_draw_of_the_runs_training_images(lf_run, tiny_data, tmp_path):
     _, state = load(lf_run)
-    refs = vg.reference_inputs(state, n=3)
-    assert refs.shape == (3, 2, H, W) and torch.equal(refs, vg.reference_inputs(state, n=3))
+    refs = heatmaps.reference_inputs(state, n=3)
+    assert refs.shape == (3, 2, H, W) and torch.equal(refs, heatmaps.reference_inputs(state, n=3))
     train = inputs(loader.list_split(tiny_data, "train"), state)
     pool = [train[i]["image"] for i in range(len(train))]
     assert all(any(torch.equal(r, t) for t in pool) for r in refs)
-    assert len(vg.reference_inputs(state, n=1000)) == len(pool)  # at most the whole split
+    assert len(heatmaps.reference_inputs(state, n=1000)) == len(pool)  # at most the whole split
     with pytest.raises(FileNotFoundError, match="--data_dir"):
-        vg.reference_inputs(state, tmp_path / "moved")
+        heatmaps.reference_inputs(state, tmp_path / "moved")
 
 
 def test_cli_expected_gradients(lf_run, tiny_data):
@@ -255,13 +257,13 @@ def test_cli_expected_gradients(lf_run, tiny_data):
 def test_localisation_ratio_by_hand():
     mask = np.zeros((4, 5))
     mask[:2, :2] = 1  # 4 of 20 pixels: share 0.2
-    assert vg.localisation_ratio(np.ones((4, 5)), mask) == pytest.approx(1.0)  # flat map: chance
+    assert heatmaps.localisation_ratio(np.ones((4, 5)), mask) == pytest.approx(1.0)  # flat map: chance
     only_inside = mask * 0.7
-    assert vg.localisation_ratio(only_inside, mask) == pytest.approx(5.0)  # all mass on the region
+    assert heatmaps.localisation_ratio(only_inside, mask) == pytest.approx(5.0)  # all mass on the region
     half = np.where(mask > 0, 1.0, 0.25)  # 4 inside of 4 + 16 * 0.25 = 8 in all
-    assert vg.localisation_ratio(half, mask) == pytest.approx(0.5 / 0.2)
-    assert math.isnan(vg.localisation_ratio(np.zeros((4, 5)), mask))
-    assert math.isnan(vg.localisation_ratio(np.ones((4, 5)), np.zeros((4, 5))))
+    assert heatmaps.localisation_ratio(half, mask) == pytest.approx(0.5 / 0.2)
+    assert math.isnan(heatmaps.localisation_ratio(np.zeros((4, 5)), mask))
+    assert math.isnan(heatmaps.localisation_ratio(np.ones((4, 5)), np.zeros((4, 5))))
 
 
 def test_all_zero_map_stays_zero():
@@ -393,14 +395,14 @@ def test_select_takes_the_most_confident_of_each_kind(lf_run, tiny_data):
     probs = [0.9, 0.7, 0.2, 0.95, 0.4, 0.05]
     rows = [{"file": p.name, "label": filenames.decode(p).label, "probability": q, "prediction": int(q >= 0.5)}
             for p, q in zip(files, probs)]
-    runfiles.write_csv(lf_run / vg.PREDICTIONS, rows)
+    runfiles.write_csv(lf_run / heatmaps.PREDICTIONS, rows)
     labels = [r["label"] for r in rows]
-    expect = {kind: sorted([r for r in rows if (r["label"], int(r["probability"] >= 0.5)) == vg.KINDS[kind]],
-                           key=lambda r: -r["probability"] if vg.KINDS[kind][1] else r["probability"])
-              for kind in vg.KINDS}
+    expect = {kind: sorted([r for r in rows if (r["label"], int(r["probability"] >= 0.5)) == OUTCOMES[kind]],
+                           key=lambda r: -r["probability"] if OUTCOMES[kind][1] else r["probability"])
+              for kind in OUTCOMES}
     assert 0 in labels and 1 in labels
-    chosen = vg.select_cases(lf_run, files, ["tp", "fp", "fn", "tn"], 1, 0.5)
-    assert [p.name for p in chosen] == [expect[k][0]["file"] for k in vg.KINDS if expect[k]]
+    chosen = heatmaps.select_cases(lf_run, files, ["tp", "fp", "fn", "tn"], 1, 0.5)
+    assert [p.name for p in chosen] == [expect[k][0]["file"] for k in OUTCOMES if expect[k]]
     result = vg.main(["--run", str(lf_run), "--select", "tn", "fp", "--top", "2", "--no_npy", "--method", "gradcam"])
     assert [c["file"] for c in result["cases"]] == [r["file"] for k in ("tn", "fp") for r in expect[k][:2]]
     assert not list((lf_run / "cams").glob("*.npy"))
@@ -414,10 +416,10 @@ def test_select_without_predictions_says_how_to_make_them(lf_run):
 def test_caption_shows_label_probability_threshold_and_clinical_values(lf_run, tiny_data):
     model, trained = load(lf_run)
     val = loader.list_split(tiny_data, "val")[0]  # BMI missing in the file name
-    (case,) = vg.explain(model, inputs([val], trained), "gradcam", fusion_mode=trained.fusion)
-    text = vg.caption(case, 0.25)
+    (case,) = heatmaps.explain(model, inputs([val], trained), "gradcam", fusion_mode=trained.fusion)
+    text = heatmaps.caption(case, 0.25)
     info = filenames.decode(val)
-    assert val.name in text and f"true: {vg.LABELS[info.label]}" in text
+    assert val.name in text and f"true: {heatmaps.LABELS[info.label]}" in text
     assert f"p(osteoporosis) = {case.probability:.3f}" in text and "threshold 0.250" in text
     assert f"age {info.age:g}, sex female, BMI NA" in text
     assert case.original_size == (H, W)
@@ -436,9 +438,9 @@ def write_masks(data):
 def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path, monkeypatch):
     model, trained = load(lf_run)
     with pytest.raises(FileNotFoundError, match="synthetic.py"):
-        vg.cam_localisation(trained, model, tiny_data)
+        heatmaps.cam_localisation(trained, model, tiny_data)
     write_masks(tiny_data)
-    result = vg.cam_localisation(trained, model, tiny_data, "gradcam")
+    result = heatmaps.cam_localisation(trained, model, tiny_data, "gradcam")
     assert result["all"]["n"] == 6 and result["normal"]["n"] + result["osteoporosis"]["n"] == 6
     area = (H // 2) * (2 * W // 3 - W // 3) / (H * W)
     for row in result["images"]:
@@ -460,11 +462,11 @@ def test_localisation_summary_and_cli(lf_run, tiny_data, tmp_path, monkeypatch):
     with open(lf_run / "cams" / "localisation_occlusion.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["target"] for r in rows] == ["osteoporosis"] * 6 + ["predicted"] * 6
-    assert all(r["explained"] == vg.LABELS[float(r["probability"]) >= 0.5] for r in rows[6:])
+    assert all(r["explained"] == heatmaps.LABELS[float(r["probability"]) >= 0.5] for r in rows[6:])
     read_png(lf_run / "cams" / "localisation_occlusion.png")
     synthetic.mask_path(loader.list_split(tiny_data, "test")[2]).unlink()
     with pytest.raises(FileNotFoundError, match="1 of 6 test images have no mask"):
-        vg.cam_localisation(trained, model, tiny_data)
+        heatmaps.cam_localisation(trained, model, tiny_data)
 
 
 # -- target: whose evidence -------------------------------------------------------------------------
@@ -511,19 +513,19 @@ def test_unknown_target_is_refused(lf_run):
     with pytest.raises(ValueError, match="unknown target 'benign'.*osteoporosis, normal"):
         cam.compute_cam(model, image, clinical, target="benign")
     with pytest.raises(ValueError, match="predicted.*threshold"):
-        vg.resolve_target("predicted", 0.3, None)
+        heatmaps.resolve_target("predicted", 0.3, None)
 
 
 def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
-    assert vg.resolve_target("predicted", 0.30, 0.3) == "osteoporosis"  # >= threshold, as Case.prediction
-    assert vg.resolve_target("predicted", 0.29, 0.3) == "normal"
-    assert vg.resolve_target("normal", 0.99, 0.3) == "normal"
+    assert heatmaps.resolve_target("predicted", 0.30, 0.3) == "osteoporosis"  # >= threshold, as Case.prediction
+    assert heatmaps.resolve_target("predicted", 0.29, 0.3) == "normal"
+    assert heatmaps.resolve_target("normal", 0.99, 0.3) == "normal"
     model, trained = load(lf_run)
-    dataset = inputs(vg.test_files(trained), trained)
-    plain = vg.explain(model, dataset, "gradcam", fusion_mode=trained.fusion)
+    dataset = inputs(heatmaps.test_files(trained), trained)
+    plain = heatmaps.explain(model, dataset, "gradcam", fusion_mode=trained.fusion)
     threshold = float(np.median([c.probability for c in plain]))  # both predictions occur
-    cases = vg.explain(model, dataset, "gradcam", target="predicted", threshold=threshold,
-                       fusion_mode=trained.fusion)
+    cases = heatmaps.explain(model, dataset, "gradcam", target="predicted", threshold=threshold,
+                             fusion_mode=trained.fusion)
     assert {c.target for c in cases} == {"osteoporosis", "normal"}
     for i, (case, base) in enumerate(zip(cases, plain)):
         assert case.target == ("osteoporosis" if case.probability >= threshold else "normal")
@@ -535,27 +537,41 @@ def test_predicted_target_picks_the_class_by_the_runs_threshold(lf_run):
 
 
 @pytest.mark.slow
-def test_cli_target(lf_run, tiny_data):
+def test_cli_explain(lf_run, tiny_data):
     first = loader.list_split(tiny_data, "test")[0]
-    result = vg.main(["--run", str(lf_run), "--index", "0", "--target", "normal", "--method", "gradcam"])
+    result = vg.main(["--run", str(lf_run), "--index", "0", "--explain", "normal", "--method", "gradcam"])
     png = lf_run / "cams" / f"{first.stem}_gradcam_normal.png"
     assert result["written"] == [str(png), str(png.with_suffix(".npy"))] and result["target"] == "normal"
     model, image, clinical = first_test_sample(lf_run)
     np.testing.assert_array_equal(np.load(png.with_suffix(".npy")),
                                   cam.compute_cam(model, image, clinical, target="normal"))
     read_png(png)
-    title = vg.title_for("gradcam", "features.denseblock2", "r", 1, "normal")
+    title = heatmaps.title_for("gradcam", "features.denseblock2", "r", 1, "normal")
     assert "Grad-CAM of the normal class (negated logit)" in title
-    result = vg.main(["--run", str(lf_run), "--all", "--sheet", "--target", "predicted", "--no_npy",
+    result = vg.main(["--run", str(lf_run), "--all", "--sheet", "--explain", "predicted", "--no_npy",
                       "--method", "gradcam"])
     assert result["written"] == [str(lf_run / "cams" / "sheet_gradcam_predicted.png")]
-    assert all(c["target"] == vg.LABELS[c["prediction"]] for c in result["cases"])  # threshold 0.5
+    assert all(c["target"] == heatmaps.LABELS[c["prediction"]] for c in result["cases"])  # threshold 0.5
     write_masks(tiny_data)
-    out = vg.main(["--run", str(lf_run), "--localisation", "--target", "normal", "--method", "gradcam"])
+    out = vg.main(["--run", str(lf_run), "--localisation", "--explain", "normal", "--method", "gradcam"])
     assert list(out["targets"]) == ["normal"]
     assert (lf_run / "cams" / "localisation_gradcam_normal.json").is_file()
     with pytest.raises(SystemExit):
-        vg.build_parser().parse_args(["--run", "x", "--all", "--target", "benign"])
+        vg.build_parser().parse_args(["--run", "x", "--all", "--explain", "benign"])
+
+
+def test_target_is_a_deprecated_alias_of_explain(capsys):
+    """--explain names the class a map explains; --target, its old name (main.py's --target is the training
+    target), still sets it and says it is deprecated."""
+    parse = vg.build_parser().parse_args
+    assert parse(["--run", "x", "--all"]).explain is None
+    assert parse(["--run", "x", "--all", "--explain", "normal"]).explain == "normal"
+    assert capsys.readouterr().err == ""
+    args = parse(["--run", "x", "--all", "--target", "predicted"])
+    assert args.explain == "predicted" and not hasattr(args, "target")
+    assert "--target is deprecated; use --explain" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--run", "x", "--all", "--target", "benign"])
 
 
 @pytest.mark.slow
@@ -572,7 +588,7 @@ def test_cam_input_is_what_the_network_saw_in_a_real_run(tiny_data, tmp_path, tt
                "--device", "cpu", "--save_dir", "r", "--fold", "_e", "--out_root", str(outs), "--tta", tta])
     run = outs / "r" / "fold_e"
     result = vg.main(["--run", str(run), "--all", "--sheet", "--no_npy", "--method", "gradcam"])
-    with open(run / vg.PREDICTIONS, newline="") as fh:
+    with open(run / heatmaps.PREDICTIONS, newline="") as fh:
         expected = {r["file"]: float(r["probability"]) for r in csv.DictReader(fh)}
     assert len(result["cases"]) == len(expected) == 6
     for case in result["cases"]:

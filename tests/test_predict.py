@@ -11,7 +11,8 @@ import torch
 from hipx.data import filenames
 from hipx.data import loader
 import main
-import predict
+import predict  # the command, driven as a user runs it
+from hipx.inference import predict as scoring
 from hipx.runs import runfiles
 from conftest import write_split
 
@@ -59,7 +60,7 @@ def test_inputs_equal_what_hipdataset_serves(run, data):
     stats = loader.ClinicalStats.from_dict(trained.clinical_stats)
     files = loader.list_split(data, "test")
     ds = loader.HipDataset(files, stats, (64, 37), early_fuse=trained.fusion == "early")
-    served = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=predict.clinical_values(files))
+    served = loader.run_dataset(files, trained.config, trained.clinical_stats, clinical=scoring.clinical_values(files))
     assert served.channels == ds.channels
     for i in range(len(files)):
         assert np.array_equal(served[i]["image"].numpy(), ds[i]["image"].numpy())
@@ -74,11 +75,11 @@ def test_clinical_values_from_csv_for_files_outside_the_naming_format(run, data,
     shutil.copy(original, plain)
     table = tmp_path / "clinical.csv"
     table.write_text(f"file,sex,age,bmi\n{plain.name},{int(info.sex)},{info.age:g},{info.bmi:g}\n")
-    rows = predict.predict(run, [original, plain], clinical_csv=table)
+    rows = scoring.predict(run, [original, plain], clinical_csv=table)
     assert rows[0]["probability"] == pytest.approx(rows[1]["probability"], abs=1e-6)
     # a missing value is imputed with the training mean, as in training
     table.write_text(f"file,sex,age,bmi\n{plain},{int(info.sex)},NA,{info.bmi:g}\n")
-    assert np.isnan(predict.clinical_values([plain], predict.read_clinical_csv(table))[0, 1])
+    assert np.isnan(scoring.clinical_values([plain], scoring.read_clinical_csv(table))[0, 1])
 
     with pytest.raises(SystemExit, match=r"no sex/age/BMI for .*scan 1\.png"):
         predict.main(["--run", str(run), str(plain), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
@@ -93,7 +94,7 @@ def test_colour_image_is_scored_as_its_grey_version(run, data, tmp_path):
     original = sorted((data / "test").iterdir())[0]
     colour = tmp_path / original.name
     cv2.imwrite(str(colour), cv2.cvtColor(cv2.imread(str(original), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR))
-    a, b = predict.predict(run, [original, colour])
+    a, b = scoring.predict(run, [original, colour])
     assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
 
 
@@ -147,7 +148,7 @@ def cv_group(data):
 def test_fold_run_with_ema_and_tta_reproduces_its_test_predictions(cv_group, data):
     # best.pth holds the averaged weights and predict.py mirrors as the run validated (--tta flip)
     for fold in ("fold0", "fold1"):
-        rows = predict.predict(cv_group / fold, [data / "test"])
+        rows = scoring.predict(cv_group / fold, [data / "test"])
         expected = {r["file"]: float(r["probability"]) for r in read_csv(cv_group / fold / "test_predictions.csv")}
         for r in rows:
             assert r["probability"] == pytest.approx(expected[Path(r["file"]).name], abs=2e-6)
@@ -157,10 +158,10 @@ def test_fold_run_with_ema_and_tta_reproduces_its_test_predictions(cv_group, dat
 
 
 def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_group, data, tmp_path, monkeypatch):
-    folds = [predict.predict(cv_group / f, [data / "test"]) for f in ("fold0", "fold1")]
+    folds = [scoring.predict(cv_group / f, [data / "test"]) for f in ("fold0", "fold1")]
     out = tmp_path / "ens.csv"
-    decoded, read = [], predict.imaging.read_scaled
-    monkeypatch.setattr(predict.imaging, "read_scaled", lambda path: decoded.append(path) or read(path))
+    decoded, read = [], scoring.imaging.read_scaled
+    monkeypatch.setattr(scoring.imaging, "read_scaled", lambda path: decoded.append(path) or read(path))
     rows = predict.main(["--run", str(cv_group), str(data / "test"), "--out", str(out), "--device", "cpu"])
     assert len(decoded) == 2 * len(rows)  # checked once, decoded once for both fold models
     thresholds = [runfiles.load_checkpoint(cv_group / f / "best.pth")["threshold"] for f in ("fold0", "fold1")]
@@ -174,9 +175,9 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_group, data, tmp_path, 
 
 def test_flip_tta_averages_an_image_and_its_mirror(run, data, monkeypatch):
     files = sorted((data / "test").iterdir())[:3]
-    plain = predict.predict(run, files, tta="none")
-    both = predict.predict(run, files, tta="flip")
-    real = predict.loader.run_dataset
+    plain = scoring.predict(run, files, tta="none")
+    both = scoring.predict(run, files, tta="flip")
+    real = scoring.loader.run_dataset
 
     class Mirrored(torch.utils.data.Dataset):
         def __init__(self, ds):
@@ -191,8 +192,8 @@ def test_flip_tta_averages_an_image_and_its_mirror(run, data, monkeypatch):
         def with_clinical_stats(self, stats):
             return Mirrored(self.ds.with_clinical_stats(stats))
 
-    monkeypatch.setattr(predict.loader, "run_dataset", lambda *a, **k: Mirrored(real(*a, **k)))
-    mirror = predict.predict(run, files, tta="none")  # the network's inputs mirrored left/right
+    monkeypatch.setattr(scoring.loader, "run_dataset", lambda *a, **k: Mirrored(real(*a, **k)))
+    mirror = scoring.predict(run, files, tta="none")  # the network's inputs mirrored left/right
     for a, b, ab in zip(plain, mirror, both):
         assert ab["probability"] == pytest.approx((a["probability"] + b["probability"]) / 2, abs=1e-6)
     assert any(abs(a["probability"] - b["probability"]) > 1e-4 for a, b in zip(plain, mirror))

@@ -91,9 +91,9 @@ def test_a_run_made_before_runconfig_still_loads_for_every_tool(tiny_data, tmp_p
     --test, predict.py, visualize_gradcam.py and report.py read it as they read a new run."""
     import shutil
 
-    import predict
     import report
     import visualize_gradcam
+    from hipx.inference import predict
 
     run = tmp_path / "outs" / "old" / "fold_old"
     shutil.copytree(FIXTURE, run)

@@ -1,5 +1,6 @@
 """The names a user chooses from on the command lines: networks, normalisations, activations, stems,
-losses, augmentations, heatmap methods, bootstrap intervals and devices, with the smallest image side.
+losses, augmentations, heatmap methods and targets, test outcomes (tp, fp, fn, tn), bootstrap intervals
+and devices, with the smallest image side.
 
 The modules that implement them (``models``, ``losses``, ``augment``, ``cam``, ``loader``) import
 their names from here; the scripts build their parsers from here. Nothing here imports torch,
@@ -24,7 +25,16 @@ HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipD
 TTA_CHOICES = ("none", "flip")  # test-time augmentation (fusion.probability)
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
-CAM_TARGETS = ("osteoporosis", "normal")
+CAM_TARGETS = ("osteoporosis", "normal")  # whose evidence a map shows: the logit, or the negated logit
+# visualize_gradcam.py --explain: a class, or per image the class the run predicts at its threshold
+CAM_EXPLAIN_CHOICES = (*CAM_TARGETS, "predicted")
+# the method that localises on the demo (docs/heatmaps.md, "Does the heatmap fall on the bone?")
+CAM_DEFAULT_METHOD = "expected_gradients"
+
+# the outcome of a test image at the run's threshold: kind -> (true label, prediction), as
+# visualize_gradcam.py --select and the report's case gallery name them
+OUTCOMES = {"tp": (1, 1), "fp": (0, 1), "fn": (1, 0), "tn": (0, 0)}
+OUTCOME_NAMES = {"tp": "true positive", "fp": "false positive", "fn": "false negative", "tn": "true negative"}
 CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confidence.py)
 DEVICES = ("auto", "cpu", "cuda")  # --device (runtime.select_device)
 CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (folds.py)

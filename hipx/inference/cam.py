@@ -311,7 +311,7 @@ def compute_cam(model: nn.Module, image: torch.Tensor, clinical: torch.Tensor | 
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if method in REFERENCE_METHODS and references is None:
         raise ValueError(f"method {method!r} needs reference inputs (N, C, H, W), e.g. the run's training images "
-                         "(visualize_gradcam.reference_inputs)")
+                         "(heatmaps.reference_inputs)")
     if image.dim() == 3:
         image = image[None]
     if image.dim() != 4 or image.shape[0] != 1:

@@ -7,9 +7,9 @@
 
 Every image of the external folder (its ``train/``, ``val/`` and ``test/``, or the images directly in
 it) is scored by the run's best checkpoint, or by the mean of a cross-validation group's fold models,
-through :func:`predict.predict`: the run's own preprocessing, clinical normalisation and test-time
-augmentation, and the threshold chosen on the run's validation split. Nothing is refitted unless
-recalibration is asked for.
+through :func:`hipx.inference.predict.predict`: the run's own preprocessing, clinical normalisation
+and test-time augmentation, and the threshold chosen on the run's validation split. Nothing is
+refitted unless recalibration is asked for.
 
 Written into ``<run>/external/<name>/`` (refused when it exists; written to a temporary folder and
 renamed, so it appears complete or not at all; nothing else in the run changes):
@@ -212,7 +212,8 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
     """Score ``data_dir`` with ``run`` and write ``<run>/external/<name>/`` (see the module docstring).
     ``development_dir``: the run's own data folder for the case-mix table (default: from its configuration).
     Returns the numbers of ``external_metrics.json``."""
-    import predict  # torch: only once an external validation is asked for
+    # torch: only once an external validation is asked for
+    from hipx.inference.predict import run_checkpoints, predict
 
     name = check_name(name or Path(data_dir).resolve().name)
     out = out_folder(run, name)
@@ -225,9 +226,9 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)
     table = external_images(data_dir)
     part = (calibration_part(table, calibrate_on, seed) if recalibrate else np.zeros(len(table), dtype=bool))
-    members = [runfiles.load_run(r) for r in predict.run_checkpoints(run)]
+    members = [runfiles.load_run(r) for r in run_checkpoints(run)]
     threshold = float(np.mean([m.threshold for m in members]))
-    rows = predict.predict(run, table["path"].tolist(), device=device, batch_size=batch_size)
+    rows = predict(run, table["path"].tolist(), device=device, batch_size=batch_size)
     table["probability"] = [r["probability"] for r in rows]
     table["prediction"] = [r["prediction"] for r in rows]
     dev, dev_absent = development_images(members[0].config, development_dir)
@@ -314,8 +315,14 @@ def blocks(r: Mapping) -> list[tuple]:
     """The external validation report as report_render blocks."""
     how = report_render.interval_text(r["interval"])
     models = _models(r)
-    net = r["as_trained"]
-    m = net["metrics"]
+    m = r["as_trained"]["metrics"]
+    return [*_header_blocks(r, m, how), *_case_mix_blocks(r), *_discrimination_blocks(models, how),
+            *_calibration_blocks(r, models), *_threshold_blocks(r, m, how), *_decision_blocks(models),
+            *_notes_blocks(r)]
+
+
+def _header_blocks(r: Mapping, m: Mapping, how: str) -> list[tuple]:
+    """Title, what was scored and how, recalibration, the primary result."""
     model = (f"its best checkpoint (epoch {r['model']['epoch']})" if r["model"]["kind"] == "best checkpoint" else
              f"the mean of its {len(r['model']['folds'])} fold models ({', '.join(r['model']['folds'])})")
     cfg = r["run_config"]
@@ -338,8 +345,12 @@ def blocks(r: Mapping) -> list[tuple]:
     if dev and dev.get("roc_auc") is not None:
         primary += f"; on the run's own test set the ROC AUC was {fmt(dev['roc_auc'])}"
     b.append(("callout", primary + "."))
+    return b
 
-    b.append(("h2", "1. Case mix: development against external"))
+
+def _case_mix_blocks(r: Mapping) -> list[tuple]:
+    """1. Case mix: development against external."""
+    b: list[tuple] = [("h2", "1. Case mix: development against external")]
     rows = [[row["variable"], _case_mix_cell(row["development"], row["binary"]),
              _case_mix_cell(row["external"], row["binary"]), fmt(row["standardised_difference"], 2)]
             for row in r["case_mix"]]
@@ -351,15 +362,23 @@ def blocks(r: Mapping) -> list[tuple]:
     if r.get("development_absent"):
         note += f" Development data not found: {r['development_absent']}"
     b.append(("note", note))
+    return b
 
-    b.append(("h2", "2. Discrimination"))
+
+def _discrimination_blocks(models: list[tuple[str, dict]], how: str) -> list[tuple]:
+    """2. Discrimination."""
+    b: list[tuple] = [("h2", "2. Discrimination")]
     b.append(("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the external images; dot: the "
                                      "run's threshold.")]))
     b.append(report_render.discrimination_table(models[:1], how))
     b.append(("note", "Recalibration is monotone and leaves the ranking, and so the AUCs, unchanged."
               if len(models) > 1 else "Intervals resample the external patients (all images of a patient together)."))
+    return b
 
-    b.append(("h2", "3. Calibration"))
+
+def _calibration_blocks(r: Mapping, models: list[tuple[str, dict]]) -> list[tuple]:
+    """3. Calibration (and the recalibration's map)."""
+    b: list[tuple] = [("h2", "3. Calibration")]
     b.append(("figures", [("calibration", "Observed fraction with osteoporosis (Wilson 95% interval) against the mean "
                                           "predicted probability, in bins of about equal size; below: the predicted "
                                           "probabilities.")]))
@@ -375,8 +394,12 @@ def blocks(r: Mapping) -> list[tuple]:
         rc = r["recalibration"]
         b.append(("p", f"Recalibration: logit p' = {rc['a']:+.3f} + {rc['b']:.3f} × logit p; the run's threshold "
                        f"{r['threshold']:.4f} becomes {rc['threshold']:.4f}, so each image keeps its decision."))
+    return b
 
-    b.append(("h2", "4. At the run's threshold"))
+
+def _threshold_blocks(r: Mapping, m: Mapping, how: str) -> list[tuple]:
+    """4. The metrics at the run's threshold."""
+    b: list[tuple] = [("h2", "4. At the run's threshold")]
     b.append(("figures", [("confusion", "Rows: truth; columns: the run's decision at its own threshold.")]))
     b.append(("table", ["Metric", "External"],
               [["Threshold (from the run's validation)", fmt(r["threshold"], 4)]]
@@ -385,8 +408,12 @@ def blocks(r: Mapping) -> list[tuple]:
     b.append(("note", f"Point estimate (95% CI, {how} for the AUCs and Brier score, percentile for the rest) over "
                       f"{r['patients']} external patients, {r['n_boot']} resamples, seed {r['seed']}; conditional on "
                       "the trained run and its threshold."))
+    return b
 
-    b.append(("h2", "5. Clinical usefulness: decision curve"))
+
+def _decision_blocks(models: list[tuple[str, dict]]) -> list[tuple]:
+    """5. Clinical usefulness: decision curve."""
+    b: list[tuple] = [("h2", "5. Clinical usefulness: decision curve")]
     b.append(("figures", [("decision", "Net benefit against threshold probability on the external images; dot: the "
                                        "run's threshold.")]))
     b.append(("table", *report_render.decision_rows([(name, e["decision_curve"]) for name, e in models],
@@ -394,15 +421,17 @@ def blocks(r: Mapping) -> list[tuple]:
     b.append(("p", " ".join(report_render.decision_text(name, e["decision_curve"], e["threshold"])
                             for name, e in models)))
     b.append(("note", report_render.DECISION_NOTE))
+    return b
 
+
+def _notes_blocks(r: Mapping) -> list[tuple]:
+    """6. Notes: where the predictions are, what was refitted, warnings."""
     notes = [f"Predictions: {OUT_DIR}/{r['name']}/external_predictions.csv (every image, with its split"
              + (", part and recalibrated probability)." if r.get("recalibrate") else ")."),
              "Nothing was refitted on the external data" + (" except the recalibration named above." if
                                                              r.get("recalibrate") else ".")]
     notes += [f"Warning: {w}" for w in r["warnings"]]
-    b.append(("h2", "6. Notes"))
-    b.append(("list", notes))
-    return b
+    return [("h2", "6. Notes"), ("list", notes)]
 
 
 def figures(r: Mapping, table: pd.DataFrame, part: np.ndarray) -> dict[str, bytes]:

@@ -4,7 +4,7 @@
 
 For each outcome at the run's threshold -- true positive, true negative, false positive, false
 negative -- the ``n`` test images the run was most sure of (highest probability among predicted
-osteoporosis, lowest among predicted normal; :func:`visualize_gradcam.select_cases`), drawn with
+osteoporosis, lowest among predicted normal; :func:`hipx.inference.heatmaps.select_cases`), drawn with
 their expected-gradients map of the osteoporosis score against ``references`` of the run's training
 radiographs (:mod:`cam`; README, Grad-CAM, says why this method), their probability and sex, age and
 BMI. The probabilities are those of ``test_predictions.csv``; the maps are recomputed from
@@ -21,17 +21,17 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hipx.data import loader
-from hipx.runs import runfiles
 from hipx.core import runtime
-import visualize_gradcam as vg
+from hipx.core.choices import OUTCOME_NAMES
+from hipx.data import loader
+from hipx.inference import heatmaps
+from hipx.runs import runfiles
 
 logger = logging.getLogger(__name__)
 
-KINDS = (("tp", "Most confident true positives"), ("tn", "Most confident true negatives"),
-         ("fp", "Most confident false positives"), ("fn", "Most confident false negatives"))
+ORDER = ("tp", "tn", "fp", "fn")  # the outcome kinds (choices.OUTCOMES), hits before misses
 METHOD = "expected_gradients"
-N_REFERENCES = 16  # training radiographs the maps are measured against (visualize_gradcam's default)
+N_REFERENCES = 16  # training radiographs the maps are measured against (visualize_gradcam.py's default)
 
 
 def _png(fig) -> bytes:
@@ -48,19 +48,20 @@ def case_gallery(run_dir: str | os.PathLike, files: Mapping[str, Sequence[Path]]
     if n < 1:
         return [], {}
     run = runfiles.load_run(run_dir)
-    rows_by_file = vg.prediction_rows(run_dir)
+    rows_by_file = heatmaps.prediction_rows(run_dir)
     device = runtime.select_device(device, None)
-    model = vg.load_network(run, device)
-    references = vg.reference_inputs(run, n=n_references, files=files["train"]).to(device)
+    model = heatmaps.load_network(run, device)
+    references = heatmaps.reference_inputs(run, n=n_references, files=files["train"]).to(device)
     rows, figures = [], {}
-    for kind, title in KINDS:
+    for kind in ORDER:
+        title = f"Most confident {OUTCOME_NAMES[kind]}s"
         try:
-            paths = vg.select_cases(run_dir, files["test"], [kind], n, run.threshold)
+            paths = heatmaps.select_cases(run_dir, files["test"], [kind], n, run.threshold)
         except ValueError:  # no test image of this kind at the threshold
             continue
         dataset = loader.run_dataset(paths, run.config, run.clinical_stats, desc=f"gallery {kind}")
-        cases = vg.explain(model, dataset, METHOD, target="osteoporosis", threshold=run.threshold,
-                           tta=run.config.tta, fusion_mode=run.fusion, references=references)
+        cases = heatmaps.explain(model, dataset, METHOD, target="osteoporosis", threshold=run.threshold,
+                                 tta=run.config.tta, fusion_mode=run.fusion, references=references)
         for case in cases:
             stored = rows_by_file[case.path.name]
             if not np.isclose(case.probability, float(stored["probability"]), atol=1e-4):
@@ -71,5 +72,5 @@ def case_gallery(run_dir: str | os.PathLike, files: Mapping[str, Sequence[Path]]
                          "bmi": case.info.bmi})
         title_text = (f"{title}: expected gradients of the osteoporosis score vs {len(references)} training "
                       f"radiographs\nrun {run.dir.parent.name}/{run.dir.name}, epoch {run.epoch}")
-        figures[f"gallery_{kind}"] = _png(vg.render_sheet(cases, run.threshold, title_text, cols=max(2, n)))
+        figures[f"gallery_{kind}"] = _png(heatmaps.render_sheet(cases, run.threshold, title_text, cols=max(2, n)))
     return rows, figures
