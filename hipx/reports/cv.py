@@ -24,8 +24,9 @@ from hipx.stats import metrics
 from hipx.runs import runfiles
 from hipx.core.runconfig import RunConfig
 from hipx.stats import decision
-from hipx.reports.render import (DECISION_NOTE, PALETTE, ci as _ci, decision_rows, figure_calibration,
-                           figure_decision_curve, figure_roc_pr, fmt as _fmt, render_html, render_markdown)
+from hipx.reports.render import (decision_blocks, figure_calibration, figure_decision_curve, figure_roc_pr,
+                                 render_html, render_markdown)
+from hipx.reports.style import PALETTE, ci as _ci, fmt as _fmt
 
 logger = logging.getLogger(__name__)
 
@@ -342,17 +343,15 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
 
 def figure_blocks(block: Mapping) -> list[tuple]:
     """The figures of the pooled (or ensemble) result and the net-benefit table, for cv_report.html."""
-    curves = [("network", block["decision_curve"])]
+    curves = [("network", block["decision_curve"], None)]
     if block.get("baseline_decision_curve"):
-        curves.append(("clinical baseline", block["baseline_decision_curve"]))
+        curves.append(("clinical baseline", block["baseline_decision_curve"], None))
     return [("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves of the probabilities above; "
                                     "the clinical baseline's beside the network's where it exists."),
                          ("calibration", "Observed fraction with osteoporosis (Wilson 95% interval) against the mean "
-                                         "predicted probability in bins of about equal size; below: the probabilities."),
-                         ("decision", "Net benefit of acting on each probability at each threshold probability, "
-                                      "against treating every image and treating none.")]),
-            ("table", *decision_rows(curves, decision.TABLE_THRESHOLDS)),
-            ("note", DECISION_NOTE)]
+                                         "predicted probability in bins of about equal size; below: the probabilities.")]),
+            *decision_blocks(curves, "Net benefit of acting on each probability at each threshold probability, "
+                                     "against treating every image and treating none.", sentences=False)]
 
 
 def pooled_tables(block: Mapping) -> list[tuple]:

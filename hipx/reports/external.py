@@ -46,14 +46,13 @@ import numpy as np
 import pandas as pd
 
 from hipx.stats import confidence
-from hipx.stats import decision
 from hipx.data import filenames
 from hipx.data import loader
 from hipx.stats import metrics
 from hipx.stats.evaluation import ALPHA, evaluate
 from hipx.reports import render as report_render
 from hipx.runs import runfiles
-from hipx.reports.render import ci, fmt
+from hipx.reports.style import PALETTE, ci, fmt, interval_text, mean_sd_text
 
 logger = logging.getLogger(__name__)
 
@@ -307,12 +306,12 @@ def _models(r: Mapping) -> list[tuple[str, dict]]:
 def _case_mix_cell(d: Mapping | None, binary: bool) -> str:
     if d is None:
         return "n/a"
-    return f"{d['percent']:.1f}%" if binary else report_render.mean_sd_text(d)
+    return f"{d['percent']:.1f}%" if binary else mean_sd_text(d)
 
 
 def blocks(r: Mapping) -> list[tuple]:
     """The external validation report as report_render blocks."""
-    how = report_render.interval_text(r["interval"])
+    how = interval_text(r["interval"])
     models = _models(r)
     net = r["as_trained"]
     m = net["metrics"]
@@ -387,13 +386,9 @@ def blocks(r: Mapping) -> list[tuple]:
                       "the trained run and its threshold."))
 
     b.append(("h2", "5. Clinical usefulness: decision curve"))
-    b.append(("figures", [("decision", "Net benefit against threshold probability on the external images; dot: the "
-                                       "run's threshold.")]))
-    b.append(("table", *report_render.decision_rows([(name, e["decision_curve"]) for name, e in models],
-                                                    decision.TABLE_THRESHOLDS)))
-    b.append(("p", " ".join(report_render.decision_text(name, e["decision_curve"], e["threshold"])
-                            for name, e in models)))
-    b.append(("note", report_render.DECISION_NOTE))
+    b += report_render.decision_blocks([(name, e["decision_curve"], e["threshold"]) for name, e in models],
+                                       "Net benefit against threshold probability on the external images; dot: "
+                                       "the run's threshold.")
 
     notes = [f"Predictions: {OUT_DIR}/{r['name']}/external_predictions.csv (every image, with its split"
              + (", part and recalibrated probability)." if r.get("recalibrate") else ")."),
@@ -408,7 +403,7 @@ def blocks(r: Mapping) -> list[tuple]:
 def figures(r: Mapping, table: pd.DataFrame, part: np.ndarray) -> dict[str, bytes]:
     rest = table[~part]
     y, p = rest["label"].to_numpy(dtype=np.int64), rest["probability"].to_numpy(dtype=np.float64)
-    colours = report_render.PALETTE
+    colours = PALETTE
     probs = [p]
     if r.get("recalibration"):
         probs.append(confidence.recalibrate(p, r["recalibration"]["a"], r["recalibration"]["b"]))

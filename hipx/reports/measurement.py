@@ -34,9 +34,8 @@ from hipx.stats import confidence
 from hipx.data import filenames
 from hipx.core import measures
 from hipx.core import targets
-from hipx.reports.render import NET, BASE, _png, _style, ci, interval_text
+from hipx.reports.style import BASE, NET, ci, interval_text, png, style_axes
 
-KINDS = ("binary", "ordinal", "continuous")
 ALPHA = 0.05
 FIGURE = {"continuous": "measure_scatter", "ordinal": "measure_confusion"}  # report_figures/<name>.png
 UNSCORED_TEXT = ("Images without a binary label (the data folder's {folder}/ images, e.g. Singh grades 3-4{count}) "
@@ -53,8 +52,8 @@ def target_spec(config: Mapping | None) -> dict | None:
     if not spec or spec.get("kind", "binary") == "binary":
         return None
     kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"config target_spec kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in targets.KINDS:
+        raise ValueError(f"config target_spec kind {kind!r}; expected one of {', '.join(targets.KINDS)}")
     out = dict(spec)
     cut = spec.get("cut")
     out["cut"] = None if cut is None else float(cut)
@@ -291,9 +290,9 @@ def figure_scatter(measured: np.ndarray, predicted: np.ndarray, label: np.ndarra
     ax.set_aspect("equal")
     ax.set_title(f"Predicted against measured {name} ({measured.size} images)", fontsize=11)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
-    _style(ax)
+    style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def figure_confusion_table(confusion: Sequence[Sequence[int]], classes: Sequence[str], cut: int | None,
@@ -319,7 +318,7 @@ def figure_confusion_table(confusion: Sequence[Sequence[int]], classes: Sequence
     ax.set_title("Classes (colour: share of the row)" + ("; dashed: the cut" if cut is not None else ""),
                  fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def measurement_figures(block: Mapping, predictions: pd.DataFrame, spec: Mapping) -> dict[str, bytes]:

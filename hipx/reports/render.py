@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,7 +30,10 @@ from hipx.stats import decision
 from hipx.core import fusion
 from hipx.data import loader
 from hipx.stats import metrics
+from hipx.reports import measurement as measure_report
 from hipx.runs import runfiles
+from hipx.reports.style import (NET, PALETTE, ci, fmt, interval_text, mean_sd_text, p_relation, p_text, png,
+                                style_axes)
 
 FIGURE_DIR = runfiles.REPORT_FIGURES  # where report.md finds its figures
 # (key of confidence.bootstrap_metrics, label), in the order of the metrics table
@@ -39,23 +41,9 @@ TABLE_METRICS = (("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC (average precision)"
                  ("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "PPV (precision)"),
                  ("npv", "NPV"), ("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"),
                  ("f1", "F1"), ("f2", "F2"), ("mcc", "MCC"))
-NET, BASE = "#1f5fa8", "#d9730d"  # network / clinical baseline colours in every figure
-# colours of further models (compare.py), after NET and BASE
-PALETTE = (NET, BASE, "#2a9d4b", "#8e44ad", "#c0392b", "#7f8c8d", "#b8860b", "#17becf")
 
 
 # --------------------------------------------------------------------------- figures
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _style(ax) -> None:
-    ax.grid(True, alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-
 
 def figure_training(history: pd.DataFrame, best_epoch: int, select_metric: str) -> bytes:
     """Train and val loss, and val ROC AUC, per epoch; the selected epoch marked."""
@@ -73,9 +61,9 @@ def figure_training(history: pd.DataFrame, best_epoch: int, select_metric: str) 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=11)
         ax.legend(fontsize=8, frameon=False)
-        _style(ax)
+        style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def _two_classes(y: np.ndarray) -> bool:
@@ -117,9 +105,9 @@ def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float |
     for ax in (ax_roc, ax_pr):
         ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left", frameon=False)
         ax.set_aspect("equal")
-        _style(ax)
+        style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def figure_confusion(matrices: Sequence[tuple[str, Mapping[str, int], float]]) -> bytes:
@@ -140,7 +128,7 @@ def figure_confusion(matrices: Sequence[tuple[str, Mapping[str, int], float]]) -
         ax.set_ylabel("true")
         ax.set_title(f"{name} (threshold {t:.3f})", fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def calibration_bins(n: int) -> int:
@@ -180,8 +168,8 @@ def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, st
     ax.tick_params(labelbottom=False)
     ax_hist.set(xlabel="predicted probability of osteoporosis", ylabel="images")
     for a in (ax, ax_hist):
-        _style(a)
-    return _png(fig)
+        style_axes(a)
+    return png(fig)
 
 
 def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str]]) -> bytes:
@@ -208,9 +196,9 @@ def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str
     ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     ax.set_title("Decision curve" + (" (dot and dotted line: the run's threshold)" if dots else ""), fontsize=11)
     ax.legend(fontsize=8, frameon=False, loc="upper right")
-    _style(ax)
+    style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def discrimination_table(models: Sequence[tuple[str, Mapping]], how: str) -> tuple:
@@ -263,44 +251,22 @@ DECISION_NOTE = ("Net benefit = TP/n - FP/n × p_t/(1 - p_t): true positives per
                  "treat-none. Net benefit uses this data's prevalence; it is per image and has no interval here.")
 
 
+
+def decision_blocks(models: Sequence[tuple[str, Mapping, float | None]], caption: str,
+                    sentences: bool = True) -> list[tuple]:
+    """The decision-curve part of a report, for each (name, decision.decision_curve dict, run threshold):
+    the figure ``decision`` with ``caption``, the net benefit at :data:`decision.TABLE_THRESHOLDS`, with
+    ``sentences`` one sentence per model on where it beats treat-all and treat-none, and the note on
+    reading net benefit."""
+    b: list[tuple] = [("figures", [("decision", caption)]),
+                      ("table", *decision_rows([(name, curve) for name, curve, _ in models],
+                                               decision.TABLE_THRESHOLDS))]
+    if sentences:
+        b.append(("p", " ".join(decision_text(name, curve, threshold) for name, curve, threshold in models)))
+    return b + [("note", DECISION_NOTE)]
+
+
 # --------------------------------------------------------------------------- text
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def ci(d: Mapping | None, key: str = "point", digits: int = 3) -> str:
-    """'0.812 (0.731 to 0.884)' from dict(point|auc|diff, low, high); 'n/a' for None."""
-    if d is None:
-        return "n/a"
-    if not math.isfinite(d.get(key, math.nan) if d.get(key) is not None else math.nan):
-        return "n/a"
-    low, high = d.get("low"), d.get("high")
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{fmt(d[key], digits)} (CI n/a)"
-    return f"{fmt(d[key], digits)} ({fmt(low, digits)} to {fmt(high, digits)})"
-
-
-def p_text(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def p_relation(value: float | None) -> str:
-    """'< 0.001' or '= 0.123', to follow a 'p' in a sentence."""
-    text = p_text(value)
-    return text if text.startswith("<") else f"= {text}"
-
-
-def mean_sd_text(d: Mapping, digits: int = 1) -> str:
-    if not d or d.get("n", 0) == 0:
-        return "n/a"
-    sd = f" ± {d['sd']:.{digits}f}" if math.isfinite(d["sd"]) else ""
-    return f"{d['mean']:.{digits}f}{sd}"
-
 
 def verdict(diff: Mapping) -> str:
     """Plain-language reading of the AUC difference network - baseline and its 95% CI."""
@@ -317,18 +283,10 @@ def verdict(diff: Mapping) -> str:
             "difference includes 0. (A small test set can also hide a real difference; see the interval's width.)")
 
 
-# Blocks shared by the Markdown and HTML renderings:
-#   ("h1"|"h2"|"p"|"note"|"callout", text), ("table", header, rows), ("list", items),
-
-
 def fusion_text(config: Mapping) -> str:
     """How the run used sex, age and BMI, in words."""
     mode = fusion.of_config(config)
     return "image only, no clinical values" if mode == "image" else f"{fusion.text(mode)} of sex, age and BMI"
-
-
-def interval_text(interval: str) -> str:
-    return {"bca": "BCa bootstrap", "percentile": "percentile bootstrap"}.get(interval, interval)
 
 
 def _model_rows(r: dict) -> list[tuple[str, dict]]:
@@ -447,13 +405,10 @@ def report_blocks(r: dict) -> list[tuple]:
                       "is better."))
 
     b.append(("h2", "7. Clinical usefulness: decision curve"))
-    b.append(("figures", [("decision", "Net benefit of acting on the model's probability at each threshold "
-                                       "probability, against treating every image and treating none; the dot "
-                                       "and dotted line mark the threshold chosen on validation.")]))
-    b.append(("table", *decision_rows([(name, e["decision_curve"]) for name, e in _model_rows(r)],
-                                      decision.TABLE_THRESHOLDS)))
-    b.append(("p", " ".join(decision_text(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r))))
-    b.append(("note", DECISION_NOTE))
+    b += decision_blocks([(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r)],
+                         "Net benefit of acting on the model's probability at each threshold probability, against "
+                         "treating every image and treating none; the dot and dotted line mark the threshold chosen "
+                         "on validation.")
 
     b.append(("h2", "8. Does the image add to age, sex and BMI?"))
     if cmp_:
@@ -490,8 +445,6 @@ def report_blocks(r: dict) -> list[tuple]:
     b += gallery_blocks(r)
 
     if r.get("measurement"):  # a graded target's (measure_report.py); binary runs have none
-        from hipx.reports import measurement as measure_report  # it draws with this module's helpers: imported here, not at the top
-
         b += measure_report.report_blocks(r["measurement"])
     b.append(("h2", "11. Methods and notes"))
     notes = [f"Network predictions: {r['run']}/test_predictions.csv, written from best.pth (epoch {r['epoch']}); "
