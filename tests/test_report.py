@@ -250,6 +250,18 @@ def calibrated(n_patients, seed, images_per_patient=1):
             np.repeat(groups, images_per_patient))
 
 
+def test_sections_are_numbered_when_assembled_and_an_absent_one_takes_no_number():
+    from hipx.reports import render
+    sections = (render.Section(None, lambda r: [("h1", "T")]),
+                render.Section("Summary", lambda r: [("p", "s")], numbered=False),
+                render.Section("A", lambda r: [("p", r["a"])]), render.Section("Absent", lambda r: None),
+                render.Section("B", lambda r: []))
+    assert render.assemble(sections, {"a": "x"}) == [("h1", "T"), ("h2", "Summary"), ("p", "s"), ("h2", "1. A"),
+                                                     ("p", "x"), ("h2", "2. B")]
+    numbered = [s.title for s in render.RUN_REPORT if s.title and s.numbered]
+    assert [f"## {i}. {t}" for i, t in enumerate(numbered, 1)] == [s for s in SECTIONS if s != "## Summary"]
+
+
 def test_report_intervals_cover_the_point_and_shrink_with_more_patients():
     widths = []
     for n in (40, 400):

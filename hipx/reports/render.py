@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import html
 import math
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -310,21 +311,49 @@ def primary_text(r: dict) -> str:
     return text + ". Every other number in this report is secondary."
 
 
-def report_blocks(r: dict) -> list[tuple]:
-    """The blocks of a run report from the numbers report.write_report computed."""
-    net, base, cmp_ = r["network"], r.get("baseline"), r.get("comparison")
-    m = net["metrics"]
-    test = r["data"]["test"]
-    cfg = r["run_config"]
-    how = interval_text(r["interval"])
-    b: list[tuple] = [("h1", f"Run report: {r['run']}")]
-    b.append(("p", f"Model {cfg.get('model')} ({fusion_text(cfg)}), input {cfg['image_size'][0]} x "
-                   f"{cfg['image_size'][1]} pixels, trained {len(r['history']) if r['history'] else '?'} epochs; the "
-                   f"best epoch by validation {r['select_metric']} is epoch {r['epoch']}, and only its checkpoint was "
-                   f"scored on test. Data: {r['data_dir']}. Report made {r['created']}."))
+# --------------------------------------------------------------------------- a report's sections
 
-    b.append(("h2", "Summary"))
-    b.append(("callout", primary_text(r)))
+@dataclass(frozen=True)
+class Section:
+    """One section of a report: ``build(r)`` returns its blocks from the report's numbers ``r``, or
+    None where this report has no such section. A section with a ``title`` opens with it as an h2,
+    numbered in order when the report is assembled unless ``numbered`` is False; an untitled one
+    (``title`` None) brings its own heading, if any."""
+    title: str | None
+    build: Callable[[Mapping], list[tuple] | None]
+    numbered: bool = True
+
+
+def assemble(sections: Sequence[Section], r: Mapping) -> list[tuple]:
+    """The blocks of a report made of ``sections``: each present section's blocks in order, the
+    numbered ones headed 1., 2., ... (numbers count the sections present)."""
+    b: list[tuple] = []
+    number = 0
+    for section in sections:
+        body = section.build(r)
+        if body is None:
+            continue
+        if section.title is not None:
+            number += section.numbered
+            b.append(("h2", f"{number}. {section.title}" if section.numbered else section.title))
+        b += body
+    return b
+
+
+# --------------------------------------------------------------------------- the run report's sections
+
+def _opening(r: Mapping) -> list[tuple]:
+    cfg = r["run_config"]
+    return [("h1", f"Run report: {r['run']}"),
+            ("p", f"Model {cfg.get('model')} ({fusion_text(cfg)}), input {cfg['image_size'][0]} x "
+                  f"{cfg['image_size'][1]} pixels, trained {len(r['history']) if r['history'] else '?'} epochs; the "
+                  f"best epoch by validation {r['select_metric']} is epoch {r['epoch']}, and only its checkpoint was "
+                  f"scored on test. Data: {r['data_dir']}. Report made {r['created']}.")]
+
+
+def _summary(r: Mapping) -> list[tuple]:
+    net, base, cmp_ = r["network"], r.get("baseline"), r.get("comparison")
+    m, test = net["metrics"], r["data"]["test"]
     summary = (f"Test set: {test['images']} images of {test['patients']} patients, {test['osteoporosis_images']} "
                f"with osteoporosis ({100 * test['prevalence']:.0f}%). At the threshold {net['threshold']:.3f} fixed "
                f"on validation: sensitivity {ci(m['sensitivity'])}, specificity {ci(m['specificity'])}; these hold "
@@ -332,11 +361,13 @@ def report_blocks(r: dict) -> list[tuple]:
     if base:
         summary += (f" Clinical-only baseline (age, sex, BMI) ROC AUC {ci(base['metrics']['roc_auc'])}; DeLong test "
                     f"clustered by patient p {p_relation(cmp_['delong_test']['p_value'])}.")
-    b.append(("p", summary + " 95% confidence intervals in parentheses."))
-    b.append(("p", verdict(cmp_["auc_difference"]) if cmp_ else f"No clinical-only baseline: {r['baseline_absent']}."))
-    b += [("callout", f"Check: {c}") for c in r["checks"] if c.startswith(("LEAK", "MISMATCH")) or "do NOT" in c]
+    return [("callout", primary_text(r)),
+            ("p", summary + " 95% confidence intervals in parentheses."),
+            ("p", verdict(cmp_["auc_difference"]) if cmp_ else f"No clinical-only baseline: {r['baseline_absent']}."),
+            *(("callout", f"Check: {c}") for c in r["checks"] if c.startswith(("LEAK", "MISMATCH")) or "do NOT" in c)]
 
-    b.append(("h2", "1. Data"))
+
+def _data(r: Mapping) -> list[tuple]:
     rows = []
     for split in (*loader.SPLITS, "all"):
         d = r["data"][split]
@@ -348,107 +379,117 @@ def report_blocks(r: dict) -> list[tuple]:
                      f"{d['osteoporosis_images']} ({100 * d['prevalence']:.1f}%)", str(d["osteoporosis_patients"]),
                      mean_sd_text(d["age"]), fmt(d["female_percent"], 1), mean_sd_text(d["bmi"]),
                      " / ".join(f"{miss[c]:.0f}" for c in ("age", "sex", "bmi"))])
-    b.append(("table", ["Split", "Images", "Patients", "Osteoporosis images (%)", "Patients with osteoporosis",
-                        "Age, years (mean ± SD)", "Female (%)", "BMI, kg/m² (mean ± SD)",
-                        "Missing age / sex / BMI (%)"], rows))
-    b.append(("note", "Clinical values per patient (mean over the patient's images); percentages of patients with "
-                      "a known value. Missing values are imputed with the training "
-                      "mean for both the network and the baseline."))
+    return [("table", ["Split", "Images", "Patients", "Osteoporosis images (%)", "Patients with osteoporosis",
+                       "Age, years (mean ± SD)", "Female (%)", "BMI, kg/m² (mean ± SD)",
+                       "Missing age / sex / BMI (%)"], rows),
+            ("note", "Clinical values per patient (mean over the patient's images); percentages of patients with "
+                     "a known value. Missing values are imputed with the training "
+                     "mean for both the network and the baseline.")]
 
-    b.append(("h2", "2. Training"))
-    if r["history"]:
-        val_auc = next((h.get("val_roc_auc") for h in r["history"] if int(h["epoch"]) == r["epoch"]), None)
-        b.append(("figures", [("training", "Loss per epoch (left) and validation ROC AUC (right); the dotted line "
-                                           "marks the epoch whose checkpoint was tested.")]))
-        b.append(("p", f"Best epoch {r['epoch']} (validation ROC AUC {fmt(val_auc)}), selected by validation "
-                       f"{r['select_metric']}. Its threshold was stored in best.pth at that moment, before any "
-                       "test image was scored."))
-    else:
-        b.append(("p", "history.csv not found; no training curves."))
 
-    b.append(("h2", "3. Discrimination on test"))
-    b.append(("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the test set; dots: each "
-                                     "model's operating point at its validation threshold.")]))
-    b.append(discrimination_table(_model_rows(r), how))
+def _training(r: Mapping) -> list[tuple]:
+    if not r["history"]:
+        return [("p", "history.csv not found; no training curves.")]
+    val_auc = next((h.get("val_roc_auc") for h in r["history"] if int(h["epoch"]) == r["epoch"]), None)
+    return [("figures", [("training", "Loss per epoch (left) and validation ROC AUC (right); the dotted line "
+                                      "marks the epoch whose checkpoint was tested.")]),
+            ("p", f"Best epoch {r['epoch']} (validation ROC AUC {fmt(val_auc)}), selected by validation "
+                  f"{r['select_metric']}. Its threshold was stored in best.pth at that moment, before any "
+                  "test image was scored.")]
 
-    b.append(("h2", "4. Test metrics with 95% confidence intervals"))
-    b.append(("table", ["Metric", *(name for name, _ in _model_rows(r))],
-              [["Threshold (from validation)", *(fmt(e["threshold"]) for _, e in _model_rows(r))]]
-              + [[label, *(ci(e["metrics"][k]) for _, e in _model_rows(r))] for k, label in TABLE_METRICS]))
-    b.append(("note", f"Point estimate (95% CI) over {test['patients']} test patients (all images of a drawn patient "
-                      f"together), {r['n_boot']} resamples, seed {r['seed']}: {how} for ROC AUC, PR AUC and Brier "
-                      "score, percentile for the rest. Threshold metrics (sensitivity to MCC) are conditional on "
-                      "this trained model and on the threshold chosen on validation (Youden's J): the intervals "
-                      "describe the sampling of test patients only, not a retraining or a re-chosen threshold."))
 
-    b.append(("h2", "5. Confusion matrix at the validation threshold"))
-    b.append(("figures", [("confusion", "Rows: truth; columns: prediction (osteoporosis when probability >= "
-                                        "threshold).")]))
-    b.append(("table", ["Model", "TP", "FN", "TN", "FP"],
-              [[name, *(str(e["confusion"][k]) for k in ("tp", "fn", "tn", "fp"))] for name, e in _model_rows(r)]))
+def _discrimination(r: Mapping) -> list[tuple]:
+    return [("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the test set; dots: each "
+                                    "model's operating point at its validation threshold.")]),
+            discrimination_table(_model_rows(r), interval_text(r["interval"]))]
 
-    b.append(("h2", "6. Calibration"))
-    b.append(("figures", [("calibration", f"Observed fraction with osteoporosis (Wilson 95% interval) against the "
-                                          f"mean predicted probability, in {calibration_bins(test['images'])} bins "
-                                          "holding about equal numbers of test images; below: the predicted "
-                                          "probabilities.")]))
-    b.append(("table", ["Model", "Brier score (95% CI)", "Calibration slope (95% CI)",
-                        "Calibration intercept (95% CI)", "Probabilities clipped"],
-              [[name, ci(e["metrics"]["brier"]), ci(e["metrics"]["calibration_slope"]),
-                ci(e["metrics"]["calibration_intercept"]), str(e["calibration"]["n_clipped"])]
-               for name, e in _model_rows(r)]))
-    b.append(("note", "Slope 1 and intercept 0 are ideal; a slope below 1 means too extreme (over-confident) "
-                      "probabilities, an intercept below 0 risks overestimated on average (Van Calster et al., "
-                      f"BMC Med 2019;17:230). Intervals: {how} over patients, on the same resamples as the metrics. "
-                      "Probabilities below 1e-6 or above 1 - 1e-6 are clipped to logit ±13.8 for the fit; many "
-                      "clipped values can drive the slope. Brier score: mean squared error of the probability, lower "
-                      "is better."))
 
-    b.append(("h2", "7. Clinical usefulness: decision curve"))
-    b += decision_blocks([(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r)],
-                         "Net benefit of acting on the model's probability at each threshold probability, against "
-                         "treating every image and treating none; the dot and dotted line mark the threshold chosen "
-                         "on validation.")
+def _metrics(r: Mapping) -> list[tuple]:
+    models = _model_rows(r)
+    return [("table", ["Metric", *(name for name, _ in models)],
+             [["Threshold (from validation)", *(fmt(e["threshold"]) for _, e in models)]]
+             + [[label, *(ci(e["metrics"][k]) for _, e in models)] for k, label in TABLE_METRICS]),
+            ("note", f"Point estimate (95% CI) over {r['data']['test']['patients']} test patients (all images of a "
+                     f"drawn patient together), {r['n_boot']} resamples, seed {r['seed']}: "
+                     f"{interval_text(r['interval'])} for ROC AUC, PR AUC and Brier "
+                     "score, percentile for the rest. Threshold metrics (sensitivity to MCC) are conditional on "
+                     "this trained model and on the threshold chosen on validation (Youden's J): the intervals "
+                     "describe the sampling of test patients only, not a retraining or a re-chosen threshold.")]
 
-    b.append(("h2", "8. Does the image add to age, sex and BMI?"))
-    if cmp_:
-        d, dl = cmp_["auc_difference"], cmp_["delong_test"]
-        b.append(("table", ["Comparison on the same test images", "Value"],
-                  [["ROC AUC, network", fmt(m["roc_auc"]["point"])],
-                   ["ROC AUC, clinical baseline", fmt(base["metrics"]["roc_auc"]["point"])],
-                   ["Difference (paired bootstrap over patients, 95% CI) - primary", ci(d, "diff")],
-                   ["p-value, paired bootstrap over patients", p_text(d["p_value"])],
-                   ["p-value, DeLong test clustered by patient", p_text(dl["p_value"])]]))
-        b.append(("p", verdict(d)))
-        b.append(("p", "Clinical baseline: logistic regression on standardised sex, age and BMI, fitted on the "
-                       f"{base['n_train']} training images (L2 penalty C = {base['C']:g}); log-odds per training SD: "
-                       + ", ".join(f"{k} {v:+.3f}" for k, v in base["coef"].items())
-                       + f"; intercept {base['intercept']:+.3f}. Validation ROC AUC {fmt(base['val_roc_auc'])}."))
-    else:
-        b.append(("p", f"No clinical-only baseline is fitted: {r['baseline_absent']}. Without it this report cannot "
-                       "say whether the image adds to the clinical values."))
 
-    b.append(("h2", "9. Subgroups"))
-    if r["subgroups"]:
-        b.append(("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images",
-                            f"Network ROC AUC ({how} 95% CI)"],
-                  [[s["variable"], s["group"], str(s["images"]), str(s["patients"]), str(s["positives"]),
-                    ci(s["roc_auc"])] for s in r["subgroups"]]))
-        b.append(("note", "Test images by the patient's sex, age band and BMI band (WHO: < 25, 25 to < 30, >= 30 "
-                          "kg/m²); images with the value missing and subgroups holding one class only are left out. "
-                          "Intervals resample the subgroup's patients. Subgroup results are descriptive: small "
-                          "subgroups have wide intervals, and no test between subgroups is made."))
-    else:
-        b.append(("p", "No subgroup holds both classes with a known clinical value; no subgroup AUC is shown."))
+def _confusion(r: Mapping) -> list[tuple]:
+    return [("figures", [("confusion", "Rows: truth; columns: prediction (osteoporosis when probability >= "
+                                       "threshold).")]),
+            ("table", ["Model", "TP", "FN", "TN", "FP"],
+             [[name, *(str(e["confusion"][k]) for k in ("tp", "fn", "tn", "fp"))] for name, e in _model_rows(r)])]
 
-    b.append(("h2", "10. Case gallery"))
-    b += gallery_blocks(r)
 
-    if r.get("measurement"):  # a graded target's (measure_report.py); binary runs have none
-        b += measure_report.report_blocks(r["measurement"])
-    b.append(("h2", "11. Methods and notes"))
+def _calibration(r: Mapping) -> list[tuple]:
+    bins = calibration_bins(r["data"]["test"]["images"])
+    return [("figures", [("calibration", f"Observed fraction with osteoporosis (Wilson 95% interval) against the "
+                                         f"mean predicted probability, in {bins} bins holding about equal numbers of "
+                                         "test images; below: the predicted probabilities.")]),
+            ("table", ["Model", "Brier score (95% CI)", "Calibration slope (95% CI)",
+                       "Calibration intercept (95% CI)", "Probabilities clipped"],
+             [[name, ci(e["metrics"]["brier"]), ci(e["metrics"]["calibration_slope"]),
+               ci(e["metrics"]["calibration_intercept"]), str(e["calibration"]["n_clipped"])]
+              for name, e in _model_rows(r)]),
+            ("note", "Slope 1 and intercept 0 are ideal; a slope below 1 means too extreme (over-confident) "
+                     "probabilities, an intercept below 0 risks overestimated on average (Van Calster et al., "
+                     f"BMC Med 2019;17:230). Intervals: {interval_text(r['interval'])} over patients, on the same "
+                     "resamples as the metrics. Probabilities below 1e-6 or above 1 - 1e-6 are clipped to logit ±13.8 "
+                     "for the fit; many clipped values can drive the slope. Brier score: mean squared error of the "
+                     "probability, lower is better.")]
+
+
+def _decision(r: Mapping) -> list[tuple]:
+    return decision_blocks([(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r)],
+                           "Net benefit of acting on the model's probability at each threshold probability, against "
+                           "treating every image and treating none; the dot and dotted line mark the threshold chosen "
+                           "on validation.")
+
+
+def _image_adds(r: Mapping) -> list[tuple]:
+    base, cmp_ = r.get("baseline"), r.get("comparison")
+    if not cmp_:
+        return [("p", f"No clinical-only baseline is fitted: {r['baseline_absent']}. Without it this report cannot "
+                      "say whether the image adds to the clinical values.")]
+    d, dl = cmp_["auc_difference"], cmp_["delong_test"]
+    return [("table", ["Comparison on the same test images", "Value"],
+             [["ROC AUC, network", fmt(r["network"]["metrics"]["roc_auc"]["point"])],
+              ["ROC AUC, clinical baseline", fmt(base["metrics"]["roc_auc"]["point"])],
+              ["Difference (paired bootstrap over patients, 95% CI) - primary", ci(d, "diff")],
+              ["p-value, paired bootstrap over patients", p_text(d["p_value"])],
+              ["p-value, DeLong test clustered by patient", p_text(dl["p_value"])]]),
+            ("p", verdict(d)),
+            ("p", "Clinical baseline: logistic regression on standardised sex, age and BMI, fitted on the "
+                  f"{base['n_train']} training images (L2 penalty C = {base['C']:g}); log-odds per training SD: "
+                  + ", ".join(f"{k} {v:+.3f}" for k, v in base["coef"].items())
+                  + f"; intercept {base['intercept']:+.3f}. Validation ROC AUC {fmt(base['val_roc_auc'])}.")]
+
+
+def _subgroups(r: Mapping) -> list[tuple]:
+    if not r["subgroups"]:
+        return [("p", "No subgroup holds both classes with a known clinical value; no subgroup AUC is shown.")]
+    return [("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images",
+                       f"Network ROC AUC ({interval_text(r['interval'])} 95% CI)"],
+             [[s["variable"], s["group"], str(s["images"]), str(s["patients"]), str(s["positives"]),
+               ci(s["roc_auc"])] for s in r["subgroups"]]),
+            ("note", "Test images by the patient's sex, age band and BMI band (WHO: < 25, 25 to < 30, >= 30 "
+                     "kg/m²); images with the value missing and subgroups holding one class only are left out. "
+                     "Intervals resample the subgroup's patients. Subgroup results are descriptive: small "
+                     "subgroups have wide intervals, and no test between subgroups is made.")]
+
+
+def _measurement(r: Mapping) -> list[tuple] | None:
+    """A graded target's section (:mod:`measurement`), under its own heading; binary runs have none."""
+    return measure_report.report_blocks(r["measurement"]) if r.get("measurement") else None
+
+
+def _methods(r: Mapping) -> list[tuple]:
+    how = interval_text(r["interval"])
     notes = [f"Network predictions: {r['run']}/test_predictions.csv, written from best.pth (epoch {r['epoch']}); "
-             f"threshold {net['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
+             f"threshold {r['network']['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
              "No test label or prediction influences the threshold, the selected epoch or the baseline's fit "
              "(its threshold: Youden's J on validation).",
              f"Confidence intervals: {how} over patients ({r['n_boot']} resamples, seed {r['seed']}); BCa uses a "
@@ -462,8 +503,7 @@ def report_blocks(r: dict) -> list[tuple]:
                      "for published numbers.")
     notes += [f"Check: {w}" for w in r["checks"]]
     notes += [f"Warning: {w}" for w in r["warnings"]]
-    b.append(("list", notes))
-    return b
+    return [("list", notes)]
 
 
 GALLERY_CAPTIONS = {"tp": "true positives", "tn": "true negatives", "fp": "false positives", "fn": "false negatives"}
@@ -491,6 +531,22 @@ def gallery_blocks(r: Mapping) -> list[tuple]:
     if missing:
         b.append(("note", f"No {', '.join(missing)} on this test set at this threshold."))
     return b
+
+
+# The run report, in order; a new section is one more function here (``title`` None: it brings its own heading).
+RUN_REPORT = (Section(None, _opening), Section("Summary", _summary, numbered=False), Section("Data", _data),
+              Section("Training", _training), Section("Discrimination on test", _discrimination),
+              Section("Test metrics with 95% confidence intervals", _metrics),
+              Section("Confusion matrix at the validation threshold", _confusion),
+              Section("Calibration", _calibration), Section("Clinical usefulness: decision curve", _decision),
+              Section("Does the image add to age, sex and BMI?", _image_adds), Section("Subgroups", _subgroups),
+              Section("Case gallery", gallery_blocks), Section(None, _measurement),
+              Section("Methods and notes", _methods))
+
+
+def report_blocks(r: Mapping) -> list[tuple]:
+    """The blocks of a run report from the numbers :func:`run_report.write_report` computed."""
+    return assemble(RUN_REPORT, r)
 
 
 def report_figures(r: dict, y: np.ndarray, probs: Sequence[np.ndarray],
