@@ -19,6 +19,7 @@ import pandas as pd
 
 from hipx.stats import confidence
 from hipx.data import loader
+from hipx.reports import baseline
 from hipx.reports import measurement as measure_report
 from hipx.stats import metrics
 from hipx.runs import runfiles
@@ -119,8 +120,6 @@ def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[RunConfig], data_dir
     fitted on that fold's training patients scores its test patients; pooled AUC etc. with CIs, and the
     pooled paired difference network minus baseline (patient bootstrap, clustered DeLong). Returns the
     numbers and the baseline's pooled probabilities (None where there is no baseline)."""
-    from hipx.reports import baseline
-
     try:
         base = baseline.out_of_fold([runfiles.split_files(c, data_dir) for c in configs])
     except baseline.BaselineUnavailable as exc:

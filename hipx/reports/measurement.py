@@ -34,6 +34,7 @@ from hipx.stats import confidence
 from hipx.data import filenames
 from hipx.core import measures
 from hipx.core import targets
+from hipx.runs import runfiles
 from hipx.reports.style import BASE, NET, ci, interval_text, png, style_axes
 
 ALPHA = 0.05
@@ -73,8 +74,6 @@ def target_spec(config: Mapping | None) -> dict | None:
 def run_target_spec(run: Any) -> dict | None:
     """:func:`target_spec` of a run folder (a :class:`runfiles.Run`, loaded or not, or its path): its
     ``config.json``, else the configuration stored in its loaded checkpoint."""
-    from hipx.runs import runfiles
-
     run = run if isinstance(run, runfiles.Run) else runfiles.Run(Path(run))
     if run.config_file.is_file():
         return target_spec(run.read_config())
