@@ -1,5 +1,5 @@
 """The summary of a cross-validation over its tested fold runs: ``cv_summary.json`` (the numbers)
-and ``cv_report.md`` (drawn with :mod:`report_render`'s blocks, as the run report is).
+and ``cv_report.md`` (drawn with :mod:`render`'s blocks, as the run report is).
 
 Per fold, each fold's test metrics at its own validation threshold with mean, SD and how many
 folds entered them; for the ``oof`` design the out-of-fold probabilities pooled over every patient
@@ -328,7 +328,7 @@ def headline(summary: Mapping) -> str:
 
 
 def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | None = None) -> list[tuple]:
-    """The blocks of ``cv_report.md`` (:func:`report_render.render_markdown` draws them) and, with
+    """The blocks of ``cv_report.md`` (:func:`render.render_markdown` draws them) and, with
     ``figures`` (:func:`cv_figures`), of ``cv_report.html``."""
     b: list[tuple] = [("h1", f"Cross-validation summary: {name}"), ("p", f"Design: {summary['design_text']}.")]
     for key, title in (("pooled", "Pooled out-of-fold result"), ("ensemble", "Fold-ensemble test result")):

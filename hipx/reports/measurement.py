@@ -6,7 +6,7 @@ they are.
     spec = target_spec(config)                  # None for a binary run: nothing is added
     block = measurement(predictions, spec, n_boot=2000, seed=0)
     figures = measurement_figures(block, predictions, spec)
-    blocks = report_blocks(block)               # report_render's block language
+    blocks = report_blocks(block)               # render's block language
 
 Continuous targets (T-score, BMD): mean absolute error in the measure's unit, Pearson r and Spearman
 rho between the predicted and the measured value. Ordinal targets (Singh grade, WHO class): the
@@ -355,7 +355,7 @@ def headline(block: Mapping | None) -> str:
 
 
 def report_blocks(block: Mapping, figures: bool = True) -> list[tuple]:
-    """The measurement section in :mod:`report_render`'s block language; ``figures``: with the figure
+    """The measurement section in :mod:`render`'s block language; ``figures``: with the figure
     (run reports and cv_report.html; not cv_report.md, which has none)."""
     name, unit = block.get("name") or "measured value", block.get("unit") or ""
     kind = block["kind"]

@@ -1,16 +1,21 @@
-"""Rendering of run reports and run comparisons: figures, a small block language, and its
-Markdown and self-contained HTML renderers.
+"""Rendering of the reports: their figures, a small block language with its Markdown and
+self-contained HTML renderers, the sections a report is made of, and the run report's sections.
 
     from hipx.reports.render import report_blocks, render_markdown, render_html
-    blocks = report_blocks(result)              # result: the numbers report.py computed
+    blocks = report_blocks(result)              # result: the numbers run_report.write_report computed
     render_html(blocks, figures, "Run report")  # one file, figures embedded as base64 PNG
 
-Nothing here computes a statistic: every number comes from :mod:`report` (or :mod:`compare`),
-and this module only decides how it is shown.
+Nothing here computes a statistic: every number comes from :mod:`run_report` (or :mod:`compare`,
+:mod:`cv`, :mod:`external`), and this module only decides how it is shown. Colours and the text of
+a number are :mod:`style`'s.
 
 Blocks shared by the Markdown and HTML renderings:
     ("h1"|"h2"|"p"|"note"|"callout", text), ("table", header, rows), ("list", items),
     ("figures", [(name, caption), ...])  -- figures shown side by side in HTML
+
+A report is a sequence of :class:`Section` (a title and a function of the report's numbers that
+returns its blocks); :func:`assemble` numbers the titled ones. A new section of the run report is
+one function added to :data:`RUN_REPORT`.
 """
 from __future__ import annotations
 
