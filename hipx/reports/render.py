@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -197,7 +198,8 @@ def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str
             dots.append(at["net_benefit"])
     top = max(first["prevalence"], 0.05)
     low = max(min([-0.05 * top, *(d - 0.03 * top for d in dots)]), -top)  # dots in view, not a plunge to -1
-    ax.set(xlabel="threshold probability", ylabel="net benefit (true positives per image)",
+    # two lines: on one, the label is as tall as the axes and is cut where the plot is short
+    ax.set(xlabel="threshold probability", ylabel="net benefit\n(true positives per image)",
            xlim=(t_all[0], t_all[-1]), ylim=(low, top * 1.1))
     ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     ax.set_title("Decision curve" + (" (dot and dotted line: the run's threshold)" if dots else ""), fontsize=11)
@@ -595,12 +597,14 @@ def render_markdown(blocks: Sequence[tuple], figure_dir: str = FIGURE_DIR) -> st
     return "\n\n".join(out) + "\n"
 
 
+BOLD = re.compile(r"\*\*(.+?)\*\*")  # Markdown's bold, as in the CV summary's mean row
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;max-width:1100px;
  margin:2em auto;padding:0 1.5em;color:#1d1d1f;line-height:1.5;font-size:15px}
 h1{font-size:1.55em;border-bottom:2px solid #d0d7de;padding-bottom:.3em;margin-bottom:.4em}
 h2{font-size:1.2em;margin-top:1.9em;border-bottom:1px solid #e5e7eb;padding-bottom:.2em;color:#1f3b63}
-table{border-collapse:collapse;margin:.7em 0;font-size:.9em}
+.table-scroll{max-width:100%;overflow-x:auto;margin:.7em 0}
+table{border-collapse:collapse;font-size:.9em}
 th,td{border:1px solid #d0d7de;padding:.35em .75em;text-align:right;vertical-align:top}
 th:first-child,td:first-child{text-align:left}
 thead th{background:#f1f4f8;font-weight:600}
@@ -615,35 +619,42 @@ ul{padding-left:1.3em} li{margin:.25em 0}
 """
 
 
+def _inline(text: str) -> str:
+    """HTML of a text as render_markdown's readers see it: escaped, Markdown's ``**bold**`` as bold."""
+    return BOLD.sub(r"<strong>\1</strong>", html.escape(text))
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table in its own box, which scrolls sideways where the table is wider than the page."""
+    head = "".join(f"<th>{_inline(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<div class=\"table-scroll\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
 def render_html(blocks: Sequence[tuple], figures: Mapping[str, bytes], title: str) -> str:
+    """One self-contained HTML page of ``blocks``, the PNG ``figures`` (name -> bytes) embedded."""
     e = html.escape
     out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head><body>"]
-    i = 0
-    while i < len(blocks):
-        block = blocks[i]
+    for block in blocks:
         kind = block[0]
         if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{e(block[1])}</{kind}>")
+            out.append(f"<{kind}>{_inline(block[1])}</{kind}>")
         elif kind == "p":
-            out.append(f"<p>{e(block[1])}</p>")
+            out.append(f"<p>{_inline(block[1])}</p>")
         elif kind == "note":
-            out.append(f"<p class=\"note\">{e(block[1])}</p>")
+            out.append(f"<p class=\"note\">{_inline(block[1])}</p>")
         elif kind == "callout":
-            out.append(f"<div class=\"callout\">{e(block[1])}</div>")
+            out.append(f"<div class=\"callout\">{_inline(block[1])}</div>")
         elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block[1]) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>")
         elif kind == "table":
-            head = "".join(f"<th>{e(h)}</th>" for h in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(_html_table(block[1], block[2]))
         elif kind == "figures":
-            items = list(block[1])
             figs = "".join(f"<figure><img alt=\"{e(cap)}\" src=\"data:image/png;base64,"
                            f"{base64.b64encode(figures[name]).decode('ascii')}\"><figcaption>{e(cap)}</figcaption>"
-                           "</figure>" for name, cap in items)
+                           "</figure>" for name, cap in block[1])
             out.append(f"<div class=\"figs\">{figs}</div>")
-        i += 1
     out.append("</body></html>\n")
     return "\n".join(out)
 
