@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hipx.stats import confidence  # noqa: E402
 from hipx.data import filenames  # noqa: E402
 from hipx.stats import metrics  # noqa: E402
-from hipx.reports.render import ci  # noqa: E402
+from hipx.reports.style import ci  # noqa: E402
 
 TARGETS = ("binary", "continuous", "ordinal")
 

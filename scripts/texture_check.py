@@ -34,7 +34,7 @@ from hipx.reports import cv as cv_report  # noqa: E402
 from hipx.data import filenames  # noqa: E402
 from hipx.core.cli import add_bootstrap, add_seed, run_main  # noqa: E402
 from hipx.data.folds import oof_splits  # noqa: E402
-from hipx.reports.render import ci  # noqa: E402
+from hipx.reports.style import ci  # noqa: E402
 
 WORK_SIZE = (128, 224)  # (width, height) of the image the features are computed on
 SCALES = (1, 2, 4, 8)  # band-pass sigma (pixels at WORK_SIZE); each band is sigma .. 2 sigma

@@ -7,6 +7,7 @@ import pytest
 from scipy.special import expit
 
 import compare
+from hipx.reports import compare as comparison
 from hipx.stats import confidence
 from hipx.data import filenames
 from hipx.stats import metrics
@@ -106,12 +107,12 @@ def test_runs_on_other_test_patients_are_refused(runs, tmp_path):
 
 def test_seeds_of_one_configuration_are_summarised_as_mean_and_sd(runs, tmp_path):
     seeds = [make_run(tmp_path / "s" / f"fold_LF_seed{s}", scores(1.5, 10 + s), seed=s) for s in (1, 2)]
-    result, _ = compare.compare_runs([*runs, *seeds], n_boot=50)
+    result, _ = comparison.compare_runs([*runs, *seeds], n_boot=50)
     assert len(result["across_seeds"]) == 1
     group = result["across_seeds"][0]
     assert group["seeds"] == [0, 1, 2] and group["runs"][0] == "cmp/fold_LF"
     aucs = [metrics.roc_auc(LABELS, scores(1.5, s)) for s in (1, 11, 12)]
     assert group["roc_auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert group["roc_auc"]["sd"] == pytest.approx(np.std(aucs, ddof=1))
-    md = compare.comparison_blocks(result)
+    md = comparison.comparison_blocks(result)
     assert any(b[0] == "h2" and b[1] == "Repeats with different seeds" for b in md)

@@ -65,6 +65,21 @@ def test_oof_summary_pools_every_patient_with_ci_and_counts_folds(tmp_path):
     assert cv_report.headline(summary).startswith(f"pooled out-of-fold ROC AUC {auc['point']:.3f}")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # six patients: some resamples hold one class
+def test_cv_report_html_has_no_literal_markdown_and_its_tables_scroll(tmp_path):
+    """The per-fold table's mean row is bold in the HTML as in the Markdown (not '**mean ± SD**' as text),
+    and every table sits in a box that scrolls sideways, so the twelve-column per-fold table stays on the page."""
+    save = tmp_path / "cv"
+    write_fold(save / "fold0", [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4)], 0.5)
+    write_fold(save / "fold1", [("d", 1, 0.7), ("e", 0, 0.8), ("f", 0, 0.1)], 0.75)
+    cv_report.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50)
+    assert "| **mean ± SD** |" in (save / "cv_report.md").read_text()
+    html = (save / "cv_report.html").read_text()
+    assert "**" not in html and "<td><strong>mean ± SD</strong></td>" in html
+    assert html.count("<table>") == html.count('<div class="table-scroll"><table>') > 0
+    assert ".table-scroll{max-width:100%;overflow-x:auto" in html
+
+
 def test_oof_summary_refuses_a_patient_tested_twice(tmp_path):
     save = tmp_path / "cv"
     write_fold(save / "fold0", [("a", 1, 0.9), ("b", 0, 0.2)], 0.5)

@@ -14,6 +14,7 @@ from hipx.data import filenames
 from hipx.data import loader
 from hipx.reports import measurement as mr
 import report
+from hipx.reports import run_report
 from hipx.runs import runfiles
 from conftest import write_split
 
@@ -164,7 +165,7 @@ def _value(spec, label, i):
 
 
 def make_run(root, spec=None, unscored=0):
-    """A scored run folder without weights (report.write_report with gallery=0 needs none): data/ with
+    """A scored run folder without weights (run_report.write_report with gallery=0 needs none): data/ with
     train/val/test, config.json with ``spec``, best.pth holding the threshold, test_predictions.csv with
     measure and predicted columns (one test image unmeasured)."""
     data = root / "data"
@@ -199,7 +200,7 @@ def make_run(root, spec=None, unscored=0):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # eight test patients: some resamples hold one class
 def test_continuous_run_report_has_the_measurement_section_and_scatter(tmp_path):
     run = make_run(tmp_path, TSCORE, unscored=2)
-    result = report.write_report(run, n_boot=100, gallery=0)
+    result = run_report.write_report(run, n_boot=100, gallery=0)
     block = result["measurement"]
     pred = pd.read_csv(run / "test_predictions.csv").dropna(subset=["measure"])
     assert block["n_scored"] == 16 and block["n_images"] == 15 and block["n_without_measure"] == 1
@@ -244,7 +245,7 @@ def test_ordinal_run_report_has_the_class_table_kappa_and_heat_map(tmp_path, cap
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_binary_run_report_has_no_measurement(tmp_path):
     run = make_run(tmp_path)
-    result = report.write_report(run, n_boot=100, gallery=0)
+    result = run_report.write_report(run, n_boot=100, gallery=0)
     md = (run / "report.md").read_text()
     assert "measurement" not in result and "Measurement" not in md and "unscored" not in md
     assert not list((run / "report_figures").glob("measure_*"))

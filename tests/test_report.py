@@ -1,5 +1,5 @@
-"""report.py: the run report (CIs over patients, thresholds from validation only, baseline comparison,
-calibration, embedded figures) and the cross-validation summary."""
+"""report.py and hipx/reports/run_report.py: the run report (CIs over patients, thresholds from validation
+only, baseline comparison, calibration, embedded figures, sections numbered when assembled)."""
 import json
 import shutil
 
@@ -16,6 +16,7 @@ from hipx.data import folds
 import main
 from hipx.stats import metrics
 import report
+from hipx.reports import run_report
 from hipx.runs import runfiles
 from conftest import write_split
 
@@ -44,7 +45,7 @@ def run(tmp_path_factory):
 
 def test_report_files_sections_and_embedded_figures(run):
     run_dir, data = run
-    result = report.write_report(run_dir, n_boot=200)
+    result = run_report.write_report(run_dir, n_boot=200)
     md = (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text()
     for section in SECTIONS:
@@ -54,7 +55,7 @@ def test_report_files_sections_and_embedded_figures(run):
     assert html.count("data:image/png;base64,") == 5 + len(kinds) and kinds
     assert "report_figures/" not in html  # self-contained
     for name in ("training", "roc_pr", "confusion", "calibration", "decision"):
-        assert (run_dir / report.FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (run_dir / run_report.FIGURE_DIR / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"report_figures/{name}.png" in md
     assert not [p for p in run_dir.rglob("*.tmp")]  # written atomically, nothing half-done left
     saved = json.loads((run_dir / "report_metrics.json").read_text())
@@ -83,7 +84,7 @@ def test_report_files_sections_and_embedded_figures(run):
 
 def test_gallery_shows_the_most_confident_case_of_each_outcome_and_can_be_left_out(run):
     run_dir, _ = run
-    result = report.write_report(run_dir, n_boot=50, gallery=1)
+    result = run_report.write_report(run_dir, n_boot=50, gallery=1)
     pred = pd.read_csv(run_dir / "test_predictions.csv")
     t = result["network"]["threshold"]
     outcome = {(1, True): "tp", (0, False): "tn", (0, True): "fp", (1, False): "fn"}
@@ -95,19 +96,19 @@ def test_gallery_shows_the_most_confident_case_of_each_outcome_and_can_be_left_o
     assert {c["kind"]: c["file"] for c in result["gallery"]} == want
     for c in result["gallery"]:
         assert c["probability"] == pytest.approx(pred.set_index("file").loc[c["file"], "probability"])
-        assert (run_dir / report.FIGURE_DIR / f"gallery_{c['kind']}.png").is_file()
+        assert (run_dir / run_report.FIGURE_DIR / f"gallery_{c['kind']}.png").is_file()
     md = (run_dir / "report.md").read_text()
     assert "## 10. Case gallery" in md and f"report_figures/gallery_{result['gallery'][0]['kind']}.png" in md
     assert f"| {result['gallery'][0]['kind'].upper()} | {result['gallery'][0]['file']} |" in md
-    none = report.write_report(run_dir, n_boot=50, gallery=0)
+    none = run_report.write_report(run_dir, n_boot=50, gallery=0)
     assert none["gallery"] == [] and "No case gallery (--gallery 0)." in (run_dir / "report.md").read_text()
     assert (run_dir / "report.html").read_text().count("data:image/png;base64,") == 5
-    assert not list((run_dir / report.FIGURE_DIR).glob("gallery_*.png"))  # the earlier report's sheets are gone
+    assert not list((run_dir / run_report.FIGURE_DIR).glob("gallery_*.png"))  # the earlier report's sheets are gone
 
 
 def test_intervals_are_over_patients_from_the_best_epochs_predictions(run):
     run_dir, _ = run
-    result = report.write_report(run_dir, n_boot=200, seed=1)
+    result = run_report.write_report(run_dir, n_boot=200, seed=1)
     pred = pd.read_csv(run_dir / "test_predictions.csv")
     y, p = pred["label"].to_numpy(), pred["probability"].to_numpy()
     t = result["network"]["threshold"]
@@ -124,7 +125,7 @@ def test_intervals_are_over_patients_from_the_best_epochs_predictions(run):
 @pytest.mark.slow
 def test_no_test_value_influences_any_threshold(run, tmp_path):
     run_dir, data = run
-    before = report.write_report(run_dir, n_boot=200)
+    before = run_report.write_report(run_dir, n_boot=200)
     data2, run2 = tmp_path / "data", tmp_path / "r" / "fold_LF"
     shutil.copytree(data, data2)
     shutil.copytree(run_dir, run2)
@@ -138,7 +139,7 @@ def test_no_test_value_influences_any_threshold(run, tmp_path):
     pred["file"] = pred["file"].map(renamed)
     pred["label"] = 1 - pred["label"]
     pred.to_csv(run2 / "test_predictions.csv", index=False)
-    after = report.write_report(run2, data_dir=data2, n_boot=200)
+    after = run_report.write_report(run2, data_dir=data2, n_boot=200)
     assert after["network"]["threshold"] == before["network"]["threshold"]
     assert after["baseline"]["threshold"] == before["baseline"]["threshold"]
     assert after["baseline"]["coef"] == before["baseline"]["coef"]
@@ -154,7 +155,7 @@ def test_report_refuses_a_data_folder_the_run_did_not_score(run, tmp_path):
     shutil.copytree(data, other)
     next((other / "test").iterdir()).unlink()
     with pytest.raises(ValueError, match="test images found .* differ from those in test_predictions.csv"):
-        report.write_report(run_dir, data_dir=other, n_boot=50)
+        run_report.write_report(run_dir, data_dir=other, n_boot=50)
     with pytest.raises(SystemExit, match="not found"):
         report.main(["--run", str(run_dir), "--data_dir", str(tmp_path / "nowhere")])
 
@@ -167,7 +168,7 @@ def test_patient_in_two_splits_is_flagged(run, tmp_path):
     first = sorted((leaky / "train").iterdir())[0]
     i = filenames.decode(first)
     first.rename(first.with_name(filenames.encode("s1", 7, i.label, i.sex, i.age, i.bmi)))
-    result = report.write_report(run_dir, data_dir=leaky, n_boot=50)
+    result = run_report.write_report(run_dir, data_dir=leaky, n_boot=50)
     assert "LEAK: 1 patient(s) have images in both train and test (e.g. s1)" in result["checks"][1]
     assert "Check: LEAK" in (run_dir / "report.md").read_text()
 
@@ -180,7 +181,7 @@ def test_every_recomputed_metric_is_cross_checked_against_test_metrics_json(run,
     assert all(len(f"{v:.9g}") > 8 for v in pred["probability"] if 0 < v < 1)  # full precision, not %.6f
     pred.loc[0, "probability"] = 1 - pred.loc[0, "probability"]  # one prediction edited after testing
     pred.to_csv(changed / "test_predictions.csv", index=False)
-    result = report.write_report(changed, data_dir=data, n_boot=50)
+    result = run_report.write_report(changed, data_dir=data, n_boot=50)
     mismatch = [c for c in result["checks"] if c.startswith("MISMATCH")]
     assert mismatch and "roc_auc" in mismatch[0]
     assert "Check: MISMATCH" in (changed / "report.md").read_text()
@@ -202,7 +203,7 @@ def test_no_baseline_and_no_sentence_about_it_without_clinical_values(run, tmp_p
         pred = pd.read_csv(moved / csv, dtype={"file": str})
         pred["file"] = pred["file"].map(renamed)
         pred.to_csv(moved / csv, index=False)
-    result = report.write_report(moved, data_dir=bare, n_boot=50)
+    result = run_report.write_report(moved, data_dir=bare, n_boot=50)
     assert result["baseline"] is None and result["comparison"] is None
     assert "no clinical value varies in the training split (sex missing, age missing, bmi missing)" in \
         result["baseline_absent"]
@@ -214,12 +215,12 @@ def test_no_baseline_and_no_sentence_about_it_without_clinical_values(run, tmp_p
 
 def test_subgroups_count_images_and_leave_out_one_class_groups(run):
     run_dir, data = run
-    result = report.write_report(run_dir, n_boot=50)
+    result = run_report.write_report(run_dir, n_boot=50)
     pred = pd.read_csv(run_dir / "test_predictions.csv", dtype={"file": str})
     info = {f: filenames.decode(f) for f in pred["file"]}
     assert result["subgroups"], "the fixture's test set has both classes in some subgroups"
     for s in result["subgroups"]:
-        field, bands = next((f, b) for v, f, b in report.SUBGROUPS if v == s["variable"])
+        field, bands = next((f, b) for v, f, b in run_report.SUBGROUPS if v == s["variable"])
         low, high = next((lo, hi) for label, lo, hi in bands if label == s["group"])
         rows = pred[[low <= getattr(info[f], field) < high for f in pred["file"]]]
         assert (s["images"], s["positives"]) == (len(rows), int(rows["label"].sum()))
@@ -227,7 +228,7 @@ def test_subgroups_count_images_and_leave_out_one_class_groups(run):
         assert 0 < s["positives"] < s["images"]  # one-class subgroups are left out
         assert s["roc_auc"]["point"] == pytest.approx(metrics.roc_auc(rows["label"], rows["probability"]))
     shown = {(s["variable"], s["group"]) for s in result["subgroups"]}
-    for variable, field, bands in report.SUBGROUPS:
+    for variable, field, bands in run_report.SUBGROUPS:
         for label, low, high in bands:
             labels = {int(r.label) for r in pred.itertuples() if low <= getattr(info[r.file], field) < high}
             assert ((variable, label) in shown) == (labels == {0, 1})
@@ -248,6 +249,18 @@ def calibrated(n_patients, seed, images_per_patient=1):
     groups = np.arange(n_patients)
     return (np.repeat(y, images_per_patient), np.repeat(p, images_per_patient),
             np.repeat(groups, images_per_patient))
+
+
+def test_sections_are_numbered_when_assembled_and_an_absent_one_takes_no_number():
+    from hipx.reports import render
+    sections = (render.Section(None, lambda r: [("h1", "T")]),
+                render.Section("Summary", lambda r: [("p", "s")], numbered=False),
+                render.Section("A", lambda r: [("p", r["a"])]), render.Section("Absent", lambda r: None),
+                render.Section("B", lambda r: []))
+    assert render.assemble(sections, {"a": "x"}) == [("h1", "T"), ("h2", "Summary"), ("p", "s"), ("h2", "1. A"),
+                                                     ("p", "x"), ("h2", "2. B")]
+    numbered = [s.title for s in render.RUN_REPORT if s.title and s.numbered]
+    assert [f"## {i}. {t}" for i, t in enumerate(numbered, 1)] == [s for s in SECTIONS if s != "## Summary"]
 
 
 def test_report_intervals_cover_the_point_and_shrink_with_more_patients():

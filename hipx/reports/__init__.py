@@ -1,0 +1,17 @@
+"""The reports: what a finished run, a cross-validation, another hospital's data or several runs show.
+
+    run_report   the run report (report.py --run): its numbers, written as report.md/.html/_metrics.json
+    cv           the cross-validation summary (report.py --cv)
+    external     external validation and recalibration (report.py --external)
+    compare      several runs side by side on the same test patients (compare.py)
+    measurement  predicted against measured value of a graded target, a section of the reports above
+    baseline     the clinical-only baseline (age, sex, BMI) the network is compared with
+    gallery      the run report's case gallery, with heatmaps
+    render       the figures, the block language and its Markdown/HTML renderers, the reports' sections
+    style        colours, the figures' look and PNG encoding, the text of numbers and intervals
+    defaults     the report commands' defaults their parsers show (stdlib only)
+
+Imports run one way inside: style <- measurement <- render <- cv, external <- run_report <- compare.
+The folder may import every folder of hipx below it (core, data, prepare, stats, models, runs,
+inference), never training or a command.
+"""

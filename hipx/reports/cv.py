@@ -1,5 +1,5 @@
 """The summary of a cross-validation over its tested fold runs: ``cv_summary.json`` (the numbers)
-and ``cv_report.md`` (drawn with :mod:`report_render`'s blocks, as the run report is).
+and ``cv_report.md`` (drawn with :mod:`render`'s blocks, as the run report is).
 
 Per fold, each fold's test metrics at its own validation threshold with mean, SD and how many
 folds entered them; for the ``oof`` design the out-of-fold probabilities pooled over every patient
@@ -19,13 +19,15 @@ import pandas as pd
 
 from hipx.stats import confidence
 from hipx.data import loader
+from hipx.reports import baseline
 from hipx.reports import measurement as measure_report
 from hipx.stats import metrics
 from hipx.runs import runfiles
 from hipx.core.runconfig import RunConfig
 from hipx.stats import decision
-from hipx.reports.render import (DECISION_NOTE, PALETTE, ci as _ci, decision_rows, figure_calibration,
-                           figure_decision_curve, figure_roc_pr, fmt as _fmt, render_html, render_markdown)
+from hipx.reports.render import (decision_blocks, figure_calibration, figure_decision_curve, figure_roc_pr,
+                                 render_html, render_markdown)
+from hipx.reports.style import PALETTE, ci as _ci, fmt as _fmt
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +120,6 @@ def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[RunConfig], data_dir
     fitted on that fold's training patients scores its test patients; pooled AUC etc. with CIs, and the
     pooled paired difference network minus baseline (patient bootstrap, clustered DeLong). Returns the
     numbers and the baseline's pooled probabilities (None where there is no baseline)."""
-    from hipx.reports import baseline
-
     try:
         base = baseline.out_of_fold([runfiles.split_files(c, data_dir) for c in configs])
     except baseline.BaselineUnavailable as exc:
@@ -177,99 +177,26 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     out_dir = Path(save_dir_path)
     if not fold_run_dirs:
         raise ValueError("write_cv_summary needs at least one fold run folder")
-    folds, predictions, designs, data_dirs, configs = [], [], set(), set(), []
-    for folder in map(Path, fold_run_dirs):
-        for name in (runfiles.BEST, runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], runfiles.CONFIG):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found: test every fold before summarising")
-        run = runfiles.load_run(folder)
-        tm = run.test_metrics()  # refused when stale: scored at another threshold than best.pth holds
-        config = RunConfig.from_dict(run.read_config())
-        configs.append(config)
-        designs.add(config.cv_design if config.is_fold else "heldout")
-        data_dirs.add(config.data_dir)
-        pred = run.predictions("test")
-        pred["fold"] = folder.name
-        predictions.append(pred)
-        row = {"run": folder.name, "epoch": tm["epoch"], "threshold": tm["threshold"], "n_images": tm["n_images"],
-               **{k: _number(tm["at_threshold"].get(k)) for k in FOLD_METRICS}}
-        rep = run.report_metrics()
-        if rep is not None:
-            base = rep.get("baseline") or {}
-            if base.get("metrics") and rep.get("comparison"):
-                row["baseline_roc_auc"] = _number(base["metrics"]["roc_auc"]["point"])
-                row["roc_auc_difference"] = _number(rep["comparison"]["auc_difference"]["diff"])
-        folds.append(row)
+    folds, predictions, configs = zip(*(read_fold(Path(folder)) for folder in fold_run_dirs))
+    designs = {c.cv_design if c.is_fold else "heldout" for c in configs}
     if len(designs) > 1:
         raise ValueError(f"the fold runs mix cross-validation designs {sorted(designs)}; summarise one run group")
     design = designs.pop()
     spec = measure_report.group_target_spec(fold_run_dirs)  # None for binary folds
-    all_files = [f for pred in predictions for f in pred["file"]]
-    baseline_note = None
-    if "varies" not in loader.clinical_states(loader.clinical_table(all_files)).values():
-        baseline_note = ("no clinical-only baseline: sex, age and BMI are missing or constant in these images, so "
-                         "there is nothing for it to learn from")
-        for row in folds:
-            row.pop("baseline_roc_auc", None)
-            row.pop("roc_auc_difference", None)
-    keys = [k for k in ("threshold", *FOLD_METRICS, "baseline_roc_auc", "roc_auc_difference")
-            if any(k in f for f in folds)]
-    per_metric = {}
-    for k in keys:
-        stats = metrics.mean_sd(_number(f.get(k)) for f in folds)
-        per_metric[k] = {"mean": stats["mean"], "sd": stats["sd"], "n_folds": stats["n"], "of": len(folds)}
+    baseline_note = _without_baseline(folds, predictions)
     summary: dict[str, Any] = {"design": design, "design_text": DESIGN_TEXT[design], "n_folds": len(folds),
-                               "n_boot": int(n_boot), "per_metric": per_metric, "folds": folds}
+                               "n_boot": int(n_boot), "per_metric": per_metric(folds), "folds": list(folds)}
     if baseline_note:
         summary["baseline_note"] = baseline_note
-    pooled = pd.concat(predictions, ignore_index=True)
-    figures: dict[str, bytes] = {}
     if design == "oof":
-        tested = pooled.groupby("patient")["fold"].nunique()
-        if (tested > 1).any() or pooled["file"].duplicated().any():
-            raise ValueError(f"{int((tested > 1).sum())} patient(s) were tested in more than one fold (e.g. "
-                             f"{list(tested[tested > 1].index[:3])}); these are not out-of-fold runs of one design")
-        y = pooled["label"].to_numpy(dtype=np.int64)
-        summary["pooled"] = {
-            "what": "out-of-fold probabilities of all folds pooled: every patient once, each scored by the model "
-                    "that never saw it; sensitivity etc. from each fold's decision at its own validation threshold",
-            "n_images": len(pooled), "n_patients": int(pooled["patient"].nunique()),
-            "n_osteoporosis_images": int(y.sum()),
-            "metrics": _with_ci(y, pooled["probability"].to_numpy(dtype=float), pooled["prediction"].to_numpy(),
-                                pooled["patient"].to_numpy(), n_boot, seed)}
+        data_dirs = {c.data_dir for c in configs}
         data_dir = data_dir or (data_dirs.pop() if len(data_dirs) == 1 else None)
-        p_base = None
-        if data_dir is not None and not baseline_note:
-            numbers, p_base = pooled_baseline(pooled, configs, data_dir, n_boot, seed)
-            summary["pooled"].update(numbers)
-        figures = cv_figures(summary["pooled"], y, pooled["probability"].to_numpy(dtype=float), p_base)
-        if spec:  # a graded target (main.py --target): predicted against measured, pooled out of fold
-            summary["measurement"] = measure_report.measurement(pooled, spec, n_boot, seed, data_dir=data_dir,
-                                                                source="the folds' test_predictions.csv",
-                                                                what="out-of-fold")
-            figures.update(measure_report.measurement_figures(summary["measurement"], pooled, spec))
-        if data_dir is not None:
-            summary["subgroups"] = subgroup_results(pooled, data_dir, by, n_boot, seed)
-        elif by:
-            raise ValueError(f"--by {by[0]}: the folds name different data folders; give --data_dir")
+        figures = _pooled_out_of_fold(summary, predictions, configs, spec, data_dir, by, n_boot, seed)
     elif by:
         raise ValueError(f"--by {by[0]}: subgroups split the pooled out-of-fold result; these runs are "
                          f"design {design} (main.py --cv oof)")
     else:
-        sets = {frozenset(pred["file"]) for pred in predictions}
-        if len(sets) == 1 and len(predictions) > 1:
-            table = pd.concat([pred.set_index("file")["probability"].rename(pred["fold"].iloc[0])
-                               for pred in predictions], axis=1)
-            first = predictions[0].set_index("file").loc[table.index]
-            p = table.mean(axis=1).to_numpy(dtype=float)
-            threshold = float(np.mean([f["threshold"] for f in folds]))
-            y = first["label"].to_numpy(dtype=np.int64)
-            summary["ensemble"] = {
-                "what": f"mean probability of the {len(folds)} fold models on the shared test set; decisions at "
-                        "the mean of the folds' validation thresholds",
-                "threshold": threshold, "n_images": len(p), "n_patients": int(first["patient"].nunique()),
-                "metrics": _with_ci(y, p, (p >= threshold).astype(int), first["patient"].to_numpy(), n_boot, seed)}
-            figures = cv_figures(summary["ensemble"], y, p, None, threshold)
+        figures = _fold_ensemble(summary, predictions, n_boot, seed)
     if spec and design != "oof":
         summary["measurement_note"] = ("the measurement statistics pool out-of-fold predictions (main.py --cv oof); "
                                        "this heldout design has none")
@@ -282,6 +209,107 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
                     f"Cross-validation summary: {out_dir.name}"))
     logger.info("cross-validation summary of %d folds written to %s", len(folds), written)
     return summary
+
+
+def read_fold(folder: Path) -> tuple[dict, pd.DataFrame, RunConfig]:
+    """One tested fold run: its row of the per-fold table (test metrics at its own threshold, and its
+    report's baseline AUC and difference where it made one), its test predictions (with a ``fold``
+    column) and its configuration. FileNotFoundError naming the file a fold lacks."""
+    for name in (runfiles.BEST, runfiles.TEST_METRICS, runfiles.PREDICTIONS["test"], runfiles.CONFIG):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found: test every fold before summarising")
+    run = runfiles.load_run(folder)
+    tm = run.test_metrics()  # refused when stale: scored at another threshold than best.pth holds
+    config = RunConfig.from_dict(run.read_config())
+    pred = run.predictions("test")
+    pred["fold"] = folder.name
+    row = {"run": folder.name, "epoch": tm["epoch"], "threshold": tm["threshold"], "n_images": tm["n_images"],
+           **{k: _number(tm["at_threshold"].get(k)) for k in FOLD_METRICS}}
+    rep = run.report_metrics()
+    if rep is not None:
+        base = rep.get("baseline") or {}
+        if base.get("metrics") and rep.get("comparison"):
+            row["baseline_roc_auc"] = _number(base["metrics"]["roc_auc"]["point"])
+            row["roc_auc_difference"] = _number(rep["comparison"]["auc_difference"]["diff"])
+    return row, pred, config
+
+
+def _without_baseline(folds: Sequence[dict], predictions: Sequence[pd.DataFrame]) -> str | None:
+    """Why no clinical-only baseline can be learnt from these images (their baseline columns are then
+    dropped from ``folds``), or None where sex, age or BMI varies."""
+    all_files = [f for pred in predictions for f in pred["file"]]
+    if "varies" in loader.clinical_states(loader.clinical_table(all_files)).values():
+        return None
+    for row in folds:
+        row.pop("baseline_roc_auc", None)
+        row.pop("roc_auc_difference", None)
+    return ("no clinical-only baseline: sex, age and BMI are missing or constant in these images, so there is "
+            "nothing for it to learn from")
+
+
+def per_metric(folds: Sequence[Mapping]) -> dict[str, dict]:
+    """Per metric of the per-fold table: mean, SD (ddof 1), how many folds entered them, of how many."""
+    keys = [k for k in ("threshold", *FOLD_METRICS, "baseline_roc_auc", "roc_auc_difference")
+            if any(k in f for f in folds)]
+    out = {}
+    for k in keys:
+        stats = metrics.mean_sd(_number(f.get(k)) for f in folds)
+        out[k] = {"mean": stats["mean"], "sd": stats["sd"], "n_folds": stats["n"], "of": len(folds)}
+    return out
+
+
+def _pooled_out_of_fold(summary: dict, predictions: Sequence[pd.DataFrame], configs: Sequence[RunConfig],
+                        spec: Mapping | None, data_dir: str | os.PathLike | None, by: Sequence[str] | None,
+                        n_boot: int, seed: int) -> dict[str, bytes]:
+    """``oof`` design: the pooled result (with the pooled baseline, the measurement and the subgroups
+    where there are) into ``summary``; returns the figures."""
+    pooled = pd.concat(predictions, ignore_index=True)
+    tested = pooled.groupby("patient")["fold"].nunique()
+    if (tested > 1).any() or pooled["file"].duplicated().any():
+        raise ValueError(f"{int((tested > 1).sum())} patient(s) were tested in more than one fold (e.g. "
+                         f"{list(tested[tested > 1].index[:3])}); these are not out-of-fold runs of one design")
+    y = pooled["label"].to_numpy(dtype=np.int64)
+    summary["pooled"] = {
+        "what": "out-of-fold probabilities of all folds pooled: every patient once, each scored by the model "
+                "that never saw it; sensitivity etc. from each fold's decision at its own validation threshold",
+        "n_images": len(pooled), "n_patients": int(pooled["patient"].nunique()),
+        "n_osteoporosis_images": int(y.sum()),
+        "metrics": _with_ci(y, pooled["probability"].to_numpy(dtype=float), pooled["prediction"].to_numpy(),
+                            pooled["patient"].to_numpy(), n_boot, seed)}
+    p_base = None
+    if data_dir is not None and not summary.get("baseline_note"):
+        numbers, p_base = pooled_baseline(pooled, configs, data_dir, n_boot, seed)
+        summary["pooled"].update(numbers)
+    figures = cv_figures(summary["pooled"], y, pooled["probability"].to_numpy(dtype=float), p_base)
+    if spec:  # a graded target (main.py --target): predicted against measured, pooled out of fold
+        summary["measurement"] = measure_report.measurement(pooled, spec, n_boot, seed, data_dir=data_dir,
+                                                            source="the folds' test_predictions.csv",
+                                                            what="out-of-fold")
+        figures.update(measure_report.measurement_figures(summary["measurement"], pooled, spec))
+    if data_dir is not None:
+        summary["subgroups"] = subgroup_results(pooled, data_dir, by, n_boot, seed)
+    elif by:
+        raise ValueError(f"--by {by[0]}: the folds name different data folders; give --data_dir")
+    return figures
+
+
+def _fold_ensemble(summary: dict, predictions: Sequence[pd.DataFrame], n_boot: int, seed: int) -> dict[str, bytes]:
+    """``heldout`` design: where every fold scored the same test images, the fold ensemble (mean
+    probability, decisions at the mean threshold) into ``summary``; returns the figures (none without)."""
+    if len({frozenset(pred["file"]) for pred in predictions}) != 1 or len(predictions) < 2:
+        return {}
+    table = pd.concat([pred.set_index("file")["probability"].rename(pred["fold"].iloc[0])
+                       for pred in predictions], axis=1)
+    first = predictions[0].set_index("file").loc[table.index]
+    p = table.mean(axis=1).to_numpy(dtype=float)
+    threshold = float(np.mean([f["threshold"] for f in summary["folds"]]))
+    y = first["label"].to_numpy(dtype=np.int64)
+    summary["ensemble"] = {
+        "what": f"mean probability of the {len(predictions)} fold models on the shared test set; decisions at "
+                "the mean of the folds' validation thresholds",
+        "threshold": threshold, "n_images": len(p), "n_patients": int(first["patient"].nunique()),
+        "metrics": _with_ci(y, p, (p >= threshold).astype(int), first["patient"].to_numpy(), n_boot, seed)}
+    return cv_figures(summary["ensemble"], y, p, None, threshold)
 
 
 def headline(summary: Mapping) -> str:
@@ -300,7 +328,7 @@ def headline(summary: Mapping) -> str:
 
 
 def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | None = None) -> list[tuple]:
-    """The blocks of ``cv_report.md`` (:func:`report_render.render_markdown` draws them) and, with
+    """The blocks of ``cv_report.md`` (:func:`render.render_markdown` draws them) and, with
     ``figures`` (:func:`cv_figures`), of ``cv_report.html``."""
     b: list[tuple] = [("h1", f"Cross-validation summary: {name}"), ("p", f"Design: {summary['design_text']}.")]
     for key, title in (("pooled", "Pooled out-of-fold result"), ("ensemble", "Fold-ensemble test result")):
@@ -342,17 +370,15 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
 
 def figure_blocks(block: Mapping) -> list[tuple]:
     """The figures of the pooled (or ensemble) result and the net-benefit table, for cv_report.html."""
-    curves = [("network", block["decision_curve"])]
+    curves = [("network", block["decision_curve"], None)]
     if block.get("baseline_decision_curve"):
-        curves.append(("clinical baseline", block["baseline_decision_curve"]))
+        curves.append(("clinical baseline", block["baseline_decision_curve"], None))
     return [("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves of the probabilities above; "
                                     "the clinical baseline's beside the network's where it exists."),
                          ("calibration", "Observed fraction with osteoporosis (Wilson 95% interval) against the mean "
-                                         "predicted probability in bins of about equal size; below: the probabilities."),
-                         ("decision", "Net benefit of acting on each probability at each threshold probability, "
-                                      "against treating every image and treating none.")]),
-            ("table", *decision_rows(curves, decision.TABLE_THRESHOLDS)),
-            ("note", DECISION_NOTE)]
+                                         "predicted probability in bins of about equal size; below: the probabilities.")]),
+            *decision_blocks(curves, "Net benefit of acting on each probability at each threshold probability, "
+                                     "against treating every image and treating none.", sentences=False)]
 
 
 def pooled_tables(block: Mapping) -> list[tuple]:

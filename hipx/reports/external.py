@@ -46,14 +46,13 @@ import numpy as np
 import pandas as pd
 
 from hipx.stats import confidence
-from hipx.stats import decision
 from hipx.data import filenames
 from hipx.data import loader
 from hipx.stats import metrics
 from hipx.stats.evaluation import ALPHA, evaluate
 from hipx.reports import render as report_render
 from hipx.runs import runfiles
-from hipx.reports.render import ci, fmt
+from hipx.reports.style import PALETTE, ci, fmt, interval_text, mean_sd_text
 
 logger = logging.getLogger(__name__)
 
@@ -308,21 +307,11 @@ def _models(r: Mapping) -> list[tuple[str, dict]]:
 def _case_mix_cell(d: Mapping | None, binary: bool) -> str:
     if d is None:
         return "n/a"
-    return f"{d['percent']:.1f}%" if binary else report_render.mean_sd_text(d)
+    return f"{d['percent']:.1f}%" if binary else mean_sd_text(d)
 
 
-def blocks(r: Mapping) -> list[tuple]:
-    """The external validation report as report_render blocks."""
-    how = report_render.interval_text(r["interval"])
-    models = _models(r)
+def _opening(r: Mapping) -> list[tuple]:
     m = r["as_trained"]["metrics"]
-    return [*_header_blocks(r, m, how), *_case_mix_blocks(r), *_discrimination_blocks(models, how),
-            *_calibration_blocks(r, models), *_threshold_blocks(r, m, how), *_decision_blocks(models),
-            *_notes_blocks(r)]
-
-
-def _header_blocks(r: Mapping, m: Mapping, how: str) -> list[tuple]:
-    """Title, what was scored and how, recalibration, the primary result."""
     model = (f"its best checkpoint (epoch {r['model']['epoch']})" if r["model"]["kind"] == "best checkpoint" else
              f"the mean of its {len(r['model']['folds'])} fold models ({', '.join(r['model']['folds'])})")
     cfg = r["run_config"]
@@ -334,62 +323,56 @@ def _header_blocks(r: Mapping, m: Mapping, how: str) -> list[tuple]:
                    f"Made {r['created']}."))
     if r.get("recalibrate"):
         c, e = r["parts"]["calibration"], r["parts"]["evaluation"]
-        b.append(("callout", f"Recalibration ({r['recalibrate']}) was fitted on {c['images']} images of {c['patients']} "
-                             f"patients (--calibrate_on {r['calibrate_on']}; from the external split(s) "
-                             f"{', '.join(c['splits'])}); every number below is on the other {e['images']} images of "
-                             f"{e['patients']} patients (split(s) {', '.join(e['splits'])}), which the recalibration never saw. external_predictions.csv "
-                             "names each image's part."))
-    primary = (f"External ROC AUC {ci(m['roc_auc'])} ({how} 95% CI over {r['patients']} patients); calibration in the "
-               f"large {ci(m['calibration_intercept'])}, calibration slope {ci(m['calibration_slope'])}")
+        b.append(("callout", f"Recalibration ({r['recalibrate']}) was fitted on {c['images']} images of "
+                             f"{c['patients']} patients (--calibrate_on {r['calibrate_on']}; from the external "
+                             f"split(s) {', '.join(c['splits'])}); every number below is on the other {e['images']} "
+                             f"images of {e['patients']} patients (split(s) {', '.join(e['splits'])}), which the "
+                             "recalibration never saw. external_predictions.csv names each image's part."))
+    primary = (f"External ROC AUC {ci(m['roc_auc'])} ({interval_text(r['interval'])} 95% CI over {r['patients']} "
+               f"patients); calibration in the large {ci(m['calibration_intercept'])}, calibration slope "
+               f"{ci(m['calibration_slope'])}")
     dev = r.get("development_test")
     if dev and dev.get("roc_auc") is not None:
         primary += f"; on the run's own test set the ROC AUC was {fmt(dev['roc_auc'])}"
-    b.append(("callout", primary + "."))
-    return b
+    return b + [("callout", primary + ".")]
 
 
-def _case_mix_blocks(r: Mapping) -> list[tuple]:
-    """1. Case mix: development against external."""
-    b: list[tuple] = [("h2", "1. Case mix: development against external")]
+def _case_mix(r: Mapping) -> list[tuple]:
     rows = [[row["variable"], _case_mix_cell(row["development"], row["binary"]),
              _case_mix_cell(row["external"], row["binary"]), fmt(row["standardised_difference"], 2)]
             for row in r["case_mix"]]
-    b.append(("table", ["Per patient", "Development (train, val, test)", f"External ({r['name']})",
-                        "Standardised difference"], rows))
     note = ("Mean ± SD or percentage over patients (a patient's images averaged); all external images, including "
             "any used for recalibration. Standardised difference = (external - development) / pooled SD; beyond ±0.1 "
             "the populations differ noticeably (Austin, Stat Med 2009).")
     if r.get("development_absent"):
         note += f" Development data not found: {r['development_absent']}"
-    b.append(("note", note))
-    return b
+    return [("table", ["Per patient", "Development (train, val, test)", f"External ({r['name']})",
+                       "Standardised difference"], rows),
+            ("note", note)]
 
 
-def _discrimination_blocks(models: list[tuple[str, dict]], how: str) -> list[tuple]:
-    """2. Discrimination."""
-    b: list[tuple] = [("h2", "2. Discrimination")]
-    b.append(("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the external images; dot: the "
-                                     "run's threshold.")]))
-    b.append(report_render.discrimination_table(models[:1], how))
-    b.append(("note", "Recalibration is monotone and leaves the ranking, and so the AUCs, unchanged."
-              if len(models) > 1 else "Intervals resample the external patients (all images of a patient together)."))
-    return b
+def _discrimination(r: Mapping) -> list[tuple]:
+    models = _models(r)
+    return [("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the external images; dot: the "
+                                    "run's threshold.")]),
+            report_render.discrimination_table(models[:1], interval_text(r["interval"])),
+            ("note", "Recalibration is monotone and leaves the ranking, and so the AUCs, unchanged."
+             if len(models) > 1 else "Intervals resample the external patients (all images of a patient together).")]
 
 
-def _calibration_blocks(r: Mapping, models: list[tuple[str, dict]]) -> list[tuple]:
-    """3. Calibration (and the recalibration's map)."""
-    b: list[tuple] = [("h2", "3. Calibration")]
-    b.append(("figures", [("calibration", "Observed fraction with osteoporosis (Wilson 95% interval) against the mean "
-                                          "predicted probability, in bins of about equal size; below: the predicted "
-                                          "probabilities.")]))
-    b.append(("table", ["Model", "Calibration in the large (intercept, 95% CI)", "Calibration slope (95% CI)",
-                        "Brier score (95% CI)", "Mean predicted", "Observed"],
-              [[name, ci(e["metrics"]["calibration_intercept"]), ci(e["metrics"]["calibration_slope"]),
-                ci(e["metrics"]["brier"]), fmt(e["mean_predicted"]), fmt(r["osteoporosis_images"] / r["images"])]
-               for name, e in models]))
-    b.append(("note", "Intercept 0 and slope 1 are ideal. An intercept below 0: the run overestimates the risk here on "
-                      "average; above 0: underestimates it. A slope below 1: its probabilities are too extreme for "
-                      "these patients (Van Calster et al., BMC Med 2019;17:230)."))
+def _calibration(r: Mapping) -> list[tuple]:
+    b: list[tuple] = [
+        ("figures", [("calibration", "Observed fraction with osteoporosis (Wilson 95% interval) against the mean "
+                                     "predicted probability, in bins of about equal size; below: the predicted "
+                                     "probabilities.")]),
+        ("table", ["Model", "Calibration in the large (intercept, 95% CI)", "Calibration slope (95% CI)",
+                   "Brier score (95% CI)", "Mean predicted", "Observed"],
+         [[name, ci(e["metrics"]["calibration_intercept"]), ci(e["metrics"]["calibration_slope"]),
+           ci(e["metrics"]["brier"]), fmt(e["mean_predicted"]), fmt(r["osteoporosis_images"] / r["images"])]
+          for name, e in _models(r)]),
+        ("note", "Intercept 0 and slope 1 are ideal. An intercept below 0: the run overestimates the risk here on "
+                 "average; above 0: underestimates it. A slope below 1: its probabilities are too extreme for "
+                 "these patients (Van Calster et al., BMC Med 2019;17:230).")]
     if r.get("recalibration"):
         rc = r["recalibration"]
         b.append(("p", f"Recalibration: logit p' = {rc['a']:+.3f} + {rc['b']:.3f} × logit p; the run's threshold "
@@ -397,47 +380,52 @@ def _calibration_blocks(r: Mapping, models: list[tuple[str, dict]]) -> list[tupl
     return b
 
 
-def _threshold_blocks(r: Mapping, m: Mapping, how: str) -> list[tuple]:
-    """4. The metrics at the run's threshold."""
-    b: list[tuple] = [("h2", "4. At the run's threshold")]
-    b.append(("figures", [("confusion", "Rows: truth; columns: the run's decision at its own threshold.")]))
-    b.append(("table", ["Metric", "External"],
-              [["Threshold (from the run's validation)", fmt(r["threshold"], 4)]]
-              + [[label, ci(m[k])] for k, label in report_render.TABLE_METRICS if k not in ("roc_auc", "pr_auc",
-                                                                                             "brier")]))
-    b.append(("note", f"Point estimate (95% CI, {how} for the AUCs and Brier score, percentile for the rest) over "
-                      f"{r['patients']} external patients, {r['n_boot']} resamples, seed {r['seed']}; conditional on "
-                      "the trained run and its threshold."))
-    return b
+def _at_threshold(r: Mapping) -> list[tuple]:
+    m = r["as_trained"]["metrics"]
+    return [("figures", [("confusion", "Rows: truth; columns: the run's decision at its own threshold.")]),
+            ("table", ["Metric", "External"],
+             [["Threshold (from the run's validation)", fmt(r["threshold"], 4)]]
+             + [[label, ci(m[k])] for k, label in report_render.TABLE_METRICS if k not in ("roc_auc", "pr_auc",
+                                                                                            "brier")]),
+            ("note", f"Point estimate (95% CI, {interval_text(r['interval'])} for the AUCs and Brier score, "
+                     f"percentile for the rest) over {r['patients']} external patients, {r['n_boot']} resamples, "
+                     f"seed {r['seed']}; conditional on the trained run and its threshold.")]
 
 
-def _decision_blocks(models: list[tuple[str, dict]]) -> list[tuple]:
-    """5. Clinical usefulness: decision curve."""
-    b: list[tuple] = [("h2", "5. Clinical usefulness: decision curve")]
-    b.append(("figures", [("decision", "Net benefit against threshold probability on the external images; dot: the "
-                                       "run's threshold.")]))
-    b.append(("table", *report_render.decision_rows([(name, e["decision_curve"]) for name, e in models],
-                                                    decision.TABLE_THRESHOLDS)))
-    b.append(("p", " ".join(report_render.decision_text(name, e["decision_curve"], e["threshold"])
-                            for name, e in models)))
-    b.append(("note", report_render.DECISION_NOTE))
-    return b
+def _decision(r: Mapping) -> list[tuple]:
+    return report_render.decision_blocks([(name, e["decision_curve"], e["threshold"]) for name, e in _models(r)],
+                                         "Net benefit against threshold probability on the external images; dot: "
+                                         "the run's threshold.")
 
 
-def _notes_blocks(r: Mapping) -> list[tuple]:
-    """6. Notes: where the predictions are, what was refitted, warnings."""
+def _notes(r: Mapping) -> list[tuple]:
     notes = [f"Predictions: {OUT_DIR}/{r['name']}/external_predictions.csv (every image, with its split"
              + (", part and recalibrated probability)." if r.get("recalibrate") else ")."),
              "Nothing was refitted on the external data" + (" except the recalibration named above." if
                                                              r.get("recalibrate") else ".")]
     notes += [f"Warning: {w}" for w in r["warnings"]]
-    return [("h2", "6. Notes"), ("list", notes)]
+    return [("list", notes)]
+
+
+# The external validation report, in order (report_render.Section: titled sections are numbered).
+SECTIONS = (report_render.Section(None, _opening),
+            report_render.Section("Case mix: development against external", _case_mix),
+            report_render.Section("Discrimination", _discrimination),
+            report_render.Section("Calibration", _calibration),
+            report_render.Section("At the run's threshold", _at_threshold),
+            report_render.Section("Clinical usefulness: decision curve", _decision),
+            report_render.Section("Notes", _notes))
+
+
+def blocks(r: Mapping) -> list[tuple]:
+    """The external validation report as report_render blocks."""
+    return report_render.assemble(SECTIONS, r)
 
 
 def figures(r: Mapping, table: pd.DataFrame, part: np.ndarray) -> dict[str, bytes]:
     rest = table[~part]
     y, p = rest["label"].to_numpy(dtype=np.int64), rest["probability"].to_numpy(dtype=np.float64)
-    colours = report_render.PALETTE
+    colours = PALETTE
     probs = [p]
     if r.get("recalibration"):
         probs.append(confidence.recalibrate(p, r["recalibration"]["a"], r["recalibration"]["b"]))

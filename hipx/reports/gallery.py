@@ -13,7 +13,6 @@ BMI. The probabilities are those of ``test_predictions.csv``; the maps are recom
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ from hipx.core import runtime
 from hipx.core.choices import OUTCOME_NAMES
 from hipx.data import loader
 from hipx.inference import heatmaps
+from hipx.reports.style import png
 from hipx.runs import runfiles
 
 logger = logging.getLogger(__name__)
@@ -32,12 +32,6 @@ logger = logging.getLogger(__name__)
 ORDER = ("tp", "tn", "fp", "fn")  # the outcome kinds (choices.OUTCOMES), hits before misses
 METHOD = "expected_gradients"
 N_REFERENCES = 16  # training radiographs the maps are measured against (visualize_gradcam.py's default)
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def case_gallery(run_dir: str | os.PathLike, files: Mapping[str, Sequence[Path]], n: int = 2, device: str = "auto",
@@ -72,5 +66,5 @@ def case_gallery(run_dir: str | os.PathLike, files: Mapping[str, Sequence[Path]]
                          "bmi": case.info.bmi})
         title_text = (f"{title}: expected gradients of the osteoporosis score vs {len(references)} training "
                       f"radiographs\nrun {run.dir.parent.name}/{run.dir.name}, epoch {run.epoch}")
-        figures[f"gallery_{kind}"] = _png(heatmaps.render_sheet(cases, run.threshold, title_text, cols=max(2, n)))
+        figures[f"gallery_{kind}"] = png(heatmaps.render_sheet(cases, run.threshold, title_text, cols=max(2, n)))
     return rows, figures

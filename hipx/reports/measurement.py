@@ -6,7 +6,7 @@ they are.
     spec = target_spec(config)                  # None for a binary run: nothing is added
     block = measurement(predictions, spec, n_boot=2000, seed=0)
     figures = measurement_figures(block, predictions, spec)
-    blocks = report_blocks(block)               # report_render's block language
+    blocks = report_blocks(block)               # render's block language
 
 Continuous targets (T-score, BMD): mean absolute error in the measure's unit, Pearson r and Spearman
 rho between the predicted and the measured value. Ordinal targets (Singh grade, WHO class): the
@@ -34,9 +34,9 @@ from hipx.stats import confidence
 from hipx.data import filenames
 from hipx.core import measures
 from hipx.core import targets
-from hipx.reports.render import NET, BASE, _png, _style, ci, interval_text
+from hipx.runs import runfiles
+from hipx.reports.style import BASE, NET, ci, interval_text, png, style_axes
 
-KINDS = ("binary", "ordinal", "continuous")
 ALPHA = 0.05
 FIGURE = {"continuous": "measure_scatter", "ordinal": "measure_confusion"}  # report_figures/<name>.png
 UNSCORED_TEXT = ("Images without a binary label (the data folder's {folder}/ images, e.g. Singh grades 3-4{count}) "
@@ -53,8 +53,8 @@ def target_spec(config: Mapping | None) -> dict | None:
     if not spec or spec.get("kind", "binary") == "binary":
         return None
     kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"config target_spec kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in targets.KINDS:
+        raise ValueError(f"config target_spec kind {kind!r}; expected one of {', '.join(targets.KINDS)}")
     out = dict(spec)
     cut = spec.get("cut")
     out["cut"] = None if cut is None else float(cut)
@@ -74,8 +74,6 @@ def target_spec(config: Mapping | None) -> dict | None:
 def run_target_spec(run: Any) -> dict | None:
     """:func:`target_spec` of a run folder (a :class:`runfiles.Run`, loaded or not, or its path): its
     ``config.json``, else the configuration stored in its loaded checkpoint."""
-    from hipx.runs import runfiles
-
     run = run if isinstance(run, runfiles.Run) else runfiles.Run(Path(run))
     if run.config_file.is_file():
         return target_spec(run.read_config())
@@ -291,9 +289,9 @@ def figure_scatter(measured: np.ndarray, predicted: np.ndarray, label: np.ndarra
     ax.set_aspect("equal")
     ax.set_title(f"Predicted against measured {name} ({measured.size} images)", fontsize=11)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
-    _style(ax)
+    style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def figure_confusion_table(confusion: Sequence[Sequence[int]], classes: Sequence[str], cut: int | None,
@@ -319,7 +317,7 @@ def figure_confusion_table(confusion: Sequence[Sequence[int]], classes: Sequence
     ax.set_title("Classes (colour: share of the row)" + ("; dashed: the cut" if cut is not None else ""),
                  fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def measurement_figures(block: Mapping, predictions: pd.DataFrame, spec: Mapping) -> dict[str, bytes]:
@@ -357,7 +355,7 @@ def headline(block: Mapping | None) -> str:
 
 
 def report_blocks(block: Mapping, figures: bool = True) -> list[tuple]:
-    """The measurement section in :mod:`report_render`'s block language; ``figures``: with the figure
+    """The measurement section in :mod:`render`'s block language; ``figures``: with the figure
     (run reports and cv_report.html; not cv_report.md, which has none)."""
     name, unit = block.get("name") or "measured value", block.get("unit") or ""
     kind = block["kind"]

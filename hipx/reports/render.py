@@ -1,24 +1,30 @@
-"""Rendering of run reports and run comparisons: figures, a small block language, and its
-Markdown and self-contained HTML renderers.
+"""Rendering of the reports: their figures, a small block language with its Markdown and
+self-contained HTML renderers, the sections a report is made of, and the run report's sections.
 
     from hipx.reports.render import report_blocks, render_markdown, render_html
-    blocks = report_blocks(result)              # result: the numbers report.py computed
+    blocks = report_blocks(result)              # result: the numbers run_report.write_report computed
     render_html(blocks, figures, "Run report")  # one file, figures embedded as base64 PNG
 
-Nothing here computes a statistic: every number comes from :mod:`report` (or :mod:`compare`),
-and this module only decides how it is shown.
+Nothing here computes a statistic: every number comes from :mod:`run_report` (or :mod:`compare`,
+:mod:`cv`, :mod:`external`), and this module only decides how it is shown. Colours and the text of
+a number are :mod:`style`'s.
 
 Blocks shared by the Markdown and HTML renderings:
     ("h1"|"h2"|"p"|"note"|"callout", text), ("table", header, rows), ("list", items),
     ("figures", [(name, caption), ...])  -- figures shown side by side in HTML
+
+A report is a sequence of :class:`Section` (a title and a function of the report's numbers that
+returns its blocks); :func:`assemble` numbers the titled ones. A new section of the run report is
+one function added to :data:`RUN_REPORT`.
 """
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
-from typing import Any, Mapping, Sequence
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,7 +37,10 @@ from hipx.stats import decision
 from hipx.core import fusion
 from hipx.data import loader
 from hipx.stats import metrics
+from hipx.reports import measurement as measure_report
 from hipx.runs import runfiles
+from hipx.reports.style import (NET, PALETTE, ci, fmt, interval_text, mean_sd_text, p_relation, p_text, png,
+                                style_axes)
 
 FIGURE_DIR = runfiles.REPORT_FIGURES  # where report.md finds its figures
 # (key of confidence.bootstrap_metrics, label), in the order of the metrics table
@@ -39,23 +48,9 @@ TABLE_METRICS = (("roc_auc", "ROC AUC"), ("pr_auc", "PR AUC (average precision)"
                  ("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "PPV (precision)"),
                  ("npv", "NPV"), ("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"),
                  ("f1", "F1"), ("f2", "F2"), ("mcc", "MCC"))
-NET, BASE = "#1f5fa8", "#d9730d"  # network / clinical baseline colours in every figure
-# colours of further models (compare.py), after NET and BASE
-PALETTE = (NET, BASE, "#2a9d4b", "#8e44ad", "#c0392b", "#7f8c8d", "#b8860b", "#17becf")
 
 
 # --------------------------------------------------------------------------- figures
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _style(ax) -> None:
-    ax.grid(True, alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
-
 
 def figure_training(history: pd.DataFrame, best_epoch: int, select_metric: str) -> bytes:
     """Train and val loss, and val ROC AUC, per epoch; the selected epoch marked."""
@@ -73,9 +68,9 @@ def figure_training(history: pd.DataFrame, best_epoch: int, select_metric: str) 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=11)
         ax.legend(fontsize=8, frameon=False)
-        _style(ax)
+        style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def _two_classes(y: np.ndarray) -> bool:
@@ -117,9 +112,9 @@ def figure_roc_pr(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, float |
     for ax in (ax_roc, ax_pr):
         ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left", frameon=False)
         ax.set_aspect("equal")
-        _style(ax)
+        style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def figure_confusion(matrices: Sequence[tuple[str, Mapping[str, int], float]]) -> bytes:
@@ -140,7 +135,7 @@ def figure_confusion(matrices: Sequence[tuple[str, Mapping[str, int], float]]) -
         ax.set_ylabel("true")
         ax.set_title(f"{name} (threshold {t:.3f})", fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def calibration_bins(n: int) -> int:
@@ -180,8 +175,8 @@ def figure_calibration(y: np.ndarray, models: Sequence[tuple[str, np.ndarray, st
     ax.tick_params(labelbottom=False)
     ax_hist.set(xlabel="predicted probability of osteoporosis", ylabel="images")
     for a in (ax, ax_hist):
-        _style(a)
-    return _png(fig)
+        style_axes(a)
+    return png(fig)
 
 
 def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str]]) -> bytes:
@@ -203,14 +198,15 @@ def figure_decision_curve(curves: Sequence[tuple[str, Mapping, float | None, str
             dots.append(at["net_benefit"])
     top = max(first["prevalence"], 0.05)
     low = max(min([-0.05 * top, *(d - 0.03 * top for d in dots)]), -top)  # dots in view, not a plunge to -1
-    ax.set(xlabel="threshold probability", ylabel="net benefit (true positives per image)",
+    # two lines: on one, the label is as tall as the axes and is cut where the plot is short
+    ax.set(xlabel="threshold probability", ylabel="net benefit\n(true positives per image)",
            xlim=(t_all[0], t_all[-1]), ylim=(low, top * 1.1))
     ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     ax.set_title("Decision curve" + (" (dot and dotted line: the run's threshold)" if dots else ""), fontsize=11)
     ax.legend(fontsize=8, frameon=False, loc="upper right")
-    _style(ax)
+    style_axes(ax)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def discrimination_table(models: Sequence[tuple[str, Mapping]], how: str) -> tuple:
@@ -263,44 +259,22 @@ DECISION_NOTE = ("Net benefit = TP/n - FP/n × p_t/(1 - p_t): true positives per
                  "treat-none. Net benefit uses this data's prevalence; it is per image and has no interval here.")
 
 
+
+def decision_blocks(models: Sequence[tuple[str, Mapping, float | None]], caption: str,
+                    sentences: bool = True) -> list[tuple]:
+    """The decision-curve part of a report, for each (name, decision.decision_curve dict, run threshold):
+    the figure ``decision`` with ``caption``, the net benefit at :data:`decision.TABLE_THRESHOLDS`, with
+    ``sentences`` one sentence per model on where it beats treat-all and treat-none, and the note on
+    reading net benefit."""
+    b: list[tuple] = [("figures", [("decision", caption)]),
+                      ("table", *decision_rows([(name, curve) for name, curve, _ in models],
+                                               decision.TABLE_THRESHOLDS))]
+    if sentences:
+        b.append(("p", " ".join(decision_text(name, curve, threshold) for name, curve, threshold in models)))
+    return b + [("note", DECISION_NOTE)]
+
+
 # --------------------------------------------------------------------------- text
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def ci(d: Mapping | None, key: str = "point", digits: int = 3) -> str:
-    """'0.812 (0.731 to 0.884)' from dict(point|auc|diff, low, high); 'n/a' for None."""
-    if d is None:
-        return "n/a"
-    if not math.isfinite(d.get(key, math.nan) if d.get(key) is not None else math.nan):
-        return "n/a"
-    low, high = d.get("low"), d.get("high")
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{fmt(d[key], digits)} (CI n/a)"
-    return f"{fmt(d[key], digits)} ({fmt(low, digits)} to {fmt(high, digits)})"
-
-
-def p_text(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def p_relation(value: float | None) -> str:
-    """'< 0.001' or '= 0.123', to follow a 'p' in a sentence."""
-    text = p_text(value)
-    return text if text.startswith("<") else f"= {text}"
-
-
-def mean_sd_text(d: Mapping, digits: int = 1) -> str:
-    if not d or d.get("n", 0) == 0:
-        return "n/a"
-    sd = f" ± {d['sd']:.{digits}f}" if math.isfinite(d["sd"]) else ""
-    return f"{d['mean']:.{digits}f}{sd}"
-
 
 def verdict(diff: Mapping) -> str:
     """Plain-language reading of the AUC difference network - baseline and its 95% CI."""
@@ -317,18 +291,10 @@ def verdict(diff: Mapping) -> str:
             "difference includes 0. (A small test set can also hide a real difference; see the interval's width.)")
 
 
-# Blocks shared by the Markdown and HTML renderings:
-#   ("h1"|"h2"|"p"|"note"|"callout", text), ("table", header, rows), ("list", items),
-
-
 def fusion_text(config: Mapping) -> str:
     """How the run used sex, age and BMI, in words."""
     mode = fusion.of_config(config)
     return "image only, no clinical values" if mode == "image" else f"{fusion.text(mode)} of sex, age and BMI"
-
-
-def interval_text(interval: str) -> str:
-    return {"bca": "BCa bootstrap", "percentile": "percentile bootstrap"}.get(interval, interval)
 
 
 def _model_rows(r: dict) -> list[tuple[str, dict]]:
@@ -352,21 +318,49 @@ def primary_text(r: dict) -> str:
     return text + ". Every other number in this report is secondary."
 
 
-def report_blocks(r: dict) -> list[tuple]:
-    """The blocks of a run report from the numbers report.write_report computed."""
-    net, base, cmp_ = r["network"], r.get("baseline"), r.get("comparison")
-    m = net["metrics"]
-    test = r["data"]["test"]
-    cfg = r["run_config"]
-    how = interval_text(r["interval"])
-    b: list[tuple] = [("h1", f"Run report: {r['run']}")]
-    b.append(("p", f"Model {cfg.get('model')} ({fusion_text(cfg)}), input {cfg['image_size'][0]} x "
-                   f"{cfg['image_size'][1]} pixels, trained {len(r['history']) if r['history'] else '?'} epochs; the "
-                   f"best epoch by validation {r['select_metric']} is epoch {r['epoch']}, and only its checkpoint was "
-                   f"scored on test. Data: {r['data_dir']}. Report made {r['created']}."))
+# --------------------------------------------------------------------------- a report's sections
 
-    b.append(("h2", "Summary"))
-    b.append(("callout", primary_text(r)))
+@dataclass(frozen=True)
+class Section:
+    """One section of a report: ``build(r)`` returns its blocks from the report's numbers ``r``, or
+    None where this report has no such section. A section with a ``title`` opens with it as an h2,
+    numbered in order when the report is assembled unless ``numbered`` is False; an untitled one
+    (``title`` None) brings its own heading, if any."""
+    title: str | None
+    build: Callable[[Mapping], list[tuple] | None]
+    numbered: bool = True
+
+
+def assemble(sections: Sequence[Section], r: Mapping) -> list[tuple]:
+    """The blocks of a report made of ``sections``: each present section's blocks in order, the
+    numbered ones headed 1., 2., ... (numbers count the sections present)."""
+    b: list[tuple] = []
+    number = 0
+    for section in sections:
+        body = section.build(r)
+        if body is None:
+            continue
+        if section.title is not None:
+            number += section.numbered
+            b.append(("h2", f"{number}. {section.title}" if section.numbered else section.title))
+        b += body
+    return b
+
+
+# --------------------------------------------------------------------------- the run report's sections
+
+def _opening(r: Mapping) -> list[tuple]:
+    cfg = r["run_config"]
+    return [("h1", f"Run report: {r['run']}"),
+            ("p", f"Model {cfg.get('model')} ({fusion_text(cfg)}), input {cfg['image_size'][0]} x "
+                  f"{cfg['image_size'][1]} pixels, trained {len(r['history']) if r['history'] else '?'} epochs; the "
+                  f"best epoch by validation {r['select_metric']} is epoch {r['epoch']}, and only its checkpoint was "
+                  f"scored on test. Data: {r['data_dir']}. Report made {r['created']}.")]
+
+
+def _summary(r: Mapping) -> list[tuple]:
+    net, base, cmp_ = r["network"], r.get("baseline"), r.get("comparison")
+    m, test = net["metrics"], r["data"]["test"]
     summary = (f"Test set: {test['images']} images of {test['patients']} patients, {test['osteoporosis_images']} "
                f"with osteoporosis ({100 * test['prevalence']:.0f}%). At the threshold {net['threshold']:.3f} fixed "
                f"on validation: sensitivity {ci(m['sensitivity'])}, specificity {ci(m['specificity'])}; these hold "
@@ -374,11 +368,13 @@ def report_blocks(r: dict) -> list[tuple]:
     if base:
         summary += (f" Clinical-only baseline (age, sex, BMI) ROC AUC {ci(base['metrics']['roc_auc'])}; DeLong test "
                     f"clustered by patient p {p_relation(cmp_['delong_test']['p_value'])}.")
-    b.append(("p", summary + " 95% confidence intervals in parentheses."))
-    b.append(("p", verdict(cmp_["auc_difference"]) if cmp_ else f"No clinical-only baseline: {r['baseline_absent']}."))
-    b += [("callout", f"Check: {c}") for c in r["checks"] if c.startswith(("LEAK", "MISMATCH")) or "do NOT" in c]
+    return [("callout", primary_text(r)),
+            ("p", summary + " 95% confidence intervals in parentheses."),
+            ("p", verdict(cmp_["auc_difference"]) if cmp_ else f"No clinical-only baseline: {r['baseline_absent']}."),
+            *(("callout", f"Check: {c}") for c in r["checks"] if c.startswith(("LEAK", "MISMATCH")) or "do NOT" in c)]
 
-    b.append(("h2", "1. Data"))
+
+def _data(r: Mapping) -> list[tuple]:
     rows = []
     for split in (*loader.SPLITS, "all"):
         d = r["data"][split]
@@ -390,112 +386,117 @@ def report_blocks(r: dict) -> list[tuple]:
                      f"{d['osteoporosis_images']} ({100 * d['prevalence']:.1f}%)", str(d["osteoporosis_patients"]),
                      mean_sd_text(d["age"]), fmt(d["female_percent"], 1), mean_sd_text(d["bmi"]),
                      " / ".join(f"{miss[c]:.0f}" for c in ("age", "sex", "bmi"))])
-    b.append(("table", ["Split", "Images", "Patients", "Osteoporosis images (%)", "Patients with osteoporosis",
-                        "Age, years (mean ± SD)", "Female (%)", "BMI, kg/m² (mean ± SD)",
-                        "Missing age / sex / BMI (%)"], rows))
-    b.append(("note", "Clinical values per patient (mean over the patient's images); percentages of patients with "
-                      "a known value. Missing values are imputed with the training "
-                      "mean for both the network and the baseline."))
+    return [("table", ["Split", "Images", "Patients", "Osteoporosis images (%)", "Patients with osteoporosis",
+                       "Age, years (mean ± SD)", "Female (%)", "BMI, kg/m² (mean ± SD)",
+                       "Missing age / sex / BMI (%)"], rows),
+            ("note", "Clinical values per patient (mean over the patient's images); percentages of patients with "
+                     "a known value. Missing values are imputed with the training "
+                     "mean for both the network and the baseline.")]
 
-    b.append(("h2", "2. Training"))
-    if r["history"]:
-        val_auc = next((h.get("val_roc_auc") for h in r["history"] if int(h["epoch"]) == r["epoch"]), None)
-        b.append(("figures", [("training", "Loss per epoch (left) and validation ROC AUC (right); the dotted line "
-                                           "marks the epoch whose checkpoint was tested.")]))
-        b.append(("p", f"Best epoch {r['epoch']} (validation ROC AUC {fmt(val_auc)}), selected by validation "
-                       f"{r['select_metric']}. Its threshold was stored in best.pth at that moment, before any "
-                       "test image was scored."))
-    else:
-        b.append(("p", "history.csv not found; no training curves."))
 
-    b.append(("h2", "3. Discrimination on test"))
-    b.append(("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the test set; dots: each "
-                                     "model's operating point at its validation threshold.")]))
-    b.append(discrimination_table(_model_rows(r), how))
+def _training(r: Mapping) -> list[tuple]:
+    if not r["history"]:
+        return [("p", "history.csv not found; no training curves.")]
+    val_auc = next((h.get("val_roc_auc") for h in r["history"] if int(h["epoch"]) == r["epoch"]), None)
+    return [("figures", [("training", "Loss per epoch (left) and validation ROC AUC (right); the dotted line "
+                                      "marks the epoch whose checkpoint was tested.")]),
+            ("p", f"Best epoch {r['epoch']} (validation ROC AUC {fmt(val_auc)}), selected by validation "
+                  f"{r['select_metric']}. Its threshold was stored in best.pth at that moment, before any "
+                  "test image was scored.")]
 
-    b.append(("h2", "4. Test metrics with 95% confidence intervals"))
-    b.append(("table", ["Metric", *(name for name, _ in _model_rows(r))],
-              [["Threshold (from validation)", *(fmt(e["threshold"]) for _, e in _model_rows(r))]]
-              + [[label, *(ci(e["metrics"][k]) for _, e in _model_rows(r))] for k, label in TABLE_METRICS]))
-    b.append(("note", f"Point estimate (95% CI) over {test['patients']} test patients (all images of a drawn patient "
-                      f"together), {r['n_boot']} resamples, seed {r['seed']}: {how} for ROC AUC, PR AUC and Brier "
-                      "score, percentile for the rest. Threshold metrics (sensitivity to MCC) are conditional on "
-                      "this trained model and on the threshold chosen on validation (Youden's J): the intervals "
-                      "describe the sampling of test patients only, not a retraining or a re-chosen threshold."))
 
-    b.append(("h2", "5. Confusion matrix at the validation threshold"))
-    b.append(("figures", [("confusion", "Rows: truth; columns: prediction (osteoporosis when probability >= "
-                                        "threshold).")]))
-    b.append(("table", ["Model", "TP", "FN", "TN", "FP"],
-              [[name, *(str(e["confusion"][k]) for k in ("tp", "fn", "tn", "fp"))] for name, e in _model_rows(r)]))
+def _discrimination(r: Mapping) -> list[tuple]:
+    return [("figures", [("roc_pr", "ROC (left) and precision-recall (right) curves on the test set; dots: each "
+                                    "model's operating point at its validation threshold.")]),
+            discrimination_table(_model_rows(r), interval_text(r["interval"]))]
 
-    b.append(("h2", "6. Calibration"))
-    b.append(("figures", [("calibration", f"Observed fraction with osteoporosis (Wilson 95% interval) against the "
-                                          f"mean predicted probability, in {calibration_bins(test['images'])} bins "
-                                          "holding about equal numbers of test images; below: the predicted "
-                                          "probabilities.")]))
-    b.append(("table", ["Model", "Brier score (95% CI)", "Calibration slope (95% CI)",
-                        "Calibration intercept (95% CI)", "Probabilities clipped"],
-              [[name, ci(e["metrics"]["brier"]), ci(e["metrics"]["calibration_slope"]),
-                ci(e["metrics"]["calibration_intercept"]), str(e["calibration"]["n_clipped"])]
-               for name, e in _model_rows(r)]))
-    b.append(("note", "Slope 1 and intercept 0 are ideal; a slope below 1 means too extreme (over-confident) "
-                      "probabilities, an intercept below 0 risks overestimated on average (Van Calster et al., "
-                      f"BMC Med 2019;17:230). Intervals: {how} over patients, on the same resamples as the metrics. "
-                      "Probabilities below 1e-6 or above 1 - 1e-6 are clipped to logit ±13.8 for the fit; many "
-                      "clipped values can drive the slope. Brier score: mean squared error of the probability, lower "
-                      "is better."))
 
-    b.append(("h2", "7. Clinical usefulness: decision curve"))
-    b.append(("figures", [("decision", "Net benefit of acting on the model's probability at each threshold "
-                                       "probability, against treating every image and treating none; the dot "
-                                       "and dotted line mark the threshold chosen on validation.")]))
-    b.append(("table", *decision_rows([(name, e["decision_curve"]) for name, e in _model_rows(r)],
-                                      decision.TABLE_THRESHOLDS)))
-    b.append(("p", " ".join(decision_text(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r))))
-    b.append(("note", DECISION_NOTE))
+def _metrics(r: Mapping) -> list[tuple]:
+    models = _model_rows(r)
+    return [("table", ["Metric", *(name for name, _ in models)],
+             [["Threshold (from validation)", *(fmt(e["threshold"]) for _, e in models)]]
+             + [[label, *(ci(e["metrics"][k]) for _, e in models)] for k, label in TABLE_METRICS]),
+            ("note", f"Point estimate (95% CI) over {r['data']['test']['patients']} test patients (all images of a "
+                     f"drawn patient together), {r['n_boot']} resamples, seed {r['seed']}: "
+                     f"{interval_text(r['interval'])} for ROC AUC, PR AUC and Brier "
+                     "score, percentile for the rest. Threshold metrics (sensitivity to MCC) are conditional on "
+                     "this trained model and on the threshold chosen on validation (Youden's J): the intervals "
+                     "describe the sampling of test patients only, not a retraining or a re-chosen threshold.")]
 
-    b.append(("h2", "8. Does the image add to age, sex and BMI?"))
-    if cmp_:
-        d, dl = cmp_["auc_difference"], cmp_["delong_test"]
-        b.append(("table", ["Comparison on the same test images", "Value"],
-                  [["ROC AUC, network", fmt(m["roc_auc"]["point"])],
-                   ["ROC AUC, clinical baseline", fmt(base["metrics"]["roc_auc"]["point"])],
-                   ["Difference (paired bootstrap over patients, 95% CI) - primary", ci(d, "diff")],
-                   ["p-value, paired bootstrap over patients", p_text(d["p_value"])],
-                   ["p-value, DeLong test clustered by patient", p_text(dl["p_value"])]]))
-        b.append(("p", verdict(d)))
-        b.append(("p", "Clinical baseline: logistic regression on standardised sex, age and BMI, fitted on the "
-                       f"{base['n_train']} training images (L2 penalty C = {base['C']:g}); log-odds per training SD: "
-                       + ", ".join(f"{k} {v:+.3f}" for k, v in base["coef"].items())
-                       + f"; intercept {base['intercept']:+.3f}. Validation ROC AUC {fmt(base['val_roc_auc'])}."))
-    else:
-        b.append(("p", f"No clinical-only baseline is fitted: {r['baseline_absent']}. Without it this report cannot "
-                       "say whether the image adds to the clinical values."))
 
-    b.append(("h2", "9. Subgroups"))
-    if r["subgroups"]:
-        b.append(("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images",
-                            f"Network ROC AUC ({how} 95% CI)"],
-                  [[s["variable"], s["group"], str(s["images"]), str(s["patients"]), str(s["positives"]),
-                    ci(s["roc_auc"])] for s in r["subgroups"]]))
-        b.append(("note", "Test images by the patient's sex, age band and BMI band (WHO: < 25, 25 to < 30, >= 30 "
-                          "kg/m²); images with the value missing and subgroups holding one class only are left out. "
-                          "Intervals resample the subgroup's patients. Subgroup results are descriptive: small "
-                          "subgroups have wide intervals, and no test between subgroups is made."))
-    else:
-        b.append(("p", "No subgroup holds both classes with a known clinical value; no subgroup AUC is shown."))
+def _confusion(r: Mapping) -> list[tuple]:
+    return [("figures", [("confusion", "Rows: truth; columns: prediction (osteoporosis when probability >= "
+                                       "threshold).")]),
+            ("table", ["Model", "TP", "FN", "TN", "FP"],
+             [[name, *(str(e["confusion"][k]) for k in ("tp", "fn", "tn", "fp"))] for name, e in _model_rows(r)])]
 
-    b.append(("h2", "10. Case gallery"))
-    b += gallery_blocks(r)
 
-    if r.get("measurement"):  # a graded target's (measure_report.py); binary runs have none
-        from hipx.reports import measurement as measure_report  # it draws with this module's helpers: imported here, not at the top
+def _calibration(r: Mapping) -> list[tuple]:
+    bins = calibration_bins(r["data"]["test"]["images"])
+    return [("figures", [("calibration", f"Observed fraction with osteoporosis (Wilson 95% interval) against the "
+                                         f"mean predicted probability, in {bins} bins holding about equal numbers of "
+                                         "test images; below: the predicted probabilities.")]),
+            ("table", ["Model", "Brier score (95% CI)", "Calibration slope (95% CI)",
+                       "Calibration intercept (95% CI)", "Probabilities clipped"],
+             [[name, ci(e["metrics"]["brier"]), ci(e["metrics"]["calibration_slope"]),
+               ci(e["metrics"]["calibration_intercept"]), str(e["calibration"]["n_clipped"])]
+              for name, e in _model_rows(r)]),
+            ("note", "Slope 1 and intercept 0 are ideal; a slope below 1 means too extreme (over-confident) "
+                     "probabilities, an intercept below 0 risks overestimated on average (Van Calster et al., "
+                     f"BMC Med 2019;17:230). Intervals: {interval_text(r['interval'])} over patients, on the same "
+                     "resamples as the metrics. Probabilities below 1e-6 or above 1 - 1e-6 are clipped to logit ±13.8 "
+                     "for the fit; many clipped values can drive the slope. Brier score: mean squared error of the "
+                     "probability, lower is better.")]
 
-        b += measure_report.report_blocks(r["measurement"])
-    b.append(("h2", "11. Methods and notes"))
+
+def _decision(r: Mapping) -> list[tuple]:
+    return decision_blocks([(name, e["decision_curve"], e["threshold"]) for name, e in _model_rows(r)],
+                           "Net benefit of acting on the model's probability at each threshold probability, against "
+                           "treating every image and treating none; the dot and dotted line mark the threshold chosen "
+                           "on validation.")
+
+
+def _image_adds(r: Mapping) -> list[tuple]:
+    base, cmp_ = r.get("baseline"), r.get("comparison")
+    if not cmp_:
+        return [("p", f"No clinical-only baseline is fitted: {r['baseline_absent']}. Without it this report cannot "
+                      "say whether the image adds to the clinical values.")]
+    d, dl = cmp_["auc_difference"], cmp_["delong_test"]
+    return [("table", ["Comparison on the same test images", "Value"],
+             [["ROC AUC, network", fmt(r["network"]["metrics"]["roc_auc"]["point"])],
+              ["ROC AUC, clinical baseline", fmt(base["metrics"]["roc_auc"]["point"])],
+              ["Difference (paired bootstrap over patients, 95% CI) - primary", ci(d, "diff")],
+              ["p-value, paired bootstrap over patients", p_text(d["p_value"])],
+              ["p-value, DeLong test clustered by patient", p_text(dl["p_value"])]]),
+            ("p", verdict(d)),
+            ("p", "Clinical baseline: logistic regression on standardised sex, age and BMI, fitted on the "
+                  f"{base['n_train']} training images (L2 penalty C = {base['C']:g}); log-odds per training SD: "
+                  + ", ".join(f"{k} {v:+.3f}" for k, v in base["coef"].items())
+                  + f"; intercept {base['intercept']:+.3f}. Validation ROC AUC {fmt(base['val_roc_auc'])}.")]
+
+
+def _subgroups(r: Mapping) -> list[tuple]:
+    if not r["subgroups"]:
+        return [("p", "No subgroup holds both classes with a known clinical value; no subgroup AUC is shown.")]
+    return [("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images",
+                       f"Network ROC AUC ({interval_text(r['interval'])} 95% CI)"],
+             [[s["variable"], s["group"], str(s["images"]), str(s["patients"]), str(s["positives"]),
+               ci(s["roc_auc"])] for s in r["subgroups"]]),
+            ("note", "Test images by the patient's sex, age band and BMI band (WHO: < 25, 25 to < 30, >= 30 "
+                     "kg/m²); images with the value missing and subgroups holding one class only are left out. "
+                     "Intervals resample the subgroup's patients. Subgroup results are descriptive: small "
+                     "subgroups have wide intervals, and no test between subgroups is made.")]
+
+
+def _measurement(r: Mapping) -> list[tuple] | None:
+    """A graded target's section (:mod:`measurement`), under its own heading; binary runs have none."""
+    return measure_report.report_blocks(r["measurement"]) if r.get("measurement") else None
+
+
+def _methods(r: Mapping) -> list[tuple]:
+    how = interval_text(r["interval"])
     notes = [f"Network predictions: {r['run']}/test_predictions.csv, written from best.pth (epoch {r['epoch']}); "
-             f"threshold {net['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
+             f"threshold {r['network']['threshold']:.4f} from best.pth; source: {r['threshold_source']}.",
              "No test label or prediction influences the threshold, the selected epoch or the baseline's fit "
              "(its threshold: Youden's J on validation).",
              f"Confidence intervals: {how} over patients ({r['n_boot']} resamples, seed {r['seed']}); BCa uses a "
@@ -509,8 +510,7 @@ def report_blocks(r: dict) -> list[tuple]:
                      "for published numbers.")
     notes += [f"Check: {w}" for w in r["checks"]]
     notes += [f"Warning: {w}" for w in r["warnings"]]
-    b.append(("list", notes))
-    return b
+    return [("list", notes)]
 
 
 GALLERY_CAPTIONS = {"tp": "true positives", "tn": "true negatives", "fp": "false positives", "fn": "false negatives"}
@@ -538,6 +538,22 @@ def gallery_blocks(r: Mapping) -> list[tuple]:
     if missing:
         b.append(("note", f"No {', '.join(missing)} on this test set at this threshold."))
     return b
+
+
+# The run report, in order; a new section is one more function here (``title`` None: it brings its own heading).
+RUN_REPORT = (Section(None, _opening), Section("Summary", _summary, numbered=False), Section("Data", _data),
+              Section("Training", _training), Section("Discrimination on test", _discrimination),
+              Section("Test metrics with 95% confidence intervals", _metrics),
+              Section("Confusion matrix at the validation threshold", _confusion),
+              Section("Calibration", _calibration), Section("Clinical usefulness: decision curve", _decision),
+              Section("Does the image add to age, sex and BMI?", _image_adds), Section("Subgroups", _subgroups),
+              Section("Case gallery", gallery_blocks), Section(None, _measurement),
+              Section("Methods and notes", _methods))
+
+
+def report_blocks(r: Mapping) -> list[tuple]:
+    """The blocks of a run report from the numbers :func:`run_report.write_report` computed."""
+    return assemble(RUN_REPORT, r)
 
 
 def report_figures(r: dict, y: np.ndarray, probs: Sequence[np.ndarray],
@@ -581,12 +597,14 @@ def render_markdown(blocks: Sequence[tuple], figure_dir: str = FIGURE_DIR) -> st
     return "\n\n".join(out) + "\n"
 
 
+BOLD = re.compile(r"\*\*(.+?)\*\*")  # Markdown's bold, as in the CV summary's mean row
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;max-width:1100px;
  margin:2em auto;padding:0 1.5em;color:#1d1d1f;line-height:1.5;font-size:15px}
 h1{font-size:1.55em;border-bottom:2px solid #d0d7de;padding-bottom:.3em;margin-bottom:.4em}
 h2{font-size:1.2em;margin-top:1.9em;border-bottom:1px solid #e5e7eb;padding-bottom:.2em;color:#1f3b63}
-table{border-collapse:collapse;margin:.7em 0;font-size:.9em}
+.table-scroll{max-width:100%;overflow-x:auto;margin:.7em 0}
+table{border-collapse:collapse;font-size:.9em}
 th,td{border:1px solid #d0d7de;padding:.35em .75em;text-align:right;vertical-align:top}
 th:first-child,td:first-child{text-align:left}
 thead th{background:#f1f4f8;font-weight:600}
@@ -601,35 +619,42 @@ ul{padding-left:1.3em} li{margin:.25em 0}
 """
 
 
+def _inline(text: str) -> str:
+    """HTML of a text as render_markdown's readers see it: escaped, Markdown's ``**bold**`` as bold."""
+    return BOLD.sub(r"<strong>\1</strong>", html.escape(text))
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table in its own box, which scrolls sideways where the table is wider than the page."""
+    head = "".join(f"<th>{_inline(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<div class=\"table-scroll\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
 def render_html(blocks: Sequence[tuple], figures: Mapping[str, bytes], title: str) -> str:
+    """One self-contained HTML page of ``blocks``, the PNG ``figures`` (name -> bytes) embedded."""
     e = html.escape
     out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head><body>"]
-    i = 0
-    while i < len(blocks):
-        block = blocks[i]
+    for block in blocks:
         kind = block[0]
         if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{e(block[1])}</{kind}>")
+            out.append(f"<{kind}>{_inline(block[1])}</{kind}>")
         elif kind == "p":
-            out.append(f"<p>{e(block[1])}</p>")
+            out.append(f"<p>{_inline(block[1])}</p>")
         elif kind == "note":
-            out.append(f"<p class=\"note\">{e(block[1])}</p>")
+            out.append(f"<p class=\"note\">{_inline(block[1])}</p>")
         elif kind == "callout":
-            out.append(f"<div class=\"callout\">{e(block[1])}</div>")
+            out.append(f"<div class=\"callout\">{_inline(block[1])}</div>")
         elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block[1]) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>")
         elif kind == "table":
-            head = "".join(f"<th>{e(h)}</th>" for h in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(_html_table(block[1], block[2]))
         elif kind == "figures":
-            items = list(block[1])
             figs = "".join(f"<figure><img alt=\"{e(cap)}\" src=\"data:image/png;base64,"
                            f"{base64.b64encode(figures[name]).decode('ascii')}\"><figcaption>{e(cap)}</figcaption>"
-                           "</figure>" for name, cap in items)
+                           "</figure>" for name, cap in block[1])
             out.append(f"<div class=\"figs\">{figs}</div>")
-        i += 1
     out.append("</body></html>\n")
     return "\n".join(out)
 
