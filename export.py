@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                overwrite="--out and its .preprocessing.json if they exist")
     p.add_argument("--tta", choices=("auto", *TTA_CHOICES), default="auto", help="flip: the graph averages each "
                    "image's probability with its left/right mirror's; auto (default): as the run was validated (--tta)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset of the graph (default: %(default)s, read by "
-                   "onnxruntime 1.14 and later)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset of the graph, 18 or later (default: "
+                   "%(default)s, read by onnxruntime 1.14 and later)")
     return p
 
 

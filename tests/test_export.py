@@ -31,7 +31,7 @@ CONTINUOUS = targets.TargetSpec("continuous", "T-score", -2.5, mean=-2.4, sd=1.1
 # ----------------------------------------------------------------------------- runs, made without training
 
 def save_run(folder: Path, fusion_name: str, tta: str, spec: targets.TargetSpec | None = None, seed: int = 0,
-             stats: dict | None = None) -> Path:
+             stats: dict | None = None, norm: str = "bn", act: str = "relu") -> Path:
     """A run folder whose best.pth holds a depth-10 network with every weight and batch-norm statistic drawn
     at random (a fresh network's zero head and unit statistics would hide a misplaced channel)."""
     spec = spec or targets.TargetSpec()
@@ -39,7 +39,7 @@ def save_run(folder: Path, fusion_name: str, tta: str, spec: targets.TargetSpec 
     in_chans = 2 + (3 if mode.clinical_planes else 0)
     torch.manual_seed(seed)
     model = build_model("dense_net", in_chans=in_chans, late_fuse=mode.clinical_vector, depth=10, growth_rate=4,
-                        clinical_offset=mode.clinical_offset, target=spec)
+                        clinical_offset=mode.clinical_offset, target=spec, norm=norm, act=act)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -49,8 +49,8 @@ def save_run(folder: Path, fusion_name: str, tta: str, spec: targets.TargetSpec 
                 b.copy_(0.2 * torch.randn(b.shape, generator=g))
             elif name.endswith("running_var"):
                 b.copy_(0.5 + torch.rand(b.shape, generator=g))
-    config = {"model": "dense_net", "image_size": list(SIZE), "depth": 10, "growthRate": 4, "norm": "bn",
-              "act": "relu", "stem": "downsample", "fusion": fusion_name, "in_chans": in_chans, "tta": tta,
+    config = {"model": "dense_net", "image_size": list(SIZE), "depth": 10, "growthRate": 4, "norm": norm,
+              "act": act, "stem": "downsample", "fusion": fusion_name, "in_chans": in_chans, "tta": tta,
               "target": spec.kind, "target_spec": spec.to_dict()}
     stats = stats or {"names": list(loader.CLINICAL_NAMES), "mean": [0.6, 61.5, 24.2], "std": [0.49, 9.5, 3.7]}
     runfiles.save_checkpoint(folder / runfiles.BEST, model.state_dict(), config, stats, 0.4 + seed / 100, 3)
@@ -130,12 +130,14 @@ CASES = {  # name: (how the run is made, its fusion mode)
     "residual": (lambda d, tta, images: save_run(d, "residual", tta), "residual"),
     "ordinal": (lambda d, tta, images: spread_classes(save_run(d, "late", tta, ORDINAL), images), "late"),
     "continuous": (lambda d, tta, images: save_run(d, "early", tta, CONTINUOUS), "early"),
+    # batch-instance norm (gates drawn beyond [0, 1], which the layer clamps) and per-channel PReLU
+    "bin_prelu": (lambda d, tta, images: save_run(d, "late", tta, norm="bin", act="prelu"), "late"),
     "ensemble_late": (lambda d, tta, images: save_group(d, "late", tta), "late"),
     "ensemble_early": (lambda d, tta, images: save_group(d, "early", tta), "early"),
 }
 # every case with and without flip TTA; the fast set holds each case once and each TTA in every kind
 FAST = {("early", "flip"), ("late", "none"), ("image", "flip"), ("residual", "none"), ("ordinal", "flip"),
-        ("continuous", "none"), ("ensemble_late", "flip"), ("ensemble_early", "none")}
+        ("continuous", "none"), ("bin_prelu", "flip"), ("ensemble_late", "flip"), ("ensemble_early", "none")}
 PARAMS = [pytest.param((case, tta), id=f"{case}-{tta}", marks=() if (case, tta) in FAST else pytest.mark.slow)
           for case in CASES for tta in ("none", "flip")]
 

@@ -39,19 +39,21 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hipx.core import files, fusion, targets
 from hipx.core.choices import MIN_SIDE
 from hipx.core.cli import UserError
 from hipx.data import loader
-from hipx.models import build_model_from_checkpoint
+from hipx.models import BatchInstanceNorm2d, build_model_from_checkpoint
 from hipx.runs import runfiles
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "hipx-onnx/1"  # the JSON's format tag; a reader refuses another
 OPSET = 18  # ONNX opset: onnxruntime >= 1.14 (2023) and most inference servers read it
+MIN_OPSET = 18  # torch's exporter writes 18 and later itself; below, onnx's version converter fails on some graphs
 JSON_SUFFIX = ".preprocessing.json"
 LOGIT_CLAMP = 1e-7  # predict.py's: the predicted value is read off logit(clamp(p)), the probability after TTA
 EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo")
@@ -110,6 +112,36 @@ def load_members(run: str | os.PathLike) -> list[runfiles.Run]:
 
 
 # ----------------------------------------------------------------------------- the graph, in PyTorch
+
+class FrozenBatchInstanceNorm(nn.Module):
+    """``models.BatchInstanceNorm2d`` in eval mode with its gate clamped once, here: the layer clamps the gate
+    in place on every call, which torch's exporter cannot trace (it crashes the process). The same operations
+    in the same order, so the same numbers."""
+
+    def __init__(self, layer: BatchInstanceNorm2d) -> None:
+        super().__init__()
+        self.eps = layer.eps
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, getattr(layer, name).detach().clone())
+        self.register_buffer("rho", layer.rho.detach().clamp(0.0, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_bn = F.batch_norm(x, self.running_mean, self.running_var, None, None, False, 0.0, self.eps)
+        x_in = F.instance_norm(x, eps=self.eps)
+        rho = self.rho.view(1, -1, 1, 1)
+        out = rho * x_bn + (1.0 - rho) * x_in
+        return out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """``model`` (eval mode) with every batch-instance norm replaced by :class:`FrozenBatchInstanceNorm`."""
+    for name, child in model.named_children():
+        if isinstance(child, BatchInstanceNorm2d):
+            setattr(model, name, FrozenBatchInstanceNorm(child))
+        else:
+            frozen(child)
+    return model
+
 
 class MemberScore(nn.Module):
     """One trained network as predict.py scores it: ``(image, clinical)`` -> ``(probability, value)``.
@@ -183,7 +215,7 @@ def build_module(members: Sequence[runfiles.Run], tta: str = "auto", clinical_in
     mode = fusion.mode(members[0].fusion)
     scores = []
     for m in members:
-        model = build_model_from_checkpoint(m.state, str(m.checkpoint))  # eval mode, on the CPU
+        model = frozen(build_model_from_checkpoint(m.state, str(m.checkpoint)))  # eval mode, on the CPU
         stats = loader.ClinicalStats.from_dict(m.clinical_stats) if clinical_input == "raw" and \
             mode.uses_clinical else None
         scores.append(MemberScore(model, m.fusion, member_tta(m, tta), stats, planes=mode.clinical_planes))
@@ -372,6 +404,9 @@ def to_onnx(module: ExportedScore, layout: Sequence[Mapping], outputs: Sequence[
         for q, level in zip(quiet, levels):
             q.setLevel(level)
     proto = program.model_proto
+    written = {o.domain: o.version for o in proto.opset_import}.get("", None)
+    if written != opset:
+        raise RuntimeError(f"the exporter wrote opset {written}, not the {opset} asked for")
     for node in proto.graph.node:  # the exporter's per-node stack traces: a third of the file, of no use here
         del node.metadata_props[:]
     proto.producer_name, proto.doc_string = "hipx export.py", f"preprocessing: see <name>{JSON_SUFFIX} beside it"
@@ -411,8 +446,14 @@ def export(run: str | os.PathLike, out: str | os.PathLike, tta: str = "auto", ov
     """Write ``run``'s best checkpoint (a run folder or checkpoint file), or a cross-validation group's fold
     ensemble, as one ONNX graph at ``out`` and its preprocessing JSON beside it, both atomically.
     ``tta``: ``auto`` (each model as its run validated), ``none`` or ``flip``. Returns both paths."""
+    import onnx
+
     if tta not in ("auto", "none", "flip"):
         raise ValueError(f"tta {tta!r}: choose auto, none or flip")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"--opset {opset}: choose {MIN_OPSET} to {newest} (onnx {onnx.__version__} writes up to "
+                          f"{newest}; torch's exporter from {MIN_OPSET})")
     out, json_path = check_out(out, overwrite)
     members = load_members(run)
     module = build_module(members, tta, clinical_input)
