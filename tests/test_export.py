@@ -353,7 +353,7 @@ def test_existing_out_is_refused_without_overwrite(image_export, tmp_path, capsy
     run, out = image_export / "run", tmp_path / "m.onnx"
     out.write_bytes(b"keep")
     err = one_line_error(capsys, ["--run", str(run), "--out", str(out)])
-    assert f"--out {out}: {out} exist(s); nothing was written. Pass --overwrite" in err
+    assert f"--out {out}: {out} exists; nothing was written. Pass --overwrite" in err
     assert out.read_bytes() == b"keep" and not (tmp_path / "m.preprocessing.json").exists()
     err = one_line_error(capsys, ["--run", str(run), "--out", str(tmp_path / "m.bin")])
     assert "--out " in err and "ending in .onnx" in err
@@ -362,7 +362,7 @@ def test_existing_out_is_refused_without_overwrite(image_export, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.preprocessing.json"]  # no temp files
     out.unlink()  # the JSON alone also blocks a new export: it would be replaced
     err = one_line_error(capsys, ["--run", str(run), "--out", str(out)])
-    assert "m.preprocessing.json exist(s)" in err
+    assert "m.preprocessing.json exists" in err
 
 
 def test_an_onnx_file_and_a_json_of_another_export_are_refused(image_export, tmp_path):

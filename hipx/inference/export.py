@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import logging
 import math
 import os
@@ -170,11 +169,13 @@ class MemberScore(nn.Module):
                 image = loader.network_image(image, clinical, early_fuse=True)
 
         def forward(batch: dict) -> torch.Tensor:
-            return self.model(*fusion.network_inputs(self.fusion, batch["image"], batch["clinical"])).float().reshape(-1)
+            inputs = fusion.network_inputs(self.fusion, batch["image"], batch["clinical"])
+            return self.model(*inputs).float().reshape(-1)
 
         p = fusion.probability(forward, {"image": image, "clinical": clinical}, self.tta)
-        value = self.model.predicted_value(torch.logit(p.clamp(LOGIT_CLAMP, 1 - LOGIT_CLAMP)))
-        return p, value
+        if self.model.target.kind == "binary":
+            return p, None
+        return p, self.model.predicted_value(torch.logit(p.clamp(LOGIT_CLAMP, 1 - LOGIT_CLAMP)))
 
 
 class ExportedScore(nn.Module):
@@ -244,12 +245,13 @@ def input_layout(members: Sequence[runfiles.Run], clinical_input: str) -> list[d
 
 
 def output_layout(spec: targets.TargetSpec, members: int) -> list[dict]:
-    of = f"mean of the {members} fold models' " if members > 1 else ""
+    of = f" (the mean of the {members} fold models')" if members > 1 else ""
     layout = [{"name": "probability", "dtype": "float32", "shape": ["batch"],
-               "meaning": f"P(osteoporosis), the {of}probability; osteoporosis when >= threshold"}]
+               "meaning": f"P(osteoporosis){of}; osteoporosis when >= threshold"}]
     if spec.kind == "continuous":
         layout.append({"name": "predicted_value", "dtype": "float32", "shape": ["batch"],
-                       "meaning": f"the predicted {spec.name}" + (" (mean of the fold models')" if members > 1 else "")})
+                       "meaning": f"the predicted {spec.name}"
+                                  + (" (mean of the fold models')" if members > 1 else "")})
     elif spec.kind == "ordinal":
         layout.append({"name": "predicted_class", "dtype": "int64", "shape": ["batch"],
                        "meaning": "index into target.classes (0 the lowest)"
@@ -326,8 +328,9 @@ def preprocessing_spec(members: Sequence[runfiles.Run], tta: str, clinical_input
             "what": "a data folder's image: one proximal-femur crop as preprocess_filenames.py writes it "
                     "(or the demo's synthetic.py), not a raw hospital export",
             "decode": {
-                "png": "cv2.imread(path, cv2.IMREAD_UNCHANGED); colour -> cv2.cvtColor(COLOR_BGR2GRAY, or "
-                       "COLOR_BGRA2GRAY with alpha); then float32 / scale",
+                "image_file": "PNG (also JPEG, TIFF, BMP): cv2.imread(path, cv2.IMREAD_UNCHANGED); colour -> "
+                              "cv2.cvtColor(COLOR_BGR2GRAY, or COLOR_BGRA2GRAY with alpha); then float32 / scale "
+                              "of its dtype",
                 "scale": {"uint8": 255.0, "uint16": 65535.0},
                 "npy": "a 2-D array as float32: if it is uint8 or outside [0, 1], / 255 when within 0..255, "
                        "else (x - min) / (max - min); then clipped to [0, 1]",
@@ -375,8 +378,9 @@ def check_out(out: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
     json_path = preprocessing_path(out)
     existing = [str(p) for p in (out, json_path) if p.exists()]
     if existing and not overwrite:
-        raise ExportError(f"--out {out}: {' and '.join(existing)} exist(s); nothing was written. Pass --overwrite "
-                          "to replace them, or choose another --out")
+        raise ExportError(f"--out {out}: {' and '.join(existing)} {'exist' if len(existing) > 1 else 'exists'}; "
+                          "nothing was written. Pass --overwrite to replace "
+                          f"{'them' if len(existing) > 1 else 'it'}, or choose another --out")
     return out, json_path
 
 
