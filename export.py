@@ -1,8 +1,7 @@
-"""Export a trained run as one ONNX graph, with its preprocessing written beside it as JSON.
+"""python3 export.py --run outs/<save_dir>/fold<fold> --out model.onnx
+python3 export.py --run outs/<save_dir> --out ensemble.onnx      # fold ensemble of a --folds run
 
-    python3 export.py --run outs/<save_dir>/fold<fold> --out model.onnx
-    python3 export.py --run outs/<save_dir> --out ensemble.onnx      # fold ensemble of a --folds run
-
+Export a trained run as one ONNX graph, with its preprocessing written beside it as JSON.
 ``--run`` is a run folder (its best.pth), a checkpoint file, or a cross-validation run group (the
 mean of its fold models' probabilities, as predict.py averages them). The graph takes the image at
 the run's size (and the clinical vector where the run uses one), batch dimension free, and gives
