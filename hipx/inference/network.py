@@ -25,7 +25,8 @@ Who calls what:
 - scoring and explaining a trained run -- ``predict.py``, the heatmaps (``visualize_gradcam.py``,
   ``hipx.inference.cam``), external validation (``report.py --external``) and an ONNX export:
   :func:`load_network` for a run folder or checkpoint file, :func:`saved_network` for a checkpoint
-  already read with ``runfiles.load_run``.
+  already read with ``runfiles.load_run`` (what ``hipx.models.build_model_from_checkpoint``, which
+  predict.py and visualize_gradcam.py call as of this writing, does underneath).
 """
 from __future__ import annotations
 
