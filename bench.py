@@ -4,8 +4,9 @@
     python3 bench.py train  [--sizes 176x102 704x407] [--steps 3] [--json bench_train.json]
     python3 bench.py loader [--sizes 176x102 704x407] [--json bench_loader.json]
 
-Every configuration is built by ``main.py``'s own functions from its flags (``make_loaders``,
-``augment_on_device``, ``build_trainer``) and timed through the trainer's own step
+Every configuration is built from ``main.py``'s flags by the training session's own functions
+(``hipx.training``: ``options.settings``, ``loaders.make_loaders``, ``loaders.augment_on_device``,
+``session.build_trainer``) and timed through the trainer's own step
 (``ClassifyTrainer.train_step``: batch preparation on the device, forward, the run's loss, backward,
 optimiser), each in a fresh process.
 
@@ -42,15 +43,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-import augment
+from hipx.core import runtime
+from hipx.core.cli import add_data_dir, add_device
+from hipx.data import augment
 from hipx.data import filenames
 from hipx.data import loader
-import main as train_script
-from hipx.runs import runfiles
-from hipx.core import runtime
 from hipx.data import splits
-from hipx.core.cli import add_data_dir, add_device
-from hipx.core.runconfig import RunConfig
+from hipx.runs import runfiles
+from hipx.training import loaders as run_data
+from hipx.training import options, session
 
 ROOT = Path(__file__).resolve().parent
 
@@ -88,23 +89,22 @@ def recipe_flags(recipe: str, model: str, late: bool, size: tuple[int, int], bat
 
 def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
     """The training loader and trainer ``main.py`` builds for ``cfg['flags']`` on ``cfg['files']``
-    (its make_loaders, augment_on_device and build_trainer: the trainer's own step and loss)."""
-    args = train_script.build_parser().parse_args([*cfg["flags"], "--device", cfg["device"], "--bootstrap", "0"])
-    train_script.check_args(args)
-    settings = RunConfig.from_args(args)  # as main.py builds it: the flags once, the fusion mode as one value
+    (the session's make_loaders, augment_on_device and build_trainer: the trainer's own step and loss)."""
+    args = options.build_parser().parse_args([*cfg["flags"], "--device", cfg["device"], "--bootstrap", "0"])
+    settings, _ = options.settings(args, set())  # as main.py builds it: the flags once, checked
     threads = runtime.choose_threads(settings.cpus, settings.workers)
     device = runtime.select_device(settings.device, None)
     files = [Path(f) for f in cfg["files"]]
     stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files])
-    device_augmenter = train_script.augment_on_device(settings, device)
+    device_augmenter = run_data.augment_on_device(settings, device)
     few = files[:settings.batch_size]  # val and test are not timed
-    loaders = train_script.make_loaders(settings, stats, {"train": files, "val": few, "test": few},
-                                        device_augment=device_augmenter is not None)
+    loaders = run_data.make_loaders(settings, stats, {"train": files, "val": few, "test": few},
+                                    device_augment=device_augmenter is not None)
     if not with_trainer:
         return loaders["train"], None, threads
     config = settings.replace(in_chans=loaders["train"].dataset.channels)
-    trainer = train_script.build_trainer(settings, config, loaders, stats, device, run_dir,
-                                         device_augmenter=device_augmenter)
+    trainer = session.build_trainer(settings, config, loaders, stats, device, run_dir,
+                                    device_augmenter=device_augmenter)
     return loaders["train"], trainer, threads
 
 

@@ -5,10 +5,13 @@ import torch
 from hipx.core import fusion
 
 
-@pytest.mark.parametrize("flags,mode", [((None, False, False), None), (("late", False, False), "late"),
-                                        ((None, True, False), "late"), ((None, False, True), "image"),
-                                        (("image", False, True), "image"), (("early", False, False), "early")])
+@pytest.mark.parametrize("flags,mode", [((None, None, False), None), (("late", None, False), "late"),
+                                        ((None, True, False), "late"), ((None, None, True), "image"),
+                                        (("image", None, True), "image"), (("early", None, False), "early"),
+                                        ((None, False, False), "early"), (("early", False, False), "early"),
+                                        (("late", True, False), "late")])
 def test_the_three_flags_name_one_mode(flags, mode):
+    """``late_fuse`` None: --late_fuse not given; False names early fusion, as the original work's flag did."""
     assert fusion.from_flags(*flags) == mode
 
 
@@ -17,6 +20,14 @@ def test_flags_naming_two_modes_are_refused():
         fusion.from_flags(None, True, True)
     with pytest.raises(ValueError, match="--fusion early and --late_fuse True exclude each other"):
         fusion.from_flags("early", True, False)
+    with pytest.raises(ValueError, match="--fusion late and --image_only exclude each other"):
+        fusion.from_flags("late", None, True)
+    with pytest.raises(ValueError, match=r"^--late_fuse False \(early fusion\) and --fusion residual exclude each "
+                       "other: give one fusion mode, e.g. only --fusion residual$"):
+        fusion.from_flags("residual", False, False)
+    with pytest.raises(ValueError, match=r"^--late_fuse False \(early fusion\) and --image_only exclude each other: "
+                       "give one fusion mode, e.g. only --fusion image$"):
+        fusion.from_flags(None, False, True)
 
 
 @pytest.mark.parametrize("config,mode", [({"fusion": "late"}, "late"), ({"late_fuse": True}, "late"),

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from hipx.core.cli import run_main
 from hipx.data import loader
+from hipx.models import build_model
+from hipx.runs import runfiles
+from hipx.training import pretrain as pretraining
+from hipx.training import selfsup
 import main
 import pretrain
-from hipx.training import selfsup
 import synthetic
-from hipx.core.cli import run_main
-from hipx.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ("64", "37")
@@ -60,7 +62,7 @@ def test_pretraining_lowers_its_loss_and_writes_the_run_folder(straight):
     losses = [float(row["loss"]) for row in history]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
     assert math.isclose(float(history[0]["chance_loss"]), math.log(2 * 16 - 1))
-    config = pretrain.runfiles.read_json(straight / "config.json")
+    config = runfiles.read_json(straight / "config.json")
     assert config["method"] == "simclr" and config["n_images"] == 80 and config["n_skipped"] == 0
     assert len(read_rows(straight / "images.csv")) == 80 and read_rows(straight / "skipped.csv") == []
     assert (straight / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,14 +106,14 @@ def test_a_torchvision_densenet_encoder_loads_into_its_family(drawn, tmp_path):
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(straight, drawn, tmp_path, monkeypatch, caplog):
     outs = tmp_path / "outs"
     args = ["--data_dir", str(drawn), *pretrain_args(outs, "cut", "--epoch", 3)]
-    one_epoch = pretrain.train_one_epoch
+    one_epoch = pretraining.train_one_epoch
 
     def interrupted(*a, **k):
         if a[9] == 2:  # the epoch argument: Ctrl-C in the middle of epoch 2
             raise KeyboardInterrupt
         return one_epoch(*a, **k)
 
-    monkeypatch.setattr(pretrain, "train_one_epoch", interrupted)
+    monkeypatch.setattr(pretraining, "train_one_epoch", interrupted)
     with pytest.raises(SystemExit) as stop:
         pretrain.main(args)
     assert stop.value.code == 130
@@ -120,7 +122,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(straight, draw
     assert said[0].endswith(f"pretrain.py --resume --save_dir cut --out_root {outs}")
     assert len(read_rows(outs / "cut" / "history.csv")) == 1
 
-    monkeypatch.setattr(pretrain, "train_one_epoch", one_epoch)
+    monkeypatch.setattr(pretraining, "train_one_epoch", one_epoch)
     pretrain.main(["--resume", "--save_dir", "cut", "--out_root", str(outs)])
     resumed = torch.load(outs / "cut" / "encoder.pth", weights_only=True)
     whole = torch.load(straight / "encoder.pth", weights_only=True)
@@ -145,7 +147,7 @@ def test_unreadable_images_are_skipped_and_counted(drawn, tmp_path):
     assert sorted(Path(row["file"]).name for row in skipped) == ["corrupt.png", "empty.dcm", "tiny.png"]
     assert all(row["reason"] for row in skipped)
     assert "too small" in next(row["reason"] for row in skipped if row["file"].endswith("tiny.png"))
-    assert pretrain.runfiles.read_json(run / "config.json")["n_skipped"] == 3
+    assert runfiles.read_json(run / "config.json")["n_skipped"] == 3
     assert "skipped 3 of 23 files" in (run / "train.log").read_text()
 
 

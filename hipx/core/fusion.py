@@ -3,7 +3,10 @@ inputs for a batch and the probability a run reports (with flip test-time augmen
 of an image's and its mirror's). The trainer, ``predict.py`` and ``visualize_gradcam.py`` all ask
 here, so a run is scored the same way wherever it is used.
 
-A new mode is one entry in :data:`MODES` (and, where the network changes, its head in ``models/``).
+A new mode is one entry in :data:`MODES` (its ``--help`` text included) and, where the network
+changes, its head in ``hipx/models/classifier.py`` with the flag that builds it in
+``hipx/models/__init__.py`` (``build_model_from_config``); the training session, the network builder
+(``hipx.inference.network``), the loader and the trainer ask the mode's properties here.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class Mode:
     clinical_planes: bool  # the clinical values as constant image channels (the loader builds them)
     clinical_vector: bool  # the normalised clinical vector as the network's second input
     clinical_offset: bool = False  # a linear clinical term, started at the logistic regression (models.Classifier)
+    help: str = ""  # what main.py --help says of it
 
     @property
     def uses_clinical(self) -> bool:
@@ -29,15 +33,26 @@ class Mode:
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("early", "early fusion", clinical_planes=True, clinical_vector=False),
-    Mode("late", "late fusion", clinical_planes=False, clinical_vector=True),  # joined to the pooled features
-    Mode("image", "image only", clinical_planes=False, clinical_vector=False),  # image-only comparison runs
+    Mode("early", "early fusion", clinical_planes=True, clinical_vector=False,
+         help="constant image channels; the default"),
+    Mode("late", "late fusion", clinical_planes=False, clinical_vector=True,
+         help="joined to the pooled image features"),
+    Mode("image", "image only", clinical_planes=False, clinical_vector=False,
+         help="not at all: an image-only model, for comparison"),
     # starts as the clinical baseline's logistic regression, the image adding a correction (docs/fusion.md)
     Mode("residual", "residual fusion (clinical model + image correction)", clinical_planes=False,
-         clinical_vector=True, clinical_offset=True),
+         clinical_vector=True, clinical_offset=True,
+         help="starts as the clinical logistic regression fitted on train, the image adds a correction; for small "
+              "sets where the clinical values may carry the signal, docs/fusion.md"),
 )}
 NAMES = tuple(MODES)
 DEFAULT = "early"
+
+
+def help_text() -> str:
+    """``--fusion``'s help: every mode with what it does."""
+    named = [f"{m.name} ({m.help})" for m in MODES.values()]
+    return "how sex, age and BMI reach the network: " + ", ".join(named[:-1]) + f" or {named[-1]}"
 
 
 def mode(name: str) -> Mode:
@@ -50,10 +65,11 @@ def text(name: str) -> str:
     return mode(name).text
 
 
-def from_flags(fusion: str | None, late_fuse: bool, image_only: bool) -> str | None:
-    """The mode ``--fusion``, ``--late_fuse`` (the original work's flag) and ``--image_only`` name
-    together; None when none names one (early for a new run, the run's own for --test/--resume).
-    Flags that name two modes raise ``ValueError`` naming them."""
+def from_flags(fusion: str | None, late_fuse: bool | None, image_only: bool) -> str | None:
+    """The mode ``--fusion``, ``--late_fuse`` (the original work's flag: True late, False early; None
+    when not given) and ``--image_only`` name together; None when none names one (early for a new
+    run, the run's own for --test/--resume). The one place these flags are checked against each
+    other: flags that name two modes raise ``ValueError`` naming them."""
     if image_only and late_fuse:
         raise ValueError("--image_only and --late_fuse True exclude each other: late fusion needs the clinical data")
     given = {fusion} if fusion else set()
@@ -61,6 +77,13 @@ def from_flags(fusion: str | None, late_fuse: bool, image_only: bool) -> str | N
     if len(given) > 1:
         raise ValueError(f"--fusion {fusion} and --{'late_fuse True' if late_fuse else 'image_only'} exclude each "
                          "other: give one fusion mode")
+    if late_fuse is False and given - {"early"}:
+        named = given.pop()
+        other = f"--fusion {named}" if fusion else "--image_only"
+        raise ValueError(f"--late_fuse False (early fusion) and {other} exclude each other: give one fusion mode, "
+                         f"e.g. only --fusion {named}")
+    if late_fuse is False:
+        return "early"
     return given.pop() if given else None
 
 

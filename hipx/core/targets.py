@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from hipx.core import measures
+
+if TYPE_CHECKING:  # NumPy is imported where it is used: main.py --help takes KINDS from here, before any library
+    import numpy as np
 
 KINDS = ("binary", "ordinal", "continuous")
 DEFAULT = "binary"
@@ -80,6 +81,8 @@ class TargetSpec:
 
     def classify(self, values: np.ndarray) -> np.ndarray:
         """Ordinal class of each measured value (-1 where NaN)."""
+        import numpy as np
+
         values = np.asarray(values, dtype=float)
         out = (values[:, None] > np.asarray(self.bounds, dtype=float)[None, :]).sum(axis=1)
         return np.where(np.isnan(values), -1, out)
@@ -98,6 +101,8 @@ def build_spec(kind: str, measure: measures.Measures | None, train_values: Seque
                cut: float | None = None) -> TargetSpec:
     """The target of a new run from its training images' measured values (NaN where unknown).
     Raises :class:`TargetError` with one line a user can act on."""
+    import numpy as np
+
     if kind not in KINDS:
         raise TargetError(f"--target {kind}: choose one of {', '.join(KINDS)}")
     if kind == "binary":

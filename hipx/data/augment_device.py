@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import augment
+from hipx.data import augment
 from hipx.core.choices import DEVICE_AUGMENTATIONS, without_device_version
 
 _IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

@@ -3,15 +3,24 @@ the run as trained (its network, folds and report settings), ``--resume`` contin
 configured (only where and how fast this session runs may differ; a moved data folder when it holds
 the images the run recorded), ``--extend_epochs N`` trains a finished run longer. Every refusal names
 the command that works (:func:`resume_command`, :func:`test_command`).
+
+One rule says whether a run starts from nothing, for every action (:class:`Start`): it has no
+checkpoint to go on from. A new run does; so does a ``--resume`` that finds no ``last.pth`` -- a
+cross-validation fold never started or whose folder was deleted (made with the cross-validation's
+own settings, :func:`resume_group`), a run stopped, or out of disk, before its first ``last.pth`` --
+and it gets exactly what a new run gets (``hipx.inference.network``: the clinical start of residual
+fusion, ``--pretrained``). ``--resume`` with a ``last.pth`` goes on from it, ``--test`` scores best.pth.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from hipx.core import runconfig
 from hipx.runs import runfiles
@@ -39,12 +48,45 @@ class Action:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What main.run did with one run folder: the test metrics, the configuration the run ran with (a resumed run's own)
-    and whether it was ``unchanged`` (finished before, nothing written)."""
+    """What the training session did with one run folder (``session.run``): the test metrics, the
+    configuration the run ran with (a resumed run's own) and whether it was ``unchanged`` (finished
+    before, nothing written)."""
 
     result: dict
     cfg: RunConfig
     unchanged: bool = False
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a run begins, as :func:`prepare_run` read it: ``cfg``, this session's settings (a run read
+    back has its own but for where this session runs); ``config``, the run's saved configuration (None
+    when the run starts from nothing: it is made from ``cfg`` when the run starts); ``stats``, the
+    clinical statistics saved with ``state``; ``state``, the checkpoint the run goes on from (last.pth
+    for ``--resume``, best.pth for ``--test``) or None: the run starts from nothing. ``new``: the run
+    folder holds no run yet (a new run, or a cross-validation fold never started or deleted)."""
+
+    cfg: RunConfig
+    config: RunConfig | None = None
+    stats: Any = None  # loader.ClinicalStats
+    state: dict | None = None
+    new: bool = True
+
+    @property
+    def from_nothing(self) -> bool:
+        """The rule: a run with no checkpoint to go on from starts from nothing, whatever the action."""
+        return self.state is None
+
+    def replace(self, **changes: Any) -> "Start":
+        return replace(self, **changes)
+
+
+def afresh(config: RunConfig) -> RunConfig:
+    """A saved configuration as the settings of a run that starts from nothing (``--config``, a resumed
+    run without ``last.pth``, a cross-validation fold made again): its epochs in one schedule (the
+    restarts of ``--extend_epochs`` belong to the run that was extended). What a run measures when it
+    starts (input channels, target, trainer, versions) is measured again when it starts."""
+    return config.replace(restarts=[])
 
 
 def command(*arguments: str) -> str:
@@ -125,52 +167,80 @@ def moved_data(cfg: RunConfig, config: RunConfig, out: Path) -> str:
     return cfg.data_dir
 
 
-def prepare_run(cfg: RunConfig, action: Action, given: set[str], out: Path):
-    """This session's settings, the run's configuration and clinical statistics: new, or read back from
-    an existing run for ``--test`` (best.pth: the network, folds and report settings from the run, the
-    rest from the command line) and ``--resume`` (last.pth, or config.json of a run stopped in its
-    first epoch: every setting from the run but where this session runs). Returns (cfg, config, stats,
-    resume_state); config is None for a new run. Nothing is written."""
-    new_fold_of_cv = action.resume and cfg.is_fold and not out.exists()
+def prepare_run(cfg: RunConfig, action: Action, given: set[str], out: Path) -> Start:
+    """This session's settings, the run's configuration, clinical statistics and the checkpoint it goes
+    on from: new, or read back from an existing run for ``--test`` (best.pth: the network, folds and
+    report settings from the run, the rest from the command line) and ``--resume`` (last.pth; without
+    one the run starts from nothing, as configured in its config.json, or for a cross-validation fold
+    never started as ``cfg`` -- the cross-validation's settings, :func:`resume_group` -- says). Nothing
+    is written."""
     folder = runfiles.Run(out)
-    if not action.reads_run or new_fold_of_cv:
+    if not action.reads_run:
         if out.exists() and any(p.name != runfiles.LOCK for p in out.iterdir()):
             how = ("it stopped before finishing its first epoch: continue it with --resume"
                    if not folder.has_checkpoint(runfiles.LAST) else "continue it with --resume, score it with --test")
             raise UserError(f"{out} already holds a run; nothing was changed. {how[0].upper() + how[1:]}, or choose "
                             f"another --save_dir / --fold (e.g. {resume_command(cfg)})")
-        return cfg, None, None, None
-    from hipx.data import loader
-
+        return Start(cfg)
     if action.test:
-        return _test_settings(cfg, action, given, out) + (None,)
+        return _test_settings(cfg, action, given, out)
 
     state = None
     if folder.has_checkpoint(runfiles.LAST):
         state = folder.load_checkpoint(runfiles.LAST)
         config = RunConfig.from_dict(state["config"])
-    elif folder.config_file.is_file():  # killed in its first epoch: start it again, as configured
+    elif folder.config_file.is_file():  # stopped before its first last.pth: it starts again, as configured
         config = RunConfig.from_dict(folder.read_config())
+    elif cfg.is_fold:  # a fold never started, or its folder deleted: made with the cross-validation's settings
+        return Start(cfg)
     else:
         first_fold = runfiles.Run(out.parent / f"fold{cfg.fold}0").config_file
-        if not cfg.is_fold and first_fold.is_file():
+        if first_fold.is_file():
             k = runfiles.read_json(first_fold).get("cv_folds")
             raise UserError(f"--resume: {out.parent} holds a {k}-fold cross-validation (fold{cfg.fold}0 ...), not "
                             f"one run fold{cfg.fold}; give its number of folds: {resume_command(cfg)} --folds {k}")
         raise UserError(f"--resume: no run to continue at {out} (no {runfiles.LAST} or {runfiles.CONFIG}); check "
                         "--save_dir, --fold and --out_root, or start a new run without --resume")
+    cfg = _resumed(cfg, given, config, out)
+    if state is None:
+        return Start(afresh(cfg), new=False)
+    from hipx.data import loader
+
+    return Start(cfg, config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state, new=False)
+
+
+def _resumed(cfg: RunConfig, given: set[str], config: RunConfig, out: Path) -> RunConfig:
+    """The settings a resumed run goes on with: the run's ``config``, with where this session runs from
+    ``cfg`` and the data folder where it moved to; other flags given with another value are refused."""
     moved = refuse_changes(cfg, given, config, out)
     cfg = config.replace(**{key: getattr(cfg, key) for key in runconfig.SESSION_KEYS})
-    if moved:  # checked by moved_data: the same images in their new place
-        cfg = cfg.replace(data_dir=moved)
-    stats = loader.ClinicalStats.from_dict(state["clinical_stats"]) if state else None
-    return cfg, config, stats, state
+    return cfg.replace(data_dir=moved) if moved else cfg  # moved: checked by moved_data, the same images
 
 
-def _test_settings(cfg: RunConfig, action: Action, given: set[str], out: Path):
-    """``--test``: the network, folds and (unless given) report settings of the run's best.pth; a
-    command line that disagrees with the network, or an existing test result without ``--overwrite``,
-    is refused. Returns (cfg, config, stats)."""
+def resume_group(cfg: RunConfig, given: set[str]) -> RunConfig:
+    """``--resume --folds K``: the cross-validation's own settings, read from a fold's config.json, so
+    that a fold never started, or whose folder was deleted, is made as its group was configured (not
+    from the command line's defaults) and the others go on as they were; a flag given with another
+    value is refused, as for one run. Returns settings for ``crossval.cross_validate`` (its design and
+    fold seed kept); refused when no fold of the group was ever configured."""
+    group = runfiles.run_group(cfg.save_dir, cfg.out_root).dir
+    for folder in sorted(group.glob(f"fold{glob.escape(cfg.fold)}*")):
+        number = folder.name[len("fold") + len(cfg.fold):]
+        if not (number.isdigit() and runfiles.Run(folder).config_file.is_file()):
+            continue
+        saved = RunConfig.from_dict(runfiles.Run(folder).read_config())
+        if saved.is_fold and saved.cv_fold == int(number):
+            as_fold = cfg.replace(fold=saved.fold, cv_folds=cfg.folds, cv_fold=saved.cv_fold)
+            settings = _resumed(as_fold, given, saved, folder)
+            return afresh(settings).replace(fold=cfg.fold, cv_folds=0, cv_fold=None)
+    raise UserError(f"--resume: no cross-validation to continue at {group} (no fold{cfg.fold}0 ... with a "
+                    f"{runfiles.CONFIG}); check --save_dir, --fold and --out_root, or start it without --resume")
+
+
+def _test_settings(cfg: RunConfig, action: Action, given: set[str], out: Path) -> Start:
+    """``--test``: the network, folds and (unless given) report settings of the run's best.pth, which
+    the run goes on from; a command line that disagrees with the network, or an existing test result
+    without ``--overwrite``, is refused."""
     from hipx.data import loader
 
     folder = runfiles.Run(out)
@@ -195,7 +265,8 @@ def _test_settings(cfg: RunConfig, action: Action, given: set[str], out: Path):
     if config.is_fold:  # a fold keeps its own splits
         changes.update(cv_folds=config.cv_folds, cv_fold=config.cv_fold, cv_seed=config.cv_seed,
                        cv_design=config.cv_design, cv_val=config.cv_val)
-    return cfg.replace(**changes), config, loader.ClinicalStats.from_dict(state["clinical_stats"])
+    return Start(cfg.replace(**changes), config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state,
+                 new=False)
 
 
 def finished(out: Path, config: RunConfig, state: dict | None) -> bool:
@@ -209,7 +280,7 @@ def extend(cfg: RunConfig, epochs: int, config: RunConfig, state: dict, out: Pat
     """``--resume --extend_epochs N`` on a finished run: N more epochs, a new cosine cycle from --lrG
     (warm restart) for the cosine schedule, and the old test and report files removed, since they
     describe the shorter run; the extended run writes them anew when it ends (its log says so:
-    main.train_and_test, once the run's log file is open)."""
+    session.train_and_test, once the run's log file is open)."""
     done = len(state.get("history") or [])
     if done < int(config.epoch):
         raise UserError(f"--extend_epochs: the run {out} has finished {done} of its {config.epoch} epochs; "

@@ -1,5 +1,6 @@
-"""Running a K-fold cross-validation: the K fold runs of ``main.py --folds K``, one after the other,
-then their summary. Which patients each fold holds is :mod:`folds`; the summary is :mod:`cv_report`.
+"""Running a K-fold cross-validation: the K fold runs of ``main.py --folds K``, one after the other
+(each by the training session, ``session.run``), then their summary. Which patients each fold holds
+is :mod:`folds`; the summary is :mod:`cv_report`.
 
     python3 main.py --folds 5 --cv oof --save_dir cv   # outs/cv/fold0..4/, outs/cv/cv_summary.json
 """
@@ -22,13 +23,16 @@ def cross_validate(cfg: RunConfig, run_fold: Callable[[RunConfig], Outcome], is_
     names its design, fold and seed; it returns the fold's test metrics, the configuration the fold
     ran with and whether it was left unchanged), then write the summary over them (``is_main``: this
     process writes files) with the folds' own bootstrap settings. A cross-validation whose folds were
-    all finished before keeps its summary as it was. Returns each fold's test metrics."""
-    design = folds.resolve_design(cfg.data_dir, cfg.cv)
+    all finished before keeps its summary as it was. ``cfg`` names the design and the folds' seed when
+    it holds a resumed cross-validation's own (``runchecks.resume_group``). Returns each fold's test
+    metrics."""
+    design = cfg.cv_design or folds.resolve_design(cfg.data_dir, cfg.cv)
+    cv_seed = cfg.seed if cfg.cv_seed is None else cfg.cv_seed
     logger.info("cross-validation design: %s", cv_report.DESIGN_TEXT[design])
     group = runfiles.run_group(cfg.save_dir, cfg.out_root)
     results, runs, unchanged, n_boot, seed = [], [], [], cfg.bootstrap, cfg.seed
     for k in range(cfg.folds):
-        fold_cfg = cfg.replace(fold=f"{cfg.fold}{k}", cv_folds=cfg.folds, cv_fold=k, cv_seed=cfg.seed, cv_design=design)
+        fold_cfg = cfg.replace(fold=f"{cfg.fold}{k}", cv_folds=cfg.folds, cv_fold=k, cv_seed=cv_seed, cv_design=design)
         logger.info("cross-validation fold %d (folds 0-%d): fold%s", k, cfg.folds - 1, fold_cfg.fold)
         outcome = run_fold(fold_cfg)
         results.append(outcome.result)

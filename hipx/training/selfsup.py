@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-import augment
+from hipx.data import augment
 from hipx.data import loader
 from hipx.core.choices import MIN_SIDE
 
