@@ -101,11 +101,8 @@ def build_model_from_checkpoint(state: dict, source: str = "the checkpoint") -> 
     file in the error when the weights do not fit the configured network."""
     config = state["config"]
     model = build_model_from_config(config)
-    weights = dict(state["model"])
-    if getattr(model, "logit_scale", None) is not None:  # a continuous run made before the scale was fitted
-        weights.setdefault("logit_scale", model.logit_scale.clone())
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise ValueError(f"{source}: the weights do not fit the configured network ({config['model']}, "
                          f"{config['in_chans']} input channels, {config['fusion']} fusion): "

@@ -96,6 +96,13 @@ class Classifier(nn.Module):
         else:
             self.logit_scale = None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "logit_scale"
+        if self.logit_scale is not None and key not in state_dict:
+            # a continuous run made before validation fitted the scale: it scored with the assumed one
+            state_dict[key] = torch.tensor(targets.LOGIT_PER_SD)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def ordinal_offsets(self) -> torch.Tensor:
         """``delta_k`` of the cumulative logits ``h + delta_k`` (ordinal targets): 0, then increasing."""
         zero = self.classifier.bias.new_zeros(1)
