@@ -291,3 +291,5 @@ def test_folders_are_searched_recursively_as_pretrain_lists_them(tmp_path):
     found = scoring.collect_images([tmp_path / "a"])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/b/DICOMDIR_IMG", "a/b/y.dcm", "a/x.png"]
     assert found == imaging.find_images([tmp_path / "a"])
+    from hipx.training import selfsup  # pretrain.py's listing, until it calls imaging.find_images itself
+    assert selfsup.find_images([tmp_path / "a"]) == found
