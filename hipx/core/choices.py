@@ -23,6 +23,7 @@ AUGMENT_NAMES = ("crop", "flip", "rotate", "cut", "elastic", "cat_elastic", "gam
 DEVICE_AUGMENTATIONS = ("crop", "flip", "rotate", "cut", "cat_elastic")
 HANDOVERS = ("uint8", "float")  # what DataLoader workers hand over (loader.HipDataset)
 TTA_CHOICES = ("none", "flip")  # test-time augmentation (fusion.probability)
+AS_TRAINED = ("auto", "raw", "crops")  # predict.py: what its images are (raw radiographs or a data folder's crops)
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "occlusion", "expected_gradients")
 CAM_TARGETS = ("osteoporosis", "normal")  # whose evidence a map shows: the logit, or the negated logit

@@ -4,8 +4,10 @@ Two readers, for two kinds of file. :func:`read_image` turns a hospital export's
 bit, JPEG, TIFF, DICOM) into the data set's 8-bit grey picture (``preprocess_filenames.py``);
 :func:`read_scaled` reads a data folder's image (PNG or ``.npy``) for the network as float [0, 1]
 keeping its grey levels (``loader.py``, ``predict.py``, ``visualize_gradcam.py``). Beside them the
-geometry preprocessing applies to a decoded export: the crop box, the two hips, the fixed size.
-How each format is decoded: docs/data.md, "The rules in full".
+geometry preprocessing applies to a decoded export: the crop box, the two hips, the fixed size;
+:func:`find_images`, which lists the image files below folders (``pretrain.py``, ``predict.py``); and
+:data:`DECODING`, the rules of :func:`read_image` as data, which a data folder records
+(``preprocessing.py``). How each format is decoded: docs/data.md, "The rules in full".
 """
 from __future__ import annotations
 
@@ -23,6 +25,35 @@ from hipx.data.splits import IMAGE_SIZE
 logger = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+# what find_images lists: every format read_image or read_scaled decodes (and DICOM without a suffix)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", ".dcm", ".dicom", ".dic")
+SKIP_FOLDERS = ("masks",)  # synthetic.py's femur masks beside the images: not radiographs
+
+# How read_image turns an export's file into 8-bit grey, as data. A data folder records it
+# (hipx.data.preprocessing), so that a run can tell whether this code decodes a new file as its
+# images were decoded. Raise "version" whenever read_image gives other pixels for the same file.
+DECODING = {
+    "reader": "hipx.data.imaging.read_image",
+    "version": 1,
+    "output": "uint8 grey (H, W)",
+    "raster": {
+        "8-bit grey": "kept as is",
+        "16-bit, 32-bit and float grey": "scaled by the image's own min/max to 0..255, rounded",
+        "colour": "ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B), rounded; alpha dropped",
+        "exif orientation": "applied",
+    },
+    "dicom": {
+        "rescale": "modality LUT (RescaleSlope / RescaleIntercept or the Modality LUT Sequence)",
+        "window": "the first WindowCenter / WindowWidth, VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID "
+                  "(DICOM PS3.3 C.11.2.1.2), rounded",
+        "without a window": "min/max of the rescaled values",
+        "VOI LUT Sequence": "not applied (the window is)",
+        "MONOCHROME1": "inverted after windowing (255 - grey), so that bone is bright",
+        "colour": "as a colour raster",
+        "multi-frame": "refused",
+        "files without a suffix": "read when bytes 128-131 are 'DICM'",
+    },
+}
 
 
 class ImageReadError(ValueError):
@@ -65,6 +96,51 @@ def _is_dicom(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(132)
     return head[128:132] == b"DICM"
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """Whether :func:`read_image` reads ``path`` as DICOM (its suffix, else the 'DICM' magic at byte 128);
+    False for a file that cannot be opened."""
+    try:
+        return _is_dicom(Path(path))
+    except OSError:
+        return False
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether :func:`find_images` lists ``path``: a suffix of :data:`IMAGE_SUFFIXES`, or no suffix and the
+    DICOM magic; hidden files (and a killed run's temporary files) never."""
+    path = Path(path)
+    if path.name.startswith("."):
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:  # DICOM files often have no suffix: the 'DICM' magic at byte 128
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return True  # listed, so the unreadable file is reported, not silently ignored
+
+
+def find_images(folders: Sequence[str | os.PathLike]) -> list[Path]:
+    """Every image file below ``folders`` (recursively, sorted, each file once): :func:`is_image_file`;
+    ``masks/`` folders (synthetic.py's femur masks) are left out. Raises naming a folder that is
+    missing (``FileNotFoundError``) or holds none (``ValueError``). ``pretrain.py`` and ``predict.py``
+    list their folders with it."""
+    found: dict[Path, Path] = {}
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder; give folders of radiographs (PNG, JPEG, TIFF, "
+                                    "DICOM or .npy, searched recursively)")
+        here = [p for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)
+                and not any(part in SKIP_FOLDERS for part in p.relative_to(folder).parts[:-1])]
+        if not here:
+            raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)} or DICOM without a suffix)")
+        for p in here:
+            found.setdefault(p.resolve(), p)
+    return sorted(found.values())
 
 
 def _read_raster(path: Path) -> np.ndarray:
@@ -186,6 +262,12 @@ def read_scaled(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: cannot decode image (missing, corrupt or not an image)")
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    return unit_scale(image)
+
+
+def unit_scale(image: np.ndarray) -> np.ndarray:
+    """A grey uint8 or uint16 image as float32 in [0, 1], by its type's range: what :func:`read_scaled`
+    gives for the PNG holding it (a crop made in memory is read as its written file would be)."""
     scale = 65535.0 if image.dtype == np.uint16 else 255.0
     return image.astype(np.float32) / scale
 

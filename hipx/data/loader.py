@@ -208,18 +208,23 @@ class HipDataset(Dataset):
 
     ``handover`` is what a sample's ``image`` is: ``"float"`` the network's input (float32, with
     the clinical planes for early fusion), ``"uint8"`` only the two image channels as uint8, to be
-    finished on the device by :func:`network_image`."""
+    finished on the device by :func:`network_image`. ``images``: per file, a uint8 grey crop to use
+    instead of reading the file (None: read it), as ``predict.py`` gives the crops it cut from raw files."""
 
     def __init__(self, files: Sequence[str | os.PathLike], stats: ClinicalStats,
                  image_size: tuple[int, int] = IMAGE_SIZE, early_fuse: bool = False,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  seed: int = 0, cache_gb: float = 4.0, desc: str = "",
                  clinical: Sequence[Sequence[float]] | None = None, handover: str = "float",
-                 measure: Sequence[float] | None = None) -> None:
+                 measure: Sequence[float] | None = None,
+                 images: Sequence[np.ndarray | None] | None = None) -> None:
         if handover not in HANDOVERS:
             raise ValueError(f"handover {handover!r}: choose one of {', '.join(HANDOVERS)}")
         self.handover = handover
         self.files = [str(f) for f in files]
+        if images is not None and len(images) != len(self.files):
+            raise ValueError(f"{len(images)} images for {len(self.files)} files")
+        self.images = None if images is None else list(images)
         if clinical is None:  # label and clinical values from the file names
             self.infos: list[filenames.SampleInfo] | None = [filenames.decode(f) for f in self.files]
             labels = [-1 if i.label is None else i.label for i in self.infos]  # None: unscored (measures.py)
@@ -266,7 +271,7 @@ class HipDataset(Dataset):
         stretched = []
         for i, path in enumerate(progress(self.files, enabled=len(self.files) >= 50, leave=False,
                                           desc=f"decode {desc}".strip())):
-            gray = imaging.read_scaled(path)
+            gray = self._gray(i)
             stretched.append(check_shape(path, gray.shape, self.image_size))
             cache[i] = np.round(prepare(gray, self.image_size) * 255.0)
         stretched = [s for s in stretched if s]
@@ -274,6 +279,12 @@ class HipDataset(Dataset):
             logger.warning("%s%s", stretched[0], f" (and {len(stretched) - 1} more {desc} images)"
                            if len(stretched) > 1 else "")
         self.cache = cache
+
+    def _gray(self, index: int) -> np.ndarray:
+        """Image ``index`` as float32 [0, 1]: its file, or the uint8 crop given for it (``images``), read
+        as its written PNG would be."""
+        given = self.images[index] if self.images is not None else None
+        return imaging.read_scaled(self.files[index]) if given is None else imaging.unit_scale(given)
 
     @property
     def epoch(self) -> int:
@@ -287,7 +298,7 @@ class HipDataset(Dataset):
         if self.cache is not None:
             return self.cache[index]
         # the same 8-bit rounding as the cache, so results never depend on --cache_gb
-        gray = imaging.read_scaled(self.files[index])
+        gray = self._gray(index)
         check_shape(self.files[index], gray.shape, self.image_size)
         return np.round(prepare(gray, self.image_size) * 255.0).astype(np.uint8)
 
@@ -314,14 +325,16 @@ class HipDataset(Dataset):
 
 
 def run_dataset(files: Sequence[str | os.PathLike], config: RunConfig, clinical_stats: dict,
-                clinical: Sequence[Sequence[float]] | None = None, desc: str = "") -> HipDataset:
+                clinical: Sequence[Sequence[float]] | None = None, desc: str = "",
+                images: Sequence[np.ndarray | None] | None = None) -> HipDataset:
     """What a trained run's network reads for ``files``, exactly as its validation and test images:
     the run's image size, clinical normalisation and fusion mode (its ``config``, as ``runfiles.load_run``
-    gives it), 8-bit rounding as the cache, no augmentation. The one input
+    gives it), 8-bit rounding as the cache, no augmentation. ``images``: for a file cut from a raw image
+    (``predict.py``), its uint8 crop as the data folder would hold it (None: read the file). The one input
     builder of ``predict.py`` and ``visualize_gradcam.py``."""
     return HipDataset(files, ClinicalStats.from_dict(clinical_stats), tuple(int(v) for v in config.image_size),
                       early_fuse=fusion.mode(config.fusion).clinical_planes, cache_gb=float(config.cache_gb),
-                      desc=desc, clinical=clinical)
+                      desc=desc, clinical=clinical, images=images)
 
 
 class EpochSampler(torch.utils.data.Sampler):

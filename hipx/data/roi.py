@@ -398,6 +398,16 @@ def _fit_inside(box: tuple[float, float, float, float], w: int, h: int) -> tuple
     return x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)
 
 
+def parameters() -> dict:
+    """The finder's constants as data: what a data folder made with ``--roi femur`` records
+    (hipx.data.preprocessing), so that a run can tell whether this code cuts a new image as its
+    images were cut. Any change to the method's constants shows here."""
+    return {"method": "generalised Hough transform of a proximal-femur outline (docs/roi.md)",
+            "work": WORK, "black": BLACK, "prior": {k: {a: list(v) for a, v in d.items()} for k, d in PRIOR.items()},
+            "box": dict(BOX), "min_evidence": MIN_EVIDENCE, "max_tilt": MAX_TILT,
+            "head_per_distance": HEAD_PER_DISTANCE, "angle_bins": ANGLE_BINS, "min_roi_side": MIN_ROI_SIDE}
+
+
 # ----------------------------------------------------------------------------- images that hold no hip
 
 MIN_SOURCE_SIDE = 24  # below: an icon or an export's thumbnail (16-20 px), not a radiograph, however enlarged

@@ -2,11 +2,16 @@
 osteoporosis, the run's decision, and for a graded target the measurement it predicts.
 
     rows = predict("outs/<save_dir>/fold<fold>", ["data/test"], clinical_csv=None)   # or a run group
+    rows = predict(run, ["new_scans/"], clinical_csv="clinical.csv", as_trained="auto")  # raw files, DICOM too
     write_predictions("predictions.csv", rows)
 
 Everything about the network comes from the run's ``best.pth`` (architecture, image size, fusion mode,
 clinical normalisation statistics, threshold); inputs are built by ``loader.run_dataset`` exactly as the
-run's validation and test images. Every image and its clinical values are checked before any network
+run's validation and test images. A hospital's raw file (``as_trained`` raw, or auto for a file not in
+the data folder's format) first goes through the run's recorded preprocessing
+(:func:`hipx.data.preprocessing.run_preprocessing`): one row per hip, with its crop box on the raw
+image; a file or hip that cannot be cut (no femur found, blank, unreadable) gets a row with the
+reason instead of a probability. Every image and its clinical values are checked before any network
 runs (:class:`PredictError` names the file). The command line and its output: ``predict.py``.
 """
 from __future__ import annotations
@@ -19,19 +24,25 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from hipx.core import fusion, runtime, targets
+from hipx.core.choices import AS_TRAINED
 from hipx.core.cli import UserError
-from hipx.data import filenames, imaging, loader
+from hipx.data import filenames, imaging, loader, preprocessing
 from hipx.models import build_model_from_checkpoint
 from hipx.runs import runfiles
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".npy", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = imaging.IMAGE_SUFFIXES  # and DICOM files without a suffix (imaging.is_image_file)
+CROP_SUFFIXES = (".png", ".npy")  # what a data folder (preprocess_filenames.py, synthetic.py) holds
+# the columns a raw file's rows add: which hip, its crop box on the raw image, why it was not scored
+RAW_COLUMNS = ("side", "box_x0", "box_y0", "box_x1", "box_y1", "note")
 MISSING = ("", "na", "nan", "none", "null")
 
 
@@ -40,25 +51,40 @@ class PredictError(ValueError):
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the images inside folders (sorted); duplicates removed, order kept."""
+    """Files as given, and the images below folders (recursively, sorted: :func:`imaging.find_images`, as
+    ``pretrain.py`` lists its folders); duplicates removed, order kept."""
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise PredictError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            out += found
+            try:
+                out += imaging.find_images([path])
+            except ValueError:
+                raise PredictError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}, or DICOM "
+                                   "without a suffix; searched recursively)") from None
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise PredictError(f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}); give image files or "
-                                   "folders of images, e.g. python3 predict.py --run RUN data/test --out "
-                                   "predictions.csv")
+            if not imaging.is_image_file(path):
+                raise PredictError(f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}, or DICOM without a "
+                                   "suffix); give image files or folders of images, e.g. python3 predict.py --run "
+                                   "RUN data/test --out predictions.csv")
             out.append(path)
         else:
             raise PredictError(f"{path}: no such file or folder")
     seen: set[str] = set()
     return [p for p in out if not (str(p) in seen or seen.add(str(p)))]
+
+
+def in_data_folder_format(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a data folder's image: a .png or .npy named in the file-name format
+    (``filenames.PATTERN``). ``--as-trained auto`` scores such a file as it is and cuts every other."""
+    path = Path(path)
+    if path.suffix.lower() not in CROP_SUFFIXES:
+        return False
+    try:
+        filenames.decode(path)
+    except filenames.FileNameError:
+        return False
+    return True
 
 
 def _number(text: str, where: str, column: str) -> float:
@@ -96,9 +122,11 @@ def read_clinical_csv(path: str | os.PathLike) -> dict[str, tuple[float, float, 
     return table
 
 
-def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, float, float]] | None = None
-                    ) -> np.ndarray:
-    """(n, 3) sex, age, BMI per file: from ``table`` (by path as given, then by file name), else the name."""
+def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, float, float]] | None = None,
+                    required: bool = True) -> np.ndarray:
+    """(n, 3) sex, age, BMI per file: from ``table`` (by path as given, then by file name), else the name.
+    A file with neither is refused when ``required`` (the run's fusion mode uses the values), else
+    given NaN (an image-only run never reads them)."""
     table = table or {}
     by_name: dict[str, tuple] = {}
     for key, value in table.items():
@@ -110,8 +138,10 @@ def clinical_values(files: Sequence[Path], table: Mapping[str, tuple[float, floa
             try:
                 value = filenames.decode(f).clinical
             except filenames.FileNameError:
-                unknown.append(str(f))
-                continue
+                if required:
+                    unknown.append(str(f))
+                    continue
+                value = (math.nan,) * len(loader.CLINICAL_NAMES)
         rows.append(value)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -148,19 +178,76 @@ def run_checkpoints(run: str | os.PathLike) -> list[Path]:
     return [path]
 
 
+@dataclass
+class _Item:
+    """One output row: a file or one hip of a raw file, scored (``crop``: the raw file's crop, None: read
+    the file) or not (``note`` says why)."""
+
+    file: Path
+    clinical: np.ndarray
+    raw: bool = False
+    crop: np.ndarray | None = None
+    side: str = ""
+    box: tuple[int, int, int, int] | None = None
+    note: str = ""
+
+    @property
+    def scored(self) -> bool:
+        return not self.note
+
+
+def _no_preprocessing(run: str | os.PathLike, data_dir: str) -> str:
+    return (f"--run {run} records no preprocessing (no {preprocessing.FILE} in the run folder, and its data folder "
+            f"{data_dir} holds no {preprocessing.DATA_FOLDER_CONFIG}): its images were not made from raw files by "
+            "preprocess_filenames.py, or the run predates the record")
+
+
+def _raw_items(path: Path, clinical: np.ndarray, pipeline: preprocessing.Preprocessing,
+               image_size: tuple[int, int]) -> list[_Item]:
+    """A raw file through the run's preprocessing: one item per hip (or the whole image); an item with a
+    note where the file cannot be cut, or where a hip's femoral head was not found."""
+    try:
+        crops = pipeline.apply(path)
+    except (imaging.ImageReadError, imaging.BoxError, imaging.OddImageError) as exc:
+        reason = " ".join(str(exc).split())
+        return [_Item(path, clinical, raw=True, note=f"not scored: {reason}")]
+    found = [c for c in crops if c.found]
+    if not found:
+        why = "; ".join(c.note.replace("; using the half field", "") for c in crops if c.note)
+        return [_Item(path, clinical, raw=True, note=f"not scored: no femur found ({why})")]
+    items = []
+    for c in crops:
+        if c.found:
+            stretched = loader.check_shape(f"{path} ({c.side or 'image'})", c.image.shape, image_size)
+            if stretched:
+                logger.warning("%s", stretched)
+        items.append(_Item(path, clinical, raw=True, crop=c.image if c.found else None, side=c.side, box=c.box,
+                           note="" if c.found else f"not scored: {c.note.replace('; using the half field', '')}"))
+    return items
+
+
 @torch.no_grad()
 def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
             clinical_csv: str | os.PathLike | None = None, device: str = "cpu",
-            batch_size: int = 16, tta: str = "auto") -> list[dict]:
+            batch_size: int = 16, tta: str = "auto", as_trained: str = "crops") -> list[dict]:
     """Rows ``file, probability, prediction`` for every image, in input order.
 
     ``run`` may be a cross-validation run group: the probability is then the mean of its K fold
     models and the decision uses the mean of their validation thresholds. ``tta``: ``flip`` also
     scores each image's left/right mirror and averages the two probabilities; ``auto`` does what
     the run was validated with (its ``--tta``).
-    Every image and its clinical values are checked before the network runs; the first problem
-    raises :class:`PredictError` (or ``ValueError`` for an unusable checkpoint) naming the file.
+    ``as_trained``: ``crops`` (default here, as before) scores every file as a data folder's image;
+    ``raw`` cuts every file by the run's recorded preprocessing first; ``auto`` (``predict.py``'s
+    default) cuts the files not in the data folder's format (:func:`in_data_folder_format`) where the
+    run records its preprocessing. A raw file gives one row per hip with :data:`RAW_COLUMNS`
+    (probability and prediction None, and the reason in ``note``, for what could not be scored);
+    crop files in the same call leave those columns empty.
+    Clinical values are asked for only where the run's fusion mode uses them. Every image and its
+    clinical values are checked before the network runs; the first problem raises
+    :class:`PredictError` (or ``ValueError`` for an unusable checkpoint) naming the file.
     """
+    if as_trained not in AS_TRAINED:
+        raise PredictError(f"as_trained {as_trained!r}: choose one of {', '.join(AS_TRAINED)}")
     members = [runfiles.load_run(r) for r in run_checkpoints(run)]  # weights_only=True: pickles refused
     shapes = {(tuple(m.image_size), m.fusion) for m in members}
     if len(shapes) > 1:
@@ -168,54 +255,91 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
                            "an ensemble needs the folds of one cross-validation run")
     files = collect_images(images)
     table = read_clinical_csv(clinical_csv) if clinical_csv else None
-    clinical = clinical_values(files, table)
-    for f in files:  # refuse before any scoring
+    clinical = clinical_values(files, table, required=fusion.mode(members[0].fusion).uses_clinical)
+    data_dir = members[0].config.data_dir
+    pipeline = None if as_trained == "crops" else preprocessing.run_preprocessing(run, data_dir=data_dir)
+    if as_trained == "raw" and pipeline is None:
+        raise PredictError(f"--as-trained raw: {_no_preprocessing(run, data_dir)}. Score images in the data "
+                           "folder's format (--as-trained crops)")
+    raw = [pipeline is not None and (as_trained == "raw" or not in_data_folder_format(f)) for f in files]
+    if any(raw):
+        pipeline.check_repeatable(f"--run {run}")  # before any file is cut (apply would say it at the first)
+    items: list[_Item] = []
+    for f, values, cut in zip(files, clinical, raw):  # refuse (crops) or cut (raw files) before any scoring
+        if cut:
+            items += _raw_items(f, values, pipeline, members[0].image_size)
+            continue
+        if imaging.is_dicom(f):
+            raise PredictError(f"{f}: a DICOM file is a raw radiograph, and {_no_preprocessing(run, data_dir)}. Cut "
+                               "it into crops with preprocess_filenames.py as the run's data folder was made, and "
+                               "score those")
         check_image(f, members[0].image_size)
-    dev = runtime.select_device(device, None)
-    probs, values = np.zeros(len(files)), np.zeros(len(files))
+        items.append(_Item(f, values))
+    scored = [item for item in items if item.scored]
+    probs, values = np.zeros(len(scored)), np.zeros(len(scored))
     spec = targets.TargetSpec.from_dict(members[0].config.target_spec)
-    dataset = loader.run_dataset(files, members[0].config, members[0].clinical_stats, clinical=clinical,
-                                 desc="predict")  # decoded once; each fold model normalises the clinical values
-    for trained in members:
-        dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
-        model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
-        model.to(dev)
-        scored_as = trained.config.tta if tta == "auto" else tta
+    if scored:
+        dev = runtime.select_device(device, None)
+        crops = [item.crop for item in scored]
+        # decoded once; each fold model normalises the clinical values
+        dataset = loader.run_dataset([item.file for item in scored], members[0].config, members[0].clinical_stats,
+                                     clinical=[item.clinical for item in scored], desc="predict",
+                                     images=crops if any(c is not None for c in crops) else None)
+        for trained in members:
+            dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
+            model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
+            model.to(dev)
+            scored_as = trained.config.tta if tta == "auto" else tta
 
-        def forward(batch: dict) -> torch.Tensor:
-            inputs = fusion.network_inputs(trained.fusion, batch["image"].to(dev), batch["clinical"].to(dev))
-            return model(*inputs).float().reshape(-1)
+            def forward(batch: dict) -> torch.Tensor:
+                inputs = fusion.network_inputs(trained.fusion, batch["image"].to(dev), batch["clinical"].to(dev))
+                return model(*inputs).float().reshape(-1)
 
-        member: list[float] = []
-        value: list[float] = []
-        for batch in DataLoader(dataset, batch_size=batch_size):
-            p = fusion.probability(forward, batch, scored_as)
-            member += p.cpu().double().tolist()
-            if spec.kind != "binary":  # the measurement it stands for (graded targets, targets.py)
-                value += model.predicted_value(torch.logit(p.clamp(1e-7, 1 - 1e-7))).cpu().double().tolist()
-        probs += np.asarray(member, dtype=np.float64) / len(members)
-        if value:
-            values += np.asarray(value, dtype=np.float64) / len(members)
+            member: list[float] = []
+            value: list[float] = []
+            for batch in DataLoader(dataset, batch_size=batch_size):
+                p = fusion.probability(forward, batch, scored_as)
+                member += p.cpu().double().tolist()
+                if spec.kind != "binary":  # the measurement it stands for (graded targets, targets.py)
+                    value += model.predicted_value(torch.logit(p.clamp(1e-7, 1 - 1e-7))).cpu().double().tolist()
+            probs += np.asarray(member, dtype=np.float64) / len(members)
+            if value:
+                values += np.asarray(value, dtype=np.float64) / len(members)
     threshold = float(np.mean([m.threshold for m in members]))
-    logger.info("scored %d images with %s (%s, threshold %.4f from validation)", len(files), Path(run),
+    n_raw = sum(raw)
+    logger.info("scored %d images%s with %s (%s, threshold %.4f from validation)", len(scored),
+                f" ({sum(i.raw for i in scored)} of them cut from {n_raw} raw files as the run was trained; "
+                f"{len(items) - len(scored)} rows not scored)" if n_raw else "", Path(run),
                 f"mean of {len(members)} fold models" if len(members) > 1 else f"epoch {members[0].epoch}",
                 threshold)
-    rows = [{"file": str(f), "probability": float(p), "prediction": int(p >= threshold)}
-            for f, p in zip(files, probs)]
-    if spec.kind == "continuous":  # e.g. predicted_T-score; a fold ensemble's is the mean of its models'
-        for row, v in zip(rows, values):
-            row[f"predicted_{spec.name}"] = f"{v:.4g}"
-    elif spec.kind == "ordinal":  # the class at the ensemble's mean class index
-        for row, v in zip(rows, values):
-            row["predicted_class"] = spec.classes[int(np.clip(np.round(v), 0, spec.n_classes - 1))]
+    rows = []
+    results = iter(zip(probs, values))
+    for item in items:
+        row: dict = {"file": str(item.file), "probability": None, "prediction": None}
+        if item.scored:
+            p, v = next(results)
+            row.update(probability=float(p), prediction=int(p >= threshold))
+            if spec.kind == "continuous":  # e.g. predicted_T-score; a fold ensemble's is the mean of its models'
+                row[f"predicted_{spec.name}"] = f"{v:.4g}"
+            elif spec.kind == "ordinal":  # the class at the ensemble's mean class index
+                row["predicted_class"] = spec.classes[int(np.clip(np.round(v), 0, spec.n_classes - 1))]
+        elif spec.kind != "binary":
+            row["predicted_class" if spec.kind == "ordinal" else f"predicted_{spec.name}"] = ""
+        if n_raw:
+            box = item.box or ("",) * 4
+            row.update(side=item.side, box_x0=box[0], box_y0=box[1], box_x1=box[2], box_y1=box[3], note=item.note)
+        rows.append(row)
     return rows
 
 
 def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
-    """``rows`` of :func:`predict` as ``file,probability,prediction[,predicted_...]``, written atomically."""
+    """``rows`` of :func:`predict` as ``file,probability,prediction[,predicted_...][,side,box_x0,box_y0,box_x1,
+    box_y1,note]``, written atomically; an unscored row's probability and prediction are empty."""
     extra = [k for k in rows[0] if k.startswith("predicted_")] if rows else []
-    runfiles.write_csv(path, [{**r, "probability": runfiles.probability_text(r["probability"])} for r in rows],
-                       ["file", "probability", "prediction", *extra])
+    raw = list(RAW_COLUMNS) if rows and RAW_COLUMNS[0] in rows[0] else []
+    text = [{**r, "probability": "" if r["probability"] is None else runfiles.probability_text(r["probability"]),
+             "prediction": "" if r["prediction"] is None else r["prediction"]} for r in rows]
+    runfiles.write_csv(path, text, ["file", "probability", "prediction", *extra, *raw])
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -232,9 +356,17 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"--out {out} exists; nothing was written. Pass --overwrite to replace it, or choose "
                         "another --out")
     try:
-        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size, args.tta)
+        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size, args.tta,
+                       getattr(args, "as_trained", "crops"))
     except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     write_predictions(args.out, rows)
-    print(f"{len(rows)} predictions ({sum(r['prediction'] for r in rows)} osteoporosis) written to {args.out}")
+    scored = [r for r in rows if r["prediction"] is not None]
+    skipped = [r for r in rows if r["prediction"] is None]
+    if not scored:
+        raise SystemExit(f"nothing was scored: {skipped[0]['file']}: {skipped[0]['note']}"
+                         f"{f' (and {len(skipped) - 1} more)' if len(skipped) > 1 else ''}; the reasons are in "
+                         f"{args.out}")
+    print(f"{len(scored)} predictions ({sum(r['prediction'] for r in scored)} osteoporosis) written to {args.out}"
+          + (f"; {len(skipped)} not scored (the note column says why)" if skipped else ""))
     return rows

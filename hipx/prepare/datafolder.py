@@ -27,7 +27,8 @@ from hipx.data import filenames
 from hipx.core import measures
 from hipx.data import roi
 from hipx.core import files as fileio
-from hipx.data.imaging import BoxError, ImageReadError, OddImageError, crop_box, fit_image, read_image, split_hips
+from hipx.data.imaging import BoxError, ImageReadError, OddImageError, crop_box, read_image
+from hipx.data.preprocessing import DATA_FOLDER_CONFIG, Preprocessing
 from hipx.prepare.patient_table import PreprocessError, Row, SkipLog
 from hipx.data.splits import SPLITS
 
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 MARKER = ".preprocess_in_progress"
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.csv"
-CONFIG = "preprocess_config.json"
+CONFIG = DATA_FOLDER_CONFIG  # with the preprocessing record (preprocessing.py) that runs copy
 LOG = "preprocess.log"
 OWN_FILES = (MANIFEST, SKIPPED, CONFIG, LOG, MARKER)
 FORMAT_VERSION = 2  # part of the resume fingerprint: bump when outputs for the same input change
@@ -264,17 +265,12 @@ def _write_row(args: argparse.Namespace, out: Path, root: Path, row: Row, split:
             img = read_image(row.path)
             if row.box is not None:
                 img = crop_box(img, row.box)
-            problem = roi.image_problem(img, bool(args.roi))
-            if problem is not None:
-                raise OddImageError(problem[0], f"{row.path}: {problem[1]}")
-            if args.roi:
-                found = roi.find_hips(img, aspect=args.size[0] / args.size[1])
-                for note in found.notes:
-                    logger.warning("%s: %s", row.image, note)
-                parts = [hip.image for hip in found.hips]
-            else:
-                parts = split_hips(img) if args.split_hips else (img,)
-            fitted = [fit_image(part, args.size, args.fit) for part in parts]
+            # the steps after decoding, as predict.py repeats them on a new raw file (preprocessing.py)
+            cut = Preprocessing.from_args(args).cut(img, row.path)
+            found = cut.roi
+            for note in found.notes if found is not None else ():
+                logger.warning("%s: %s", row.image, note)
+            fitted = [crop.image for crop in cut.crops]
         except (ImageReadError, BoxError, OddImageError) as exc:
             if args.strict:
                 raise PreprocessError(f"--strict: {skips.csv_path.name} line {row.line}: {exc}") from exc

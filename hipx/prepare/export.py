@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hipx.core import files as fileio
 from hipx.core.measures import UNSCORED
+from hipx.data.preprocessing import Preprocessing
 from hipx.data.splits import DEFAULT_FRACTIONS, assign_folds, assign_splits, patient_labels
 from hipx.prepare import datafolder
 from hipx.prepare.patient_table import (DEFAULT_SEX_MAP, Columns, Options, PreprocessError, Row, SkipLog,
@@ -122,8 +123,10 @@ def build_data_folder(args: argparse.Namespace, buffer: "_Buffer") -> int:
     try:
         for record in buffer.records:
             file_handler.handle(record)
+        # "preprocessing": how a new raw file goes through these steps again (runs copy it, predict.py applies it)
         config = {"csv": str(csv_path.resolve()), "images": str(root), "out": str(out_real),
-                  "columns": vars(cols), "settings": settings, "fingerprint": fingerprint}
+                  "columns": vars(cols), "settings": settings, "fingerprint": fingerprint,
+                  "preprocessing": Preprocessing.from_args(args).to_dict()}
         fileio.write_bytes(out / datafolder.CONFIG, json.dumps(config, indent=1, default=str).encode("utf-8"))
         return datafolder.write_images(args, out, rows, splits, folds, skips, resume, cols.measure_name)
     finally:
