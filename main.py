@@ -53,13 +53,6 @@ def check_args(args: argparse.Namespace) -> None:
                          "--save_dir/--fold")
 
 
-def write_report(run_dir, **kwargs) -> dict:
-    """The run report (report.py) that a run with ``--bootstrap N`` writes when it ends."""
-    import report
-
-    return report.write_report(run_dir, **kwargs)
-
-
 def main(argv: list[str] | None = None) -> dict | list[dict]:
     """Train (or ``--resume``, or ``--test``) the run the flags name; returns its test metrics (a list
     of them, one per fold, with ``--folds K``)."""
@@ -69,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict | list[dict]:
     check_args(args)
     from hipx.training import session
 
-    return session.start(args, given, write_report)
+    return session.start(args, given)
 
 
 if __name__ == "__main__":

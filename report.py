@@ -74,12 +74,5 @@ def main(argv: list[str] | None = None) -> dict:
     return run_report.run_command(args)
 
 
-def write_report(*args, **kwargs) -> dict:
-    """:func:`hipx.reports.run_report.write_report`, for main.py's ``import report`` until it imports the package."""
-    from hipx.reports import run_report
-
-    return run_report.write_report(*args, **kwargs)
-
-
 if __name__ == "__main__":
     run_main(main)

@@ -51,7 +51,8 @@ def save_run(folder: Path, fusion_name: str, tta: str, spec: targets.TargetSpec 
                 b.copy_(0.5 + torch.rand(b.shape, generator=g))
     config = {"model": "dense_net", "image_size": list(SIZE), "depth": 10, "growthRate": 4, "norm": norm,
               "act": act, "stem": "downsample", "fusion": fusion_name, "in_chans": in_chans, "tta": tta,
-              "target": spec.kind, "target_spec": spec.to_dict()}
+              "target": spec.kind, "target_spec": spec.to_dict(),
+              "residual_head": "late" if mode.clinical_offset else None}
     stats = stats or {"names": list(loader.CLINICAL_NAMES), "mean": [0.6, 61.5, 24.2], "std": [0.49, 9.5, 3.7]}
     runfiles.save_checkpoint(folder / runfiles.BEST, model.state_dict(), config, stats, 0.4 + seed / 100, 3)
     return folder
@@ -148,7 +149,7 @@ def exported(request, tmp_path_factory, images):
     root = tmp_path_factory.mktemp(f"export_{case}_{tta}")
     run = CASES[case][0](root / "run", tta, images)
     out, json_path = export.export(run, root / "model.onnx")
-    members = export.run_members(run)
+    members = runfiles.model_runs(run)
     return {"case": case, "tta": tta, "run": run, "members": members, "onnx": out, "json": json_path}
 
 

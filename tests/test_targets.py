@@ -207,11 +207,6 @@ def test_graded_target_without_a_measurement_is_one_line(tmp_path):
     assert not (tmp_path / "outs" / "x").exists()
 
 
-def test_graded_target_refuses_residual_fusion(tmp_path):
-    done = run_main("--target", "ordinal", "--fusion", "residual", "--data_dir", tmp_path, cwd=tmp_path)
-    assert done.returncode != 0 and "residual" in done.stderr and "Traceback" not in done.stderr
-
-
 @pytest.mark.slow
 def test_unscored_images_train_graded_targets_and_are_never_scored(tmp_path):
     grades = {"train": [1, 6, 1, 6, 2, 5, 1, 6], "val": [1, 6, 2, 5], "test": [1, 6, 2, 5], "unscored": [3, 4, 3, 4]}

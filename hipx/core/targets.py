@@ -12,9 +12,10 @@ The clinical cut (osteoporosis when the value <= ``cut``: T <= -2.5, grade <= 2)
 one osteoporosis logit, which :class:`models.Classifier` returns as it always has: validation picks
 the best epoch and the threshold on it, and every metric, report, CV summary, ``compare.py``,
 ``predict.py`` and the heatmaps read it unchanged. For ordinal targets it is ``logit P(class <= c)``
-of the cut's class ``c``; for continuous ones ``LOGIT_PER_SD * (z_cut - z_hat)``, a monotone map of the
-predicted value (its calibration assumes a residual of about half a training SD: the ranking metrics do
-not depend on it, and ``report.py --recalibrate`` refits it). Lower is always worse: a lower predicted
+of the cut's class ``c``; for continuous ones ``scale * (z_cut - z_hat)``, a monotone map of the
+predicted value whose scale is fitted on the run's validation images at every validation (the residual's
+SD: ``P(value <= cut) = Phi((z_cut - z_hat) / SD)``, :func:`scale_for`) and saved with the weights; runs
+made before that used :data:`LOGIT_PER_SD`, a residual of half a training SD. Lower is always worse: a lower predicted
 value is a higher osteoporosis score.
 """
 from __future__ import annotations
@@ -31,6 +32,9 @@ if TYPE_CHECKING:  # NumPy is imported where it is used: main.py --help takes KI
 KINDS = ("binary", "ordinal", "continuous")
 DEFAULT = "binary"
 LOGIT_PER_SD = 3.4  # continuous: osteoporosis logit per training SD below the cut (logistic ~ normal, SD 0.5)
+# the logistic curve closest to the normal CDF: Phi(x) ~ sigmoid(1.702 x) (Bowling et al., J Ind Eng Manag 2009)
+PROBIT_TO_LOGIT = 1.702
+MIN_RESIDUAL_SD = 0.05  # a fitted residual SD below this (in training SDs) is taken as this: no infinite logits
 HUBER_DELTA = 1.0  # in training SDs: squared loss within, absolute beyond (robust to a mislabelled scan)
 
 
@@ -160,6 +164,24 @@ def predicted_value(spec: TargetSpec, logit, deltas=None, scale=None):
     if spec.kind == "ordinal":
         return (cumulative_logits(spec, logit, deltas) < 0).sum(dim=1).to(torch.float32)
     return None
+
+
+def residual_sd(spec: TargetSpec, measured, predicted) -> float | None:
+    """Continuous: the root mean square of ``measured - predicted`` in training SDs over the images with a
+    measurement (None where there is none)."""
+    import numpy as np
+
+    measured, predicted = np.asarray(measured, dtype=float), np.asarray(predicted, dtype=float)
+    known = np.isfinite(measured) & np.isfinite(predicted)
+    if not known.any():
+        return None
+    return max(float(np.sqrt(np.mean(((measured[known] - predicted[known]) / spec.sd) ** 2))), MIN_RESIDUAL_SD)
+
+
+def scale_for(sd: float) -> float:
+    """The osteoporosis logit per training SD below the cut when the measurement scatters with ``sd``
+    (training SDs) around the prediction: P(value <= cut) = Phi((z_cut - z_hat) / sd)."""
+    return PROBIT_TO_LOGIT / sd
 
 
 def loss(spec: TargetSpec, logit, label, measure, deltas=None, binary_loss=None, scale=None):

@@ -85,3 +85,28 @@ def clinical_model(train_files: Sequence[str | os.PathLike], stats: loader.Clini
         raise BaselineUnavailable(reason)
     model = fit_logistic(train, stats, C)
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
+
+
+def graded_model(train_files: Sequence[str | os.PathLike], stats: loader.ClinicalStats, spec,
+                 values: Sequence[float]):
+    """Residual fusion's start for a graded target (``spec``, a ``targets.TargetSpec``): on the training
+    images with a measurement (``values``, NaN where none), the clinical ridge regression of the
+    standardised measurement (continuous) or the clinical cumulative-link model of its classes (ordinal),
+    on the clinical vector as normalised by ``stats``. Returns ``clinical_models.LinearStart``; raises
+    :class:`BaselineUnavailable` where no clinical value varies."""
+    from hipx.stats import clinical_models
+
+    table = loader.clinical_table(train_files)
+    measured = np.isfinite(np.asarray(values, dtype=np.float64))
+    table, v = table[measured], np.asarray(values, dtype=np.float64)[measured]
+    states = loader.clinical_states(table)
+    if "varies" not in states.values():
+        raise BaselineUnavailable("no clinical value varies among the measured training images ("
+                                  + ", ".join(f"{name} {state}" for name, state in states.items()) + ")")
+    X = design(table, stats)
+    try:
+        if spec.kind == "continuous":
+            return clinical_models.fit_linear(X, (v - spec.mean) / spec.sd)
+        return clinical_models.fit_cumulative_link(X, spec.classify(v), spec.n_classes)
+    except ValueError as exc:
+        raise BaselineUnavailable(str(exc)) from None

@@ -45,7 +45,8 @@ from hipx.core import files, fusion, targets
 from hipx.core.choices import MIN_SIDE
 from hipx.core.cli import UserError
 from hipx.data import loader
-from hipx.models import BatchInstanceNorm2d, build_model_from_checkpoint
+from hipx.inference import network
+from hipx.models import BatchInstanceNorm2d
 from hipx.runs import runfiles
 
 logger = logging.getLogger(__name__)
@@ -81,24 +82,10 @@ def preprocessing_path(onnx_path: str | os.PathLike) -> Path:
 
 # ----------------------------------------------------------------------------- the run(s) to export
 
-def run_members(run: str | os.PathLike) -> list[Path]:
-    """What ``--run`` names: a run folder or a checkpoint file (one model), or a cross-validation run group
-    ``outs/<save_dir>`` (its ``fold*/`` run folders holding a ``best.pth``: a fold ensemble), as predict.py
-    reads it."""
-    path = Path(run)
-    if path.is_dir() and not runfiles.Run(path).has_checkpoint(runfiles.BEST):
-        folds = [fold.dir for fold in runfiles.RunGroup(path).runs(having=runfiles.BEST)]
-        if folds:
-            return folds
-        raise ExportError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
-                          f"group (no fold*/{runfiles.BEST} inside). {runfiles.missing_advice(path)}")
-    return [path]
-
-
 def load_members(run: str | os.PathLike) -> list[runfiles.Run]:
     """The run(s) ``run`` names, loaded (``runfiles.load_run``); the folds of a group must share their image
     size, fusion mode and target, as one graph takes one input."""
-    members = [runfiles.load_run(r) for r in run_members(run)]
+    members = [runfiles.load_run(r) for r in runfiles.model_runs(run)]
     shapes = {(m.image_size, m.fusion, m.config.target) for m in members}
     if len(shapes) > 1:
         raise ExportError(f"--run {run}: the fold models differ in image size, fusion mode or target "
@@ -216,7 +203,7 @@ def build_module(members: Sequence[runfiles.Run], tta: str = "auto", clinical_in
     mode = fusion.mode(members[0].fusion)
     scores = []
     for m in members:
-        model = frozen(build_model_from_checkpoint(m.state, str(m.checkpoint)))  # eval mode, on the CPU
+        model = frozen(network.saved_network(m.state, str(m.checkpoint)))  # eval mode, on the CPU
         stats = loader.ClinicalStats.from_dict(m.clinical_stats) if clinical_input == "raw" and \
             mode.uses_clinical else None
         scores.append(MemberScore(model, m.fusion, member_tta(m, tta), stats, planes=mode.clinical_planes))

@@ -33,7 +33,7 @@ from hipx.core import fusion, runtime
 from hipx.core.choices import CAM_EXPLAIN_CHOICES, CAM_TARGETS, OUTCOMES
 from hipx.data import filenames, imaging, loader
 from hipx.inference.cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer
-from hipx.models import build_model_from_checkpoint
+from hipx.inference import network
 from hipx.prepare.synthetic import mask_path, region_mask  # the demo generator's masks
 from hipx.runs import runfiles
 
@@ -53,7 +53,7 @@ TARGET_TEXT = {"osteoporosis": "the osteoporosis logit", "normal": "the normal c
 
 def load_network(run: runfiles.Run, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The run's best network in eval mode on ``device``."""
-    return build_model_from_checkpoint(run.state, str(run.checkpoint)).to(device)
+    return network.load_network(run, device)
 
 
 def test_files(run: runfiles.Run, data_dir: str | os.PathLike | None = None) -> list[Path]:

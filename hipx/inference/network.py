@@ -22,11 +22,9 @@ a new run gets. A ``--resume`` with ``last.pth`` and ``--test`` (``best.pth``) g
 Who calls what:
 - the training session (``hipx.training.session.build_trainer``: new runs, ``--resume``, ``--test``,
   every cross-validation fold) and through it ``bench.py``: :func:`run_network`;
-- scoring and explaining a trained run -- ``predict.py``, the heatmaps (``visualize_gradcam.py``,
-  ``hipx.inference.cam``), external validation (``report.py --external``) and an ONNX export:
-  :func:`load_network` for a run folder or checkpoint file, :func:`saved_network` for a checkpoint
-  already read with ``runfiles.load_run`` (what ``hipx.models.build_model_from_checkpoint``, which
-  predict.py and visualize_gradcam.py call as of this writing, does underneath).
+- scoring and explaining a trained run -- ``predict.py`` (:func:`saved_network`), the heatmaps
+  (``visualize_gradcam.py``, the report's case gallery: :func:`load_network`) and an ONNX export
+  (``export.py``: :func:`saved_network`); external validation scores through ``predict.py``'s code.
 """
 from __future__ import annotations
 
@@ -68,7 +66,7 @@ def new_network(config: RunConfig, train_files: Sequence[str | os.PathLike], sta
     check_pretrained(config)
     model = build_model_from_config(config.to_dict(), pretrained=config.pretrained)
     if fusion.mode(config.fusion).clinical_offset:
-        start_from_clinical_model(model, train_files, stats)
+        start_from_clinical_model(model, train_files, stats, config.data_dir)
     return model
 
 
@@ -89,18 +87,31 @@ def check_pretrained(config: RunConfig) -> None:
 
 
 def start_from_clinical_model(model: Classifier, train_files: Sequence[str | os.PathLike],
-                              stats: ClinicalStats) -> None:
-    """Residual fusion: the network starts as the clinical logistic regression of the training
-    images (the clinical baseline's model, on the network's own normalisation) with no image part."""
+                              stats: ClinicalStats, data_dir: str | os.PathLike | None = None) -> None:
+    """Residual fusion: the network starts as the clinical model of the training images, on the
+    network's own normalisation, with no correction yet: for the binary label the logistic regression
+    (the clinical baseline's model), for a graded target the regression of the measurement (continuous)
+    or its cumulative-link model (ordinal), read from ``data_dir``'s manifest (``hipx.core.measures``)."""
     from hipx.inference import clinical
 
+    spec = model.target
+    offsets = None
     try:
-        coef, intercept = clinical.clinical_model(train_files, stats)
+        if spec.kind == "binary":
+            coef, intercept = clinical.clinical_model(train_files, stats)
+        else:
+            from hipx.core import measures
+
+            measure = measures.read(data_dir) if data_dir is not None else None
+            values = measure.of(train_files) if measure is not None else [float("nan")] * len(train_files)
+            fit = clinical.graded_model(train_files, stats, spec, values)
+            coef, intercept, offsets = fit.coef, fit.intercept, fit.offsets
     except clinical.BaselineUnavailable as exc:
         logger.warning("residual fusion without a clinical model (%s): the image alone is learnt", exc)
         coef, intercept = [0.0] * model.n_clinical, 0.0
-    model.set_clinical_model(coef, intercept)
-    logger.info("residual fusion starts from the clinical model: logit = %.3f + %s + the image's correction",
+    model.set_clinical_model(coef, intercept, offsets)
+    unit = {"binary": "logit", "continuous": f"standardised {spec.name}", "ordinal": f"{spec.name} score"}[spec.kind]
+    logger.info("residual fusion starts from the clinical model: %s = %.3f + %s + the correction", unit,
                 intercept, " + ".join(f"{c:.3f} {name}" for c, name in zip(coef, clinical.FEATURES)))
 
 

@@ -34,7 +34,7 @@ from hipx.core import fusion, runtime, targets
 from hipx.core.choices import AS_TRAINED
 from hipx.core.cli import UserError
 from hipx.data import filenames, imaging, loader, preprocessing
-from hipx.models import build_model_from_checkpoint
+from hipx.inference import network
 from hipx.runs import runfiles
 
 logger = logging.getLogger(__name__)
@@ -165,19 +165,6 @@ def check_image(path: Path, image_size: tuple[int, int]) -> None:
         logger.warning("%s", stretched)
 
 
-def run_checkpoints(run: str | os.PathLike) -> list[Path]:
-    """What ``--run`` names: a checkpoint file or a run folder (one model), or a cross-validation run
-    group ``outs/<save_dir>`` (the ``fold*/`` run folders inside with a ``best.pth``: a fold ensemble)."""
-    path = Path(run)
-    if path.is_dir() and not runfiles.Run(path).has_checkpoint(runfiles.BEST):
-        folds = [fold.dir for fold in runfiles.RunGroup(path).runs(having=runfiles.BEST)]
-        if folds:
-            return folds
-        raise PredictError(f"--run {path}: neither a run folder (no {runfiles.BEST}) nor a cross-validation run "
-                           f"group (no fold*/{runfiles.BEST} inside). {runfiles.missing_advice(path)}")
-    return [path]
-
-
 @dataclass
 class _Item:
     """One output row: a file or one hip of a raw file, scored (``crop``: the raw file's crop, None: read
@@ -248,7 +235,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
     """
     if as_trained not in AS_TRAINED:
         raise PredictError(f"as_trained {as_trained!r}: choose one of {', '.join(AS_TRAINED)}")
-    members = [runfiles.load_run(r) for r in run_checkpoints(run)]  # weights_only=True: pickles refused
+    members = [runfiles.load_run(r) for r in runfiles.model_runs(run)]  # weights_only=True: pickles refused
     shapes = {(tuple(m.image_size), m.fusion) for m in members}
     if len(shapes) > 1:
         raise PredictError(f"--run {run}: the fold models differ in image size or fusion mode ({sorted(shapes)}); "
@@ -287,7 +274,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
                                      images=crops if any(c is not None for c in crops) else None)
         for trained in members:
             dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
-            model = build_model_from_checkpoint(trained.state, str(trained.checkpoint))
+            model = network.saved_network(trained.state, str(trained.checkpoint))
             model.to(dev)
             scored_as = trained.config.tta if tta == "auto" else tta
 

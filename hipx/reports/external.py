@@ -212,7 +212,7 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
     ``development_dir``: the run's own data folder for the case-mix table (default: from its configuration).
     Returns the numbers of ``external_metrics.json``."""
     # torch: only once an external validation is asked for
-    from hipx.inference.predict import run_checkpoints, predict
+    from hipx.inference.predict import predict
 
     name = check_name(name or Path(data_dir).resolve().name)
     out = out_folder(run, name)
@@ -225,7 +225,7 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)
     table = external_images(data_dir)
     part = (calibration_part(table, calibrate_on, seed) if recalibrate else np.zeros(len(table), dtype=bool))
-    members = [runfiles.load_run(r) for r in run_checkpoints(run)]
+    members = [runfiles.load_run(r) for r in runfiles.model_runs(run)]
     threshold = float(np.mean([m.threshold for m in members]))
     rows = predict(run, table["path"].tolist(), device=device, batch_size=batch_size)
     table["probability"] = [r["probability"] for r in rows]

@@ -443,6 +443,20 @@ def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
     return Run(folder, ckpt, state)
 
 
+def model_runs(run: str | os.PathLike) -> list[Path]:
+    """What a scoring command's ``--run`` names: a checkpoint file or a run folder (one model), or a
+    cross-validation run group ``outs/<save_dir>`` (its ``fold*/`` run folders with a ``best.pth``: a fold
+    ensemble). Raises ``ValueError`` naming the folder when it is neither."""
+    path = Path(run)
+    if path.is_dir() and not Run(path).has_checkpoint(BEST):
+        folds = [fold.dir for fold in RunGroup(path).runs(having=BEST)]
+        if folds:
+            return folds
+        raise ValueError(f"--run {path}: neither a run folder (no {BEST}) nor a cross-validation run group (no "
+                         f"fold*/{BEST} inside). {missing_advice(path)}")
+    return [path]
+
+
 def missing_advice(folder: str | os.PathLike) -> str:
     """What to do about a run folder whose best.pth is missing or unusable: continue the run from its
     last.pth when it has one (a best.pth is written at every better epoch), else train it again."""

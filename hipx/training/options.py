@@ -169,9 +169,6 @@ def check_settings(cfg: RunConfig) -> None:
     _check_ranges(cfg)
     if cfg.fusion not in fusion.NAMES:
         raise SystemExit(f"--fusion {cfg.fusion}: choose one of {', '.join(fusion.NAMES)}")
-    if cfg.target != "binary" and fusion.mode(cfg.fusion).clinical_offset:
-        raise SystemExit(f"--target {cfg.target} and --fusion residual exclude each other: residual fusion starts "
-                         "from the clinical logistic regression of the binary label")
     if cfg.target != "binary" and (cfg.loss != "bce" or cfg.t_alpha is not None):
         raise SystemExit(f"--loss {cfg.loss}/--t_alpha weigh the binary label's loss; --target {cfg.target} has its "
                          "own (targets.py)")

@@ -43,13 +43,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hipx.data import augment
+from hipx.data import imaging
 from hipx.data import loader
 from hipx.core.choices import MIN_SIDE
 
 ENCODER_PREFIXES = ("features.", "final_act.")  # what main.py --pretrained takes; the projector stays behind
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", *DICOM_SUFFIXES)
-SKIP_FOLDERS = ("masks",)  # synthetic.py's femur masks beside the images: not radiographs
 
 # CLAHE on the radiograph itself as a view: clip limits drawn in 1-4 (2 is the loader's setting,
 # Pizer et al. 1987), the spread of equalisation that hospital processing applies to films.
@@ -58,41 +56,12 @@ CLAHE_CLIPS = (1.0, 4.0)
 
 # ----------------------------------------------------------------------------- images
 
-def _is_image(path: Path) -> bool:
-    if path.name.startswith("."):  # hidden files, and a killed run's temporary files
-        return False
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    if path.suffix:
-        return False
-    try:  # DICOM files often have no suffix: the 'DICM' magic at byte 128
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return True  # listed, so the unreadable file is skipped and counted, not silently ignored
-
-
-def find_images(folders: Sequence[str | os.PathLike]) -> list[Path]:
-    """Every image file below ``folders`` (recursively, sorted, each file once); ``masks/`` folders
-    (synthetic.py's femur masks) are left out. Raises naming a folder that is missing or holds none."""
-    found: dict[Path, Path] = {}
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder; give folders of radiographs (PNG, JPEG, TIFF, "
-                                    "DICOM or .npy, searched recursively)")
-        here = [p for p in sorted(folder.rglob("*")) if p.is_file() and _is_image(p)
-                and not any(part in SKIP_FOLDERS for part in p.relative_to(folder).parts[:-1])]
-        if not here:
-            raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)} or DICOM without a suffix)")
-        for p in here:
-            found.setdefault(p.resolve(), p)
-    return sorted(found.values())
+find_images = imaging.find_images  # one listing of image folders for pretrain.py and predict.py
 
 
 def decode(path: str | os.PathLike, size: tuple[int, int], roi: str | None = None) -> list[np.ndarray]:
     """The uint8 (H, W) images ``path`` gives at ``size``: the image itself, or with ``roi='femur'``
     both hips' proximal-femur crops. Raises ValueError naming the file when it cannot be used."""
-    from hipx.data import imaging  # the decoders of every supported format (PNG 8/16 bit, JPEG, TIFF, DICOM)
     from hipx.data import roi as roi_finder
 
     path = Path(path)

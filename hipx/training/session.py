@@ -1,7 +1,7 @@
 """The training session that ``main.py`` starts: one run folder (or the K folds of a cross-validation)
 trained, resumed or only tested, from the checked flags to the test result on the console.
 
-    result = start(args, given, write_report)   # main.py, after build_parser and its flag checks
+    result = start(args, given)   # main.py, after build_parser and its flag checks
 
 :func:`start` builds the configuration once (``options.settings``) and the session's processes,
 then :func:`run` takes each run folder through its life: read back and checked
@@ -41,17 +41,14 @@ logger = logging.getLogger(__name__)
 class Session:
     """What one command runs with, the same for every run (fold) it trains or tests: the ``action``,
     the flags the user ``given`` (--resume and --test compare them with the run's), the processes
-    (``dist``, a ``runtime.Dist``: torchrun) and the run report's writer (``write_report``, called as
-    ``report.write_report``; main.py hands it over, None writes no report)."""
+    (``dist``, a ``runtime.Dist``: torchrun)."""
 
     action: Action
     given: frozenset[str]
     dist: Any
-    write_report: Callable[..., dict] | None = None
 
 
-def start(args: argparse.Namespace, given: set[str], write_report: Callable[..., dict] | None = None
-          ) -> dict | list[dict]:
+def start(args: argparse.Namespace, given: set[str]) -> dict | list[dict]:
     """Run the command ``main.py`` parsed (``args``; ``given``: the flags set on the command line):
     train, resume or test one run, or every fold of ``--folds K``. Returns the test metrics (a list,
     one per fold). A default run group this job made is removed again if it fails and leaves it empty."""
@@ -67,7 +64,7 @@ def start(args: argparse.Namespace, given: set[str], write_report: Callable[...,
     runtime.setup_logging(level=logging.INFO if dist_info.is_main else logging.WARNING)
     for note in overrides:
         logger.info("--config %s: %s", args.config, note)
-    session = Session(action, frozenset(given), dist_info, write_report)
+    session = Session(action, frozenset(given), dist_info)
     made = []  # a default run group (and --out_root) this job made: removed again if it fails and leaves them empty
     if cfg.save_dir is None and not dist_info.enabled:
         made = [] if Path(cfg.out_root).exists() else [Path(cfg.out_root)]
@@ -251,7 +248,7 @@ def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from hipx.core import runtime
-    from hipx.data import loader
+    from hipx.data import loader, preprocessing
 
     cfg, action, dist_info = begin.cfg, session.action, session.dist
     device = runtime.select_device_for(dist_info, cfg.device, cfg.gpus)
@@ -274,6 +271,8 @@ def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_
         runfiles.Run(out).write_config(config.to_dict())
     if dist_info.is_main and not action.test and not runfiles.Run(out).file(runfiles.DATA_FILES).is_file():
         runfiles.write_data_files(out, files, cfg.data_dir)
+    if dist_info.is_main and not action.test and not (out / preprocessing.FILE).is_file():
+        preprocessing.record_preprocessing(cfg.data_dir, out)  # how its images were made, for predict.py on raw files
     trainer = build_trainer(cfg, config, loaders, stats, device, out, dist_info, device_augmenter, action,
                             begin.state)
     with logging_redirect_tqdm():
@@ -282,8 +281,10 @@ def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_
         result = trainer.test()
     if dist_info.is_main:
         numbers = {}
-        if cfg.bootstrap and session.write_report is not None:
-            numbers = session.write_report(out, data_dir=cfg.data_dir, n_boot=cfg.bootstrap, seed=cfg.seed,
+        if cfg.bootstrap:
+            from hipx.reports import run_report
+
+            numbers = run_report.write_report(out, data_dir=cfg.data_dir, n_boot=cfg.bootstrap, seed=cfg.seed,
                                            files={k: [str(f) for f in v] for k, v in files.items()})
         summary(result, out, numbers.get("measurement"))
     runtime.close_log_file()
@@ -297,7 +298,10 @@ def new_config(cfg: RunConfig, in_chans: int, spec, world: int) -> RunConfig:
 
     from hipx.data import loader
 
+    from hipx.models.classifier import RESIDUAL_HEADS
+
     return cfg.replace(in_chans=in_chans, target_spec=spec.to_dict(),
+                       residual_head=RESIDUAL_HEADS[0] if fusion.mode(cfg.fusion).clinical_offset else None,
                        trainer="LateFuseClassifyTrainer" if fusion.mode(cfg.fusion).clinical_vector
                        else "ClassifyTrainer",
                        clinical_names=list(loader.CLINICAL_NAMES), torch=torch.__version__, world_size=world)

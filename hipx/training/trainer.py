@@ -228,12 +228,34 @@ class ClassifyTrainer:
                 "predicted": predicted}
 
     def validate(self) -> tuple[dict, dict]:
-        """Validation metrics (threshold-dependent ones at 0.5) and the predictions."""
+        """Validation metrics (threshold-dependent ones at 0.5) and the predictions. A continuous target's
+        probability is first fitted to validation (:meth:`fit_scale`)."""
         pred = self.predict("val")
+        residual_sd = self.fit_scale(pred)
+        if residual_sd is not None:
+            pred = self.predict("val")  # the same ranking, probabilities on the fitted scale
         result = metrics.compute_metrics(pred["labels"], pred["probs"], threshold=0.5)
         result["loss"] = pred["loss"]
+        if residual_sd is not None:
+            result["residual_sd"] = residual_sd
         result["youden_threshold"] = metrics.youden_threshold(pred["labels"], pred["probs"])
         return result, pred
+
+    def fit_scale(self, pred: dict) -> float | None:
+        """A continuous target: the SD of the validation images' residual (measured minus predicted, in
+        training SDs) sets the probability's scale, P(osteoporosis) = Phi((z_cut - z_hat) / SD) in its
+        logistic form (``targets.scale_for``), saved with the weights as the network's ``logit_scale``.
+        Returns the SD (None for other targets, or where no validation image has a measurement)."""
+        net = unwrap(self.eval_model)
+        if net.target.kind != "continuous":
+            return None
+        sd = targets.residual_sd(net.target, pred["measure"], pred["predicted"])
+        if sd is None:
+            return None
+        scale = targets.scale_for(sd)
+        for model in {id(m): m for m in (net, unwrap(self.model))}.values():
+            model.logit_scale.fill_(scale)
+        return sd
 
     def is_better(self, value: float) -> bool:
         if value is None or not math.isfinite(value):
