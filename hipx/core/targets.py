@@ -74,6 +74,43 @@ class TargetSpec:
     def n_classes(self) -> int:
         return len(self.bounds) + 1
 
+    # -- what each kind means for the rest of the suite: the one place that asks which kind it is -----
+    @property
+    def graded(self) -> bool:
+        """Learns the measurement behind the label (every kind but the binary label)."""
+        return self.kind != "binary"
+
+    @property
+    def n_offsets(self) -> int:
+        """Learnt class offsets beyond the first (ordinal, more than two classes): the head's extra parameters."""
+        return self.n_classes - 2 if self.kind == "ordinal" else 0
+
+    @property
+    def fitted_scale(self) -> bool:
+        """The probability's scale is fitted on validation (continuous: the residual's SD, :func:`scale_for`)."""
+        return self.kind == "continuous"
+
+    @property
+    def predicted_column(self) -> str | None:
+        """The column ``predict.py`` writes the prediction in the measurement's terms to (None: binary)."""
+        return {"continuous": f"predicted_{self.name}", "ordinal": "predicted_class"}.get(self.kind)
+
+    @property
+    def head_text(self) -> str:
+        """What the head's output ``h`` is, as the log names it."""
+        return {"continuous": f"standardised {self.name}", "ordinal": f"{self.name} score"}.get(self.kind, "logit")
+
+    @property
+    def predicted_is_class(self) -> bool:
+        """The predicted value is a class index (ordinal), not a value on the measurement's scale."""
+        return self.kind == "ordinal"
+
+    def predicted_text(self, value: float) -> str:
+        """One predicted value as ``predict.py`` writes it: the value, or the class at a (mean) class index."""
+        if self.predicted_is_class:
+            return self.classes[int(min(max(round(value), 0), self.n_classes - 1))]
+        return f"{value:.4g}"
+
     @property
     def cut_class(self) -> int:
         """Ordinal: osteoporosis is class <= this (the classes whose values all lie at or below the cut)."""
@@ -151,6 +188,16 @@ def build_spec(kind: str, measure: measures.Measures | None, train_values: Seque
 def cumulative_logits(spec: TargetSpec, logit, deltas):
     """Ordinal: ``(B, K-1)`` logits of P(class <= k), from the osteoporosis logit (that of k = cut class)."""
     return (logit - deltas[spec.cut_class])[:, None] + deltas[None, :]
+
+
+def score(spec: TargetSpec, h, deltas=None, scale=None):
+    """The head's output ``h`` -> the osteoporosis logit: ordinal ``h + delta_c`` (c the cut's class),
+    continuous ``scale * (z_cut - h)`` (``h`` the predicted standardised value), binary ``h``."""
+    if spec.kind == "ordinal":
+        return h + deltas[spec.cut_class]
+    if spec.kind == "continuous":
+        return (LOGIT_PER_SD if scale is None else scale) * (spec.z_cut - h)
+    return h
 
 
 def predicted_value(spec: TargetSpec, logit, deltas=None, scale=None):

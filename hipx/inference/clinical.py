@@ -77,7 +77,8 @@ def fit_logistic(train: pd.DataFrame, stats: loader.ClinicalStats, C: float = DE
 def clinical_model(train_files: Sequence[str | os.PathLike], stats: loader.ClinicalStats,
                    C: float = DEFAULT_C) -> tuple[np.ndarray, float]:
     """Coefficients and intercept of the clinical logistic regression on the training images, on the
-    clinical vector as normalised by ``stats`` (the network's own): the start of residual fusion.
+    clinical vector as normalised by ``stats`` (the network's own): the clinical baseline's model, and
+    residual fusion's start for the binary label (:func:`start_model`).
     Raises :class:`BaselineUnavailable` where no clinical model can be fitted."""
     train = labelled(loader.clinical_table(train_files))
     reason = unavailable_reason(train)
@@ -87,26 +88,29 @@ def clinical_model(train_files: Sequence[str | os.PathLike], stats: loader.Clini
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
 
 
-def graded_model(train_files: Sequence[str | os.PathLike], stats: loader.ClinicalStats, spec,
-                 values: Sequence[float]):
-    """Residual fusion's start for a graded target (``spec``, a ``targets.TargetSpec``): on the training
-    images with a measurement (``values``, NaN where none), the clinical ridge regression of the
-    standardised measurement (continuous) or the clinical cumulative-link model of its classes (ordinal),
-    on the clinical vector as normalised by ``stats``. Returns ``clinical_models.LinearStart``; raises
-    :class:`BaselineUnavailable` where no clinical value varies."""
+def start_model(train_files: Sequence[str | os.PathLike], stats: loader.ClinicalStats, spec,
+                values: Sequence[float]):
+    """Residual fusion's start for target ``spec`` (a ``targets.TargetSpec``), on the clinical vector as
+    normalised by ``stats``: the logistic regression of the label (binary, as :func:`clinical_model`), the
+    ridge regression of the standardised measurement (continuous) or the cumulative-link model of its classes
+    (ordinal), on the training images that carry what it learns (``values``: the measurement, NaN where none).
+    Returns ``clinical_models.LinearStart``; raises :class:`BaselineUnavailable` where nothing can be fitted."""
     from hipx.stats import clinical_models
 
     table = loader.clinical_table(train_files)
-    measured = np.isfinite(np.asarray(values, dtype=np.float64))
-    table, v = table[measured], np.asarray(values, dtype=np.float64)[measured]
-    states = loader.clinical_states(table)
-    if "varies" not in states.values():
-        raise BaselineUnavailable("no clinical value varies among the measured training images ("
-                                  + ", ".join(f"{name} {state}" for name, state in states.items()) + ")")
-    X = design(table, stats)
+    v = np.asarray(values, dtype=np.float64)
+    usable = table["label"].notna().to_numpy() if not spec.graded else np.isfinite(v)
+    if spec.graded:
+        states = loader.clinical_states(table[usable])
+        reason = None if "varies" in states.values() else (
+            "no clinical value varies among the measured training images ("
+            + ", ".join(f"{name} {state}" for name, state in states.items()) + ")")
+    else:
+        reason = unavailable_reason(labelled(table))
+    if reason is not None:
+        raise BaselineUnavailable(reason)
     try:
-        if spec.kind == "continuous":
-            return clinical_models.fit_linear(X, (v - spec.mean) / spec.sd)
-        return clinical_models.fit_cumulative_link(X, spec.classify(v), spec.n_classes)
+        return clinical_models.fit_start(spec, design(table[usable], stats),
+                                         table["label"][usable].to_numpy(dtype=np.float64), v[usable])
     except ValueError as exc:
         raise BaselineUnavailable(str(exc)) from None

@@ -94,24 +94,19 @@ def start_from_clinical_model(model: Classifier, train_files: Sequence[str | os.
     or its cumulative-link model (ordinal), read from ``data_dir``'s manifest (``hipx.core.measures``)."""
     from hipx.inference import clinical
 
-    spec = model.target
-    offsets = None
-    try:
-        if spec.kind == "binary":
-            coef, intercept = clinical.clinical_model(train_files, stats)
-        else:
-            from hipx.core import measures
+    from hipx.core import measures
 
-            measure = measures.read(data_dir) if data_dir is not None else None
-            values = measure.of(train_files) if measure is not None else [float("nan")] * len(train_files)
-            fit = clinical.graded_model(train_files, stats, spec, values)
-            coef, intercept, offsets = fit.coef, fit.intercept, fit.offsets
+    spec = model.target
+    measure = measures.read(data_dir) if spec.graded and data_dir is not None else None
+    values = measure.of(train_files) if measure is not None else [float("nan")] * len(train_files)
+    try:
+        fit = clinical.start_model(train_files, stats, spec, values)
+        coef, intercept, offsets = fit.coef, fit.intercept, fit.offsets
     except clinical.BaselineUnavailable as exc:
         logger.warning("residual fusion without a clinical model (%s): the image alone is learnt", exc)
-        coef, intercept = [0.0] * model.n_clinical, 0.0
+        coef, intercept, offsets = [0.0] * model.n_clinical, 0.0, None
     model.set_clinical_model(coef, intercept, offsets)
-    unit = {"binary": "logit", "continuous": f"standardised {spec.name}", "ordinal": f"{spec.name} score"}[spec.kind]
-    logger.info("residual fusion starts from the clinical model: %s = %.3f + %s + the correction", unit,
+    logger.info("residual fusion starts from the clinical model: %s = %.3f + %s + the correction", spec.head_text,
                 intercept, " + ".join(f"{c:.3f} {name}" for c, name in zip(coef, clinical.FEATURES)))
 
 

@@ -85,12 +85,12 @@ class Classifier(nn.Module):
                 nn.init.constant_(m.bias, 0)
         if self.clinical_offset:
             nn.init.zeros_(self.classifier.weight)  # the image's correction starts at nothing
-        if self.target.kind == "ordinal" and self.target.n_classes > 2:
+        if self.target.n_offsets:
             # gaps between the ordered class offsets, through softplus: one class-width apart at the start
-            self.ordinal_steps = nn.Parameter(torch.full((self.target.n_classes - 2,), math.log(math.e - 1)))
+            self.ordinal_steps = nn.Parameter(torch.full((self.target.n_offsets,), math.log(math.e - 1)))
         else:
             self.ordinal_steps = None
-        if self.target.kind == "continuous":
+        if self.target.fitted_scale:
             # osteoporosis logit per training SD below the cut; validation refits it (the residual's scale)
             self.register_buffer("logit_scale", torch.tensor(targets.LOGIT_PER_SD))
         else:
@@ -112,11 +112,7 @@ class Classifier(nn.Module):
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
         """The head's output ``h`` -> the osteoporosis logit (targets.py)."""
-        if self.target.kind == "ordinal":
-            return h + self.ordinal_offsets()[self.target.cut_class]
-        if self.target.kind == "continuous":
-            return self.logit_scale * (self.target.z_cut - h)
-        return h
+        return targets.score(self.target, h, self.ordinal_offsets(), self.logit_scale)
 
     def predicted_value(self, logit: torch.Tensor) -> torch.Tensor | None:
         """The prediction in the measurement's terms (value or class index), None for binary targets."""

@@ -117,3 +117,18 @@ def fit_cumulative_link(X: np.ndarray, klass: np.ndarray, n_classes: int, C: flo
     coef, theta0 = params[:p], float(params[p])
     offsets = np.concatenate([[0.0], np.cumsum(np.exp(params[p + 1:]))])
     return LinearStart(coef.copy(), theta0, offsets)
+
+
+def fit_start(spec, X: np.ndarray, labels: np.ndarray, values: np.ndarray) -> LinearStart:
+    """The clinical model of target ``spec`` (``hipx.core.targets.TargetSpec``) on the clinical vectors ``X``:
+    the label's logistic regression (binary), the ridge regression of the standardised measurement
+    (continuous) or the cumulative-link model of its classes (ordinal). ``labels`` and ``values`` (NaN where
+    unknown) are per row of ``X``; each kind uses the rows it can."""
+    labels, values = np.asarray(labels, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if spec.kind == "binary":
+        known = np.isfinite(labels)
+        return fit_logistic(X[known], labels[known])
+    known = np.isfinite(values)
+    if spec.kind == "continuous":
+        return fit_linear(X[known], (values[known] - spec.mean) / spec.sd)
+    return fit_cumulative_link(X[known], spec.classify(values[known]), spec.n_classes)

@@ -264,7 +264,7 @@ def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_
     measure, spec = target_of(cfg, begin.config, files)
     logger.info("target: %s", spec.describe())
     loaders = run_data.make_loaders(cfg, stats, files, dist_info, device_augmenter is not None,
-                                    measure if spec.kind != "binary" else None)
+                                    measure if spec.graded else None)
     config = begin.config if begin.config is not None else new_config(cfg, loaders["train"].dataset.channels, spec,
                                                                          dist_info.world)
     if dist_info.is_main and not action.test and (begin.from_nothing or action.extend_epochs):

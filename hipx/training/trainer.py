@@ -130,7 +130,7 @@ class ClassifyTrainer:
         measurement behind it."""
         net = unwrap(model or self.model)
         label = batch["label"].to(self.device, non_blocking=True)
-        if net.target.kind == "binary":
+        if not net.target.graded:
             return self.loss_fn(logits, label)
         return targets.loss(net.target, logits, label, batch["measure"].to(self.device, non_blocking=True),
                             net.ordinal_offsets(), scale=net.logit_scale)
@@ -247,7 +247,7 @@ class ClassifyTrainer:
         logistic form (``targets.scale_for``), saved with the weights as the network's ``logit_scale``.
         Returns the SD (None for other targets, or where no validation image has a measurement)."""
         net = unwrap(self.eval_model)
-        if net.target.kind != "continuous":
+        if not net.target.fitted_scale:
             return None
         sd = targets.residual_sd(net.target, pred["measure"], pred["predicted"])
         if sd is None:
@@ -350,7 +350,7 @@ class ClassifyTrainer:
         rows = [{"file": Path(p).name, "label": int(y), "probability": runfiles.probability_text(prob),
                  "prediction": int(prob >= threshold)}
                 for p, y, prob in zip(pred["paths"], pred["labels"], pred["probs"])]
-        if unwrap(self.model).target.kind != "binary":  # the measurement and its prediction beside them
+        if unwrap(self.model).target.graded:  # the measurement and its prediction beside them
             for row, m, v in zip(rows, pred["measure"], pred["predicted"]):
                 row.update(measure="" if np.isnan(m) else f"{m:.9g}", predicted=f"{v:.9g}")
         self.run.write_predictions(split, rows)
