@@ -213,7 +213,7 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
         summary, render_cv_report(out_dir.name, summary),
         render_html(report_blocks(out_dir.name, summary, figures), figures,
                     f"Cross-validation summary: {out_dir.name}"),
-        card=model_card.cv_card(summary, out_dir.name))
+        card=model_card.cv_card(summary, out_dir))
     logger.info("cross-validation summary of %d folds written to %s", len(folds), written)
     return summary
 
@@ -239,7 +239,9 @@ def describe_folds(configs: Sequence[RunConfig], predictions: Sequence[pd.DataFr
     tested = list(dict.fromkeys(f for pred in predictions for f in pred["file"]))  # heldout: the shared test set
     out: dict[str, Any] = {"tested": cohort.describe_split(tested)}
     try:
-        paths = [runfiles.split_files(c, data_dir) for c in configs]
+        # a fold's own folder read as the fold's (its errors then name the run's configuration, not --data_dir)
+        paths = [runfiles.split_files(c, None if data_dir is None or str(data_dir) == str(c.data_dir) else data_dir)
+                 for c in configs]
     except (FileNotFoundError, ValueError) as exc:
         out["note"] = f"The data folder could not be read ({exc}); only the tested images are described."
         return out

@@ -3,7 +3,7 @@ the numbers those reports computed, never by hand.
 
     from hipx.reports import model_card
     text = model_card.run_card(numbers)            # numbers: report_metrics.json (run_report.write_report)
-    text = model_card.cv_card(summary, "cv")       # summary: cv_summary.json (cv.write_cv_summary)
+    text = model_card.cv_card(summary, "outs/cv")  # summary: cv_summary.json (cv.write_cv_summary)
 
 Its headings follow Model Cards for Model Reporting (Mitchell et al., FAT* 2019: model details,
 intended use, data, quantitative analyses, caveats), TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)
@@ -206,8 +206,9 @@ def _run_threshold(r: Mapping) -> list[str]:
     return text
 
 
-def cv_view(s: Mapping, name: str) -> dict:
-    """What a cross-validation's card shows, picked from its summary ``s`` (cv_summary.json)."""
+def cv_view(s: Mapping, group: str | os.PathLike) -> dict:
+    """What the card of the cross-validation group folder ``group`` shows, picked from its summary ``s``
+    (cv_summary.json)."""
     cfg = s.get("run_config") or {}
     key = "pooled" if "pooled" in s else "ensemble" if "ensemble" in s else None
     block = s.get(key) or {}
@@ -235,7 +236,8 @@ def cv_view(s: Mapping, name: str) -> dict:
     per = s["per_metric"]
     epochs = ", ".join(f"{f['run']} epoch {f['epoch']}" for f in s["folds"])
     return {
-        "title": f"Model card: cross-validation {name}", "source": "cv_summary.json", "command": f"report.py --cv {name}",
+        "title": f"Model card: cross-validation {Path(group).name}", "source": "cv_summary.json",
+        "command": f"report.py --cv {group}",
         "config": cfg, "created": s.get("created"), "suite_commit": s.get("suite_commit"),
         "data_dir": s.get("data_dir"), "data_source": s.get("data_source") or {}, "kind": "cv",
         "trained_on": data.get("all") or tested,
@@ -495,7 +497,7 @@ def run_card(numbers: Mapping) -> str:
     return render_markdown(assemble(CARD, run_view(numbers)))
 
 
-def cv_card(summary: Mapping, name: str) -> str:
-    """``model_card.md`` of a cross-validation group ``name`` from its summary (cv_summary.json)."""
-    return render_markdown(assemble(CARD, cv_view(summary, name)))
+def cv_card(summary: Mapping, group: str | os.PathLike) -> str:
+    """``model_card.md`` of the cross-validation group folder ``group`` from its summary (cv_summary.json)."""
+    return render_markdown(assemble(CARD, cv_view(summary, group)))
 
