@@ -55,6 +55,13 @@ def numbers(tree) -> list[float]:
 FIGURE = re.compile(r"(?<![\w.])-?\d+\.\d{3}(?!\d)")  # how the card writes a figure: fmt's three decimals
 
 
+def made_of(card: str) -> dict:
+    """When and by which code a CV card says it was written (not in cv_summary.json, which stays byte-identical)."""
+    commit = re.search(r"suite commit (.+?) \(of the code", card).group(1)
+    return {"created": re.search(r"^Written from \S+ \(.*?\) on (.+?); it is rewritten", card, re.M).group(1),
+            "suite_commit": None if commit == "not known" else commit}
+
+
 def section(card: str, title: str) -> str:
     """The text of the card's section ``title`` (up to the next heading)."""
     start = card.index(f". {title}\n")
@@ -144,7 +151,7 @@ def test_the_cv_card_reports_the_pooled_out_of_fold_results_of_cv_summary(world)
     group = world["group"]
     card = (group / "model_card.md").read_text()
     summary = json.loads((group / runfiles.CV_SUMMARY).read_text())
-    assert card == model_card.cv_card(summary, group)
+    assert card == model_card.cv_card(summary, group, made_of(card))
     pooled = summary["pooled"]
     primary = section(card, "Primary result beside the clinical baseline")
     assert ci_of(primary, "pooled out-of-fold ROC AUC") == as3(pooled["metrics"]["roc_auc"])
@@ -288,7 +295,7 @@ def test_a_heldout_cv_card_reports_the_fold_ensemble_and_describes_the_tested_im
         warnings.simplefilter("ignore")
         summary = cv_report.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=100)
     card = (save / "model_card.md").read_text()
-    assert card == model_card.cv_card(json.loads((save / "cv_summary.json").read_text()), save)
+    assert card == model_card.cv_card(json.loads((save / "cv_summary.json").read_text()), save, made_of(card))
     primary = section(card, "Primary result beside the clinical baseline")
     assert ci_of(primary, "fold-ensemble test ROC AUC") == as3(summary["ensemble"]["metrics"]["roc_auc"])
     assert "holds no clinical baseline for the fold ensemble" in primary

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -221,11 +220,11 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
 def card_facts(configs: Sequence[RunConfig], predictions: Sequence[pd.DataFrame],
                data_dir: str | os.PathLike | None) -> dict:
     """What the group's model card (:mod:`model_card`) reads beside the results: the folds' shared
-    settings, when and by which code the summary was made, the data folder and what made it, and the
-    data (:func:`describe_folds`)."""
+    settings, the data folder and what made it, and the data (:func:`describe_folds`). No date and
+    no commit: the same folds summarised again give a byte-identical cv_summary.json (the card,
+    which is rewritten with it, carries them)."""
     config = configs[0].to_dict()
-    return {"created": time.strftime("%Y-%m-%d %H:%M"), "suite_commit": model_card.suite_commit(),
-            "data_dir": None if data_dir is None else str(data_dir),
+    return {"data_dir": None if data_dir is None else str(data_dir),
             "data_source": model_card.data_source(data_dir),
             "run_config": {k: config.get(k) for k in model_card.CONFIG_KEYS if k != "cv_fold"},
             "data": describe_folds(configs, predictions, data_dir)}

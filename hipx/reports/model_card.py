@@ -15,7 +15,8 @@ given; this module computes no statistic, and only compares intervals with the r
 choose its words (a weakness is named where its interval shows it).
 
 :func:`suite_commit` and :func:`data_source` are the two facts a report records for the card beside
-its numbers: which code wrote it, and what made the data folder.
+its numbers: which code wrote it, and what made the data folder (a CV card takes the date and the
+commit when it is written, :func:`made_now`, so that cv_summary.json stays byte-identical when remade).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,6 +63,13 @@ def suite_commit(root: str | os.PathLike | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def made_now() -> dict:
+    """When and by which code a card is made: ``created`` (the time, to the minute, as the reports
+    write it) and ``suite_commit``. A run report records both in report_metrics.json; a CV card,
+    whose cv_summary.json stays byte-identical when remade, takes them from here."""
+    return {"created": time.strftime("%Y-%m-%d %H:%M"), "suite_commit": suite_commit()}
 
 
 # the records a data folder's maker leaves in it (hipx.prepare): preprocess_filenames.py, synthetic.py
@@ -179,7 +188,7 @@ def run_view(r: Mapping) -> dict:
         "data_note": "Splits by patient: a patient's images sit in one split.",
         "primary": {"what": "test", "n_patients": test.get("patients"), "n_events": test.get("osteoporosis_patients"),
                     "models": models, "comparison": r.get("comparison"), "baseline_absent": r.get("baseline_absent"),
-                    "interval": r.get("interval")},
+                    "interval": r["network"]["metrics"]["roc_auc"].get("interval", r.get("interval"))},
         "subgroups": [{"name": f"{s['variable']}: {s['group']}", "images": s["images"], "patients": s["patients"],
                        "positives": s["positives"], "roc_auc": s["roc_auc"]} for s in r.get("subgroups") or []],
         "threshold": _run_threshold(r),
@@ -206,9 +215,9 @@ def _run_threshold(r: Mapping) -> list[str]:
     return text
 
 
-def cv_view(s: Mapping, group: str | os.PathLike) -> dict:
+def cv_view(s: Mapping, group: str | os.PathLike, made: Mapping) -> dict:
     """What the card of the cross-validation group folder ``group`` shows, picked from its summary ``s``
-    (cv_summary.json)."""
+    (cv_summary.json); ``made``: when and by which code (:func:`made_now`)."""
     cfg = s.get("run_config") or {}
     key = "pooled" if "pooled" in s else "ensemble" if "ensemble" in s else None
     block = s.get(key) or {}
@@ -238,7 +247,7 @@ def cv_view(s: Mapping, group: str | os.PathLike) -> dict:
     return {
         "title": f"Model card: cross-validation {Path(group).name}", "source": "cv_summary.json",
         "command": f"report.py --cv {group}",
-        "config": cfg, "created": s.get("created"), "suite_commit": s.get("suite_commit"),
+        "config": cfg, "created": made.get("created"), "suite_commit": made.get("suite_commit"),
         "data_dir": s.get("data_dir"), "data_source": s.get("data_source") or {}, "kind": "cv",
         "trained_on": data.get("all") or tested,
         "selected": f"each fold's own best epoch by validation {cfg.get('select_metric')} ({epochs})",
@@ -497,7 +506,8 @@ def run_card(numbers: Mapping) -> str:
     return render_markdown(assemble(CARD, run_view(numbers)))
 
 
-def cv_card(summary: Mapping, group: str | os.PathLike) -> str:
-    """``model_card.md`` of the cross-validation group folder ``group`` from its summary (cv_summary.json)."""
-    return render_markdown(assemble(CARD, cv_view(summary, group)))
+def cv_card(summary: Mapping, group: str | os.PathLike, made: Mapping | None = None) -> str:
+    """``model_card.md`` of the cross-validation group folder ``group`` from its summary (cv_summary.json);
+    ``made`` (created, suite_commit): default now and this code (:func:`made_now`)."""
+    return render_markdown(assemble(CARD, cv_view(summary, group, made if made is not None else made_now())))
 
