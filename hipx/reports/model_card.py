@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from hipx.prepare import datafolder, synthetic
 from hipx.reports import measurement as measure_report
 from hipx.reports.render import Section, assemble, fusion_text, render_markdown
 from hipx.reports.style import ci, fmt, interval_text, mean_sd_text, p_relation
@@ -72,8 +73,8 @@ def made_now() -> dict:
     return {"created": time.strftime("%Y-%m-%d %H:%M"), "suite_commit": suite_commit()}
 
 
-# the records a data folder's maker leaves in it (hipx.prepare): preprocess_filenames.py, synthetic.py
-PREPROCESS_RECORD, SYNTHETIC_RECORD = "preprocess_config.json", "synthetic.json"
+# the records a data folder's maker leaves in it: preprocess_filenames.py's settings, synthetic.py's metadata
+PREPROCESS_RECORD, SYNTHETIC_RECORD = datafolder.CONFIG, synthetic.METADATA
 PREPROCESS_SETTINGS = ("roi", "split_hips", "size", "fit", "tscore_col", "tscore_cutoff", "grade_col", "bmd_col")
 
 
