@@ -10,10 +10,12 @@ report_metrics.json: the data per split, training curves, ROC and precision-reca
 confusion matrix at the threshold chosen on validation, calibration, every test metric with a 95%
 confidence interval over patients, a decision curve, a clinical-only baseline (age, sex, BMI) with a
 paired comparison, AUCs by sex, age and BMI band, and a case gallery of the most confident hits and
-misses with their heatmaps. --cv summarises the folds of a cross-validation (cv_report.md, .html);
+misses with their heatmaps; beside it the model card model_card.md, filled from the same numbers.
+--cv summarises the folds of a cross-validation (cv_report.md, .html, and the group's model_card.md);
 --external scores another hospital's labelled images with the run (RUN/external/NAME/).
 
-The work is done in hipx/reports/: run_report.py (this report), cv.py (--cv), external.py (--external).
+The work is done in hipx/reports/: run_report.py (this report), cv.py (--cv), external.py (--external),
+model_card.py (the model card).
 """
 from __future__ import annotations
 

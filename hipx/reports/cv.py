@@ -1,5 +1,6 @@
-"""The summary of a cross-validation over its tested fold runs: ``cv_summary.json`` (the numbers)
-and ``cv_report.md`` (drawn with :mod:`render`'s blocks, as the run report is).
+"""The summary of a cross-validation over its tested fold runs: ``cv_summary.json`` (the numbers),
+``cv_report.md`` (drawn with :mod:`render`'s blocks, as the run report is) and the group's model card
+``model_card.md`` (:mod:`model_card`, from the summary's numbers).
 
 Per fold, each fold's test metrics at its own validation threshold with mean, SD and how many
 folds entered them; for the ``oof`` design the out-of-fold probabilities pooled over every patient
@@ -20,7 +21,9 @@ import pandas as pd
 from hipx.stats import confidence
 from hipx.data import loader
 from hipx.reports import baseline
+from hipx.reports import cohort
 from hipx.reports import measurement as measure_report
+from hipx.reports import model_card
 from hipx.stats import metrics
 from hipx.runs import runfiles
 from hipx.core.runconfig import RunConfig
@@ -41,6 +44,7 @@ DESIGN_TEXT = {
 FOLD_METRICS = ("roc_auc", "pr_auc", "brier", "accuracy", "sensitivity", "specificity", "precision", "npv",
                 "f1", "f2", "balanced_accuracy", "mcc")
 THRESHOLD_FREE = ("roc_auc", "pr_auc", "brier")
+CALIBRATION = ("calibration_intercept", "calibration_slope")  # of the probabilities, for the model card
 AT_THRESHOLD = ("sensitivity", "specificity", "balanced_accuracy", "accuracy", "precision", "npv", "f1", "mcc")
 ALPHA = 0.05
 
@@ -51,12 +55,12 @@ def _number(value: Any) -> float:
 
 def _with_ci(y: np.ndarray, p: np.ndarray, decisions: np.ndarray, groups: np.ndarray, n_boot: int,
              seed: int) -> dict:
-    """Threshold-free metrics of ``p`` and threshold metrics of the 0/1 ``decisions``, each with its
-    patient-bootstrap 95 % CI (the same resamples, as both calls share ``seed``)."""
+    """Threshold-free metrics and calibration of ``p`` and threshold metrics of the 0/1 ``decisions``,
+    each with its patient-bootstrap 95 % CI (the same resamples, as both calls share ``seed``)."""
     free = confidence.bootstrap_metrics(y, p, 0.5, groups=groups, n_boot=n_boot, seed=seed, alpha=ALPHA)
     at = confidence.bootstrap_metrics(y, decisions.astype(float), 0.5, groups=groups, n_boot=n_boot, seed=seed,
                                       alpha=ALPHA)
-    return {**{k: free[k] for k in THRESHOLD_FREE}, **{k: at[k] for k in AT_THRESHOLD}}
+    return {**{k: free[k] for k in (*THRESHOLD_FREE, *CALIBRATION)}, **{k: at[k] for k in AT_THRESHOLD}}
 
 
 # manifest columns broken down by default where the data folder's manifest has them with two or more
@@ -188,9 +192,9 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
                                "n_boot": int(n_boot), "per_metric": per_metric(folds), "folds": list(folds)}
     if baseline_note:
         summary["baseline_note"] = baseline_note
+    data_dirs = {c.data_dir for c in configs}
+    data_dir = data_dir or (data_dirs.pop() if len(data_dirs) == 1 else None)
     if design == "oof":
-        data_dirs = {c.data_dir for c in configs}
-        data_dir = data_dir or (data_dirs.pop() if len(data_dirs) == 1 else None)
         figures = _pooled_out_of_fold(summary, predictions, configs, spec, data_dir, by, n_boot, seed)
     elif by:
         raise ValueError(f"--by {by[0]}: subgroups split the pooled out-of-fold result; these runs are "
@@ -203,12 +207,48 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     summary["note"] = ("per-fold figures: " + ("each fold is scored on its own test patients" if design == "oof" else
                        "every fold is scored on the same held-out test set, so the SD reflects variation between "
                        "trainings (data of the fold, initialisation), not sampling of test patients"))
+    summary.update(card_facts(configs, predictions, data_dir))
     written = runfiles.RunGroup(out_dir).write_cv_summary(
         summary, render_cv_report(out_dir.name, summary),
         render_html(report_blocks(out_dir.name, summary, figures), figures,
-                    f"Cross-validation summary: {out_dir.name}"))
+                    f"Cross-validation summary: {out_dir.name}"),
+        card=model_card.cv_card(summary, out_dir))
     logger.info("cross-validation summary of %d folds written to %s", len(folds), written)
     return summary
+
+
+def card_facts(configs: Sequence[RunConfig], predictions: Sequence[pd.DataFrame],
+               data_dir: str | os.PathLike | None) -> dict:
+    """What the group's model card (:mod:`model_card`) reads beside the results: the folds' shared
+    settings, the data folder and what made it, and the data (:func:`describe_folds`). No date and
+    no commit: the same folds summarised again give a byte-identical cv_summary.json (the card,
+    which is rewritten with it, carries them)."""
+    config = configs[0].to_dict()
+    return {"data_dir": None if data_dir is None else str(data_dir),
+            "data_source": model_card.data_source(data_dir),
+            "run_config": {k: config.get(k) for k in model_card.CONFIG_KEYS if k != "cv_fold"},
+            "data": describe_folds(configs, predictions, data_dir)}
+
+
+def describe_folds(configs: Sequence[RunConfig], predictions: Sequence[pd.DataFrame],
+                   data_dir: str | os.PathLike | None) -> dict:
+    """Who the cross-validation's images are (:func:`cohort.describe_split`): ``tested``, the images the
+    folds scored (each once); and, where the data folder can be read, ``all`` its images and per fold
+    run its train, val and test images; else a ``note`` saying why not."""
+    tested = list(dict.fromkeys(f for pred in predictions for f in pred["file"]))  # heldout: the shared test set
+    out: dict[str, Any] = {"tested": cohort.describe_split(tested)}
+    try:
+        # a fold's own folder read as the fold's (its errors then name the run's configuration, not --data_dir)
+        paths = [runfiles.split_files(c, None if data_dir is None or str(data_dir) == str(c.data_dir) else data_dir)
+                 for c in configs]
+    except (FileNotFoundError, ValueError) as exc:
+        out["note"] = f"The data folder could not be read ({exc}); only the tested images are described."
+        return out
+    every = list(dict.fromkeys(f for p in paths for split in loader.SPLITS for f in p[split]))
+    out["all"] = cohort.describe_split(every)
+    out["folds"] = {f"fold{c.fold}": {split: cohort.describe_split(p[split]) for split in loader.SPLITS}
+                    for c, p in zip(configs, paths)}
+    return out
 
 
 def read_fold(folder: Path) -> tuple[dict, pd.DataFrame, RunConfig]:
@@ -276,6 +316,7 @@ def _pooled_out_of_fold(summary: dict, predictions: Sequence[pd.DataFrame], conf
         "n_osteoporosis_images": int(y.sum()),
         "metrics": _with_ci(y, pooled["probability"].to_numpy(dtype=float), pooled["prediction"].to_numpy(),
                             pooled["patient"].to_numpy(), n_boot, seed)}
+    summary["pooled"]["clinical_subgroups"] = cohort.subgroups(cohort.with_clinical_values(pooled), n_boot, seed)
     p_base = None
     if data_dir is not None and not summary.get("baseline_note"):
         numbers, p_base = pooled_baseline(pooled, configs, data_dir, n_boot, seed)
@@ -309,6 +350,8 @@ def _fold_ensemble(summary: dict, predictions: Sequence[pd.DataFrame], n_boot: i
                 "the mean of the folds' validation thresholds",
         "threshold": threshold, "n_images": len(p), "n_patients": int(first["patient"].nunique()),
         "metrics": _with_ci(y, p, (p >= threshold).astype(int), first["patient"].to_numpy(), n_boot, seed)}
+    scored = cohort.with_clinical_values(first.reset_index()[["file", "label", "patient"]].assign(probability=p))
+    summary["ensemble"]["clinical_subgroups"] = cohort.subgroups(scored, n_boot, seed)
     return cv_figures(summary["ensemble"], y, p, None, threshold)
 
 
@@ -338,7 +381,8 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
                   ("p", f"{block['what'][0].upper()}{block['what'][1:]}. {block['n_images']} images of "
                         f"{block['n_patients']} patients; 95 % CIs from {summary['n_boot']} bootstrap resamples of "
                         "patients."),
-                  *pooled_tables(block), *(figure_blocks(block) if figures else [])]
+                  *pooled_tables(block), *clinical_subgroup_blocks(block),
+                  *(figure_blocks(block) if figures else [])]
     if summary.get("measurement"):
         b += measure_report.report_blocks(summary["measurement"], figures=bool(figures))
     elif summary.get("measurement_note"):
@@ -366,6 +410,18 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
     if summary.get("baseline_note"):
         b.append(("p", f"Note: {summary['baseline_note']}."))
     return b
+
+
+def clinical_subgroup_blocks(block: Mapping) -> list[tuple]:
+    """The network's ROC AUC by sex, age band and BMI band (:data:`cohort.SUBGROUPS`) of the pooled (or
+    ensemble) probabilities; nothing where no band holds both classes with a known value."""
+    if not block.get("clinical_subgroups"):
+        return []
+    return [("p", "By sex, age band and BMI band (WHO): the network's ROC AUC within each band, 95 % CIs from a "
+                  "bootstrap over the band's patients; descriptive, no test between bands."),
+            ("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images", "ROC AUC (95 % CI)"],
+             [[g["variable"], g["group"], str(g["images"]), str(g["patients"]), str(g["positives"]), _ci(g["roc_auc"])]
+              for g in block["clinical_subgroups"]])]
 
 
 def figure_blocks(block: Mapping) -> list[tuple]:

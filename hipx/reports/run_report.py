@@ -4,7 +4,8 @@
     numbers = write_report("outs/demo/fold_Dense_LF", n_boot=2000)   # python3 report.py --run RUN
 
 Writes ``report.md`` (figures in ``report_figures/``), ``report.html`` (self-contained, figures
-embedded) and ``report_metrics.json`` into the run folder, each atomically. Contents follow what
+embedded), the model card ``model_card.md`` (:mod:`model_card`) and ``report_metrics.json`` into the
+run folder, each atomically. Contents follow what
 TRIPOD+AI and CLAIM ask of diagnostic-accuracy studies: the data per split; training curves; ROC
 and precision-recall curves; the confusion matrix at the threshold chosen on validation; a
 reliability curve with Brier score, calibration slope and intercept with their intervals; every
@@ -41,10 +42,12 @@ import pandas as pd
 from hipx.core import runtime
 from hipx.data import filenames, loader, splits
 from hipx.reports import baseline
+from hipx.reports import model_card
 from hipx.reports import cv as cv_report
 from hipx.reports import external
 from hipx.reports import gallery as case_gallery
 from hipx.reports import measurement as measure_report
+from hipx.reports.cohort import SUBGROUPS, describe_split, subgroups  # noqa: F401 - run_report.* for callers
 from hipx.reports import render as report_render
 from hipx.reports.defaults import GALLERY
 from hipx.reports.render import FIGURE_DIR
@@ -55,12 +58,6 @@ from hipx.stats.evaluation import ALPHA, evaluate
 
 logger = logging.getLogger(__name__)
 
-# Subgroups of the test set: (variable, decoded field, [(label, low, high)]) with low <= value < high.
-SUBGROUPS = (("Sex", "sex", (("female", 1, 2), ("male", 0, 1))),
-             ("Age", "age", (("< 65 years", -math.inf, 65), (">= 65 years", 65, math.inf))),
-             # WHO bands (WHO Technical Report Series 894, 2000)
-             ("BMI", "bmi", (("< 25 kg/m²", -math.inf, 25), ("25 to < 30 kg/m²", 25, 30),
-                             (">= 30 kg/m²", 30, math.inf))))
 # Counts must agree exactly with test_metrics.json, rates to this tolerance (full-precision predictions).
 CROSSCHECK_TOL = 1e-6
 
@@ -91,49 +88,6 @@ def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFra
 
 
 # --------------------------------------------------------------------------- numbers
-
-def describe_split(files: Sequence[str | os.PathLike]) -> dict:
-    """Images, patients, prevalence and clinical summaries of one split. Clinical values are
-    summarised per patient (mean over the patient's images), missing = missing on all images."""
-    table = loader.clinical_table(files)
-    if table.empty:
-        return {"images": 0, "patients": 0}
-    per_patient = table.groupby("patient").agg(label=("label", "max"), sex=("sex", "mean"), age=("age", "mean"),
-                                               bmi=("bmi", "mean"))
-    n_pat = len(per_patient)
-    sex = per_patient["sex"].dropna()
-    return {"images": len(table), "osteoporosis_images": int(table["label"].sum()),
-            "prevalence": float(table["label"].mean()), "patients": n_pat,
-            "osteoporosis_patients": int(per_patient["label"].sum()),
-            "age": metrics.mean_sd(per_patient["age"]), "bmi": metrics.mean_sd(per_patient["bmi"]),
-            "female_percent": float(100 * sex.mean()) if len(sex) else math.nan,
-            "missing_percent": {c: float(100 * per_patient[c].isna().mean()) for c in loader.CLINICAL_NAMES}}
-
-
-def subgroups(test: pd.DataFrame, n_boot: int, seed: int, interval: str = "bca") -> list[dict]:
-    """Network ROC AUC with its patient-bootstrap CI in each :data:`SUBGROUPS` band of the test set.
-
-    ``test``: one row per image with label, probability, patient, sex, age, bmi. Images with the
-    value missing fall in no band; a band holding one class is left out (its AUC is undefined).
-    """
-    out = []
-    for variable, field, bands in SUBGROUPS:
-        for label, low, high in bands:
-            rows = test[(test[field] >= low) & (test[field] < high)]
-            y = rows["label"].to_numpy(dtype=np.int64)
-            if len(rows) == 0 or y.min() == y.max():
-                continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                auc = confidence.bootstrap_ci(y, rows["probability"].to_numpy(dtype=np.float64), metrics.roc_auc,
-                                              groups=rows["patient"].to_numpy(), n_boot=n_boot, seed=seed,
-                                              alpha=ALPHA, interval=interval)
-            for w in caught:  # say which subgroup a warning concerns
-                warnings.warn(f"{variable} {label}: {w.message}", w.category, stacklevel=2)
-            out.append({"variable": variable, "group": label, "images": len(rows),
-                        "patients": int(rows["patient"].nunique()), "positives": int(y.sum()), "roc_auc": auc})
-    return out
-
 
 def crosscheck(stored: Mapping | None, y: np.ndarray, p: np.ndarray, threshold: float) -> list[str]:
     """Compare every metric recomputed from the predictions with ``test_metrics.json``'s ``at_threshold``;
@@ -227,8 +181,8 @@ def scored_test_set(run: Mapping, paths: Mapping[str, Sequence[Path]]) -> pd.Dat
 def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, n_boot: int = 2000,
                  seed: int = 0, files: Mapping[str, Sequence[str | os.PathLike]] | None = None,
                  interval: str = "bca", gallery: int = GALLERY) -> dict:
-    """Write ``report.md`` (+ ``report_figures/*.png``), ``report.html`` and ``report_metrics.json``
-    into ``run_dir`` and return the numbers of ``report_metrics.json``.
+    """Write ``report.md`` (+ ``report_figures/*.png``), ``report.html``, ``model_card.md`` and
+    ``report_metrics.json`` into ``run_dir`` and return the numbers of ``report_metrics.json``.
 
     ``data_dir`` defaults to the run's ``config["data_dir"]``; ``files`` (split -> image paths)
     overrides both, e.g. for a cross-validation fold whose config lacks ``cv_folds``/``cv_fold``.
@@ -255,9 +209,9 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
             "n_boot": int(n_boot), "seed": int(seed), "alpha": ALPHA, "interval": interval, "epoch": run["epoch"],
             "select_metric": run["select_metric"],
             "threshold_source": (run["test_metrics"] or {}).get("threshold_source", "validation at the best epoch"),
-            "run_config": {k: run["config"].get(k) for k in ("model", "fusion", "depth", "image_size", "epoch",
-                                                             "augment", "select_metric", "seed", "cv_folds",
-                                                             "cv_fold")},
+            "run_config": {k: run["config"].get(k) for k in model_card.CONFIG_KEYS},
+            "suite_commit": model_card.suite_commit(),
+            "data_source": model_card.data_source(data_dir if data_dir is not None else run["config"].get("data_dir")),
             "history": run["history"].to_dict("records") if run["history"] is not None else None,
             "data": {**{s: describe_split(paths[s]) for s in loader.SPLITS},
                      "all": describe_split([f for s in loader.SPLITS for f in paths[s]])},
@@ -284,7 +238,8 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
 
 
 def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
-    """report_figures/*.png, report.md, report.html and report_metrics.json, each atomically (runfiles.Run)."""
+    """report_figures/*.png, report.md, report.html, model_card.md (:mod:`model_card`, from the numbers saved)
+    and report_metrics.json, each atomically (runfiles.Run)."""
     blocks = report_render.report_blocks(result)
     stale_dir = runfiles.Run(run_path).file(runfiles.REPORT_FIGURES)
     for stale in stale_dir.glob("gallery_*.png"):  # an earlier report's cases, not this one's
@@ -294,7 +249,7 @@ def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
     written = runfiles.Run(run_path).write_report(report_render.render_markdown(blocks, figure_dir=FIGURE_DIR),
                                                   report_render.render_html(blocks, figures,
                                                                             f"Run report: {result['run']}"),
-                                                  saved, figures)
+                                                  saved, figures, card=model_card.run_card(saved))
     logger.info("report written: %s", written)
     return saved
 

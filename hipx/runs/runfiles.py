@@ -49,8 +49,10 @@ TRAIN_LOG = "train.log"
 # the run report (report.py); report_metrics.json is written last, so its presence means the report is whole
 REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES = ("report.md", "report.html", "report_metrics.json",
                                                          "report_figures")
+# the model card (reports/model_card.py), written with every run report and cross-validation summary
+MODEL_CARD = "model_card.md"
 # what a finished run's test and report consist of; --extend_epochs removes them (they describe the shorter run)
-RESULTS = (TEST_METRICS, PREDICTIONS["test"], REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES)
+RESULTS = (TEST_METRICS, PREDICTIONS["test"], REPORT_MD, REPORT_HTML, REPORT_METRICS, REPORT_FIGURES, MODEL_CARD)
 # a cross-validation run group outs/<save_dir>/: its fold runs fold*/ and the summary over them
 CV_SUMMARY, CV_REPORT, CV_REPORT_HTML = "cv_summary.json", "cv_report.md", "cv_report.html"
 RUN_FOLDER = ("a run folder is what main.py writes, outs/<save_dir>/fold<fold>/, holding best.pth (weights with "
@@ -300,13 +302,17 @@ class Run:
     def write_test_metrics(self, result: Mapping) -> Path:
         return write_json(self.dir / TEST_METRICS, result)
 
-    def write_report(self, markdown: str, html: str, numbers: Mapping, figures: Mapping[str, bytes]) -> Path:
-        """The run report: ``report_figures/*.png``, ``report.md``, ``report.html`` and, last,
-        ``report_metrics.json`` (its presence says the report is whole). Returns the HTML's path."""
+    def write_report(self, markdown: str, html: str, numbers: Mapping, figures: Mapping[str, bytes],
+                     card: str | None = None) -> Path:
+        """The run report: ``report_figures/*.png``, ``report.md``, ``report.html``, the model card
+        ``model_card.md`` (where ``card`` is given) and, last, ``report_metrics.json`` (its presence says
+        the report is whole). Returns the HTML's path."""
         for name, png in figures.items():
             write_bytes(self.dir / REPORT_FIGURES / f"{name}.png", png)
         write_text(self.dir / REPORT_MD, markdown)
         write_text(self.dir / REPORT_HTML, html)
+        if card is not None:
+            write_text(self.dir / MODEL_CARD, card)
         write_json(self.dir / REPORT_METRICS, numbers)
         return self.dir / REPORT_HTML
 
@@ -403,12 +409,19 @@ class RunGroup:
     def html_report_file(self) -> Path:
         return self.dir / CV_REPORT_HTML
 
-    def write_cv_summary(self, summary: Mapping, markdown: str, html: str | None = None) -> Path:
-        """``cv_report.md``, ``cv_report.html`` (self-contained, with the figures) and, last,
-        ``cv_summary.json``."""
+    @property
+    def card_file(self) -> Path:
+        return self.dir / MODEL_CARD
+
+    def write_cv_summary(self, summary: Mapping, markdown: str, html: str | None = None,
+                         card: str | None = None) -> Path:
+        """``cv_report.md``, ``cv_report.html`` (self-contained, with the figures), the model card
+        ``model_card.md`` (where ``card`` is given) and, last, ``cv_summary.json``."""
         write_text(self.report_file, markdown)
         if html is not None:
             write_text(self.html_report_file, html)
+        if card is not None:
+            write_text(self.card_file, card)
         write_json(self.summary_file, summary)
         return self.summary_file
 
