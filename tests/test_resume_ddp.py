@@ -113,7 +113,7 @@ def test_torchrun_two_gloo_processes_match_single_process(small_data, tmp_path, 
     assert sorted(p.name for p in run.iterdir()) == sorted(
         [".lock", "config.json", "data_files.csv", "train.log", "history.csv", "best.pth", "last.pth",
          "test_metrics.json", "test_predictions.csv", "val_predictions.csv", "report.md", "report.html",
-         "report_metrics.json", "report_figures"])
+         "report_metrics.json", "report_figures", "model_card.md"])
     assert not list(run.glob(".*.tmp"))  # one writer: no rank raced another over a file
 
     # the checkpoint loads without DDP (no 'module.' prefix) and reproduces the gathered metrics

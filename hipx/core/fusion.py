@@ -127,8 +127,22 @@ def probability(forward: Callable[[dict], torch.Tensor], batch: dict, tta: str =
                 logits: torch.Tensor | None = None) -> torch.Tensor:
     """P(osteoporosis) of a batch as a run scores it: the sigmoid of the logit, or with ``tta`` flip
     :func:`flip_mean`."""
-    import torch
+    return scored(forward, batch, tta, logits)[0]
 
-    if tta == "flip":
-        return flip_mean(forward, batch, logits)
-    return torch.sigmoid(forward(batch) if logits is None else logits)
+
+def scored(forward: Callable[[dict], torch.Tensor], batch: dict, tta: str = "none",
+           logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probability, logit)`` of a batch as a run scores it. The logit is the network's own, or with
+    ``tta`` flip that of the mean probability computed in log space, so it is exact where the 32-bit
+    probability has rounded to 0 or 1: a graded target's predicted value is read from it
+    (:func:`targets.predicted_value`), never from a clamped probability."""
+    import torch
+    import torch.nn.functional as F
+
+    own = forward(batch) if logits is None else logits
+    if tta != "flip":
+        return torch.sigmoid(own), own
+    mirror = forward({**batch, "image": torch.flip(batch["image"], dims=(-1,))})
+    logit = (torch.logaddexp(F.logsigmoid(own), F.logsigmoid(mirror))
+             - torch.logaddexp(F.logsigmoid(-own), F.logsigmoid(-mirror)))
+    return (torch.sigmoid(own) + torch.sigmoid(mirror)) / 2, logit

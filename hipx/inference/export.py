@@ -55,7 +55,6 @@ FORMAT = "hipx-onnx/1"  # the JSON's format tag; a reader refuses another
 OPSET = 18  # ONNX opset: onnxruntime >= 1.14 (2023) and most inference servers read it
 MIN_OPSET = 18  # torch's exporter writes 18 and later itself; below, onnx's version converter fails on some graphs
 JSON_SUFFIX = ".preprocessing.json"
-LOGIT_CLAMP = 1e-7  # predict.py's: the predicted value is read off logit(clamp(p)), the probability after TTA
 EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo")
 CHECK_TOLERANCE = 1e-4  # export refuses a graph whose probabilities differ more from PyTorch's on random inputs
 
@@ -159,10 +158,10 @@ class MemberScore(nn.Module):
             inputs = fusion.network_inputs(self.fusion, batch["image"], batch["clinical"])
             return self.model(*inputs).float().reshape(-1)
 
-        p = fusion.probability(forward, {"image": image, "clinical": clinical}, self.tta)
-        if self.model.target.kind == "binary":
+        p, logit = fusion.scored(forward, {"image": image, "clinical": clinical}, self.tta)
+        if not self.model.target.graded:
             return p, None
-        return p, self.model.predicted_value(torch.logit(p.clamp(LOGIT_CLAMP, 1 - LOGIT_CLAMP)))
+        return p, self.model.predicted_value(logit)
 
 
 class ExportedScore(nn.Module):
@@ -177,10 +176,10 @@ class ExportedScore(nn.Module):
     def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None):
         scored = [m(image, clinical) for m in self.members]
         probability = torch.stack([p for p, _ in scored]).mean(dim=0)
-        if self.spec.kind == "binary":
+        if not self.spec.graded:
             return (probability,)
         value = torch.stack([v for _, v in scored]).mean(dim=0)
-        if self.spec.kind == "ordinal":  # np.round and torch.round both round half to even, as ONNX Round
+        if self.spec.predicted_is_class:  # np.round and torch.round both round half to even, as ONNX Round
             value = torch.clamp(torch.round(value), 0, self.spec.n_classes - 1).to(torch.int64)
         return probability, value
 
@@ -235,11 +234,11 @@ def output_layout(spec: targets.TargetSpec, members: int) -> list[dict]:
     of = f" (the mean of the {members} fold models')" if members > 1 else ""
     layout = [{"name": "probability", "dtype": "float32", "shape": ["batch"],
                "meaning": f"P(osteoporosis){of}; osteoporosis when >= threshold"}]
-    if spec.kind == "continuous":
+    if spec.graded and not spec.predicted_is_class:
         layout.append({"name": "predicted_value", "dtype": "float32", "shape": ["batch"],
                        "meaning": f"the predicted {spec.name}"
                                   + (" (mean of the fold models')" if members > 1 else "")})
-    elif spec.kind == "ordinal":
+    elif spec.graded:
         layout.append({"name": "predicted_class", "dtype": "int64", "shape": ["batch"],
                        "meaning": "index into target.classes (0 the lowest)"
                                   + (", at the fold models' mean class index rounded half to even" if members > 1

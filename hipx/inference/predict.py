@@ -285,10 +285,10 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
             member: list[float] = []
             value: list[float] = []
             for batch in DataLoader(dataset, batch_size=batch_size):
-                p = fusion.probability(forward, batch, scored_as)
+                p, logit = fusion.scored(forward, batch, scored_as)
                 member += p.cpu().double().tolist()
-                if spec.kind != "binary":  # the measurement it stands for (graded targets, targets.py)
-                    value += model.predicted_value(torch.logit(p.clamp(1e-7, 1 - 1e-7))).cpu().double().tolist()
+                if spec.graded:  # the measurement it stands for (graded targets, targets.py)
+                    value += model.predicted_value(logit).cpu().double().tolist()
             probs += np.asarray(member, dtype=np.float64) / len(members)
             if value:
                 values += np.asarray(value, dtype=np.float64) / len(members)
@@ -306,12 +306,10 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
         if item.scored:
             p, v = next(results)
             row.update(probability=float(p), prediction=int(p >= threshold))
-            if spec.kind == "continuous":  # e.g. predicted_T-score; a fold ensemble's is the mean of its models'
-                row[f"predicted_{spec.name}"] = f"{v:.4g}"
-            elif spec.kind == "ordinal":  # the class at the ensemble's mean class index
-                row["predicted_class"] = spec.classes[int(np.clip(np.round(v), 0, spec.n_classes - 1))]
-        elif spec.kind != "binary":
-            row["predicted_class" if spec.kind == "ordinal" else f"predicted_{spec.name}"] = ""
+            if spec.graded:  # e.g. predicted_T-score, or the class at the ensemble's mean class index
+                row[spec.predicted_column] = spec.predicted_text(v)
+        elif spec.graded:
+            row[spec.predicted_column] = ""
         if n_raw:
             box = item.box or ("",) * 4
             row.update(side=item.side, box_x0=box[0], box_y0=box[1], box_x1=box[2], box_y1=box[3], note=item.note)

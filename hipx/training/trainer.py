@@ -198,12 +198,10 @@ class ClassifyTrainer:
         probs, values, total = [], [], 0.0
         net = unwrap(model)
         for batch in self.bar(loader, desc=split, leave=False):
-            logits = self.forward(batch, model)
-            if self.tta == "flip":
-                prob = fusion.probability(lambda b: self.forward(b, model), batch, self.tta, logits)
-                logits = torch.logit(prob.clamp(1e-7, 1 - 1e-7))  # the loss of the averaged probability
+            # with flip TTA: the logit of the averaged probability, whose loss is reported
+            prob, logits = fusion.scored(lambda b: self.forward(b, model), batch, self.tta, self.forward(batch, model))
             total += self.batch_loss(logits, batch, model).item() * len(logits)
-            probs.append(torch.sigmoid(logits).cpu().numpy())
+            probs.append(prob.cpu().numpy())
             value = net.predicted_value(logits)
             values.append(np.full(len(logits), np.nan) if value is None else value.float().cpu().numpy())
         probs = np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
