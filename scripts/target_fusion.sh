@@ -3,7 +3,7 @@
 # at 150 and 500 patients, the same folds and seeds, six ways to use the clinical values and the image:
 # binary residual, continuous residual, ordinal residual, continuous late, late, image only (and, in every
 # cross-validation's summary, the clinical baseline refitted per fold). One training per core (docs/speed.md):
-#   bash scripts/target_fusion.sh [DATA_ROOT] [a|b|all]   # stream a and b run side by side on two cores
+#   bash scripts/target_fusion.sh [DATA_ROOT] [a|b|150|all]   # stream a and b run side by side on two cores
 # Then: python scripts/target_fusion_table.py outs/g32_
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,7 @@ declare -A MODE=([res]="--fusion residual" [cres]="--fusion residual --target co
 case $STREAM in
   a) CELLS="clinical_150 both_150 image_150 image_500" ;;
   b) CELLS="clinical_500 both_500" ;;
+  150) CELLS="clinical_150 both_150 image_150" ;;
   *) CELLS="clinical_150 both_150 image_150 clinical_500 both_500 image_500" ;;
 esac
 for cell in $CELLS; do
