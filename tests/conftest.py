@@ -35,6 +35,17 @@ def write_split(folder: Path, rows: list[tuple], size=(64, 37), seed=0) -> list[
     return paths
 
 
+def write_report_data(root: Path) -> Path:
+    """root/train|val|test for the report tests: test patients s0..s3 have two images each, one missing
+    BMI in val, both sexes in every split."""
+    write_split(root / "train", [(f"t{i}", 1 + i % 2, i % 2, i % 3 == 0, 50 + i, 20.0 + i / 3) for i in range(12)])
+    write_split(root / "val", [(f"v{i}", 1, i % 2, i % 2, 60 + i, None if i == 0 else 25.5 + i) for i in range(8)],
+                seed=1)
+    write_split(root / "test", [(f"s{i // 2 if i < 8 else i}", 1 + i % 2, (i // 2) % 2 if i < 8 else i % 2,
+                                 i % 3 == 0, 55 + 2 * i, 22.0 + i) for i in range(12)], seed=2)
+    return root
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """data/train|val|test with both classes in every split, one missing BMI in val."""

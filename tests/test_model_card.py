@@ -11,7 +11,7 @@ import pytest
 
 import main
 import report
-from conftest import write_split
+from conftest import write_report_data
 from hipx.reports import model_card
 from hipx.runs import runfiles
 
@@ -25,11 +25,7 @@ def world(tmp_path_factory):
     (main.py writes its report, so its card) and a 2-fold out-of-fold cross-validation of it."""
     root = tmp_path_factory.mktemp("card")
     data = root / "data"
-    write_split(data / "train", [(f"t{i}", 1 + i % 2, i % 2, i % 3 == 0, 50 + i, 20.0 + i / 3) for i in range(12)])
-    write_split(data / "val", [(f"v{i}", 1, i % 2, i % 2, 60 + i, None if i == 0 else 25.5 + i) for i in range(8)],
-                seed=1)
-    write_split(data / "test", [(f"s{i // 2 if i < 8 else i}", 1 + i % 2, (i // 2) % 2 if i < 8 else i % 2,
-                                 i % 3 == 0, 55 + 2 * i, 22.0 + i) for i in range(12)], seed=2)
+    write_report_data(data)
     outs = root / "outs"
     with warnings.catch_warnings():  # tiny test sets: some bootstrap resamples hold one class
         warnings.simplefilter("ignore")

@@ -18,7 +18,7 @@ from hipx.stats import metrics
 import report
 from hipx.reports import run_report
 from hipx.runs import runfiles
-from conftest import write_split
+from conftest import write_report_data
 
 SECTIONS = ("## Summary", "## 1. Data", "## 2. Training", "## 3. Discrimination on test",
             "## 4. Test metrics with 95% confidence intervals", "## 5. Confusion matrix at the validation threshold",
@@ -32,11 +32,7 @@ def run(tmp_path_factory):
     """A tiny trained run; test patients s0..s3 have two images each."""
     root = tmp_path_factory.mktemp("report")
     data = root / "data"
-    write_split(data / "train", [(f"t{i}", 1 + i % 2, i % 2, i % 3 == 0, 50 + i, 20.0 + i / 3) for i in range(12)])
-    write_split(data / "val", [(f"v{i}", 1, i % 2, i % 2, 60 + i, None if i == 0 else 25.5 + i) for i in range(8)],
-                seed=1)
-    write_split(data / "test", [(f"s{i // 2 if i < 8 else i}", 1 + i % 2, (i // 2) % 2 if i < 8 else i % 2,
-                                 i % 3 == 0, 55 + 2 * i, 22.0 + i) for i in range(12)], seed=2)
+    write_report_data(data)
     main.main(["--model", "dense_net", "--depth", "10", "--data_dir", str(data), "--image_size", "64", "37",
                "--epoch", "2", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--save_dir", "r",
                "--fold", "_LF", "--late_fuse", "True", "--out_root", str(root / "outs")])

@@ -5,16 +5,9 @@
     result, table = compare_runs(["outs/cmp/fold_Dense_LF", "outs/cmp/fold_Dense_EF"], n_boot=2000)
     write_comparison("outs/cmp/compare", result, table)
 
-Every run must have scored the same test images with the same labels (refused otherwise).
-For each run: the test ROC AUC with its patient-bootstrap 95% CI, and sensitivity and specificity
-at that run's own validation threshold (conditional on the trained model and that threshold). For
-every run after the first: the AUC difference against the first run, by a paired bootstrap over
-patients (all runs scored on the same resamples), with Holm-adjusted p-values over the
-comparisons made. Runs whose configurations differ only in ``--seed`` are also summarised as
-mean ± SD across seeds, which shows how much a training repeat moves the numbers beside the CI,
-which shows how much the test patients do. One ROC figure holds every run. Written:
-``comparison.md`` (figure in ``comparison_figures/``), ``comparison.html`` (self-contained) and
-``comparison.json``, each atomically; existing files are kept unless ``overwrite``.
+What is computed for each run and each pair, and the files written, are told in ``compare.py``'s
+docstring (the command's ``--help``); here: every run must have scored the same test images with the
+same labels (refused otherwise); files are written atomically and kept unless ``overwrite``.
 """
 from __future__ import annotations
 
