@@ -15,7 +15,7 @@ The run folder ``outs/<save_dir>/`` (never overwritten without ``--overwrite``) 
 ``encoder.pth`` (the ``features.*`` tensors ``main.py --pretrained`` loads into any fusion mode;
 the classifier head starts new), ``history.csv`` and ``loss_curve.png``, ``config.json``,
 ``train.log``, ``images.csv`` and ``skipped.csv``, and ``last.pth``, from which an interrupted run
-continues exactly:
+continues exactly (``--tensorboard`` adds ``tensorboard/``, TensorBoard's event files):
 
     python3 pretrain.py --resume --save_dir <save_dir>
 """
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly reproducible "
                    "on GPU, slower)")
+    g.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into the run folder's "
+                   "tensorboard/: the loss, positives found and learning rate per epoch, a few pairs of views; watch "
+                   "with tensorboard --logdir outs/<save_dir> --host 127.0.0.1 (with --resume: give it again)")
     return p
 
 
@@ -109,6 +112,10 @@ def check_args(args: argparse.Namespace) -> None:
                          "replaces it")
     if not args.resume and not args.folders and args.data_dir is None:
         raise SystemExit("no images: give one or more FOLDERs of radiographs and/or --data_dir DATA_FOLDER")
+    if args.tensorboard:
+        from hipx.training import board  # stdlib only at import
+
+        board.check_available()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -94,6 +94,7 @@ class RunConfig:
     channels_last: str = _f("auto")
     deterministic: bool = _f(False)
     sync_bn: bool = _f(False)
+    tensorboard: bool = _f(False, SESSION)  # what this session writes beside the run, not what the run is
     # one fold of a cross-validation (crossval.py sets them; folds.config_files reads them)
     cv_folds: int = _f(0)
     cv_fold: int | None = _f(None)

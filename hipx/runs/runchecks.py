@@ -108,6 +108,8 @@ def resume_command(cfg: RunConfig) -> str:
         extra = ["--folds", str(cfg.cv_folds)]
     if cfg.out_root != "outs":
         extra += ["--out_root", str(cfg.out_root)]
+    if cfg.tensorboard:  # a session setting: the command that continues keeps logging
+        extra.append("--tensorboard")
     return command("--resume", "--save_dir", cfg.save_dir, "--fold", fold, *extra)
 
 

@@ -145,6 +145,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly reproducible, "
                    "slower)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across torchrun processes")
+    g.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files into the run folder's "
+                   "tensorboard/: losses, validation metrics and learning rate per epoch, the validation ROC curve, a "
+                   "few augmented training inputs; watch with tensorboard --logdir outs/<save_dir> --host 127.0.0.1 "
+                   "(with --resume: give it again to go on logging)")
     return p
 
 
@@ -176,6 +180,10 @@ def check_settings(cfg: RunConfig) -> None:
         raise SystemExit(f"--folds {cfg.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
     if cfg.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise SystemExit("--sync_bn only applies to torchrun runs with several processes")
+    if cfg.tensorboard:
+        from hipx.training import board  # stdlib only at import
+
+        board.check_available()
     _check_augment(cfg)
 
 

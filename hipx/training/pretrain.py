@@ -35,7 +35,7 @@ CHECKPOINT_FORMAT = "osteoporosis-hip-pretrain/1"
 ENCODER = "encoder.pth"  # = models.pretrained.ENCODER_FILE, what main.py --pretrained RUN finds
 CURVE, SKIPPED, IMAGES = "loss_curve.png", "skipped.csv", "images.csv"
 # where and how fast this session runs, not what the run is: the only flags --resume lets differ
-SESSION_KEYS = ("device", "gpus", "workers", "out_root", "save_dir", "resume", "overwrite")
+SESSION_KEYS = ("device", "gpus", "workers", "out_root", "save_dir", "resume", "overwrite", "tensorboard")
 NETWORK_FLAGS = ("model", "depth", "growthRate", "norm", "act", "stem")  # main.py's, named alike
 
 
@@ -79,6 +79,8 @@ def command(*arguments: str) -> str:
 
 def resume_command(args: argparse.Namespace) -> str:
     extra = ["--out_root", str(args.out_root)] if args.out_root != "outs" else []
+    if args.tensorboard:  # a session setting: the command that continues keeps logging
+        extra.append("--tensorboard")
     return command("--resume", "--save_dir", args.save_dir, *extra)
 
 
@@ -228,9 +230,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_one_epoch(model, data, optimizer, scaler, precision, device, memory_format, temperature: float,
-                    dist_info, epoch: int, seed: int) -> dict:
+                    dist_info, epoch: int, seed: int, board=None) -> dict:
     """One pass over the views of every image; returns the mean loss, the share of positives found
-    and timing. Under torchrun the negatives are the whole global batch."""
+    and timing. Under torchrun the negatives are the whole global batch. ``board`` (board.Board, or
+    None) is shown the first batch's views."""
     from contextlib import nullcontext
 
     import torch
@@ -246,8 +249,11 @@ def train_one_epoch(model, data, optimizer, scaler, precision, device, memory_fo
     total = found = count = 0.0
     start = time.perf_counter()
     bar = progress(data, enabled=dist_info.is_main, desc=f"epoch {epoch}", leave=False)
-    for batch in bar:
+    for step, batch in enumerate(bar):
         views = [loader.network_image(batch[k].to(device, non_blocking=True), None, False) for k in ("view1", "view2")]
+        if step == 0 and board is not None and board.shows_inputs(epoch):
+            for name, view in zip(("view1", "view2"), views):
+                board.inputs(epoch, view, f"inputs/{name}")
         image = torch.cat(views).contiguous(memory_format=memory_format)  # one pass: BatchNorm sees both views
         autocast = torch.autocast(device.type, dtype=precision.dtype) if precision.dtype else nullcontext()
         with autocast:
@@ -295,11 +301,13 @@ def gather(z1, z2, dist_info):
 def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: dict | None, dist_info) -> dict:
     """Pretrain (or continue from ``state``, last.pth) the encoder of ``config`` (None: a new run, its
     configuration made here) on the images of ``args``; returns the last epoch's row of the history."""
+    from contextlib import closing, nullcontext
+
     import torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from hipx.core import runtime
-    from hipx.training import selfsup
+    from hipx.training import board, selfsup
 
     device = runtime.select_device_for(dist_info, args.device, args.gpus)
     images, sources, skipped = load_images(args)
@@ -318,19 +326,22 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
     model, net, optimizer, scheduler, scaler, history = build(args, config, state, device, precision, memory_format,
                                                               dist_info)
     data = views_loader(images, args, device, dist_info)
-    with logging_redirect_tqdm():
+    tensorboard = board.open_board(args.tensorboard and dist_info.is_main, out, len(history))
+    with logging_redirect_tqdm(), closing(tensorboard) if tensorboard else nullcontext():
         epochs = runtime.progress(range(len(history) + 1, args.epoch + 1), enabled=dist_info.is_main, desc="epochs",
                                   initial=len(history), total=args.epoch)
         for epoch in epochs:
             try:
                 row = train_one_epoch(net, data, optimizer, scaler, precision, device, memory_format,
-                                      args.temperature, dist_info, epoch, args.seed)
+                                      args.temperature, dist_info, epoch, args.seed, tensorboard)
             except NonFiniteLoss as exc:
                 raise UserError(str(exc)) from None
             scheduler.step()
             history.append(row)
             if dist_info.is_main:
                 save_epoch(out, model, optimizer, scheduler, scaler, history, config)
+            if tensorboard is not None:
+                tensorboard.epoch(epoch, row)
             logger.info("epoch %d  loss %.4f (chance %.3f)  positives found %.3f  %.1f img/s", epoch, row["loss"],
                         row["chance_loss"], row["pos_top1"], row["images_per_s"])
     if dist_info.is_main:

@@ -335,7 +335,9 @@ def _open_run(begin: Start, action: Action, out: Path, dist_info, device, thread
 
 def _train(trainer, begin: Start, action: Action, dist_info) -> None:
     """Fit the run: from nothing, or on from the last.pth it was read with (``--extend_epochs``: weights,
-    optimiser moments and history go on, the schedule restarts at --lrG)."""
+    optimiser moments and history go on, the schedule restarts at --lrG); with ``--tensorboard`` rank 0
+    logs it (board.py), after the epochs it already saved."""
+    from hipx.training import board
     from hipx.training.trainer import NonFiniteLossError
 
     cfg, state = begin.cfg, begin.state
@@ -349,11 +351,15 @@ def _train(trainer, begin: Start, action: Action, dist_info) -> None:
             if dist_info.is_main:
                 trainer.save_last(len(trainer.history))  # from here --resume continues the extended run
         logger.info("resuming after epoch %d of %d", len(trainer.history), cfg.epoch)
+    trainer.board = board.open_board(cfg.tensorboard and dist_info.is_main, trainer.run_dir, len(trainer.history))
     try:
         best = trainer.fit(cfg.epoch)
     except NonFiniteLossError as exc:
         logger.error("%s", exc)
         raise SystemExit(1) from None
+    finally:
+        if trainer.board is not None:
+            trainer.board.close()
     logger.info("best epoch %d (val %s %.4f); scoring its checkpoint on test", best["epoch"], cfg.select_metric,
                 best["value"])
 

@@ -88,6 +88,7 @@ class ClassifyTrainer:
         # score the untrained network as epoch 0, a candidate for the best epoch: residual fusion starts
         # as the clinical model, so the image's correction is kept only where it validates better
         self.validate_start = validate_start
+        self.board = None  # board.Board: the run's TensorBoard event files (--tensorboard, rank 0), set by the session
 
     # -- how a batch reaches the network: the one thing subclasses change -------------------------
     def image(self, batch: dict) -> torch.Tensor:
@@ -169,6 +170,9 @@ class ClassifyTrainer:
         bar = self.bar(loader, desc=f"epoch {epoch} train", leave=False)
         for step, batch in enumerate(bar):
             waited += time.perf_counter() - ready
+            if step == 0 and self.board is not None and self.board.shows_inputs(epoch):
+                with torch.no_grad():  # the batch's input as train_step gives it (augmentation draws are seeded)
+                    self.board.inputs(epoch, self.image(batch))
             loss = self.train_step(batch, f" at epoch {epoch}, batch {step}")
             n = len(batch["label"])
             total += loss.item() * n
@@ -285,6 +289,8 @@ class ClassifyTrainer:
                     self.write_predictions("val", pred, val["youden_threshold"])
                 self.run.write_history(self.history)
                 self.save_last(epoch)
+            if self.board is not None:
+                self.board.epoch(epoch, row, pred, val["youden_threshold"])
             # the metric names are history.csv's columns (val_roc_auc, ...); the selecting one is added if not shown
             shown = {"roc_auc": val["roc_auc"], "f2": val["f2"], "accuracy": val["accuracy"]}
             shown.setdefault(self.select_metric, value)
@@ -305,6 +311,8 @@ class ClassifyTrainer:
             if self.dist.is_main:
                 self.save(runfiles.BEST, 0, val["youden_threshold"], val)
                 self.write_predictions("val", pred, val["youden_threshold"])
+        if self.board is not None:
+            self.board.epoch(0, {f"val_{k}": v for k, v in val.items()}, pred, val["youden_threshold"])
         logger.info("epoch 0 (before training: the clinical model alone)  val loss %.4f  val %s %.4f",
                     val["loss"], self.select_metric, value)
 
