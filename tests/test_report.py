@@ -74,8 +74,16 @@ def test_report_files_sections_and_embedded_figures(run):
     np.testing.assert_allclose(curve["net_benefit"], decision.net_benefit(pred["label"], pred["probability"],
                                                                           curve["thresholds"]))
     assert curve["run_threshold"] == saved["network"]["threshold"] and "decision_curve" in saved["baseline"]
-    assert "| Threshold probability | Net benefit, Network | Net benefit, Clinical baseline | Treat all |" in md
-    assert f"| 5% | {curve['net_benefit'][0]:.3f} |" in md and "report_figures/decision.png" in md
+    assert ("| Threshold probability | Net benefit (95% CI), Network | Net benefit (95% CI), Clinical baseline | "
+            "Treat all |") in md
+    nb = curve["net_benefit_ci"][0]  # 5 %, patient bootstrap on the report's resamples
+    assert nb["threshold"] == 0.05 and nb["point"] == pytest.approx(curve["net_benefit"][0], abs=1e-12)
+    assert nb["low"] <= nb["point"] <= nb["high"] and nb["n_boot_valid"] == saved["n_boot"]
+    assert nb == decision.net_benefit_ci(pred["label"], pred["probability"], [0.05],
+                                         groups=[filenames.decode(f).patient for f in pred["file"]],
+                                         n_boot=saved["n_boot"], seed=saved["seed"])[0]
+    assert f"| 5% | {nb['point']:.3f} ({nb['low']:.3f} to {nb['high']:.3f}) |" in md
+    assert "report_figures/decision.png" in md
 
 
 def test_gallery_shows_the_most_confident_case_of_each_outcome_and_can_be_left_out(run):

@@ -206,7 +206,7 @@ def test_cv_report_pools_a_baseline_refitted_per_fold(tmp_path):
     assert f"pooled ROC AUC difference: {expected:.3f}" in report
     html = (group / "cv_report.html").read_text()  # the same summary a reader can look at, figures inside
     assert html.count('src="data:image/png;base64,') == 3 and "Clinical baseline (95 % CI)" in html
-    assert "Net benefit, clinical baseline" in html and "<h2>Per fold</h2>" in html
+    assert "Net benefit (95% CI), clinical baseline" in html and "<h2>Per fold</h2>" in html
 
 
 def test_regime_flags_move_what_each_source_tells(tmp_path):

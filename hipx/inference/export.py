@@ -445,6 +445,13 @@ def export(run: str | os.PathLike, out: str | os.PathLike, tta: str = "auto", ov
         raise ExportError(f"--opset {opset}: choose {MIN_OPSET} to {newest} (onnx {onnx.__version__} writes up to "
                           f"{newest}; torch's exporter from {MIN_OPSET})")
     out, json_path = check_out(out, overwrite)
+    with runfiles.hold_run(runfiles.writing_into(run, [out, json_path]), "export.py --out inside the run"):
+        return _export(run, out, json_path, tta, opset, clinical_input)
+
+
+def _export(run: str | os.PathLike, out: Path, json_path: Path, tta: str, opset: int,
+            clinical_input: str | None) -> tuple[Path, Path]:
+    """:func:`export` once its flags are checked (and the run's lock held where ``out`` lies inside it)."""
     members = load_members(run)
     module = build_module(members, tta, clinical_input)
     clinical_input = "raw" if any(m.raw for m in module.members) else "normalised"

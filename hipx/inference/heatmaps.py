@@ -565,9 +565,15 @@ def run(args: argparse.Namespace) -> dict:
     _check_args(args)
     device = runtime.select_device(args.device, None)
     out = Path(args.out) if args.out else Path(args.run) / CAMS_DIR
-    if args.localisation:
-        return _write_localisation(args, device, out)
+    into = runfiles.writing_into(args.run, [out if args.localisation or not args.save else None, args.save])
+    with runfiles.hold_run(into, "visualize_gradcam.py"):  # writing into a run: its lock; elsewhere none
+        if args.localisation:
+            return _write_localisation(args, device, out)
+        return _pictures(args, device, out)
 
+
+def _pictures(args: argparse.Namespace, device, out: Path) -> dict:
+    """The chosen cases' pictures in ``out`` (or ``--save``), and what :func:`run` returns for them."""
     trained = runfiles.load_run(args.run)
     model = load_network(trained, device)
     threshold = trained.threshold

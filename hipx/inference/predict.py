@@ -340,12 +340,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     if out.exists() and not args.overwrite:
         raise UserError(f"--out {out} exists; nothing was written. Pass --overwrite to replace it, or choose "
                         "another --out")
-    try:
-        rows = predict(args.run, args.images, args.csv, args.device, args.batch_size, args.tta,
-                       getattr(args, "as_trained", "crops"))
-    except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
-        raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
-    write_predictions(args.out, rows)
+    with runfiles.hold_run(runfiles.writing_into(args.run, [out]), "predict.py --out inside the run"):
+        try:
+            rows = predict(args.run, args.images, args.csv, args.device, args.batch_size, args.tta,
+                           getattr(args, "as_trained", "crops"))
+        except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
+            raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
+        write_predictions(args.out, rows)
     scored = [r for r in rows if r["prediction"] is not None]
     skipped = [r for r in rows if r["prediction"] is None]
     if not scored:

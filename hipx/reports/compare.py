@@ -194,16 +194,24 @@ def run_command(args: argparse.Namespace) -> dict:
     """What ``python3 compare.py`` does with its parsed flags: the comparison's numbers, its table on the
     terminal and, with ``args.out``, its files there. A user's mistake ends as SystemExit with one line."""
     runtime.setup_logging()
+    into = next(filter(None, (runfiles.writing_into(run, [args.out]) for run in args.runs)), None) if args.out else None
     try:
-        if args.out is not None:
-            refuse_existing(args.out, args.overwrite)  # before the bootstrap, not after
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)  # undefined values show as n/a
-            result, table = compare_runs(args.runs, args.names, args.bootstrap, args.seed, args.interval)
-        page = None if args.out is None else write_comparison(args.out, result, table, overwrite=args.overwrite)
+        with runfiles.hold_run(into, "compare.py --out inside a run"):  # --out elsewhere: no lock
+            page, result = _compare(args)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
     print(report_render.render_markdown(comparison_blocks(result)[2:-2]).strip())
     if page is not None:
         print(f"\ncomparison in {page}")
     return result
+
+
+def _compare(args: argparse.Namespace) -> tuple[Path | None, dict]:
+    """:func:`run_command`'s work: the comparison's numbers and, with ``args.out``, its page (else None)."""
+    if args.out is not None:
+        refuse_existing(args.out, args.overwrite)  # before the bootstrap, not after
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)  # undefined values show as n/a
+        result, table = compare_runs(args.runs, args.names, args.bootstrap, args.seed, args.interval)
+    page = None if args.out is None else write_comparison(args.out, result, table, overwrite=args.overwrite)
+    return page, result

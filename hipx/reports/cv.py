@@ -145,16 +145,18 @@ def pooled_baseline(pooled: pd.DataFrame, configs: Sequence[RunConfig], data_dir
                            "delong_test": confidence.delong_test(y, p_net, p_base, groups=groups)}}, p_base
 
 
-def cv_figures(block: dict, y: np.ndarray, p: np.ndarray, p_base: np.ndarray | None,
-               threshold: float | None = None) -> dict[str, bytes]:
+def cv_figures(block: dict, y: np.ndarray, p: np.ndarray, p_base: np.ndarray | None, groups: np.ndarray,
+               n_boot: int, seed: int, threshold: float | None = None) -> dict[str, bytes]:
     """The figures of ``cv_report.html``: ROC and PR curves, calibration and the decision curve of the
     pooled (or ensemble) probabilities, the clinical baseline's beside them where it exists. The
-    decision curves' numbers join ``block`` (``decision_curve``, ``baseline_decision_curve``)."""
+    decision curves' numbers join ``block`` (``decision_curve``, ``baseline_decision_curve``), net
+    benefit at the table's thresholds with CIs from ``n_boot`` resamples of the patients ``groups``."""
     models = [("network", p, PALETTE[0])] + ([("clinical baseline", p_base, PALETTE[1])] if p_base is not None else [])
     where = "pooled out of fold" if threshold is None else "fold ensemble, shared test set"
     curves = []
     for (name, probs, colour), key in zip(models, ("decision_curve", "baseline_decision_curve")):
-        block[key] = decision.decision_curve(y, probs, run_threshold=threshold)
+        block[key] = decision.decision_curve(y, probs, run_threshold=threshold, groups=groups, n_boot=n_boot,
+                                             seed=seed, alpha=ALPHA)
         curves.append((name, block[key], threshold, colour))
     return {"roc_pr": figure_roc_pr(y, [(n, q, threshold, c) for n, q, c in models], where=where),
             "calibration": figure_calibration(y, models, where=where),
@@ -321,7 +323,8 @@ def _pooled_out_of_fold(summary: dict, predictions: Sequence[pd.DataFrame], conf
     if data_dir is not None and not summary.get("baseline_note"):
         numbers, p_base = pooled_baseline(pooled, configs, data_dir, n_boot, seed)
         summary["pooled"].update(numbers)
-    figures = cv_figures(summary["pooled"], y, pooled["probability"].to_numpy(dtype=float), p_base)
+    figures = cv_figures(summary["pooled"], y, pooled["probability"].to_numpy(dtype=float), p_base,
+                         pooled["patient"].to_numpy(), n_boot, seed)
     if spec:  # a graded target (main.py --target): predicted against measured, pooled out of fold
         summary["measurement"] = measure_report.measurement(pooled, spec, n_boot, seed, data_dir=data_dir,
                                                             source="the folds' test_predictions.csv",
@@ -352,7 +355,7 @@ def _fold_ensemble(summary: dict, predictions: Sequence[pd.DataFrame], n_boot: i
         "metrics": _with_ci(y, p, (p >= threshold).astype(int), first["patient"].to_numpy(), n_boot, seed)}
     scored = cohort.with_clinical_values(first.reset_index()[["file", "label", "patient"]].assign(probability=p))
     summary["ensemble"]["clinical_subgroups"] = cohort.subgroups(scored, n_boot, seed)
-    return cv_figures(summary["ensemble"], y, p, None, threshold)
+    return cv_figures(summary["ensemble"], y, p, None, first["patient"].to_numpy(), n_boot, seed, threshold)
 
 
 def headline(summary: Mapping) -> str:

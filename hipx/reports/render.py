@@ -220,17 +220,27 @@ def discrimination_table(models: Sequence[tuple[str, Mapping]], how: str) -> tup
 
 def decision_rows(models: Sequence[tuple[str, Mapping]], table_thresholds: Sequence[float]) -> tuple[list, list]:
     """Header and rows of a net-benefit table: one row per threshold probability of ``table_thresholds``
-    found on the curves, columns each (name, decision curve), treat all, treat none."""
+    found on the curves, columns each (name, decision curve) -- with its 95% CI where the curve carries
+    ``net_benefit_ci`` --, treat all, treat none."""
     first = models[0][1]
-    header = ["Threshold probability", *(f"Net benefit, {name}" for name, _ in models), "Treat all", "Treat none"]
+    with_ci = all("net_benefit_ci" in c for _, c in models)
+    what = "Net benefit (95% CI)" if with_ci else "Net benefit"
+    header = ["Threshold probability", *(f"{what}, {name}" for name, _ in models), "Treat all", "Treat none"]
     rows = []
     for t in table_thresholds:
         i = int(np.argmin(np.abs(np.asarray(first["thresholds"]) - t)))
         if abs(first["thresholds"][i] - t) > 1e-9:
             continue
-        rows.append([f"{100 * t:.0f}%", *(fmt(c["net_benefit"][i]) for _, c in models), fmt(first["treat_all"][i]),
-                     fmt(0.0)])
+        cells = [_net_benefit_cell(c, i, t) if with_ci else fmt(c["net_benefit"][i]) for _, c in models]
+        rows.append([f"{100 * t:.0f}%", *cells, fmt(first["treat_all"][i]), fmt(0.0)])
     return header, rows
+
+
+def _net_benefit_cell(curve: Mapping, i: int, t: float) -> str:
+    """'0.123 (0.050 to 0.201)': the curve's net benefit at grid point ``i`` (threshold ``t``) with the
+    interval of ``net_benefit_ci`` there; the point alone where no interval was computed at ``t``."""
+    found = [d for d in curve["net_benefit_ci"] if abs(d["threshold"] - t) <= 1e-9]
+    return ci(found[0]) if found else fmt(curve["net_benefit"][i])
 
 
 def decision_text(name: str, curve: Mapping, threshold: float) -> str:
@@ -247,7 +257,8 @@ def decision_text(name: str, curve: Mapping, threshold: float) -> str:
                  f"{100 * t[0]:.0f}% to {100 * t[-1]:.0f}%")
     at = curve.get("at_run_threshold")
     if at is not None:
-        where += (f"; at the run's threshold {100 * threshold:.1f}% its net benefit is {fmt(at['net_benefit'])} "
+        nb = ci(at["net_benefit_ci"]) if "net_benefit_ci" in at else fmt(at["net_benefit"])
+        where += (f"; at the run's threshold {100 * threshold:.1f}% its net benefit is {nb} "
                   f"against {fmt(at['treat_all'])} for treat-all")
     return where + "."
 
@@ -256,7 +267,8 @@ DECISION_NOTE = ("Net benefit = TP/n - FP/n × p_t/(1 - p_t): true positives per
                  "weighted by the odds of the threshold probability p_t (Vickers & Elkin, Med Decis Making 2006). "
                  "p_t says how a reader weighs a missed osteoporosis against an unneeded work-up: at 20% one found "
                  "case is worth four unneeded DXA scans. A model is useful where its curve lies above treat-all and "
-                 "treat-none. Net benefit uses this data's prevalence; it is per image and has no interval here.")
+                 "treat-none. Net benefit uses this data's prevalence and is per image; its 95% CI is a percentile "
+                 "bootstrap over patients (a patient's images are resampled together).")
 
 
 

@@ -267,8 +267,9 @@ def run_command(args: argparse.Namespace) -> dict:
             return _external(args)
         if args.cv:
             return _cross_validation(args)
-        result = write_report(args.run, args.data_dir, args.bootstrap or 2000, args.seed, interval=args.interval,
-                              gallery=args.gallery)
+        with runfiles.hold_run(args.run, "report.py --run"):  # a training or another report: refused, nothing written
+            result = write_report(args.run, args.data_dir, args.bootstrap or 2000, args.seed, interval=args.interval,
+                                  gallery=args.gallery)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from None
     print(f"{headline(result)}; report in {runfiles.Run(Path(args.run)).file(runfiles.REPORT_HTML)}")
@@ -284,9 +285,10 @@ def headline(result: Mapping) -> str:
 
 
 def _external(args: argparse.Namespace) -> dict:
-    result = external.validate(args.run, args.external, args.name, args.recalibrate, args.calibrate_on,
-                                n_boot=args.bootstrap or 2000, seed=args.seed, interval=args.interval,
-                                development_dir=args.data_dir)
+    with runfiles.hold_run(args.run, "report.py --external"):  # it writes RUN/external/NAME/
+        result = external.validate(args.run, args.external, args.name, args.recalibrate, args.calibrate_on,
+                                   n_boot=args.bootstrap or 2000, seed=args.seed, interval=args.interval,
+                                   development_dir=args.data_dir)
     print(f"{external.headline(result)}; report in "
           f"{external.out_folder(args.run, result['name']) / 'external_report.html'}")
     return result

@@ -14,6 +14,7 @@ objects is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -88,6 +89,12 @@ class Claim:
             os.close(self.fd)
             self.fd = -1
 
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def undo(self) -> None:
         """Release and remove what the claim made: the run folder if it made it, then each folder above
         it that it made and that is empty (another job's run beside it stays)."""
@@ -105,10 +112,6 @@ class Claim:
 def claim_run(folder: str | os.PathLike, what: str = "another --save_dir / --fold") -> Claim:
     """Hold ``folder`` (made if missing, each missing folder created exclusively) for this process's
     writing; a second job on the same folder is refused at once, naming the pid that holds it."""
-    import fcntl
-
-    from hipx.core.cli import UserError
-
     folder = Path(folder)
     created = []
     for path in [*reversed(folder.parents), folder]:
@@ -118,15 +121,63 @@ def claim_run(folder: str | os.PathLike, what: str = "another --save_dir / --fol
                 created.append(path)
             except FileExistsError:
                 pass  # another job made it a moment ago: not ours to remove
+    fd = _flock(folder, lambda holder: f"{folder} is in use by another job (pid {holder}, holding {folder / LOCK}); "
+                                       f"one run folder takes one job at a time: wait until it ends, or use {what}")
+    return Claim(folder, fd, created)
+
+
+def hold_run(run: str | os.PathLike | None, doing: str) -> Claim | contextlib.nullcontext:
+    """The lock of an existing run folder (or run group; for a checkpoint file, its folder) for a command
+    that writes into it (``doing``, e.g. "report.py --run"), to use as ``with hold_run(...):``. While
+    another job holds it -- a training, ``main.py --test``, another report -- this one is refused at once
+    with one line naming the run and the holder's pid, before anything is written. A folder that is not
+    there, or holds no run (no config.json or best.pth, no fold run: e.g. an ONNX export's folder), is not
+    held and gets no lock file: the command's own checks say what is missing; nor is None
+    (:func:`writing_into` found the command writing elsewhere)."""
+    if run is None:
+        return contextlib.nullcontext()
+    folder = Path(run)
+    folder = folder.parent if folder.is_file() else folder
+    if not any((folder / name).is_file() for name in (CONFIG, BEST)) and not RunGroup(folder).runs(having=CONFIG):
+        return contextlib.nullcontext()
+    fd = _flock(folder, lambda holder: f"the run {folder} is in use by another job (pid {holder}, holding "
+                                       f"{folder / LOCK}); {doing} writes into it, so it waits: nothing was "
+                                       "written, run it again when that job has ended")
+    return Claim(folder, fd, [])
+
+
+def writing_into(run: str | os.PathLike, paths: Iterable[str | os.PathLike | None]) -> Path | None:
+    """The run folder that one of ``paths`` (files or folders a command is about to write) lies inside:
+    ``run`` itself (a checkpoint file: its folder), or where ``run`` is a run group, the fold run below it
+    that holds the path; None where every path lies elsewhere (a reader writing elsewhere holds nothing)."""
+    base = Path(os.path.realpath(run))
+    base = base.parent if base.is_file() else base
+    for path in paths:
+        if path is None:
+            continue
+        target = Path(os.path.realpath(path))
+        if target == base or base in target.parents:
+            inner = target.relative_to(base).parts[:1]
+            fold = base / inner[0] if inner else None
+            return fold if fold is not None and (fold / CONFIG).is_file() else base
+    return None
+
+
+def _flock(folder: Path, refusal: Callable[[str], str]) -> int:
+    """An open descriptor of ``folder``'s lock file, flocked for this process; UserError(``refusal(pid)``),
+    naming the holder, where another job holds it."""
+    import fcntl
+
+    from hipx.core.cli import UserError
+
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = _lock_holder(fd)
         os.close(fd)
-        raise UserError(f"{folder} is in use by another job (pid {holder}, holding {folder / LOCK}); one run "
-                        f"folder takes one job at a time: wait until it ends, or use {what}") from None
-    return Claim(folder, fd, created)
+        raise UserError(refusal(holder)) from None
+    return fd
 
 
 def _lock_holder(fd: int) -> str:

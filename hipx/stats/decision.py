@@ -16,14 +16,22 @@ NB = prevalence - (1 - prevalence) * p_t / (1 - p_t), treat-none 0. A model is u
 its curve lies above both. The numbers equal those of the ``dcurves`` package (tests). Net benefit
 is per image, like every other test metric, and uses the prevalence of the data scored: on a
 case-control sample it does not transfer to a clinic with another prevalence.
+
+Its 95 % interval (:func:`net_benefit_ci`, at the report table's thresholds and the run's) is a
+percentile bootstrap over patients: every image of a resampled patient comes along
+(:func:`confidence.bootstrap_weighted`, the resamples of the other metrics' intervals for the same
+seed). Percentile, as for the other metrics at a fixed threshold: net benefit counts treated images,
+so its bootstrap distribution is discrete and BCa's bias correction unstable there.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
+from hipx.stats import confidence
 from hipx.stats.metrics import check_inputs
 
 # Threshold probabilities of the curve: osteoporosis work-up is cheap (DXA), so thresholds above one
@@ -59,6 +67,27 @@ def net_benefit(y_true: Any, y_prob: Any, threshold_probs: Any) -> np.ndarray:
     return (tp - fp * t / (1 - t)) / y.size
 
 
+def weighted_net_benefit(y: np.ndarray, p: np.ndarray, threshold: float, weights: np.ndarray) -> np.ndarray:
+    """Net benefit at ``threshold`` for each row of frequency weights ``(B, n)`` (an image drawn k times
+    counts k times): each treated image gains 1 if it has osteoporosis and loses the odds of the
+    threshold if not, averaged. With every weight 1 it is :func:`net_benefit`."""
+    gain = np.where(p >= threshold, np.where(y == 1, 1.0, -threshold / (1 - threshold)), 0.0)
+    return weights @ gain / weights.sum(axis=1)
+
+
+def net_benefit_ci(y_true: Any, y_prob: Any, threshold_probs: Any = TABLE_THRESHOLDS, groups: Any = None,
+                   n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Net benefit at each threshold probability with its percentile bootstrap interval, resampling
+    patients where ``groups`` (one patient id per image) is given, else images; every threshold on the
+    same resamples. Returns one ``dict(threshold, point, low, high, n_boot_valid, interval)`` per threshold."""
+    y, p = check_inputs(y_true, y_prob)
+    t = _check_thresholds(threshold_probs)
+    return [{"threshold": float(ti),
+             **confidence.bootstrap_weighted(functools.partial(weighted_net_benefit, y, p, float(ti)), y.size, groups,
+                                             n_boot, seed, alpha, interval="percentile")}
+            for ti in t]
+
+
 def treat_all(y_true: Any, threshold_probs: Any) -> np.ndarray:
     """Net benefit of treating every image."""
     y = np.asarray(y_true)
@@ -67,24 +96,32 @@ def treat_all(y_true: Any, threshold_probs: Any) -> np.ndarray:
     return prevalence - (1 - prevalence) * t / (1 - t)
 
 
-def decision_curve(y_true: Any, y_prob: Any, threshold_probs: Any = None,
-                   run_threshold: float | None = None) -> dict[str, Any]:
+def decision_curve(y_true: Any, y_prob: Any, threshold_probs: Any = None, run_threshold: float | None = None,
+                   groups: Any = None, n_boot: int = 0, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """Net benefit of the model, treat-all and treat-none over ``threshold_probs`` (default
     :func:`thresholds` for ``run_threshold``), and the model's net benefit at ``run_threshold``.
 
     Returns plain lists: ``dict(thresholds, net_benefit, treat_all, treat_none, prevalence, n,
-    run_threshold, at_run_threshold)`` (the last two None without a run threshold).
+    run_threshold, at_run_threshold)`` (the last two None without a run threshold). With ``n_boot``
+    resamples (of patients, ``groups``), also ``net_benefit_ci``: :func:`net_benefit_ci` at
+    :data:`TABLE_THRESHOLDS`, and ``at_run_threshold["net_benefit_ci"]``.
     """
     y, p = check_inputs(y_true, y_prob)
     t = thresholds(run_threshold) if threshold_probs is None else _check_thresholds(threshold_probs)
+    with_ci = functools.partial(net_benefit_ci, y, p, groups=groups, n_boot=n_boot, seed=seed, alpha=alpha)
     at_run = None
     if run_threshold is not None and 0 < run_threshold < 1:
         at_run = {"net_benefit": float(net_benefit(y, p, [run_threshold])[0]),
                   "treat_all": float(treat_all(y, [run_threshold])[0])}
-    return {"thresholds": t.tolist(), "net_benefit": net_benefit(y, p, t).tolist(),
-            "treat_all": treat_all(y, t).tolist(), "treat_none": [0.0] * t.size,
-            "prevalence": float(y.mean()), "n": int(y.size),
-            "run_threshold": None if run_threshold is None else float(run_threshold), "at_run_threshold": at_run}
+        if n_boot:
+            at_run["net_benefit_ci"] = with_ci([run_threshold])[0]
+    curve = {"thresholds": t.tolist(), "net_benefit": net_benefit(y, p, t).tolist(),
+             "treat_all": treat_all(y, t).tolist(), "treat_none": [0.0] * t.size,
+             "prevalence": float(y.mean()), "n": int(y.size),
+             "run_threshold": None if run_threshold is None else float(run_threshold), "at_run_threshold": at_run}
+    if n_boot:
+        curve["net_benefit_ci"] = with_ci(TABLE_THRESHOLDS)
+    return curve
 
 
 def useful_range(curve: dict) -> tuple[float, float] | None:

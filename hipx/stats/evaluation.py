@@ -17,7 +17,8 @@ ALPHA = 0.05  # two-sided: 95 % intervals everywhere
 def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, groups: np.ndarray, n_boot: int, seed: int,
              interval: str = "bca") -> dict:
     """Every test metric and the calibration slope and intercept with patient-bootstrap 95% CIs (all on
-    the same resamples), the DeLong AUC CI clustered by patient, calibration and confusion counts."""
+    the same resamples), the DeLong AUC CI clustered by patient, calibration, confusion counts and the
+    decision curve, its net benefit at the table's thresholds with patient-bootstrap CIs."""
     point = metrics.compute_metrics(y, p, threshold)
     return {"threshold": float(threshold),
             "metrics": confidence.bootstrap_metrics(y, p, threshold, groups=groups, n_boot=n_boot, seed=seed,
@@ -25,4 +26,5 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, groups: np.ndarray,
             "delong_auc": confidence.delong_auc(y, p, alpha=ALPHA, groups=groups),
             "calibration": confidence.calibration(y, p),
             "confusion": {k: int(point[k]) for k in ("tp", "fp", "tn", "fn")},
-            "decision_curve": decision.decision_curve(y, p, run_threshold=float(threshold))}
+            "decision_curve": decision.decision_curve(y, p, run_threshold=float(threshold), groups=groups,
+                                                      n_boot=n_boot, seed=seed, alpha=ALPHA)}
