@@ -175,3 +175,25 @@ def test_report_by_is_checked_with_one_line(tmp_path):
         report.main(["--run", str(save / "fold0"), "--by", "field"])
     with pytest.raises(SystemExit, match=r"^--by site: no such column in .*manifest.csv; it has patient, field$"):
         report.main(["--cv", str(save), "--by", "site", "--data_dir", str(data), "--bootstrap", "20"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # four patients: some resamples hold one class
+def test_report_cv_takes_the_groups_lock(tmp_path, capsys):
+    """report.py --cv rewrites the group's summary: while another job holds the group (main.py --folds
+    writing its summary, another report) it is refused before anything is written; once free it works."""
+    import report
+    from hipx.core.cli import run_main
+    save = tmp_path / "cv"
+    write_fold(save / "fold0", [("a", 1, 0.9), ("b", 0, 0.2)], 0.5)
+    write_fold(save / "fold1", [("c", 1, 0.7), ("d", 0, 0.4)], 0.5)
+    claim = runfiles.claim_run(save)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run_main(report.main, ["--cv", str(save), "--bootstrap", "20"])
+        assert exc.value.code == 1
+        assert "in use by another job" in capsys.readouterr().err
+        assert not (save / "cv_summary.json").exists() and not (save / "cv_report.md").exists()
+    finally:
+        claim.release()
+    report.main(["--cv", str(save), "--bootstrap", "20"])
+    assert (save / "cv_summary.json").is_file()

@@ -308,7 +308,8 @@ def _cross_validation(args: argparse.Namespace) -> dict:
     n_boot = args.bootstrap or (runfiles.read_json(group.summary_file).get("n_boot", 2000)
                                 if group.summary_file.is_file()
                                 else runfiles.Run(runs[0]).read_config().get("bootstrap") or 2000)
-    result = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
-                                        data_dir=args.data_dir)
+    with runfiles.hold_run(group.dir, "report.py --cv"):  # main.py --folds writing the summary: refused
+        result = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
+                                            data_dir=args.data_dir)
     print(f"{cv_report.headline(result)}; {group.report_file}")
     return result

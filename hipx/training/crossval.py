@@ -45,7 +45,8 @@ def cross_validate(cfg: RunConfig, run_fold: Callable[[RunConfig], Outcome], is_
         print(cv_report.headline(runfiles.read_json(group.summary_file)))
         print(f"cross-validation summary: {group.report_file}")
     elif is_main:
-        cv = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot or 2000, seed=seed)
+        with runfiles.hold_run(group.dir, "main.py --folds (the cross-validation summary)"):
+            cv = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot or 2000, seed=seed)
         print(cv_report.headline(cv))
         print(f"cross-validation summary: {group.report_file}")
     return results
