@@ -151,3 +151,18 @@ def test_a_learning_curve_folds_resume_command_continues_its_whole_cross_validat
     cfg = RunConfig(save_dir="lc/lc_0.25", fold="_r1", cv_folds=3, cv_fold=1, cv_subset=0.25)
     assert runchecks.resume_command(cfg).endswith("--resume --save_dir lc --fold _r --folds 3")
     assert runfiles.learning_curve_folder(0.25) == "lc_0.25" and runfiles.learning_curve_folder(50) == "lc_50"
+
+
+@pytest.mark.slow
+def test_report_cv_summarises_the_curve_again_for_another_target(outs, tmp_path):
+    import report
+
+    group = Path(shutil.copytree(outs / "lc", tmp_path / "lc"))
+    before = json.loads((group / runfiles.CV_SUMMARY).read_text())["learning_curve"]
+    report.main(["--cv", str(group), "--target_auc", "0.55"])
+    after = json.loads((group / runfiles.CV_SUMMARY).read_text())["learning_curve"]
+    assert after["points"] == before["points"] and after["baseline_points"] == before["baseline_points"]
+    assert after["fit"]["target"]["auc"] == 0.55 and after["target_auc"] == 0.55
+    assert "AUC 0.550" in (group / runfiles.CV_REPORT).read_text()
+    with pytest.raises(SystemExit, match="use it with --cv"):
+        report.main(["--run", str(group / "fold_r0"), "--target_auc", "0.7"])

@@ -307,6 +307,6 @@ def _cross_validation(args: argparse.Namespace) -> dict:
                                 if group.summary_file.is_file()
                                 else runfiles.Run(runs[0]).read_config().get("bootstrap") or 2000)
     result = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
-                                        data_dir=args.data_dir)
+                                        data_dir=args.data_dir, target_auc=args.target_auc)
     print(f"{cv_report.headline(result)}; {group.report_file}")
     return result
