@@ -1,6 +1,7 @@
 """python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
    python3 report.py --cv outs/<save_dir>          # cross-validation summary
    python3 report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
+   python3 report.py --cv outs/<save_dir> --target_auc 0.8  # ... the patients its learning curve says 0.8 needs
    python3 report.py --run RUN --external DATA_DIR [--name B] [--recalibrate intercept --calibrate_on val]
                                                    # another hospital's data
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cv (oof design): pooled out-of-fold ROC AUC within each value of these columns "
                         "of the data folder's manifest.csv, e.g. field, hip, sex (default: field, where "
                         "preprocess_filenames.py --roi wrote it)")
+    p.add_argument("--target_auc", type=float, default=None, metavar="AUC",
+                   help="with --cv of a cross-validation with a learning curve (main.py --learning_curve): the AUC "
+                        "whose number of training patients the summary estimates (default: the folds' own)")
     add_bootstrap(p.add_argument_group("confidence intervals (of the AUCs, Brier score and calibration)"), interval=True,
                   seed=True, default=None, unset="with --cv the summary's own, as main.py --folds wrote it; else 2000")
     ext = p.add_argument_group("external validation (external.py)")
@@ -58,6 +62,10 @@ def check_flags(args: argparse.Namespace) -> None:
     """Flags that only make sense together; SystemExit with one line naming what is missing."""
     if args.by and not args.cv:
         raise SystemExit("--by splits a cross-validation summary into subgroups: use it with --cv SAVE_DIR")
+    if args.target_auc is not None and not args.cv:
+        raise SystemExit("--target_auc reads a cross-validation's learning curve: use it with --cv SAVE_DIR")
+    if args.target_auc is not None and not 0.5 < args.target_auc < 1:
+        raise SystemExit(f"--target_auc {args.target_auc}: give an AUC within (0.5, 1), e.g. 0.8")
     external_flags = [f for f, v in (("--name", args.name), ("--recalibrate", args.recalibrate),
                                      ("--calibrate_on", args.calibrate_on)) if v is not None]
     if external_flags and not args.external:

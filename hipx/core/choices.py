@@ -40,6 +40,10 @@ CI_INTERVALS = ("bca", "percentile")  # bootstrap confidence intervals (confiden
 DEVICES = ("auto", "cpu", "cuda")  # --device (runtime.select_device)
 CV_DESIGNS = ("oof", "heldout")  # cross-validation designs (folds.py)
 CV_VAL_FRACTION = 0.2  # share of a fold's training patients that validates it (--cv oof)
+# main.py --learning_curve given without sizes: each subset half the next, so that the points lie evenly on
+# the curve's log axis; the four subsets together hold 0.94 times the training patients of the
+# cross-validation itself (1.0), so they cost about as much training again
+LEARNING_CURVE_SIZES = (0.0625, 0.125, 0.25, 0.5, 1.0)
 
 
 def unknown_augmentation(name: str) -> ValueError:

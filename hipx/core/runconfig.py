@@ -85,6 +85,10 @@ class RunConfig:
     folds: int = _f(0)
     cv: str = _f("auto")
     cv_val: float = _f(choices.CV_VAL_FRACTION)
+    # a learning curve of the cross-validation: nested training subsets (fractions, or patient counts) of
+    # every fold, and the AUC whose patients the report estimates
+    learning_curve: list | None = _f(None)
+    target_auc: float | None = _f(None)
     bootstrap: int = _f(2000)
     device: str = _f("auto", SESSION)
     gpus: str | None = _f(None, SESSION)
@@ -100,6 +104,8 @@ class RunConfig:
     cv_fold: int | None = _f(None)
     cv_seed: int | None = _f(None)
     cv_design: str | None = _f(None)
+    # a fold of a learning curve: it trains on this subset of the fold's training patients (data/subsets.py)
+    cv_subset: float | int | None = _f(None)
     # measured when the run starts (main.py), and the epochs where --extend_epochs restarted the schedule
     in_chans: int | None = _f(None, NETWORK, required=True)
     trainer: str | None = _f(None, DERIVED)
@@ -116,11 +122,14 @@ class RunConfig:
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
         """The configuration the flags name: ``--fusion``/``--late_fuse``/``--image_only`` as one mode
         (:func:`fusion.from_flags`; early when none names one), ``--augment`` in its canonical
-        spelling, ``--focal_gamma`` 2 when not given. ``args`` itself is not changed."""
+        spelling, ``--focal_gamma`` 2 when not given, ``--learning_curve`` without sizes as
+        :data:`choices.LEARNING_CURVE_SIZES`. ``args`` itself is not changed."""
         values = {k: v for k, v in vars(args).items() if k in FIELDS}
         values["fusion"] = fusion.from_flags(args.fusion, args.late_fuse, args.image_only) or fusion.DEFAULT
         values["augment"] = ",".join(choices.parse_augment(args.augment))
         values["focal_gamma"] = 2.0 if args.focal_gamma is None else args.focal_gamma
+        if values.get("learning_curve") == []:  # --learning_curve with no sizes
+            values["learning_curve"] = list(choices.LEARNING_CURVE_SIZES)
         return cls(**values)
 
     @classmethod

@@ -203,9 +203,18 @@ def fold_files(data_dir: str | os.PathLike, design: str, k: int, fold: int, seed
 def config_files(config: Mapping, data_dir: str | os.PathLike) -> dict[str, list[Path]] | None:
     """A cross-validation fold run's images from its saved config (``cv_folds``, ``cv_fold``,
     ``cv_seed``, ``cv_design``, ``cv_val``; an older run's brought up to date by
-    :func:`runconfig.upgrade`); None for a run that was not a cross-validation fold."""
+    :func:`runconfig.upgrade`); None for a run that was not a cross-validation fold. A fold of a
+    learning curve (``cv_subset``) trains on that nested subset of the fold's training patients
+    (:func:`subsets.subset_files`, seeded by the folds' seed and the fold); its validation and test
+    images are the fold's."""
     config = runconfig.upgrade(config)
     if not config.get("cv_folds"):
         return None
-    return fold_files(data_dir, config["cv_design"], int(config["cv_folds"]), int(config["cv_fold"]),
-                      int(config["cv_seed"]), float(config.get("cv_val", CV_VAL_FRACTION)))
+    seed, fold = int(config["cv_seed"]), int(config["cv_fold"])
+    files = fold_files(data_dir, config["cv_design"], int(config["cv_folds"]), fold, seed,
+                       float(config.get("cv_val", CV_VAL_FRACTION)))
+    if config.get("cv_subset") is not None:
+        from hipx.data import subsets
+
+        files["train"] = subsets.subset_files(files["train"], config["cv_subset"], seed=[seed, fold])
+    return files

@@ -22,6 +22,7 @@ from hipx.stats import confidence
 from hipx.data import loader
 from hipx.reports import baseline
 from hipx.reports import cohort
+from hipx.reports import learning_curve as lc_report
 from hipx.reports import measurement as measure_report
 from hipx.reports import model_card
 from hipx.stats import metrics
@@ -165,7 +166,7 @@ def cv_figures(block: dict, y: np.ndarray, p: np.ndarray, p_base: np.ndarray | N
 
 def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[str | os.PathLike],
                      n_boot: int = 2000, seed: int = 0, by: Sequence[str] | None = None,
-                     data_dir: str | os.PathLike | None = None) -> dict:
+                     data_dir: str | os.PathLike | None = None, target_auc: float | None = None) -> dict:
     """``cv_summary.json`` and ``cv_report.md`` in ``save_dir_path`` over the tested fold runs (each
     read through :func:`runfiles.load_run`: a fold whose test metrics are stale is refused).
 
@@ -179,6 +180,9 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
     The clinical-only baseline of each fold's report enters only where the clinical values vary.
     ``by``: manifest columns whose values split the pooled result into subgroups (``oof`` design;
     None = :data:`AUTO_SUBGROUPS` where present); ``data_dir`` defaults to the folds' config.
+    Folds trained with ``--learning_curve``: the curve over the cross-validations of its subset sizes in
+    ``save_dir_path``/lc_<size>/ (:func:`learning_curve`), ``target_auc`` (default: the folds' own) the AUC
+    whose patients it estimates.
     """
     out_dir = Path(save_dir_path)
     if not fold_run_dirs:
@@ -203,6 +207,9 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
                          f"design {design} (main.py --cv oof)")
     else:
         figures = _fold_ensemble(summary, predictions, n_boot, seed)
+    if configs[0].learning_curve:
+        target = configs[0].target_auc if target_auc is None else target_auc
+        figures.update(learning_curve(summary, out_dir, configs, predictions, design, data_dir, n_boot, seed, target))
     if spec and design != "oof":
         summary["measurement_note"] = ("the measurement statistics pool out-of-fold predictions (main.py --cv oof); "
                                        "this heldout design has none")
@@ -217,6 +224,30 @@ def write_cv_summary(save_dir_path: str | os.PathLike, fold_run_dirs: Sequence[s
         card=model_card.cv_card(summary, out_dir))
     logger.info("cross-validation summary of %d folds written to %s", len(folds), written)
     return summary
+
+
+def learning_curve(summary: dict, group_dir: Path, configs: Sequence[RunConfig], predictions: Sequence[pd.DataFrame],
+                   design: str, data_dir: str | os.PathLike | None, n_boot: int, seed: int,
+                   target: float | None) -> dict[str, bytes]:
+    """The learning curve (main.py --learning_curve) into ``summary["learning_curve"]``: the cross-validation
+    itself (``configs``, ``predictions``) and, for each subset size its folds were configured with, the same
+    folds in ``group_dir``/lc_<size>/ (:func:`runfiles.learning_curve_folder`); a size whose folds are not all
+    tested is left out and named. Returns its figure."""
+    entries: list[lc_report.Entry] = [(1.0, predictions, configs)]
+    missing = []
+    for size in configs[0].learning_curve:
+        if isinstance(size, float) and size == 1.0:
+            continue
+        sub = group_dir / runfiles.learning_curve_folder(size)
+        try:
+            _, preds, cfgs = zip(*(read_fold(sub / f"fold{c.fold}") for c in configs))
+        except FileNotFoundError as exc:
+            missing.append(f"{sub.name} ({exc})")
+            continue
+        entries.append((size, preds, cfgs))
+    summary["learning_curve"] = lc_report.measure(entries, design, data_dir, n_boot, seed, target,
+                                                  with_baseline=not summary.get("baseline_note"), missing=missing)
+    return {lc_report.FIGURE: lc_report.summary_figure(summary["learning_curve"])}
 
 
 def card_facts(configs: Sequence[RunConfig], predictions: Sequence[pd.DataFrame],
@@ -388,6 +419,8 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
                   *(figure_blocks(block) if figures else [])]
     if summary.get("measurement"):
         b += measure_report.report_blocks(summary["measurement"], figures=bool(figures))
+    if summary.get("learning_curve"):
+        b += lc_report.summary_blocks(summary["learning_curve"], figures=bool(figures))
     elif summary.get("measurement_note"):
         b.append(("p", f"Measurement: {summary['measurement_note']}."))
     if summary.get("subgroups"):

@@ -1,8 +1,10 @@
-"""The learning curve in a cross-validation report: its figure for ``cv_report.html`` and its tables for
-``cv_report.md``. Nothing here computes a statistic: the points come from the cross-validation, the fit,
-its band and the verdict from :func:`hipx.stats.learning_curve.extrapolate`.
+"""The learning curve of a cross-validation (main.py --learning_curve): its points measured from the fold runs
+of every subset size, the fits, and the figure for ``cv_report.html`` and tables for ``cv_report.md``. The fit,
+its band and the verdict are :func:`hipx.stats.learning_curve.extrapolate`'s; which patients each subset holds
+is :mod:`hipx.data.subsets`; reading the fold runs is :mod:`hipx.reports.cv`'s.
 
     from hipx.reports import learning_curve as lc_report
+    block = lc_report.measure(sizes, design, data_dir, n_boot, seed, target)   # cv_summary.json's "learning_curve"
     png = lc_report.figure(points, baseline_points, fit)             # PNG bytes
     text = lc_report.table_markdown(points, baseline_points, fit)    # Markdown for cv_report.md
     blocks = lc_report.report_blocks(points, baseline_points, fit)   # the same, as report blocks
@@ -13,13 +15,27 @@ A point is a mapping with ``n_patients``, ``auc`` and either ``low`` and ``high`
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-__all__ = ["figure", "report_blocks", "table_markdown"]
+from hipx.core.runconfig import RunConfig
+from hipx.data import filenames
+from hipx.reports import baseline
+from hipx.runs import runfiles
+from hipx.stats import confidence, metrics
+from hipx.stats import learning_curve as lc
+
+__all__ = ["figure", "measure", "report_blocks", "summary_blocks", "summary_figure", "table_markdown"]
+
+logger = logging.getLogger(__name__)
 
 # The colours of the network and the clinical baseline in every report figure (hipx/reports/render.py's
 # NET and BASE), kept here as values so that this module does not depend on render.py while it moves.
@@ -117,21 +133,32 @@ def _fit_text(name: str, fit: Mapping[str, Any]) -> str:
             f"points, {goodness}. Intervals: {fit['interval']}.")
 
 
+def _size_text(size: Any) -> str:
+    """A subset size as the user gave it: a fraction of the training patients, or a number of them."""
+    if isinstance(size, float):
+        return "1.0 (the cross-validation)" if size == 1.0 else f"{size:g}"
+    return f"{size} patients"
+
+
 def report_blocks(points: Sequence[Mapping[str, Any]], baseline_points: Sequence[Mapping[str, Any]] | None = None,
                   fit: Mapping[str, Any] | None = None, baseline_fit: Mapping[str, Any] | None = None,
-                  figure_name: str | None = None) -> list[tuple]:
+                  figure_name: str | None = None, what: str = "pooled out-of-fold AUC") -> list[tuple]:
     """The learning-curve section in the block language of ``hipx/reports/render.py`` (("h2", text),
     ("p", text), ("callout", text), ("table", header, rows), ("figures", [(name, caption)])): the verdict,
-    the measured points, the extrapolation and how it was fitted; the figure when ``figure_name`` is given."""
+    the measured points (``what`` they are), the extrapolation and how it was fitted; the figure when
+    ``figure_name`` is given."""
     blocks: list[tuple] = [("h2", "Learning curve: would more patients help?")]
     if fit:
         blocks.append(("callout", fit["verdict"]))
     base = {_n(p): p for p in baseline_points or ()}
-    header = ["Training patients", "Network AUC (95 % CI)"] + (["Clinical baseline AUC (95 % CI)"] if base else [])
-    rows = [[f"{_n(p):g}", _with_ci(p)] + ([_with_ci(base.get(_n(p)))] if base else [])
-            for p in sorted(points, key=_n)]
-    blocks += [("p", "Pooled out-of-fold AUC of models trained on nested subsets of each fold's training patients "
-                     "(stratified, seeded, the same patients for every mode); validation and test parts unchanged."),
+    sized = bool(points) and all("size" in p for p in points)  # the points of a cross-validation: their subsets
+    header = (["Subset"] if sized else []) + ["Training patients", "Network AUC (95 % CI)"] + \
+        (["Clinical baseline AUC (95 % CI)"] if base else [])
+    rows = [([_size_text(p["size"])] if sized else []) + [f"{_n(p):g}", _with_ci(p)] +
+            ([_with_ci(base.get(_n(p)))] if base else []) for p in sorted(points, key=_n)]
+    blocks += [("p", f"{what[0].upper()}{what[1:]} of models trained on nested subsets of each fold's training "
+                     "patients (stratified, seeded, the same patients for every mode); validation and test parts "
+                     "unchanged."),
                ("table", header, rows)]
     if fit:
         extra = {round(e["n_patients"], 6): e for e in (baseline_fit or {}).get("extrapolation", ())}
@@ -177,3 +204,139 @@ def table_markdown(points: Sequence[Mapping[str, Any]], baseline_points: Sequenc
             lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
             out.append("\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]))
     return "\n\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- measured from the fold runs
+
+FIGURE = "learning_curve"  # its name among cv_report.html's figures
+# A size's folds: (size, each fold's test predictions, each fold's configuration), as cv.read_fold reads them.
+Entry = tuple[float | int, Sequence[pd.DataFrame], Sequence[RunConfig]]
+
+
+def _patients(files: Sequence[str | os.PathLike]) -> set[str]:
+    return {filenames.decode(f).patient for f in files}
+
+
+def _scored(predictions: Sequence[pd.DataFrame], design: str) -> pd.DataFrame:
+    """file (name), patient, label, probability of the cross-validation's result: ``oof``, every fold's test
+    images pooled (each patient once); ``heldout``, the fold ensemble on the shared test set (the mean
+    probability of the K models), as the CV summary scores them."""
+    table = pd.concat([p[["file", "patient", "label", "probability"]] for p in predictions], ignore_index=True)
+    table["file"] = table["file"].map(lambda f: Path(f).name)
+    if design == "oof":
+        return table
+    return table.groupby(["file", "patient", "label"], as_index=False, sort=True)["probability"].mean()
+
+
+def _baseline_scored(files: Sequence[Mapping[str, Sequence]], design: str, on: pd.DataFrame) -> np.ndarray:
+    """The clinical baseline's probabilities of the images of ``on`` (:func:`_scored`'s table): each fold's
+    logistic regression fitted on that fold's training images (the subset's) and scored on its test images,
+    pooled or averaged as the network's. ``BaselineUnavailable`` saying why there is none."""
+    base = baseline.out_of_fold(files)
+    base["file"] = base["file"].map(lambda f: Path(f).name)
+    if design != "oof":
+        base = base.groupby("file", as_index=False)["probability"].mean()
+    merged = on[["file"]].merge(base[["file", "probability"]], on="file", how="left", validate="one_to_one")
+    if merged["probability"].isna().any():
+        raise baseline.BaselineUnavailable(f"{int(merged['probability'].isna().sum())} tested image(s) are not in the "
+                                           "folds' test parts")
+    return merged["probability"].to_numpy(dtype=float)
+
+
+def _point(size: float | int, n_per_fold: Sequence[int], table: pd.DataFrame, p: np.ndarray, n_boot: int,
+           seed: int) -> dict:
+    """One point: the AUC of ``p`` on ``table``'s images with its patient-bootstrap 95 % CI (the resamples and
+    the interval of the CV summary's pooled AUC, so the full size's point is that AUC)."""
+    ci = confidence.bootstrap_ci(table["label"].to_numpy(dtype=np.int64), p, metrics.roc_auc,
+                                 groups=table["patient"].to_numpy(), n_boot=n_boot, seed=seed)
+    return {"size": size, "n_patients": round(float(np.mean(n_per_fold)), 1), "n_patients_per_fold": list(n_per_fold),
+            "n_images_tested": len(table), "auc": ci["point"], "low": ci["low"], "high": ci["high"],
+            "interval": ci["interval"]}
+
+
+def _fit(points: Sequence[Mapping], target: float | None, seed: int, what: str) -> tuple[dict | None, str | None]:
+    """:func:`lc.extrapolate` of ``points``, or None and why not."""
+    if len(points) < 3:
+        return None, (f"No fit of the {what}'s curve: the power law has 3 parameters, so it needs points at 3 or more "
+                      f"training-set sizes; there are {len(points)} (give more --learning_curve sizes).")
+    try:
+        return lc.extrapolate(points, target=target, seed=seed), None
+    except ValueError as exc:
+        return None, f"No fit of the {what}'s curve: {exc}."
+
+
+def measure(entries: Sequence[Entry], design: str, data_dir: str | os.PathLike | None, n_boot: int, seed: int,
+            target: float | None = None, with_baseline: bool = True, missing: Sequence[str] = ()) -> dict:
+    """The learning curve of a cross-validation (``cv_summary.json``'s ``learning_curve``) from each size's
+    folds (``entries``; the full size 1.0 is the cross-validation itself): per size the network's and the
+    clinical baseline's pooled out-of-fold (``oof``) or fold-ensemble (``heldout``) AUC with its patient CI
+    and the training patients per fold; both curves fitted and extrapolated (:func:`lc.extrapolate`, the
+    patients ``target`` needs); ``missing``: sizes whose folds are not all tested (left out, said so)."""
+    points, base_points, base_absent = [], [], None if with_baseline else "no clinical values vary in these images"
+    n_all = None
+    for size, predictions, configs in entries:
+        files = [runfiles.split_files(c, data_dir) for c in configs]
+        n_per_fold = [len(_patients(fl["train"])) for fl in files]
+        table = _scored(predictions, design)
+        points.append(_point(size, n_per_fold, table, table["probability"].to_numpy(dtype=float), n_boot, seed))
+        if size == 1.0:
+            n_all = len(_patients([f for split in files[0].values() for f in split]))
+        if base_absent is None:
+            try:
+                p_base = _baseline_scored(files, design, table)
+                base_points.append(_point(size, n_per_fold, table, p_base, n_boot, seed))
+            except baseline.BaselineUnavailable as exc:
+                base_absent = f"subset {size:g}: {exc}"
+    points.sort(key=lambda p: p["n_patients"])
+    base_points = sorted(base_points, key=lambda p: p["n_patients"]) if base_absent is None else []
+    fit, fit_note = _fit(points, target, seed, "network")
+    base_fit, base_fit_note = _fit(base_points, None, seed, "clinical baseline") if base_points else (None, None)
+    n_max = points[-1]["n_patients"]
+    block: dict[str, Any] = {
+        "what": "pooled out-of-fold AUC" if design == "oof" else "fold-ensemble AUC on the shared test set",
+        "sizes": [p["size"] for p in points], "points": points, "baseline_points": base_points,
+        "fit": fit, "baseline_fit": base_fit, "target_auc": target, "n_patients_all": n_all,
+        "train_share": None if not n_all else n_max / n_all, "missing": list(missing)}
+    for key, value in (("fit_note", fit_note), ("baseline_fit_note", base_fit_note), ("baseline_absent", base_absent)):
+        if value:
+            block[key] = value
+    return block
+
+
+def _patients_note(block: Mapping[str, Any]) -> str | None:
+    """What the patient counts of a cross-validation's curve are, and what they mean for a whole data set."""
+    share, n_all = block.get("train_share"), block.get("n_patients_all")
+    if not share:
+        return None
+    full = block["points"][-1]
+    text = (f"Patient counts are the training patients of each fold's model (mean over the "
+            f"{len(full['n_patients_per_fold'])} folds). The cross-validation itself trains each model on "
+            f"{full['n_patients']:g} of its {n_all} patients ({100 * share:.0f} %; the others validate and test it), "
+            f"so N training patients per model means about N / {share:.2f} patients in all with this design.")
+    target = (block.get("fit") or {}).get("target")
+    if target and target.get("n") is not None:
+        text += (f" AUC {target['auc']:.3f} at about {target['n']} training patients: about "
+                 f"{math.ceil(target['n'] / share)} patients in all.")
+    return text
+
+
+def summary_blocks(block: Mapping[str, Any], figures: bool = False) -> list[tuple]:
+    """The learning-curve section of a cross-validation report from :func:`measure`'s ``block``: the verdict,
+    the points, the extrapolation, what the counts mean, what is missing; with ``figures`` (cv_report.html)
+    the figure :func:`summary_figure` draws, named :data:`FIGURE`."""
+    out = report_blocks(block["points"], block["baseline_points"], block["fit"], block["baseline_fit"],
+                        FIGURE if figures else None, block["what"])
+    extra = [("p", text) for text in (block.get("fit_note"), _patients_note(block), block.get("baseline_fit_note"))
+             if text]
+    if block.get("baseline_absent"):
+        extra.append(("p", f"No clinical baseline curve: {block['baseline_absent']}."))
+    if block.get("missing"):
+        extra.append(("p", "Left out of the curve, its folds not all tested (main.py --resume trains them): "
+                           f"{'; '.join(block['missing'])}."))
+    at = len(out) - 1 if figures else len(out)  # before the figure
+    return out[:at] + extra + out[at:]
+
+
+def summary_figure(block: Mapping[str, Any]) -> bytes:
+    """The figure of :func:`measure`'s ``block``: both curves, their points, fits and bands."""
+    return figure(block["points"], block["baseline_points"], block["fit"], block["baseline_fit"])

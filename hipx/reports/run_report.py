@@ -310,6 +310,6 @@ def _cross_validation(args: argparse.Namespace) -> dict:
                                 else runfiles.Run(runs[0]).read_config().get("bootstrap") or 2000)
     with runfiles.hold_run(group.dir, "report.py --cv"):  # main.py --folds writing the summary: refused
         result = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
-                                            data_dir=args.data_dir)
+                                            data_dir=args.data_dir, target_auc=args.target_auc)
     print(f"{cv_report.headline(result)}; {group.report_file}")
     return result

@@ -19,7 +19,7 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hipx.core import runconfig
@@ -101,16 +101,18 @@ def command(*arguments: str) -> str:
 
 def resume_command(cfg: RunConfig) -> str:
     """The command that continues this run."""
-    fold = cfg.fold
+    fold, save_dir = cfg.fold, cfg.save_dir
     extra = []
     if cfg.is_fold:  # a cross-validation fold: continue the whole cross-validation
         fold = fold[: len(fold) - len(str(cfg.cv_fold))]
         extra = ["--folds", str(cfg.cv_folds)]
+    if cfg.is_fold and cfg.cv_subset is not None:  # a learning curve's fold, <save_dir>/lc_<size>: its whole group
+        save_dir = PurePosixPath(str(save_dir)).parent.as_posix()
     if cfg.out_root != "outs":
         extra += ["--out_root", str(cfg.out_root)]
     if cfg.tensorboard:  # a session setting: the command that continues keeps logging
         extra.append("--tensorboard")
-    return command("--resume", "--save_dir", cfg.save_dir, "--fold", fold, *extra)
+    return command("--resume", "--save_dir", save_dir, "--fold", fold, *extra)
 
 
 def test_command(cfg: RunConfig) -> str:
@@ -266,7 +268,7 @@ def _test_settings(cfg: RunConfig, action: Action, given: set[str], out: Path) -
         changes["data_dir"] = config.data_dir
     if config.is_fold:  # a fold keeps its own splits
         changes.update(cv_folds=config.cv_folds, cv_fold=config.cv_fold, cv_seed=config.cv_seed,
-                       cv_design=config.cv_design, cv_val=config.cv_val)
+                       cv_design=config.cv_design, cv_val=config.cv_val, cv_subset=config.cv_subset)
     return Start(cfg.replace(**changes), config, loader.ClinicalStats.from_dict(state["clinical_stats"]), state,
                  new=False)
 

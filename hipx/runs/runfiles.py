@@ -70,6 +70,12 @@ def run_group(save_dir: str | os.PathLike, root: str | os.PathLike = "outs") -> 
     return RunGroup(Path(root) / str(save_dir))
 
 
+def learning_curve_folder(size: float | int) -> str:
+    """The folder, inside a cross-validation's group, of the cross-validation on one learning-curve subset
+    size (main.py --learning_curve): ``lc_0.25`` for a fraction of the training patients, ``lc_50`` for 50."""
+    return f"lc_{size:g}" if isinstance(size, float) else f"lc_{int(size)}"
+
+
 # --------------------------------------------------------------------------- claiming a run folder
 
 LOCK = ".lock"  # in a run folder: an empty file, locked (flock) by the job writing the run

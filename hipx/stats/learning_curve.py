@@ -112,7 +112,7 @@ def _points(points: Sequence[Any], ci_level: float) -> tuple[np.ndarray, np.ndar
             raise ValueError(f"{where}: AUC {auc!r} is not within 0..1{reason}")
         if not (math.isfinite(se) and se > 0):
             reason = " (a zero-width interval: one class, or too few patients for a bootstrap)" if se == 0 else ""
-            raise ValueError(f"{where}: standard error {se!r} must be > 0{reason}; the fit weights each point by "
+            raise ValueError(f"{where}: standard error {float(se)!r} must be > 0{reason}; the fit weights each point by "
                              "1 / se^2")
         rows.append((n, auc, se))
     distinct = sorted({r[0] for r in rows})

@@ -126,6 +126,17 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--cv_val", type=float, default=choices.CV_VAL_FRACTION, metavar="FRACTION",
                    help="--cv oof: share of each fold's training patients (per class) that validates it "
                    "(default: %(default)s)")
+    g.add_argument("--learning_curve", nargs="*", type=learning_curve_size, default=None, metavar="SIZE",
+                   help="with --folds K: also train every fold on nested subsets of its training patients (stratified, "
+                   "seeded by --seed and the fold, the same patients for every mode; validation and test parts "
+                   "unchanged) and draw the learning curve in cv_report: pooled AUC of the network and of the "
+                   "clinical baseline against training patients, the inverse power law fitted to it and "
+                   "extrapolated to 2x, 5x and 10x. Sizes are fractions (0.25) or patient counts (50); 1.0 is "
+                   "the cross-validation itself. Without sizes: "
+                   f"{' '.join(f'{s:g}' for s in choices.LEARNING_CURVE_SIZES)}. Each size is a cross-validation "
+                   "of its own in outs/<save_dir>/lc_<size>/ (docs/learning-curve.md)")
+    g.add_argument("--target_auc", type=float, default=None, metavar="AUC", help="with --learning_curve: the AUC "
+                   "whose number of training patients the report estimates from the fitted curve, e.g. 0.8")
     add_bootstrap(g, off="no report")
     add_device(g)
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
@@ -178,6 +189,7 @@ def check_settings(cfg: RunConfig) -> None:
                          "own (targets.py)")
     if cfg.folds == 1 or cfg.folds < 0:
         raise SystemExit(f"--folds {cfg.folds}: give K >= 2 folds, or 0 for the fixed train/val split")
+    _check_learning_curve(cfg)
     if cfg.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise SystemExit("--sync_bn only applies to torchrun runs with several processes")
     if cfg.tensorboard:
@@ -207,6 +219,31 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise SystemExit(f"--cv_val {cfg.cv_val}: must be within (0, 1), e.g. 0.2")
     if cfg.bootstrap < 0:
         raise SystemExit(f"--bootstrap {cfg.bootstrap}: must be >= 0 (0 = no report)")
+
+
+def learning_curve_size(text: str) -> float | int:
+    """``type=`` of --learning_curve: '0.25' a fraction, '50' patients (:func:`subsets.parse_size`, imported
+    only when the flag is given: ``--help`` answers without NumPy)."""
+    from hipx.data.subsets import parse_size
+
+    return parse_size(text)
+
+
+def _check_learning_curve(cfg: RunConfig) -> None:
+    """--learning_curve belongs to a cross-validation of the binary label; --target_auc to a learning curve.
+    Whether the sizes fit each fold's training patients is checked against the folds (crossval.py)."""
+    if cfg.learning_curve is not None and not cfg.folds:
+        raise SystemExit("--learning_curve: a learning curve's points are pooled out-of-fold AUCs of a "
+                         "cross-validation; add --folds K (e.g. --folds 5)")
+    if cfg.learning_curve is not None and cfg.target != "binary":
+        raise SystemExit(f"--learning_curve with --target {cfg.target}: the subsets are drawn by the binary label, "
+                         "and a graded target also trains on unscored images that they cannot share out; use "
+                         "--target binary for the learning curve")
+    if cfg.target_auc is not None and cfg.learning_curve is None:
+        raise SystemExit("--target_auc: the patients an AUC needs are read off the learning curve; add "
+                         "--learning_curve (with --folds K)")
+    if cfg.target_auc is not None and not 0.5 < cfg.target_auc < 1:
+        raise SystemExit(f"--target_auc {cfg.target_auc}: give an AUC within (0.5, 1), e.g. 0.8")
 
 
 def _check_augment(cfg: RunConfig) -> None:
