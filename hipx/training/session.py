@@ -123,6 +123,7 @@ def run(cfg: RunConfig, session: Session) -> Outcome:
     data_summary = run_data.describe(files, training=not action.test, folds=cfg.cv_folds)
     if not action.test:
         run_data.check_patients(files, cfg.allow_shared_patients)
+    target = target_of(cfg, begin.config, files)  # a target the data cannot give stops here, before any file
     if action.extend_epochs and begin.state is None:  # after the data checks: the run stays as it was
         raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
                         f"{resume_command(cfg)}")
@@ -137,7 +138,7 @@ def run(cfg: RunConfig, session: Session) -> Outcome:
             config = extend(cfg, action.extend_epochs, begin.config, begin.state, out)
             begin = begin.replace(config=config, cfg=cfg.replace(epoch=config.epoch, restarts=config.restarts))
         threads = use_settings(begin.cfg)
-        return Outcome(train_and_test(begin, session, out, files, data_summary, threads), begin.cfg)
+        return Outcome(train_and_test(begin, session, out, files, data_summary, threads, target), begin.cfg)
     except KeyboardInterrupt:
         interrupted(out, created, command(*sys.argv[1:]), resume_command(cfg))
     except BaseException:
@@ -241,10 +242,12 @@ def build_trainer(cfg: RunConfig, config: RunConfig, loaders: dict, stats, devic
                        validate_start=fusion.mode(config.fusion).clinical_offset)
 
 
-def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_summary: str, threads: str) -> dict:
+def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_summary: str, threads: str,
+                   target: tuple) -> dict:
     """Train the run ``begin`` describes (from nothing, or on from its last.pth) and test its best
     checkpoint -- or with ``--test`` only test it -- then write its report (``--bootstrap N``) and show
-    the result. Returns the test metrics."""
+    the result. ``target``: the data folder's measurement and the run's target (:func:`target_of`).
+    Returns the test metrics."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from hipx.core import runtime
@@ -261,7 +264,7 @@ def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_
     logger.info("loader hands over %s images; augmentation %s", cfg.handover,
                 f"on the device ({device_augmenter})" if device_augmenter else
                 ("in the loader workers" if cfg.augment else "none"))
-    measure, spec = target_of(cfg, begin.config, files)
+    measure, spec = target
     logger.info("target: %s", spec.describe())
     loaders = run_data.make_loaders(cfg, stats, files, dist_info, device_augmenter is not None,
                                     measure if spec.graded else None)
@@ -370,7 +373,8 @@ def target_of(cfg: RunConfig, config: RunConfig | None, files: dict):
         if config is not None:
             return measure, targets.TargetSpec.from_dict(config.target_spec)
         train = measure.of(files["train"]) if measure is not None else []
-        return measure, targets.build_spec(cfg.target, measure, train, cfg.cut)
+        absent = measures.absence(cfg.data_dir) if measure is None and cfg.target != "binary" else None
+        return measure, targets.build_spec(cfg.target, measure, train, cfg.cut, absent)
     except (measures.MeasureError, targets.TargetError) as exc:
         raise UserError(str(exc)) from None
 
