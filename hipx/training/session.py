@@ -25,6 +25,7 @@ from typing import Any, Callable, NoReturn
 
 from hipx.core import fusion
 from hipx.core.cli import UserError
+from hipx.core.files import disk_full_advice
 from hipx.core.runconfig import RunConfig
 from hipx.data import filenames
 from hipx.inference import network
@@ -141,9 +142,15 @@ def run(cfg: RunConfig, session: Session) -> Outcome:
         return Outcome(train_and_test(begin, session, out, files, data_summary, threads, target), begin.cfg)
     except KeyboardInterrupt:
         interrupted(out, created, command(*sys.argv[1:]), resume_command(cfg))
-    except BaseException:
-        if created is not None and saved_epochs(out) == 0:
+    except BaseException as exc:
+        done = saved_epochs(out)
+        if created is not None and done == 0:
             remove_run(created)  # a failed start leaves nothing: the same command works once the cause is fixed
+            raise
+        if isinstance(exc, OSError) and out.is_dir():  # a full disk: the run is kept, and --resume goes on with it
+            raise disk_full_advice(exc, f"continue the run with: {resume_command(cfg)} " + (
+                f"(it goes on after epoch {done}, saved in {runfiles.LAST})" if done else
+                f"(no epoch was saved in {runfiles.LAST}: it starts from nothing, as configured)")) from None
         raise
     finally:
         if claim is not None:
@@ -179,11 +186,19 @@ def use_settings(cfg: RunConfig) -> str:
 
 
 def saved_epochs(out: Path) -> int:
-    """Epochs a run can go on from: those of its history.csv once it has a last.pth, else 0 (a run whose
-    first last.pth was never written -- stopped, or out of disk, while writing it -- has saved nothing
-    to continue; it starts from nothing again)."""
+    """Epochs a run can go on from: those its last.pth holds, else 0 (a run whose first last.pth was never
+    written -- stopped, or out of disk, while writing it -- has saved nothing to continue; it starts from
+    nothing again). Its history.csv can be an epoch ahead: written just before last.pth, whose write the
+    disk may not have taken. An unreadable last.pth counts the history's epochs."""
+    import torch
+
     folder = runfiles.Run(out)
-    return folder.saved_epochs() if folder.has_checkpoint(runfiles.LAST) else 0
+    if not folder.has_checkpoint(runfiles.LAST):
+        return 0
+    try:  # mmap: the epoch is read without loading the weights
+        return int(torch.load(folder.file(runfiles.LAST), map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 - torch raises many kinds for a damaged file; --resume then says which
+        return folder.saved_epochs()
 
 
 def remove_run(created: Path | runfiles.Claim) -> None:
