@@ -184,6 +184,31 @@ def test_a_cross_validation_fold_never_started_or_deleted_is_made_as_its_group_m
         assert differ <= set(SESSION_KEYS), (how, differ)  # the group's configuration, not the command line's defaults
 
 
+def test_the_audits_residual_cross_validation_remakes_a_deleted_fold_as_its_group_made_it(data, tmp_path,
+                                                                                         monkeypatch, caplog):
+    """Issue 32's reproduction: a 3-fold residual --cv oof made from the folder holding data/ (--data_dir data,
+    relative), fold2's folder deleted, the same command with --resume: fold2 is made again with the group's
+    configuration, the residual start and the group's data folder, which did not move."""
+    monkeypatch.chdir(data.parent)
+    outs = tmp_path / "outs"
+    made = [*FLAGS, "--data_dir", "data", "--fusion", "residual", "--out_root", str(outs), "--save_dir", "cv3",
+            "--folds", "3", "--cv", "oof"]
+    main.main(made)
+    group = outs / "cv3"
+    kept = Path(shutil.copytree(group / "fold2", tmp_path / "kept"))
+    before = {k: (group / f"fold{k}" / runfiles.BEST).read_bytes() for k in (0, 1)}
+    shutil.rmtree(group / "fold2")
+    caplog.set_level("INFO")
+    results = main.main([*made, "--resume"])
+    assert len(results) == 3
+    assert "moved" not in caplog.text and "is not there" not in caplog.text
+    assert {k: (group / f"fold{k}" / runfiles.BEST).read_bytes() for k in (0, 1)} == before
+    assert_same_run(kept, group / "fold2")  # the residual start, the same scores and weights
+    again, first = (json.loads((d / runfiles.CONFIG).read_text()) for d in (group / "fold2", kept))
+    assert again["data_dir"] == "data" and again["cv_design"] == "oof" and again["fusion"] == "residual"
+    assert {k for k in first if again[k] != first[k]} <= set(SESSION_KEYS)
+
+
 def test_resuming_a_cross_validation_that_never_started_is_refused(data, tmp_path):
     with pytest.raises(UserError, match="no cross-validation to continue at .*start it without --resume"):
         main.main([*FLAGS, "--data_dir", str(data), "--resume", "--save_dir", "none", "--fold", "_r", "--folds", "2",
