@@ -4,6 +4,7 @@
    python3 report.py --cv outs/<save_dir> --target_auc 0.8  # ... the patients its learning curve says 0.8 needs
    python3 report.py --run RUN --external DATA_DIR [--name B] [--recalibrate intercept --calibrate_on val]
                                                    # another hospital's data
+   python3 report.py --run RUN --recalibrate intercept   # recalibrated on the run's own validation images
 
 Run report: the test-set numbers of one run with what a clinical reader needs to trust them, written
 into the run folder as report.md (figures in report_figures/), report.html (self-contained) and
@@ -13,10 +14,12 @@ confidence interval over patients, a decision curve, a clinical-only baseline (a
 paired comparison, AUCs by sex, age and BMI band, and a case gallery of the most confident hits and
 misses with their heatmaps; beside it the model card model_card.md, filled from the same numbers.
 --cv summarises the folds of a cross-validation (cv_report.md, .html, and the group's model_card.md);
---external scores another hospital's labelled images with the run (RUN/external/NAME/).
+--external scores another hospital's labelled images with the run (RUN/external/NAME/); --recalibrate
+without --external refits the run's calibration on its own validation images and reports its test images
+(RUN/recalibrated/METHOD/; the run's own files stay as they are).
 
 The work is done in hipx/reports/: run_report.py (this report), cv.py (--cv), external.py (--external),
-model_card.py (the model card).
+recalibration.py (--recalibrate on the run's validation images), model_card.py (the model card).
 """
 from __future__ import annotations
 
@@ -47,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "of this labelled folder of another hospital with the run and write RUN/external/NAME/")
     ext.add_argument("--name", default=None, help="name of the external validation (default: the folder's name)")
     ext.add_argument("--recalibrate", choices=("intercept", "logistic"), default=None,
-                     help="refit calibration in the large (intercept) or intercept and slope (logistic) on "
-                          "--calibrate_on, and report the other external images")
+                     help="refit calibration in the large (intercept) or intercept and slope (logistic): with "
+                          "--external on --calibrate_on, reporting the other external images; without it on the "
+                          "run's own validation images (val_predictions.csv), reporting its test images in "
+                          "RUN/recalibrated/METHOD/")
     ext.add_argument("--calibrate_on", metavar="PART", default=None,
                      help="the external images to recalibrate on: a split (train, val, test) of the external "
                           "folder, or a share of its patients, e.g. 0.3 (drawn with --seed)")
@@ -66,10 +71,14 @@ def check_flags(args: argparse.Namespace) -> None:
         raise SystemExit("--target_auc reads a cross-validation's learning curve: use it with --cv SAVE_DIR")
     if args.target_auc is not None and not 0.5 < args.target_auc < 1:
         raise SystemExit(f"--target_auc {args.target_auc}: give an AUC within (0.5, 1), e.g. 0.8")
-    external_flags = [f for f, v in (("--name", args.name), ("--recalibrate", args.recalibrate),
-                                     ("--calibrate_on", args.calibrate_on)) if v is not None]
+    external_flags = [f for f, v in (("--name", args.name), ("--calibrate_on", args.calibrate_on)) if v is not None]
     if external_flags and not args.external:
-        raise SystemExit(f"{external_flags[0]} belongs to an external validation: add --external DATA_DIR")
+        raise SystemExit(f"{external_flags[0]} belongs to an external validation: add --external DATA_DIR"
+                         + (" (without it, --recalibrate fits on the run's own validation images)"
+                            if args.recalibrate else ""))
+    if args.recalibrate and not args.run:
+        raise SystemExit("--recalibrate refits one run's probabilities: give it with --run RUN (on its validation "
+                         "images, or with --external DATA_DIR on another hospital's)")
     if args.external and not args.run:
         raise SystemExit("--external scores another hospital's data with a trained run: give it with --run RUN")
     if args.gallery < 0:

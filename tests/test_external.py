@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
+from hipx.core import cli
 from hipx.stats import confidence
 from hipx.reports import external
 import main
@@ -146,6 +147,32 @@ def test_mistakes_get_one_line(trained, argv, message):
     argv = [a if a != "X" else str(root / "B") for a in argv]
     with pytest.raises(SystemExit, match=message):
         report.main(["--run", str(run), *argv])
+
+
+def test_a_folder_of_one_class_is_one_line_before_anything_is_scored(trained, tmp_path, capsys):
+    run, root = trained
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    from hipx.data import filenames
+    kept = [p for split in ("train", "val", "test") for p in sorted((root / "B" / split).glob("*.png"))
+            if filenames.decode(p).label == 0]
+    for path in kept:
+        (normal / path.name).write_bytes(path.read_bytes())
+    before = _hashes(run)
+    patients = len({filenames.decode(p).patient for p in kept})
+    with pytest.raises(SystemExit) as stop:
+        cli.run_main(report.main, ["--run", str(run), "--external", str(normal), "--bootstrap", "50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(err) == 1 and "Traceback" not in err[0]
+    assert (f"--external {normal}: all {len(kept)} images (of {patients} patients) are normal (label 0), none with "
+            "osteoporosis: the ROC AUC is undefined for one class") in err[0]
+    assert _hashes(run) == before and not (run / "external" / "normal").exists()
+    # recalibrated on a part of one class: refused alike, naming --calibrate_on
+    table = pd.DataFrame({"patient": ["a", "b", "c", "d"], "label": [0, 0, 1, 0], "split": ["val", "val", "test",
+                                                                                              "test"]})
+    with pytest.raises(external.ExternalError, match="--calibrate_on val: all 2 images .* a recalibration needs both"):
+        external.check_classes(table[table["split"] == "val"], "--calibrate_on val", "a recalibration needs both "
+                               "classes")
 
 
 def test_a_cross_validation_group_is_scored_by_its_fold_ensemble(trained, tmp_path):

@@ -188,6 +188,21 @@ def test_a_bad_measure_cell_gives_one_line_naming_the_row_and_column(tmp_path, c
     assert f"line {export.line_of(3)}: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--grade-col", "--bmd-col", "--tscore-col"])
+def test_an_empty_measure_column_is_named_empty_before_anything_is_written(tmp_path, capsys, flag):
+    export = Export(tmp_path, n_patients=4, kinds=["png8"])
+    export.columns = ["patient_id", "image", "measure_cell", "sex", "age", "bmi"] + (
+        [] if flag == "--tscore-col" else ["label"])
+    for i, row in enumerate(export.rows):
+        row["measure_cell"] = "NA" if i % 2 else ""
+    export.write()
+    assert pf.main(export.args(flag, "measure_cell")) == 1
+    err = capsys.readouterr().err
+    assert (f"{flag} 'measure_cell': the column is empty in {export.csv} (none of its {len(export.rows)} rows has a "
+            "value)") in err and "Traceback" not in err and "no such column" not in err
+    assert not export.out.exists()
+
+
 def test_grade_and_bmd_exclude_each_other_and_help_names_the_flags(export, capsys):
     with pytest.raises(SystemExit):
         pf.main(export.args("--grade-col", "a", "--bmd-col", "b"))

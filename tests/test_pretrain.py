@@ -215,23 +215,34 @@ def test_existing_runs_and_unreadable_folders_are_refused_in_one_line(straight, 
     assert not (tmp_path / "new").exists()
 
 
-def test_resume_refuses_other_images_and_a_finished_run_stays_as_it_was(drawn, tmp_path, capsys):
+def test_resume_of_a_finished_run_changes_no_byte_and_refuses_other_images(drawn, tmp_path, capsys, caplog):
     films = tmp_path / "films"
     films.mkdir()
     for path in sorted((drawn / "train").glob("*.png"))[:16]:
         (films / path.name).write_bytes(path.read_bytes())
     outs = tmp_path / "outs"
     pretrain.main([str(films), *pretrain_args(outs, "r", "--epoch", 1, "--batch_size", 8)])
-    before = (outs / "r" / "encoder.pth").read_bytes()
-    pretrain.main(["--resume", "--save_dir", "r", "--out_root", str(outs)])  # finished: nothing to train
-    assert (outs / "r" / "encoder.pth").read_bytes() == before
-    (films / "new.png").write_bytes((films / sorted(p.name for p in films.iterdir())[0]).read_bytes())
+    run = outs / "r"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
     capsys.readouterr()
+    caplog.set_level("INFO")
+    with pytest.raises(SystemExit) as stop:  # finished: nothing to train, nothing written, exit 0
+        run_main(pretrain.main, ["--resume", "--save_dir", "r", "--out_root", str(outs)])
+    said = capsys.readouterr()
+    assert stop.value.code == 0
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()} == before
+    assert f"the pretraining run {run} finished all 1 epochs; nothing to resume, nothing changed" in caplog.text
+    assert said.out.startswith(f"encoder (1 epochs, final loss ") and f"in {run / 'encoder.pth'}; fine-tune" in said.out
+    # stopped after epoch 1 of 2, then resumed on other images: refused before anything is written
+    config = runfiles.read_json(run / "config.json")
+    runfiles.write_json(run / "config.json", {**config, "epoch": 2})
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    (films / "new.png").write_bytes((films / sorted(p.name for p in films.iterdir())[0]).read_bytes())
     with pytest.raises(SystemExit) as stop:
         run_main(pretrain.main, ["--resume", "--save_dir", "r", "--out_root", str(outs)])
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 1 and len(err) == 1 and "the images are not those the run" in err[0], err
-    assert (outs / "r" / "encoder.pth").read_bytes() == before
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 @pytest.mark.slow

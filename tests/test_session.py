@@ -6,6 +6,7 @@ resumed run equalling the uninterrupted one byte for byte (--deterministic, one 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,44 @@ def test_a_run_left_by_a_full_disk_before_its_first_last_pth_resumes_as_the_new_
     assert json.loads((left / runfiles.CONFIG).read_text())["save_dir"] == "left"
 
 
+def test_a_run_whose_disk_filled_at_a_later_last_pth_advises_resume_and_resumes_to_the_same_run(data, tmp_path,
+                                                                                                monkeypatch):
+    """The disk fills while epoch 2 writes last.pth: best.pth, config.json, history.csv and epoch 1's last.pth
+    stay. Running the same command again would be refused ("already holds a run"); the advice printed is
+    the --resume that works, and it ends as the uninterrupted run."""
+    outs = tmp_path / "outs"
+    flags = [*FLAGS, "--data_dir", str(data), "--image_only", "--epoch", "2", "--out_root", str(outs)]
+    main.main([*flags, "--save_dir", "whole", "--fold", "_a"])
+    save = runfiles.Run.save_checkpoint
+
+    def disk_full(self, name, model_state, config, stats, threshold, epoch, **extra):
+        if name == runfiles.LAST and epoch == 2:
+            raise atomic.disk_full(self.dir / name, 4096)
+        return save(self, name, model_state, config, stats, threshold, epoch, **extra)
+
+    monkeypatch.setattr(runfiles.Run, "save_checkpoint", disk_full)
+    command = [*flags, "--save_dir", "full", "--fold", "_a"]
+    with pytest.raises(OSError) as full:
+        main.main(command)
+    monkeypatch.undo()
+    said = str(full.value)
+    assert said.startswith(f"no space left on the device to write {outs / 'full' / 'fold_a' / runfiles.LAST}")
+    assert "run the command again" not in said and said.endswith(f"(it goes on after epoch 1, saved in {runfiles.LAST})")
+    left = outs / "full" / "fold_a"
+    assert {runfiles.BEST, runfiles.LAST, runfiles.CONFIG, runfiles.HISTORY} <= {p.name for p in left.iterdir()}
+    assert runfiles.load_checkpoint(left / runfiles.LAST)["epoch"] == 1
+    with pytest.raises(UserError, match="already holds a run"):  # the advice it used to give
+        main.main(command)
+    advised = shlex.split(said.split("continue the run with: ")[1].split(" (it goes on")[0])
+    assert advised[2:] == ["--resume", "--save_dir", "full", "--fold", "_a", "--out_root", str(outs)]
+    main.main(advised[2:])  # python main.py ARGUMENTS: the arguments
+    assert "resuming after epoch 1 of 2" in (left / runfiles.TRAIN_LOG).read_text()
+    for name in SAME:
+        assert (left / name).read_bytes() == (outs / "whole" / "fold_a" / name).read_bytes(), name
+    a, b = (runfiles.load_checkpoint(d / runfiles.BEST)["model"] for d in (outs / "whole" / "fold_a", left))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_cross_validation_fold_never_started_or_deleted_is_made_as_its_group_made_it(flags, tmp_path,
                                                                                       monkeypatch):
     outs = tmp_path / "outs"
@@ -143,6 +182,31 @@ def test_a_cross_validation_fold_never_started_or_deleted_is_made_as_its_group_m
         again, first = (json.loads((d / runfiles.CONFIG).read_text()) for d in (group / "fold_r1", kept))
         differ = {k for k in first if again[k] != first[k]}
         assert differ <= set(SESSION_KEYS), (how, differ)  # the group's configuration, not the command line's defaults
+
+
+def test_the_audits_residual_cross_validation_remakes_a_deleted_fold_as_its_group_made_it(data, tmp_path,
+                                                                                         monkeypatch, caplog):
+    """Issue 32's reproduction: a 3-fold residual --cv oof made from the folder holding data/ (--data_dir data,
+    relative), fold2's folder deleted, the same command with --resume: fold2 is made again with the group's
+    configuration, the residual start and the group's data folder, which did not move."""
+    monkeypatch.chdir(data.parent)
+    outs = tmp_path / "outs"
+    made = [*FLAGS, "--data_dir", "data", "--fusion", "residual", "--out_root", str(outs), "--save_dir", "cv3",
+            "--folds", "3", "--cv", "oof"]
+    main.main(made)
+    group = outs / "cv3"
+    kept = Path(shutil.copytree(group / "fold2", tmp_path / "kept"))
+    before = {k: (group / f"fold{k}" / runfiles.BEST).read_bytes() for k in (0, 1)}
+    shutil.rmtree(group / "fold2")
+    caplog.set_level("INFO")
+    results = main.main([*made, "--resume"])
+    assert len(results) == 3
+    assert "moved" not in caplog.text and "is not there" not in caplog.text
+    assert {k: (group / f"fold{k}" / runfiles.BEST).read_bytes() for k in (0, 1)} == before
+    assert_same_run(kept, group / "fold2")  # the residual start, the same scores and weights
+    again, first = (json.loads((d / runfiles.CONFIG).read_text()) for d in (group / "fold2", kept))
+    assert again["data_dir"] == "data" and again["cv_design"] == "oof" and again["fusion"] == "residual"
+    assert {k for k in first if again[k] != first[k]} <= set(SESSION_KEYS)
 
 
 def test_resuming_a_cross_validation_that_never_started_is_refused(data, tmp_path):

@@ -1,6 +1,7 @@
 """Graded targets (main.py --target binary|ordinal|continuous, targets.py): one osteoporosis score,
 the right way round, from the measurement behind the label."""
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,51 @@ def test_graded_target_without_a_measurement_is_one_line(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and "--tscore-col" in done.stderr
     assert not (tmp_path / "outs" / "x").exists()
+
+
+@pytest.mark.parametrize("kind, name, values, cut, words", [
+    ("continuous", "T-score", [-3.0, -1.0, 0.5], 50.0, "--cut 50: every training image's T-score lies at or below it "
+     "(3 images with a T-score, from -3 to 0.5), so the cut separates none of them"),
+    ("continuous", "BMD", [0.7, 0.9], 0.1, "lies above it (2 images with a BMD, from 0.7 to 0.9), so the cut separates "
+     "none of them and --target continuous would score every image alike; give a cut from 0.7 up to (not including) "
+     "0.9"),
+    ("continuous", "T-score", [-2.0, 0.5], None, "--cut -2.5 (the default for a T-score): every"),
+    ("ordinal", "T-score", [-2.0, -1.5, 0.5], None, "lies above it (3 images with a T-score, from -2 to 0.5), so the "
+     "cut separates none of them and --target ordinal would score every image alike; give a class bound within them: "
+     "-1"),
+    ("ordinal", "T-score", [-0.5, 0.5], -1.0, "no class bound (-2.5, -1) lies within them"),
+    ("ordinal", "grade", [3.0, 4.0, 5.0], 2.0, "--cut 2: every training image's grade lies above it"),
+    ("continuous", "T-score", [-3.0, 0.0], float("inf"), "--cut inf: give a finite number"),
+])
+def test_a_cut_that_separates_no_training_image_is_refused_with_the_training_range(kind, name, values, cut, words):
+    with pytest.raises(targets.TargetError) as refused:
+        targets.build_spec(kind, measure(name, values), values, cut)
+    assert words in str(refused.value)
+    splitting = {"T-score": -1.0, "BMD": 0.8, "grade": 3.0}[name]  # within the range (and a class bound): accepted
+    if math.isfinite(cut or 0) and not (kind == "ordinal" and name == "T-score" and values[0] > -1):
+        assert targets.build_spec(kind, measure(name, values), values, splitting).cut == splitting
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--cut", "50"], "--cut 50: every training image's T-score lies at or below it (4 images with a T-score, from "
+                      "-3 to 0), so the cut separates none of them and --target continuous would score every image "
+                      "alike; give a cut from -3 up to (not including) 0"),
+    (["--cut", "nan"], "--cut nan: give a finite number"),
+    (["--cut=-inf"], "--cut -inf: give a finite number"),
+    ([], "has a 'measure' column, but it is empty (no row has a value)"),
+])
+def test_a_target_the_data_cannot_give_stops_before_any_file_is_written(tmp_path, flags, words):
+    data = write_measured(tmp_path / "data", {"train": [-3.0, 0.0, -3.0, 0.0], "val": [-3.0, 0.0],
+                                              "test": [-3.0, 0.0]})
+    if not flags:  # the manifest's measure column is there, with no value in it
+        manifest = pd.read_csv(data / "manifest.csv")
+        manifest.assign(measure="").to_csv(data / "manifest.csv", index=False)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    done = run_main(*small(data, "x", "continuous", "--epoch", 1, *flags), cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "outs").exists()
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.slow

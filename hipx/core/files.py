@@ -40,9 +40,25 @@ def disk_full(path: str | os.PathLike, needed: int | None = None) -> OSError:
         free = "the free space there is unknown"
     need = f"it needs {_size_text(needed)} and " if needed else ""
     error = OSError(f"no space left on the device to write {path}: {need}{free}; free some space (or write "
-                    "somewhere else) and run the command again")
+                    f"somewhere else) and {RUN_AGAIN}")
     error.errno = errno.ENOSPC
     return error
+
+
+RUN_AGAIN = "run the command again"  # what disk_full advises: right where a failed command left nothing behind
+
+
+def disk_full_advice(error: OSError, then: str) -> OSError:
+    """A full disk's error (:func:`disk_full`'s, or the system's ENOSPC) with the advice ``then`` instead
+    of running the same command again: for a command that left its work behind to go on from (a run that
+    continues with --resume). Any other error comes back as it was."""
+    if getattr(error, "errno", None) != errno.ENOSPC:
+        return error
+    text = str(error)
+    text = text[: -len(RUN_AGAIN)] + then if text.endswith(RUN_AGAIN) else f"{text}; free some space and {then}"
+    advised = OSError(text)
+    advised.errno = errno.ENOSPC
+    return advised
 
 
 def _size_text(size: int) -> str:

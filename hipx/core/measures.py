@@ -92,3 +92,15 @@ def read(data_dir: str | os.PathLike) -> Measures | None:
     if len(names) > 1:
         raise MeasureError(f"{path}: one measurement per data folder, found {', '.join(sorted(names))}")
     return Measures(names.pop(), values) if names else None
+
+
+def absence(data_dir: str | os.PathLike) -> str:
+    """Why ``data_dir`` has no measurement (:func:`read` gave None), as a clause naming the file: no
+    manifest, no measure column, or a measure column without a single value."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return f"the data folder {data_dir} has no {MANIFEST}"
+    with path.open(newline="", encoding="utf-8") as fh:
+        if COLUMN not in (csv.DictReader(fh).fieldnames or []):
+            return f"{path} has no '{COLUMN}' column"
+    return f"{path} has a '{COLUMN}' column, but it is empty (no row has a value)"

@@ -139,8 +139,9 @@ class TargetSpec:
 
 
 def build_spec(kind: str, measure: measures.Measures | None, train_values: Sequence[float],
-               cut: float | None = None) -> TargetSpec:
-    """The target of a new run from its training images' measured values (NaN where unknown).
+               cut: float | None = None, absent: str | None = None) -> TargetSpec:
+    """The target of a new run from its training images' measured values (NaN where unknown); ``absent``:
+    why the data folder has no measurement (:func:`measures.absence`), where ``measure`` is None.
     Raises :class:`TargetError` with one line a user can act on."""
     import numpy as np
 
@@ -149,10 +150,11 @@ def build_spec(kind: str, measure: measures.Measures | None, train_values: Seque
     if kind == "binary":
         return TargetSpec(name=measure.name if measure else None)
     if measure is None:
-        raise TargetError(f"--target {kind} learns from the measurement behind the label, and the data folder's "
-                          f"manifest.csv has none (no '{measures.COLUMN}' column): preprocess with --tscore-col, "
-                          "--grade-col or --bmd-col (docs/data.md), or train --target binary")
+        absent = absent or f"the data folder's {measures.MANIFEST} has none (no '{measures.COLUMN}' column)"
+        raise TargetError(f"--target {kind} learns from the measurement behind the label, and {absent}: preprocess "
+                          "with --tscore-col, --grade-col or --bmd-col (docs/data.md), or train --target binary")
     kind_info = measure.kind
+    given = cut is not None
     cut = kind_info.cut if cut is None else float(cut)
     if cut is None:
         raise TargetError(f"--target {kind} on {measure.name}: there is no standard cut; give --cut VALUE "
@@ -160,6 +162,7 @@ def build_spec(kind: str, measure: measures.Measures | None, train_values: Seque
     values = np.asarray([v for v in train_values if not math.isnan(v)], dtype=float)
     if len(values) < 2:
         raise TargetError(f"--target {kind}: {len(values)} training image(s) have a {measure.name}; at least 2 needed")
+    _check_cut_splits(kind, measure, values, cut, given)
     if kind == "continuous":
         sd = float(values.std())
         if sd <= 0:
@@ -182,6 +185,28 @@ def build_spec(kind: str, measure: measures.Measures | None, train_values: Seque
     if len(set(spec.classify(values).tolist())) < 2:
         raise TargetError(f"--target ordinal: the training images hold one class of {measure.name} only")
     return spec
+
+
+def _check_cut_splits(kind: str, measure: measures.Measures, values: "np.ndarray", cut: float, given: bool) -> None:
+    """A cut with every training value on one side makes every image the same class: the score would
+    say osteoporosis (or not) for everyone. Refused, naming the training range and what is accepted."""
+    if not math.isfinite(cut):
+        raise TargetError(f"--cut {cut}: give a finite number (osteoporosis when {measure.name} <= VALUE)")
+    below = int((values <= cut).sum())
+    lo, hi = float(values.min()), float(values.max())
+    if 0 < below < len(values) or lo == hi:  # one value only: refused below, as no target can be learnt
+        return
+    side = "above" if below == 0 else "at or below"
+    what = f"--cut {cut:g}" if given else f"--cut {cut:g} (the default for a {measure.name})"
+    accepted = f"give a cut from {lo:g} up to (not including) {hi:g}"
+    if kind == "ordinal" and measure.kind.scale != "grade":  # a T-score's classes: the cut is a WHO bound
+        fits = [f"{b:g}" for b in measures.WHO_BOUNDS if lo <= b < hi]
+        accepted = (f"give a class bound within them: {', '.join(fits)}" if fits else
+                    f"no class bound ({', '.join(f'{b:g}' for b in measures.WHO_BOUNDS)}) lies within them: train "
+                    "--target continuous with a cut within them, or --target binary")
+    raise TargetError(f"{what}: every training image's {measure.name} lies {side} it ({len(values)} images with a "
+                      f"{measure.name}, from {lo:g} to {hi:g}), so the cut separates none of them and --target {kind} "
+                      f"would score every image alike; {accepted}")
 
 
 # -- torch: the score and the loss ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ from hipx.data.preprocessing import Preprocessing
 from hipx.data.splits import DEFAULT_FRACTIONS, assign_folds, assign_splits, patient_labels
 from hipx.prepare import datafolder
 from hipx.prepare.patient_table import (DEFAULT_SEX_MAP, Columns, Options, PreprocessError, Row, SkipLog,
-                                        assign_crops, find_csv, parse_sex_map, read_table, resolve_columns,
+                                        assign_crops, check_measure_column, find_csv, parse_sex_map, read_table, resolve_columns,
                                         unused_files, validate)
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def read_rows(args: argparse.Namespace, csv_path: Path, root: Path) -> tuple[Col
     header, records = read_table(csv_path, args.csv_encoding, args.delimiter)
     logger.info("%s: %d rows, columns: %s", csv_path, len(records), ", ".join(header))
     cols = resolve_columns(header, args, csv_path)
+    check_measure_column(header, records, cols, csv_path)
     sex_map = args.sex_map if args.sex_map is not None else parse_sex_map(DEFAULT_SEX_MAP)
     if cols.sex is not None:
         logger.info("sex map (1 female, 0 male): %s", ", ".join(f"{k}={v}" for k, v in sex_map.items()))

@@ -232,6 +232,21 @@ def resolve_columns(header: Sequence[str], args: argparse.Namespace, csv_path: P
     return cols
 
 
+def check_measure_column(header: Sequence[str], records: Sequence[tuple[int, list[str]]], cols: Columns,
+                         csv_path: Path) -> None:
+    """The measurement column asked for (--tscore-col/--grade-col/--bmd-col) must hold a value in some row:
+    an empty one is named as empty, before any image is read (not as a missing column, nor row by row)."""
+    if cols.measure is None:
+        return
+    index = list(header).index(cols.measure)
+    if any(len(fields) > index and not _missing(fields[index]) for _, fields in records):
+        return
+    flag = FLAGS[{"T-score": "tscore", "grade": "grade", "BMD": "bmd"}[cols.measure_name]]
+    raise PreprocessError(f"{flag} {cols.measure!r}: the column is empty in {csv_path} (none of its {len(records)} "
+                          f"rows has a value); give the column that holds the {cols.measure_name}, or leave {flag} "
+                          "out" + (" and give --label-col" if flag == FLAGS["tscore"] else ""))
+
+
 def parse_sex_map(text: str) -> dict[str, int]:
     """'F=1,M=0' -> {'f': 1, 'm': 0} (keys case-insensitive; 1 female, 0 male)."""
     mapping: dict[str, int] = {}

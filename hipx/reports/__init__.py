@@ -3,6 +3,7 @@
     run_report   the run report (report.py --run): its numbers, written as report.md/.html/_metrics.json
     cv           the cross-validation summary (report.py --cv)
     external     external validation and recalibration (report.py --external)
+    recalibration  a run recalibrated on its own validation images (report.py --run RUN --recalibrate)
     compare      several runs side by side on the same test patients (compare.py)
     measurement  predicted against measured value of a graded target, a section of the reports above
     baseline     the clinical-only baseline (age, sex, BMI) the network is compared with
@@ -14,9 +15,9 @@
     style        colours, the figures' look and PNG encoding, the text of numbers and intervals
     defaults     the report commands' defaults their parsers show (stdlib only)
 
-Imports run one way inside: style <- measurement <- render <- model_card <- cv, external <- run_report
-<- compare; cohort imports none of them, and cv and run_report import it; learning_curve imports baseline,
-and cv imports it.
+Imports run one way inside: style <- measurement <- render <- model_card <- cv, external <- recalibration
+<- run_report <- compare; cohort imports none of them, and cv and run_report import it; learning_curve imports
+baseline, and cv imports it.
 The folder may import every folder of hipx below it (core, data, prepare, stats, models, runs,
 inference), never training or a command.
 """

@@ -131,6 +131,19 @@ def calibration_part(table: pd.DataFrame, calibrate_on: str, seed: int) -> np.nd
     return mask
 
 
+def check_classes(table: pd.DataFrame, what: str, why: str) -> None:
+    """Refuse, before anything is scored, images of one class only: the ROC AUC, calibration and a
+    recalibration are undefined without both (the line counts them)."""
+    labels = table["label"].dropna().astype(int)
+    ill = int(labels.sum())
+    if 0 < ill < len(labels):
+        return
+    one = "osteoporosis (label 1)" if ill else "normal (label 0)"
+    raise ExternalError(f"{what}: all {len(labels)} images (of {table['patient'].nunique()} patients) are {one}, "
+                        f"none {'normal' if ill else 'with osteoporosis'}: {why}, so nothing was scored or written; give "
+                        "images of both classes")
+
+
 def standardised_difference(dev: Sequence[float], ext: Sequence[float], binary: bool) -> float:
     """(mean external - mean development) / pooled SD, the SD of a proportion p being sqrt(p (1 - p))
     (Austin, Stat Med 2009;28:3083-3107); |d| > 0.1 is the usual mark of a meaningful imbalance."""
@@ -225,6 +238,11 @@ def validate(run: str | os.PathLike, data_dir: str | os.PathLike, name: str | No
     confidence._check_bootstrap_args(n_boot, ALPHA, interval)
     table = external_images(data_dir)
     part = (calibration_part(table, calibrate_on, seed) if recalibrate else np.zeros(len(table), dtype=bool))
+    check_classes(table[~part], f"--external {data_dir}" + (f" (without --calibrate_on {calibrate_on})"
+                                                             if recalibrate else ""),
+                  "the ROC AUC is undefined for one class, and calibration needs both")
+    if recalibrate:
+        check_classes(table[part], f"--calibrate_on {calibrate_on}", "a recalibration needs both classes")
     members = [runfiles.load_run(r) for r in runfiles.model_runs(run)]
     threshold = float(np.mean([m.threshold for m in members]))
     rows = predict(run, table["path"].tolist(), device=device, batch_size=batch_size)

@@ -110,6 +110,39 @@ def unscored_count(data_dir: str | os.PathLike | None) -> int | None:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in filenames.EXTENSIONS)
 
 
+def probability_scale(state: Mapping, val: pd.DataFrame | None, spec: Mapping | None) -> dict | None:
+    """A continuous target: how its osteoporosis probability's scale was set, from the checkpoint ``state``
+    (best.pth): the residual SD (in training SDs) fitted on validation at the best epoch (its
+    ``val_metrics``' ``residual_sd``; the network's ``logit_scale`` = 1.702 / SD, :func:`targets.scale_for`)
+    over the validation images with a measurement (``val``: val_predictions.csv), or for a run made before
+    the fitted scale the assumed one (:data:`targets.LOGIT_PER_SD`). None for other targets."""
+    if not spec or spec.get("kind") != "continuous":
+        return None
+    buffer = (state.get("model") or {}).get("logit_scale")
+    per_sd = float(buffer) if buffer is not None else targets.LOGIT_PER_SD
+    sd = (state.get("val_metrics") or {}).get("residual_sd")
+    n = None
+    if val is not None and "measure" in val.columns:
+        n = int(np.isfinite(pd.to_numeric(val["measure"], errors="coerce")).sum())
+    return {"fitted": sd is not None, "residual_sd": float(sd) if sd is not None else targets.PROBIT_TO_LOGIT / per_sd,
+            "logit_per_sd": per_sd, "n_images": n, "training_sd": float(spec.get("sd", 1.0))}
+
+
+def scale_text(scale: Mapping, name: str | None, unit: str = "") -> str:
+    """The continuous probability's scale in words, e.g. 'probability from a residual SD of 0.78 training SDs
+    (0.94 T-score units) fitted on validation (30 images)'."""
+    name = name or "value"
+    units = UNIT_TEXT.get(unit, unit) or "units"
+    in_units = f"{scale['residual_sd'] * scale['training_sd']:.3g} {units}"
+    if not scale["fitted"]:
+        return (f"probability from an assumed residual SD of {scale['residual_sd']:.2f} training SDs ({in_units}; "
+                f"{scale['logit_per_sd']:g} logits per training SD), not fitted: the run was made before the scale was "
+                "fitted on validation")
+    where = f" ({scale['n_images']} images with a measured {name})" if scale.get("n_images") is not None else ""
+    return (f"probability from a residual SD of {scale['residual_sd']:.2f} training SDs ({in_units}) fitted on "
+            f"validation{where}")
+
+
 # --------------------------------------------------------------------------- statistics of weighted images
 
 def _varies(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -365,6 +398,9 @@ def report_blocks(block: Mapping, figures: bool = True) -> list[tuple]:
               f"an ordinal target: the network predicts one of {len(block.get('classes') or [])} ordered classes")
     cut_text = (f" Its osteoporosis score, P({name} <= {cut:g}), is the probability every binary metric of this "
                 "report uses." if cut is not None else "")
+    if block.get("scale"):
+        cut_text += (f" It is the {scale_text(block['scale'], name, unit)}: P = Φ((cut - predicted) / SD), in its "
+                     "logistic form, at the best epoch (best.pth).")
     b.append(("p", f"The run was trained on the {name} ({target}).{cut_text} This section compares its prediction "
                    "with the measurement."))
     patients = f" of {block['n_patients']} patients" if block.get("n_images") else ""

@@ -306,6 +306,9 @@ def _details(v: Mapping) -> list[tuple]:
               if c.get("target", "binary") == "binary" else
               f"{c.get('target')} target on the measured {spec.get('name') or 'value'}, osteoporosis at or below "
               f"{_num(c.get('cut') if c.get('cut') is not None else spec.get('cut'))}; one osteoporosis probability")
+    scale = (v.get("measurement") or {}).get("scale")
+    if scale:  # a continuous target: say how its probability's scale was set
+        target += f": the {measure_report.scale_text(scale, spec.get('name'), v['measurement'].get('unit', ''))}"
     size = c.get("image_size") or ["?", "?"]
     aug = c.get("augment") or "none"
     rows = [["Architecture", arch],
@@ -464,7 +467,8 @@ def weaknesses(v: Mapping) -> list[str]:
         text, shown = calibration_text(pr["models"][0][1]["metrics"])
         if shown:
             out.append(f"Network calibration: {text} Recalibrate before reading the probabilities as risks "
-                       "(report.py --external --recalibrate).")
+                       "(report.py --run RUN --recalibrate intercept on the run's validation images; report.py "
+                       "--external --recalibrate on another hospital's).")
         cmp_ = pr["comparison"]
         if cmp_ is None:
             out.append(f"Not compared with the clinical values: {pr['baseline_absent']}.")

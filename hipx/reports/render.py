@@ -445,7 +445,13 @@ def _confusion(r: Mapping) -> list[tuple]:
 
 def _calibration(r: Mapping) -> list[tuple]:
     bins = calibration_bins(r["data"]["test"]["images"])
-    return [("figures", [("calibration", f"Observed fraction with osteoporosis (Wilson 95% interval) against the "
+    block = r.get("measurement") or {}
+    fitted = []
+    if block.get("scale"):  # a continuous target: how its probability's scale was set
+        scale = measure_report.scale_text(block["scale"], block.get("name"), block.get("unit", ""))
+        fitted = [("p", f"A continuous target: the network's {scale}. A recalibration on the run's validation "
+                        f"images: report.py --run {r['run_dir']} --recalibrate intercept (or logistic).")]
+    return fitted + [("figures", [("calibration", f"Observed fraction with osteoporosis (Wilson 95% interval) against the "
                                          f"mean predicted probability, in {bins} bins holding about equal numbers of "
                                          "test images; below: the predicted probabilities.")]),
             ("table", ["Model", "Brier score (95% CI)", "Calibration slope (95% CI)",

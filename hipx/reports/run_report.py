@@ -22,8 +22,8 @@ used, and every metric recomputed from them is checked against ``test_metrics.js
 thresholds -- the network's, stored in ``best.pth`` when the epoch was selected, and the
 baseline's -- are chosen on validation; no test value influences any choice. This module
 computes; :mod:`render` draws and writes the text (its sections: ``render.RUN_REPORT``).
-:func:`run_command` is what ``python3 report.py`` does with its flags (also ``--cv``, :mod:`cv`, and
-``--external``, :mod:`external`).
+:func:`run_command` is what ``python3 report.py`` does with its flags (also ``--cv``, :mod:`cv`,
+``--external``, :mod:`external`, and ``--recalibrate`` on the run's validation images, :mod:`recalibration`).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ from hipx.reports import cv as cv_report
 from hipx.reports import external
 from hipx.reports import gallery as case_gallery
 from hipx.reports import measurement as measure_report
+from hipx.reports import recalibration
 from hipx.reports.cohort import SUBGROUPS, describe_split, subgroups  # noqa: F401 - run_report.* for callers
 from hipx.reports import render as report_render
 from hipx.reports.defaults import GALLERY
@@ -69,10 +70,12 @@ def run_facts(run_dir: str | os.PathLike) -> dict:
     facts, history, test/val predictions and test_metrics.json."""
     run = runfiles.load_run(run_dir)
     has_val = run.has_predictions("val")
+    val = run.predictions("val") if has_val else None
+    spec = measure_report.run_target_spec(run)
     return {"dir": run.dir, "config": run.config.to_dict(), "threshold": run.threshold, "epoch": run.epoch,
             "clinical_stats": run.clinical_stats, "select_metric": run.select_metric, "test": run.predictions("test"),
-            "val": run.predictions("val") if has_val else None, "history": run.history(),
-            "test_metrics": run.test_metrics(), "target_spec": measure_report.run_target_spec(run)}
+            "val": val, "history": run.history(), "test_metrics": run.test_metrics(), "target_spec": spec,
+            "scale": measure_report.probability_scale(run.state, val, spec)}
 
 
 def check_same_images(split: str, files: Sequence[Path], predictions: pd.DataFrame | None, source: str) -> None:
@@ -227,6 +230,8 @@ def write_report(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
                 caught, "measurement", measure_report.measurement, run["test"], run["target_spec"], n_boot, seed,
                 interval, data_dir if data_dir is not None else run["config"].get("data_dir"),
                 source=str(runfiles.Run(run["dir"]).predictions_file("test")))
+            if run["scale"]:  # a continuous target: how its probability's scale was set
+                result["measurement"]["scale"] = run["scale"]
             figures.update(measure_report.measurement_figures(result["measurement"], run["test"], run["target_spec"]))
         result["gallery"], gallery_figures = case_gallery.case_gallery(run["dir"], paths, gallery)
         result["gallery_size"] = int(gallery)
@@ -268,6 +273,8 @@ def run_command(args: argparse.Namespace) -> dict:
         if args.cv:
             return _cross_validation(args)
         with runfiles.hold_run(args.run, "report.py --run"):  # a training or another report: refused, nothing written
+            if args.recalibrate:  # writes RUN/recalibrated/METHOD/
+                return _recalibrate(args)
             result = write_report(args.run, args.data_dir, args.bootstrap or 2000, args.seed, interval=args.interval,
                                   gallery=args.gallery)
     except (FileNotFoundError, ValueError) as exc:
@@ -291,6 +298,14 @@ def _external(args: argparse.Namespace) -> dict:
                                    development_dir=args.data_dir)
     print(f"{external.headline(result)}; report in "
           f"{external.out_folder(args.run, result['name']) / 'external_report.html'}")
+    return result
+
+
+def _recalibrate(args: argparse.Namespace) -> dict:
+    result = recalibration.recalibrate_run(args.run, args.recalibrate, n_boot=args.bootstrap or 2000, seed=args.seed,
+                                           interval=args.interval)
+    print(f"{recalibration.headline(result)}; report in "
+          f"{recalibration.out_folder(args.run, args.recalibrate) / recalibration.REPORT_HTML}")
     return result
 
 

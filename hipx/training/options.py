@@ -16,6 +16,7 @@ Stdlib and ``hipx.core`` only at import: ``main.py --help`` and a mistyped flag 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -219,6 +220,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise SystemExit(f"--cv_val {cfg.cv_val}: must be within (0, 1), e.g. 0.2")
     if cfg.bootstrap < 0:
         raise SystemExit(f"--bootstrap {cfg.bootstrap}: must be >= 0 (0 = no report)")
+    if cfg.cut is not None and not math.isfinite(cfg.cut):
+        raise SystemExit(f"--cut {cfg.cut}: give a finite number, the clinical cut (osteoporosis when the measurement "
+                         "<= VALUE), e.g. -2.5 for a T-score")
 
 
 def learning_curve_size(text: str) -> float | int:

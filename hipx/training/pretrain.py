@@ -51,6 +51,8 @@ def start(args: argparse.Namespace, given: set[str], argv: list[str] | None = No
     args.save_dir = args.save_dir or time.strftime("pretrain-%Y%m%d-%H%M%S")
     out = Path(args.out_root) / args.save_dir
     config, state = prepare(args, given, out, dist_info.is_main)
+    if state is not None and len(state["history"]) >= int(config["epoch"]):
+        return finished(out, config, state, dist_info.is_main)
     args.threads = runtime.choose_threads(args.cpus, args.workers)
     if args.deterministic:
         runtime.make_deterministic()
@@ -345,10 +347,27 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
             logger.info("epoch %d  loss %.4f (chance %.3f)  positives found %.3f  %.1f img/s", epoch, row["loss"],
                         row["chance_loss"], row["pos_top1"], row["images_per_s"])
     if dist_info.is_main:
-        network = " ".join(f"--{k} {config[k]}" for k in NETWORK_FLAGS if k == "model" or config[k] != FIELDS[k].default)
-        print(f"encoder ({args.epoch} epochs, final loss {history[-1]['loss']:.4f}) in {out / ENCODER}; fine-tune "
-              f"with: python3 main.py --pretrained {out} {network} --image_size {' '.join(map(str, args.image_size))} "
-              "...")
+        print(encoder_line(out, config, history))
+    return history[-1]
+
+
+def encoder_line(out: Path, config: dict, history: list[dict]) -> str:
+    """Where the run's encoder is and the command that fine-tunes it."""
+    network = " ".join(f"--{k} {config[k]}" for k in NETWORK_FLAGS if k == "model" or config[k] != FIELDS[k].default)
+    return (f"encoder ({len(history)} epochs, final loss {history[-1]['loss']:.4f}) in {out / ENCODER}; fine-tune "
+            f"with: python3 main.py --pretrained {out} {network} --image_size "
+            f"{' '.join(map(str, config['image_size']))} ...")
+
+
+def finished(out: Path, config: dict, state: dict, is_main: bool = True) -> dict:
+    """``--resume`` of a run that trained all its epochs: nothing to continue, so nothing is read or
+    written (as main.py --resume of a finished run, and torchvision's and timm's train.py, whose loop
+    then has no epoch left): a line saying so and where its encoder is. Returns its last epoch's row."""
+    history = state["history"]
+    if is_main:
+        logger.info("the pretraining run %s finished all %d epochs; nothing to resume, nothing changed",
+                    out, int(config["epoch"]))
+        print(encoder_line(out, config, history))
     return history[-1]
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, NoReturn
 
 from hipx.core import fusion
 from hipx.core.cli import UserError
+from hipx.core.files import disk_full_advice
 from hipx.core.runconfig import RunConfig
 from hipx.data import filenames
 from hipx.inference import network
@@ -123,6 +124,7 @@ def run(cfg: RunConfig, session: Session) -> Outcome:
     data_summary = run_data.describe(files, training=not action.test, folds=cfg.cv_folds)
     if not action.test:
         run_data.check_patients(files, cfg.allow_shared_patients)
+    target = target_of(cfg, begin.config, files)  # a target the data cannot give stops here, before any file
     if action.extend_epochs and begin.state is None:  # after the data checks: the run stays as it was
         raise UserError(f"--extend_epochs: the run {out} has not finished an epoch yet; continue it with "
                         f"{resume_command(cfg)}")
@@ -137,12 +139,18 @@ def run(cfg: RunConfig, session: Session) -> Outcome:
             config = extend(cfg, action.extend_epochs, begin.config, begin.state, out)
             begin = begin.replace(config=config, cfg=cfg.replace(epoch=config.epoch, restarts=config.restarts))
         threads = use_settings(begin.cfg)
-        return Outcome(train_and_test(begin, session, out, files, data_summary, threads), begin.cfg)
+        return Outcome(train_and_test(begin, session, out, files, data_summary, threads, target), begin.cfg)
     except KeyboardInterrupt:
         interrupted(out, created, command(*sys.argv[1:]), resume_command(cfg))
-    except BaseException:
-        if created is not None and saved_epochs(out) == 0:
+    except BaseException as exc:
+        done = saved_epochs(out)
+        if created is not None and done == 0:
             remove_run(created)  # a failed start leaves nothing: the same command works once the cause is fixed
+            raise
+        if isinstance(exc, OSError) and out.is_dir():  # a full disk: the run is kept, and --resume goes on with it
+            raise disk_full_advice(exc, f"continue the run with: {resume_command(cfg)} " + (
+                f"(it goes on after epoch {done}, saved in {runfiles.LAST})" if done else
+                f"(no epoch was saved in {runfiles.LAST}: it starts from nothing, as configured)")) from None
         raise
     finally:
         if claim is not None:
@@ -178,11 +186,19 @@ def use_settings(cfg: RunConfig) -> str:
 
 
 def saved_epochs(out: Path) -> int:
-    """Epochs a run can go on from: those of its history.csv once it has a last.pth, else 0 (a run whose
-    first last.pth was never written -- stopped, or out of disk, while writing it -- has saved nothing
-    to continue; it starts from nothing again)."""
+    """Epochs a run can go on from: those its last.pth holds, else 0 (a run whose first last.pth was never
+    written -- stopped, or out of disk, while writing it -- has saved nothing to continue; it starts from
+    nothing again). Its history.csv can be an epoch ahead: written just before last.pth, whose write the
+    disk may not have taken. An unreadable last.pth counts the history's epochs."""
+    import torch
+
     folder = runfiles.Run(out)
-    return folder.saved_epochs() if folder.has_checkpoint(runfiles.LAST) else 0
+    if not folder.has_checkpoint(runfiles.LAST):
+        return 0
+    try:  # mmap: the epoch is read without loading the weights
+        return int(torch.load(folder.file(runfiles.LAST), map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 - torch raises many kinds for a damaged file; --resume then says which
+        return folder.saved_epochs()
 
 
 def remove_run(created: Path | runfiles.Claim) -> None:
@@ -241,10 +257,12 @@ def build_trainer(cfg: RunConfig, config: RunConfig, loaders: dict, stats, devic
                        validate_start=fusion.mode(config.fusion).clinical_offset)
 
 
-def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_summary: str, threads: str) -> dict:
+def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_summary: str, threads: str,
+                   target: tuple) -> dict:
     """Train the run ``begin`` describes (from nothing, or on from its last.pth) and test its best
     checkpoint -- or with ``--test`` only test it -- then write its report (``--bootstrap N``) and show
-    the result. Returns the test metrics."""
+    the result. ``target``: the data folder's measurement and the run's target (:func:`target_of`).
+    Returns the test metrics."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from hipx.core import runtime
@@ -261,7 +279,7 @@ def train_and_test(begin: Start, session: Session, out: Path, files: dict, data_
     logger.info("loader hands over %s images; augmentation %s", cfg.handover,
                 f"on the device ({device_augmenter})" if device_augmenter else
                 ("in the loader workers" if cfg.augment else "none"))
-    measure, spec = target_of(cfg, begin.config, files)
+    measure, spec = target
     logger.info("target: %s", spec.describe())
     loaders = run_data.make_loaders(cfg, stats, files, dist_info, device_augmenter is not None,
                                     measure if spec.graded else None)
@@ -376,7 +394,8 @@ def target_of(cfg: RunConfig, config: RunConfig | None, files: dict):
         if config is not None:
             return measure, targets.TargetSpec.from_dict(config.target_spec)
         train = measure.of(files["train"]) if measure is not None else []
-        return measure, targets.build_spec(cfg.target, measure, train, cfg.cut)
+        absent = measures.absence(cfg.data_dir) if measure is None and cfg.target != "binary" else None
+        return measure, targets.build_spec(cfg.target, measure, train, cfg.cut, absent)
     except (measures.MeasureError, targets.TargetError) as exc:
         raise UserError(str(exc)) from None
 
