@@ -1,5 +1,6 @@
 """cv_report.py: the summary of the tested fold runs (cv_summary.json, cv_report.md)."""
 import csv
+import re
 import json
 
 import pytest
@@ -78,6 +79,10 @@ def test_cv_report_html_has_no_literal_markdown_and_its_tables_scroll(tmp_path):
     assert "**" not in html and "<td><strong>mean ± SD</strong></td>" in html
     assert html.count("<table>") == html.count('<div class="table-scroll"><table>') > 0
     assert ".table-scroll{max-width:100%;overflow-x:auto" in html
+    # a figure is never broken across lines ("0.894 ±" above "0.032"): its cell does not wrap, prose does
+    assert "td.num{white-space:nowrap}" in html
+    assert re.search(r'<td class="num">0\.\d+ ± 0\.\d+</td>', html)
+    assert '<td class="num">fold0</td>' not in html and "<td>fold0</td>" in html
 
 
 def test_oof_summary_refuses_a_patient_tested_twice(tmp_path):

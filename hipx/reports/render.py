@@ -624,6 +624,7 @@ h2{font-size:1.2em;margin-top:1.9em;border-bottom:1px solid #e5e7eb;padding-bott
 .table-scroll{max-width:100%;overflow-x:auto;margin:.7em 0}
 table{border-collapse:collapse;font-size:.9em}
 th,td{border:1px solid #d0d7de;padding:.35em .75em;text-align:right;vertical-align:top}
+td.num{white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
 thead th{background:#f1f4f8;font-weight:600}
 tbody tr:nth-child(even){background:#fafbfc}
@@ -642,10 +643,19 @@ def _inline(text: str) -> str:
     return BOLD.sub(r"<strong>\1</strong>", html.escape(text))
 
 
+NUMBER_CELL = re.compile(r"^[-+−]?[\d.]+(?: ± [\d.]+| \([-−]?[\d.]+ to [-−]?[\d.]+\)| of \d+)?$")
+
+
+def _cell(text: str) -> str:
+    """One cell; a figure (``0.894 ± 0.032``, ``0.921 (0.880 to 0.954)``, ``5 of 5``) is never broken across
+    lines (the table's box scrolls instead), prose wraps."""
+    return f"<td class=\"num\">{_inline(text)}</td>" if NUMBER_CELL.match(text.strip("* ")) else f"<td>{_inline(text)}</td>"
+
+
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A table in its own box, which scrolls sideways where the table is wider than the page."""
     head = "".join(f"<th>{_inline(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(str(c)) for c in row) + "</tr>" for row in rows)
     return f"<div class=\"table-scroll\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
