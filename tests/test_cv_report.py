@@ -175,3 +175,29 @@ def test_report_by_is_checked_with_one_line(tmp_path):
         report.main(["--run", str(save / "fold0"), "--by", "field"])
     with pytest.raises(SystemExit, match=r"^--by site: no such column in .*manifest.csv; it has patient, field$"):
         report.main(["--cv", str(save), "--by", "site", "--data_dir", str(data), "--bootstrap", "20"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # few patients: some resamples hold one class
+def test_report_cv_by_prints_each_subgroups_pooled_auc_on_the_console(tmp_path, capsys):
+    """``report.py --cv SAVE --by field`` says on the console what cv_report.md says: one line per value."""
+    import report
+    from hipx.stats import metrics
+    save, data = tmp_path / "cv", tmp_path / "data"
+    fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
+    fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
+    rows = fold0 + fold1
+    field = ["radiograph"] * 6 + ["bone_only"] * 4
+    write_fold(save / "fold0", fold0, 0.5)
+    write_fold(save / "fold1", fold1, 0.5)
+    write_manifest(data, rows, "field", field)
+    summary = report.main(["--cv", str(save), "--by", "field", "--data_dir", str(data), "--bootstrap", "50"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("pooled out-of-fold ROC AUC") and out[0].endswith("cv_report.md")
+    for value in ("bone_only", "radiograph"):
+        part = [r for r, f in zip(rows, field) if f == value]
+        auc = metrics.roc_auc([r[1] for r in part], [r[2] for r in part])
+        ci = [g["roc_auc"] for g in summary["subgroups"] if g["value"] == value][0]
+        line = [x for x in out if x.startswith(f"  field {value}: ")]
+        assert line == [f"  field {value}: ROC AUC {auc:.3f} ({ci['low']:.3f} to {ci['high']:.3f}) over "
+                        f"{len(part)} images of {len(part)} patients ({sum(r[1] for r in part)} osteoporosis)"]
+    assert len(out) == 3

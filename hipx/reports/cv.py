@@ -370,6 +370,14 @@ def headline(summary: Mapping) -> str:
             f"(mean ± SD of {m['n_folds']} of {m['of']} folds)")
 
 
+def subgroup_lines(summary: Mapping) -> list[str]:
+    """The console's lines under :func:`headline`: the pooled out-of-fold ROC AUC within each value of
+    each manifest column (``report.py --cv --by``), one line per value; none without subgroups."""
+    return [f"  {g['column']} {g['value']}: ROC AUC {_ci(g['roc_auc']) if g['roc_auc'] else 'n/a (one class)'} "
+            f"over {g['n_images']} images of {g['n_patients']} patients ({g['n_osteoporosis_images']} osteoporosis)"
+            for g in summary.get("subgroups") or []]
+
+
 def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | None = None) -> list[tuple]:
     """The blocks of ``cv_report.md`` (:func:`render.render_markdown` draws them) and, with
     ``figures`` (:func:`cv_figures`), of ``cv_report.html``."""

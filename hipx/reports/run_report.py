@@ -308,5 +308,5 @@ def _cross_validation(args: argparse.Namespace) -> dict:
                                 else runfiles.Run(runs[0]).read_config().get("bootstrap") or 2000)
     result = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
                                         data_dir=args.data_dir)
-    print(f"{cv_report.headline(result)}; {group.report_file}")
+    print("\n".join([f"{cv_report.headline(result)}; {group.report_file}", *cv_report.subgroup_lines(result)]))
     return result

@@ -42,10 +42,11 @@ def cross_validate(cfg: RunConfig, run_fold: Callable[[RunConfig], Outcome], is_
     if is_main and all(unchanged) and group.summary_file.is_file():
         logger.info("every fold of the cross-validation %s is finished and tested; its summary stays as it was, "
                     "nothing changed", group.dir)
-        print(cv_report.headline(runfiles.read_json(group.summary_file)))
+        summary = runfiles.read_json(group.summary_file)
+        print("\n".join([cv_report.headline(summary), *cv_report.subgroup_lines(summary)]))
         print(f"cross-validation summary: {group.report_file}")
     elif is_main:
         cv = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot or 2000, seed=seed)
-        print(cv_report.headline(cv))
+        print("\n".join([cv_report.headline(cv), *cv_report.subgroup_lines(cv)]))
         print(f"cross-validation summary: {group.report_file}")
     return results
