@@ -198,3 +198,13 @@ def test_the_command_logs_in_the_format_of_every_command(tmp_path):
     assert not any("hipx.prepare.synthetic:" in line or "__main__:" in line for line in log)
     assert done.stdout.startswith(f"{tmp_path / 'd'}: 8 images of 4 patients")
 
+
+def test_printed_advice_spells_the_commands_as_readme_does():
+    """README says ``python main.py ...``; no message, help text or docstring of a command or of the
+    package suggests ``python3 ...`` instead."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("*.py"), *(root / "hipx").rglob("*.py"), *(root / "scripts").glob("*.py")]
+    spelled = [f"{p.relative_to(root)}:{n}" for p in sources
+               for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "python3 " in line]
+    assert spelled == []

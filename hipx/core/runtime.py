@@ -183,7 +183,7 @@ class Dist:
 
 def init_distributed(device: str) -> Dist:
     """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the
-    environment): NCCL on GPUs, gloo on CPU. A plain ``python3 main.py`` returns rank 0 of 1."""
+    environment): NCCL on GPUs, gloo on CPU. A plain ``python main.py`` returns rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()

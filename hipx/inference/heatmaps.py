@@ -249,7 +249,7 @@ def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | 
     folder = mask_path(files[0]).parent
     if not folder.is_dir():
         raise FileNotFoundError(f"no masks folder {folder}: the localisation measure needs the region masks the "
-                                f"demo generator writes (python3 synthetic.py --out {data_dir} writes "
+                                f"demo generator writes (python synthetic.py --out {data_dir} writes "
                                 f"{folder.parent}/<split>/<image file name>); real radiographs have none")
     missing = [p.name for p in files if not mask_path(p).is_file()]
     if missing:

@@ -2,7 +2,7 @@
 (each by the training session, ``session.run``), then their summary. Which patients each fold holds
 is :mod:`folds`; the summary is :mod:`cv_report`.
 
-    python3 main.py --folds 5 --cv oof --save_dir cv   # outs/cv/fold0..4/, outs/cv/cv_summary.json
+    python main.py --folds 5 --cv oof --save_dir cv   # outs/cv/fold0..4/, outs/cv/cv_summary.json
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def start(args: argparse.Namespace, given: set[str], argv: list[str] | None = No
 
 def command(*arguments: str) -> str:
     """``python pretrain.py ARGUMENTS`` as the user can paste it."""
-    python = sys.executable or "python3"
+    python = sys.executable or "python"
     if python.startswith(os.getcwd() + os.sep):
         python = os.path.relpath(python)
     return shlex.join([python, "pretrain.py", *map(str, arguments)])
@@ -336,7 +336,7 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
     if dist_info.is_main:
         network = " ".join(f"--{k} {config[k]}" for k in NETWORK_FLAGS if k == "model" or config[k] != FIELDS[k].default)
         print(f"encoder ({args.epoch} epochs, final loss {history[-1]['loss']:.4f}) in {out / ENCODER}; fine-tune "
-              f"with: python3 main.py --pretrained {out} {network} --image_size {' '.join(map(str, args.image_size))} "
+              f"with: python main.py --pretrained {out} {network} --image_size {' '.join(map(str, args.image_size))} "
               "...")
     return history[-1]
 
