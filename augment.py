@@ -1,4 +1,4 @@
-"""python3 augment.py --preview data/train/IMAGE.png --out images/augment_preview.png [--draws 4] [--seed 0]
+"""python augment.py --preview data/train/IMAGE.png --out images/augment_preview.png [--draws 4] [--seed 0]
 
 The training-time augmentations, under the original work's module name: the code lives in
 ``hipx/data/augment.py`` (pure functions of ``(image, rng)`` and the ``Augmenter`` the loader calls);
@@ -7,11 +7,11 @@ this file re-exports it and is the command that draws a preview grid of every au
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Sequence
 
 from hipx.core.choices import IMAGE_SIZE
-from hipx.core.cli import add_output, add_seed
+from hipx.core import runtime
+from hipx.core.cli import add_output, add_seed, run_main
 from hipx.data.augment import *  # noqa: F401,F403 - the augmentations, as `import augment` always gave them
 from hipx.data.augment import preview
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    runtime.setup_logging()  # the log format of every command
     if args.draws < 2:
         raise SystemExit(f"--draws {args.draws}: must be >= 2 (the input column shows two channels)")
     if min(args.size) < 8:
@@ -39,4 +39,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

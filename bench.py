@@ -1,8 +1,8 @@
 """Benchmarks that print figures (speed and memory goals live here, not in timed tests).
 
-    python3 bench.py pipeline [--sizes 176x102] [--patients 40] [--epochs 2] [--flags --compile]
-    python3 bench.py train  [--sizes 176x102 704x407] [--steps 3] [--json bench_train.json]
-    python3 bench.py loader [--sizes 176x102 704x407] [--json bench_loader.json]
+    python bench.py pipeline [--sizes 176x102] [--patients 40] [--epochs 2] [--flags --compile]
+    python bench.py train  [--sizes 176x102 704x407] [--steps 3] [--json bench_train.json]
+    python bench.py loader [--sizes 176x102 704x407] [--json bench_loader.json]
 
 Every configuration is built from ``main.py``'s flags by the training session's own functions
 (``hipx.training``: ``options.settings``, ``loaders.make_loaders``, ``loaders.augment_on_device``,

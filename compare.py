@@ -1,4 +1,4 @@
-"""python3 compare.py outs/cmp/fold_Dense_LF outs/cmp/fold_Dense_EF outs/cmp/fold_Dense_IO --out outs/cmp/compare
+"""python compare.py outs/cmp/fold_Dense_LF outs/cmp/fold_Dense_EF outs/cmp/fold_Dense_IO --out outs/cmp/compare
 
 Several runs side by side on the same test patients, with paired tests against the first.
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
         given.setdefault(os.path.realpath(run), run)
         if first is not None:
             raise SystemExit(f"RUN {run} is given twice{'' if first == run else f' (also as {first})'}: a run "
-                             "compared with itself differs by nothing; name different run folders, e.g. python3 "
+                             "compared with itself differs by nothing; name different run folders, e.g. python "
                              "compare.py outs/A/fold_x outs/B/fold_x --out comparison")
     from hipx.reports import compare  # numpy, pandas, matplotlib: after the flags are checked
 

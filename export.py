@@ -1,5 +1,5 @@
-"""python3 export.py --run outs/<save_dir>/fold<fold> --out model.onnx
-python3 export.py --run outs/<save_dir> --out ensemble.onnx      # fold ensemble of a --folds run
+"""python export.py --run outs/<save_dir>/fold<fold> --out model.onnx
+python export.py --run outs/<save_dir> --out ensemble.onnx      # fold ensemble of a --folds run
 
 Export a trained run as one ONNX graph, with its preprocessing written beside it as JSON.
 ``--run`` is a run folder (its best.pth), a checkpoint file, or a cross-validation run group (the

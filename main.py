@@ -1,16 +1,16 @@
-"""python3 main.py --model dense_net --fold _Dense_LF --augment cat_elastic --late_fuse True
+"""python main.py --model dense_net --fold _Dense_LF --augment cat_elastic --late_fuse True
 
 Train, validate and test an osteoporosis classifier on hip X-rays.
 
 Data: ``--data_dir`` (default ``data/``) holds ``train/ val/ test/`` with images named
 ``<patient>_<crop>_<label>-<sex>-<age>-<bmi>.png`` (see ``filenames.py``); make the demo set with
-``python3 synthetic.py --out data``. Every epoch is validated on all of val; the best epoch by
+``python synthetic.py --out data``. Every epoch is validated on all of val; the best epoch by
 ``--select_metric`` is kept in ``outs/<save_dir>/fold<fold>/best.pth`` and only that checkpoint is
 scored on test, at the threshold chosen on validation.
 
 An interrupted run (Ctrl-C, a lost machine) continues exactly where its last finished epoch left it:
 
-    python3 main.py --resume --save_dir <save_dir> --fold <fold>
+    python main.py --resume --save_dir <save_dir> --fold <fold>
 
 Every setting comes from the run; ``--resume --extend_epochs N`` trains a finished run N epochs
 longer (docs/troubleshooting.md).

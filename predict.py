@@ -1,6 +1,6 @@
-"""python3 predict.py --run outs/<save_dir>/fold<fold> data/test more/image.png --out predictions.csv
-   python3 predict.py --run outs/<save_dir> new/ --out predictions.csv   # fold ensemble of a --folds run
-   python3 predict.py --run outs/<save_dir>/fold<fold> dicom_export/ --csv clinical.csv --out predictions.csv
+"""python predict.py --run outs/<save_dir>/fold<fold> data/test more/image.png --out predictions.csv
+   python predict.py --run outs/<save_dir> new/ --out predictions.csv   # fold ensemble of a --folds run
+   python predict.py --run outs/<save_dir>/fold<fold> dicom_export/ --csv clinical.csv --out predictions.csv
 
 Score hip radiographs with a trained run: probability of osteoporosis and the run's decision (the work
 is done by ``hipx.inference.predict``).

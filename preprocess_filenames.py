@@ -1,4 +1,4 @@
-"""python3 preprocess_filenames.py --csv patient_list.csv --images RAW_DIR --out data/
+"""python preprocess_filenames.py --csv patient_list.csv --images RAW_DIR --out data/
 
 From a hospital's export (one CSV row per X-ray plus the raw images) to the data folder training
 reads: fixed-size 8-bit PNGs named in the file-name format, split by patient into
@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with OUT/manifest.csv and OUT/skipped.csv. Inputs are only read.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n"
-               "  python3 preprocess_filenames.py --csv patient_list.csv --images raw/ --out data/\n"
-               "  python3 preprocess_filenames.py --images raw/ --out data/ --id-col PatientID --image-col File \\\n"
+               "  python preprocess_filenames.py --csv patient_list.csv --images raw/ --out data/\n"
+               "  python preprocess_filenames.py --images raw/ --out data/ --id-col PatientID --image-col File \\\n"
                "      --tscore-col T_score --sex-col Gender --sex-map 'w=1,m=0' --height-col Height \\\n"
                "      --weight-col Weight --split-hips --folds 5\n\n"
                "An interrupted run is finished by running the same command again.")

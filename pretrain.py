@@ -1,8 +1,8 @@
-"""python3 pretrain.py films/ more_films/ --image_size 176 102 --epoch 100 --save_dir ssl
+"""python pretrain.py films/ more_films/ --image_size 176 102 --epoch 100 --save_dir ssl
 
 Pretrain the image encoder on unlabelled radiographs (self-supervised, SimCLR), then fine-tune it:
 
-    python3 main.py --pretrained outs/ssl --image_only --image_size 176 102 ...
+    python main.py --pretrained outs/ssl --image_only --image_size 176 102 ...
 
 Images: every image below the FOLDERs (PNG 8/16 bit, JPEG, TIFF, BMP, DICOM, ``.npy``; searched
 recursively) and/or the images of a data folder's splits (``--data_dir``, labels ignored); with
@@ -17,7 +17,7 @@ the classifier head starts new), ``history.csv`` and ``loss_curve.png``, ``confi
 ``train.log``, ``images.csv`` and ``skipped.csv``, and ``last.pth``, from which an interrupted run
 continues exactly (``--tensorboard`` adds ``tensorboard/``, TensorBoard's event files):
 
-    python3 pretrain.py --resume --save_dir <save_dir>
+    python pretrain.py --resume --save_dir <save_dir>
 """
 from __future__ import annotations
 

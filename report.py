@@ -1,10 +1,10 @@
-"""python3 report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
-   python3 report.py --cv outs/<save_dir>          # cross-validation summary
-   python3 report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
-   python3 report.py --cv outs/<save_dir> --target_auc 0.8  # ... the patients its learning curve says 0.8 needs
-   python3 report.py --run RUN --external DATA_DIR [--name B] [--recalibrate intercept --calibrate_on val]
+"""python report.py --run outs/<save_dir>/fold<fold> [--data_dir data] [--bootstrap 2000] [--interval bca]
+   python report.py --cv outs/<save_dir>          # cross-validation summary
+   python report.py --cv outs/<save_dir> --by field hip   # ... and its pooled AUC per subgroup
+   python report.py --cv outs/<save_dir> --target_auc 0.8  # ... the patients its learning curve says 0.8 needs
+   python report.py --run RUN --external DATA_DIR [--name B] [--recalibrate intercept --calibrate_on val]
                                                    # another hospital's data
-   python3 report.py --run RUN --recalibrate intercept   # recalibrated on the run's own validation images
+   python report.py --run RUN --recalibrate intercept   # recalibrated on the run's own validation images
 
 Run report: the test-set numbers of one run with what a clinical reader needs to trust them, written
 into the run folder as report.md (figures in report_figures/), report.html (self-contained) and

@@ -1,5 +1,5 @@
-"""python3 synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
-   python3 synthetic.py --out data_B --n 200 --seed 1 --site B      # a second hospital, for external validation
+"""python synthetic.py --out data --n 500 --seed 0 [--size 704 407] [--examples images/synthetic_examples.png] [--pelvis]
+   python synthetic.py --out data_B --n 200 --seed 1 --site B      # a second hospital, for external validation
 
 The embedded demo data set: synthetic hip radiographs (proximal femur, AP view) with a known cause
 of osteoporosis and a mask of where it is drawn, so the whole suite can be run and checked without
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
-import sys
 from typing import Sequence
 
-from hipx.core.cli import add_output, add_seed
+from hipx.core import runtime
+from hipx.core.cli import add_output, add_seed, run_main
 from hipx.prepare.synthetic import *  # noqa: F401,F403 - the generator, as `import synthetic` always gave it
 from hipx.core.choices import IMAGE_SIZE, MIN_SIDE
 from hipx.prepare.synthetic import (CLINICAL_COLUMNS, DEFAULT_CLINICAL_SHARE, IMAGE_SD, ORACLE_COLUMNS, PELVIS_LIST,
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pelvis and (args.site != "A" or args.clinical_share is not None or args.image_noise is not None):
         parser.error("--pelvis draws site A's pelvis views in the demo's regime only; leave out --site, "
                      "--clinical-share and --image-noise, or drop --pelvis")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime.setup_logging()  # the log format of every command
     _keep_freed_memory()
     if args.pelvis:
         try:
@@ -106,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

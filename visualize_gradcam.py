@@ -1,4 +1,4 @@
-"""python3 visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method expected_gradients]
+"""python visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method expected_gradients]
 
 Show what a trained network looked at: a heatmap (``cam.py``) drawn over the radiograph, for any
 run of main.py. The network (model, fusion mode, image size, normalisation, threshold) comes from

@@ -1,6 +1,6 @@
 """Draw the README's three pictures from the code itself, so they cannot drift from it.
 
-    python3 scripts/draw_figures.py --out images
+    python scripts/draw_figures.py --out images
 
 * ``Dense.png``: early fusion, sex, age and BMI enter as three constant image channels;
 * ``Dense2.png``: late fusion, the clinical vector is joined to the pooled image features;

@@ -1,4 +1,4 @@
-"""python3 scripts/fusion_table.py outs/f20_   (after scripts/fusion_regimes.sh)
+"""python scripts/fusion_table.py outs/f20_   (after scripts/fusion_regimes.sh)
 
 docs/fusion.md's table from the cross-validation groups ``<prefix><regime>_<n>_<mode>``: pooled
 out-of-fold ROC AUC (95 % CI) of each fusion mode and of the clinical baseline fitted per fold.

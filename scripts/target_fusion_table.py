@@ -1,4 +1,4 @@
-"""python3 scripts/target_fusion_table.py outs/g32_   (after scripts/target_fusion.sh)
+"""python scripts/target_fusion_table.py outs/g32_   (after scripts/target_fusion.sh)
 
 docs/targets.md's table "residual fusion for every target": per generated regime and size, the pooled
 out-of-fold ROC AUC (95 % CI) of each way to train, the clinical baseline refitted per fold, and the

@@ -349,7 +349,7 @@ OTHER_CASES = [
     ("predict.py", "corrupt_checkpoint", _run_copy(lambda r: (r / "best.pth").write_bytes(
         (r / "best.pth").read_bytes()[:5000])), 1, ["best.pth", "damaged or incomplete", "copy it again"]),
     ("predict.py", "missing_best", _run_copy(lambda r: (r / "best.pth").unlink()), 1,
-     ["--run", "no best.pth", "Train the run again: python3 main.py --save_dir r --fold _a"]),
+     ["--run", "no best.pth", "Train the run again: python main.py --save_dir r --fold _a"]),
     ("main.py", "test_missing_best", lambda w, t: ["--test", "--save_dir", "r", "--fold", "_a", "--out_root",
                                                    _without_best(copy_run(w, t))], 1,
      ["--test: no best.pth", "Train the run again"]),

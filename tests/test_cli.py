@@ -103,3 +103,39 @@ def test_run_script_checks_flags_before_the_imports_below_it(tmp_path):
     assert done.returncode == 3 and done.stdout.splitlines() == ["heavy loaded", "ran 2 True"]
     mistake = run("--n", "-1")
     assert mistake.returncode == 1 and mistake.stderr.strip() == "tool.py: error: --n -1: must be >= 0"
+
+
+def test_run_main_shows_python_warnings_as_one_log_line(tmp_path):
+    """A warning raised meanwhile is one line in the log's format (no ``file.py:55: Category:`` and no
+    source line): the project's own in its words, a library's naming its kind and the library."""
+    library = tmp_path / "site-packages" / "somelib"
+    library.mkdir(parents=True)
+    (library / "__init__.py").write_text("import warnings\n\ndef old():\n"
+                                         "    warnings.warn('old() is deprecated,\\nuse new()', UserWarning)\n")
+    script = tmp_path / "tool.py"
+    script.write_text(textwrap.dedent('''
+        import logging
+        from hipx.core.cli import run_main
+
+        def main(argv=None):
+            from hipx.stats import metrics
+            import somelib
+            metrics.roc_auc([1, 1], [0.2, 0.3])
+            somelib.old()
+            print("done")
+
+        if __name__ == "__main__":
+            run_main(main)
+    '''))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(library.parent)]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout == "done\n"
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, done.stderr
+    for line in lines:
+        stamp, level, text = line.split(" ", 2)
+        assert len(stamp) == 8 and stamp[2] == stamp[5] == ":" and level == "WARNING"
+    assert lines[0].endswith("WARNING roc_auc undefined for this split (one class or 0/0) and set to NaN: n_pos=2, "
+                             "n_neg=0")
+    assert lines[1].endswith("WARNING old() is deprecated, use new() (UserWarning from somelib)")

@@ -113,6 +113,20 @@ def write_manifest(data, rows, column, values):
             w.writerow([f"train/{filenames.encode(p, 1, y, None, None, None)}", p, v])
 
 
+def write_clinical_data(data, folds, field):
+    """A data folder holding the folds' images (named as :func:`write_fold` with ``clinical`` names them,
+    empty files: only the names are read) and a manifest.csv with ``field`` per image."""
+    (data / "train").mkdir(parents=True)
+    names = [filenames.encode(p, 1, y, i % 2, 60 + i, 25.0) for rows in folds for i, (p, y, _) in enumerate(rows)]
+    for name in names:
+        (data / "train" / name).write_bytes(b"")
+    with open(data / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "patient", "field"])
+        for name, value in zip(names, field):
+            w.writerow([f"train/{name}", filenames.decode(name).patient, value])
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # few patients: some resamples hold one class
 def test_oof_subgroups_pool_each_manifest_value_and_field_is_shown_by_default(tmp_path):
     from hipx.stats import metrics
@@ -202,3 +216,88 @@ def test_report_cv_takes_the_groups_lock(tmp_path, capsys):
         claim.release()
     report.main(["--cv", str(save), "--bootstrap", "20"])
     assert (save / "cv_summary.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # few patients: some resamples hold one class
+def test_report_cv_by_prints_each_subgroups_pooled_auc_on_the_console(tmp_path, capsys):
+    """``report.py --cv SAVE --by field`` says on the console what cv_report.md says: one line per value."""
+    import report
+    from hipx.stats import metrics
+    save, data = tmp_path / "cv", tmp_path / "data"
+    fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
+    fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
+    rows = fold0 + fold1
+    field = ["radiograph"] * 6 + ["bone_only"] * 4
+    write_fold(save / "fold0", fold0, 0.5)
+    write_fold(save / "fold1", fold1, 0.5)
+    write_manifest(data, rows, "field", field)
+    summary = report.main(["--cv", str(save), "--by", "field", "--data_dir", str(data), "--bootstrap", "50"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("pooled out-of-fold ROC AUC") and out[0].endswith("cv_report.md")
+    for value in ("bone_only", "radiograph"):
+        part = [r for r, f in zip(rows, field) if f == value]
+        auc = metrics.roc_auc([r[1] for r in part], [r[2] for r in part])
+        ci = [g["roc_auc"] for g in summary["subgroups"] if g["value"] == value][0]
+        line = [x for x in out if x.startswith(f"  field {value}: ")]
+        assert line == [f"  field {value}: ROC AUC {auc:.3f} ({ci['low']:.3f} to {ci['high']:.3f}) over "
+                        f"{len(part)} images of {len(part)} patients ({sum(r[1] for r in part)} osteoporosis)"]
+    assert len(out) == 3
+
+
+def test_resamples_left_out_of_subgroup_intervals_are_warned_once_and_explained_beside_the_tables(tmp_path):
+    """Small subgroups: resamples holding one class are left out of their AUC intervals; one warning
+    names every such subgroup, and the sentence beside each subgroup table says which and why."""
+    import warnings
+    from hipx.stats import confidence
+    save, data = tmp_path / "cv", tmp_path / "data"
+    fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
+    fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
+    write_fold(save / "fold0", fold0, 0.5, clinical=True)
+    write_fold(save / "fold1", fold1, 0.5, clinical=True)
+    write_clinical_data(data, [fold0, fold1], ["radiograph"] * 6 + ["bone_only"] * 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = cv_report.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50, by=["field"],
+                                             data_dir=data)
+    dropped = [str(w.message) for w in caught if issubclass(w.category, confidence.ResamplesDropped)]
+    manifest = [g for g in summary["subgroups"] if g["roc_auc"]["n_boot_valid"] < 50]
+    clinical = [g for g in summary["pooled"]["clinical_subgroups"] if g["roc_auc"]["n_boot_valid"] < 50]
+    assert manifest and clinical
+    named = [m for m in dropped if "field " in m]
+    assert len(named) == 1 and all(f"field {g['value']} {50 - g['roc_auc']['n_boot_valid']} of 50" in named[0]
+                                   for g in manifest)
+    banded = [m for m in dropped if "Sex " in m or "Age " in m or "BMI " in m]
+    assert len(banded) == 1 and all(f"{g['variable']} {g['group']} {50 - g['roc_auc']['n_boot_valid']} of 50" in banded[0] for g in clinical)
+    assert not [w for w in caught if "precision" in str(w.message) and "undefined" in str(w.message)]
+    md = (save / "cv_report.md").read_text()
+    for paragraph in ("By sex, age band and BMI band", "The pooled out-of-fold probabilities within each value"):
+        text = [line for line in md.splitlines() if line.startswith(paragraph)][0]
+        assert "some bootstrap resamples hold patients of one class only" in text and "resamples left out: " in text
+
+
+def test_report_cv_console_is_log_lines_and_the_result(tmp_path):
+    """What ``python report.py --cv`` prints: log lines in one format (no Python warning with its source
+    line), the resamples left out said once, the headline and the subgroups on stdout."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    save, data = tmp_path / "cv", tmp_path / "data"
+    fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
+    fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
+    write_fold(save / "fold0", fold0, 0.5, clinical=True)
+    write_fold(save / "fold1", fold1, 0.5, clinical=True)
+    write_clinical_data(data, [fold0, fold1], ["radiograph"] * 6 + ["bone_only"] * 4)
+    done = subprocess.run([sys.executable, str(root / "report.py"), "--cv", str(save), "--by", "field", "--data_dir",
+                           str(data), "--bootstrap", "50"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert done.returncode == 0, done.stderr
+    log = done.stderr.splitlines()
+    assert all(re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line) for line in log), done.stderr
+    assert sum("some bootstrap resamples hold patients of one class only" in line for line in log) == 2  # bands, field
+    assert not re.search(r"\.py:\d+: \w+Warning", done.stderr)
+    out = done.stdout.splitlines()
+    assert out[0].startswith("pooled out-of-fold ROC AUC") and [x.split(":")[0] for x in out[1:]] == [
+        "  field bone_only", "  field radiograph"]

@@ -128,3 +128,19 @@ def test_config_files_follow_the_design(data):
 
 
 # --------------------------------------------------------------------------- the summary
+
+
+def test_the_folds_are_described_once_however_often_they_are_read(data, tmp_path, caplog):
+    """A cross-validation's report reads each fold's images several times (baseline, data section);
+    the line describing the folds is logged once per data folder, not once per read."""
+    caplog.set_level("INFO", logger=folds.logger.name)
+    for fold in (0, 1, 2, 0):
+        folds.fold_files(data, "oof", 3, fold, seed=5)
+    folds.crossval_splits(data, 3, seed=5)
+    folds.crossval_splits(data, 3, seed=5)
+    lines = [r.getMessage() for r in caplog.records if "cross-validation over" in r.getMessage()]
+    assert len(lines) == 2 and str(data) in lines[0] and "out-of-fold" in lines[0] and "train+val" in lines[1]
+    other = tmp_path / "other"
+    make_split(other / "train", [(f"q{i}", 1, i % 2, 1, 60, 25.0) for i in range(12)])
+    folds.oof_splits(other, 3, seed=5)
+    assert sum(str(other) in r.getMessage() for r in caplog.records) == 1  # another folder is told of

@@ -425,6 +425,29 @@ def test_caption_shows_label_probability_threshold_and_clinical_values(lf_run, t
     assert case.original_size == (H, W)
 
 
+@pytest.mark.parametrize("n_cases", [0, 1, 3])  # 0: the single-image picture; else a --sheet of n cases
+def test_pictures_keep_their_title_and_every_caption_line_whole(tmp_path, n_cases):
+    """No text is cut at the picture's edge: the title (long, wrapped: a Grad-CAM layer and a run's long
+    path) and the caption's last line ("map: evidence for ..., BMI ...") lie inside the PNG with a white
+    margin around them, at the demo's aspect ratio."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    names = [f"P0000{i}_1_1-1-75-20.26.png" for i in range(max(1, n_cases))]
+    cases = [heatmaps.Case(Path(name), filenames.decode(name), rng.random((176, 102)), rng.random((176, 102)), 0.61,
+                           (704, 407)) for name in names]
+    title = heatmaps.title_for("gradcam", "features.denseblock3", "outs/demo-20261207-125500/fold_Dense_LF", 12)
+    fig = (heatmaps.render_case(cases[0], 0.387, title) if n_cases == 0 else
+           heatmaps.render_sheet(cases, 0.387, title))
+    png = heatmaps.save_figure(fig, tmp_path / "picture.png")
+    pixels = np.asarray(Image.open(png).convert("L"))
+    ink = np.argwhere(pixels < 200)
+    (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0)
+    assert min(top, left, pixels.shape[0] - 1 - bottom, pixels.shape[1] - 1 - right) >= 5
+    texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text") and a.get_visible())]
+    assert any(t.startswith("Grad-CAM") and "outs/demo-20261207-125500/fold_Dense_LF" in t for t in texts)
+    assert any("BMI 20.3" in t for t in texts)
+
+
 # -- localisation -------------------------------------------------------------------------------------
 
 def write_masks(data):

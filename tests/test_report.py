@@ -296,3 +296,26 @@ def test_cross_validation_run_is_described_with_its_folds_train_and_val(run):
     split = folds.crossval_splits(data, 3, 4)[1]
     assert files["train"] == split["train"] and files["val"] == split["val"]
     assert [f.name for f in files["test"]] == sorted(p.name for p in (data / "test").iterdir())
+
+
+def test_the_subgroup_table_says_which_intervals_left_resamples_out():
+    """The console's warning about resamples left out, explained beside the run report's subgroup table."""
+    import warnings
+    from hipx.reports import cohort, render
+    rng = np.random.default_rng(3)
+    test = pd.DataFrame({"label": [1, 0] * 8 + [1, 0, 0, 1], "probability": rng.random(20),
+                         "patient": [f"p{i}" for i in range(20)], "sex": [1.0] * 16 + [0.0] * 4,
+                         "age": [70.0] * 20, "bmi": [22.0] * 20})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        groups = cohort.subgroups(test, n_boot=100, seed=0)
+    male = [g for g in groups if g["group"] == "male"][0]
+    left_out = 100 - male["roc_auc"]["n_boot_valid"]
+    assert left_out > 0  # four patients: many resamples hold one class
+    (warned,) = [str(w.message) for w in caught if issubclass(w.category, confidence.ResamplesDropped)]
+    assert f"Sex male {left_out} of 100" in warned and "Sex female" not in warned
+    note = render._subgroups({"subgroups": groups, "interval": "bca", "n_boot": 100})[-1][1]
+    assert note.endswith(f"so that subgroup's interval rests on the resamples left (resamples left out: Sex male "
+                         f"{left_out} of 100).")
+    every = [{**g, "roc_auc": {**g["roc_auc"], "n_boot_valid": 100}} for g in groups]
+    assert "left out:" not in render._subgroups({"subgroups": every, "interval": "bca", "n_boot": 100})[-1][1]

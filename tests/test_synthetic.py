@@ -178,3 +178,33 @@ def test_site_a_is_the_default_data_set_byte_for_byte(tmp_path):
 def _generated_bytes_site(out, seed, site, n=6):
     synthetic.generate(out, n, seed=seed, size=(64, 37), site=site)
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_the_command_logs_in_the_format_of_every_command(tmp_path):
+    """``python synthetic.py`` logs as main.py, report.py and the others do (time, level, message;
+    hipx.core.runtime.setup_logging), not in a format of its own."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "synthetic.py"), "--out", str(tmp_path / "d"), "--n", "4",
+                           "--size", "32", "19", "--examples", str(tmp_path / "examples.png")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = done.stderr.splitlines()
+    assert log and all(re.fullmatch(r"\d\d:\d\d:\d\d (INFO|WARNING) .+", line) for line in log), log
+    assert any(line.endswith(f"INFO examples drawn to {tmp_path / 'examples.png'}") for line in log)
+    assert not any("hipx.prepare.synthetic:" in line or "__main__:" in line for line in log)
+    assert done.stdout.startswith(f"{tmp_path / 'd'}: 8 images of 4 patients")
+
+
+def test_printed_advice_spells_the_commands_as_readme_does():
+    """README says ``python main.py ...``; no message, help text or docstring of a command or of the
+    package suggests ``python3 ...`` instead."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("*.py"), *(root / "hipx").rglob("*.py"), *(root / "scripts").glob("*.py")]
+    spelled = [f"{p.relative_to(root)}:{n}" for p in sources
+               for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "python3 " in line]
+    assert spelled == []

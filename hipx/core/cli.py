@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -127,7 +128,12 @@ def raised_by_project(exc: BaseException) -> bool:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return False
-    path = Path(frames[-1].filename).resolve()
+    return _in_project(frames[-1].filename)
+
+
+def _in_project(filename: str) -> bool:
+    """Whether ``filename`` is one of this project's commands or a module of its package."""
+    path = Path(filename).resolve()
     return path.parent == _PROJECT or _PROJECT / "hipx" in path.parents
 
 
@@ -137,6 +143,26 @@ def is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (UserError, OSError)):
         return True
     return isinstance(exc, (ValueError, LookupError)) and not isinstance(exc, KeyError) and raised_by_project(exc)
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file=None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the commands: a Python warning becomes one log line in the run's
+    format (console and train.log), its message in the project's words, instead of Python's
+    ``file.py:55: UndefinedMetricWarning: ...`` followed by the source line. A warning from a library
+    names its kind and the library, so it can be looked up."""
+    text = _one_line(str(message))
+    if not (_in_project(filename) or category.__module__.split(".")[0] == "hipx"):
+        parts = Path(filename).parts
+        where = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "dist-packages")),
+                     Path(filename).stem)
+        text += f" ({category.__name__} from {Path(where).stem})"
+    root = logging.getLogger()
+    if not root.handlers:  # a command that has not set up its logging yet
+        from hipx.core import runtime
+
+        runtime.setup_logging()
+    logging.getLogger("hipx.warnings").warning("%s", text)
 
 
 def _tell(prog: str, message: str) -> None:
@@ -152,9 +178,11 @@ def _tell(prog: str, message: str) -> None:
 def run_main(main: Callable[[list[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Run a script's ``main`` as its ``__main__`` does: a user's mistake ends with one line
     ``<script>: error: <message>`` and exit status 1, Ctrl-C with 130, both without a traceback.
-    Anything else is a bug and keeps its traceback; ``HIPX_DEBUG=1`` shows the traceback always."""
+    Anything else is a bug and keeps its traceback; ``HIPX_DEBUG=1`` shows the traceback always.
+    Python warnings meanwhile are log lines (:func:`show_warning`)."""
     prog = os.path.basename(sys.argv[0]) or "python"
     debug = os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0")
+    shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
         result = main(list(argv) if argv is not None else None)
     except SystemExit as exc:  # argparse has printed its own line; a message of ours is printed as one
@@ -172,6 +200,8 @@ def run_main(main: Callable[[list[str] | None], object], argv: Sequence[str] | N
             raise
         _tell(prog, _one_line(str(exc)) or type(exc).__name__)
         sys.exit(1)
+    finally:
+        warnings.showwarning = shown
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 

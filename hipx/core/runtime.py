@@ -109,6 +109,20 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         root.addHandler(handler)
 
 
+_LOGGED_ONCE: set[tuple[str, int, str]] = set()
+
+
+def log_once(log: logging.Logger, level: int, message: str, *args) -> None:
+    """Log ``message % args`` the first time this process would log it, never again: a fact several
+    callers compute alike (a cross-validation's folds, read once per fold and per report section)
+    is told once, not once per caller."""
+    key = (log.name, level, message % args if args else message)
+    if key in _LOGGED_ONCE:
+        return
+    _LOGGED_ONCE.add(key)
+    log.log(level, message, *args)
+
+
 class QuietFileHandler(logging.FileHandler):
     """The run's log file; a record it cannot write (a full disk) is noted once on the console instead
     of logging's "--- Logging error ---" traceback for every record: the console keeps the whole log."""
@@ -169,7 +183,7 @@ class Dist:
 
 def init_distributed(device: str) -> Dist:
     """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the
-    environment): NCCL on GPUs, gloo on CPU. A plain ``python3 main.py`` returns rank 0 of 1."""
+    environment): NCCL on GPUs, gloo on CPU. A plain ``python main.py`` returns rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()

@@ -172,7 +172,7 @@ def list_split(data_dir: str | os.PathLike, split: str) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(
             f"no folder {folder}. Expected {Path(data_dir)}/train|val|test/ with files named "
-            f"{PATTERN}. Make the demo set with: python3 synthetic.py --out {data_dir}")
+            f"{PATTERN}. Make the demo set with: python synthetic.py --out {data_dir}")
     files = _images(folder)
     if not files:
         raise ValueError(f"{folder} holds no .png or .npy images; expected files named {PATTERN}")

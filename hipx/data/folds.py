@@ -33,7 +33,7 @@ from typing import Mapping
 import numpy as np
 
 from hipx.data import filenames
-from hipx.core import runconfig
+from hipx.core import runconfig, runtime
 from hipx.core.choices import CV_DESIGNS, CV_VAL_FRACTION
 from hipx.data.splits import SPLITS, assign_folds, patient_labels
 
@@ -105,8 +105,9 @@ def crossval_splits(data_dir: str | os.PathLike, k: int, seed: int = 0) -> list[
         train = [f for f in files if patient_fold[infos[f].patient] != fold]
         splits.append({"fold": fold, "train": train, "val": val})
     sizes = ", ".join(str(len(s["val"])) for s in splits)
-    logger.info("%d-fold cross-validation over %d train+val images (%s); validation images per fold: %s",
-                k, len(files), source, sizes)
+    runtime.log_once(logger, logging.INFO,
+                     "%d-fold cross-validation over %d train+val images of %s (%s); validation images per fold: %s",
+                     k, len(files), data_dir, source, sizes)
     if any(not s["val"] or not s["train"] for s in splits):
         raise ValueError(f"{k} folds leave a fold with no validation or no training images; use fewer folds")
     return splits
@@ -163,9 +164,10 @@ def oof_splits(data_dir: str | os.PathLike, k: int, seed: int = 0,
             raise ValueError(f"{k} out-of-fold folds leave fold {fold} with one class in its training or "
                              f"validation part ({len(labels)} patients); {fold_advice(labels, k)}")
         splits.append(split)
-    logger.info("%d-fold out-of-fold cross-validation over all %d images of %d patients (stratified, seed %d); "
-                "test images per fold: %s; %.0f%% of each fold's training patients validate it", k, len(files),
-                len(labels), seed, ", ".join(str(len(s["test"])) for s in splits), 100 * val_fraction)
+    runtime.log_once(logger, logging.INFO,
+                     "%d-fold out-of-fold cross-validation over all %d images of %d patients of %s (stratified, seed "
+                     "%d); test images per fold: %s; %.0f%% of each fold's training patients validate it", k,
+                     len(files), len(labels), data_dir, seed, ", ".join(str(len(s["test"])) for s in splits), 100 * val_fraction)
     return splits
 
 

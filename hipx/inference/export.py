@@ -482,11 +482,11 @@ class OnnxModel:
         self.path = Path(path)
         json_path = preprocessing_path(self.path)
         if not self.path.is_file():
-            raise ExportError(f"no exported model at {self.path}; write one with python3 export.py --run RUN "
+            raise ExportError(f"no exported model at {self.path}; write one with python export.py --run RUN "
                               f"--out {self.path}")
         if not json_path.is_file():
             raise ExportError(f"{self.path}: its preprocessing {json_path.name} is missing beside it; export the "
-                              "run again (python3 export.py --run RUN --out ...)")
+                              "run again (python export.py --run RUN --out ...)")
         spec = files.read_json(json_path)
         if spec.get("format") != FORMAT:
             raise ExportError(f"{json_path}: format {spec.get('format')!r}, expected {FORMAT!r}")

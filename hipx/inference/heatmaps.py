@@ -249,7 +249,7 @@ def cam_localisation(run: runfiles.Run, model: torch.nn.Module, data_dir: str | 
     folder = mask_path(files[0]).parent
     if not folder.is_dir():
         raise FileNotFoundError(f"no masks folder {folder}: the localisation measure needs the region masks the "
-                                f"demo generator writes (python3 synthetic.py --out {data_dir} writes "
+                                f"demo generator writes (python synthetic.py --out {data_dir} writes "
                                 f"{folder.parent}/<split>/<image file name>); real radiographs have none")
     missing = [p.name for p in files if not mask_path(p).is_file()]
     if missing:
@@ -343,16 +343,31 @@ def title_for(method: str, layer: str, run: str, epoch: int, target: str = "oste
     return f"{NAMES[method]} of {TARGET_TEXT[target]}{where}\nrun {run}, epoch {epoch}"
 
 
+# characters of 7-point text per inch of figure width, with room to spare: a title is wrapped to the
+# picture's width, since one long line is centred and cut at both ends ("xpected Gradients")
+CHARS_PER_INCH = 15
+LINE_INCHES = 7 * 1.3 / 72  # one line of 7-point text and its leading
+
+
+def _wrap(text: str, inches: float) -> str:
+    return "\n".join(textwrap.fill(line, max(20, int(inches * CHARS_PER_INCH)), break_on_hyphens=False,
+                                   break_long_words=False)  # a run's path stays whole
+                     for line in text.splitlines())
+
+
 def render_case(case: Case, threshold: float, title: str) -> Figure:
-    """One case at its file's aspect ratio, with its caption and the heatmap's colour bar."""
+    """One case at its file's aspect ratio, with its caption and the heatmap's colour bar; the figure is
+    as tall as the picture plus its title's and caption's lines (and :func:`_png` keeps every text whole)."""
     aspect = case.original_size[0] / case.original_size[1]
     width = 3.0
-    fig = Figure(figsize=(width + 1.0, width * aspect + 1.4), dpi=DPI, layout="constrained")
+    title = _wrap(title, width + 1.0)
+    text = caption(case, threshold)
+    lines = title.count("\n") + text.count("\n") + 2
+    fig = Figure(figsize=(width + 1.0, width * aspect + lines * LINE_INCHES + 0.4), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     _draw(ax, case.image, case.heatmap, case.original_size)
-    # wrapped to the picture's width: one long line is centred and clipped at both ends ("xpected Gradients")
-    ax.set_title("\n".join(textwrap.fill(line, 48) for line in title.splitlines()), fontsize=7)
-    ax.set_xlabel(caption(case, threshold), fontsize=7, loc="left")
+    ax.set_title(title, fontsize=7)
+    ax.set_xlabel(text, fontsize=7, loc="left")
     _colorbar(fig, ax, "relative contribution (0 none, 1 most)")
     return fig
 
@@ -364,14 +379,16 @@ def render_sheet(cases: Sequence[Case], threshold: float, title: str, cols: int 
     rows = math.ceil(n / cols)
     aspect = float(np.median([c.original_size[0] / c.original_size[1] for c in cases]))
     cell = 2.2
-    fig = Figure(figsize=(cols * cell + 0.9, rows * (cell * aspect + 0.55) + 0.4), dpi=DPI, layout="constrained")
+    title = _wrap(f"{title}, threshold {threshold:.3f}", cols * cell + 0.9)
+    fig = Figure(figsize=(cols * cell + 0.9, rows * (cell * aspect + 0.55) + (title.count("\n") + 1) * LINE_INCHES
+                          + 0.3), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, case in zip(axes.flat, cases):
         _draw(ax, case.image, case.heatmap, case.original_size)
         ax.set_xlabel(caption(case, threshold, short=True), fontsize=5.5, loc="left")
     for ax in axes.flat[n:]:
         ax.set_axis_off()
-    fig.suptitle(f"{title}, threshold {threshold:.3f}", fontsize=7)
+    fig.suptitle(title, fontsize=7)
     _colorbar(fig, axes, "relative contribution (0 none, 1 most)")
     return fig
 
@@ -422,8 +439,10 @@ def render_localisation(results: dict | Sequence[dict], example: Case | None = N
 
 
 def _png(fig: Figure) -> bytes:
+    """The PNG of ``fig`` holding everything drawn: the box is that of the drawn artists plus a margin,
+    so a title or a caption line that does not fit the figure's size widens the picture, never is cut."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     return buf.getvalue()
 
 

@@ -65,7 +65,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         elif path.is_file():
             if not imaging.is_image_file(path):
                 raise PredictError(f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}, or DICOM without a "
-                                   "suffix); give image files or folders of images, e.g. python3 predict.py --run "
+                                   "suffix); give image files or folders of images, e.g. python predict.py --run "
                                    "RUN data/test --out predictions.csv")
             out.append(path)
         else:

@@ -66,6 +66,8 @@ def subgroups(test: pd.DataFrame, n_boot: int, seed: int, interval: str = "bca")
 
     ``test``: one row per image with label, probability, patient, sex, age, bmi. Images with the
     value missing fall in no band; a band holding one class is left out (its AUC is undefined).
+    Resamples of a small band that hold one class are left out of its interval: one warning
+    (:func:`warn_dropped`) names the bands, not one per band.
     """
     out = []
     for variable, field, bands in SUBGROUPS:
@@ -80,7 +82,37 @@ def subgroups(test: pd.DataFrame, n_boot: int, seed: int, interval: str = "bca")
                                               groups=rows["patient"].to_numpy(), n_boot=n_boot, seed=seed,
                                               alpha=ALPHA, interval=interval)
             for w in caught:  # say which subgroup a warning concerns
-                warnings.warn(f"{variable} {label}: {w.message}", w.category, stacklevel=2)
+                if not issubclass(w.category, confidence.ResamplesDropped):
+                    warnings.warn(f"{variable} {label}: {w.message}", w.category, stacklevel=2)
             out.append({"variable": variable, "group": label, "images": len(rows),
                         "patients": int(rows["patient"].nunique()), "positives": int(y.sum()), "roc_auc": auc})
+    warn_dropped([(f"{g['variable']} {g['group']}", g["roc_auc"]) for g in out], n_boot)
     return out
+
+
+# why a subgroup's interval may rest on fewer resamples than asked for: said once on the console and
+# beside every subgroup table
+DROPPED_WHY = ("in a small subgroup some bootstrap resamples hold patients of one class only, where the AUC is "
+               "undefined; they are left out, so that subgroup's interval rests on the resamples left")
+
+
+def dropped_counts(named: Sequence[tuple[str, Any]], n_boot: int) -> list[str]:
+    """``"Sex male 66 of 200"`` for each (subgroup, AUC interval) whose interval left resamples out."""
+    return [f"{name} {n_boot - ci['n_boot_valid']} of {n_boot}" for name, ci in named
+            if ci and ci.get("n_boot_valid", n_boot) < n_boot]
+
+
+def warn_dropped(named: Sequence[tuple[str, Any]], n_boot: int) -> None:
+    """One warning for all subgroups whose AUC interval left resamples out (:func:`dropped_counts`)."""
+    counts = dropped_counts(named, n_boot)
+    if counts:
+        warnings.warn(f"{DROPPED_WHY} (resamples left out: {'; '.join(counts)})",
+                      confidence.ResamplesDropped, stacklevel=3)
+
+
+def dropped_sentence(named: Sequence[tuple[str, Any]], n_boot: int) -> str | None:
+    """The sentence beside a subgroup table saying which intervals rest on fewer resamples, or None."""
+    counts = dropped_counts(named, n_boot)
+    if not counts:
+        return None
+    return f"{DROPPED_WHY[0].upper()}{DROPPED_WHY[1:]} (resamples left out: {'; '.join(counts)})."

@@ -1,5 +1,5 @@
 """Several runs side by side on the same test patients, with paired tests against the first
-(``python3 compare.py RUN RUN ... [--out FOLDER]``).
+(``python compare.py RUN RUN ... [--out FOLDER]``).
 
     from hipx.reports.compare import compare_runs, write_comparison
     result, table = compare_runs(["outs/cmp/fold_Dense_LF", "outs/cmp/fold_Dense_EF"], n_boot=2000)
@@ -191,7 +191,7 @@ def write_comparison(out_dir: str | os.PathLike, result: dict, table: pd.DataFra
 
 
 def run_command(args: argparse.Namespace) -> dict:
-    """What ``python3 compare.py`` does with its parsed flags: the comparison's numbers, its table on the
+    """What ``python compare.py`` does with its parsed flags: the comparison's numbers, its table on the
     terminal and, with ``args.out``, its files there. A user's mistake ends as SystemExit with one line."""
     runtime.setup_logging()
     into = next(filter(None, (runfiles.writing_into(run, [args.out]) for run in args.runs)), None) if args.out else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,8 +30,8 @@ from hipx.stats import metrics
 from hipx.runs import runfiles
 from hipx.core.runconfig import RunConfig
 from hipx.stats import decision
-from hipx.reports.render import (decision_blocks, figure_calibration, figure_decision_curve, figure_roc_pr,
-                                 render_html, render_markdown)
+from hipx.reports.render import (decision_blocks, dropped_text, figure_calibration, figure_decision_curve,
+                                 figure_roc_pr, render_html, render_markdown)
 from hipx.reports.style import PALETTE, ci as _ci, fmt as _fmt
 
 logger = logging.getLogger(__name__)
@@ -57,11 +58,24 @@ def _number(value: Any) -> float:
 def _with_ci(y: np.ndarray, p: np.ndarray, decisions: np.ndarray, groups: np.ndarray, n_boot: int,
              seed: int) -> dict:
     """Threshold-free metrics and calibration of ``p`` and threshold metrics of the 0/1 ``decisions``,
-    each with its patient-bootstrap 95 % CI (the same resamples, as both calls share ``seed``)."""
-    free = confidence.bootstrap_metrics(y, p, 0.5, groups=groups, n_boot=n_boot, seed=seed, alpha=ALPHA)
-    at = confidence.bootstrap_metrics(y, decisions.astype(float), 0.5, groups=groups, n_boot=n_boot, seed=seed,
-                                      alpha=ALPHA)
-    return {**{k: free[k] for k in (*THRESHOLD_FREE, *CALIBRATION)}, **{k: at[k] for k in AT_THRESHOLD}}
+    each with its patient-bootstrap 95 % CI (the same resamples, as both calls share ``seed``). Each call
+    computes every metric; only the kept ones are warned about (not, e.g., the probabilities' precision
+    at 0.5 or the decisions' calibration, which no report shows)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        free = confidence.bootstrap_metrics(y, p, 0.5, groups=groups, n_boot=n_boot, seed=seed, alpha=ALPHA)
+        at = confidence.bootstrap_metrics(y, decisions.astype(float), 0.5, groups=groups, n_boot=n_boot, seed=seed,
+                                          alpha=ALPHA)
+    out = {**{k: free[k] for k in (*THRESHOLD_FREE, *CALIBRATION)}, **{k: at[k] for k in AT_THRESHOLD}}
+    undefined = [k for k, v in out.items() if v["point"] is None or not math.isfinite(v["point"])]
+    if undefined:
+        warnings.warn(f"{', '.join(undefined)} undefined for these {len(y)} images ({int(y.sum())} with "
+                      f"osteoporosis, {int(decisions.sum())} decided so: one class, 0/0 or a calibration fit that "
+                      "does not converge); shown as nan",
+                      metrics.UndefinedMetricWarning, stacklevel=3)
+    confidence.warn_dropped({k: n_boot - v["n_boot_valid"] for k, v in out.items()
+                             if k not in undefined and v["n_boot_valid"] < n_boot}, n_boot)
+    return out
 
 
 # manifest columns broken down by default where the data folder's manifest has them with two or more
@@ -112,10 +126,13 @@ def subgroup_results(pooled: pd.DataFrame, data_dir: str | os.PathLike, columns:
             row = {"column": column, "value": v, "n_images": len(part), "n_patients": int(part["patient"].nunique()),
                    "n_osteoporosis_images": int(y.sum()), "roc_auc": None}
             if 0 < y.sum() < len(y):
-                row["roc_auc"] = confidence.bootstrap_metrics(
-                    y, part["probability"].to_numpy(dtype=float), 0.5, groups=part["patient"].to_numpy(),
-                    n_boot=n_boot, seed=seed, alpha=ALPHA)["roc_auc"]
+                with warnings.catch_warnings():  # resamples left out: one warning for all subgroups, below
+                    warnings.simplefilter("ignore", confidence.ResamplesDropped)
+                    row["roc_auc"] = confidence.bootstrap_ci(
+                        y, part["probability"].to_numpy(dtype=float), metrics.roc_auc,
+                        groups=part["patient"].to_numpy(), n_boot=n_boot, seed=seed, alpha=ALPHA)
             rows.append(row)
+    cohort.warn_dropped([(f"{g['column']} {g['value']}", g["roc_auc"]) for g in rows], n_boot)
     return rows
 
 
@@ -404,6 +421,14 @@ def headline(summary: Mapping) -> str:
             f"(mean ± SD of {m['n_folds']} of {m['of']} folds)")
 
 
+def subgroup_lines(summary: Mapping) -> list[str]:
+    """The console's lines under :func:`headline`: the pooled out-of-fold ROC AUC within each value of
+    each manifest column (``report.py --cv --by``), one line per value; none without subgroups."""
+    return [f"  {g['column']} {g['value']}: ROC AUC {_ci(g['roc_auc']) if g['roc_auc'] else 'n/a (one class)'} "
+            f"over {g['n_images']} images of {g['n_patients']} patients ({g['n_osteoporosis_images']} osteoporosis)"
+            for g in summary.get("subgroups") or []]
+
+
 def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | None = None) -> list[tuple]:
     """The blocks of ``cv_report.md`` (:func:`render.render_markdown` draws them) and, with
     ``figures`` (:func:`cv_figures`), of ``cv_report.html``."""
@@ -415,7 +440,7 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
                   ("p", f"{block['what'][0].upper()}{block['what'][1:]}. {block['n_images']} images of "
                         f"{block['n_patients']} patients; 95 % CIs from {summary['n_boot']} bootstrap resamples of "
                         "patients."),
-                  *pooled_tables(block), *clinical_subgroup_blocks(block),
+                  *pooled_tables(block), *clinical_subgroup_blocks(block, summary["n_boot"]),
                   *(figure_blocks(block) if figures else [])]
     if summary.get("measurement"):
         b += measure_report.report_blocks(summary["measurement"], figures=bool(figures))
@@ -427,7 +452,9 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
         b += [("h2", "Subgroups"),
               ("p", "The pooled out-of-fold probabilities within each value of a column of the data folder's "
                     "manifest.csv; 95 % CIs from a bootstrap over the subgroup's patients. A subgroup's AUC compares "
-                    "its own osteoporosis and normal images only."),
+                    "its own osteoporosis and normal images only."
+                    + dropped_text([(f"{g['column']} {g['value']}", g["roc_auc"]) for g in summary["subgroups"]],
+                               summary["n_boot"])),
               ("table", ["Column", "Value", "Images", "Patients", "Osteoporosis images", "ROC AUC (95 % CI)"],
                [[str(g["column"]), str(g["value"]), str(g["n_images"]), str(g["n_patients"]),
                  str(g["n_osteoporosis_images"]), _ci(g["roc_auc"]) if g["roc_auc"] else "n/a (one class)"]
@@ -448,13 +475,15 @@ def report_blocks(name: str, summary: Mapping, figures: Mapping[str, bytes] | No
     return b
 
 
-def clinical_subgroup_blocks(block: Mapping) -> list[tuple]:
+def clinical_subgroup_blocks(block: Mapping, n_boot: int) -> list[tuple]:
     """The network's ROC AUC by sex, age band and BMI band (:data:`cohort.SUBGROUPS`) of the pooled (or
     ensemble) probabilities; nothing where no band holds both classes with a known value."""
     if not block.get("clinical_subgroups"):
         return []
     return [("p", "By sex, age band and BMI band (WHO): the network's ROC AUC within each band, 95 % CIs from a "
-                  "bootstrap over the band's patients; descriptive, no test between bands."),
+                  "bootstrap over the band's patients; descriptive, no test between bands."
+                  + dropped_text([(f"{g['variable']} {g['group']}", g["roc_auc"])
+                                  for g in block["clinical_subgroups"]], n_boot)),
             ("table", ["Variable", "Subgroup", "Images", "Patients", "Osteoporosis images", "ROC AUC (95 % CI)"],
              [[g["variable"], g["group"], str(g["images"]), str(g["patients"]), str(g["positives"]), _ci(g["roc_auc"])]
               for g in block["clinical_subgroups"]])]

@@ -1,9 +1,9 @@
 """External validation: a trained run scored on another hospital's labelled data, as it would be used there.
 
-    python3 report.py --run outs/demo/fold_Dense_LF --external data_B --name B
-    python3 report.py --run outs/demo/fold_Dense_LF --external data_B --name B_recal \\
+    python report.py --run outs/demo/fold_Dense_LF --external data_B --name B
+    python report.py --run outs/demo/fold_Dense_LF --external data_B --name B_recal \\
         --recalibrate intercept --calibrate_on val      # or --calibrate_on 0.3 (a share of the patients)
-    python3 report.py --run outs/cv5 --external data_B  # a cross-validation group: the fold ensemble
+    python report.py --run outs/cv5 --external data_B  # a cross-validation group: the fold ensemble
 
 Every image of the external folder (its ``train/``, ``val/`` and ``test/``, or the images directly in
 it) is scored by the run's best checkpoint, or by the mean of a cross-validation group's fold models,

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from hipx.prepare import datafolder, synthetic
 from hipx.reports import measurement as measure_report
-from hipx.reports.render import Section, assemble, fusion_text, render_markdown
+from hipx.reports.render import Section, assemble, dropped_text, fusion_text, render_markdown
 from hipx.reports.style import ci, fmt, interval_text, mean_sd_text, p_relation
 from hipx.runs import runfiles
 
@@ -435,7 +435,9 @@ def _subgroups(v: Mapping) -> list[tuple]:
     return [("table", ["Subgroup", "Images", "Patients", "Osteoporosis images", "Network ROC AUC (95% CI)",
                        "Interval"], rows),
             ("p", f"An interval wider than {WIDE_CI:g} cannot tell a useful network from a weak one in that subgroup; "
-                  "subgroup results are descriptive, and no test between subgroups is made.")]
+                  "subgroup results are descriptive, and no test between subgroups is made."
+                  + (dropped_text([(g["name"], g["roc_auc"]) for g in v["subgroups"]], v["n_boot"])
+                     if v["n_boot"] else ""))]
 
 
 def _calibration(v: Mapping) -> list[tuple]:

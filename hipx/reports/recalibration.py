@@ -1,6 +1,6 @@
 """A run recalibrated on its own validation images: ``report.py --run RUN --recalibrate intercept|logistic``.
 
-    python3 report.py --run outs/demo/fold_cont --recalibrate intercept   # or logistic: intercept and slope
+    python report.py --run outs/demo/fold_cont --recalibrate intercept   # or logistic: intercept and slope
 
 The run's validation images as scored at its best epoch (``val_predictions.csv``: the images that
 chose the epoch and the threshold, and for a continuous target fitted its probability's scale) refit

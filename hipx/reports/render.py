@@ -37,6 +37,7 @@ from hipx.stats import decision
 from hipx.core import fusion
 from hipx.data import loader
 from hipx.stats import metrics
+from hipx.reports import cohort
 from hipx.reports import measurement as measure_report
 from hipx.runs import runfiles
 from hipx.reports.style import (NET, PALETTE, ci, fmt, interval_text, mean_sd_text, p_relation, p_text, png,
@@ -503,7 +504,17 @@ def _subgroups(r: Mapping) -> list[tuple]:
             ("note", "Test images by the patient's sex, age band and BMI band (WHO: < 25, 25 to < 30, >= 30 "
                      "kg/m²); images with the value missing and subgroups holding one class only are left out. "
                      "Intervals resample the subgroup's patients. Subgroup results are descriptive: small "
-                     "subgroups have wide intervals, and no test between subgroups is made.")]
+                     "subgroups have wide intervals, and no test between subgroups is made."
+                     + dropped_text([(f"{s['variable']} {s['group']}", s["roc_auc"]) for s in r["subgroups"]],
+                                    r["n_boot"]))]
+
+
+def dropped_text(named: Sequence[tuple[str, Mapping | None]], n_boot: int) -> str:
+    """The sentence ending a subgroup table's text that says which intervals rest on fewer resamples
+    (:func:`cohort.dropped_sentence`: the console's warning, explained where the reader meets the
+    numbers), with its leading space; '' where every interval used all resamples."""
+    sentence = cohort.dropped_sentence(named, n_boot)
+    return f" {sentence}" if sentence else ""
 
 
 def _measurement(r: Mapping) -> list[tuple] | None:

@@ -1,7 +1,7 @@
 """The run report: the test-set numbers of one run with what a clinical reader needs to trust them.
 
     from hipx.reports.run_report import write_report
-    numbers = write_report("outs/demo/fold_Dense_LF", n_boot=2000)   # python3 report.py --run RUN
+    numbers = write_report("outs/demo/fold_Dense_LF", n_boot=2000)   # python report.py --run RUN
 
 Writes ``report.md`` (figures in ``report_figures/``), ``report.html`` (self-contained, figures
 embedded), the model card ``model_card.md`` (:mod:`model_card`) and ``report_metrics.json`` into the
@@ -22,7 +22,7 @@ used, and every metric recomputed from them is checked against ``test_metrics.js
 thresholds -- the network's, stored in ``best.pth`` when the epoch was selected, and the
 baseline's -- are chosen on validation; no test value influences any choice. This module
 computes; :mod:`render` draws and writes the text (its sections: ``render.RUN_REPORT``).
-:func:`run_command` is what ``python3 report.py`` does with its flags (also ``--cv``, :mod:`cv`,
+:func:`run_command` is what ``python report.py`` does with its flags (also ``--cv``, :mod:`cv`,
 ``--external``, :mod:`external`, and ``--recalibrate`` on the run's validation images, :mod:`recalibration`).
 """
 from __future__ import annotations
@@ -262,7 +262,7 @@ def _write(run_path: Path, result: dict, figures: Mapping[str, bytes]) -> dict:
 # --------------------------------------------------------------------------- the command (report.py)
 
 def run_command(args: argparse.Namespace) -> dict:
-    """What ``python3 report.py`` does with its parsed flags (report.py's parser): the run report
+    """What ``python report.py`` does with its parsed flags (report.py's parser): the run report
     (``--run``), the cross-validation summary (``--cv``) or an external validation (``--external``);
     prints one line with the result and where the report is, and returns the numbers. A missing file
     or a bad value ends as SystemExit with one line (cli.run_main prints it without a traceback)."""
@@ -319,12 +319,12 @@ def _cross_validation(args: argparse.Namespace) -> dict:
     if plain:
         raise SystemExit(f"--cv {group.dir}: {plain[0].name} is not a cross-validation fold (trained without "
                          f"main.py --folds K), so there is nothing to summarise over folds; nothing was written. "
-                         f"For one run's report: python3 report.py --run {plain[0]}")
+                         f"For one run's report: python report.py --run {plain[0]}")
     n_boot = args.bootstrap or (runfiles.read_json(group.summary_file).get("n_boot", 2000)
                                 if group.summary_file.is_file()
                                 else runfiles.Run(runs[0]).read_config().get("bootstrap") or 2000)
     with runfiles.hold_run(group.dir, "report.py --cv"):  # main.py --folds writing the summary: refused
         result = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot, seed=args.seed, by=args.by,
                                             data_dir=args.data_dir, target_auc=args.target_auc)
-    print(f"{cv_report.headline(result)}; {group.report_file}")
+    print("\n".join([f"{cv_report.headline(result)}; {group.report_file}", *cv_report.subgroup_lines(result)]))
     return result

@@ -92,7 +92,7 @@ def afresh(config: RunConfig) -> RunConfig:
 def command(*arguments: str) -> str:
     """``python main.py ARGUMENTS`` as the user can paste it: this interpreter (relative when it lies
     below the current folder, e.g. .venv/bin/python) and this script."""
-    python = sys.executable or "python3"
+    python = sys.executable or "python"
     if python.startswith(os.getcwd() + os.sep):
         python = os.path.relpath(python)
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith("main.py") else "main.py"

@@ -498,7 +498,7 @@ def load_run(run: str | os.PathLike, checkpoint: str = BEST) -> Run:
                                     f"{missing_advice(path)}")
     else:
         raise FileNotFoundError(f"no run folder {path} (and no checkpoint file of that name): {RUN_FOLDER}. "
-                                "Train one with e.g. python3 main.py --save_dir NAME --fold _X")
+                                "Train one with e.g. python main.py --save_dir NAME --fold _X")
     try:
         state = load_checkpoint(ckpt)
     except ValueError as exc:
@@ -534,9 +534,9 @@ def missing_advice(folder: str | os.PathLike) -> str:
     save_dir, fold = folder.parent.name, folder.name[4:] if folder.name.startswith("fold") else folder.name
     root = f" --out_root {folder.parent.parent}" if folder.parent.parent.name != "outs" else ""
     if (folder / LAST).is_file() and not (folder / TEST_METRICS).is_file():  # unfinished: --resume goes on
-        return (f"It holds {LAST}: python3 main.py --resume --save_dir {save_dir} --fold {fold}{root} continues "
+        return (f"It holds {LAST}: python main.py --resume --save_dir {save_dir} --fold {fold}{root} continues "
                 f"the run and writes {BEST} at its best epoch")
-    return f"Train the run again: python3 main.py --save_dir {save_dir} --fold {fold}{root} ... (a new name)"
+    return f"Train the run again: python main.py --save_dir {save_dir} --fold {fold}{root} ... (a new name)"
 
 
 def read_predictions(run: str | os.PathLike, split: str = "test") -> "pd.DataFrame":
@@ -551,7 +551,7 @@ def read_predictions(run: str | os.PathLike, split: str = "test") -> "pd.DataFra
         raise ValueError(f"predictions exist for {', '.join(PREDICTIONS)}, not {split!r}")
     path = Path(run) / PREDICTIONS[split]
     if not path.is_file():
-        how = ("main.py scores the run on test (python3 main.py --test --save_dir <save_dir> --fold <fold>)"
+        how = ("main.py scores the run on test (python main.py --test --save_dir <save_dir> --fold <fold>)"
                if split == "test" else "main.py trains the run (at its best epoch)")
         raise FileNotFoundError(f"{path} not found: it is written when {how}")
     table = pd.read_csv(path, dtype={"file": str})
@@ -585,7 +585,7 @@ def split_files(config: RunConfig | Mapping, data_dir: str | os.PathLike | None 
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} (from {source}) not found; pass the folder with train/ "
                                 f"val/ test/ the run was trained on (--data_dir), or make the demo set with "
-                                f"python3 synthetic.py --out {data_dir}")
+                                f"python synthetic.py --out {data_dir}")
     if config.get("cv_folds"):
         from hipx.data import folds
 

@@ -42,7 +42,7 @@ __all__ = [
     "BOOTSTRAP_METRICS", "CALIBRATION_METRICS", "BCA_METRICS", "INTERVALS", "bootstrap_ci", "bootstrap_metrics",
     "paired_bootstrap_diff", "bootstrap_weighted", "delong_auc", "delong_test", "calibration", "recalibration",
     "recalibrate", "weighted_calibration",
-    "reliability_curve", "holm",
+    "reliability_curve", "holm", "ResamplesDropped", "warn_dropped",
 ]
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -195,12 +195,19 @@ def _bca(point: float, reps: np.ndarray, jack: np.ndarray, alpha: float) -> dict
     return out
 
 
-def _warn_dropped(dropped: dict[str, int], n_boot: int) -> None:
+class ResamplesDropped(UndefinedMetricWarning):
+    """Some bootstrap resamples left out of an interval (the statistic is undefined on them, e.g. a
+    resample of a small subgroup holding one class); a caller that explains it in its own words
+    catches this kind (its counts are in the interval's ``n_boot_valid``)."""
+
+
+def warn_dropped(dropped: dict[str, int], n_boot: int) -> None:
+    """One :class:`ResamplesDropped` warning naming how many resamples each statistic left out."""
     if dropped:
         listed = ", ".join(f"{k} ({v})" for k, v in dropped.items())
         warnings.warn(f"bootstrap: resamples where the metric is undefined (one class or 0/0) were dropped, "
                       f"out of {n_boot}: {listed}; the interval is conditional on the remaining resamples",
-                      UndefinedMetricWarning, stacklevel=3)
+                      ResamplesDropped, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -229,7 +236,7 @@ def bootstrap_ci(y_true: Any, y_prob: Any, metric: Metric, groups: Any = None, n
 
     reps = values()
     out = _bca(point, reps, values(jackknife=True), alpha) if interval == "bca" else _percentile(point, reps, alpha)
-    _warn_dropped({getattr(metric, "__name__", "metric"): n_boot - out["n_boot_valid"]}
+    warn_dropped({getattr(metric, "__name__", "metric"): n_boot - out["n_boot_valid"]}
                   if out["n_boot_valid"] < n_boot else {}, n_boot)
     return out
 
@@ -255,7 +262,7 @@ def bootstrap_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5, groups: 
     jack = _replicates(y, [p], smooth, float(threshold), groups, n_boot, seed, jackknife=True)[0] if smooth else {}
     out = {k: _bca(point[k], reps[k], jack[k], alpha) if k in smooth else _percentile(point[k], reps[k], alpha)
            for k in keys}
-    _warn_dropped({k: n_boot - v["n_boot_valid"] for k, v in out.items() if v["n_boot_valid"] < n_boot}, n_boot)
+    warn_dropped({k: n_boot - v["n_boot_valid"] for k, v in out.items() if v["n_boot_valid"] < n_boot}, n_boot)
     return out
 
 
@@ -285,7 +292,7 @@ def paired_bootstrap_diff(y_true: Any, p1: Any, p2: Any, metric: Metric, groups:
         p_value = min(1.0, 2 * (1 + tail) / (1 + valid.size))
     else:
         p_value = math.nan
-    _warn_dropped({getattr(metric, "__name__", "metric"): n_boot - ci["n_boot_valid"]}
+    warn_dropped({getattr(metric, "__name__", "metric"): n_boot - ci["n_boot_valid"]}
                   if ci["n_boot_valid"] < n_boot else {}, n_boot)
     return {"diff": ci["point"], "low": ci["low"], "high": ci["high"], "p_value": float(p_value),
             "n_boot_valid": ci["n_boot_valid"]}
@@ -308,7 +315,7 @@ def bootstrap_weighted(statistic: Callable[[np.ndarray], np.ndarray], n: int, gr
         jack = (np.concatenate([statistic(w) for w in _jackknife_weights(codes, n_units)])
                 if interval == "bca" else None)
     out = _bca(point, reps, jack, alpha) if jack is not None else _percentile(point, reps, alpha)
-    _warn_dropped({getattr(statistic, "__name__", "statistic"): n_boot - out["n_boot_valid"]}
+    warn_dropped({getattr(statistic, "__name__", "statistic"): n_boot - out["n_boot_valid"]}
                   if out["n_boot_valid"] < n_boot else {}, n_boot)
     return out
 

@@ -2,8 +2,8 @@
 (each by the training session, ``session.run``), then their summary. Which patients each fold holds
 is :mod:`folds`; the summary is :mod:`cv_report`.
 
-    python3 main.py --folds 5 --cv oof --save_dir cv   # outs/cv/fold0..4/, outs/cv/cv_summary.json
-    python3 main.py --folds 5 --cv oof --save_dir cv --learning_curve 0.25 0.5   # + outs/cv/lc_0.25/fold0..4/ ...
+    python main.py --folds 5 --cv oof --save_dir cv   # outs/cv/fold0..4/, outs/cv/cv_summary.json
+    python main.py --folds 5 --cv oof --save_dir cv --learning_curve 0.25 0.5   # + outs/cv/lc_0.25/fold0..4/ ...
 
 With ``--learning_curve`` every size below the whole training side is a cross-validation of its own,
 ``<save_dir>/lc_<size>/`` (:func:`runfiles.learning_curve_folder`): the same folds, each trained on
@@ -50,12 +50,13 @@ def cross_validate(cfg: RunConfig, run_fold: Callable[[RunConfig], Outcome], is_
     if is_main and all(o.unchanged for o in outcomes) and group.summary_file.is_file():
         logger.info("every fold of the cross-validation %s is finished and tested; its summary stays as it was, "
                     "nothing changed", group.dir)
-        print(cv_report.headline(runfiles.read_json(group.summary_file)))
+        summary = runfiles.read_json(group.summary_file)
+        print("\n".join([cv_report.headline(summary), *cv_report.subgroup_lines(summary)]))
         print(f"cross-validation summary: {group.report_file}")
     elif is_main:
         with runfiles.hold_run(group.dir, "main.py --folds (the cross-validation summary)"):
             cv = cv_report.write_cv_summary(group.dir, runs, n_boot=n_boot or 2000, seed=seed)
-        print(cv_report.headline(cv))
+        print("\n".join([cv_report.headline(cv), *cv_report.subgroup_lines(cv)]))
         if (cv.get("learning_curve") or {}).get("fit"):
             print(f"learning curve: {cv['learning_curve']['fit']['verdict']}")
         print(f"cross-validation summary: {group.report_file}")

@@ -73,7 +73,7 @@ def start(args: argparse.Namespace, given: set[str], argv: list[str] | None = No
 
 def command(*arguments: str) -> str:
     """``python pretrain.py ARGUMENTS`` as the user can paste it."""
-    python = sys.executable or "python3"
+    python = sys.executable or "python"
     if python.startswith(os.getcwd() + os.sep):
         python = os.path.relpath(python)
     return shlex.join([python, "pretrain.py", *map(str, arguments)])
@@ -355,7 +355,7 @@ def encoder_line(out: Path, config: dict, history: list[dict]) -> str:
     """Where the run's encoder is and the command that fine-tunes it."""
     network = " ".join(f"--{k} {config[k]}" for k in NETWORK_FLAGS if k == "model" or config[k] != FIELDS[k].default)
     return (f"encoder ({len(history)} epochs, final loss {history[-1]['loss']:.4f}) in {out / ENCODER}; fine-tune "
-            f"with: python3 main.py --pretrained {out} {network} --image_size "
+            f"with: python main.py --pretrained {out} {network} --image_size "
             f"{' '.join(map(str, config['image_size']))} ...")
 
 
