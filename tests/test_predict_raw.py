@@ -386,6 +386,34 @@ def test_what_cannot_be_repeated_is_refused(world, run, tmp_path, monkeypatch):
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_to_dicom_stores_the_generated_views_as_a_cr_modality_would(tmp_path, capsys):
+    """scripts/to_dicom.py (README's new-scans example): 12-bit MONOCHROME1 DICOM with a rescale and a window
+    that decode to the PNG's picture and cut into the same hips; the scout view has none; --clinical lists
+    every file for predict.py --csv."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("to_dicom", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "to_dicom.py")
+    to_dicom = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(to_dicom)
+    synthetic.generate_pelvis(tmp_path / "new", 2, seed=1, hip_size=HIP, upside_down=0.0)
+    assert to_dicom.main([str(tmp_path / "new"), str(tmp_path / "scans"), "--scout", "--clinical",
+                          str(tmp_path / "c.csv")]) == 0
+    assert "3 DICOM files written" in capsys.readouterr().out
+    pre = preprocessing.Preprocessing(size=(64, 37), roi="femur", split_hips=True)
+    patients = read_csv(tmp_path / "new" / "patient_list.csv")
+    for row in patients:
+        png, dcm = tmp_path / "new" / "raw" / row["image"], tmp_path / "scans" / f"{Path(row['image']).stem}.dcm"
+        assert imaging.is_dicom(dcm)
+        grey, decoded = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), imaging.read_image(dcm)
+        assert decoded.shape == grey.shape and np.corrcoef(grey.ravel(), decoded.ravel())[0, 1] > 0.99
+        assert [c.box for c in pre.apply(dcm)] == [c.box for c in pre.apply(png)]
+    assert not any(c.found for c in pre.apply(tmp_path / "scans" / "scout.dcm"))
+    table = scoring.read_clinical_csv(tmp_path / "c.csv")
+    assert sorted(table) == ["V00000.dcm", "V00001.dcm", "scout.dcm"] and np.isnan(table["scout.dcm"]).all()
+    assert table["V00000.dcm"] == tuple(float(patients[0][c]) for c in ("sex", "age", "bmi"))
+
+
 def test_folders_are_searched_recursively_as_pretrain_lists_them(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "masks").mkdir()
