@@ -268,7 +268,8 @@ def test_heatmaps_of_raw_files_draw_the_crops_predict_scored(world, which, reque
         assert np.array_equal(case.image, served) and case.original_size == crop.image.shape
         png = out / f"{case.path.stem}_{case.side}_gradcam.png"
         assert str(png) in result["written"] and np.load(png.with_suffix(".npy")).shape == (64, 37)
-    assert "true: unknown" in heatmaps.caption(drawn[0], 0.5) and "(right hip), box x" in heatmaps.caption(drawn[0], 0.5)
+    text = heatmaps.caption(drawn[0], 0.5)
+    assert "true: unknown" in text and "(right hip), box x" in text
     assert np.ptp([c.probability for c in drawn]) > 1e-4
 
 

@@ -7,9 +7,10 @@ over the radiograph, and how much of it lies on the demo data's femur.
 The network (model, fusion mode, image size, normalisation, threshold) comes from the run's best.pth,
 and the inputs are built by the loader exactly as at test time, so the picture explains the run's own
 test scores. A hospital's raw file (``--image scan.dcm``: a whole pelvis, DICOM included) is cut by the
-run's recorded preprocessing exactly as ``predict.py`` cuts it (:func:`hipx.inference.predict.cut_items`):
-one picture per hip, the crop ``predict.py`` scored, with its probability. The maps themselves are :mod:`hipx.inference.cam`'s; here the cases are chosen, explained,
-drawn and written. Methods, targets and outputs: docs/heatmaps.md.
+run's recorded preprocessing exactly as ``predict.py`` cuts it
+(:func:`hipx.inference.predict.cut_items`): one picture per hip, the crop ``predict.py`` scored, with
+its probability. The maps themselves are :mod:`hipx.inference.cam`'s; here the cases are chosen,
+explained, drawn and written. Methods, targets and outputs: docs/heatmaps.md.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import logging
 import math
 import os
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -64,14 +65,19 @@ def test_files(run: runfiles.Run, data_dir: str | os.PathLike | None = None) -> 
     return runfiles.split_files(run.config, data_dir)["test"]
 
 
-def check_image(path: str | os.PathLike) -> Path:
-    """Refuse, naming the file, anything the loader could not turn into a network input."""
-    path = Path(path)
+def _check_path(path: Path) -> None:
+    """Refuse a folder or a missing file given to ``--image``."""
     if path.is_dir():
         raise FileNotFoundError(f"--image {path} is a folder; give image files (or --all / --index for the run's "
                                 "test split, --data_dir for where it lies)")
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: no such file")
+
+
+def check_image(path: str | os.PathLike) -> Path:
+    """Refuse, naming the file, anything the loader could not turn into a network input."""
+    path = Path(path)
+    _check_path(path)
     filenames.scored(path)  # label and clinical values come from the name
     try:
         imaging.read_scaled(path)
@@ -148,7 +154,7 @@ class Case:
     image: np.ndarray  # (H, W) radiograph channel of the network input, [0, 1]
     heatmap: np.ndarray  # (H, W) in [0, 1]
     probability: float
-    original_size: tuple[int, int]  # (H, W) of the file (or of the crop cut from a raw file): the real aspect ratio
+    original_size: tuple[int, int]  # (H, W) of the file, or of a raw file's crop: the real aspect ratio
     target: str = "osteoporosis"  # whose evidence the heatmap shows (cam.TARGETS)
     side: str = ""  # a raw file's hip ('right', 'left'; '' for the whole image)
     box: tuple[int, int, int, int] | None = None  # a raw file's crop box on the raw image; None: a data folder's file
@@ -571,15 +577,7 @@ class Chosen:
     dataset: loader.HipDataset
     infos: list[filenames.SampleInfo] | None = None
     items: list[scoring.Item | None] | None = None
-    skipped: list[scoring.Item] = ()
-
-
-def _check_path(path: Path) -> None:
-    if path.is_dir():
-        raise FileNotFoundError(f"--image {path} is a folder; give image files (or --all / --index for the run's "
-                                "test split, --data_dir for where it lies)")
-    if not path.is_file():
-        raise FileNotFoundError(f"--image {path}: no such file")
+    skipped: list[scoring.Item] = field(default_factory=list)
 
 
 def raw_inputs(args: argparse.Namespace, trained: runfiles.Run) -> Chosen | None:

@@ -11,10 +11,11 @@ clinical normalisation statistics, threshold); inputs are built by ``loader.run_
 run's validation and test images. A hospital's raw file (``as_trained`` raw, or auto for a file not in
 the data folder's format) first goes through the run's recorded preprocessing
 (:func:`hipx.data.preprocessing.run_preprocessing`): one row per hip, with its crop box on the raw
-image; a file or hip that cannot be cut (no femur found, blank, unreadable) gets a row with the
-reason instead of a probability. An exported model (``export.py``'s ``model.onnx``) is scored alike with
+image; a file or hip that cannot be cut (no femur found, blank, unreadable) gets a row with the reason
+instead of a probability. An exported model (``export.py``'s ``model.onnx``) is scored alike with
 onnxruntime on the CPU, its threshold, target and raw files' preprocessing read from the JSON beside it.
-Every image and its clinical values are checked before any network runs (:class:`PredictError` names the file). The command line and its output: ``predict.py``.
+Every image and its clinical values are checked before any network runs (:class:`PredictError` names the
+file). The command line and its output: ``predict.py``.
 """
 from __future__ import annotations
 
