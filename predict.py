@@ -1,6 +1,7 @@
 """python predict.py --run outs/<save_dir>/fold<fold> data/test more/image.png --out predictions.csv
    python predict.py --run outs/<save_dir> new/ --out predictions.csv   # fold ensemble of a --folds run
    python predict.py --run outs/<save_dir>/fold<fold> dicom_export/ --csv clinical.csv --out predictions.csv
+   python predict.py --run model.onnx data/test --out predictions.csv   # an export.py model, onnxruntime
 
 Score hip radiographs with a trained run: probability of osteoporosis and the run's decision (the work
 is done by ``hipx.inference.predict``).
@@ -24,13 +25,17 @@ Sex, age and BMI come from the file name (``filenames.PATTERN``) or, for any fil
 sex 1 female / 0 male; an empty or NA value is imputed with the training mean, as in training). A raw
 file's name carries none: list it in ``--csv``. An image-only run (``--fusion image``) asks for none.
 
-Everything about the network comes from the run's ``best.pth``: architecture, image size,
-fusion mode, clinical normalisation statistics and the threshold chosen on validation. Inputs
-are built by ``loader.run_dataset``, exactly as the run's validation and test images (grey [0, 1],
-resized, enhanced copy, 8-bit like the loader's cache, no augmentation). A colour image is converted to
-grey, as the loader does. Refused, with the file named and nothing written: a file that does not
-decode, an array that is not 2-D, non-finite values, an image under 16 pixels on a side (a data
-folder's image; a raw file's problem is its row's note).
+Everything about the network comes from the run's ``best.pth``: architecture, image size, fusion mode,
+clinical normalisation statistics and the threshold chosen on validation. An exported model (``--run
+model.onnx``, written by ``export.py`` with ``model.preprocessing.json`` beside it) is scored with
+onnxruntime on the CPU, everything read from that JSON (threshold, target, size, statistics, and the
+run's raw-file preprocessing where it recorded one); the graph has the run's flip TTA built in, so
+``--tta`` stays auto, and the CSV has the same columns as with the run. Inputs are built by
+``loader.run_dataset``, exactly as the run's validation and test images (grey [0, 1], resized, enhanced
+copy, 8-bit like the loader's cache, no augmentation). A colour image is converted to grey, as the
+loader does. Refused, with the file named and nothing written: a file that does not decode, an array
+that is not 2-D, non-finite values, an image under 16 pixels on a side (a data folder's image; a raw
+file's problem is its row's note).
 
 Output (written atomically): ``file,probability,prediction`` with prediction 1 (osteoporosis)
 when probability >= the run's threshold; a run with a graded target (``main.py --target``) adds the
@@ -50,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders (searched recursively)")
     p.add_argument("--run", required=True, help="run folder outs/<save_dir>/fold<fold> (its best.pth), a "
-                   "checkpoint file, or a cross-validation run group outs/<save_dir> (mean of its fold models)")
+                   "checkpoint file, a cross-validation run group outs/<save_dir> (mean of its fold models), or "
+                   "an exported model.onnx (export.py; scored with onnxruntime on the CPU)")
     p.add_argument("--tta", choices=("auto", *TTA_CHOICES), default="auto", help="flip: average each image's "
                    "probability with its left/right mirror's; auto (default): as the run was validated (--tta)")
     p.add_argument("--as-trained", dest="as_trained", choices=AS_TRAINED, default="auto",

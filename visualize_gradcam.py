@@ -1,12 +1,16 @@
 """python visualize_gradcam.py --run outs/<save_dir>/fold<fold> --index 0 [--method expected_gradients]
+   python visualize_gradcam.py --run outs/<save_dir>/fold<fold> --image new_scans/V1.dcm --csv clinical.csv
 
 Show what a trained network looked at: a heatmap (``cam.py``) drawn over the radiograph, for any
 run of main.py. The network (model, fusion mode, image size, normalisation, threshold) comes from
 the run's best.pth, and the inputs are built by the loader exactly as at test time, so the picture
 explains the run's own test scores; ``--localisation`` measures how much of the map lies on the
 demo data's femur; ``--explain`` says whose evidence is mapped (``--target`` is its old name, kept as a
-deprecated alias: main.py's ``--target`` is the training target). The work is done by
-``hipx.inference.heatmaps``. Methods, targets, outputs and the README pictures' commands: docs/heatmaps.md.
+deprecated alias: main.py's ``--target`` is the training target). ``--image`` also takes a hospital's raw
+radiograph (a whole pelvis, DICOM included): it is cut by the run's recorded preprocessing exactly as
+``predict.py`` cuts it, and each hip's crop gets its picture (``<file>_<side>_<method>.png``), with the
+probability predict.py gives it; a hip or file where no femur is found gets one line saying so. The work
+is done by ``hipx.inference.heatmaps``. Methods, targets, outputs and the README pictures' commands: docs/heatmaps.md.
 """
 from __future__ import annotations
 
@@ -40,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("which images")
     which = g.add_mutually_exclusive_group(required=True)
-    which.add_argument("--image", nargs="+", metavar="PATH", help="image files named in the data set's format")
+    which.add_argument("--image", nargs="+", metavar="PATH", help="image files named in the data set's format, "
+                       "or a hospital's raw radiographs (a whole pelvis, DICOM too): cut by the run's recorded "
+                       "preprocessing exactly as predict.py cuts them, one picture per hip")
     which.add_argument("--index", nargs="+", type=int, metavar="N", help="positions in the sorted test split")
     which.add_argument("--select", nargs="+", choices=tuple(OUTCOMES), metavar="KIND",
                        help="most confident test cases of each kind: tp, fp, fn, tn (from test_predictions.csv "
@@ -49,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--localisation", action="store_true", help="measure how much heatmap mass falls on the "
                        "region masks of the demo data (DIR/masks/test/), for each --explain; writes "
                        "localisation_<method>[_<target>].json/.csv/.png")
+    g.add_argument("--csv", default=None, metavar="CLINICAL.csv", help="sex/age/BMI of --image raw files whose "
+                   "names do not carry them, as predict.py --csv: columns file,sex,age,bmi; not needed for an "
+                   "image-only run")
     g.add_argument("--top", type=positive_int, default=3, help="cases per kind for --select (default: %(default)s)")
 
     g = p.add_argument_group("method")

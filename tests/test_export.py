@@ -298,6 +298,29 @@ def test_onnx_scores_are_what_predict_writes(exported, images, tmp_path):
         assert model.threshold == pytest.approx((0.41 + 0.42) / 2)
 
 
+def test_predict_with_the_export_writes_the_runs_csv(exported, images, tmp_path):
+    """predict.py --run model.onnx writes what predict.py --run RUN writes: the same rows, columns, decisions
+    and predicted measures (a graded target's T-score to its 4 written digits), probabilities within 1e-5;
+    early, late, image-only, residual, graded runs and fold ensembles."""
+    written = {}
+    for name, run in (("torch", exported["run"]), ("onnx", exported["onnx"])):
+        predict.main(["--run", str(run), *map(str, images), "--out", str(tmp_path / f"{name}.csv"), "--device", "cpu"])
+        with open(tmp_path / f"{name}.csv", newline="") as fh:
+            written[name] = list(csv.DictReader(fh))
+    a, b = written["torch"], written["onnx"]
+    assert [list(r) for r in a] == [list(r) for r in b] and len(a) == len(images)
+    threshold = export.OnnxModel(exported["onnx"]).threshold
+    for x, y in zip(a, b):
+        assert abs(float(x["probability"]) - float(y["probability"])) <= TOL
+        assert x["file"] == y["file"]
+        assert x["prediction"] == y["prediction"] or abs(float(x["probability"]) - threshold) <= TOL
+        if "predicted_T-score" in x:
+            assert float(x["predicted_T-score"]) == pytest.approx(float(y["predicted_T-score"]), abs=2e-3)
+        if "predicted_class" in x:
+            assert x["predicted_class"] == y["predicted_class"]
+    assert len({r["prediction"] for r in a}) == 2 or np.ptp([float(r["probability"]) for r in a]) > 1e-3
+
+
 def test_trained_run_exports_and_scores_its_test_images_as_main_did(tmp_path):
     """One epoch of main.py (early fusion, flip TTA), exported with the command: onnxruntime on the test
     images gives the run's own test_predictions.csv."""

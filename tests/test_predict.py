@@ -10,6 +10,7 @@ import torch
 
 from hipx.data import filenames
 from hipx.data import loader
+import export as export_command
 import main
 import predict  # the command, driven as a user runs it
 from hipx.inference import predict as scoring
@@ -52,6 +53,39 @@ def test_reproduces_the_runs_test_predictions(run, data, tmp_path):
     for r in written:
         e = expected[Path(r["file"]).name]
         assert r["probability"] == e["probability"] and r["prediction"] == e["prediction"]
+
+
+def same_csv(torch_csv, onnx_csv, threshold, tol=1e-5):
+    """Two predict.py CSVs alike: the same columns, files and decisions, probabilities within ``tol`` (a
+    decision may differ only for a probability within ``tol`` of the threshold, which is a validation
+    image's probability); returns the probabilities of the first."""
+    a, b = read_csv(torch_csv), read_csv(onnx_csv)
+    assert [list(r) for r in a] == [list(r) for r in b] and len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x["file"] == y["file"]
+        assert abs(float(x["probability"]) - float(y["probability"])) <= tol, x["file"]
+        assert x["prediction"] == y["prediction"] or abs(float(x["probability"]) - threshold) <= tol
+    return [float(r["probability"]) for r in a]
+
+
+def test_an_exported_run_writes_the_runs_csv_with_onnxruntime(run, data, tmp_path):
+    """predict.py --run model.onnx (export.py) scores the test images as predict.py with the run itself."""
+    assert export_command.main(["--run", str(run), "--out", str(tmp_path / "m.onnx")]) == 0
+    predict.main(["--run", str(run), str(data / "test"), "--out", str(tmp_path / "torch.csv"), "--device", "cpu"])
+    rows = predict.main(["--run", str(tmp_path / "m.onnx"), str(data / "test"), "--out", str(tmp_path / "onnx.csv")])
+    assert len(rows) == 6 and list(rows[0]) == ["file", "probability", "prediction"]
+    probabilities = same_csv(tmp_path / "torch.csv", tmp_path / "onnx.csv", runfiles.load_run(run).threshold)
+    assert np.ptp(probabilities) > 1e-4  # the network tells the images apart
+    # the graph runs on the CPU and has the run's TTA built in: another is refused, naming the flag
+    with pytest.raises(SystemExit, match=r"--device cuda: an exported model .* runs with onnxruntime on the CPU"):
+        predict.main(["--run", str(tmp_path / "m.onnx"), str(data / "test"), "--device", "cuda",
+                      "--out", str(tmp_path / "x.csv")])
+    with pytest.raises(SystemExit, match=r"--tta flip: the graph .*m\.onnx was exported with --tta none built in"):
+        predict.main(["--run", str(tmp_path / "m.onnx"), str(data / "test"), "--tta", "flip",
+                      "--out", str(tmp_path / "x.csv")])
+    with pytest.raises(SystemExit, match=r"no exported model at .*gone\.onnx"):
+        predict.main(["--run", str(tmp_path / "gone.onnx"), str(data / "test"), "--out", str(tmp_path / "x.csv")])
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_inputs_equal_what_hipdataset_serves(run, data):

@@ -10,10 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
+import export as export_command
 import main
 import predict  # the command, driven as a user runs it
 import preprocess_filenames as pf
+import visualize_gradcam as vg
 from hipx.data import filenames, imaging, preprocessing, roi
+from hipx.inference import export, heatmaps
 from hipx.inference import predict as scoring
 from hipx.models import build_model
 from hipx.prepare import datafolder, synthetic
@@ -188,6 +191,108 @@ def test_raw_pelvis_files_score_as_their_preprocessed_crops(world, run, tmp_path
     assert np.ptp([r["probability"] for r in rows]) > 1e-4  # the network tells the crops apart
 
 
+@pytest.mark.parametrize("which", ["run", "image_run"])
+def test_an_export_cuts_raw_files_as_the_run_does(world, which, request, tmp_path):
+    """export.py writes the run's preprocessing into its JSON, and predict.py --run model.onnx cuts the raw
+    PNG and DICOM views by it: the run's own CSV (rows per hip, boxes, notes), probabilities within 1e-5."""
+    run = request.getfixturevalue(which)
+    onnx = tmp_path / "m.onnx"
+    assert export_command.main(["--run", str(run), "--out", str(onnx)]) == 0
+    recorded = export.OnnxModel(onnx).raw_preprocessing
+    assert recorded == preprocessing.run_preprocessing(run) and recorded.roi == "femur"
+    flat = tmp_path / "scans"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "flat.png"), np.full((120, 200), 90, np.uint8))  # nothing to cut: a row with a note
+    table = tmp_path / "clinical.csv"
+    table.write_text(world["clinical"].read_text() + "flat.png,1,70,25\n")
+    clinical = [] if which == "image_run" else ["--csv", str(table)]
+    written = {}
+    for name, model in (("torch", run), ("onnx", onnx)):
+        predict.main(["--run", str(model), str(world["raw"]), str(flat), *clinical, "--out",
+                      str(tmp_path / f"{name}.csv"), "--device", "cpu"])
+        written[name] = read_csv(tmp_path / f"{name}.csv")
+    a, b = written["torch"], written["onnx"]
+    assert len(a) == len(b) == 25 and list(a[0]) == list(b[0])
+    threshold = export.OnnxModel(onnx).threshold
+    for x, y in zip(a, b):
+        keys = [k for k in x if k not in ("probability", "prediction")]
+        assert [x[k] for k in keys] == [y[k] for k in keys]
+        if x["probability"]:
+            assert abs(float(x["probability"]) - float(y["probability"])) <= 1e-5
+            # the threshold is a validation image's probability: that very crop may fall either side of it
+            assert x["prediction"] == y["prediction"] or abs(float(x["probability"]) - threshold) <= 1e-5
+    assert "flat.png: blank or near-constant image" in b[-1]["note"] and b[-1]["probability"] == ""
+    assert np.ptp([float(r["probability"]) for r in b if r["probability"]]) > 1e-4
+
+
+def test_an_export_of_a_run_without_a_record_refuses_dicom(world, tmp_path):
+    bare = image_only_run(tmp_path / "bare", tmp_path / "gone")
+    assert export_command.main(["--run", str(bare), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert runfiles.read_json(tmp_path / "m.preprocessing.json")["raw_preprocessing"] is None
+    dicom = sorted(world["raw"].glob("*.dcm"))[0]
+    with pytest.raises(SystemExit, match=r"\.dcm: a DICOM file is a raw radiograph, and --run .*m\.onnx records no "
+                                         r"preprocessing \(m\.preprocessing\.json has no raw_preprocessing\)"):
+        predict.main(["--run", str(tmp_path / "m.onnx"), str(dicom), "--out", str(tmp_path / "p.csv")])
+    assert not (tmp_path / "p.csv").exists()
+
+
+# ----------------------------------------------------------------------------- heatmaps of raw files
+
+@pytest.mark.parametrize("which", ["run", "image_run"])
+def test_heatmaps_of_raw_files_draw_the_crops_predict_scored(world, which, request, tmp_path, monkeypatch):
+    """visualize_gradcam.py --image on raw PNG and DICOM views: one picture per hip, named by side, of the
+    very crop predict.py scored (the network's input, bit for bit), with predict.py's probability."""
+    run = request.getfixturevalue(which)
+    raw = [sorted(world["raw"].glob("*.png"))[0], sorted(world["raw"].glob("*.dcm"))[0],
+           next(p for p in sorted(world["raw"].iterdir()) if not p.suffix)]
+    clinical = [] if which == "image_run" else ["--csv", str(world["clinical"])]
+    drawn = []
+    render = heatmaps.render_case
+    monkeypatch.setattr(heatmaps, "render_case", lambda case, *a, **k: drawn.append(case) or render(case, *a, **k))
+    out = tmp_path / "cams"
+    result = vg.main(["--run", str(run), "--image", *map(str, raw), *clinical, "--method", "gradcam", "--out",
+                      str(out), "--device", "cpu"])
+    rows = scoring.predict(run, raw, world["clinical"], as_trained="auto")
+    assert len(result["cases"]) == len(drawn) == len(rows) == 6 and result["not_drawn"] == []
+    pre = preprocessing.run_preprocessing(run)
+    trained = runfiles.load_run(run)
+    for case, row, info in zip(drawn, rows, result["cases"]):
+        assert (str(case.path), case.side, case.box) == (row["file"], row["side"], (row["box_x0"], row["box_y0"],
+                                                                                   row["box_x1"], row["box_y1"]))
+        assert case.probability == pytest.approx(row["probability"], abs=1e-6)
+        assert info["side"] == row["side"] and info["label"] is None
+        # the crop drawn is the one predict.py scored: the pipeline's crop through the run's loader
+        (crop,) = [c for c in pre.apply(case.path) if c.side == case.side]
+        served = scoring.loader.run_dataset([case.path], trained.config, trained.clinical_stats,
+                                            clinical=[np.zeros(3)], images=[crop.image])[0]["image"][0].numpy()
+        assert np.array_equal(case.image, served) and case.original_size == crop.image.shape
+        png = out / f"{case.path.stem}_{case.side}_gradcam.png"
+        assert str(png) in result["written"] and np.load(png.with_suffix(".npy")).shape == (64, 37)
+    text = heatmaps.caption(drawn[0], 0.5)
+    assert "true: unknown" in text and "(right hip), box x" in text
+    assert np.ptp([c.probability for c in drawn]) > 1e-4
+
+
+def test_heatmaps_say_where_no_femur_is_found(world, image_run, tmp_path, capsys):
+    flat = np.full((120, 200), 90, np.uint8)  # two flat greys: no femoral head
+    flat[:, 100:] = 130
+    cv2.imwrite(str(tmp_path / "flat.png"), flat)
+    good = sorted(world["raw"].glob("*.png"))[0]
+    result = vg.main(["--run", str(image_run), "--image", str(tmp_path / "flat.png"), str(good), "--method", "gradcam",
+                      "--out", str(tmp_path / "cams"), "--device", "cpu", "--no_npy"])
+    printed = capsys.readouterr().out
+    assert f"{tmp_path / 'flat.png'}: no heatmap, no femur found (right hip: femoral head not found" in printed
+    assert [c["side"] for c in result["cases"]] == ["right", "left"] and len(result["not_drawn"]) == 1
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == [f"{good.stem}_left_gradcam.png",
+                                                                    f"{good.stem}_right_gradcam.png"]
+    with pytest.raises(SystemExit, match=r"nothing to draw: .*flat\.png: not scored: no femur found"):
+        vg.main(["--run", str(image_run), "--image", str(tmp_path / "flat.png"), "--method", "gradcam",
+                 "--out", str(tmp_path / "none"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match=r"--save names one picture but 2 cases were cut \(one per hip\)"):
+        vg.main(["--run", str(image_run), "--image", str(good), "--save", str(tmp_path / "one.png"), "--device", "cpu"])
+    assert not (tmp_path / "none").exists() and not (tmp_path / "one.png").exists()
+
+
 def test_as_trained_raw_and_crops_say_what_the_files_are(world, run, tmp_path):
     one = sorted(world["raw"].glob("*.dcm"))[0]
     raw = scoring.predict(run, [one], world["clinical"], as_trained="raw")
@@ -280,6 +385,34 @@ def test_what_cannot_be_repeated_is_refused(world, run, tmp_path, monkeypatch):
         predict.main(["--run", str(run), str(dicom), "--csv", str(world["clinical"]), "--out",
                       str(tmp_path / "p.csv"), "--device", "cpu"])
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_to_dicom_stores_the_generated_views_as_a_cr_modality_would(tmp_path, capsys):
+    """scripts/to_dicom.py (README's new-scans example): 12-bit MONOCHROME1 DICOM with a rescale and a window
+    that decode to the PNG's picture and cut into the same hips; the scout view has none; --clinical lists
+    every file for predict.py --csv."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("to_dicom", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "to_dicom.py")
+    to_dicom = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(to_dicom)
+    synthetic.generate_pelvis(tmp_path / "new", 2, seed=1, hip_size=HIP, upside_down=0.0)
+    assert to_dicom.main([str(tmp_path / "new"), str(tmp_path / "scans"), "--scout", "--clinical",
+                          str(tmp_path / "c.csv")]) == 0
+    assert "3 DICOM files written" in capsys.readouterr().out
+    pre = preprocessing.Preprocessing(size=(64, 37), roi="femur", split_hips=True)
+    patients = read_csv(tmp_path / "new" / "patient_list.csv")
+    for row in patients:
+        png, dcm = tmp_path / "new" / "raw" / row["image"], tmp_path / "scans" / f"{Path(row['image']).stem}.dcm"
+        assert imaging.is_dicom(dcm)
+        grey, decoded = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), imaging.read_image(dcm)
+        assert decoded.shape == grey.shape and np.corrcoef(grey.ravel(), decoded.ravel())[0, 1] > 0.99
+        assert [c.box for c in pre.apply(dcm)] == [c.box for c in pre.apply(png)]
+    assert not any(c.found for c in pre.apply(tmp_path / "scans" / "scout.dcm"))
+    table = scoring.read_clinical_csv(tmp_path / "c.csv")
+    assert sorted(table) == ["V00000.dcm", "V00001.dcm", "scout.dcm"] and np.isnan(table["scout.dcm"]).all()
+    assert table["V00000.dcm"] == tuple(float(patients[0][c]) for c in ("sex", "age", "bmi"))
 
 
 def test_folders_are_searched_recursively_as_pretrain_lists_them(tmp_path):

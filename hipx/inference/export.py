@@ -23,7 +23,10 @@ Inputs (batch dimension dynamic, height and width the run's):
 Outputs: ``probability`` float32 (B,); a continuous target adds ``predicted_value`` float32 (B,), an ordinal
 one ``predicted_class`` int64 (B,), an index into the target's classes (0 the lowest). The JSON
 (:func:`preprocessing_spec`, docs/export.md) says how to build the inputs from an image file exactly as the
-loader does, and holds the threshold, the fusion mode and the target.
+loader does, and holds the threshold, the fusion mode and the target; where the run records how its data
+folder's images were cut from a hospital's raw files (``preprocessing.json``), the JSON holds that record too
+(``raw_preprocessing``), so that ``predict.py --run model.onnx`` cuts raw files, DICOM included, as the run's
+were cut.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from torch import nn
 from hipx.core import files, fusion, targets
 from hipx.core.choices import MIN_SIDE
 from hipx.core.cli import UserError
-from hipx.data import loader
+from hipx.data import loader, preprocessing
 from hipx.inference import network
 from hipx.models import BatchInstanceNorm2d
 from hipx.runs import runfiles
@@ -266,9 +269,10 @@ def example_inputs(layout: Sequence[Mapping], batch: int = 2, seed: int = 0) -> 
 # ----------------------------------------------------------------------------- the JSON
 
 def preprocessing_spec(members: Sequence[runfiles.Run], tta: str, clinical_input: str, onnx_bytes: bytes,
-                       opset: int, onnx_name: str) -> dict:
+                       opset: int, onnx_name: str, raw: preprocessing.Preprocessing | None = None) -> dict:
     """Everything another program needs to build the graph's input from an image file exactly as
-    ``loader.run_dataset`` does, and to read its output (docs/export.md)."""
+    ``loader.run_dataset`` does, and to read its output (docs/export.md). ``raw``: the run's record of how
+    its images were cut from raw files (``preprocessing.run_preprocessing``), None where it records none."""
     first = members[0]
     mode = fusion.mode(first.fusion)
     spec = targets.TargetSpec.from_dict(first.config.target_spec)
@@ -312,7 +316,8 @@ def preprocessing_spec(members: Sequence[runfiles.Run], tta: str, clinical_input
         "outputs": output_layout(spec, len(members)),
         "image": {
             "what": "a data folder's image: one proximal-femur crop as preprocess_filenames.py writes it "
-                    "(or the demo's synthetic.py), not a raw hospital export",
+                    "(or the demo's synthetic.py); a raw hospital file is first cut as raw_preprocessing says "
+                    "(where the run records it), each crop then read as its 8-bit PNG would be",
             "decode": {
                 "image_file": "PNG (also JPEG, TIFF, BMP): cv2.imread(path, cv2.IMREAD_UNCHANGED); colour -> "
                               "cv2.cvtColor(COLOR_BGR2GRAY, or COLOR_BGRA2GRAY with alpha); then float32 / scale "
@@ -347,6 +352,7 @@ def preprocessing_spec(members: Sequence[runfiles.Run], tta: str, clinical_input
             "layout": "NCHW float32",
         },
         "clinical": clinical,
+        "raw_preprocessing": None if raw is None else raw.to_dict(),
     }
 
 
@@ -453,12 +459,13 @@ def _export(run: str | os.PathLike, out: Path, json_path: Path, tta: str, opset:
             clinical_input: str | None) -> tuple[Path, Path]:
     """:func:`export` once its flags are checked (and the run's lock held where ``out`` lies inside it)."""
     members = load_members(run)
+    raw = preprocessing.run_preprocessing(run)  # how a raw file is cut as the run's images were; None: no record
     module = build_module(members, tta, clinical_input)
     clinical_input = "raw" if any(m.raw for m in module.members) else "normalised"
     layout, outputs = input_layout(members, clinical_input), output_layout(module.spec, len(members))
     onnx_bytes = to_onnx(module, layout, outputs, opset)
     diff = check_graph(module, onnx_bytes, layout)
-    spec = preprocessing_spec(members, tta, clinical_input, onnx_bytes, opset, out.name)
+    spec = preprocessing_spec(members, tta, clinical_input, onnx_bytes, opset, out.name, raw)
     files.write_bytes(out, onnx_bytes)
     files.write_json(json_path, spec)  # last: its hash names the graph just written
     logger.info("exported %s (%s) to %s (%.1f MB) and %s; onnxruntime agrees with PyTorch within %.1g on random "
@@ -473,9 +480,10 @@ class OnnxModel:
     """An exported model (``model.onnx`` with ``model.preprocessing.json`` beside it) scored with
     onnxruntime on the CPU.
 
-    :meth:`run` scores prepared inputs (numpy, the JSON's layout); :meth:`score` scores image files,
-    building the inputs with the loader exactly as a run's test images (the JSON's size and statistics).
-    ``threshold``, ``target`` (``targets.TargetSpec``), ``fusion``, ``tta`` and ``image_size`` come from the JSON.
+    :meth:`run` scores prepared inputs (numpy, the JSON's layout); :meth:`score` scores image files (or
+    crops cut from raw files), building the inputs with the loader exactly as a run's test images (the
+    JSON's size and statistics). ``threshold``, ``target`` (``targets.TargetSpec``), ``fusion``, ``tta``,
+    ``image_size`` and ``raw_preprocessing`` come from the JSON.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
@@ -519,6 +527,18 @@ class OnnxModel:
     def image_size(self) -> tuple[int, int]:
         return tuple(int(v) for v in self.preprocessing["image"]["size"])
 
+    @property
+    def uses_clinical(self) -> bool:
+        return bool(self.preprocessing["clinical"]["used"])
+
+    @property
+    def raw_preprocessing(self) -> preprocessing.Preprocessing | None:
+        """How the run's images were cut from raw files (``preprocessing.Preprocessing``), None where the
+        export records none (a run on the demo data, or an export made before the JSON held it)."""
+        record = self.preprocessing.get("raw_preprocessing")
+        return None if record is None else preprocessing.Preprocessing.from_dict(
+            record, f"{preprocessing_path(self.path)} (raw_preprocessing)")
+
     def run(self, image: np.ndarray, clinical: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Outputs (``probability``, and ``predicted_value``/``predicted_class`` for a graded target) of
         prepared inputs: ``image`` (B, C, H, W) and, where the graph takes one, the clinical input (B, 3),
@@ -538,25 +558,26 @@ class OnnxModel:
                              "; early fusion's values are planes of the image)")
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
-    def dataset(self, paths: Sequence[str | os.PathLike],
-                clinical: Sequence[Sequence[float]] | None = None) -> loader.HipDataset:
+    def dataset(self, paths: Sequence[str | os.PathLike], clinical: Sequence[Sequence[float]] | None = None,
+                images: Sequence[np.ndarray | None] | None = None) -> loader.HipDataset:
         """The images as the graph reads them, built by the loader (8-bit as its cache, no augmentation)
         with the JSON's size, clinical statistics and fusion; ``clinical`` (n, 3) raw values when the
-        file names do not carry them, as ``loader.HipDataset`` takes them."""
+        file names do not carry them, and ``images`` the uint8 crops cut from raw files (None: read the
+        file), as ``loader.HipDataset`` takes them."""
         prep = self.preprocessing
         raw = "clinical_raw" in self.inputs
         stats = loader.ClinicalStats([0.0] * 3, [1.0] * 3) if raw or not prep["clinical"].get("mean") else \
             loader.ClinicalStats(prep["clinical"]["mean"], prep["clinical"]["std"])
         planes = fusion.mode(prep["fusion"]).clinical_planes and not raw
         return loader.HipDataset(paths, stats, self.image_size, early_fuse=planes, clinical=clinical,
-                                 desc="onnx")
+                                 desc="onnx", images=images)
 
     def score(self, paths: Sequence[str | os.PathLike], clinical: Sequence[Sequence[float]] | None = None,
-              batch_size: int = 16) -> dict[str, np.ndarray]:
+              batch_size: int = 16, images: Sequence[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
         """Every output for image files, in their order: ``probability`` (n,) and for a graded target the
         predicted value or class. ``clinical``: (n, 3) raw sex, age, BMI (NaN unknown) where the file names
-        do not carry them."""
-        dataset = self.dataset(paths, clinical)
+        do not carry them; ``images``: crops cut from raw files, as :meth:`dataset` takes them."""
+        dataset = self.dataset(paths, clinical, images)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, len(dataset), batch_size):
             index = range(start, min(start + batch_size, len(dataset)))

@@ -6,8 +6,11 @@ over the radiograph, and how much of it lies on the demo data's femur.
 
 The network (model, fusion mode, image size, normalisation, threshold) comes from the run's best.pth,
 and the inputs are built by the loader exactly as at test time, so the picture explains the run's own
-test scores. The maps themselves are :mod:`hipx.inference.cam`'s; here the cases are chosen, explained,
-drawn and written. Methods, targets and outputs: docs/heatmaps.md.
+test scores. A hospital's raw file (``--image scan.dcm``: a whole pelvis, DICOM included) is cut by the
+run's recorded preprocessing exactly as ``predict.py`` cuts it
+(:func:`hipx.inference.predict.cut_items`): one picture per hip, the crop ``predict.py`` scored, with
+its probability. The maps themselves are :mod:`hipx.inference.cam`'s; here the cases are chosen,
+explained, drawn and written. Methods, targets and outputs: docs/heatmaps.md.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import logging
 import math
 import os
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +37,7 @@ from hipx.core.choices import CAM_EXPLAIN_CHOICES, CAM_TARGETS, OUTCOMES
 from hipx.data import filenames, imaging, loader
 from hipx.inference.cam import LAYER_METHODS, NAMES, REFERENCE_METHODS, compute_cam, predict_logit, resolve_layer
 from hipx.inference import network
+from hipx.inference import predict as scoring
 from hipx.prepare.synthetic import mask_path, region_mask  # the demo generator's masks
 from hipx.runs import runfiles
 
@@ -61,14 +65,19 @@ def test_files(run: runfiles.Run, data_dir: str | os.PathLike | None = None) -> 
     return runfiles.split_files(run.config, data_dir)["test"]
 
 
-def check_image(path: str | os.PathLike) -> Path:
-    """Refuse, naming the file, anything the loader could not turn into a network input."""
-    path = Path(path)
+def _check_path(path: Path) -> None:
+    """Refuse a folder or a missing file given to ``--image``."""
     if path.is_dir():
         raise FileNotFoundError(f"--image {path} is a folder; give image files (or --all / --index for the run's "
                                 "test split, --data_dir for where it lies)")
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: no such file")
+
+
+def check_image(path: str | os.PathLike) -> Path:
+    """Refuse, naming the file, anything the loader could not turn into a network input."""
+    path = Path(path)
+    _check_path(path)
     filenames.scored(path)  # label and clinical values come from the name
     try:
         imaging.read_scaled(path)
@@ -145,8 +154,15 @@ class Case:
     image: np.ndarray  # (H, W) radiograph channel of the network input, [0, 1]
     heatmap: np.ndarray  # (H, W) in [0, 1]
     probability: float
-    original_size: tuple[int, int]  # (H, W) of the file: the real aspect ratio
+    original_size: tuple[int, int]  # (H, W) of the file, or of a raw file's crop: the real aspect ratio
     target: str = "osteoporosis"  # whose evidence the heatmap shows (cam.TARGETS)
+    side: str = ""  # a raw file's hip ('right', 'left'; '' for the whole image)
+    box: tuple[int, int, int, int] | None = None  # a raw file's crop box on the raw image; None: a data folder's file
+
+    @property
+    def name(self) -> str:
+        """The file's name, and for a crop cut from a raw file its hip."""
+        return self.path.name + (f" ({self.side} hip)" if self.side else "")
 
     def prediction(self, threshold: float) -> int:
         return int(self.probability >= threshold)
@@ -166,11 +182,13 @@ def resolve_target(target: str, probability: float, threshold: float | None) -> 
 
 def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "gradcam", layer: str | None = None,
             target: str = "osteoporosis", threshold: float | None = None, tta: str = "none", *,
-            fusion_mode: str, **cam_kwargs) -> list[Case]:
+            fusion_mode: str, infos: Sequence[filenames.SampleInfo] | None = None, **cam_kwargs) -> list[Case]:
     """Heatmap and probability for every image of ``dataset`` for a network of ``fusion_mode`` (the
     run's); ``target`` as :func:`resolve_target`. ``tta="flip"`` (a run validated with ``--tta flip``):
     the probability, as the run reported it, is the mean of the image's and its mirror's
-    (:func:`fusion.probability`); the heatmap explains the image's own logit."""
+    (:func:`fusion.probability`); the heatmap explains the image's own logit. ``infos``: label and clinical
+    values per image where the dataset was given its clinical values (its ``infos`` None)."""
+    infos = dataset.infos if infos is None else infos
     cases = []
     for i in runtime.progress(range(len(dataset)), enabled=len(dataset) >= 5, desc=NAMES[method], leave=False):
         sample = dataset[i]
@@ -185,8 +203,10 @@ def explain(model: torch.nn.Module, dataset: loader.HipDataset, method: str = "g
         explained = resolve_target(target, probability, threshold)
         heat = compute_cam(model, sample["image"], clinical, method, layer, target=explained, **cam_kwargs)
         path = Path(sample["path"])
-        cases.append(Case(path, dataset.infos[i], sample["image"][0].numpy().copy(), heat, probability,
-                          tuple(imaging.read_scaled(path).shape[:2]), explained))
+        crop = dataset.images[i] if dataset.images is not None else None  # cut from a raw file: its shape
+        size = crop.shape[:2] if crop is not None else imaging.read_scaled(path).shape[:2]
+        cases.append(Case(path, infos[i], sample["image"][0].numpy().copy(), heat, probability, tuple(size),
+                          explained))
     return cases
 
 
@@ -300,9 +320,18 @@ def _outcome(label: int, prediction: int) -> str:
 
 def caption(case: Case, threshold: float, short: bool = False) -> str:
     """File name, true label, probability against the run's threshold, whose evidence the map shows,
-    age/sex/BMI (NA if missing)."""
+    age/sex/BMI (NA if missing). A crop of a raw file: its hip and box, its label unknown."""
     pred = case.prediction(threshold)
     label = case.info.label
+    if label is None:  # a new scan: no label, so no outcome
+        box = case.box
+        where = "" if box is None else f", box x {box[0]}-{box[2]}, y {box[1]}-{box[3]}"
+        if short:
+            return (f"{case.name}\np {case.probability:.2f}, predicted {LABELS[pred]}, map {case.target}\n"
+                    f"{_clinical_text(case.info)}")
+        return (f"{case.name}{where}\ntrue: unknown    predicted: {LABELS[pred]}\n"
+                f"p(osteoporosis) = {case.probability:.3f}    threshold {threshold:.3f}\n"
+                f"map: evidence for {case.target}    {_clinical_text(case.info)}")
     if short:
         return (f"{case.path.name}\ntrue {LABELS[label]}, p {case.probability:.2f} ({_outcome(label, pred)}), "
                 f"map {case.target}\n{_clinical_text(case.info)}")
@@ -557,6 +586,78 @@ def choose_files(args: argparse.Namespace, trained: runfiles.Run) -> list[Path]:
     return files
 
 
+@dataclass
+class Chosen:
+    """The inputs to explain: the loader's dataset, per row the label and clinical values where the dataset
+    was given them (``infos``; None: read from the names) and the raw file's item (``items``: side and box,
+    None for a data folder's file), and what of the raw files could not be cut (``skipped``, with the
+    reason in its note)."""
+
+    dataset: loader.HipDataset
+    infos: list[filenames.SampleInfo] | None = None
+    items: list[scoring.Item | None] | None = None
+    skipped: list[scoring.Item] = field(default_factory=list)
+
+
+def raw_inputs(args: argparse.Namespace, trained: runfiles.Run) -> Chosen | None:
+    """``--image`` files that are a hospital's raw radiographs (not a .png/.npy named in the file-name format),
+    cut by the run's recorded preprocessing exactly as ``predict.py`` cuts them
+    (:func:`hipx.inference.predict.cut_items`): one row per hip found; their sex, age and BMI from ``--csv``
+    (or the name) where the run uses them. None where no file is raw or the run records no preprocessing:
+    every file is then read as a data folder's image (:func:`choose_files`), as before."""
+    given = [Path(p) for p in args.image]
+    for path in given:
+        _check_path(path)
+    raw = [p for p in given if not scoring.in_data_folder_format(p)]
+    if not raw:
+        return None
+    model = scoring.RunModel(args.run, members=[trained])
+    try:
+        pipeline = model.preprocessing()
+    except ValueError as exc:  # an unreadable record: one line
+        raise SystemExit(str(exc)) from None
+    if pipeline is None:
+        return None
+    try:
+        table = scoring.read_clinical_csv(args.csv) if getattr(args, "csv", None) else None
+        values = dict(zip(map(str, raw), scoring.clinical_values(raw, table, required=model.uses_clinical)))
+        items: list[scoring.Item] = []
+        for path in given:
+            if str(path) in values:
+                items += scoring.cut_items([path], values[str(path)][None], model, "raw")[0]
+            else:
+                items.append(scoring.Item(check_image(path), np.asarray(filenames.decode(path).clinical)))
+    except ValueError as exc:  # PredictError, a record this code cannot repeat: one line naming the file
+        raise SystemExit(str(exc)) from None
+    drawn = [item for item in items if item.scored]
+    skipped = [item for item in items if not item.scored]
+    for item in skipped:
+        print(f"{item.file}{f' ({item.side} hip)' if item.side else ''}: no heatmap, "
+              f"{item.note.removeprefix('not scored: ')}")
+    if not drawn:
+        raise SystemExit(f"nothing to draw: {skipped[0].file}: {skipped[0].note}"
+                         + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
+    if args.save and len(drawn) > 1 and not args.sheet:
+        raise SystemExit(f"--save names one picture but {len(drawn)} cases were cut (one per hip): add --sheet, "
+                         "or choose one")
+    infos = [filenames.SampleInfo(item.file.stem, 0, None, *map(float, item.clinical)) if item.raw
+             else filenames.scored(item.file) for item in drawn]
+    dataset = loader.run_dataset([item.file for item in drawn], trained.config, trained.clinical_stats,
+                                 clinical=[item.clinical for item in drawn], images=[item.crop for item in drawn],
+                                 desc="cam")
+    return Chosen(dataset, infos, [item if item.raw else None for item in drawn], skipped)
+
+
+def choose_inputs(args: argparse.Namespace, trained: runfiles.Run) -> Chosen:
+    """What to explain: the raw files among ``--image`` cut as ``predict.py`` cuts them (:func:`raw_inputs`),
+    else the files :func:`choose_files` names, built by the loader as at test time."""
+    chosen = raw_inputs(args, trained) if args.image else None
+    if chosen is None:
+        files = choose_files(args, trained)
+        chosen = Chosen(loader.run_dataset(files, trained.config, trained.clinical_stats, desc="cam"))
+    return chosen
+
+
 def write_pictures(args: argparse.Namespace, cases: Sequence[Case], threshold: float, title: str, out: Path,
                    target: str) -> list[Path]:
     """One picture per case, or with ``--sheet`` one contact sheet, each with its raw heatmap (.npy)
@@ -569,7 +670,8 @@ def write_pictures(args: argparse.Namespace, cases: Sequence[Case], threshold: f
             written.append(save_array(np.stack([c.heatmap for c in cases]), png.with_suffix(".npy")))
     else:
         for case in cases:
-            png = Path(args.save) if args.save else out / f"{case.path.stem}_{_slug(args.method, target)}.png"
+            stem = case.path.stem + (f"_{case.side}" if case.side else "")  # a raw file: one picture per hip
+            png = Path(args.save) if args.save else out / f"{stem}_{_slug(args.method, target)}.png"
             written.append(save_figure(render_case(case, threshold, title), png))
             if not args.no_npy:
                 written.append(save_array(case.heatmap, png.with_suffix(".npy")))
@@ -597,12 +699,14 @@ def _pictures(args: argparse.Namespace, device, out: Path) -> dict:
     model = load_network(trained, device)
     threshold = trained.threshold
     layer = resolve_layer(model, args.layer)[0] if args.method in LAYER_METHODS else ""
-    files = choose_files(args, trained)
+    chosen = choose_inputs(args, trained)
     target = args.explain or "osteoporosis"
     kwargs = _cam_kwargs(args, trained, device)
-    dataset = loader.run_dataset(files, trained.config, trained.clinical_stats, desc="cam")
-    cases = explain(model, dataset, args.method, args.layer, target, threshold, tta=trained.config.tta,
-                    fusion_mode=trained.fusion, **kwargs)
+    cases = explain(model, chosen.dataset, args.method, args.layer, target, threshold, tta=trained.config.tta,
+                    fusion_mode=trained.fusion, infos=chosen.infos, **kwargs)
+    for case, item in zip(cases, chosen.items or ()):
+        if item is not None:  # a crop cut from a raw file: which hip, where
+            case.side, case.box = item.side, item.box
     _check_against_predictions(args.run, cases)
     title = title_for(args.method, layer, str(args.run), trained.epoch, target,
                       len(kwargs["references"]) if "references" in kwargs else None)
@@ -611,7 +715,10 @@ def _pictures(args: argparse.Namespace, device, out: Path) -> dict:
         print(path)
     return {"written": [str(p) for p in written], "threshold": threshold, "method": args.method, "layer": layer,
             "target": target, "cases": [{"file": c.path.name, "label": c.info.label, "probability": c.probability,
-                                         "prediction": c.prediction(threshold), "target": c.target} for c in cases]}
+                                         "prediction": c.prediction(threshold), "target": c.target,
+                                         **({"side": c.side, "box": c.box} if c.box is not None else {})}
+                                        for c in cases],
+            "not_drawn": [{"file": str(i.file), "side": i.side, "note": i.note} for i in chosen.skipped]}
 
 
 def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
@@ -621,6 +728,8 @@ def _check_against_predictions(run_dir: str, cases: Sequence[Case]) -> None:
         return
     rows = prediction_rows(run_dir)
     for case in cases:
+        if case.box is not None:  # cut from a raw file: not one of the run's test images
+            continue
         row = rows.get(case.path.name)
         # reduced precision on a GPU (bf16 autocast) moves test probabilities by well under 0.02
         if row is not None and abs(float(row["probability"]) - case.probability) > 0.02:

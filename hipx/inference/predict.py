@@ -2,6 +2,7 @@
 osteoporosis, the run's decision, and for a graded target the measurement it predicts.
 
     rows = predict("outs/<save_dir>/fold<fold>", ["data/test"], clinical_csv=None)   # or a run group
+    rows = predict("model.onnx", ["data/test"])                     # an export.py model, with onnxruntime
     rows = predict(run, ["new_scans/"], clinical_csv="clinical.csv", as_trained="auto")  # raw files, DICOM too
     write_predictions("predictions.csv", rows)
 
@@ -10,9 +11,11 @@ clinical normalisation statistics, threshold); inputs are built by ``loader.run_
 run's validation and test images. A hospital's raw file (``as_trained`` raw, or auto for a file not in
 the data folder's format) first goes through the run's recorded preprocessing
 (:func:`hipx.data.preprocessing.run_preprocessing`): one row per hip, with its crop box on the raw
-image; a file or hip that cannot be cut (no femur found, blank, unreadable) gets a row with the
-reason instead of a probability. Every image and its clinical values are checked before any network
-runs (:class:`PredictError` names the file). The command line and its output: ``predict.py``.
+image; a file or hip that cannot be cut (no femur found, blank, unreadable) gets a row with the reason
+instead of a probability. An exported model (``export.py``'s ``model.onnx``) is scored alike with
+onnxruntime on the CPU, its threshold, target and raw files' preprocessing read from the JSON beside it.
+Every image and its clinical values are checked before any network runs (:class:`PredictError` names the
+file). The command line and its output: ``predict.py``.
 """
 from __future__ import annotations
 
@@ -166,7 +169,7 @@ def check_image(path: Path, image_size: tuple[int, int]) -> None:
 
 
 @dataclass
-class _Item:
+class Item:
     """One output row: a file or one hip of a raw file, scored (``crop``: the raw file's crop, None: read
     the file) or not (``note`` says why)."""
 
@@ -190,39 +193,182 @@ def _no_preprocessing(run: str | os.PathLike, data_dir: str) -> str:
 
 
 def _raw_items(path: Path, clinical: np.ndarray, pipeline: preprocessing.Preprocessing,
-               image_size: tuple[int, int]) -> list[_Item]:
+               image_size: tuple[int, int]) -> list[Item]:
     """A raw file through the run's preprocessing: one item per hip (or the whole image); an item with a
     note where the file cannot be cut, or where a hip's femoral head was not found."""
     try:
         crops = pipeline.apply(path)
     except (imaging.ImageReadError, imaging.BoxError, imaging.OddImageError) as exc:
         reason = " ".join(str(exc).split())
-        return [_Item(path, clinical, raw=True, note=f"not scored: {reason}")]
+        return [Item(path, clinical, raw=True, note=f"not scored: {reason}")]
     found = [c for c in crops if c.found]
     if not found:
         why = "; ".join(c.note.replace("; using the half field", "") for c in crops if c.note)
-        return [_Item(path, clinical, raw=True, note=f"not scored: no femur found ({why})")]
+        return [Item(path, clinical, raw=True, note=f"not scored: no femur found ({why})")]
     items = []
     for c in crops:
         if c.found:
             stretched = loader.check_shape(f"{path} ({c.side or 'image'})", c.image.shape, image_size)
             if stretched:
                 logger.warning("%s", stretched)
-        items.append(_Item(path, clinical, raw=True, crop=c.image if c.found else None, side=c.side, box=c.box,
-                           note="" if c.found else f"not scored: {c.note.replace('; using the half field', '')}"))
+        items.append(Item(path, clinical, raw=True, crop=c.image if c.found else None, side=c.side, box=c.box,
+                          note="" if c.found else f"not scored: {c.note.replace('; using the half field', '')}"))
     return items
 
 
-@torch.no_grad()
+def cut_items(files: Sequence[Path], clinical: np.ndarray, model: "RunModel | OnnxScorer",
+              as_trained: str) -> tuple[list[Item], int]:
+    """The rows to score for ``files`` (their clinical values beside them): a data folder's image as it is
+    (checked, refused with :class:`PredictError`), a raw file cut by the model's recorded preprocessing
+    into one item per hip (``as_trained``: see :func:`predict`). Returns the items and how many files
+    were cut. Every file is checked or cut before any network runs; ``visualize_gradcam.py`` cuts new
+    scans with this too, so that its pictures show what ``predict.py`` scored."""
+    if as_trained not in AS_TRAINED:
+        raise PredictError(f"as_trained {as_trained!r}: choose one of {', '.join(AS_TRAINED)}")
+    pipeline = None if as_trained == "crops" else model.preprocessing()
+    if as_trained == "raw" and pipeline is None:
+        raise PredictError(f"--as-trained raw: {model.no_record()}. Score images in the data folder's format "
+                           "(--as-trained crops)")
+    raw = [pipeline is not None and (as_trained == "raw" or not in_data_folder_format(f)) for f in files]
+    if any(raw):
+        pipeline.check_repeatable(f"--run {model.name}")  # before any file is cut (apply would say it at the first)
+    items: list[Item] = []
+    for f, values, cut in zip(files, clinical, raw):
+        if cut:
+            items += _raw_items(f, values, pipeline, model.image_size)
+            continue
+        if imaging.is_dicom(f):
+            raise PredictError(f"{f}: a DICOM file is a raw radiograph, and {model.no_record()}. Cut it into crops "
+                               "with preprocess_filenames.py as the run's data folder was made, and score those")
+        check_image(f, model.image_size)
+        items.append(Item(f, values))
+    return items, sum(raw)
+
+
+class RunModel:
+    """A trained run, or a cross-validation group's fold models (their mean), scored in PyTorch."""
+
+    def __init__(self, run: str | os.PathLike, device: str = "cpu", tta: str = "auto",
+                 members: Sequence[runfiles.Run] | None = None) -> None:
+        self.name, self.device, self.tta = str(run), device, tta
+        # weights_only=True: pickles refused; ``members``: the run(s) already loaded (visualize_gradcam.py)
+        self.members = list(members) if members else [runfiles.load_run(r) for r in runfiles.model_runs(run)]
+        shapes = {(tuple(m.image_size), m.fusion) for m in self.members}
+        if len(shapes) > 1:
+            raise PredictError(f"--run {run}: the fold models differ in image size or fusion mode ({sorted(shapes)}); "
+                               "an ensemble needs the folds of one cross-validation run")
+        first = self.members[0]
+        self.image_size = tuple(first.image_size)
+        self.uses_clinical = fusion.mode(first.fusion).uses_clinical
+        self.spec = targets.TargetSpec.from_dict(first.config.target_spec)
+        self.threshold = float(np.mean([m.threshold for m in self.members]))
+        self.described = (f"mean of {len(self.members)} fold models" if len(self.members) > 1
+                          else f"epoch {first.epoch}")
+        self.data_dir = first.config.data_dir
+
+    def preprocessing(self) -> preprocessing.Preprocessing | None:
+        return preprocessing.run_preprocessing(self.name, data_dir=self.data_dir)
+
+    def no_record(self) -> str:
+        return _no_preprocessing(self.name, self.data_dir)
+
+    @torch.no_grad()
+    def score(self, items: Sequence[Item], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Probability and (graded targets) predicted value of each item, the mean over the fold models."""
+        probs, values = np.zeros(len(items)), np.zeros(len(items))
+        dev = runtime.select_device(self.device, None)
+        first = self.members[0]
+        crops = [item.crop for item in items]
+        # decoded once; each fold model normalises the clinical values
+        dataset = loader.run_dataset([item.file for item in items], first.config, first.clinical_stats,
+                                     clinical=[item.clinical for item in items], desc="predict",
+                                     images=crops if any(c is not None for c in crops) else None)
+        for trained in self.members:
+            dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
+            model = network.saved_network(trained.state, str(trained.checkpoint))
+            model.to(dev)
+            scored_as = trained.config.tta if self.tta == "auto" else self.tta
+
+            def forward(batch: dict) -> torch.Tensor:
+                inputs = fusion.network_inputs(trained.fusion, batch["image"].to(dev), batch["clinical"].to(dev))
+                return model(*inputs).float().reshape(-1)
+
+            member: list[float] = []
+            value: list[float] = []
+            for batch in DataLoader(dataset, batch_size=batch_size):
+                p, logit = fusion.scored(forward, batch, scored_as)
+                member += p.cpu().double().tolist()
+                if self.spec.graded:  # the measurement it stands for (graded targets, targets.py)
+                    value += model.predicted_value(logit).cpu().double().tolist()
+            probs += np.asarray(member, dtype=np.float64) / len(self.members)
+            if value:
+                values += np.asarray(value, dtype=np.float64) / len(self.members)
+        return probs, values
+
+
+class OnnxScorer:
+    """An exported model (``export.py``: ``model.onnx`` with ``model.preprocessing.json`` beside it) scored
+    with onnxruntime on the CPU; threshold, target, image size, fusion and the raw files' preprocessing
+    come from its JSON."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", tta: str = "auto") -> None:
+        from hipx.inference import export  # onnxruntime: only for an exported model
+
+        if device not in ("auto", "cpu"):
+            raise PredictError(f"--device {device}: an exported model ({path}) runs with onnxruntime on the CPU; "
+                               "leave --device out or give --device cpu")
+        self.name = str(path)
+        self.model = export.OnnxModel(path)
+        if tta != "auto" and tta != self.model.tta:
+            raise PredictError(f"--tta {tta}: the graph {path} was exported with --tta {self.model.tta} built in; "
+                               f"leave --tta out, or export the run again with export.py --tta {tta}")
+        self.image_size = self.model.image_size
+        self.uses_clinical = self.model.uses_clinical
+        self.spec = self.model.target
+        self.threshold = self.model.threshold
+        runs = self.model.preprocessing["runs"]
+        self.described = "onnxruntime" + (f", mean of {len(runs)} fold models" if len(runs) > 1 else
+                                          f", epoch {runs[0]['epoch']}")
+        self.no_record_text = (f"--run {path} records no preprocessing ({export.preprocessing_path(path).name} has no "
+                               "raw_preprocessing): the run's images were not made from raw files by "
+                               "preprocess_filenames.py, or the export predates the record")
+
+    def preprocessing(self) -> preprocessing.Preprocessing | None:
+        return self.model.raw_preprocessing
+
+    def no_record(self) -> str:
+        return self.no_record_text
+
+    def score(self, items: Sequence[Item], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        crops = [item.crop for item in items]
+        out = self.model.score([item.file for item in items], [item.clinical for item in items], batch_size,
+                               images=crops if any(c is not None for c in crops) else None)
+        value = out.get("predicted_value", out.get("predicted_class"))
+        return (out["probability"].astype(np.float64),
+                np.zeros(len(items)) if value is None else value.astype(np.float64))
+
+
+def is_onnx(run: str | os.PathLike) -> bool:
+    """Whether ``--run`` names an exported model (a ``.onnx`` file) rather than a run."""
+    return Path(run).suffix.lower() == ".onnx"
+
+
+def open_model(run: str | os.PathLike, device: str = "cpu", tta: str = "auto") -> RunModel | OnnxScorer:
+    """``run`` as :func:`predict` scores with it: an exported ``.onnx`` file, else a run, checkpoint or group."""
+    return OnnxScorer(run, device, tta) if is_onnx(run) else RunModel(run, device, tta)
+
+
 def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
             clinical_csv: str | os.PathLike | None = None, device: str = "cpu",
             batch_size: int = 16, tta: str = "auto", as_trained: str = "crops") -> list[dict]:
     """Rows ``file, probability, prediction`` for every image, in input order.
 
     ``run`` may be a cross-validation run group: the probability is then the mean of its K fold
-    models and the decision uses the mean of their validation thresholds. ``tta``: ``flip`` also
-    scores each image's left/right mirror and averages the two probabilities; ``auto`` does what
-    the run was validated with (its ``--tta``).
+    models and the decision uses the mean of their validation thresholds. It may be an exported model
+    (``model.onnx``, ``export.py``): scored with onnxruntime on the CPU, with the threshold, target and
+    raw files' preprocessing of its JSON. ``tta``: ``flip`` also scores each image's left/right mirror
+    and averages the two probabilities; ``auto`` does what the run was validated with (its ``--tta``;
+    an exported graph has it built in).
     ``as_trained``: ``crops`` (default here, as before) scores every file as a data folder's image;
     ``raw`` cuts every file by the run's recorded preprocessing first; ``auto`` (``predict.py``'s
     default) cuts the files not in the data folder's format (:func:`in_data_folder_format`) where the
@@ -235,69 +381,17 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike],
     """
     if as_trained not in AS_TRAINED:
         raise PredictError(f"as_trained {as_trained!r}: choose one of {', '.join(AS_TRAINED)}")
-    members = [runfiles.load_run(r) for r in runfiles.model_runs(run)]  # weights_only=True: pickles refused
-    shapes = {(tuple(m.image_size), m.fusion) for m in members}
-    if len(shapes) > 1:
-        raise PredictError(f"--run {run}: the fold models differ in image size or fusion mode ({sorted(shapes)}); "
-                           "an ensemble needs the folds of one cross-validation run")
+    model = open_model(run, device, tta)
     files = collect_images(images)
     table = read_clinical_csv(clinical_csv) if clinical_csv else None
-    clinical = clinical_values(files, table, required=fusion.mode(members[0].fusion).uses_clinical)
-    data_dir = members[0].config.data_dir
-    pipeline = None if as_trained == "crops" else preprocessing.run_preprocessing(run, data_dir=data_dir)
-    if as_trained == "raw" and pipeline is None:
-        raise PredictError(f"--as-trained raw: {_no_preprocessing(run, data_dir)}. Score images in the data "
-                           "folder's format (--as-trained crops)")
-    raw = [pipeline is not None and (as_trained == "raw" or not in_data_folder_format(f)) for f in files]
-    if any(raw):
-        pipeline.check_repeatable(f"--run {run}")  # before any file is cut (apply would say it at the first)
-    items: list[_Item] = []
-    for f, values, cut in zip(files, clinical, raw):  # refuse (crops) or cut (raw files) before any scoring
-        if cut:
-            items += _raw_items(f, values, pipeline, members[0].image_size)
-            continue
-        if imaging.is_dicom(f):
-            raise PredictError(f"{f}: a DICOM file is a raw radiograph, and {_no_preprocessing(run, data_dir)}. Cut "
-                               "it into crops with preprocess_filenames.py as the run's data folder was made, and "
-                               "score those")
-        check_image(f, members[0].image_size)
-        items.append(_Item(f, values))
+    clinical = clinical_values(files, table, required=model.uses_clinical)
+    items, n_raw = cut_items(files, clinical, model, as_trained)  # refused or cut before any scoring
     scored = [item for item in items if item.scored]
-    probs, values = np.zeros(len(scored)), np.zeros(len(scored))
-    spec = targets.TargetSpec.from_dict(members[0].config.target_spec)
-    if scored:
-        dev = runtime.select_device(device, None)
-        crops = [item.crop for item in scored]
-        # decoded once; each fold model normalises the clinical values
-        dataset = loader.run_dataset([item.file for item in scored], members[0].config, members[0].clinical_stats,
-                                     clinical=[item.clinical for item in scored], desc="predict",
-                                     images=crops if any(c is not None for c in crops) else None)
-        for trained in members:
-            dataset = dataset.with_clinical_stats(loader.ClinicalStats.from_dict(trained.clinical_stats))
-            model = network.saved_network(trained.state, str(trained.checkpoint))
-            model.to(dev)
-            scored_as = trained.config.tta if tta == "auto" else tta
-
-            def forward(batch: dict) -> torch.Tensor:
-                inputs = fusion.network_inputs(trained.fusion, batch["image"].to(dev), batch["clinical"].to(dev))
-                return model(*inputs).float().reshape(-1)
-
-            member: list[float] = []
-            value: list[float] = []
-            for batch in DataLoader(dataset, batch_size=batch_size):
-                p, logit = fusion.scored(forward, batch, scored_as)
-                member += p.cpu().double().tolist()
-                if spec.graded:  # the measurement it stands for (graded targets, targets.py)
-                    value += model.predicted_value(logit).cpu().double().tolist()
-            probs += np.asarray(member, dtype=np.float64) / len(members)
-            if value:
-                values += np.asarray(value, dtype=np.float64) / len(members)
-    threshold = float(np.mean([m.threshold for m in members]))
-    n_raw = sum(raw)
+    probs, values = model.score(scored, batch_size) if scored else (np.zeros(0), np.zeros(0))
+    spec, threshold = model.spec, model.threshold
     logger.info("scored %d images%s with %s (%s, threshold %.4f from validation)", len(scored),
                 f" ({sum(i.raw for i in scored)} of them cut from {n_raw} raw files as the run was trained; "
-                f"{len(items) - len(scored)} rows not scored)" if n_raw else "", Path(run),
-                f"mean of {len(members)} fold models" if len(members) > 1 else f"epoch {members[0].epoch}",
+                f"{len(items) - len(scored)} rows not scored)" if n_raw else "", Path(run), model.described,
                 threshold)
     rows = []
     results = iter(zip(probs, values))
@@ -344,7 +438,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         try:
             rows = predict(args.run, args.images, args.csv, args.device, args.batch_size, args.tta,
                            getattr(args, "as_trained", "crops"))
-        except (ValueError, FileNotFoundError) as exc:  # PredictError, unusable checkpoint, missing run
+        except (ValueError, FileNotFoundError, UserError) as exc:  # PredictError, unusable checkpoint or export
             raise SystemExit(str(exc)) from None  # one line, without a traceback (cli.run_main)
         write_predictions(args.out, rows)
     scored = [r for r in rows if r["prediction"] is not None]
