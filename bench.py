@@ -92,7 +92,7 @@ def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
     (the session's make_loaders, augment_on_device and build_trainer: the trainer's own step and loss)."""
     args = options.build_parser().parse_args([*cfg["flags"], "--device", cfg["device"], "--bootstrap", "0"])
     settings, _ = options.settings(args, set())  # as main.py builds it: the flags once, checked
-    threads = runtime.choose_threads(settings.cpus, settings.workers)
+    threads = runtime.choose_threads(settings.cpus, settings.workers, gpu=runtime.cuda_wanted(settings.device))
     device = runtime.select_device(settings.device, None)
     files = [Path(f) for f in cfg["files"]]
     stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files])
@@ -111,6 +111,25 @@ def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
 def batch_bytes(batch: dict) -> int:
     """Bytes of the tensors of one batch: what workers hand over and what crosses to the device."""
     return sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children (the DataLoader workers) so far,
+    from /proc; the process's own where /proc is missing."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return time.process_time()
+    total = 0.0
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # a process that ended meanwhile
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == os.getpid() or ppid == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 def synchronize(device: torch.device) -> None:
@@ -176,10 +195,13 @@ def bench_one(cfg: dict) -> dict:
             out["peak_mem_gb"] = (torch.cuda.max_memory_allocated() if trainer.device.type == "cuda"
                                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
         if what == "pipeline":
-            rows = [trainer.train_one_epoch(epoch) for epoch in range(1, cfg["epochs"] + 1)]
-            last = rows[-1]  # the first epoch also starts the workers and compiles
+            for epoch in range(1, cfg["epochs"]):  # the first epoch also starts the workers and compiles
+                trainer.train_one_epoch(epoch)
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            last = trainer.train_one_epoch(cfg["epochs"])
+            cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
             out.update(epoch_img_s=last["train_images_per_s"], epoch_wait=last["train_data_wait"],
-                       epoch_seconds=last["train_seconds"])
+                       epoch_seconds=last["train_seconds"], epoch_cpu_percent=100 * cpu / wall)
         out.update(precision=trainer.precision.name, channels_last=trainer.memory_format == torch.channels_last,
                    device=str(trainer.device))
         return out
@@ -288,12 +310,13 @@ def cmd_pipeline(args, device: str, tmp: Path) -> list[dict]:
           f"{args.workers} workers, cat_elastic p=0.3, {rows[0]['train_images'] if rows else 0} training "
           f"images; epoch = the last of {args.epochs}; {rows[0].get('threads', '') if rows else ''}")
     print(f"{'size':>8} {'pipeline':>40} | {'MB/batch':>8} {'loader img/s':>12} {'step img/s':>10} | "
-          f"{'epoch img/s':>11} {'waiting':>7} | {'warm-up s':>9}")
+          f"{'epoch img/s':>11} {'waiting':>7} {'CPU use':>7} | {'warm-up s':>9}")
     for r in rows:
         wait = None if r.get("epoch_wait") is None else 100 * r["epoch_wait"]
         mb = None if r.get("batch_bytes") is None else r["batch_bytes"] / 1e6
         print(f"{r['size']:>8} {r['pipeline']:>40} | {fmt(mb, '8.2f')} {fmt(r.get('loader_img_s'), '12.1f')} "
               f"{fmt(r.get('step_img_s'), '10.1f')} | {fmt(r.get('epoch_img_s'), '11.1f')} {fmt(wait, '6.1f')}%"
+              f" {fmt(r.get('epoch_cpu_percent'), '6.0f')}%"
               f" | {fmt(r.get('warmup_s'), '9.1f')}"
               + (f"  ({r['error']})" if r.get("error") else ""))
     return rows

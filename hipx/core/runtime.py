@@ -54,6 +54,14 @@ def select_device(device: str, gpus: str | None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def cuda_wanted(device: str) -> bool:
+    """Whether ``--device`` will train on a GPU here (``auto`` or ``cuda`` with CUDA available): the
+    thread plan (:func:`choose_threads`) differs, and is chosen before the device is selected."""
+    import torch
+
+    return device != "cpu" and torch.cuda.is_available()
+
+
 @dataclass(frozen=True)
 class Precision:
     """Autocast settings: ``dtype`` None means plain fp32."""
@@ -248,13 +256,16 @@ def short_openmp_spin() -> str | None:
     return f"GOMP_SPINCOUNT={SPIN_COUNT}"
 
 
-def choose_threads(cpus: int | None, workers: int) -> str:
+def choose_threads(cpus: int | None, workers: int, gpu: bool = False) -> str:
     """Set torch's intra-op threads and return a sentence for the log saying how many and why.
 
-    ``--cpus`` wins; then ``OMP_NUM_THREADS`` if the user set it; else the cores this process may
-    use (its share under torchrun) less one per DataLoader worker, at least 1. torch's own default
-    (every core) oversubscribes the machine once the workers run: on a 2-core machine a training
-    run beside other jobs fell to 2.8 images/s with it (docs/gpu-pipeline.md)."""
+    ``--cpus`` wins; then ``OMP_NUM_THREADS`` if the user set it; else the cores this process may use
+    (its share under torchrun). On the CPU the training step is the work and the loader workers wait
+    most of the time (1-3 % of an epoch waiting for data, docs/speed.md), so the step gets every core: a
+    thread left to a worker left one of two cores idle (issue 30: the demo at 103 % CPU, 46-50 img/s,
+    against 72-83 with both). On a GPU (``gpu``) the workers are the CPU's work, so the threads are the
+    cores less one per worker, at least 1. The short OpenMP spin (:func:`short_openmp_spin`) keeps
+    threads that wait from taking a busy neighbour's time."""
     import torch
 
     if cpus:
@@ -264,8 +275,11 @@ def choose_threads(cpus: int | None, workers: int) -> str:
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         cores = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-        threads = max(1, cores - max(0, workers))
-        why = f"{cores} cores less {workers} loader worker{'s' * (workers != 1)}"
+        if gpu:
+            threads = max(1, cores - max(0, workers))
+            why = f"{cores} cores less {workers} loader worker{'s' * (workers != 1)} feeding the GPU"
+        else:
+            threads, why = cores, f"{cores} cores: the training step on the CPU"
     torch.set_num_threads(threads)
     return f"{threads} torch thread{'s' * (threads != 1)} ({why})"
 

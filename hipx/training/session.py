@@ -179,7 +179,7 @@ def use_settings(cfg: RunConfig) -> str:
     threads chosen, in words."""
     from hipx.core import runtime
 
-    threads = runtime.choose_threads(cfg.cpus, cfg.workers)
+    threads = runtime.choose_threads(cfg.cpus, cfg.workers, gpu=runtime.cuda_wanted(cfg.device))
     if cfg.deterministic:
         runtime.make_deterministic()
     return threads
