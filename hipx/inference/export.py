@@ -276,8 +276,85 @@ def preprocessing_spec(members: Sequence[runfiles.Run], tta: str, clinical_input
     first = members[0]
     mode = fusion.mode(first.fusion)
     spec = targets.TargetSpec.from_dict(first.config.target_spec)
-    h, w = first.image_size
     ttas = sorted({member_tta(m, tta) for m in members})
+    return {
+        "format": FORMAT,
+        "model": onnx_name,
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "bytes": len(onnx_bytes),
+        "opset": opset,
+        "exported": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "torch": torch.__version__},
+        "runs": runs_spec(members, tta),
+        "fusion": mode.name,
+        "fusion_text": mode.text,
+        "tta": ttas[0] if len(ttas) == 1 else ttas,
+        "threshold": float(np.mean([m.threshold for m in members])),
+        "threshold_rule": "osteoporosis when probability >= threshold (the validation threshold; a fold "
+                          "ensemble's is the mean of its folds')",
+        "target": {**spec.to_dict(), "text": spec.describe()},
+        "inputs": input_layout(members, clinical_input),
+        "outputs": output_layout(spec, len(members)),
+        "image": image_spec(first.image_size),
+        "clinical": clinical_spec(members, clinical_input),
+        "raw_preprocessing": None if raw is None else raw.to_dict(),
+    }
+
+
+def runs_spec(members: Sequence[runfiles.Run], tta: str) -> list[dict]:
+    """The runs in the graph: folder, checkpoint, epoch, threshold, test-time augmentation and network."""
+    return [{"run": str(m.dir), "checkpoint": m.checkpoint.name, "epoch": m.epoch, "threshold": m.threshold,
+             "tta": member_tta(m, tta), "model": m.config.model, "depth": m.config.depth} for m in members]
+
+
+def image_spec(image_size: Sequence[int]) -> dict:
+    """How an image file becomes the graph's ``image`` input, step by step as the loader does it, at
+    ``image_size`` (H, W)."""
+    h, w = image_size
+    return {
+        "what": "a data folder's image: one proximal-femur crop as preprocess_filenames.py writes it "
+                "(or the demo's synthetic.py); a raw hospital file is first cut as raw_preprocessing says "
+                "(where the run records it), each crop then read as its 8-bit PNG would be",
+        "decode": {
+            "image_file": "PNG (also JPEG, TIFF, BMP): cv2.imread(path, cv2.IMREAD_UNCHANGED); colour -> "
+                          "cv2.cvtColor(COLOR_BGR2GRAY, or COLOR_BGRA2GRAY with alpha); then float32 / scale "
+                          "of its dtype",
+            "scale": {"uint8": 255.0, "uint16": 65535.0},
+            "npy": "a 2-D array as float32: if it is uint8 or outside [0, 1], / 255 when within 0..255, "
+                   "else (x - min) / (max - min); then clipped to [0, 1]",
+            "min_side": MIN_SIDE,
+        },
+        "size": [h, w],
+        "resize": {"function": "cv2.resize(gray, (width, height), interpolation=...)",
+                   "when": "the decoded image's shape differs from size",
+                   "interpolation_if_taller": "INTER_AREA", "interpolation_otherwise": "INTER_LINEAR",
+                   "then": "clip to [0, 1], float32"},
+        "enhance": {
+            "to_uint8": {"scale": 255.0, "offset": TO_UINT8_OFFSET,
+                         "rule": "uint8(clip(gray * scale + offset, 0, 255)), float32 arithmetic, truncated"},
+            "clahe": {"clip_limit": loader.CLAHE_CLIP, "tile_grid_size": list(loader.CLAHE_TILES),
+                      "then": "float32 / 255"},
+            "gaussian_blur": {"ksize": list(BLUR_KSIZE), "sigma": BLUR_SIGMA},
+            "sobel": {"ksize": SOBEL_KSIZE, "ddepth": "CV_32F", "of": "the blurred CLAHE image, dx and dy"},
+            "edges": "sqrt(sx * sx + sy * sy) in float32 (numpy, not cv2.magnitude), divided by "
+                     "max(percentile(edges, edge_percentile) (numpy's linear), edge_floor)",
+            "edge_percentile": EDGE_PERCENTILE, "edge_floor": EDGE_FLOOR,
+            "edge_weight": loader.EDGE_WEIGHT,
+            "blend": "clip((1 - edge_weight) * clahe + edge_weight * min(edges, 1), 0, 1)",
+        },
+        "channels": ["radiograph", "enhanced"],
+        "quantise": {"scale": 255.0, "rounding": "half to even (numpy.round)", "dtype": "uint8",
+                     "rule": "both channels: uint8(round(channel * 255)) as the loader's cache keeps them, "
+                             "then float32(value) / 255 for the network"},
+        "layout": "NCHW float32",
+    }
+
+
+def clinical_spec(members: Sequence[runfiles.Run], clinical_input: str) -> dict:
+    """The sex, age and BMI: how they are coded, whether and how they reach the network, and the
+    statistics that normalise them (the run's, or each fold's where the graph takes them ``raw``)."""
+    first = members[0]
+    mode = fusion.mode(first.fusion)
     clinical = {
         "names": list(loader.CLINICAL_NAMES),
         "coding": {"sex": "1 female, 0 male", "age": "years", "bmi": "kg/m^2"},
@@ -295,65 +372,7 @@ def preprocessing_spec(members: Sequence[runfiles.Run], tta: str, clinical_input
         clinical["input"] = "normalised, with this mean and std (the run's training split)"
         stats = loader.ClinicalStats.from_dict(first.clinical_stats)
         clinical["mean"], clinical["std"] = stats.mean, stats.std
-    return {
-        "format": FORMAT,
-        "model": onnx_name,
-        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "bytes": len(onnx_bytes),
-        "opset": opset,
-        "exported": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "torch": torch.__version__},
-        "runs": [{"run": str(m.dir), "checkpoint": m.checkpoint.name, "epoch": m.epoch, "threshold": m.threshold,
-                  "tta": member_tta(m, tta), "model": m.config.model, "depth": m.config.depth} for m in members],
-        "fusion": mode.name,
-        "fusion_text": mode.text,
-        "tta": ttas[0] if len(ttas) == 1 else ttas,
-        "threshold": float(np.mean([m.threshold for m in members])),
-        "threshold_rule": "osteoporosis when probability >= threshold (the validation threshold; a fold "
-                          "ensemble's is the mean of its folds')",
-        "target": {**spec.to_dict(), "text": spec.describe()},
-        "inputs": input_layout(members, clinical_input),
-        "outputs": output_layout(spec, len(members)),
-        "image": {
-            "what": "a data folder's image: one proximal-femur crop as preprocess_filenames.py writes it "
-                    "(or the demo's synthetic.py); a raw hospital file is first cut as raw_preprocessing says "
-                    "(where the run records it), each crop then read as its 8-bit PNG would be",
-            "decode": {
-                "image_file": "PNG (also JPEG, TIFF, BMP): cv2.imread(path, cv2.IMREAD_UNCHANGED); colour -> "
-                              "cv2.cvtColor(COLOR_BGR2GRAY, or COLOR_BGRA2GRAY with alpha); then float32 / scale "
-                              "of its dtype",
-                "scale": {"uint8": 255.0, "uint16": 65535.0},
-                "npy": "a 2-D array as float32: if it is uint8 or outside [0, 1], / 255 when within 0..255, "
-                       "else (x - min) / (max - min); then clipped to [0, 1]",
-                "min_side": MIN_SIDE,
-            },
-            "size": [h, w],
-            "resize": {"function": "cv2.resize(gray, (width, height), interpolation=...)",
-                       "when": "the decoded image's shape differs from size",
-                       "interpolation_if_taller": "INTER_AREA", "interpolation_otherwise": "INTER_LINEAR",
-                       "then": "clip to [0, 1], float32"},
-            "enhance": {
-                "to_uint8": {"scale": 255.0, "offset": TO_UINT8_OFFSET,
-                             "rule": "uint8(clip(gray * scale + offset, 0, 255)), float32 arithmetic, truncated"},
-                "clahe": {"clip_limit": loader.CLAHE_CLIP, "tile_grid_size": list(loader.CLAHE_TILES),
-                          "then": "float32 / 255"},
-                "gaussian_blur": {"ksize": list(BLUR_KSIZE), "sigma": BLUR_SIGMA},
-                "sobel": {"ksize": SOBEL_KSIZE, "ddepth": "CV_32F", "of": "the blurred CLAHE image, dx and dy"},
-                "edges": "sqrt(sx * sx + sy * sy) in float32 (numpy, not cv2.magnitude), divided by "
-                         "max(percentile(edges, edge_percentile) (numpy's linear), edge_floor)",
-                "edge_percentile": EDGE_PERCENTILE, "edge_floor": EDGE_FLOOR,
-                "edge_weight": loader.EDGE_WEIGHT,
-                "blend": "clip((1 - edge_weight) * clahe + edge_weight * min(edges, 1), 0, 1)",
-            },
-            "channels": ["radiograph", "enhanced"],
-            "quantise": {"scale": 255.0, "rounding": "half to even (numpy.round)", "dtype": "uint8",
-                         "rule": "both channels: uint8(round(channel * 255)) as the loader's cache keeps them, "
-                                 "then float32(value) / 255 for the network"},
-            "layout": "NCHW float32",
-        },
-        "clinical": clinical,
-        "raw_preprocessing": None if raw is None else raw.to_dict(),
-    }
+    return clinical
 
 
 # ----------------------------------------------------------------------------- export

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -303,6 +304,27 @@ def extrapolate(points: Sequence[Any], multiples: Sequence[float] = (2, 5, 10), 
       ``level``, ``horizon``, ``n_boot``, ``seed``, ``interval`` (how the intervals were made) and ``verdict``
         (:func:`verdict`).
     """
+    horizon, target = _checked_options(n_boot, level, horizon, target)
+    fit = fit_curve(points, cov, ci_level)
+    _check_counts(multiples, at)
+    refits = _bootstrap(fit, cov, n_boot, seed)
+    n_max = fit["n_max"]
+    gain = _gain(refits, n_max, horizon, level)
+    result = {**fit, "params_ci": _params_ci(refits, level),
+              "extrapolation": _extrapolation(refits, multiples, at, n_max, level), "gain": gain,
+              "flat": bool(gain["low"] < FLAT_TOLERANCE),
+              "target": None if target is None else _target_patients(refits, target, n_max, horizon, level),
+              "band": _band(refits, fit["n_min"], horizon * n_max, band_points, level),
+              "level": level, "horizon": horizon, "n_boot": int(n_boot), "seed": seed,
+              "interval": f"parametric bootstrap ({n_boot} refits of points redrawn from the fit with their "
+                          f"{'covariance' if cov is not None else 'standard errors'}), percentile"}
+    result["verdict"] = verdict(result)
+    return result
+
+
+def _checked_options(n_boot: Any, level: float, horizon: Any, target: Any) -> tuple[float, float | None]:
+    """:func:`extrapolate`'s numbers that do not depend on the points, checked: ``horizon`` and ``target`` as
+    floats. ``ValueError`` naming the argument and what it accepts."""
     if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 100:
         raise ValueError(f"n_boot must be a whole number >= 100 (2000 for reported intervals), got {n_boot!r}")
     if not 0 < level < 1:
@@ -314,10 +336,11 @@ def extrapolate(points: Sequence[Any], multiples: Sequence[float] = (2, 5, 10), 
         target = _number(target, "target AUC")
         if not 0 < target < 1:
             raise ValueError(f"target AUC {target!r} must be within (0, 1)")
-    fit = fit_curve(points, cov, ci_level)
-    n, auc, se = (np.array([p[k] for p in fit["points"]]) for k in ("n_patients", "auc", "se"))
-    w = _whitener(se, cov)
-    n_max = fit["n_max"]
+    return horizon, target
+
+
+def _check_counts(multiples: Sequence[float], at: Sequence[float]) -> None:
+    """The extrapolation's multiples of the largest n and its absolute patient counts must be positive numbers."""
     for m in multiples:
         if not _number(m, "multiple") > 0:
             raise ValueError(f"extrapolation multiple {m!r} must be > 0")
@@ -325,59 +348,89 @@ def extrapolate(points: Sequence[Any], multiples: Sequence[float] = (2, 5, 10), 
         if not _number(x, "extrapolation patient count") > 0:
             raise ValueError(f"extrapolation patient count {x!r} must be > 0")
 
-    # the point fit and its refits, in the internal units (b_ref at n / n_min)
+
+@dataclass(frozen=True)
+class _Refits:
+    """The point fit and its bootstrap refits, as arrays in the internal units (b_ref: b at n / ref, ref
+    the smallest n): ``point`` holds one row, ``boot`` one per refit."""
+    point: dict[str, np.ndarray]
+    boot: dict[str, np.ndarray]
+    ref: float
+
+    def curves(self, at_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """AUC at the patient counts ``at_n`` (m,): the point fit's (m,) and the refits' (R, m)."""
+        p, b = self.point, self.boot
+        return (_curve(p["a"], p["b_ref"], p["c"], self.ref, at_n)[0],
+                _curve(b["a"], b["b_ref"], b["c"], self.ref, at_n))
+
+
+def _bootstrap(fit: Mapping[str, Any], cov: Any, n_boot: int, seed: int | Sequence[int]) -> _Refits:
+    """Redraw the points ``n_boot`` times from the fitted curve with their own variances (or ``cov``) and
+    refit each draw under the same bounds."""
+    n, se = (np.array([p[k] for p in fit["points"]]) for k in ("n_patients", "se"))
+    w = _whitener(se, cov)
     ref = fit["n_min"]
     point = {"a": np.array([fit["a"]]), "b_ref": np.array([fit["b"] * ref ** -fit["c"]]), "c": np.array([fit["c"]])}
     fitted = _curve(point["a"], point["b_ref"], point["c"], ref, n)[0]
     rng = np.random.default_rng(seed)
     sigma_root = np.linalg.inv(w)  # L with L L^T = Sigma
     draws = fitted[None, :] + rng.standard_normal((n_boot, len(n))) @ sigma_root.T
-    boot = _fit_many(n, draws @ w.T, w)
+    return _Refits(point, _fit_many(n, draws @ w.T, w), ref)
 
-    def interval(at_n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        est = _curve(point["a"], point["b_ref"], point["c"], ref, at_n)[0]
-        reps = _curve(boot["a"], boot["b_ref"], boot["c"], ref, at_n)
-        tail = (1 - level) / 2
-        low, high = np.quantile(reps, [tail, 1 - tail], axis=0)
-        return est, low, high
 
+def _interval(refits: _Refits, at_n: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fit's AUC at ``at_n`` and its pointwise percentile interval."""
+    est, reps = refits.curves(at_n)
+    tail = (1 - level) / 2
+    low, high = np.quantile(reps, [tail, 1 - tail], axis=0)
+    return est, low, high
+
+
+def _params_ci(refits: _Refits, level: float) -> dict[str, dict[str, float]]:
+    """Percentile intervals of a, b (in the units of n) and c over the refits."""
+    boot = refits.boot
+    b_orig = boot["b_ref"] * refits.ref ** boot["c"]
+    return {k: dict(zip(("low", "high"), _quantiles(v, level)))
+            for k, v in (("a", boot["a"]), ("b", b_orig), ("c", boot["c"]))}
+
+
+def _extrapolation(refits: _Refits, multiples: Sequence[float], at: Sequence[float], n_max: float, level: float
+                   ) -> list[dict[str, float]]:
+    """The AUC and its interval at each multiple of the largest n, then at each absolute count in ``at``."""
     wanted = [(float(m) * n_max, float(m)) for m in multiples] + [(float(x), float(x) / n_max) for x in at]
-    extrap = []
-    if wanted:
-        est, low, high = interval(np.array([x for x, _ in wanted]))
-        extrap = [{"n_patients": x, "multiple": m, "auc": float(e), "low": float(lo), "high": float(hi)}
-                  for (x, m), e, lo, hi in zip(wanted, est, low, high)]
+    if not wanted:
+        return []
+    est, low, high = _interval(refits, np.array([x for x, _ in wanted]), level)
+    return [{"n_patients": x, "multiple": m, "auc": float(e), "low": float(lo), "high": float(hi)}
+            for (x, m), e, lo, hi in zip(wanted, est, low, high)]
 
-    ends = np.array([n_max, horizon * n_max])
-    reps = _curve(boot["a"], boot["b_ref"], boot["c"], ref, ends)
-    est = _curve(point["a"], point["b_ref"], point["c"], ref, ends)[0]
+
+def _gain(refits: _Refits, n_max: float, horizon: float, level: float) -> dict[str, float]:
+    """The AUC gained from the largest n to ``horizon`` times it, with the percentile interval of the
+    refits' gains."""
+    est, reps = refits.curves(np.array([n_max, horizon * n_max]))
     g_low, g_high = _quantiles(reps[:, 1] - reps[:, 0], level)
-    gain = {"n_from": n_max, "n_to": horizon * n_max, "point": float(est[1] - est[0]), "low": g_low, "high": g_high}
+    return {"n_from": n_max, "n_to": horizon * n_max, "point": float(est[1] - est[0]), "low": g_low, "high": g_high}
 
-    b_orig = boot["b_ref"] * ref ** boot["c"]
-    params_ci = {k: dict(zip(("low", "high"), _quantiles(v, level)))
-                 for k, v in (("a", boot["a"]), ("b", b_orig), ("c", boot["c"]))}
 
-    target_out = None
-    if target is not None:
-        exact = float(_patients_for(point["a"], point["b_ref"], point["c"], ref, target)[0])
-        reps_n = _patients_for(boot["a"], boot["b_ref"], boot["c"], ref, target)
-        low, high = _quantiles(reps_n, level)
-        status = "reached" if exact <= n_max else "extrapolated" if exact <= horizon * n_max else "not reached"
-        target_out = {"auc": target, "n": _needed(exact, horizon * n_max), "n_exact": exact,
-                      "low": _needed(low, horizon * n_max), "high": _needed(high, horizon * n_max), "status": status}
+def _target_patients(refits: _Refits, target: float, n_max: float, horizon: float, level: float
+                     ) -> dict[str, Any]:
+    """The patients the fit needs to reach AUC ``target``, its interval, and whether that lies within the
+    measured range, within the horizon, or beyond it."""
+    p, b = refits.point, refits.boot
+    exact = float(_patients_for(p["a"], p["b_ref"], p["c"], refits.ref, target)[0])
+    low, high = _quantiles(_patients_for(b["a"], b["b_ref"], b["c"], refits.ref, target), level)
+    status = "reached" if exact <= n_max else "extrapolated" if exact <= horizon * n_max else "not reached"
+    return {"auc": target, "n": _needed(exact, horizon * n_max), "n_exact": exact,
+            "low": _needed(low, horizon * n_max), "high": _needed(high, horizon * n_max), "status": status}
 
-    grid = np.geomspace(fit["n_min"], horizon * n_max, band_points)
-    b_est, b_low, b_high = interval(grid)
-    result = {**fit, "params_ci": params_ci, "extrapolation": extrap, "gain": gain,
-              "flat": bool(g_low < FLAT_TOLERANCE), "target": target_out,
-              "band": {"n_patients": grid.tolist(), "auc": b_est.tolist(), "low": b_low.tolist(),
-                       "high": b_high.tolist()},
-              "level": level, "horizon": horizon, "n_boot": int(n_boot), "seed": seed,
-              "interval": f"parametric bootstrap ({n_boot} refits of points redrawn from the fit with their "
-                          f"{'covariance' if cov is not None else 'standard errors'}), percentile"}
-    result["verdict"] = verdict(result)
-    return result
+
+def _band(refits: _Refits, n_from: float, n_to: float, band_points: int, level: float) -> dict[str, list[float]]:
+    """The fit and its pointwise interval at ``band_points`` log-spaced counts from ``n_from`` to ``n_to``,
+    for the figure."""
+    grid = np.geomspace(n_from, n_to, band_points)
+    est, low, high = _interval(refits, grid, level)
+    return {"n_patients": grid.tolist(), "auc": est.tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
 def _pct(level: float) -> str:

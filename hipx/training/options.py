@@ -33,10 +33,22 @@ SELECT_METRICS = ("roc_auc", "pr_auc", "f2acc", "f2", "f1", "f0_5", "accuracy", 
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """Every flag of ``main.py`` (``description``: its docstring, shown by ``--help``); ``bench.py`` builds
-    its configurations from the same flags."""
+    """Every flag of ``main.py`` (``description``: its docstring, shown by ``--help``), in four groups as
+    ``--help`` lists them; ``bench.py`` builds its configurations from the same flags."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("data")
+    _add_data_flags(p.add_argument_group("data"))
+    _add_model_flags(p.add_argument_group("model"))
+    _add_optimisation_flags(p.add_argument_group("optimisation"))
+    run = p.add_argument_group("run")
+    _add_run_folder_flags(run)
+    _add_evaluation_flags(run)
+    _add_hardware_flags(run)
+    _add_session_flags(run)
+    return p
+
+
+def _add_data_flags(g: argparse._ArgumentGroup) -> None:
+    """The data folder, the image size, augmentation, sampling and how the loader hands images over."""
     add_data_dir(g)
     g.add_argument("--image_size", type=positive(int), nargs=2, metavar=("H", "W"), default=list(splits.IMAGE_SIZE),
                    help="resize to H x W for the network (default: %(default)s, the original size)")
@@ -58,7 +70,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--allow_shared_patients", action="store_true", help="train although one patient has images "
                    "in two splits (refused by default: it inflates the validation and test scores)")
 
-    g = p.add_argument_group("model")
+
+def _add_model_flags(g: argparse._ArgumentGroup) -> None:
+    """The network: its architecture, the fusion mode and the weights it starts from."""
     g.add_argument("--model", choices=MODEL_NAMES, default="dense_net", help="network (default: %(default)s)")
     g.add_argument("--fusion", choices=fusion.NAMES, default=None, help=fusion.help_text())
     g.add_argument("--late_fuse", type=str2bool, default=None, metavar="BOOL",
@@ -76,7 +90,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    "this is given), a run folder (its best.pth, e.g. a model trained on demo radiographs), a "
                    "pretrain.py run folder (its encoder.pth, learnt without labels) or a local weights file")
 
-    g = p.add_argument_group("optimisation")
+
+def _add_optimisation_flags(g: argparse._ArgumentGroup) -> None:
+    """The loss, the optimiser and its schedule, weight averaging, test-time augmentation, the target
+    and the metric that picks the best epoch."""
     g.add_argument("--epoch", type=positive(int), default=50, help="epochs (default: %(default)s)")
     g.add_argument("--batch_size", type=positive(int), default=12, help="(default: %(default)s)")
     g.add_argument("--lrG", type=positive(float), default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -104,7 +121,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--select_metric", choices=SELECT_METRICS, default="roc_auc", help="validation metric that "
                    "picks the best epoch (default: %(default)s; f2acc = 1.5*F2 + accuracy, the original's)")
 
-    g = p.add_argument_group("run")
+
+def _add_run_folder_flags(g: argparse._ArgumentGroup) -> None:
+    """Where the run's folder is, the configuration it re-runs, --test of an existing run, and the seed."""
     g.add_argument("--save_dir", default=None, help="run group under outs/ (default: a new timestamp)")
     g.add_argument("--fold", default="", help="run name; files go to outs/<save_dir>/fold<fold>/")
     g.add_argument("--out_root", default="outs", help="(default: %(default)s)")
@@ -116,6 +135,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="with --test: replace the run's existing test "
                    "result (test_metrics.json, test_predictions.csv and report); refused without it")
     add_seed(g, "the run: weights, data order and sampling, augmentation, folds, the report's bootstrap")
+
+
+def _add_evaluation_flags(g: argparse._ArgumentGroup) -> None:
+    """Cross-validation, the learning curve and the report's bootstrap."""
     g.add_argument("--folds", type=int, default=0, metavar="K", help="K-fold cross-validation: K runs "
                    "fold<fold>0..K-1 on patient-level folds (design: --cv); writes outs/<save_dir>/cv_summary.json "
                    "and cv_report.md")
@@ -139,6 +162,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--target_auc", type=float, default=None, metavar="AUC", help="with --learning_curve: the AUC "
                    "whose number of training patients the report estimates from the fitted curve, e.g. 0.8")
     add_bootstrap(g, off="no report")
+
+
+def _add_hardware_flags(g: argparse._ArgumentGroup) -> None:
+    """Where and how the network computes: device, threads, compilation, precision, memory layout."""
     add_device(g)
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
     g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch (default: the cores "
@@ -149,6 +176,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    "on CUDA, fp32 on CPU; float: always fp32; half: reduced precision")
     g.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto",
                    help="NHWC memory layout; auto: on for CUDA and for large images on CPU")
+
+
+def _add_session_flags(g: argparse._ArgumentGroup) -> None:
+    """Continuing a run, determinism, torchrun's SyncBatchNorm and TensorBoard logging."""
     g.add_argument("--resume", action="store_true", help="continue the run --save_dir/--fold from its last.pth, "
                    "with every setting from the run (a different value on the command line is refused)")
     g.add_argument("--extend_epochs", type=positive(int), default=None, metavar="N", help="with --resume: train "
@@ -161,7 +192,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    "tensorboard/: losses, validation metrics and learning rate per epoch, the validation ROC curve, a "
                    "few augmented training inputs; watch with tensorboard --logdir outs/<save_dir> --host 127.0.0.1 "
                    "(with --resume: give it again to go on logging)")
-    return p
 
 
 def check_network(x: argparse.Namespace | RunConfig) -> None:
