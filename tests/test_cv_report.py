@@ -244,17 +244,24 @@ def test_report_cv_by_prints_each_subgroups_pooled_auc_on_the_console(tmp_path, 
     assert len(out) == 3
 
 
-def test_resamples_left_out_of_subgroup_intervals_are_warned_once_and_explained_beside_the_tables(tmp_path):
-    """Small subgroups: resamples holding one class are left out of their AUC intervals; one warning
-    names every such subgroup, and the sentence beside each subgroup table says which and why."""
-    import warnings
-    from hipx.stats import confidence
+def small_clinical_cv(tmp_path):
+    """Two tested folds of five patients each with sex and age, and a data folder whose manifest gives
+    each image a field (six radiographs, four bone-only): small subgroups, whose resamples hold one class."""
     save, data = tmp_path / "cv", tmp_path / "data"
     fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
     fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
     write_fold(save / "fold0", fold0, 0.5, clinical=True)
     write_fold(save / "fold1", fold1, 0.5, clinical=True)
     write_clinical_data(data, [fold0, fold1], ["radiograph"] * 6 + ["bone_only"] * 4)
+    return save, data
+
+
+def test_resamples_left_out_of_subgroup_intervals_are_warned_once_and_explained_beside_the_tables(tmp_path):
+    """Small subgroups: resamples holding one class are left out of their AUC intervals; one warning
+    names every such subgroup, and the sentence beside each subgroup table says which and why."""
+    import warnings
+    from hipx.stats import confidence
+    save, data = small_clinical_cv(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = cv_report.write_cv_summary(save, [save / "fold0", save / "fold1"], n_boot=50, by=["field"],
@@ -284,12 +291,7 @@ def test_report_cv_console_is_log_lines_and_the_result(tmp_path):
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    save, data = tmp_path / "cv", tmp_path / "data"
-    fold0 = [("a", 1, 0.9), ("b", 0, 0.2), ("c", 1, 0.4), ("d", 0, 0.6), ("e", 1, 0.3)]
-    fold1 = [("f", 1, 0.7), ("g", 0, 0.8), ("h", 1, 0.95), ("i", 0, 0.1), ("j", 0, 0.5)]
-    write_fold(save / "fold0", fold0, 0.5, clinical=True)
-    write_fold(save / "fold1", fold1, 0.5, clinical=True)
-    write_clinical_data(data, [fold0, fold1], ["radiograph"] * 6 + ["bone_only"] * 4)
+    save, data = small_clinical_cv(tmp_path)
     done = subprocess.run([sys.executable, str(root / "report.py"), "--cv", str(save), "--by", "field", "--data_dir",
                            str(data), "--bootstrap", "50"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(root)))
