@@ -92,7 +92,8 @@ def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
     (the session's make_loaders, augment_on_device and build_trainer: the trainer's own step and loss)."""
     args = options.build_parser().parse_args([*cfg["flags"], "--device", cfg["device"], "--bootstrap", "0"])
     settings, _ = options.settings(args, set())  # as main.py builds it: the flags once, checked
-    threads = runtime.choose_threads(settings.cpus, settings.workers, gpu=runtime.cuda_wanted(settings.device))
+    threads = runtime.choose_threads(settings.cpus, settings.workers, gpu=runtime.cuda_wanted(settings.device),
+                                     adaptive=False)  # one plan per configuration timed
     device = runtime.select_device(settings.device, None)
     files = [Path(f) for f in cfg["files"]]
     stats = loader.ClinicalStats.fit([filenames.decode(f) for f in files])
@@ -111,25 +112,6 @@ def build(cfg: dict, run_dir: Path, with_trainer: bool = True):
 def batch_bytes(batch: dict) -> int:
     """Bytes of the tensors of one batch: what workers hand over and what crosses to the device."""
     return sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor))
-
-
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and its live children (the DataLoader workers) so far,
-    from /proc; the process's own where /proc is missing."""
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return time.process_time()
-    total = 0.0
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # a process that ended meanwhile
-        pid, ppid = int(stat.parent.name), int(fields[1])
-        if pid == os.getpid() or ppid == os.getpid():
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
 
 
 def synchronize(device: torch.device) -> None:
@@ -197,9 +179,9 @@ def bench_one(cfg: dict) -> dict:
         if what == "pipeline":
             for epoch in range(1, cfg["epochs"]):  # the first epoch also starts the workers and compiles
                 trainer.train_one_epoch(epoch)
-            cpu, wall = cpu_seconds(), time.perf_counter()
+            cpu, wall = runtime.cpu_seconds(), time.perf_counter()
             last = trainer.train_one_epoch(cfg["epochs"])
-            cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
+            cpu, wall = runtime.cpu_seconds() - cpu, time.perf_counter() - wall
             out.update(epoch_img_s=last["train_images_per_s"], epoch_wait=last["train_data_wait"],
                        epoch_seconds=last["train_seconds"], epoch_cpu_percent=100 * cpu / wall)
         out.update(precision=trainer.precision.name, channels_last=trainer.memory_format == torch.channels_last,

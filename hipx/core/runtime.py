@@ -256,32 +256,110 @@ def short_openmp_spin() -> str | None:
     return f"GOMP_SPINCOUNT={SPIN_COUNT}"
 
 
-def choose_threads(cpus: int | None, workers: int, gpu: bool = False) -> str:
+def choose_threads(cpus: int | None, workers: int, gpu: bool = False, adaptive: bool = True) -> str:
     """Set torch's intra-op threads and return a sentence for the log saying how many and why.
 
     ``--cpus`` wins; then ``OMP_NUM_THREADS`` if the user set it; else the cores this process may use
-    (its share under torchrun). On the CPU the training step is the work and the loader workers wait
-    most of the time (1-3 % of an epoch waiting for data, docs/speed.md), so the step gets every core: a
-    thread left to a worker left one of two cores idle (issue 30: the demo at 103 % CPU, 46-50 img/s,
-    against 72-83 with both). On a GPU (``gpu``) the workers are the CPU's work, so the threads are the
-    cores less one per worker, at least 1. The short OpenMP spin (:func:`short_openmp_spin`) keeps
-    threads that wait from taking a busy neighbour's time."""
+    (its share under torchrun). On a GPU (``gpu``) the loader workers are the CPU's work, so the threads
+    are the cores less one per worker, at least 1. On the CPU the training step is the work and the
+    workers wait most of the time, so the step gets every core the other jobs leave it: every core to
+    begin with, and after each epoch :func:`share_cores` gives back a core per core another job used
+    (issue 30, docs/speed.md: alone 84-93 img/s with both cores against 55-57 with one; two jobs with two
+    threads each fell to 23 % of that, with one each kept 93 %). ``adaptive`` False (``--deterministic``,
+    whose results must not depend on the machine's other jobs) keeps the first choice."""
     import torch
 
+    global _PLAN
+    _PLAN = None
     if cpus:
         threads, why = int(cpus), "--cpus"
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         threads, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        cores = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        cores = max(1, cores // world)
         if gpu:
             threads = max(1, cores - max(0, workers))
             why = f"{cores} cores less {workers} loader worker{'s' * (workers != 1)} feeding the GPU"
         else:
             threads, why = cores, f"{cores} cores: the training step on the CPU"
+            if adaptive and world == 1 and cores > 1:
+                _PLAN = _SharedCores(cores)
+                why += ", fewer while other jobs use some"
     torch.set_num_threads(threads)
     return f"{threads} torch thread{'s' * (threads != 1)} ({why})"
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of a process (default: this one) and its live children (DataLoader
+    workers), from /proc; this process's own where /proc is missing."""
+    pid = os.getpid() if pid is None else pid
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return __import__("time").process_time()
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # a process that ended meanwhile
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core of the machine has been busy since boot (/proc/stat), None without it."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class _SharedCores:
+    """The cores other jobs used while this one trained (machine busy time less this process's and its
+    workers', over the wall time since the last look), and the threads that leaves this job."""
+
+    def __init__(self, cores: int) -> None:
+        import time
+
+        self.cores, self.clock = cores, time.monotonic
+        self.mark = self._read()
+
+    def _read(self) -> tuple[float, float | None, float]:
+        return self.clock(), machine_busy_seconds(), cpu_seconds()
+
+    def threads(self) -> tuple[int, float] | None:
+        now = self._read()
+        (t0, busy0, own0), (t1, busy1, own1) = self.mark, now
+        self.mark = now
+        if busy0 is None or busy1 is None or t1 - t0 < 1.0:
+            return None
+        others = max(0.0, (busy1 - busy0 - (own1 - own0)) / (t1 - t0))
+        return max(1, self.cores - int(others + 0.5)), others
+
+
+_PLAN: _SharedCores | None = None
+
+
+def share_cores() -> str | None:
+    """After an epoch: set torch's threads to the cores the other jobs left this one in that epoch (the
+    default plan on the CPU, :func:`choose_threads`); returns a sentence for the log when the count
+    changed, else None. Does nothing under ``--cpus``, ``OMP_NUM_THREADS``, a GPU or ``--deterministic``."""
+    import torch
+
+    if _PLAN is None:
+        return None
+    got = _PLAN.threads()
+    if got is None or got[0] == torch.get_num_threads():
+        return None
+    threads, others = got
+    torch.set_num_threads(threads)
+    return (f"{threads} torch thread{'s' * (threads != 1)} from the next epoch: other jobs used {others:.1f} of "
+            f"the {_PLAN.cores} cores in the last one")
 
 
 def make_deterministic() -> None:

@@ -53,7 +53,8 @@ def start(args: argparse.Namespace, given: set[str], argv: list[str] | None = No
     config, state = prepare(args, given, out, dist_info.is_main)
     if state is not None and len(state["history"]) >= int(config["epoch"]):
         return finished(out, config, state, dist_info.is_main)
-    args.threads = runtime.choose_threads(args.cpus, args.workers, gpu=runtime.cuda_wanted(args.device))
+    args.threads = runtime.choose_threads(args.cpus, args.workers, gpu=runtime.cuda_wanted(args.device),
+                                          adaptive=False)  # fixed: pretraining's loop does not share cores yet
     if args.deterministic:
         runtime.make_deterministic()
     created = next((p for p in (out, *out.parents) if not p.exists() and p.parent.exists()), None) \

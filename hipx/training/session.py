@@ -179,7 +179,8 @@ def use_settings(cfg: RunConfig) -> str:
     threads chosen, in words."""
     from hipx.core import runtime
 
-    threads = runtime.choose_threads(cfg.cpus, cfg.workers, gpu=runtime.cuda_wanted(cfg.device))
+    threads = runtime.choose_threads(cfg.cpus, cfg.workers, gpu=runtime.cuda_wanted(cfg.device),
+                                     adaptive=not cfg.deterministic)
     if cfg.deterministic:
         runtime.make_deterministic()
     return threads

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from hipx.core import fusion
+from hipx.core import runtime
 from hipx.data import loader
 from hipx.stats import metrics
 from hipx.runs import runfiles
@@ -297,6 +298,9 @@ class ClassifyTrainer:
             logger.info("epoch %d  train loss %.4f  val loss %.4f  %s  %.1f img/s (%.0f%% waiting for data)%s", epoch,
                         row["train_loss"], val["loss"], "  ".join(f"val {k} {v:.4f}" for k, v in shown.items()),
                         row["train_images_per_s"], 100 * row["train_data_wait"], "  (best)" if improved else "")
+            shared = runtime.share_cores()  # the default plan on the CPU: the cores other jobs left this one
+            if shared:
+                logger.info("%s", shared)
         if self.best is None:
             raise RuntimeError(f"validation {self.select_metric} was never finite (does val hold both classes?); "
                                "no best checkpoint was written")
