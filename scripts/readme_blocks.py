@@ -64,7 +64,7 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(r"^make demo", 'Quick start: "`make demo` ... scores its best epoch on the test split and ends with:" '
+    Rule(r"^make demo", 'Quick start: "`make demo` ... draws two heatmap sheets of its test images and ends with:" '
          "(the output block after that sentence; make test's output is not shown)",
          output="next", shown=r"^make demo", compare="tail"),
     Rule(r"^tensorboard --logdir", 'Watch: "open its run group in the viewer, then <http://127.0.0.1:6006/>": the '
