@@ -87,8 +87,9 @@ RULES: tuple[Rule, ...] = (
                             "cp .stand_in/raw/patient_list.csv .stand_in/raw/raw/* raw/")),
                    ("new_scans", ("python synthetic.py --pelvis --out .stand_in/new --n 3 --seed 4",
                                   "python scripts/to_dicom.py .stand_in/new new_scans/site_a")))),
-    Rule(r"--out pelvis_data/", 'New scans: "(2026-12-07; the training\'s own output is left out.)"',
-         shown=r"^(?!python main\.py)"),
+    Rule(r"--out pelvis_data/", 'New scans: "(2026-12-07; the training\'s own output is left out.)"; README '
+         "shows the end: the DICOM files written, the predictions and their file",
+         shown=r"^(?!python main\.py)", compare="tail"),
     Rule(r"^diff pelvis_predictions", "README shows the lines diff prints: its status 1 (the files differ) "
          "is its answer", ok=((r"^diff ", (0, 1)),)),
     Rule(r"^python pretrain\.py /archive/hips/", 'Radiographs without labels: "/archive/hips/" is the reader\'s '
