@@ -72,14 +72,6 @@ RULES: tuple[Rule, ...] = (
          "prints, not the training's console",
          replace=((r"^tensorboard ", "timeout -s INT 20 tensorboard "),),
          ok=((r"^timeout -s INT 20 tensorboard ", (0, 124)),), shown=r"^timeout -s INT 20 tensorboard "),
-    Rule(r"^python export\.py --run \$RUN", "Export: \"this block's output ... comes from a shorter run on the demo "
-         'data, `--image_size 88 51 --epoch 2 --save_dir demo-onnx`"', numbers=True),
-    Rule(r"--folds 5 --save_dir cv$", 'Cross-validate: "(that line with `--epoch 1`, 2026-12-01.)"; the '
-         "training's fold lines before it are not shown", replace=((r"--epoch 15 ", "--epoch 1 "),),
-         compare="tail", numbers=True),
-    Rule(r"--tscore-col t_score", 'Use your own data: "(... 2026-12-07, the command\'s output; without '
-         '--deterministic its last digits change from run to run)": the end of main.py\'s console',
-         shown=r"^python main\.py", compare="tail", numbers=True),
 )
 
 OUTPUT_LANGS = ("", "text", "csv", "console")
