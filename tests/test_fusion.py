@@ -64,3 +64,17 @@ def test_flip_probability_is_the_mean_of_the_image_and_its_mirror():
     assert torch.allclose(fusion.probability(forward, batch, "flip"), (own + mirror) / 2)
     assert torch.equal(fusion.probability(forward, batch, "none"), own)
     assert not torch.allclose(own, mirror)  # the mirror changed something
+
+
+def test_scored_logit_is_exact_where_the_probability_has_rounded_to_one():
+    """fusion.scored's logit: the network's own without TTA; with flip, that of the mean probability,
+    computed in log space, so a graded target's predicted value stays finite and ordered where the 32-bit
+    probability is 1.0 (a clamped probability made such logits equal: the clipped T-scores of CI)."""
+    import torch
+    logits = torch.tensor([2.0, 30.0, 40.0, -35.0])
+    batch = {"image": torch.zeros(4, 1, 2, 2), "clinical": torch.zeros(4, 3)}
+    p, logit = fusion.scored(lambda b: logits, batch, "none")
+    assert torch.equal(logit, logits) and torch.equal(p, torch.sigmoid(logits))
+    p, logit = fusion.scored(lambda b: logits, batch, "flip")  # both views alike: the logit comes back
+    torch.testing.assert_close(logit, logits)
+    assert p[1] == p[2] == 1.0 and logit[1] < logit[2]

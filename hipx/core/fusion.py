@@ -111,22 +111,10 @@ def network_inputs(name: str, image: torch.Tensor, clinical: torch.Tensor | None
     return image, clinical
 
 
-def flip_mean(forward: Callable[[dict], torch.Tensor], batch: dict,
-              logits: torch.Tensor | None = None) -> torch.Tensor:
-    """Probabilities of a batch averaged with those of its left/right mirror (flip test-time
-    augmentation); the mirror of every image channel, clinical values unchanged. ``logits``: the
-    batch's own, when the caller has them already (one forward pass fewer)."""
-    import torch
-
-    mirrored = {**batch, "image": torch.flip(batch["image"], dims=(-1,))}
-    own = forward(batch) if logits is None else logits
-    return (torch.sigmoid(own) + torch.sigmoid(forward(mirrored))) / 2
-
-
 def probability(forward: Callable[[dict], torch.Tensor], batch: dict, tta: str = "none",
                 logits: torch.Tensor | None = None) -> torch.Tensor:
-    """P(osteoporosis) of a batch as a run scores it: the sigmoid of the logit, or with ``tta`` flip
-    :func:`flip_mean`."""
+    """P(osteoporosis) of a batch as a run scores it: the sigmoid of the logit, or with ``tta`` flip the
+    mean of the image's and its left/right mirror's (:func:`scored`)."""
     return scored(forward, batch, tta, logits)[0]
 
 
