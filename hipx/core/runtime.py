@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -297,7 +298,7 @@ def cpu_seconds(pid: int | None = None) -> float:
     pid = os.getpid() if pid is None else pid
     proc = Path("/proc")
     if not proc.is_dir():
-        return __import__("time").process_time()
+        return time.process_time()
     tick, total = os.sysconf("SC_CLK_TCK"), 0.0
     for stat in proc.glob("[0-9]*/stat"):
         try:
@@ -324,8 +325,6 @@ class _SharedCores:
     workers', over the wall time since the last look), and the threads that leaves this job."""
 
     def __init__(self, cores: int) -> None:
-        import time
-
         self.cores, self.clock = cores, time.monotonic
         self.mark = self._read()
 
