@@ -208,3 +208,19 @@ def test_printed_advice_spells_the_commands_as_readme_does():
     spelled = [f"{p.relative_to(root)}:{n}" for p in sources
                for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "python3 " in line]
     assert spelled == []
+
+
+def test_worker_processes_draw_the_same_files_as_one_process(small, tmp_path, monkeypatch):
+    """The demo's data are drawn on every core (issue 30); each hip has its own seed, so the files
+    and the manifest are byte for byte those of one process drawing them in order."""
+    import contextlib
+
+    from hipx.prepare import synthetic as lib
+
+    monkeypatch.setattr(lib, "_pool", lambda n: contextlib.nullcontext(None))
+    out, manifest = small
+    alone = tmp_path / "alone"
+    assert lib.generate(alone, 40, seed=3, size=SIZE).equals(manifest)
+    assert (alone / lib.MANIFEST).read_bytes() == (out / lib.MANIFEST).read_bytes()
+    for name in manifest["file"].tolist() + manifest["mask"].tolist():
+        assert (alone / name).read_bytes() == (out / name).read_bytes(), name

@@ -5,9 +5,12 @@ second site (:data:`SITES`) and regimes of how much each source tells. The comma
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -383,6 +386,36 @@ def _png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _write_hips(job: tuple) -> list[dict]:
+    """Draw, render and write one patient's two hips; their manifest rows. Each hip draws from its own
+    seed, so the files are the same whichever process draws them."""
+    out, split, pid, patient, hip_seqs, size, hospital, image_noise = job
+    rows = []
+    for crop, side in ((1, "R"), (2, "L")):
+        rng = np.random.default_rng(hip_seqs[crop])
+        params = draw_picture(patient, rng, hospital, IMAGE_SD if image_noise is None else image_noise)
+        image, mask = render(size, params, side, rng, hospital)
+        name = filenames.encode(pid, crop, patient["label"], patient["sex"], patient["age"], patient["bmi"])
+        fileio.write_bytes(out / split / name, _png(image), fsync=False)
+        fileio.write_bytes(mask_path(out / split / name), _png(mask), fsync=False)
+        rows.append(dict(file=f"{split}/{name}", split=split, patient=pid, crop=crop, side=side,
+                         label=patient["label"], sex=patient["sex"], age=patient["age"],
+                         bmi=patient["bmi"], z=patient["z"], **params,
+                         measure=t_score(patient["z"]), measure_name="T-score",
+                         mask=mask_path(Path(split) / name).as_posix()))
+    return rows
+
+
+def _pool(n_jobs: int) -> contextlib.AbstractContextManager:
+    """Worker processes on every core this process may use (drawing is NumPy on small arrays: one core
+    each); none (a null context giving None) on one core or for a handful of patients."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or n_jobs < 16:
+        return contextlib.nullcontext(None)
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return concurrent.futures.ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context(method))
+
+
 def _existing(out: Path, meta: dict) -> pd.DataFrame | None:
     """Manifest of an identical earlier run in ``out``; None if ``out`` is new or empty.
 
@@ -467,23 +500,14 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int,
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / MASK_DIR / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(out, split_of[pid], pid, patient, hip_seqs, size, hospital, image_noise)
+            for pid, patient, hip_seqs in zip(pids, patients, hips)]
     rows = []
-    with tqdm(total=2 * n_patients, desc="synthetic", unit="img", disable=None) as bar:  # no bar when redirected
-        for pid, patient, hip_seqs in zip(pids, patients, hips):
-            split = split_of[pid]
-            for crop, side in ((1, "R"), (2, "L")):
-                rng = np.random.default_rng(hip_seqs[crop])
-                params = draw_picture(patient, rng, hospital, IMAGE_SD if image_noise is None else image_noise)
-                image, mask = render(size, params, side, rng, hospital)
-                name = filenames.encode(pid, crop, patient["label"], patient["sex"], patient["age"], patient["bmi"])
-                fileio.write_bytes(out / split / name, _png(image), fsync=False)
-                fileio.write_bytes(mask_path(out / split / name), _png(mask), fsync=False)
-                rows.append(dict(file=f"{split}/{name}", split=split, patient=pid, crop=crop, side=side,
-                                 label=patient["label"], sex=patient["sex"], age=patient["age"],
-                                 bmi=patient["bmi"], z=patient["z"], **params,
-                                 measure=t_score(patient["z"]), measure_name="T-score",
-                                 mask=mask_path(Path(split) / name).as_posix()))
-                bar.update()
+    with tqdm(total=2 * n_patients, desc="synthetic", unit="img", disable=None) as bar, \
+            _pool(len(jobs)) as pool:  # no bar when redirected
+        for pair in (pool.map(_write_hips, jobs, chunksize=8) if pool else map(_write_hips, jobs)):
+            rows += pair
+            bar.update(len(pair))
     manifest = pd.DataFrame(rows)
     fileio.write_text(out / MANIFEST, manifest.to_csv(index=False))
     # written last: its presence says the folder is complete

@@ -168,14 +168,14 @@ def _add_hardware_flags(g: argparse._ArgumentGroup) -> None:
     """Where and how the network computes: device, threads, compilation, precision, memory layout."""
     add_device(g)
     g.add_argument("--gpus", default=None, help="CUDA device index to use, e.g. 0 (several: use torchrun)")
-    g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch (default: the cores "
-                   "left after the --workers loader processes, at least 1)")
+    g.add_argument("--cpus", type=positive(int), default=None, help="CPU threads for torch, fixed (default: on the "
+                   "CPU every core, given back while other jobs use some; on a GPU the cores less the --workers)")
     g.add_argument("--compile", action="store_true", help="torch.compile the network (pays on long GPU runs "
                    "only: see docs/gpu-pipeline.md)")
     g.add_argument("--dtype", choices=("auto", "float", "half"), default="auto", help="auto: fp16/bf16 autocast "
                    "on CUDA, fp32 on CPU; float: always fp32; half: reduced precision")
     g.add_argument("--channels_last", choices=("auto", "true", "false"), default="auto",
-                   help="NHWC memory layout; auto: on for CUDA and for large images on CPU")
+                   help="NHWC memory layout; auto: on (faster on CUDA and on the CPU: docs/speed.md)")
 
 
 def _add_session_flags(g: argparse._ArgumentGroup) -> None:

@@ -318,7 +318,7 @@ def pretrain(args: argparse.Namespace, out: Path, config: dict | None, state: di
     open_run(args, out, config, state, sources, skipped, dist_info)
     runtime.seed_everything(args.seed, dist_info.rank)
     precision = runtime.select_precision(args.dtype, device)
-    channels_last = runtime.use_channels_last(args.channels_last, device, tuple(args.image_size))
+    channels_last = runtime.use_channels_last(args.channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     logger.info("run folder %s; device %s%s; %s; precision %s", out, device,
                 f" (rank 0 of {dist_info.world})" if dist_info.enabled else "", args.threads, precision.name)

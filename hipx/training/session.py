@@ -228,7 +228,7 @@ def build_trainer(cfg: RunConfig, config: RunConfig, loaders: dict, stats, devic
 
     dist_info = dist_info or runtime.Dist()
     precision = runtime.select_precision(cfg.dtype, device)
-    channels_last = runtime.use_channels_last(cfg.channels_last, device, tuple(cfg.image_size))
+    channels_last = runtime.use_channels_last(cfg.channels_last)
     model = network.run_network(config, state, loaders["train"].dataset.files, stats)
     logger.info("model %s (%s, %d input channels, %.2f M parameters); precision %s; channels_last %s",
                 config.model, fusion.text(config.fusion), config.in_chans,
