@@ -1,6 +1,6 @@
 """How much a plain texture model tells from the images: the yardstick a network should beat.
 
-    python scripts/texture_check.py DATA_DIR [--folds 5] [--seed 0] [--by field]
+    python scripts/texture_check.py DATA_DIR [--folds 5] [--seed 0] [--by field] [--learning_curve 0.25 0.5 1]
 
 Out-of-fold, on the same patient folds as ``main.py --folds K --cv oof --seed S``: for each fold a
 logistic regression (standardised inputs, L2) is fitted on the fold's training and validation
@@ -33,7 +33,10 @@ from hipx.stats import confidence  # noqa: E402
 from hipx.reports import cv as cv_report  # noqa: E402
 from hipx.data import filenames  # noqa: E402
 from hipx.core.cli import add_bootstrap, add_seed, run_main  # noqa: E402
+from hipx.data import subsets  # noqa: E402
 from hipx.data.folds import oof_splits  # noqa: E402
+from hipx.stats import learning_curve as lc  # noqa: E402
+from hipx.stats import metrics  # noqa: E402
 from hipx.reports.style import ci  # noqa: E402
 
 WORK_SIZE = (128, 224)  # (width, height) of the image the features are computed on
@@ -67,14 +70,20 @@ def read_grey(path: Path) -> np.ndarray:
     return img
 
 
-def out_of_fold(data_dir: Path, folds: int, seed: int) -> pd.DataFrame:
-    """file, patient, label, probability of every image, each scored by the fold model that never saw it."""
+def out_of_fold(data_dir: Path, folds: int, seed: int, size: float | int | None = None,
+                features: dict | None = None) -> pd.DataFrame:
+    """file, patient, label, probability of every image, each scored by the fold model that never saw it.
+    ``size`` (a learning-curve size, as main.py --learning_curve): fit on that nested subset of each fold's
+    training patients only (the network's subsets: the same order, seed [seed, fold]); None: on the fold's
+    training and validation images, the yardstick as first measured."""
     splits = oof_splits(data_dir, folds, seed)
     files = sorted({f for s in splits for f in s["test"]})
-    features = {f: texture_features(read_grey(f)) for f in files}
+    if features is None:
+        features = {f: texture_features(read_grey(f)) for f in files}
     rows = []
-    for split in splits:
-        fit = split["train"] + split["val"]  # nothing to choose on validation: a fixed penalty
+    for k, split in enumerate(splits):
+        # nothing to choose on validation: a fixed penalty
+        fit = split["train"] + split["val"] if size is None else subsets.subset_files(split["train"], size, [seed, k])
         x = np.stack([features[f] for f in fit])
         y = [filenames.decode(f).label for f in fit]
         model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000)).fit(x, y)
@@ -94,12 +103,45 @@ def auc_line(part: pd.DataFrame, n_boot: int, seed: int) -> str:
     return f"{ci(auc)} over {len(part)} images of {part['patient'].nunique()} patients"
 
 
+def learning_curve(data_dir: Path, folds: int, seed: int, sizes: list, n_boot: int) -> list[str]:
+    """The texture model's learning curve on the network's nested subsets: per size the pooled out-of-fold
+    AUC with its patient CI and the training patients per fold, fitted and extrapolated as the CV report
+    does (hipx.stats.learning_curve), and its verdict."""
+    splits = oof_splits(data_dir, folds, seed)
+    features = {f: texture_features(read_grey(f)) for f in sorted({f for s in splits for f in s["test"]})}
+    points, lines = [], []
+    for size in sizes:
+        n = [len({filenames.decode(f).patient for f in subsets.subset_files(s["train"], size, [seed, k])})
+             for k, s in enumerate(splits)]
+        table = out_of_fold(data_dir, folds, seed, size, features)
+        y = table["label"].to_numpy(dtype=np.int64)
+        point = confidence.bootstrap_ci(y, table["probability"].to_numpy(dtype=float), metrics.roc_auc,
+                                        groups=table["patient"].to_numpy(), n_boot=n_boot, seed=seed)
+        points.append({"n_patients": float(np.mean(n)), "auc": point["point"], "low": point["low"],
+                       "high": point["high"]})
+        lines.append(f"  size {size:g}: {np.mean(n):.1f} training patients per fold, pooled out-of-fold ROC AUC "
+                     f"{point['point']:.3f} ({point['low']:.3f} to {point['high']:.3f})")
+    try:
+        fit = lc.extrapolate(points, seed=seed)
+    except ValueError as exc:  # fewer than 3 sizes, or a point without an interval (one class, AUC 1)
+        return lines + [f"  no fit: {exc}"]
+    if fit:
+        ext = "; ".join(f"{e['multiple']:g}x ({e['n_patients']:.0f}): {e['auc']:.3f} ({e['low']:.3f} to "
+                        f"{e['high']:.3f})" for e in fit["extrapolation"])
+        lines += [f"  fit AUC(n) = {fit['a']:.3f} - {fit['b']:.3g} n^-{fit['c']:.3f}; extrapolated {ext}",
+                  f"  {fit['verdict']}"]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_dir", type=Path, help="data folder of preprocess_filenames.py (train/ val/ test/)")
     p.add_argument("--folds", type=int, default=5, help="out-of-fold folds, as main.py --folds (default: 5)")
     add_seed(p, "the folds, as main.py --seed")
     p.add_argument("--by", nargs="+", default=[], metavar="COLUMN", help="manifest columns to break down by")
+    p.add_argument("--learning_curve", nargs="+", type=subsets.parse_size, default=None, metavar="SIZE",
+                   help="also the learning curve on these sizes of each fold's training patients (fractions or "
+                        "counts, as main.py --learning_curve; fitted on the training subset only)")
     add_bootstrap(p)
     args = p.parse_args(argv)
     pooled = out_of_fold(args.data_dir, args.folds, args.seed)
@@ -108,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         for g in cv_report.subgroup_results(pooled, args.data_dir, args.by, args.bootstrap, args.seed):
             auc = ci(g["roc_auc"]) if g["roc_auc"] else "n/a (one class)"
             print(f"  {g['column']} = {g['value']}: {auc} over {g['n_images']} images of {g['n_patients']} patients")
+    if args.learning_curve:
+        print("texture model, learning curve (fitted on each fold's nested training subset, as the network's):")
+        print("\n".join(learning_curve(args.data_dir, args.folds, args.seed, args.learning_curve, args.bootstrap)))
     return 0
 
 
