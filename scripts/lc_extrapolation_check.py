@@ -1,7 +1,8 @@
 """How far a learning curve's extrapolation misses (issue 31): fit the inverse power law to the points of a
 cross-validation's learning curve up to ``--fit_max`` training patients only, extrapolate it to the larger
 sizes that were measured, and set the extrapolation (with its 95 % interval) beside the measured AUC (with
-its patient CI), for the network and the clinical baseline.
+its patient CI), for the network and the clinical baseline, pooled out of fold and (out of fold) as the mean
+within folds.
 
     python scripts/lc_extrapolation_check.py outs/lc_demo --fit_max 200
 
@@ -51,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     block = json.loads(path.read_text()).get("learning_curve")
     if not block:
         parser.error(f"{path} holds no learning curve (train with main.py --learning_curve)")
-    for what, key in (("network", "points"), ("clinical baseline", "baseline_points")):
-        if block.get(key):
-            print("\n".join(check(block[key], args.fit_max, what)))
+    within = block.get("within_folds") or {}
+    for what, points in (("network, pooled", block.get("points")), ("clinical baseline, pooled", block.get("baseline_points")),
+                         ("network, mean within folds", within.get("points")),
+                         ("clinical baseline, mean within folds", within.get("baseline_points"))):
+        if points:
+            print("\n".join(check(points, args.fit_max, what)))
     return 0
 
 

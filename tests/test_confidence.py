@@ -415,3 +415,26 @@ def test_holm_hand_values():
     out = confidence.holm([0.5, math.nan, 0.9])
     assert math.isnan(out[1]) and out[0] == 1.0 and out[2] == 1.0
     assert confidence.holm([]).size == 0
+
+
+def test_fold_mean_auc_is_each_folds_own_ranking_on_the_same_patient_resamples():
+    """confidence.fold_mean_auc_ci: the mean of the folds' AUCs; one fold gives bootstrap_ci's AUC interval
+    exactly (same resamples); a fold model whose probabilities lie on another scale lowers the pooled AUC,
+    not the mean within folds."""
+    from hipx.stats import confidence, metrics
+
+    rng = np.random.default_rng(4)
+    n = 240
+    y = (rng.random(n) < 0.4).astype(int)
+    p = 1 / (1 + np.exp(-(1.5 * y - 0.75 + rng.normal(0, 1, n))))
+    groups = np.repeat(np.arange(n // 2), 2)
+    folds = (groups % 3).astype(int)
+    one = confidence.fold_mean_auc_ci(y, p, np.zeros(n, int), groups, n_boot=300, seed=1)
+    ref = confidence.bootstrap_ci(y, p, metrics.roc_auc, groups=groups, n_boot=300, seed=1)
+    assert {k: one[k] for k in ("point", "low", "high")} == pytest.approx({k: ref[k] for k in ("point", "low", "high")})
+    shifted = np.where(folds == 1, p ** 4, p)  # fold 1's model: the same ranking on another scale
+    within = confidence.fold_mean_auc_ci(y, shifted, folds, groups, n_boot=300, seed=1)
+    per_fold = [metrics.roc_auc(y[folds == k], p[folds == k]) for k in range(3)]
+    assert within["point"] == pytest.approx(np.mean(per_fold))
+    assert within["low"] < within["point"] < within["high"]
+    assert metrics.roc_auc(y, shifted) < within["point"] - 0.02  # pooling mixes the scales

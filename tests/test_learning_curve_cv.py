@@ -114,6 +114,32 @@ def test_the_report_holds_the_curve_and_its_numbers_are_the_summarys(outs):
 
 
 @pytest.mark.slow
+def test_out_of_fold_curves_also_give_the_mean_within_folds(outs):
+    """Out of fold the report adds each size's mean of the folds' own test AUCs (pooling mixes fold models'
+    probability scales), with its own fit, for the network and the clinical baseline."""
+    import numpy as np
+    import pandas as pd
+
+    from hipx.stats import metrics
+
+    group = outs / "lc"
+    curve = json.loads((group / runfiles.CV_SUMMARY).read_text())["learning_curve"]
+    within = curve["within_folds"]
+    assert [p["n_patients"] for p in within["points"]] == [p["n_patients"] for p in curve["points"]]
+    folds = sorted(group.glob("fold*"))
+    assert len(folds) == FOLDS
+    aucs = []
+    for fold in folds:
+        pred = pd.read_csv(fold / "test_predictions.csv")
+        aucs.append(metrics.roc_auc(pred["label"], pred["probability"]))
+    assert within["points"][-1]["auc"] == pytest.approx(float(np.mean(aucs)))
+    assert all(p["low"] <= p["auc"] <= p["high"] for p in within["points"] + within["baseline_points"])
+    assert within["fit"]["n_points"] == 3
+    report = (group / runfiles.CV_REPORT).read_text()
+    assert "Within folds. The same models, scored within their own test folds." in report
+
+
+@pytest.mark.slow
 def test_resume_after_deleting_one_sizes_fold_remakes_only_it(outs, tmp_path):
     copy = Path(shutil.copytree(outs, tmp_path / "outs"))
     group = copy / "lc"

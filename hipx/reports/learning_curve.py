@@ -221,10 +221,11 @@ def _scored(predictions: Sequence[pd.DataFrame], design: str) -> pd.DataFrame:
     """file (name), patient, label, probability of the cross-validation's result: ``oof``, every fold's test
     images pooled (each patient once); ``heldout``, the fold ensemble on the shared test set (the mean
     probability of the K models), as the CV summary scores them."""
-    table = pd.concat([p[["file", "patient", "label", "probability"]] for p in predictions], ignore_index=True)
+    table = pd.concat([p[["file", "patient", "label", "probability"]].assign(fold=k) for k, p in enumerate(predictions)],
+                      ignore_index=True)
     table["file"] = table["file"].map(lambda f: Path(f).name)
     if design == "oof":
-        return table
+        return table  # with each image's fold, for the mean within folds
     return table.groupby(["file", "patient", "label"], as_index=False, sort=True)["probability"].mean()
 
 
@@ -246,12 +247,25 @@ def _baseline_scored(files: Sequence[Mapping[str, Sequence]], design: str, on: p
 def _point(size: float | int, n_per_fold: Sequence[int], table: pd.DataFrame, p: np.ndarray, n_boot: int,
            seed: int) -> dict:
     """One point: the AUC of ``p`` on ``table``'s images with its patient-bootstrap 95 % CI (the resamples and
-    the interval of the CV summary's pooled AUC, so the full size's point is that AUC)."""
-    ci = confidence.bootstrap_ci(table["label"].to_numpy(dtype=np.int64), p, metrics.roc_auc,
-                                 groups=table["patient"].to_numpy(), n_boot=n_boot, seed=seed)
-    return {"size": size, "n_patients": round(float(np.mean(n_per_fold)), 1), "n_patients_per_fold": list(n_per_fold),
-            "n_images_tested": len(table), "auc": ci["point"], "low": ci["low"], "high": ci["high"],
-            "interval": ci["interval"]}
+    the interval of the CV summary's pooled AUC, so the full size's point is that AUC); out of fold
+    (``table`` with a ``fold`` column) also ``within_folds``: the mean of the folds' own AUCs, its CI over the
+    same resamples (:func:`confidence.fold_mean_auc_ci`)."""
+    y, groups = table["label"].to_numpy(dtype=np.int64), table["patient"].to_numpy()
+    ci = confidence.bootstrap_ci(y, p, metrics.roc_auc, groups=groups, n_boot=n_boot, seed=seed)
+    point = {"size": size, "n_patients": round(float(np.mean(n_per_fold)), 1), "n_patients_per_fold": list(n_per_fold),
+             "n_images_tested": len(table), "auc": ci["point"], "low": ci["low"], "high": ci["high"],
+             "interval": ci["interval"]}
+    if "fold" in table and table["fold"].nunique() > 1:
+        within = confidence.fold_mean_auc_ci(y, p, table["fold"].to_numpy(), groups=groups, n_boot=n_boot, seed=seed)
+        point["within_folds"] = {k: within[k] for k in ("point", "low", "high", "interval")}
+    return point
+
+
+def _within(points: Sequence[Mapping]) -> list[dict]:
+    """The points' mean within folds as points of their own (n_patients, auc, low, high), for the fit."""
+    return [{"size": p["size"], "n_patients": p["n_patients"], "auc": p["within_folds"]["point"],
+             "low": p["within_folds"]["low"], "high": p["within_folds"]["high"]}
+            for p in points if p.get("within_folds")]
 
 
 def _fit(points: Sequence[Mapping], target: float | None, seed: int, what: str) -> tuple[dict | None, str | None]:
@@ -300,6 +314,12 @@ def measure(entries: Sequence[Entry], design: str, data_dir: str | os.PathLike |
     for key, value in (("fit_note", fit_note), ("baseline_fit_note", base_fit_note), ("baseline_absent", base_absent)):
         if value:
             block[key] = value
+    if points and all(p.get("within_folds") for p in points):
+        net, base = _within(points), _within(base_points)
+        fit_w, note_w = _fit(net, target, seed, "network (within folds)")
+        base_w = _fit(base, None, seed, "clinical baseline (within folds)")[0] if base else None
+        block["within_folds"] = {"points": net, "baseline_points": base, "fit": fit_w, "baseline_fit": base_w,
+                                 **({"fit_note": note_w} if note_w else {})}
     return block
 
 
@@ -334,7 +354,27 @@ def summary_blocks(block: Mapping[str, Any], figures: bool = False) -> list[tupl
         extra.append(("p", "Left out of the curve, its folds not all tested (main.py --resume trains them): "
                            f"{'; '.join(block['missing'])}."))
     at = len(out) - 1 if figures else len(out)  # before the figure
-    return out[:at] + extra + out[at:]
+    return out[:at] + extra + out[at:] + _within_blocks(block)
+
+
+def _within_blocks(block: Mapping[str, Any]) -> list[tuple]:
+    """The curve of the mean within folds (out of fold only): why it is shown, its points, fit and verdict."""
+    within = block.get("within_folds")
+    if not within:
+        return []
+    gaps = [(w["auc"] - p["auc"], p) for w, p in zip(within["points"], block["points"])]
+    gap, at = max(gaps, key=lambda g: g[0])
+    sub = report_blocks(within["points"], within["baseline_points"], within["fit"], within["baseline_fit"],
+                        what="mean within-fold AUC (each fold's test patients scored by its own model, the folds' "
+                             "AUCs averaged, 95 % CI over the same patient resamples)")
+    why = ("The same models, scored within their own test folds. The pooled AUC above also ranks one fold's "
+           "patients against another's, so fold models whose probabilities lie on different scales (small subsets, "
+           "early best epochs) lower it though each ranks its own patients as well; the mean within folds does not "
+           f"mix them. Here the pooled AUC lies {gap:.3f} below the mean within folds at {at['n_patients']:g} "
+           "training patients (the largest gap): where the two curves part, read the extrapolation from this one.")
+    head = [("p", "Within folds. " + why)]
+    return head + [("p", f"Within folds: {b[1]}") if b[0] == "callout" else b for b in sub if b[0] != "h2"] + \
+        ([("p", within["fit_note"])] if within.get("fit_note") else [])
 
 
 def summary_figure(block: Mapping[str, Any]) -> bytes:

@@ -241,6 +241,36 @@ def bootstrap_ci(y_true: Any, y_prob: Any, metric: Metric, groups: Any = None, n
     return out
 
 
+def fold_mean_auc_ci(y_true: Any, y_prob: Any, folds: Any, groups: Any = None, n_boot: int = 2000, seed: int = 0,
+                     alpha: float = 0.05, interval: str = "bca") -> dict[str, Any]:
+    """The mean over folds of each fold's ROC AUC (out-of-fold predictions: fold k's images scored by model
+    k), with a bootstrap interval over the same patient resamples as :func:`bootstrap_ci` (a drawn patient
+    keeps their fold). Pooling the folds' probabilities into one AUC also ranks one fold's images against
+    another's, so fold models whose probabilities lie on different scales (early-stopped on few patients,
+    their thresholds far apart) lower the pooled AUC though each ranks its own patients well; the mean
+    within folds is the ranking each model achieves. Returns :func:`bootstrap_ci`'s dict."""
+    y, p = check_inputs(y_true, y_prob)
+    _check_bootstrap_args(n_boot, alpha, interval)
+    folds = np.asarray(folds)
+    if folds.shape != y.shape:
+        raise ValueError(f"folds must hold one fold per image: got shape {folds.shape} for {y.size} images")
+    rows = [np.flatnonzero(folds == f) for f in np.unique(folds)]
+    point = float(np.mean([metrics.roc_auc(y[r], p[r]) for r in rows]))
+    codes, n_units = _unit_codes(groups, y.size)
+
+    def values(weights: Iterator[np.ndarray]) -> np.ndarray:
+        with warnings.catch_warnings():  # single-class resamples are counted below
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            return np.concatenate([np.mean([_weighted(y[r], p[r], ("roc_auc",), 0.5, w[:, r])["roc_auc"]
+                                            for r in rows], axis=0) for w in weights])
+
+    reps = values(_resample_weights(codes, n_units, n_boot, np.random.default_rng(seed)))
+    out = (_bca(point, reps, values(_jackknife_weights(codes, n_units)), alpha) if interval == "bca"
+           else _percentile(point, reps, alpha))
+    warn_dropped({"fold-mean roc_auc": n_boot - out["n_boot_valid"]} if out["n_boot_valid"] < n_boot else {}, n_boot)
+    return out
+
+
 def bootstrap_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5, groups: Any = None, n_boot: int = 2000,
                       seed: int = 0, alpha: float = 0.05, interval: str = "bca") -> dict[str, dict[str, Any]]:
     """Bootstrap intervals for every metric of :data:`BOOTSTRAP_METRICS` and the calibration slope
