@@ -269,6 +269,14 @@ def shell_script(steps: list[Step], logs: Path) -> str:
     return "\n".join(parts + ["exit 0\n"])
 
 
+def _as_in_a_terminal() -> None:
+    """The blocks' shell gets Ctrl-C and Ctrl-\\ as a terminal delivers them, also when this script runs in the
+    background of a non-interactive shell, which would hand its children SIGINT and SIGQUIT ignored (the
+    viewer's block is stopped with SIGINT; the tests' Ctrl-C checks send it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def run_steps(steps: list[Step], clone: Path, logs: Path, env: dict, timeout: float) -> tuple[int | None, str]:
     """Run the steps in a fresh ``bash -c`` in the clone; (bash's exit status or None on time-out, its
     own stderr). The shell and what it started form one process group, ended as one on a time-out."""
@@ -277,7 +285,7 @@ def run_steps(steps: list[Step], clone: Path, logs: Path, env: dict, timeout: fl
         old.unlink()
     proc = subprocess.Popen(["bash", "-c", shell_script(steps, logs)], cwd=clone, env=env, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_as_in_a_terminal)
     try:
         out, err = proc.communicate(timeout=timeout)
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,13 @@ def pytest_configure(config):
     # `make test` (and CI) run everything; `make test-fast` leaves these out: pytest -m "not slow"
     config.addinivalue_line("markers", "slow: several processes or a long end-to-end training run "
                             "(deselect with -m \"not slow\")")
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a child the test sends SIGINT: Ctrl-C as a terminal delivers it. A suite started in
+    the background of a non-interactive shell (``make test &``) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler in the child, so the signal would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_split(folder: Path, rows: list[tuple], size=(64, 37), seed=0) -> list[Path]:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import write_split
+from conftest import ctrl_c_as_in_a_terminal, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("train_seconds", "train_images_per_s", "train_data_wait")  # wall-clock columns of history.csv
@@ -334,7 +334,8 @@ def interrupt(straight, save_dir: str, sig: int) -> tuple[subprocess.Popen, str]
     run = straight.outs / save_dir / "fold_x"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, straight.args), "--save_dir", save_dir],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if (run / "history.csv").is_file() and len(read_history(run)) >= 2:
@@ -383,7 +384,7 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_folder_and_the_same_command_wor
     outs = tmp_path / "outs"
     args = [sys.executable, str(ROOT / "main.py"), *map(str, train_args(world.data, outs, "early"))]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=ctrl_c_as_in_a_terminal)
     while proc.poll() is None and not (outs / "early" / "fold_a" / "config.json").exists():
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)

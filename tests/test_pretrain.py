@@ -25,6 +25,7 @@ from hipx.training import selfsup
 import main
 import pretrain
 import synthetic
+from conftest import ctrl_c_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ("64", "37")
@@ -250,7 +251,8 @@ def test_ctrl_c_exits_130_with_the_resume_command(drawn, tmp_path):
     outs = tmp_path / "outs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "pretrain.py", "--data_dir", str(drawn), *pretrain_args(outs, "sig", "--epoch", 8)]
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if (outs / "sig" / "history.csv").is_file() and len(read_rows(outs / "sig" / "history.csv")) >= 2:
