@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo's learning curve checked against the truth (issue 31): 1875 generated patients (3-fold out-of-fold
 # CV: about 1000 training patients per fold), the demo's late-fusion network at half the demo's resolution
-# (88 x 51, so the five sizes fit the 2-core machine: about 15 minutes), trained on 50, 100, 200, 500 and
+# (88 x 51, so the five sizes fit the 2-core machine: 18 minutes on 2026-12-07), trained on 50, 100, 200, 500 and
 # all (about 1000) training patients per fold with the same folds and seeds; the curve of the first three
 # extrapolated to 500 and 1000 and set against the AUC measured there.
 #

@@ -1,6 +1,6 @@
 """How much a plain texture model tells from the images: the yardstick a network should beat.
 
-    python scripts/texture_check.py DATA_DIR [--folds 5] [--seed 0] [--by field] [--learning_curve 0.25 0.5 1]
+    python scripts/texture_check.py DATA_DIR [--folds 5] [--seed 0] [--by field] [--learning_curve 0.25 0.5 1.0]
 
 Out-of-fold, on the same patient folds as ``main.py --folds K --cv oof --seed S``: for each fold a
 logistic regression (standardised inputs, L2) is fitted on the fold's training and validation
@@ -125,12 +125,10 @@ def learning_curve(data_dir: Path, folds: int, seed: int, sizes: list, n_boot: i
         fit = lc.extrapolate(points, seed=seed)
     except ValueError as exc:  # fewer than 3 sizes, or a point without an interval (one class, AUC 1)
         return lines + [f"  no fit: {exc}"]
-    if fit:
-        ext = "; ".join(f"{e['multiple']:g}x ({e['n_patients']:.0f}): {e['auc']:.3f} ({e['low']:.3f} to "
-                        f"{e['high']:.3f})" for e in fit["extrapolation"])
-        lines += [f"  fit AUC(n) = {fit['a']:.3f} - {fit['b']:.3g} n^-{fit['c']:.3f}; extrapolated {ext}",
-                  f"  {fit['verdict']}"]
-    return lines
+    ext = "; ".join(f"{e['multiple']:g}x ({e['n_patients']:.0f}): {e['auc']:.3f} ({e['low']:.3f} to "
+                    f"{e['high']:.3f})" for e in fit["extrapolation"])
+    return lines + [f"  fit AUC(n) = {fit['a']:.3f} - {fit['b']:.3g} n^-{fit['c']:.3f}; extrapolated {ext}",
+                    f"  {fit['verdict']}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,7 +277,7 @@ def choose_threads(cpus: int | None, workers: int, gpu: bool = False, adaptive: 
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         threads, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         cores = max(1, cores // world)
         if gpu:
@@ -290,6 +290,11 @@ def choose_threads(cpus: int | None, workers: int, gpu: bool = False, adaptive: 
                 why += ", fewer while other jobs use some"
     torch.set_num_threads(threads)
     return f"{threads} torch thread{'s' * (threads != 1)} ({why})"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -375,6 +380,4 @@ def use_channels_last(flag: str) -> bool:
     """NHWC (``--channels_last``); auto: on. It helps convolutions on CUDA and, with torch 2.14's oneDNN, on
     the CPU at every size measured: DenseNet-BC-40 trained 1.35x faster at 176 x 102 and 1.15x at 88 x 51
     on AVX-512, 1.16x at 176 x 102 with AVX2 kernels only (docs/speed.md)."""
-    if flag != "auto":
-        return flag == "true"
-    return True
+    return flag != "false"

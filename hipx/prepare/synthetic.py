@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from hipx.data import filenames
 from hipx.core import files as fileio
+from hipx.core import runtime
 from hipx.core.choices import MIN_SIDE
 from hipx.data.splits import IMAGE_SIZE, SPLITS, assign_splits
 
@@ -409,7 +410,7 @@ def _write_hips(job: tuple) -> list[dict]:
 def _pool(n_jobs: int) -> contextlib.AbstractContextManager:
     """Worker processes on every core this process may use (drawing is NumPy on small arrays: one core
     each); none (a null context giving None) on one core or for a handful of patients."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = runtime.usable_cores()
     if cores < 2 or n_jobs < 16:
         return contextlib.nullcontext(None)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
